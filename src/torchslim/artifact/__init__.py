@@ -1,0 +1,7 @@
+"""The compressed artifact: safetensors payload + a compact JSON manifest, written atomically, never pickled."""
+
+from torchslim.artifact._format import (ARTIFACT_VERSION, ArtifactError, load_artifact, read_manifest,
+                                        save_artifact, update_manifest)
+
+__all__ = ["ARTIFACT_VERSION", "ArtifactError", "load_artifact", "read_manifest", "save_artifact",
+           "update_manifest"]

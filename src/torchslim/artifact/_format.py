@@ -1,0 +1,177 @@
+"""One module writes and reads artifacts.
+
+Layout of an artifact folder::
+
+    manifest.json      architecture, tensor table, payload hashes, recipe, domain, metric values, versions
+    model.safetensors  the tensors
+
+The manifest carries no timings, timestamps or absolute paths, so the same recipe and seed give the same bytes.
+Its own ``sha256`` covers every other manifest key, and ``payloads`` covers every other file: an edited, truncated
+or bit-flipped artifact is refused on load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from torchslim._errors import ConfigError
+
+ARTIFACT_VERSION = 1
+MANIFEST = "manifest.json"
+PAYLOAD = "model.safetensors"
+
+
+class ArtifactError(ConfigError):
+    """An artifact that cannot be trusted or read."""
+
+    def __init__(self, path: str | Path, message: str):
+        super().__init__("", message, str(path))
+
+
+def _canonical(data: dict[str, Any]) -> bytes:
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
+    body = {k: v for k, v in manifest.items() if k != "sha256"}
+    body["sha256"] = _sha256(_canonical(body))
+    (folder / MANIFEST).write_bytes(_canonical(body))
+
+
+def _versions() -> dict[str, str]:
+    import safetensors
+
+    import torchslim
+
+    return {"torchslim": torchslim.__version__, "torch": torch.__version__.split("+")[0],
+            "safetensors": safetensors.__version__}
+
+
+def save_artifact(model: nn.Module, path: str | Path, *, architecture: dict[str, Any],
+                  extra: dict[str, Any] | None = None) -> Path:
+    """Write ``model`` as an artifact folder at ``path``, atomically (the old one or the new one, never half).
+
+    Args:
+        model: the model to save; its state dict is stored as it is (pruned shapes included).
+        architecture: how to rebuild the module before loading tensors (``{"name": ..., "kwargs": ...}`` or
+            ``{"factory": ..., "kwargs": ...}``).
+        extra: further manifest keys (recipe, domain, metrics, input shape, labels, preprocessing).
+    Returns:
+        the artifact path.
+    """
+    from safetensors.torch import save_file
+
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        save_file(state, str(tmp / PAYLOAD))
+        manifest: dict[str, Any] = {
+            "format": "torchslim-artifact", "version": ARTIFACT_VERSION, "architecture": architecture,
+            "tensors": {k: {"shape": list(v.shape), "dtype": str(v.dtype).removeprefix("torch."),
+                            "encoding": "dense"} for k, v in state.items()},
+            "payloads": {PAYLOAD: _sha256((tmp / PAYLOAD).read_bytes())},
+            "versions": _versions(), **(extra or {}),
+        }
+        _write_manifest(tmp, manifest)
+        _replace_dir(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def _replace_dir(new: Path, target: Path) -> None:
+    """Swap ``new`` into ``target``. A crash leaves the old artifact or the new one in place, never a mix."""
+    if target.exists():
+        old = target.with_name(f".{target.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(target, old)
+        os.replace(new, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(new, target)
+
+
+def read_manifest(path: str | Path) -> dict[str, Any]:
+    """The verified manifest of an artifact; any damage is an :class:`ArtifactError`."""
+    folder = Path(path)
+    if not (folder / MANIFEST).is_file():
+        raise ArtifactError(folder, f"not a torchslim artifact (no {MANIFEST})")
+    try:
+        manifest = json.loads((folder / MANIFEST).read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ArtifactError(folder, f"{MANIFEST} is not valid JSON (truncated or corrupted)") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != "torchslim-artifact":
+        raise ArtifactError(folder, f"{MANIFEST} is not a torchslim manifest")
+    claimed = manifest.get("sha256")
+    if claimed != _sha256(_canonical({k: v for k, v in manifest.items() if k != "sha256"})):
+        raise ArtifactError(folder, f"{MANIFEST} was modified after it was written (checksum mismatch)")
+    if manifest.get("version") != ARTIFACT_VERSION:
+        raise ArtifactError(folder, f"artifact format version {manifest.get('version')} is not supported "
+                                    f"(this torchslim reads {ARTIFACT_VERSION})")
+    for name, digest in manifest["payloads"].items():
+        payload = folder / name
+        if not payload.is_file():
+            raise ArtifactError(folder, f"payload {name} is missing")
+        if _sha256(payload.read_bytes()) != digest:
+            raise ArtifactError(folder, f"payload {name} is corrupted (sha256 mismatch)")
+    return manifest
+
+
+def update_manifest(path: str | Path, **keys: Any) -> dict[str, Any]:
+    """Add or replace manifest keys (e.g. the metric measured on the reloaded artifact), atomically."""
+    folder = Path(path)
+    manifest = read_manifest(folder)
+    manifest.update(keys)
+    tmp = folder / f".{MANIFEST}.tmp"
+    body = {k: v for k, v in manifest.items() if k != "sha256"}
+    body["sha256"] = _sha256(_canonical(body))
+    tmp.write_bytes(_canonical(body))
+    os.replace(tmp, folder / MANIFEST)
+    return body
+
+
+def load_artifact(path: str | Path, *, base_dir: str | Path = ".") -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the model an artifact describes, without unpickling anything.
+
+    Returns:
+        ``(model, manifest)``; the model is in eval mode on the CPU.
+    """
+    from safetensors.torch import load_file
+
+    from torchslim.domain import ModelSpec
+    from torchslim.models import build_model
+
+    folder = Path(path)
+    manifest = read_manifest(folder)
+    spec = ModelSpec(**{k: v for k, v in manifest["architecture"].items() if k in ("name", "factory", "kwargs")})
+    model = build_model(spec, base_dir)
+    state = load_file(str(folder / PAYLOAD))
+    _fit_shapes_(model, state)
+    model.load_state_dict(state)
+    return model.eval(), manifest
+
+
+def _fit_shapes_(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Give a freshly built model the (possibly pruned) shapes stored in ``state``."""
+    current = model.state_dict()
+    if all(k in current and current[k].shape == v.shape for k, v in state.items()):
+        return
+    from torchslim.prune import resize_to_state_dict_
+
+    resize_to_state_dict_(model, state)

@@ -1,0 +1,108 @@
+"""Command line: parses, calls the API, prints. Bad input is one line on stderr and exit code 2."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from torchslim._errors import ConfigError
+
+
+def _fail(exc: ConfigError) -> None:
+    click.echo(f"error: {exc}", err=True)
+    sys.exit(2)
+
+
+class _Group(click.Group):
+    """Turns ConfigError anywhere below into the one-line error and exit code 2."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ConfigError as exc:
+            _fail(exc)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="torchslim")
+def cli() -> None:
+    """torchslim: prune, quantize and distill PyTorch models for a domain, and measure the result honestly."""
+
+
+def _print_summary(metrics: dict[str, Any], out: Path | None = None) -> None:
+    from torchslim.report import summary_rows
+
+    rows = summary_rows(metrics)
+    w0 = max(len(r[0]) for r in rows)
+    w1 = max(len(r[1]) for r in rows + [("", "baseline", "")])
+    click.echo(f"{'':<{w0}}  {'baseline':>{w1}}  compressed")
+    for q, b, c in rows:
+        click.echo(f"{q:<{w0}}  {b:>{w1}}  {c}")
+    for key, c in metrics["constraints"].items():
+        click.echo(f"constraint {key}: {'met' if c['met'] else 'NOT met'} (limit {c['limit']}, "
+                   f"measured {c['measured']:.6g})")
+    if out is not None:
+        click.echo(f"wrote {out / 'metrics.json'}, {out / 'report.md'}, {out / 'artifact'}")
+
+
+@cli.command()
+@click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--out", "-o", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Output folder: metrics.json, report.md, artifact/.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run in the same --out folder.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a recipe value, e.g. --set stages.0.train.epochs=5 (repeatable).")
+def run(recipe: Path, out: Path, resume: bool, overrides: tuple[str, ...]) -> None:
+    """Run RECIPE's stages and write the compressed model and its measurements to --out."""
+    from torchslim.recipe import load_recipe
+    from torchslim.runner import is_main, run_recipe
+
+    loaded = load_recipe(recipe, list(overrides))
+    metrics = run_recipe(loaded, out, resume=resume)
+    if is_main():
+        _print_summary(metrics, out)
+
+
+@cli.command()
+@click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe value.")
+def check(recipe: Path, overrides: tuple[str, ...]) -> None:
+    """Check RECIPE (files, keys, ranges, names, model/data fit) without training anything."""
+    from torchslim.recipe import load_recipe
+    from torchslim.runner import prepare
+
+    loaded = load_recipe(recipe, list(overrides))
+    ctx = prepare(loaded)
+    click.echo(f"ok: {recipe}: domain {loaded.domain.name!r}, {len(loaded.stages)} stage(s) "
+               f"({', '.join(s.name for s in loaded.stages)}), data {ctx.splits.info['train']}/"
+               f"{ctx.splits.info['val']}/{ctx.splits.info['test']} train/val/test")
+
+
+@cli.command(name="eval")
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option("--domain", "domain_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Domain file whose data (test split) the model is measured on.")
+@click.option("--json", "as_json", is_flag=True, help="Print only the metrics JSON object on stdout.")
+def eval_(artifact: Path, domain_path: Path, as_json: bool) -> None:
+    """Re-measure a saved ARTIFACT on a domain's data."""
+    from torchslim.domain import load_domain
+    from torchslim.runner import evaluate_artifact
+
+    domain = load_domain(domain_path)
+    metrics = evaluate_artifact(artifact, domain)
+    if as_json:
+        click.echo(json.dumps(metrics, indent=2))
+    else:
+        _print_summary(metrics)
+
+
+def main() -> None:
+    cli(prog_name="torchslim")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,130 @@
+"""The domain definition: task, data, model, metric, constraints and runtime, read from YAML.
+
+The key names are a public contract (see README): tests and users outside this repository write such files.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import pydantic
+import yaml
+
+from torchslim._errors import ConfigError
+from torchslim._validation import StrictModel, parse
+
+TASKS = ("image-classification", "sequence-classification", "sentence-embedding")
+
+
+class DataSpec(StrictModel):
+    """Where the data comes from and how it is split (fractions of the whole set)."""
+
+    source: str
+    test_fraction: float = pydantic.Field(0.2, gt=0, lt=1)
+    val_fraction: float = pydantic.Field(0.1, gt=0, lt=1)
+    seed: int = 0
+
+    @pydantic.model_validator(mode="after")
+    def _fractions_leave_training_data(self) -> "DataSpec":
+        if self.test_fraction + self.val_fraction >= 0.9:
+            raise ValueError("test_fraction + val_fraction must leave at least 10% for training")
+        return self
+
+
+class ModelSpec(StrictModel):
+    """A built-in model (``name``) or a user factory (``"pkg.mod:fn"``), with kwargs and optional weights."""
+
+    name: Optional[str] = None
+    factory: Optional[str] = None
+    kwargs: dict[str, Any] = pydantic.Field(default_factory=dict)
+    weights: Optional[str] = None
+
+    @pydantic.model_validator(mode="after")
+    def _one_of_name_or_factory(self) -> "ModelSpec":
+        if (self.name is None) == (self.factory is None):
+            raise ValueError("give exactly one of 'name' (a built-in model) or 'factory' ('module:function')")
+        if self.factory is not None and ":" not in self.factory:
+            raise ValueError(f"factory must look like 'package.module:function', got {self.factory!r}")
+        return self
+
+
+class LatencyLimits(StrictModel):
+    batch_1: Optional[float] = pydantic.Field(None, gt=0)
+    batch_64: Optional[float] = pydantic.Field(None, gt=0)
+
+
+class Constraints(StrictModel):
+    """What the deployed model must meet. ``run`` reports them; ``auto`` searches for them."""
+
+    max_size_bytes: Optional[int] = pydantic.Field(None, gt=0)
+    max_latency_ms: Optional[LatencyLimits] = None
+    max_metric_drop: Optional[float] = pydantic.Field(None, ge=0, le=1)
+    min_metric: Optional[float] = pydantic.Field(None, ge=0, le=1)
+
+    @pydantic.model_validator(mode="after")
+    def _drop_or_floor(self) -> "Constraints":
+        if self.max_metric_drop is not None and self.min_metric is not None:
+            raise ValueError("give max_metric_drop or min_metric, not both")
+        return self
+
+
+class Domain(StrictModel):
+    name: str
+    task: Literal["image-classification", "sequence-classification", "sentence-embedding"]
+    data: DataSpec
+    model: ModelSpec
+    metric: Literal["accuracy", "top5"] = "accuracy"
+    constraints: Constraints = pydantic.Field(default_factory=Constraints)
+    runtime: Literal["torch", "onnxruntime"] = "torch"
+
+    # Not user keys: where the definition came from, for error messages and relative paths.
+    source: Optional[str] = pydantic.Field(None, exclude=True)
+    base_dir: str = pydantic.Field(".", exclude=True)
+
+    def resolve(self, path: str) -> Path:
+        """A path named in this domain, relative to the file that names it."""
+        p = Path(path).expanduser()
+        return p if p.is_absolute() else Path(self.base_dir) / p
+
+    def to_dict(self) -> dict[str, Any]:
+        """The user-facing definition (no defaults hidden, no absolute paths)."""
+        return self.model_dump(mode="json", exclude={"source", "base_dir"})
+
+
+def read_yaml(path: str | Path) -> Any:
+    """Read a YAML file, turning a missing file or a syntax error into a ConfigError."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError("", "file not found", str(path))
+    try:
+        return yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError("", f"invalid YAML{where}: {getattr(exc, 'problem', exc)}", str(path)) from None
+
+
+def load_domain(spec: str | Path | dict[str, Any], *, base_dir: str | Path = ".", source: str | None = None,
+                prefix: str = "") -> Domain:
+    """Load and validate a domain from a YAML path or an inline mapping.
+
+    Args:
+        spec: a path (relative to ``base_dir``) or the mapping itself (inline in a recipe).
+        base_dir: folder that relative paths resolve against.
+        source: file name used in error messages for an inline mapping.
+        prefix: field path of an inline mapping inside ``source`` (e.g. ``domain``).
+    """
+    if isinstance(spec, (str, Path)):
+        path = Path(spec) if Path(spec).is_absolute() else Path(base_dir) / spec
+        data, source, base, prefix = read_yaml(path), str(path), path.parent, ""
+    else:
+        data, base = spec, Path(base_dir)
+    if not isinstance(data, dict):
+        raise ConfigError(prefix, "a domain must be a mapping of keys", source)
+    domain = parse(Domain, data, prefix=prefix, source=source)
+    if domain.task == "sentence-embedding":
+        raise ConfigError(".".join(p for p in (prefix, "task") if p),
+                          "sentence-embedding is not supported yet; use image-classification or "
+                          "sequence-classification", source)
+    return domain.model_copy(update={"source": source, "base_dir": str(base)})

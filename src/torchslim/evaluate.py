@@ -1,0 +1,161 @@
+"""Metric, size, latency and memory: the same code measures the baseline and the compressed model."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+Predict = Callable[[torch.Tensor], torch.Tensor]  # (N, *input_shape) -> (N, classes)
+
+LATENCY_BATCHES = {"batch_1": 1, "batch_64": 64}
+
+
+def _as_predict(model: nn.Module | Predict, device: Optional[torch.device]) -> Predict:
+    if isinstance(model, nn.Module):
+        model.eval()
+        dev = device or next((p.device for p in model.parameters()), torch.device("cpu"))
+
+        def predict(x: torch.Tensor) -> torch.Tensor:
+            return model(x.to(dev))
+
+        return predict
+    return model
+
+
+@torch.no_grad()
+def compute_metric(model: nn.Module | Predict, data: Dataset, metric: str = "accuracy", *,
+                   batch_size: int = 256, device: Optional[torch.device] = None) -> float:
+    """Accuracy or top-5 accuracy of ``model`` on ``data``, as a fraction in [0, 1].
+
+    Args:
+        model: an ``nn.Module`` (run in eval mode) or any callable from inputs to logits (e.g. ONNX Runtime).
+        data: a dataset of ``(x, y)`` pairs.
+        metric: ``accuracy`` or ``top5``.
+    """
+    was_training = isinstance(model, nn.Module) and model.training
+    predict = _as_predict(model, device)
+    k = 5 if metric == "top5" else 1
+    correct, total = 0, 0
+    for x, y in DataLoader(data, batch_size=batch_size):
+        logits = predict(x).float().cpu()
+        top = logits.topk(min(k, logits.shape[1]), dim=1).indices  # (N, k)
+        correct += int((top == y[:, None]).any(dim=1).sum())
+        total += len(y)
+    if was_training:
+        model.train()
+    return correct / max(total, 1)
+
+
+def count_params(model: nn.Module) -> tuple[int, int]:
+    """(parameters, nonzero parameters) of the model's own tensors."""
+    params = sum(p.numel() for p in model.parameters())
+    nonzero = sum(int(torch.count_nonzero(p)) for p in model.parameters())
+    return params, nonzero
+
+
+def size_bytes(path: str | Path) -> int:
+    """Bytes on disk of everything saved for a model: a file, or every file under a folder."""
+    p = Path(path)
+    if p.is_file():
+        return p.stat().st_size
+    return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+
+
+@torch.no_grad()
+def latency_ms(model: nn.Module | Predict, input_shape: tuple[int, ...], batch: int, *, runs: int = 30,
+               warmup: int = 5, device: Optional[torch.device] = None) -> float:
+    """Median wall-clock milliseconds of one forward pass on a batch, after warm-up."""
+    predict = _as_predict(model, device)
+    x = torch.rand(batch, *input_shape)
+    for _ in range(warmup):
+        predict(x)
+    times = []
+    for _ in range(runs):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        predict(x)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+@torch.no_grad()
+def peak_memory_bytes(model: nn.Module, input_shape: tuple[int, ...], batch: int = 64) -> int:
+    """Peak bytes of one forward pass of a batch: weights plus the largest input + output of any leaf module.
+
+    On CUDA the allocator's own peak is used. On the CPU there is no allocator counter, so the peak is taken from
+    forward hooks: while a leaf module runs, its input and output are both alive.
+    """
+    x = torch.rand(batch, *input_shape)
+    weights = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+    on_cuda = any(p.is_cuda for p in model.parameters())
+    if on_cuda:
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        model(x.cuda())
+        return int(torch.cuda.max_memory_allocated() - base + x.numel() * x.element_size() + weights)
+
+    def nbytes(t: Any) -> int:
+        if torch.is_tensor(t):
+            return t.numel() * t.element_size()
+        if isinstance(t, (tuple, list)):
+            return sum(nbytes(v) for v in t)
+        return 0
+
+    peak = [nbytes(x)]
+
+    def hook(_m: nn.Module, inputs: Any, output: Any) -> None:
+        peak[0] = max(peak[0], nbytes(inputs) + nbytes(output))
+
+    leaves = [m for m in model.modules() if not list(m.children())]
+    handles = [m.register_forward_hook(hook) for m in leaves]
+    try:
+        model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return int(peak[0] + weights)
+
+
+def measure(model: nn.Module | Predict, test: Dataset, metric: str, input_shape: tuple[int, ...], *,
+            module: Optional[nn.Module] = None, device: Optional[torch.device] = None) -> dict[str, Any]:
+    """Metric on the test split plus latency (batch 1 and 64) and thread count, measured the same way for all."""
+    out: dict[str, Any] = {"value": compute_metric(model, test, metric, device=device),
+                           "latency_ms": {k: latency_ms(model, input_shape, b, device=device)
+                                          for k, b in LATENCY_BATCHES.items()},
+                           "threads": torch.get_num_threads()}
+    counted = module if module is not None else (model if isinstance(model, nn.Module) else None)
+    if counted is not None:
+        out["params"], out["nonzero_params"] = count_params(counted)
+        out["peak_memory_bytes"] = peak_memory_bytes(counted.cpu(), input_shape)
+    return out
+
+
+def check_constraints(constraints: Any, metrics: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each constraint the domain sets, with its limit, the measured value and whether it is met."""
+    result: dict[str, dict[str, Any]] = {}
+    if constraints.max_size_bytes is not None:
+        result["max_size_bytes"] = {"limit": constraints.max_size_bytes, "measured": metrics["size_bytes"],
+                                    "met": metrics["size_bytes"] <= constraints.max_size_bytes}
+    if constraints.max_latency_ms is not None:
+        for key in LATENCY_BATCHES:
+            limit = getattr(constraints.max_latency_ms, key)
+            if limit is not None:
+                measured = metrics["latency_ms"][key]
+                result[f"max_latency_ms.{key}"] = {"limit": limit, "measured": measured, "met": measured <= limit}
+    if constraints.max_metric_drop is not None:
+        drop = metrics["baseline_value"] - metrics["value"]
+        result["max_metric_drop"] = {"limit": constraints.max_metric_drop, "measured": drop,
+                                     "met": drop <= constraints.max_metric_drop + 1e-12}
+    if constraints.min_metric is not None:
+        result["min_metric"] = {"limit": constraints.min_metric, "measured": metrics["value"],
+                                "met": metrics["value"] >= constraints.min_metric}
+    return result

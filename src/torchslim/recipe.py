@@ -1,0 +1,105 @@
+"""The recipe: a domain, a seed and an ordered list of stages, read from YAML and validated before anything runs.
+
+Each stage is a one-key mapping ``{name: {config}}``; ``name`` selects a registered stage (see ``stages.py``) whose
+config model validates the keys one-to-one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from torchslim._errors import ConfigError
+from torchslim.domain import Domain, load_domain, read_yaml
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    config: Any
+    index: int
+
+
+@dataclass(frozen=True)
+class Recipe:
+    domain: Domain
+    seed: int
+    stages: tuple[Stage, ...]
+    raw: dict[str, Any]  # the resolved recipe as written (after --set overrides), for the manifest
+    source: str | None
+    base_dir: str
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str], source: str | None = None) -> dict[str, Any]:
+    """Apply ``a.b.0.c=value`` overrides (values parsed as YAML) to a raw recipe mapping."""
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ConfigError("--set", f"expected KEY=VALUE, got {item!r}")
+        parts = key.split(".")
+        node: Any = data
+        for depth, part in enumerate(parts):
+            last = depth == len(parts) - 1
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
+                    raise ConfigError("--set", f"{key}: no list item {part!r}", source)
+                part = int(part)
+            elif not isinstance(node, dict):
+                raise ConfigError("--set", f"{key}: {'.'.join(parts[:depth])} is not a mapping", source)
+            if last:
+                node[part] = yaml.safe_load(text)
+            else:
+                if isinstance(node, dict) and part not in node:
+                    node[part] = {}
+                node = node[part]
+    return data
+
+
+def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
+    """Read, override and validate a recipe and its domain; every stage config is validated too.
+
+    Args:
+        path: the recipe YAML file.
+        overrides: ``KEY=VALUE`` strings, as given to ``--set``.
+    """
+    from torchslim.stages import STAGES
+
+    source = str(path)
+    data = read_yaml(path)
+    if not isinstance(data, dict):
+        raise ConfigError("", "a recipe must be a mapping with keys domain, seed, stages", source)
+    data = apply_overrides(data, list(overrides), source)
+    unknown = sorted(set(data) - {"domain", "seed", "stages"})
+    if unknown:
+        raise ConfigError(unknown[0], "unknown key (expected domain, seed, stages)", source)
+    if "domain" not in data:
+        raise ConfigError("domain", "required key is missing", source)
+    seed = data.get("seed", 0)
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ConfigError("seed", "must be a non-negative integer", source)
+    base = Path(path).parent
+    if isinstance(data["domain"], str):
+        domain = load_domain(data["domain"], base_dir=base)
+    elif isinstance(data["domain"], dict):
+        domain = load_domain(data["domain"], base_dir=base, source=source, prefix="domain")
+    else:
+        raise ConfigError("domain", "must be a path to a domain file or an inline mapping", source)
+
+    raw_stages = data.get("stages", [])
+    if not isinstance(raw_stages, list) or not raw_stages:
+        raise ConfigError("stages", "must be a non-empty list of stages", source)
+    stages = []
+    for i, item in enumerate(raw_stages):
+        where = f"stages[{i}]"
+        if not isinstance(item, dict) or len(item) != 1:
+            raise ConfigError(where, f"must be a one-key mapping such as {{train: {{...}}}}; stages: "
+                                     f"{', '.join(STAGES)}", source)
+        (name, body), = item.items()
+        if name not in STAGES:
+            raise ConfigError(f"{where}.{name}", f"unknown stage; known: {', '.join(STAGES)}", source)
+        config = STAGES[name].parse(body if body is not None else {}, prefix=f"{where}.{name}", source=source)
+        stages.append(Stage(name, config, i))
+    return Recipe(domain, seed, tuple(stages), data, source, str(base))

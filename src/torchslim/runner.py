@@ -1,0 +1,282 @@
+"""Runs a recipe: checks everything first, runs the stages in order, then saves, reloads and measures.
+
+Every reported number of the compressed model is measured on the artifact as reloaded from disk.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+from torch import nn
+
+from torchslim.artifact import load_artifact, save_artifact, update_manifest
+from torchslim.data import Splits, load_splits
+from torchslim.domain import Domain
+from torchslim.evaluate import check_constraints, measure, size_bytes
+from torchslim.models import build_model, check_fits, input_shape_of
+from torchslim.recipe import Recipe
+from torchslim.stages import STAGES
+from torchslim.train import FitResult, TrainConfig, default_device, fit
+
+WORK_DIR = ".torchslim-work"
+
+
+def _log_stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def architecture_of(spec: Any) -> dict[str, Any]:
+    """The manifest's description of how to rebuild a model spec (no weights path: the artifact holds them)."""
+    arch = {"name": spec.name} if spec.name is not None else {"factory": spec.factory}
+    arch["kwargs"] = dict(spec.kwargs)
+    return arch
+
+
+@dataclass
+class RunContext:
+    """What stages read and change: the current model, the data, and where checkpoints go."""
+
+    recipe: Recipe
+    domain: Domain
+    splits: Splits
+    model: nn.Module
+    architecture: dict[str, Any]
+    device: torch.device
+    work_dir: Optional[Path] = None
+    resume: bool = False
+    stage_index: int = 0
+    baseline: Optional[nn.Module] = None
+    baseline_architecture: Optional[dict[str, Any]] = None
+    records: list[dict[str, Any]] = field(default_factory=list)
+    log: Callable[[str], None] = _log_stderr
+
+    @property
+    def seed(self) -> int:
+        return self.recipe.seed
+
+    @property
+    def metric(self) -> str:
+        return self.domain.metric
+
+    def fit(self, model: nn.Module, cfg: TrainConfig, *, desc: str, **kwargs: Any) -> FitResult:
+        """The training loop with this run's seed, metric, device and per-stage checkpoint."""
+        checkpoint = None
+        if self.work_dir is not None:
+            checkpoint = self.work_dir / f"stage{self.stage_index}-{desc.replace(' ', '_')}.safetensors"
+        return fit(model, self.splits.train, self.splits.val, cfg, seed=self.seed + self.stage_index,
+                   metric=self.metric, checkpoint=checkpoint, resume=self.resume, desc=desc,
+                   device=self.device, **kwargs)
+
+    def validate(self, model: Optional[nn.Module] = None) -> float:
+        """The metric on the validation split (decisions never look at the test split)."""
+        from torchslim.evaluate import compute_metric
+
+        return compute_metric(model if model is not None else self.model, self.splits.val, self.metric,
+                              device=self.device)
+
+
+def prepare(recipe: Recipe, *, log: Callable[[str], None] = _log_stderr) -> RunContext:
+    """Everything that can be checked without training: data, model, shape fit, each stage's names and ranges."""
+    from torchslim._errors import ConfigError
+
+    domain = recipe.domain
+    seed_everything(recipe.seed)
+    try:
+        model = build_model(domain.model, domain.base_dir)
+        splits = load_splits(domain.data, base_dir=domain.base_dir, input_shape=input_shape_of(model))
+        check_fits(model, splits.train.tensors[0][:2], splits.num_classes)
+    except ConfigError as exc:
+        raise exc.within(source=domain.source) from None
+    ctx = RunContext(recipe, domain, splits, model, architecture_of(domain.model), default_device(), log=log)
+    for stage in recipe.stages:
+        handler = STAGES[stage.name]
+        if handler.check is not None:
+            try:
+                handler.check(ctx, stage.config)
+            except ConfigError as exc:
+                raise exc.within(f"stages[{stage.index}].{stage.name}", recipe.source) from None
+    return ctx
+
+
+def is_main() -> bool:
+    return not (torch.distributed.is_available() and torch.distributed.is_initialized()) \
+        or torch.distributed.get_rank() == 0
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _save_progress(ctx: RunContext, completed: int) -> None:
+    """After each stage: the model and the records, so ``--resume`` skips finished stages."""
+    if ctx.work_dir is None or not is_main():
+        return
+    save_artifact(ctx.model, ctx.work_dir / "current", architecture=ctx.architecture)
+    if ctx.baseline is not None and not (ctx.work_dir / "baseline").exists():
+        save_artifact(ctx.baseline, ctx.work_dir / "baseline", architecture=ctx.baseline_architecture)
+    _write_atomic(ctx.work_dir / "progress.json", json.dumps({"completed": completed, "records": ctx.records,
+                                                              "architecture": ctx.architecture}))
+
+
+def _restore_progress(ctx: RunContext) -> int:
+    """The number of stages already finished in an interrupted run, with the model and baseline restored."""
+    progress = ctx.work_dir / "progress.json"
+    if not progress.is_file():
+        return 0
+    state = json.loads(progress.read_text())
+    ctx.model, _ = load_artifact(ctx.work_dir / "current", base_dir=ctx.domain.base_dir)
+    ctx.architecture, ctx.records = state["architecture"], state["records"]
+    if (ctx.work_dir / "baseline").exists():
+        ctx.baseline, manifest = load_artifact(ctx.work_dir / "baseline", base_dir=ctx.domain.base_dir)
+        ctx.baseline_architecture = manifest["architecture"]
+    ctx.log(f"resume: {state['completed']} stage(s) already done")
+    return int(state["completed"])
+
+
+def run_recipe(recipe: Recipe, out: str | Path, *, resume: bool = False,
+               log: Callable[[str], None] = _log_stderr) -> dict[str, Any]:
+    """Run every stage of ``recipe`` and write ``out/metrics.json``, ``out/report.md`` and ``out/artifact``.
+
+    Returns:
+        the metrics that were written to ``metrics.json``.
+    """
+    ctx = prepare(recipe, log=log)
+    out = Path(out)
+    ctx.work_dir, ctx.resume = out / WORK_DIR, resume
+    if is_main():
+        if not resume:
+            shutil.rmtree(ctx.work_dir, ignore_errors=True)
+        ctx.work_dir.mkdir(parents=True, exist_ok=True)
+    done = _restore_progress(ctx) if resume else 0
+
+    for stage in recipe.stages[done:]:
+        handler = STAGES[stage.name]
+        ctx.stage_index = stage.index
+        if handler.compresses and ctx.baseline is None:
+            ctx.baseline, ctx.baseline_architecture = copy.deepcopy(ctx.model).cpu(), dict(ctx.architecture)
+        seed_everything(recipe.seed + stage.index)
+        log(f"stage {stage.index}: {stage.name}")
+        record = handler.run(ctx, stage.config)
+        ctx.records.append({"stage": stage.name, "index": stage.index, **record})
+        _save_progress(ctx, stage.index + 1)
+
+    metrics = finish(ctx, out) if is_main() else {}
+    if is_main():
+        shutil.rmtree(ctx.work_dir, ignore_errors=True)
+    return metrics
+
+
+def _manifest_extra(ctx: RunContext) -> dict[str, Any]:
+    return {"input_shape": list(ctx.splits.input_shape), "labels": ctx.splits.labels,
+            "preprocessing": ctx.splits.info["preprocessing"], "data": ctx.splits.info,
+            "domain": ctx.domain.to_dict(), "recipe": _portable_recipe(ctx.recipe), "seed": ctx.seed}
+
+
+def _portable_recipe(recipe: Recipe) -> dict[str, Any]:
+    """The recipe with stage configs resolved (defaults filled in); the domain is recorded on its own."""
+    stages = [{s.name: s.config.model_dump(mode="json")} for s in recipe.stages]
+    return {"seed": recipe.seed, "stages": stages}
+
+
+def summarize(measured: dict[str, Any], base: dict[str, Any], *, size: int, baseline_size: int,
+              domain: Domain, seed: int) -> dict[str, Any]:
+    """The ``metrics.json`` object (its keys are a public contract) from two measurements."""
+    metrics: dict[str, Any] = {
+        "metric": domain.metric, "value": measured["value"], "baseline_value": base["value"],
+        "size_bytes": size, "baseline_size_bytes": baseline_size, "compression_ratio": baseline_size / size,
+        "params": measured["params"], "nonzero_params": measured["nonzero_params"],
+        "baseline_params": base["params"],
+        "latency_ms": measured["latency_ms"], "baseline_latency_ms": base["latency_ms"],
+        "threads": measured["threads"], "runtime": domain.runtime, "seed": seed,
+        "peak_memory_bytes": measured["peak_memory_bytes"],
+        "baseline_peak_memory_bytes": base["peak_memory_bytes"],
+    }
+    metrics["constraints"] = check_constraints(domain.constraints, metrics)
+    return metrics
+
+
+def finish(ctx: RunContext, out: Path) -> dict[str, Any]:
+    """Save the artifact, reload it, measure it and the baseline side by side, and write the outputs."""
+    model = ctx.model.cpu().eval()
+    baseline = ctx.baseline.cpu().eval() if ctx.baseline is not None else copy.deepcopy(model)
+    baseline_arch = ctx.baseline_architecture or ctx.architecture
+    metric, test, shape = ctx.metric, ctx.splits.test, ctx.splits.input_shape
+    extra = _manifest_extra(ctx)
+
+    artifact = save_artifact(model, out / "artifact", architecture=ctx.architecture, extra=extra)
+    reloaded, _ = load_artifact(artifact, base_dir=ctx.domain.base_dir)
+    measured = measure(reloaded, test, metric, shape)
+    base_measured = measure(baseline, test, metric, shape)
+    with tempfile.TemporaryDirectory() as tmp:
+        # The baseline is stored the same way (dense fp32, same manifest keys) so the ratio compares like with like.
+        base_path = save_artifact(baseline, Path(tmp) / "baseline", architecture=baseline_arch, extra=extra)
+        update_manifest(base_path, metrics={"metric": metric, "value": base_measured["value"]})
+        baseline_bytes = size_bytes(base_path)
+    update_manifest(artifact, metrics={"metric": metric, "value": measured["value"]},
+                    baseline={"architecture": baseline_arch, "value": base_measured["value"],
+                              "size_bytes": baseline_bytes, "params": base_measured["params"]})
+    metrics = summarize(measured, base_measured, size=size_bytes(artifact), baseline_size=baseline_bytes,
+                        domain=ctx.domain, seed=ctx.seed)
+    metrics.update({"device": str(ctx.device), "data": ctx.splits.info, "stages": ctx.records})
+    _write_atomic(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    from torchslim.report import render_markdown
+
+    _write_atomic(out / "report.md", render_markdown(metrics, ctx.domain.name))
+    return metrics
+
+
+def evaluate_artifact(path: str | Path, domain: Domain) -> dict[str, Any]:
+    """Re-measure an artifact on a domain's test split.
+
+    The baseline figures come from the artifact's own record; its latency and peak memory are re-measured on a
+    freshly built dense model of the recorded baseline architecture (dense fp32 speed does not depend on the
+    weight values). When the domain names trained baseline weights, the baseline is re-measured in full.
+    """
+    from torchslim._errors import ConfigError
+    from torchslim.domain import ModelSpec
+
+    model, manifest = load_artifact(path, base_dir=domain.base_dir)
+    try:
+        splits = load_splits(domain.data, base_dir=domain.base_dir, input_shape=input_shape_of(model))
+        check_fits(model, splits.test.tensors[0][:2], splits.num_classes)
+    except ConfigError as exc:
+        raise exc.within(source=domain.source) from None
+    shape = splits.input_shape
+    measured = measure(model, splits.test, domain.metric, shape)
+    record = manifest.get("baseline")
+    if domain.model.weights is not None or record is None:
+        baseline = build_model(domain.model, domain.base_dir)
+        base = measure(baseline, splits.test, domain.metric, shape)
+        with tempfile.TemporaryDirectory() as tmp:
+            baseline_bytes = size_bytes(save_artifact(baseline, Path(tmp) / "b", architecture=architecture_of(
+                domain.model), extra={k: manifest[k] for k in ("input_shape", "labels") if k in manifest}))
+    else:
+        arch = record["architecture"]
+        spec = ModelSpec(**{k: arch[k] for k in ("name", "factory", "kwargs") if k in arch})
+        base = measure(build_model(spec, domain.base_dir), splits.test, domain.metric, shape)
+        base["value"], base["params"], baseline_bytes = record["value"], record["params"], record["size_bytes"]
+    metrics = summarize(measured, base, size=size_bytes(path), baseline_size=baseline_bytes, domain=domain,
+                        seed=manifest.get("seed", 0))
+    metrics["recorded_value"] = manifest.get("metrics", {}).get("value")
+    return metrics

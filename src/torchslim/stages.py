@@ -1,0 +1,80 @@
+"""Stage registry: a stage is a validated config plus the function that applies its technique's verb.
+
+Technique packages register their own stages; adding one touches no runner code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Literal, Optional
+
+import pydantic
+
+from torchslim._validation import StrictModel, parse
+
+if TYPE_CHECKING:
+    from torchslim.runner import RunContext
+
+
+@dataclass(frozen=True)
+class StageHandler:
+    """How one recipe stage is validated, checked against the model and run.
+
+    ``run`` returns a record for the report (what changed, with numbers). ``compresses`` marks stages before which
+    the baseline is taken. ``check`` sees the context before any stage runs (names exist, shapes fit).
+    """
+
+    name: str
+    config: type[StrictModel]
+    run: Callable[["RunContext", Any], dict[str, Any]]
+    compresses: bool = True
+    check: Optional[Callable[["RunContext", Any], None]] = None
+    parser: Optional[Callable[..., Any]] = None
+
+    def parse(self, body: Any, *, prefix: str, source: str | None) -> Any:
+        if self.parser is not None:
+            return self.parser(body, prefix=prefix, source=source)
+        return parse(self.config, body, prefix=prefix, source=source)
+
+
+STAGES: dict[str, StageHandler] = {}
+
+
+def register_stage(handler: StageHandler) -> StageHandler:
+    STAGES[handler.name] = handler
+    return handler
+
+
+class TrainStage(StrictModel):
+    """``- train: {epochs: 60, lr: 0.001, batch_size: 64}``"""
+
+    epochs: int = pydantic.Field(gt=0)
+    lr: float = pydantic.Field(gt=0)
+    batch_size: int = pydantic.Field(64, gt=0)
+    weight_decay: float = pydantic.Field(0.0, ge=0)
+    optimizer: Literal["adam", "sgd"] = "adam"
+    schedule: Literal["cosine", "constant"] = "cosine"
+
+
+def _run_train(ctx: "RunContext", cfg: TrainStage) -> dict[str, Any]:
+    from torchslim.train import TrainConfig
+
+    if ctx.domain.model.weights is not None:
+        ctx.log(f"train: skipped, the domain names trained weights ({ctx.domain.model.weights})")
+        return {"skipped": True, "reason": "domain names trained weights"}
+    result = ctx.fit(ctx.model, TrainConfig(**cfg.model_dump()), desc="train")
+    return {"epochs": cfg.epochs, "best_epoch": result.best_epoch, "val_metric": result.best_val}
+
+
+register_stage(StageHandler("train", TrainStage, _run_train, compresses=False))
+
+
+def _load_technique_stages() -> None:
+    """Technique packages register their stages on import."""
+    import importlib
+
+    for module in ():
+        importlib.import_module(module)
+
+
+_load_technique_stages()

@@ -1,0 +1,214 @@
+"""The one training loop. Training, fine-tuning after pruning, QAT and distillation all run through ``fit``.
+
+Seeded and deterministic (the data order of epoch e depends only on the seed and e), with a progress bar, the
+validation-best checkpoint, and a checkpoint every epoch so an interrupted run resumes to the same weights.
+Under ``torchrun`` the data are sharded with a DistributedSampler, gradients are averaged by DDP and only rank 0
+writes files; ``batch_size`` is per rank.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Optional
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from torchslim.evaluate import compute_metric
+
+LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]  # (model, x, y) -> scalar
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings of one run of the loop."""
+
+    epochs: int
+    lr: float
+    batch_size: int = 64
+    weight_decay: float = 0.0
+    optimizer: str = "adam"
+    schedule: str = "cosine"  # cosine | constant
+
+
+def lr_at(cfg: TrainConfig, epoch: int) -> float:
+    """Learning rate of an epoch: cosine decay from ``lr`` towards 0, or constant. A pure function of the epoch,
+    so a resumed run follows the same schedule."""
+    if cfg.schedule == "constant":
+        return cfg.lr
+    return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * epoch / cfg.epochs))
+
+
+@dataclass
+class FitResult:
+    best_epoch: int
+    best_val: float
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def cross_entropy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return nn.functional.cross_entropy(model(x), y)
+
+
+def default_device() -> torch.device:
+    """``cuda`` when present (the local rank's GPU under torchrun), else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def _is_main() -> bool:
+    return not _distributed() or torch.distributed.get_rank() == 0
+
+
+def _make_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
+    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def _epoch_loader(data: Dataset, batch_size: int, seed: int, epoch: int) -> DataLoader:
+    if _distributed():
+        from torch.utils.data.distributed import DistributedSampler
+
+        sampler = DistributedSampler(data, shuffle=True, seed=seed)
+        sampler.set_epoch(epoch)
+        return DataLoader(data, batch_size=batch_size, sampler=sampler)
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return DataLoader(data, batch_size=batch_size, shuffle=True, generator=gen)
+
+
+def fit(model: nn.Module, train: Dataset, val: Dataset, cfg: TrainConfig, *, seed: int = 0,
+        loss_fn: Optional[LossFn] = None, extra_params: Iterable[nn.Parameter] = (),
+        after_step: Optional[Callable[[], None]] = None, metric: str = "accuracy",
+        checkpoint: Optional[str | Path] = None, resume: bool = False, desc: str = "train",
+        device: Optional[torch.device] = None) -> FitResult:
+    """Train ``model`` in place and leave it at its best validation epoch.
+
+    Args:
+        model: the model to train (moved to ``device``).
+        train: training split; val: validation split (chooses the best epoch).
+        cfg: epochs, learning rate, batch size (per rank), weight decay, optimizer.
+        seed: fixes the data order of every epoch.
+        loss_fn: ``(model, x, y) -> loss``; cross-entropy by default (distillation passes its own).
+        extra_params: parameters trained beside the model's (e.g. feature-KD projections).
+        after_step: called after every optimizer step (pruning masks, k-means centroid sharing).
+        metric: validation metric name.
+        checkpoint: file written every epoch (safetensors + a JSON side file); with ``resume`` it is read back.
+        desc: progress-bar label.
+    Returns:
+        the best epoch and its validation metric, and the per-epoch history.
+    """
+    from tqdm.auto import tqdm
+
+    device = device or default_device()
+    model.to(device)
+    loss_fn = loss_fn or cross_entropy
+    params = [p for p in model.parameters() if p.requires_grad] + list(extra_params)
+    optimizer = _make_optimizer(params, cfg)
+    result = FitResult(best_epoch=-1, best_val=float("-inf"))
+    best_state: dict[str, torch.Tensor] = {}
+    start = 0
+    ckpt = Path(checkpoint) if checkpoint is not None else None
+    if resume and ckpt is not None and ckpt.is_file():
+        start, best_state = _load_checkpoint(ckpt, model, optimizer, result)
+
+    trained = model
+    if _distributed():
+        trained = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
+                                                      else None)
+
+    bar = tqdm(range(start, cfg.epochs), desc=desc, unit="epoch", disable=not _is_main() or bool(os.environ.get("TQDM_DISABLE")), leave=False,
+               initial=start, total=cfg.epochs)
+    for epoch in bar:
+        model.train()
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(cfg, epoch)
+        total, count = torch.zeros((), device=device), 0
+        for x, y in _epoch_loader(train, cfg.batch_size, seed, epoch):
+            x, y = x.to(device), y.to(device)
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(trained, x, y)
+            loss.backward()
+            optimizer.step()
+            if after_step is not None:
+                after_step()
+            total += loss.detach() * len(y)
+            count += len(y)
+        if _distributed():
+            stats = torch.stack([total, torch.tensor(float(count), device=device)])
+            torch.distributed.all_reduce(stats)
+            total, count = stats[0], int(stats[1].item())
+        train_loss = float(total) / max(count, 1)
+        val_value = compute_metric(model, val, metric, device=device)
+        result.history.append({"epoch": epoch, "train_loss": train_loss, f"val_{metric}": val_value})
+        if val_value > result.best_val:
+            result.best_epoch, result.best_val = epoch, val_value
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        bar.set_postfix(loss=f"{train_loss:.4f}", val=f"{val_value:.4f}")
+        if ckpt is not None and _is_main():
+            _save_checkpoint(ckpt, epoch + 1, model, optimizer, best_state, result)
+    bar.close()
+    if best_state:
+        model.load_state_dict(best_state)
+    return result
+
+
+def _save_checkpoint(path: Path, next_epoch: int, model: nn.Module, optimizer: torch.optim.Optimizer,
+                     best_state: dict[str, torch.Tensor], result: FitResult) -> None:
+    """Everything needed to continue as if never stopped, without pickle: tensors in safetensors, the rest JSON."""
+    from safetensors.torch import save_file
+
+    opt = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, float]] = {}
+    for idx, state in opt["state"].items():
+        for key, value in state.items():
+            if torch.is_tensor(value):
+                tensors[f"optim/{idx}/{key}"] = value.detach().cpu().contiguous()
+            else:
+                scalars.setdefault(str(idx), {})[key] = value
+    tensors.update({f"model/{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()})
+    tensors.update({f"best/{k}": v.detach().cpu().contiguous() for k, v in best_state.items()})
+    tensors["rng/torch"] = torch.get_rng_state()
+    meta = {"next_epoch": next_epoch, "param_groups": opt["param_groups"], "optim_scalars": scalars,
+            "best_epoch": result.best_epoch, "best_val": result.best_val, "history": result.history}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp))
+    side = path.with_suffix(".json")
+    side_tmp = side.with_name(side.name + ".tmp")
+    side_tmp.write_text(json.dumps(meta))
+    os.replace(side_tmp, side)  # the JSON first: a tensor file never outlives its own metadata
+    os.replace(tmp, path)
+
+
+def _load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+                     result: FitResult) -> tuple[int, dict[str, torch.Tensor]]:
+    from safetensors.torch import load_file
+
+    meta = json.loads(path.with_suffix(".json").read_text())
+    tensors = load_file(str(path))
+    device = next(model.parameters()).device
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model/")})
+    state: dict[int, dict[str, object]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim/"):
+            _, idx, name = key.split("/", 2)
+            state.setdefault(int(idx), {})[name] = value if name == "step" else value.to(device)
+    for idx, extra in meta["optim_scalars"].items():
+        state.setdefault(int(idx), {}).update(extra)
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    torch.set_rng_state(tensors["rng/torch"])
+    result.best_epoch, result.best_val, result.history = meta["best_epoch"], meta["best_val"], meta["history"]
+    best = {k[5:]: v.to(device) for k, v in tensors.items() if k.startswith("best/")}
+    return int(meta["next_epoch"]), best
