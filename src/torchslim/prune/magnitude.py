@@ -34,10 +34,10 @@ def magnitude_step(layers: dict[str, nn.Module], config: MagnitudeConfig, select
     alone = [n for n in layers if n not in pooled]
     masks.update(magnitude_masks({n: weights[n] for n in alone},
                                  {n: count(targets[n], weights[n].numel()) for n in alone}, previous))
-    for n, keep in masks.items():
-        if not keep.any():
-            raise ConfigError(selector.field_for(n), f"would zero every weight of layer {n!r}; "
-                                                     f"lower it or ignore the layer")
+    emptied = [n for n, keep in masks.items() if not keep.any()]
+    if emptied:
+        raise ConfigError(selector.field_for(emptied[0]), f"would zero every weight of layer(s) "
+                                                          f"{', '.join(emptied)}; lower it or ignore them")
     return masks
 
 
