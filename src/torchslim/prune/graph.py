@@ -131,7 +131,8 @@ def channel_units(model: nn.Module, graph: tp.DependencyGraph, selector: LayerSe
             continue
         root = group[0].dep.target.module
         units.append(ChannelUnit(names[root], root, group, producers, len(group[0].idxs), _channel_groups(group)))
-    return units
+    order = {n: i for i, n in enumerate(names.values())}
+    return sorted(units, key=lambda u: order[u.name])  # model order, not trace order
 
 
 def head_units(model: nn.Module, selector: LayerSelector) -> list[HeadUnit]:
