@@ -57,10 +57,10 @@ def test_structured_sensitivity_units_and_whole_layer_rows():
     model, x = LeNet5(), torch.randn(8, 1, 8, 8)
     table = sensitivity(model, StructuredConfig(sparsity=0.5), [0.5, 0.99], _fidelity(model, x), example_inputs=x)
     assert table.layers == ["conv1", "conv2", "fc1"]  # fc2 feeds the output: never a unit
-    # 0.99 of 32 or 64 channels rounds to all of them: no model, NaN; of 256 neurons it leaves 3
-    assert math.isnan(table.metric("conv1", 0.99)) and math.isnan(table.metric("conv2", 0.99))
-    assert not math.isnan(table.metric("fc1", 0.99)) and not math.isnan(table.metric("conv2", 0.5))
-    assert overrides_from_sensitivity(table, 1e9) == {"conv1": 0.5, "conv2": 0.5, "fc1": 0.99}
+    # 0.99 of 32 channels rounds to all 32: no model, NaN; of 64 it leaves 1, of 256 it leaves 3
+    assert math.isnan(table.metric("conv1", 0.99))
+    assert not math.isnan(table.metric("conv2", 0.99)) and not math.isnan(table.metric("fc1", 0.99))
+    assert overrides_from_sensitivity(table, 1e9) == {"conv1": 0.5, "conv2": 0.99, "fc1": 0.99}
 
 
 def test_lower_is_better_and_bad_bound():
