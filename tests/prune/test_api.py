@@ -53,3 +53,22 @@ def test_model_without_schedule_finetune_runs_once_after_pruning():
     prune_(MLP(), MagnitudeConfig(sparsity=0.5, finetune=Finetune(epochs=3, lr=0.1)),
            finetune=lambda m, e, hook: calls.append(e))
     assert calls == [3]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_every_method_runs_on_cuda():
+    from torchslim.prune import ActivationConfig, StructuredConfig
+
+    from .models import TransformerClassifier
+    x = torch.randn(8, 64)
+    batches = [(x, torch.randint(0, 10, (8,)))]
+    for config in (MagnitudeConfig(sparsity=0.9, scope="global"), ActivationConfig(threshold=0.1),
+                   StructuredConfig(sparsity=0.5, importance="taylor")):
+        model = MLP().cuda()
+        report = prune_(model, config, calibration=batches)
+        report.after_step()
+        assert model(x.cuda()).shape == (8, 10)
+    model = TransformerClassifier().cuda()
+    prune_(model, StructuredConfig(sparsity=0.5, importance="activation"),
+           calibration=[(torch.randn(4, 5, 6), torch.randint(0, 3, (4,)))])
+    assert model(torch.randn(4, 5, 6).cuda()).shape == (4, 3)

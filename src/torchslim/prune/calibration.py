@@ -24,12 +24,12 @@ def take_batches(data: Iterable | None, n: int) -> list[tuple[object, torch.Tens
     return [] if data is None else [split_batch(b) for b in islice(iter(data), n)]
 
 
-def _device(model: nn.Module) -> torch.device:
+def model_device(model: nn.Module) -> torch.device:
     p = next(model.parameters(), None)
     return p.device if p is not None else torch.device("cpu")
 
 
-def _to(x, device):
+def to_device(x, device):
     return x.to(device) if isinstance(x, torch.Tensor) else x
 
 
@@ -63,11 +63,11 @@ def mean_abs_activations(model: nn.Module, batches, points: dict[str, tuple[nn.M
         hooks.append(module.register_forward_hook(record(name, act, dim, False)))
     for name, module in (inputs_of or {}).items():
         hooks.append(module.register_forward_hook(record(name, None, -1, True)))
-    was_training, device = model.training, _device(model)
+    was_training, device = model.training, model_device(model)
     model.eval()
     try:
         for x, _ in batches:
-            model(_to(x, device))
+            model(to_device(x, device))
     finally:
         for h in hooks:
             h.remove()
@@ -82,7 +82,7 @@ def accumulate_gradients(model: nn.Module, batches, loss_fn: Callable | None) ->
         loss_fn: ``loss_fn(outputs, targets)``; cross-entropy when None.
     """
     loss_fn = loss_fn or F.cross_entropy
-    was_training, device = model.training, _device(model)
+    was_training, device = model.training, model_device(model)
     model.eval()
     model.zero_grad(set_to_none=True)
     try:
@@ -90,6 +90,6 @@ def accumulate_gradients(model: nn.Module, batches, loss_fn: Callable | None) ->
             for x, y in batches:
                 if y is None:
                     raise ValueError("the taylor importance needs (inputs, targets) calibration batches")
-                loss_fn(model(_to(x, device)), _to(y, device)).backward()
+                loss_fn(model(to_device(x, device)), to_device(y, device)).backward()
     finally:
         model.train(was_training)

@@ -111,7 +111,8 @@ def _channel_groups(group) -> int:
     g = 1
     for dep, _ in group:
         m = dep.target.module
-        if isinstance(m, nn.modules.conv._ConvNd) and 1 < m.groups and not (m.groups == m.in_channels == m.out_channels):
+        depthwise = m.groups == getattr(m, "in_channels", None) == getattr(m, "out_channels", None)
+        if isinstance(m, nn.modules.conv._ConvNd) and m.groups > 1 and not depthwise:
             g = max(g, m.groups)
     return g
 

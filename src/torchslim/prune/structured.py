@@ -12,7 +12,8 @@ from torch import nn
 from torchslim._errors import ConfigError
 from torchslim.prune._select import LayerSelector, count
 from torchslim.prune.attention import PrunableMultiheadAttention, convert_attention_, prune_heads_
-from torchslim.prune.calibration import accumulate_gradients, mean_abs_activations, take_batches
+from torchslim.prune.calibration import (accumulate_gradients, mean_abs_activations, model_device, take_batches,
+                                         to_device)
 from torchslim.prune.config import ActivationConfig, StructuredConfig
 from torchslim.prune.graph import (HeadUnit, activation_point, build_graph, channel_units, head_units,
                                    prune_channels)
@@ -49,11 +50,12 @@ def _outputs(m: nn.Module) -> int:
     return m.out_features if isinstance(m, nn.Linear) else m.out_channels
 
 
-def _example_inputs(ctx, batches):
+def _example_inputs(model, ctx, batches):
+    """One input batch for tracing, on the model's device."""
     if ctx.example_inputs is not None:
-        return ctx.example_inputs
+        return to_device(ctx.example_inputs, model_device(model))
     if batches:
-        return batches[0][0]
+        return to_device(batches[0][0], model_device(model))
     raise ValueError("structured pruning traces the model: pass calibration data or example_inputs to prune_")
 
 
@@ -71,7 +73,7 @@ def prune_structured_(model: nn.Module, config: StructuredConfig, ctx) -> PruneR
     batches = take_batches(ctx.calibration, config.calibration.batches)
     if config.importance in ("activation", "taylor") and not batches:
         raise ValueError(f"importance {config.importance!r} needs calibration data: pass calibration= to prune_")
-    example = _example_inputs(ctx, batches)
+    example = _example_inputs(model, ctx, batches)
     layers = weight_layers(model)
     before, size_before, tracker = snapshot(layers), model_size(model), _Tracker(layers)
     original: dict[str, int] = {}
@@ -119,12 +121,13 @@ def prune_activation_(model: nn.Module, config: ActivationConfig, ctx) -> PruneR
     A unit's activation is its mean |output| over the calibration batches, taken after the layer's BatchNorm and
     nonlinearity when they follow it (a ReLU unit that never fires scores 0), divided by the layer's largest.
     Channels coupled across layers (residual adds) are removed only if below ``threshold`` in every producer.
+    Attention heads are not units of this method (use StructuredConfig with ``importance: activation``).
     """
     selector = LayerSelector(model, 0.0, config.ignore)
     batches = take_batches(ctx.calibration, config.calibration.batches)
     if not batches:
         raise ValueError("activation pruning needs calibration data: pass calibration= to prune_")
-    example = _example_inputs(ctx, batches)
+    example = _example_inputs(model, ctx, batches)
     layers = weight_layers(model)
     before, size_before, tracker = snapshot(layers), model_size(model), _Tracker(layers)
 
