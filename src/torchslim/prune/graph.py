@@ -111,8 +111,9 @@ def _channel_groups(group) -> int:
     g = 1
     for dep, _ in group:
         m = dep.target.module
-        depthwise = m.groups == getattr(m, "in_channels", None) == getattr(m, "out_channels", None)
-        if isinstance(m, nn.modules.conv._ConvNd) and m.groups > 1 and not depthwise:
+        if not isinstance(m, nn.modules.conv._ConvNd) or m.groups == 1:
+            continue
+        if not m.groups == m.in_channels == m.out_channels:  # depthwise convs follow any cut
             g = max(g, m.groups)
     return g
 
