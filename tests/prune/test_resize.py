@@ -62,3 +62,15 @@ def test_unpruned_shapes_are_left_alone(tmp_path):
     prune_(model, MagnitudeConfig(sparsity=0.5))
     _, changed = _roundtrip(tmp_path, LeNet5, model, torch.randn(2, 1, 8, 8))
     assert changed == []
+
+
+def test_depthwise_conv_net(tmp_path):
+    def build():
+        return nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3, groups=8), nn.BatchNorm2d(8),
+                             nn.ReLU(), nn.Conv2d(8, 4, 1), nn.Flatten(), nn.Linear(4 * 4 * 4, 5))
+
+    model, x = build(), torch.randn(2, 1, 8, 8)
+    prune_(model, StructuredConfig(sparsity=0.5), example_inputs=x)
+    fresh, _ = _roundtrip(tmp_path, build, model, x)
+    assert (fresh[2].groups, fresh[2].in_channels, fresh[2].out_channels, fresh[5].out_channels) == (4, 4, 4, 2)
+    assert fresh[7].in_features == 2 * 4 * 4
