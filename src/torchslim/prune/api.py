@@ -1,0 +1,97 @@
+"""``prune_(model, config)``: the config's type picks the handler; the schedule loop is shared."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from torchslim.prune.config import ActivationConfig, MagnitudeConfig, StructuredConfig
+from torchslim.prune.report import PruneReport
+from torchslim.prune.schedule import spread_epochs
+
+__all__ = ["prune_", "register_pruner"]
+
+Finetune = Callable[[nn.Module, int, Callable[[], None]], Any]
+_HANDLERS: dict[type, Callable[..., PruneReport]] = {}
+
+
+def register_pruner(config_type: type):
+    """Register ``handler(model, config, ctx) -> PruneReport`` as the pruner for ``config_type``."""
+    def wrap(handler):
+        _HANDLERS[config_type] = handler
+        return handler
+    return wrap
+
+
+@dataclass
+class PruneContext:
+    """What a handler gets besides the model and config: data, loss and the fine-tuning callable."""
+
+    calibration: Iterable | None
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None
+    finetune: Finetune | None
+    example_inputs: Any
+
+    def run_schedule(self, model: nn.Module, config, step_fn: Callable[[int, int], None],
+                     after_step: Callable[[], None]) -> None:
+        """Prune step by step (``step_fn(t, n)`` for t = 1..n) and fine-tune after each step, spreading
+        ``config.finetune.epochs`` over the steps."""
+        steps = getattr(config, "schedule", None)
+        n = steps.steps if steps is not None else 1
+        epochs = spread_epochs(config.finetune.epochs, n) if config.finetune is not None else [0] * n
+        if any(epochs) and self.finetune is None:
+            raise ValueError("the config asks for fine-tuning (finetune.epochs > 0) but no finetune callable "
+                             "was given to prune_")
+        for t in range(1, n + 1):
+            step_fn(t, n)
+            if epochs[t - 1] > 0:
+                self.finetune(model, epochs[t - 1], after_step)
+
+
+def prune_(model: nn.Module, config: MagnitudeConfig | ActivationConfig | StructuredConfig, *,
+           calibration: Iterable | None = None,
+           loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+           finetune: Finetune | None = None,
+           example_inputs: Any = None) -> PruneReport:
+    """Prune ``model`` in place as ``config`` says.
+
+    Args:
+        model: any ``nn.Module``.
+        config: a MagnitudeConfig, ActivationConfig or StructuredConfig.
+        calibration: iterable of batches (a DataLoader): ``(inputs, targets, ...)`` tuples or bare input tensors.
+            Needed by ActivationConfig and by StructuredConfig with ``activation``/``taylor`` importance; its first
+            batch also serves as ``example_inputs``.
+        loss_fn: ``loss_fn(outputs, targets)`` for the ``taylor`` importance; cross-entropy by default.
+        finetune: ``finetune(model, epochs, after_step)`` trains ``model`` for ``epochs`` epochs at
+            ``config.finetune.lr``, calling ``after_step()`` after every optimizer step. Called between schedule
+            steps when ``config.finetune`` is set.
+        example_inputs: one input batch for tracing the model (structured and activation methods), when no
+            calibration data is given.
+
+    Returns:
+        a PruneReport: per-layer shapes and counts, achieved sparsity, masks and the ``after_step`` hook.
+
+    Example:
+        >>> report = prune_(model, MagnitudeConfig(sparsity=0.9, scope="global"))  # doctest: +SKIP
+    """
+    handler = _HANDLERS.get(type(config))
+    if handler is None:
+        known = ", ".join(sorted(t.__name__ for t in _HANDLERS))
+        raise TypeError(f"no pruner for {type(config).__name__}; known configs: {known}")
+    return handler(model, config, PruneContext(calibration, loss_fn, finetune, example_inputs))
+
+
+def _register_builtin() -> None:
+    from torchslim.prune.magnitude import prune_magnitude_
+    from torchslim.prune.structured import prune_activation_, prune_structured_
+
+    register_pruner(MagnitudeConfig)(prune_magnitude_)
+    register_pruner(ActivationConfig)(prune_activation_)
+    register_pruner(StructuredConfig)(prune_structured_)
+
+
+_register_builtin()

@@ -1,0 +1,266 @@
+"""Pruning configs: one frozen dataclass per method, fields named exactly as the recipe keys.
+
+A recipe stage ``- prune: {method: structured, sparsity: 0.5, ...}`` becomes a config through
+:func:`config_from_mapping`; every value is checked here, at the edge, and a bad one raises
+``ConfigError(field, message)`` naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from torchslim._errors import ConfigError
+
+__all__ = [
+    "Calibration",
+    "Finetune",
+    "Schedule",
+    "MagnitudeConfig",
+    "ActivationConfig",
+    "StructuredConfig",
+    "IMPORTANCES",
+    "config_from_mapping",
+]
+
+IMPORTANCES = ("l1", "l2", "activation", "taylor")
+SCHEDULE_KINDS = ("oneshot", "polynomial")
+SCOPES = ("layer", "global")
+
+
+def _check_fraction(name: str, value: Any) -> float:
+    """A sparsity: a number in [0, 1)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(name, f"must be a number in [0, 1), got {value!r}")
+    if not 0.0 <= value < 1.0:
+        raise ConfigError(name, f"must be in [0, 1), got {value}")
+    return float(value)
+
+
+def _check_int(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(name, f"must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ConfigError(name, f"must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def _check_patterns(name: str, patterns: Any) -> tuple[str, ...]:
+    """Module names, or ``re:`` + a regex that must match a whole name."""
+    if isinstance(patterns, str) or not isinstance(patterns, (list, tuple)):
+        raise ConfigError(name, f"must be a list of module names or 're:' patterns, got {patterns!r}")
+    for p in patterns:
+        _check_pattern(name, p)
+    return tuple(patterns)
+
+
+def _check_pattern(name: str, pattern: Any) -> None:
+    if not isinstance(pattern, str) or not pattern or pattern == "re:":
+        raise ConfigError(name, f"a module name or 're:' pattern must be a non-empty string, got {pattern!r}")
+    if pattern.startswith("re:"):
+        try:
+            re.compile(pattern[3:])
+        except re.error as exc:
+            raise ConfigError(name, f"invalid regular expression {pattern[3:]!r}: {exc}") from None
+
+
+def _check_overrides(overrides: Any) -> dict[str, float]:
+    if not isinstance(overrides, Mapping):
+        raise ConfigError("overrides", f"must be a mapping of module name or 're:' pattern to sparsity, "
+                                       f"got {overrides!r}")
+    for key, value in overrides.items():
+        _check_pattern("overrides", key)
+        _check_fraction(f"overrides.{key}", value)
+    return {k: float(v) for k, v in overrides.items()}
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """How sparsity grows: ``oneshot`` (all at once) or ``polynomial`` over ``steps`` steps (Zhu & Gupta, 2017).
+
+    Args:
+        kind: ``oneshot`` or ``polynomial``.
+        steps: number of pruning steps; 1 for ``oneshot``.
+    """
+
+    kind: str = "oneshot"
+    steps: int = 1
+
+    def __post_init__(self):
+        _check_choice("kind", self.kind, SCHEDULE_KINDS)
+        _check_int("steps", self.steps, 1)
+        if self.kind == "oneshot" and self.steps != 1:
+            raise ConfigError("steps", f"a oneshot schedule has 1 step, got {self.steps}; use kind: polynomial")
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Data used to measure activations or gradients: the first ``batches`` batches of the train split."""
+
+    batches: int = 8
+
+    def __post_init__(self):
+        _check_int("batches", self.batches, 1)
+
+
+@dataclass(frozen=True)
+class Finetune:
+    """Training after pruning: ``epochs`` in total, spread over the schedule's steps, at learning rate ``lr``."""
+
+    epochs: int
+    lr: float
+
+    def __post_init__(self):
+        _check_int("epochs", self.epochs, 0)
+        if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not self.lr > 0:
+            raise ConfigError("lr", f"must be a positive number, got {self.lr!r}")
+
+
+@dataclass(frozen=True)
+class MagnitudeConfig:
+    """Unstructured pruning: zero the smallest-|w| weights of every Linear/ConvNd layer; masks keep them zero.
+
+    Args:
+        sparsity: fraction of weights zeroed, in [0, 1).
+        scope: ``layer`` (each layer to ``sparsity``) or ``global`` (one |w| threshold across layers).
+        schedule: oneshot or polynomial.
+        finetune: training between/after the schedule's steps, or None.
+        ignore: layers left dense (names as in ``named_modules`` or ``re:`` + full-match regex).
+        overrides: per-layer sparsity by name or pattern; an overridden layer is pruned on its own.
+    """
+
+    sparsity: float
+    scope: str = "layer"
+    schedule: Schedule = Schedule()
+    finetune: Finetune | None = None
+    ignore: tuple[str, ...] = ()
+    overrides: Mapping[str, float] = field(default_factory=dict)
+
+    def __post_init__(self):
+        _check_fraction("sparsity", self.sparsity)
+        _check_choice("scope", self.scope, SCOPES)
+        object.__setattr__(self, "ignore", _check_patterns("ignore", self.ignore))
+        object.__setattr__(self, "overrides", _check_overrides(self.overrides))
+
+
+@dataclass(frozen=True)
+class ActivationConfig:
+    """Remove units (neurons/channels) whose mean |activation| on calibration data, divided by the layer's
+    largest, is below ``threshold``.
+
+    Args:
+        threshold: τ in [0, 1].
+        calibration: how many batches to measure on.
+        finetune: training after the removal, or None.
+        ignore: layers whose units are kept.
+    """
+
+    threshold: float
+    calibration: Calibration = Calibration()
+    finetune: Finetune | None = None
+    ignore: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        t = self.threshold
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0.0 <= t <= 1.0:
+            raise ConfigError("threshold", f"must be a number in [0, 1], got {t!r}")
+        object.__setattr__(self, "ignore", _check_patterns("ignore", self.ignore))
+
+
+@dataclass(frozen=True)
+class StructuredConfig:
+    """Remove whole channels/neurons (and attention heads) so the model physically shrinks.
+
+    Args:
+        sparsity: fraction of units removed per layer; in transformer blocks, of heads and FFN neurons.
+        importance: ``l1`` | ``l2`` (weight norms) | ``activation`` (mean |activation|) | ``taylor`` (|w·∂L/∂w|).
+        calibration: batches for the ``activation`` and ``taylor`` importances.
+        schedule: oneshot or polynomial.
+        finetune: training between/after the schedule's steps, or None.
+        ignore: layers whose units are kept.
+        overrides: per-layer sparsity by name or pattern.
+    """
+
+    sparsity: float
+    importance: str = "l2"
+    calibration: Calibration = Calibration()
+    schedule: Schedule = Schedule()
+    finetune: Finetune | None = None
+    ignore: tuple[str, ...] = ()
+    overrides: Mapping[str, float] = field(default_factory=dict)
+
+    def __post_init__(self):
+        _check_fraction("sparsity", self.sparsity)
+        _check_choice("importance", self.importance, IMPORTANCES)
+        object.__setattr__(self, "ignore", _check_patterns("ignore", self.ignore))
+        object.__setattr__(self, "overrides", _check_overrides(self.overrides))
+
+
+METHODS: dict[str, type] = {
+    "magnitude": MagnitudeConfig,
+    "activation": ActivationConfig,
+    "structured": StructuredConfig,
+}
+_VALUE_OBJECTS = {"schedule": Schedule, "calibration": Calibration, "finetune": Finetune}
+
+
+def _value_object(key: str, cls: type, raw: Any) -> Any:
+    if isinstance(raw, cls) or raw is None:
+        return raw
+    if not isinstance(raw, Mapping):
+        raise ConfigError(key, f"must be a mapping, got {raw!r}")
+    known = [f.name for f in dataclasses.fields(cls)]
+    for k in raw:
+        if k not in known:
+            raise ConfigError(f"{key}.{k}", f"unknown key (expected {', '.join(known)})")
+    try:
+        return cls(**raw)
+    except ConfigError as err:
+        raise err.within(key) from None
+    except TypeError:
+        missing = [f.name for f in dataclasses.fields(cls)
+                   if f.default is dataclasses.MISSING and f.name not in raw]
+        raise ConfigError(f"{key}.{missing[0]}", "required key is missing") from None
+
+
+def config_from_mapping(data: Mapping[str, Any]):
+    """Build the config for one recipe ``prune`` stage.
+
+    Args:
+        data: the stage's mapping, e.g. ``{"method": "magnitude", "sparsity": 0.9, "scope": "global"}``.
+
+    Returns:
+        a MagnitudeConfig, ActivationConfig or StructuredConfig.
+
+    Raises:
+        ConfigError: naming the key that is unknown, does not apply to the method, is missing or is invalid.
+    """
+    if not isinstance(data, Mapping):
+        raise ConfigError("", f"a prune stage must be a mapping, got {data!r}")
+    method = data.get("method")
+    if method not in METHODS:
+        raise ConfigError("method", f"must be one of {', '.join(METHODS)}, got {method!r}")
+    cls = METHODS[method]
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    all_keys = {f.name for c in METHODS.values() for f in dataclasses.fields(c)}
+    kwargs = {}
+    for key, value in data.items():
+        if key == "method":
+            continue
+        if key not in fields:
+            if key in all_keys:
+                raise ConfigError(key, f"does not apply to method {method}")
+            raise ConfigError(key, f"unknown key (expected method, {', '.join(fields)})")
+        kwargs[key] = _value_object(key, _VALUE_OBJECTS[key], value) if key in _VALUE_OBJECTS else value
+    for name, f in fields.items():
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and name not in kwargs:
+            raise ConfigError(name, f"required key is missing for method {method}")
+    return cls(**kwargs)

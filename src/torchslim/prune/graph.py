@@ -1,0 +1,177 @@
+"""Coupling mechanics: which channels must be removed together, found by torch-pruning's DependencyGraph.
+
+A *unit* is what one importance score ranks and one cut removes:
+
+* a :class:`ChannelUnit`: the output channels/neurons of one Linear/ConvNd layer together with everything coupled
+  to them (residual adds, concatenations, flatten, BatchNorm, the next layers' inputs);
+* a :class:`HeadUnit`: the heads of one :class:`PrunableMultiheadAttention`.
+
+Never units: channels that reach the model's output (the classes) and the residual stream of a transformer
+(``d_model``), which is every group coupled to an attention module's embedding dimension.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from torchslim.prune._select import LayerSelector
+from torchslim.prune.attention import PrunableMultiheadAttention
+
+OPTYPE = tp.ops.OPTYPE
+CHANNEL_LAYERS = (nn.Linear, nn.modules.conv._ConvNd)
+# node types that mix channels: an output layer's channels stop being "the output" past one of these
+_MIXING = {OPTYPE.CONV, OPTYPE.LINEAR, OPTYPE.CUSTOMIZED, OPTYPE.MHA, OPTYPE.LSTM, OPTYPE.EMBED}
+# post-activation functions recognised after a layer (autograd node name -> function)
+_ACTIVATIONS = {
+    "ReluBackward0": torch.relu,
+    "GeluBackward0": torch.nn.functional.gelu,
+    "SiluBackward0": torch.nn.functional.silu,
+    "TanhBackward0": torch.tanh,
+    "SigmoidBackward0": torch.sigmoid,
+}
+
+
+class _EmbedDimIsFixed(tp.pruner.function.BasePruningFunc):
+    """Shows the graph an attention module as one layer of width ``embed_dim`` (its heads are cut separately)."""
+
+    def prune_out_channels(self, layer, idxs):
+        raise RuntimeError("the embedding dimension (d_model) of an attention module is never pruned")
+
+    prune_in_channels = prune_out_channels
+
+    def get_out_channels(self, layer):
+        return layer.embed_dim
+
+    def get_in_channels(self, layer):
+        return layer.embed_dim
+
+
+def build_graph(model: nn.Module, example_inputs) -> tp.DependencyGraph:
+    """Trace ``model`` on ``example_inputs`` (one batch) into a dependency graph."""
+    was_training = model.training
+    with torch.enable_grad():
+        graph = tp.DependencyGraph().build_dependency(
+            model, example_inputs=example_inputs, verbose=False,
+            customized_pruners={PrunableMultiheadAttention: _EmbedDimIsFixed()})
+    model.train(was_training)
+    return graph
+
+
+@dataclass
+class ChannelUnit:
+    """Coupled output channels rooted at layer ``name``; ``size`` channels now."""
+
+    name: str
+    root: nn.Module
+    group: object  # torch-pruning Group over all channels
+    producers: list[tuple[str, nn.Module]]  # Linear/ConvNd layers whose outputs are these channels
+    size: int
+    channel_groups: int = 1  # grouped convolutions: channels are removed the same in each of these groups
+
+
+@dataclass
+class HeadUnit:
+    """The heads of attention module ``name``."""
+
+    name: str
+    module: PrunableMultiheadAttention
+    size: int = field(init=False)
+
+    def __post_init__(self):
+        self.size = self.module.num_heads
+
+
+def _is_out(graph, dep) -> bool:
+    return graph.is_out_channel_pruning_fn(dep.handler)
+
+
+def feeds_output(graph: tp.DependencyGraph, module: nn.Module) -> bool:
+    """Whether ``module``'s channels reach the model's output without passing through another layer."""
+    stack, seen = [graph.module2node[module]], set()
+    while stack:
+        node = stack.pop()
+        if not node.outputs:  # nothing consumes it: the trace ended here, so this is a model output
+            return True
+        for out in node.outputs:
+            if out.type == OPTYPE.OUTPUT:
+                return True
+            if out not in seen and out.type not in _MIXING:
+                seen.add(out)
+                stack.append(out)
+    return False
+
+
+def _channel_groups(group) -> int:
+    """Conv groups (not depthwise) coupled to these channels: cuts must be equal in each group."""
+    g = 1
+    for dep, _ in group:
+        m = dep.target.module
+        if not isinstance(m, nn.modules.conv._ConvNd) or m.groups == 1:
+            continue
+        if not m.groups == m.in_channels == m.out_channels:  # depthwise convs follow any cut
+            g = max(g, m.groups)
+    return g
+
+
+def channel_units(model: nn.Module, graph: tp.DependencyGraph, selector: LayerSelector) -> list[ChannelUnit]:
+    """The prunable channel groups of ``model`` not excluded by ``selector``."""
+    names = {m: n for n, m in model.named_modules()}
+    units = []
+    for group in graph.get_all_groups(root_module_types=CHANNEL_LAYERS):
+        if any(dep.target.type == OPTYPE.CUSTOMIZED for dep, _ in group):
+            continue  # coupled to an attention module's embed dim: the residual stream
+        producers = [(names[dep.target.module], dep.target.module) for dep, _ in group
+                     if _is_out(graph, dep) and isinstance(dep.target.module, CHANNEL_LAYERS)]
+        if not producers or any(feeds_output(graph, m) for _, m in producers):
+            continue
+        if any(selector.is_ignored(n) for n, _ in producers):
+            continue
+        root = group[0].dep.target.module
+        units.append(ChannelUnit(names[root], root, group, producers, len(group[0].idxs), _channel_groups(group)))
+    order = {n: i for i, n in enumerate(names.values())}
+    return sorted(units, key=lambda u: order[u.name])  # model order, not trace order
+
+
+def head_units(model: nn.Module, selector: LayerSelector) -> list[HeadUnit]:
+    """The attention modules whose heads may be removed."""
+    return [HeadUnit(n, m) for n, m in model.named_modules()
+            if isinstance(m, PrunableMultiheadAttention) and not selector.is_ignored(n)]
+
+
+def activation_point(graph: tp.DependencyGraph, layer: nn.Module):
+    """Where a layer's units are "active": after its BatchNorm, if any, and its nonlinearity, if one follows.
+
+    Returns:
+        (module to hook, function applied to that module's output or None, channel dim of that output).
+    """
+    node, hook = graph.module2node[layer], layer
+    while len(node.outputs) == 1 and node.outputs[0].type == OPTYPE.BN:
+        node = node.outputs[0]
+        hook = node.module
+    act = None
+    if len(node.outputs) == 1 and node.outputs[0].type == OPTYPE.ELEMENTWISE:
+        grad_fn = node.outputs[0].grad_fn
+        act = _ACTIVATIONS.get(grad_fn.name()) if hasattr(grad_fn, "name") else None
+    return hook, act, (-1 if isinstance(hook, nn.Linear) else 1)
+
+
+def prune_channels(graph: tp.DependencyGraph, unit: ChannelUnit, idxs: Sequence[int]) -> dict[str, list[int]]:
+    """Remove channels ``idxs`` (root-layer indices) of ``unit`` and everything coupled to them.
+
+    Returns:
+        layer name -> its output indices removed (indices into its outputs before this cut).
+    """
+    root_fn = graph.get_pruner_of_module(unit.root).prune_out_channels
+    group = graph.get_pruning_group(unit.root, root_fn, sorted(int(i) for i in idxs))
+    names = {m: n for n, m in graph.model.named_modules()}
+    removed = {}
+    for dep, dep_idxs in group:
+        if _is_out(graph, dep) and isinstance(dep.target.module, CHANNEL_LAYERS):
+            removed[names[dep.target.module]] = list(dep_idxs)
+    group.prune()
+    return removed

@@ -1,0 +1,157 @@
+"""Structured pruning: remove whole channels, neurons and attention heads, so the model physically shrinks.
+
+Two policies share the mechanics: :class:`StructuredConfig` removes the lowest-importance fraction of each unit,
+:class:`ActivationConfig` removes the units whose normalised mean |activation| is below a threshold.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from torchslim._errors import ConfigError
+from torchslim.prune._select import LayerSelector, count
+from torchslim.prune.attention import PrunableMultiheadAttention, convert_attention_, prune_heads_
+from torchslim.prune.calibration import (accumulate_gradients, mean_abs_activations, model_device, take_batches,
+                                         to_device)
+from torchslim.prune.config import ActivationConfig, StructuredConfig
+from torchslim.prune.graph import (HeadUnit, activation_point, build_graph, channel_units, head_units,
+                                   prune_channels)
+from torchslim.prune.importance import channel_scores, head_scores, producer_activation
+from torchslim.prune.report import PruneReport, build_report, model_size, snapshot, weight_layers
+from torchslim.prune.schedule import sparsity_at
+
+
+def _lowest(scores: torch.Tensor, k: int, channel_groups: int = 1) -> list[int]:
+    """Indices of the ``k`` lowest scores; with conv groups, the same positions in each group."""
+    if channel_groups == 1:
+        return torch.argsort(scores, stable=True)[:k].tolist()
+    per = scores.numel() // channel_groups
+    positions = torch.argsort(scores.view(channel_groups, per).sum(0), stable=True)[:k // channel_groups]
+    return sorted(g * per + int(p) for g in range(channel_groups) for p in positions)
+
+
+class _Tracker:
+    """Keeps, per layer, which original output units are still there, to report removals in original indices."""
+
+    def __init__(self, layers: dict[str, nn.Module]):
+        self.kept = {n: list(range(_outputs(m))) for n, m in layers.items()}
+        self.removed: dict[str, list[int]] = {n: [] for n in layers}
+
+    def remove(self, name: str, idxs) -> None:
+        gone = set(int(i) for i in idxs)
+        self.removed[name] += [o for i, o in enumerate(self.kept[name]) if i in gone]
+        self.kept[name] = [o for i, o in enumerate(self.kept[name]) if i not in gone]
+
+
+def _outputs(m: nn.Module) -> int:
+    if isinstance(m, PrunableMultiheadAttention):
+        return m.num_heads
+    return m.out_features if isinstance(m, nn.Linear) else m.out_channels
+
+
+def _example_inputs(model, ctx, batches):
+    """One input batch for tracing, on the model's device."""
+    if ctx.example_inputs is not None:
+        return to_device(ctx.example_inputs, model_device(model))
+    if batches:
+        return to_device(batches[0][0], model_device(model))
+    raise ValueError("structured pruning traces the model: pass calibration data or example_inputs to prune_")
+
+
+def _activations(model, graph, units, heads, batches):
+    """Mean |activation| of every producer of ``units`` and of every head input."""
+    points = {n: activation_point(graph, m) for u in units for n, m in u.producers}
+    inputs_of = {h.name: h.module.out_proj for h in heads}
+    return mean_abs_activations(model, batches, points, inputs_of)
+
+
+def prune_structured_(model: nn.Module, config: StructuredConfig, ctx) -> PruneReport:
+    """Handler of :class:`StructuredConfig` for :func:`torchslim.prune.prune_`."""
+    convert_attention_(model)  # heads become removable without touching d_model
+    selector = LayerSelector(model, config.sparsity, config.ignore, config.overrides)
+    batches = take_batches(ctx.calibration, config.calibration.batches)
+    if config.importance in ("activation", "taylor") and not batches:
+        raise ValueError(f"importance {config.importance!r} needs calibration data: pass calibration= to prune_")
+    example = _example_inputs(model, ctx, batches)
+    layers = weight_layers(model)
+    before, size_before, tracker = snapshot(layers), model_size(model), _Tracker(layers)
+    original: dict[str, int] = {}
+
+    def step_fn(step: int, steps: int) -> None:
+        graph = build_graph(model, example)
+        units, heads = channel_units(model, graph, selector), head_units(model, selector)
+        acts = _activations(model, graph, units, heads, batches) if config.importance == "activation" else {}
+        if config.importance == "taylor":
+            accumulate_gradients(model, batches, ctx.loss_fn)
+        cuts = []  # decide every cut before making any: scores see one consistent model
+        for unit in units + heads:
+            n0 = original.setdefault(unit.name, unit.size)
+            removed = count(sparsity_at(selector.sparsity_for(unit.name), step, steps), n0)
+            if removed >= n0:
+                raise ConfigError(selector.field_for(unit.name), f"would remove every unit of {unit.name!r} "
+                                                                 f"({n0}); lower it or ignore the layer")
+            k = unit.size - (n0 - removed)
+            groups = 1 if isinstance(unit, HeadUnit) else unit.channel_groups
+            k -= k % groups
+            if k <= 0:
+                continue
+            if isinstance(unit, HeadUnit):
+                scores = head_scores(config.importance, unit.module, acts.get(unit.name))
+            else:
+                scores = channel_scores(config.importance, unit, acts)
+            cuts.append((unit, _lowest(scores, k, groups)))
+        for unit, idxs in cuts:
+            if isinstance(unit, HeadUnit):
+                prune_heads_(unit.module, idxs)
+                tracker.remove(unit.name, idxs)
+            else:
+                for name, gone in prune_channels(graph, unit, idxs).items():
+                    tracker.remove(name, gone)
+        model.zero_grad(set_to_none=True)
+
+    ctx.run_schedule(model, config, step_fn, lambda: None)
+    return build_report("structured", list(layers), before, weight_layers(model), size_before, model,
+                        tracker.removed)
+
+
+def prune_activation_(model: nn.Module, config: ActivationConfig, ctx) -> PruneReport:
+    """Handler of :class:`ActivationConfig` for :func:`torchslim.prune.prune_`.
+
+    A unit's activation is its mean |output| over the calibration batches, taken after the layer's BatchNorm and
+    nonlinearity when they follow it (a ReLU unit that never fires scores 0), divided by the layer's largest.
+    Channels coupled across layers (residual adds) are removed only if below ``threshold`` in every producer.
+    Attention heads are not units of this method (use StructuredConfig with ``importance: activation``).
+    """
+    selector = LayerSelector(model, 0.0, config.ignore)
+    batches = take_batches(ctx.calibration, config.calibration.batches)
+    if not batches:
+        raise ValueError("activation pruning needs calibration data: pass calibration= to prune_")
+    example = _example_inputs(model, ctx, batches)
+    layers = weight_layers(model)
+    before, size_before, tracker = snapshot(layers), model_size(model), _Tracker(layers)
+
+    def step_fn(step: int, steps: int) -> None:
+        graph = build_graph(model, example)
+        units = channel_units(model, graph, selector)
+        acts = _activations(model, graph, units, [], batches)
+        cuts = []
+        for unit in units:
+            score = producer_activation(unit, acts, normalise=True, reduce="max")  # (size,) in [0, 1]
+            below = score < config.threshold
+            if bool(below.all()):
+                raise ConfigError("threshold", f"would remove every unit of {unit.name!r}; lower it or ignore "
+                                               f"the layer")
+            if unit.channel_groups > 1:  # grouped conv: a position goes only if it is below in every group
+                g = unit.channel_groups
+                below = below.view(g, -1).all(0).repeat(g)
+            idxs = torch.nonzero(below).flatten().tolist()
+            if idxs:
+                cuts.append((unit, idxs))
+        for unit, idxs in cuts:
+            for name, gone in prune_channels(graph, unit, idxs).items():
+                tracker.remove(name, gone)
+
+    ctx.run_schedule(model, config, step_fn, lambda: None)
+    return build_report("activation", list(layers), before, weight_layers(model), size_before, model,
+                        tracker.removed)

@@ -1,0 +1,147 @@
+import pytest
+import torch
+from torch import nn
+
+from torchslim._errors import ConfigError
+from torchslim.prune import Finetune, MagnitudeConfig, Schedule, apply_masks_, mask_hook, prune_
+from torchslim.prune._select import count
+
+from .models import LeNet5, MLP
+
+LAYERS = ["conv1", "conv2", "fc1", "fc2"]
+
+
+def _weights(model, names=LAYERS):
+    mods = dict(model.named_modules())
+    return {n: mods[n].weight.detach() for n in names}
+
+
+def test_global_sparsity_is_exact_and_one_threshold():
+    model = LeNet5()
+    w0 = {n: w.clone() for n, w in _weights(model).items()}
+    report = prune_(model, MagnitudeConfig(sparsity=0.9, scope="global"))
+    w = _weights(model)
+    total = sum(t.numel() for t in w.values())
+    zeros = sum(int((t == 0).sum()) for t in w.values())
+    assert zeros == count(0.9, total)  # 78134 of 86816
+    assert abs(zeros / total - 0.9) <= 1 / total
+    assert report.sparsity == pytest.approx(zeros / total)
+    pruned = torch.cat([w0[n][w[n] == 0].abs() for n in LAYERS])
+    kept = torch.cat([w0[n][w[n] != 0].abs() for n in LAYERS])
+    assert pruned.max() <= kept.min()  # one |w| threshold across layers
+    assert [l.name for l in report.layers] == LAYERS  # final classifier included
+    assert report.params_after == report.params_before
+    assert report.nonzero_before - report.nonzero_after == zeros
+
+
+def test_layer_scope_prunes_each_layer_to_the_sparsity():
+    model = LeNet5()
+    w0 = {n: w.clone() for n, w in _weights(model).items()}
+    prune_(model, MagnitudeConfig(sparsity=0.9))
+    for n, t in _weights(model).items():
+        assert int((t == 0).sum()) == count(0.9, t.numel()), n
+        assert w0[n][t == 0].abs().max() <= w0[n][t != 0].abs().min()
+
+
+def test_ignore_and_overrides():
+    model = LeNet5()
+    report = prune_(model, MagnitudeConfig(sparsity=0.8, ignore=["fc2"], overrides={"fc1": 0.5, "re:conv.*": 0.3}))
+    w = _weights(model)
+    assert int((w["fc2"] == 0).sum()) == 0
+    assert int((w["fc1"] == 0).sum()) == count(0.5, w["fc1"].numel())
+    assert int((w["conv2"] == 0).sum()) == count(0.3, w["conv2"].numel())
+    assert "fc2" not in report.masks and [l.name for l in report.layers] == ["conv1", "conv2", "fc1"]
+
+
+def test_global_scope_with_override_prunes_overridden_layer_alone():
+    model = LeNet5()
+    prune_(model, MagnitudeConfig(sparsity=0.9, scope="global", overrides={"fc2": 0.2}))
+    w = _weights(model)
+    assert int((w["fc2"] == 0).sum()) == count(0.2, w["fc2"].numel())
+    rest = ["conv1", "conv2", "fc1"]
+    total = sum(w[n].numel() for n in rest)
+    assert sum(int((w[n] == 0).sum()) for n in rest) == count(0.9, total)
+
+
+@pytest.mark.parametrize("optimizer", [
+    lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, weight_decay=1e-3),
+    lambda p: torch.optim.Adam(p, lr=1e-2),
+])
+def test_mask_hook_keeps_zeros_through_optimizer_steps(optimizer):
+    model = MLP()
+    report = prune_(model, MagnitudeConfig(sparsity=0.7, scope="global"))
+    zero_before = {n: (w == 0) for n, w in _weights(model, ["fc1", "fc2", "fc3"]).items()}
+    opt = optimizer(model.parameters())
+    x, y = torch.randn(32, 64), torch.randint(0, 10, (32,))
+    for _ in range(5):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+        report.after_step()
+    for n, w in _weights(model, ["fc1", "fc2", "fc3"]).items():
+        assert torch.equal(w == 0, zero_before[n]), n
+        assert torch.equal(report.masks[n], ~zero_before[n])
+
+
+def test_without_the_hook_training_revives_pruned_weights():
+    model = MLP()
+    report = prune_(model, MagnitudeConfig(sparsity=0.7))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    opt.zero_grad()
+    nn.functional.cross_entropy(model(torch.randn(8, 64)), torch.randint(0, 10, (8,))).backward()
+    opt.step()
+    assert (model.fc1.weight[~report.masks["fc1"]] != 0).any()
+    apply_masks_(model, report.masks)
+    assert (model.fc1.weight[~report.masks["fc1"]] == 0).all()
+    hook = mask_hook(model, report.masks)
+    model.fc1.weight.data += 1.0
+    hook()
+    assert int((model.fc1.weight == 0).sum()) == count(0.7, model.fc1.weight.numel())
+
+
+def test_polynomial_schedule_with_finetune_between_steps():
+    model = MLP()
+    seen = []
+
+    def finetune(m, epochs, after_step):
+        w = m.fc1.weight
+        seen.append((epochs, int((w == 0).sum()) / w.numel()))
+        m.fc1.weight.data += 0.5  # a "training" step that touches pruned weights
+        after_step()
+
+    cfg = MagnitudeConfig(sparsity=0.8, schedule=Schedule("polynomial", 4), finetune=Finetune(epochs=8, lr=0.01))
+    prune_(model, cfg, finetune=finetune)
+    assert [e for e, _ in seen] == [2, 2, 2, 2]
+    expected = [count(s, model.fc1.weight.numel()) / model.fc1.weight.numel() for s in (0.4625, 0.7, 0.7875, 0.8)]
+    assert [s for _, s in seen] == pytest.approx(expected)
+    assert int((model.fc1.weight == 0).sum()) == count(0.8, model.fc1.weight.numel())
+
+
+def test_finetune_config_without_callable_is_an_error():
+    with pytest.raises(ValueError, match="finetune"):
+        prune_(MLP(), MagnitudeConfig(sparsity=0.5, finetune=Finetune(epochs=1, lr=0.1)))
+
+
+def test_sparsity_that_empties_a_layer_is_an_error():
+    model = nn.Sequential(nn.Linear(4, 1), nn.ReLU(), nn.Linear(1, 1))  # the last layer has one weight
+    with pytest.raises(ConfigError) as err:
+        prune_(model, MagnitudeConfig(sparsity=0.6))
+    assert err.value.field == "sparsity" and "layer(s) 2;" in str(err.value)
+    with pytest.raises(ConfigError) as err:
+        prune_(model, MagnitudeConfig(sparsity=0.1, overrides={"2": 0.9}))
+    assert err.value.field == "overrides.2"
+
+
+def test_global_threshold_that_empties_a_layer_is_an_error():
+    model = MLP()
+    with torch.no_grad():
+        model.fc3.weight.mul_(1e-6)  # far below every other weight
+    with pytest.raises(ConfigError) as err:
+        prune_(model, MagnitudeConfig(sparsity=0.9, scope="global"))
+    assert err.value.field == "sparsity" and "fc3" in str(err.value)
+
+
+def test_unmatched_ignore_is_an_error():
+    with pytest.raises(ConfigError) as err:
+        prune_(MLP(), MagnitudeConfig(sparsity=0.5, ignore=["classifier"]))
+    assert err.value.field == "ignore"

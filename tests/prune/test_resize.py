@@ -1,0 +1,76 @@
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from torchslim.prune import MagnitudeConfig, StructuredConfig, prune_, resize_to_state_dict_
+from torchslim.prune.attention import PrunableMultiheadAttention
+
+from .models import LeNet5, ResNetTiny, TransformerClassifier
+
+
+def _train_a_little(model, x, classes):
+    # non-trivial BatchNorm statistics and weights, so the reload is tested on more than the init
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    for _ in range(3):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), torch.randint(0, classes, (x.shape[0],))).backward()
+        opt.step()
+
+
+def _roundtrip(tmp_path, build, pruned, x):
+    path = tmp_path / "pruned.safetensors"
+    save_file(pruned.state_dict(), str(path))
+    fresh = build()
+    state = load_file(str(path))
+    changed = resize_to_state_dict_(fresh, state)
+    fresh.load_state_dict(state)  # strict
+    pruned.eval(), fresh.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(x), pruned(x), rtol=0, atol=0)
+    return fresh, changed
+
+
+def test_residual_conv_net(tmp_path):
+    model, x = ResNetTiny(), torch.randn(6, 1, 8, 8)
+    _train_a_little(model, x, 10)
+    prune_(model, StructuredConfig(sparsity=0.5), example_inputs=x)
+    fresh, changed = _roundtrip(tmp_path, ResNetTiny, model, x)
+    assert {"stem", "bn0", "conv_b", "bn_b", "side", "merge", "fc1", "fc2"} <= set(changed)
+    assert (fresh.conv_b.groups, fresh.conv_b.in_channels, fresh.bn0.num_features) == (2, 8, 8)
+    assert fresh.fc1.in_features == model.fc1.in_features
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_transformer_classifier(tmp_path, batch_first):
+    model, x = TransformerClassifier(batch_first=batch_first), torch.randn(4, 5, 6)
+    _train_a_little(model, x, 3)
+    prune_(model, StructuredConfig(sparsity=0.5), example_inputs=x)
+    fresh, changed = _roundtrip(tmp_path, lambda: TransformerClassifier(batch_first=batch_first), model, x)
+    attn = fresh.encoder.layers[1].self_attn
+    assert isinstance(attn, PrunableMultiheadAttention) and attn.num_heads == 2
+    assert fresh.encoder.layers[0].linear1.out_features == 16
+    assert "encoder.layers.0.self_attn" in changed and "embed" not in changed
+    pad = torch.zeros(4, 5, dtype=torch.bool)
+    pad[0, 3:] = True
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(x, pad), model(x, pad), rtol=0, atol=0)
+
+
+def test_unpruned_shapes_are_left_alone(tmp_path):
+    model = LeNet5()
+    prune_(model, MagnitudeConfig(sparsity=0.5))
+    _, changed = _roundtrip(tmp_path, LeNet5, model, torch.randn(2, 1, 8, 8))
+    assert changed == []
+
+
+def test_depthwise_conv_net(tmp_path):
+    def build():
+        return nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3, groups=8), nn.BatchNorm2d(8),
+                             nn.ReLU(), nn.Conv2d(8, 4, 1), nn.Flatten(), nn.Linear(4 * 4 * 4, 5))
+
+    model, x = build(), torch.randn(2, 1, 8, 8)
+    prune_(model, StructuredConfig(sparsity=0.5), example_inputs=x)
+    fresh, _ = _roundtrip(tmp_path, build, model, x)
+    assert (fresh[2].groups, fresh[2].in_channels, fresh[2].out_channels, fresh[5].out_channels) == (4, 4, 4, 2)
+    assert fresh[7].in_features == 2 * 4 * 4

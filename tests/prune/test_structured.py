@@ -1,0 +1,147 @@
+import pytest
+import torch
+from torch import nn
+
+from torchslim._errors import ConfigError
+from torchslim.prune import Calibration, Finetune, Schedule, StructuredConfig, prune_
+from torchslim.prune._select import count
+from torchslim.prune.attention import PrunableMultiheadAttention
+
+from .models import LeNet5, ResNetTiny, TransformerClassifier
+
+X8 = (4, 1, 8, 8)
+
+
+def _batches(shape=X8, classes=10, n=2):
+    return [(torch.randn(*shape), torch.randint(0, classes, (shape[0],))) for _ in range(n)]
+
+
+@pytest.mark.parametrize("importance", ["l1", "l2", "activation", "taylor"])
+def test_lenet5_half_the_channels_drops_params_by_45_percent(importance):
+    model = LeNet5()
+    report = prune_(model, StructuredConfig(sparsity=0.5, importance=importance), calibration=_batches())
+    assert (model.conv1.out_channels, model.conv2.out_channels, model.fc1.out_features) == (16, 32, 128)
+    assert (model.conv2.in_channels, model.fc1.in_features, model.fc2.out_features) == (16, 128, 10)
+    assert 1 - report.params_after / report.params_before >= 0.45
+    assert report.params_after == sum(p.numel() for p in model.parameters()) == 22602
+    assert report.bytes_after == 4 * 22602 and report.bytes_before == 4 * 87178
+    assert model(torch.randn(*X8)).shape == (4, 10)
+    assert len(report.layer("conv1").removed) == 16 and report.layer("fc2").removed == ()
+
+
+def test_removing_zero_importance_channels_keeps_outputs():
+    model = LeNet5()
+    dead = [1, 4, 9, 20]
+    with torch.no_grad():  # these conv1 channels contribute nothing: zero in, zero out
+        model.conv1.weight[dead] = 0
+        model.conv1.bias[dead] = 0
+        model.conv2.weight[:, dead] = 0
+    x = torch.randn(8, 1, 8, 8)
+    with torch.no_grad():
+        before = model(x)
+    report = prune_(model, StructuredConfig(sparsity=0.5, importance="l1",
+                                            overrides={"conv1": 4 / 32, "conv2": 0.0, "fc1": 0.0}),
+                    example_inputs=x)
+    assert list(report.layer("conv1").removed) == dead
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), before, rtol=0, atol=1e-6)
+
+
+def test_ignore_and_overrides():
+    model = LeNet5()
+    prune_(model, StructuredConfig(sparsity=0.5, ignore=["fc1"], overrides={"re:conv.*": 0.25}),
+           example_inputs=torch.randn(*X8))
+    assert (model.conv1.out_channels, model.conv2.out_channels, model.fc1.out_features) == (24, 48, 256)
+    assert model.fc1.in_features == 48 * 4
+
+
+def test_residual_grouped_concat_net():
+    model = ResNetTiny()
+    report = prune_(model, StructuredConfig(sparsity=0.5), example_inputs=torch.randn(*X8))
+    assert model(torch.randn(3, 1, 8, 8)).shape == (3, 10)
+    # stem, conv_b (and their BatchNorms) share channels through the residual add
+    assert report.layer("stem").removed == report.layer("conv_b").removed
+    assert model.stem.out_channels == model.conv_b.out_channels == model.bn0.num_features == 8
+    assert model.conv_b.groups == 2 and model.conv_b.in_channels == model.conv_a.out_channels == 8
+    removed_b = report.layer("conv_b").removed
+    # grouped conv: the same positions go in each of its two groups of 8 channels
+    assert sorted(i % 8 for i in removed_b if i < 8) == sorted(i % 8 for i in removed_b if i >= 8)
+    assert model.merge.in_channels == 8 + 4  # the concatenation of residual stream and side branch
+    assert model.fc1.in_features == model.merge.out_channels * 16
+    assert report.params_after < 0.35 * report.params_before
+
+
+def test_transformer_prunes_heads_and_ffn_never_d_model():
+    model = TransformerClassifier()
+    report = prune_(model, StructuredConfig(sparsity=0.5), example_inputs=torch.randn(2, 5, 6))
+    for layer in model.encoder.layers:
+        attn = layer.self_attn
+        assert isinstance(attn, PrunableMultiheadAttention)
+        assert (attn.num_heads, attn.head_dim, attn.embed_dim) == (2, 4, 16)
+        assert attn.in_proj_weight.shape == (24, 16) and attn.out_proj.weight.shape == (16, 8)
+        assert layer.linear1.out_features == 16 and layer.linear2.in_features == 16
+        assert layer.norm1.normalized_shape == (16,) and layer.linear2.out_features == 16
+    assert model.embed.out_features == 16 and model.head.in_features == 16
+    assert len(report.layer("encoder.layers.0.self_attn").removed) == 2
+    assert model(torch.randn(3, 7, 6)).shape == (3, 3)
+
+
+@pytest.mark.parametrize("importance", ["l1", "activation", "taylor"])
+def test_transformer_importances(importance):
+    model = TransformerClassifier(batch_first=False)
+    batches = _batches((4, 5, 6), classes=3)
+    report = prune_(model, StructuredConfig(sparsity=0.25, importance=importance), calibration=batches)
+    assert [l.self_attn.num_heads for l in model.encoder.layers] == [3, 3]
+    assert [l.linear1.out_features for l in model.encoder.layers] == [24, 24]
+    assert model(torch.randn(4, 5, 6)).shape == (4, 3)
+    assert report.params_after < report.params_before
+
+
+def test_taylor_uses_the_given_loss():
+    calls = []
+
+    def loss_fn(out, y):
+        calls.append(out.shape)
+        return nn.functional.cross_entropy(out, y)
+
+    prune_(LeNet5(), StructuredConfig(sparsity=0.5, importance="taylor", calibration=Calibration(3)),
+           calibration=_batches(n=5), loss_fn=loss_fn)
+    assert calls == [(4, 10)] * 3
+
+
+def test_polynomial_schedule_prunes_step_by_step_with_finetune():
+    model = LeNet5()
+    seen = []
+
+    def finetune(m, epochs, after_step):
+        seen.append((epochs, m.conv1.out_channels, m.fc1.out_features))
+
+    prune_(model, StructuredConfig(sparsity=0.5, schedule=Schedule("polynomial", 3),
+                                   finetune=Finetune(epochs=6, lr=1e-3)),
+           example_inputs=torch.randn(*X8), finetune=finetune)
+    steps = [0.5 - 0.5 * (1 - t / 3) ** 3 for t in (1, 2, 3)]
+    assert seen == [(2, 32 - count(s, 32), 256 - count(s, 256)) for s in steps]
+    assert seen[-1][1:] == (16, 128)
+
+
+def test_sparsity_that_removes_a_whole_layer_is_an_error():
+    with pytest.raises(ConfigError) as err:
+        prune_(LeNet5(), StructuredConfig(sparsity=0.5, overrides={"conv1": 0.99}), example_inputs=torch.randn(*X8))
+    assert err.value.field == "overrides.conv1" and "conv1" in str(err.value)
+    model = TransformerClassifier(heads=2)
+    with pytest.raises(ConfigError) as err:  # 0.75 of 2 heads rounds to 2
+        prune_(model, StructuredConfig(sparsity=0.75), example_inputs=torch.randn(2, 5, 6))
+    assert err.value.field == "sparsity"
+
+
+def test_missing_data_is_an_error():
+    with pytest.raises(ValueError, match="calibration"):
+        prune_(LeNet5(), StructuredConfig(sparsity=0.5, importance="taylor"), example_inputs=torch.randn(*X8))
+    with pytest.raises(ValueError, match="example_inputs"):
+        prune_(LeNet5(), StructuredConfig(sparsity=0.5))
+
+
+def test_unmatched_override_is_an_error():
+    with pytest.raises(ConfigError) as err:
+        prune_(LeNet5(), StructuredConfig(sparsity=0.5, overrides={"fc3": 0.2}), example_inputs=torch.randn(*X8))
+    assert err.value.field == "overrides"
