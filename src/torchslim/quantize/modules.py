@@ -10,11 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from torchslim.quantize.granularity import Granularity, PerChannel, PerTensor
+from torchslim.quantize.granularity import Granularity, from_blocks, to_blocks
 from torchslim.quantize.packing import pack, unpack
-from torchslim.quantize.primitives import (block_qparams, fake_quantize, fake_quantize_tensor, qparams_from_range,
-                                           quantize_tensor)
-from torchslim.quantize.granularity import from_blocks, to_blocks
+from torchslim.quantize.primitives import fake_quantize, fake_quantize_tensor, qparams_from_range, quantize_tensor
 
 
 class PackedWeight(nn.Module):
