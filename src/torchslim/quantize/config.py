@@ -74,6 +74,8 @@ def _check_common(cfg) -> None:
 
 def _granularity(cfg, allowed: tuple[type, ...]) -> None:
     """Normalise ``granularity`` (+ ``group_size``) into a value object of an allowed type."""
+    if cfg.granularity == "group" and PerGroup not in allowed:
+        raise ConfigError("granularity", "'group' is for weight-only quantization; use 'tensor' or 'channel'")
     g = granularity_from_key(cfg.granularity, getattr(cfg, "group_size", None))
     if not isinstance(g, allowed):
         names = [t.__name__ for t in allowed]

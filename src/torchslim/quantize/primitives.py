@@ -65,10 +65,11 @@ def quantize_codes(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tenso
 
 
 def fake_quantize(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, bits: int) -> torch.Tensor:
-    """Quantize then dequantize, with a straight-through gradient inside the range (0 outside)."""
+    """Quantize then dequantize, with a straight-through gradient where x is not clamped (0 where it is)."""
     q = quantize_codes(x, scale, zero_point, bits)
     xq = (q - zero_point) * scale
-    inside = (x >= (0 - zero_point) * scale) & (x <= (2 ** bits - 1 - zero_point) * scale)
+    # values within half a step beyond the grid's ends round onto it rather than being clamped
+    inside = (x >= (-0.5 - zero_point) * scale) & (x <= (2 ** bits - 0.5 - zero_point) * scale)
     return torch.where(inside, x + (xq - x).detach(), xq.detach())
 
 
