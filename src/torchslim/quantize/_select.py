@@ -26,11 +26,16 @@ def quantizable_layers(model: nn.Module, ignore: Iterable[str] = ()) -> dict[str
             if isinstance(m, QUANTIZABLE) and not any(name_matches(name, p) for p in ignore)}
 
 
-def layer_bits(layers: Mapping[str, nn.Module], bits: int, overrides: Mapping[str, int]) -> dict[str, int]:
-    """Bits for each layer: ``overrides`` by exact name, else ``bits``; unknown names are errors."""
-    unknown = sorted(set(overrides) - set(layers))
+def layer_bits(model: nn.Module, layers: Mapping[str, nn.Module], bits: int, overrides: Mapping[str, int]
+               ) -> dict[str, int]:
+    """Bits for each of ``layers``: ``overrides`` by exact name, else ``bits``.
+
+    An override naming no Linear/Conv layer of ``model`` is an error; one naming an ignored layer is unused.
+    """
+    known = {name for name, m in model.named_modules() if isinstance(m, QUANTIZABLE)} | set(layers)
+    unknown = sorted(set(overrides) - known)
     if unknown:
-        raise ConfigError("overrides", f"no quantizable layer named {unknown}; layers: {sorted(layers)}")
+        raise ConfigError("overrides", f"no quantizable layer named {unknown}; layers: {sorted(known)}")
     return {name: overrides.get(name, bits) for name in layers}
 
 

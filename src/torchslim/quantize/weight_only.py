@@ -31,7 +31,7 @@ def pack_layers_(model: nn.Module, bits: dict[str, int], granularity, symmetric:
 def quantize_weight_only_(model: nn.Module, config: WeightOnlyConfig, ctx: QuantContext) -> HandlerResult:
     """Affine-quantize Linear/Conv weights to packed integers, dequantized in forward."""
     layers = quantizable_layers(model, config.ignore)
-    return pack_layers_(model, layer_bits(layers, config.bits, config.overrides), config.granularity,
+    return pack_layers_(model, layer_bits(model, layers, config.bits, config.overrides), config.granularity,
                         config.symmetric)
 
 
@@ -43,7 +43,7 @@ def quantize_kmeans_(model: nn.Module, config: KMeansConfig, ctx: QuantContext) 
     centroids (and biases), so weights sharing a centroid move together.
     """
     layers = quantizable_layers(model, config.ignore)
-    bits = layer_bits(layers, config.bits, config.overrides)
+    bits = layer_bits(model, layers, config.bits, config.overrides)
     fp32 = quantized = 0
     for name, layer in layers.items():
         centroids, indices = cluster_weight(layer.weight, bits[name], config.iterations)
