@@ -1,0 +1,46 @@
+"""What int8 acceleration the CPU offers (VNNI, AVX-512, AMX)."""
+
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+
+_FLAGS = {
+    "avx2": ("avx2",),
+    "avx512": ("avx512f",),
+    "avx512_vnni": ("avx512_vnni",),
+    "avx_vnni": ("avx_vnni",),
+    "amx_int8": ("amx_int8",),
+    "arm_dotprod": ("asimddp",),
+    "arm_i8mm": ("i8mm",),
+}
+
+
+def cpu_int8_features(cpuinfo: str | Path = "/proc/cpuinfo") -> dict[str, bool | str]:
+    """Report the CPU's int8 dot-product features, which decide how fast ORT's int8 kernels are.
+
+    Reads the ``flags`` (x86) or ``Features`` (ARM) line of /proc/cpuinfo; where that file is missing
+    (macOS, Windows) every feature is reported False and ``source`` says so.
+
+    Args:
+        cpuinfo: path of the cpuinfo file (for tests).
+    Returns:
+        {"machine": ..., "source": path or "unavailable", "avx2": bool, "avx512": bool, "avx512_vnni": bool,
+         "avx_vnni": bool, "amx_int8": bool, "arm_dotprod": bool, "arm_i8mm": bool, "vnni": bool}
+    """
+    flags: set[str] = set()
+    source = "unavailable"
+    try:
+        text = Path(cpuinfo).read_text(errors="replace")
+        source = str(cpuinfo)
+        for line in text.splitlines():
+            key, _, value = line.partition(":")
+            if key.strip().lower() in ("flags", "features"):
+                flags.update(value.split())
+    except OSError:
+        pass
+    report: dict[str, bool | str] = {"machine": platform.machine(), "source": source}
+    for name, needed in _FLAGS.items():
+        report[name] = all(f in flags for f in needed)
+    report["vnni"] = bool(report["avx512_vnni"] or report["avx_vnni"])
+    return report

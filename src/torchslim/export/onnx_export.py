@@ -1,0 +1,99 @@
+"""fp32 ONNX export with a dynamic batch axis, through torch's dynamo-based exporter.
+
+The dynamo exporter (``torch.onnx.export(..., dynamo=True)``) is the one torch maintains; the TorchScript
+exporter is deprecated. It handles Linear/Conv/BN/pooling/TransformerEncoder with a symbolic batch
+dimension. Quantized torch layers (weight-only, k-means, QAT) are exported as their dequantized fp32
+equivalents; int8 graphs come from ONNX Runtime's quantizer (see torchslim.export.ort_quant).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import logging
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import nn
+
+
+def _as_tuple(example_input) -> tuple[torch.Tensor, ...]:
+    return tuple(example_input) if isinstance(example_input, (tuple, list)) else (example_input,)
+
+
+def input_names(n: int) -> list[str]:
+    """ONNX input names used by :func:`export_onnx`: ``input`` or ``input_0``, ``input_1``, ..."""
+    return ["input"] if n == 1 else [f"input_{i}" for i in range(n)]
+
+
+@contextlib.contextmanager
+def _quiet():
+    """The exporter prints progress and registry warnings; keep the user's console clean."""
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def to_onnx_proto(model: nn.Module, example_input: torch.Tensor | Sequence[torch.Tensor], *,
+                  dynamic_batch: bool = True):
+    """Export ``model`` (eval mode, a CPU copy) to an in-memory ``onnx.ModelProto``.
+
+    Args:
+        model: float model, or one holding torchslim QuantizedLayer modules (exported dequantized).
+        example_input: one tensor or a tuple of tensors, batch first.
+        dynamic_batch: make axis 0 of every input and output symbolic ("batch").
+    Returns:
+        onnx.ModelProto with inputs named by :func:`input_names` and outputs ``output``/``output_i``.
+    """
+    from torchslim.quantize.modules import QuantizedLayer, dequantize_model
+
+    args = tuple(t.detach().cpu() for t in _as_tuple(example_input))
+    model = copy.deepcopy(model).cpu().eval()
+    if any(isinstance(m, QuantizedLayer) for m in model.modules()):
+        dequantize_model(model)
+    if dynamic_batch and args[0].shape[0] == 1:
+        # torch.export specialises size-1 dimensions; a batch of 2 keeps the axis symbolic
+        args = tuple(torch.cat([a, a]) for a in args)
+    with torch.no_grad():
+        n_out = len(_as_tuple(model(*args)))
+    outputs = ["output"] if n_out == 1 else [f"output_{i}" for i in range(n_out)]
+    dynamic_shapes = None
+    if dynamic_batch:
+        batch = torch.export.Dim("batch")
+        dynamic_shapes = tuple({0: batch} for _ in args)
+    with _quiet():
+        program = torch.onnx.export(model, args, dynamo=True, verbose=False, input_names=input_names(len(args)),
+                                    output_names=outputs, dynamic_shapes=dynamic_shapes, optimize=True)
+    return program.model_proto
+
+
+def export_onnx(model: nn.Module, example_input: torch.Tensor | Sequence[torch.Tensor],
+                path: str | Path | None = None, *, dynamic_batch: bool = True) -> bytes:
+    """Export ``model`` to fp32 ONNX (dynamic batch axis), optionally writing it to ``path``.
+
+    Args:
+        model: float or torchslim-quantized torch model.
+        example_input: tensor or tuple of tensors with the model's input shapes.
+        path: where to write the .onnx file (parent folders are created); None keeps it in memory.
+        dynamic_batch: symbolic axis 0.
+    Returns:
+        The serialized ONNX model.
+    Example:
+        >>> data = export_onnx(nn.Linear(4, 2), torch.randn(3, 4))
+    """
+    data = to_onnx_proto(model, example_input, dynamic_batch=dynamic_batch).SerializeToString()
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_bytes(data)
+    return data

@@ -1,0 +1,192 @@
+"""int8 ONNX models for ONNX Runtime: static QDQ from our own observers, and dynamic quantization.
+
+Static: every float tensor of the fp32 graph is made a graph output, the calibration batches run through
+ORT, and torchslim's observer (minmax / percentile / mse) turns each tensor's values into a range. The
+ranges go to ``onnxruntime.quantization.quantize_static`` as a calibration cache (MinMax format), so ORT's
+own quantizer places QuantizeLinear/DequantizeLinear pairs (QDQ format, QUInt8 activations, per-channel
+symmetric QInt8 weights — the layout ORT's x86 int8 kernels expect) and its graph optimiser fuses them
+into QLinearConv / QGemm / QLinearMatMul at session creation. Our observers therefore set the ranges of
+both the torch simulation and the ORT model.
+Dynamic: ``quantize_dynamic`` (MatMulInteger/DynamicQuantizeMatMul); Gemm nodes are first rewritten as
+MatMul + Add because ORT's dynamic quantizer only handles MatMul.
+"""
+
+from __future__ import annotations
+
+import ast
+import logging
+import tempfile
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+
+
+def module_of_node(node) -> str | None:
+    """Qualified torch module name an exported ONNX node came from (dynamo exporter metadata)."""
+    for prop in node.metadata_props:
+        if prop.key == "pkg.torch.onnx.name_scopes":
+            scopes = [s for s in ast.literal_eval(prop.value) if s]
+            return scopes[-2] if len(scopes) >= 2 else None
+    return None
+
+
+def nodes_of_modules(model, module_names: Iterable[str]) -> list[str]:
+    """Names of the ONNX nodes exported from the given torch modules (for ``nodes_to_exclude``)."""
+    wanted = set(module_names)
+    found = []
+    for node in model.graph.node:
+        owner = module_of_node(node)
+        if owner is not None and any(owner == m or owner.startswith(m + ".") for m in wanted):
+            found.append(node.name)
+    return found
+
+
+def _float_tensors(model) -> list[str]:
+    """Graph inputs and node outputs of float type (after shape inference)."""
+    import onnx
+
+    inferred = onnx.shape_inference.infer_shapes(model)
+    types = {vi.name: vi.type.tensor_type.elem_type
+             for vi in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)}
+    inits = {i.name for i in model.graph.initializer}
+    names = [i.name for i in model.graph.input if i.name not in inits]
+    names += [o for n in model.graph.node for o in n.output if o]
+    return [n for n in dict.fromkeys(names) if types.get(n) == onnx.TensorProto.FLOAT]
+
+
+def collect_ranges(model, feeds: Sequence[dict[str, np.ndarray]], make_observer: Callable[[], object]
+                   ) -> dict[str, tuple[float, float]]:
+    """Run ``feeds`` through ``model`` and observe every float tensor.
+
+    Args:
+        model: fp32 onnx.ModelProto.
+        feeds: calibration batches, {input name: array}.
+        make_observer: builds a fresh observer (``observe``/``range``) per tensor.
+    Returns:
+        {tensor name: (lo, hi)}.
+    """
+    import copy
+
+    import onnx
+    import onnxruntime as ort
+
+    names = _float_tensors(model)
+    augmented = copy.deepcopy(model)
+    existing = {o.name for o in augmented.graph.output}
+    for name in names:
+        if name not in existing:
+            augmented.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every tensor
+    opts.log_severity_level = 3
+    session = ort.InferenceSession(augmented.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    observers = {name: make_observer() for name in names}
+    for feed in feeds:
+        values = session.run(names, feed)
+        for name, value in zip(names, values):
+            observers[name].observe(torch.from_numpy(np.asarray(value)))
+    return {name: obs.range() for name, obs in observers.items()}
+
+
+def quantize_static_onnx(model, ranges: dict[str, tuple[float, float]], *, per_channel: bool = True,
+                         nodes_to_exclude: Sequence[str] = ()) -> bytes:
+    """QDQ int8 model from an fp32 model and per-tensor ranges (see module docstring).
+
+    Args:
+        model: fp32 onnx.ModelProto.
+        ranges: {tensor name: (lo, hi)} from :func:`collect_ranges`.
+        per_channel: per-output-channel weight scales.
+        nodes_to_exclude: node names left in float.
+    Returns:
+        Serialized quantized ONNX model.
+    """
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.calibrate import TensorData, TensorsData, save_tensors_data
+
+    data = {name: TensorData(lowest=np.array(lo, dtype=np.float32), highest=np.array(hi, dtype=np.float32))
+            for name, (lo, hi) in ranges.items()}
+    with tempfile.TemporaryDirectory(prefix="torchslim-quant-") as tmp, _ort_quiet():
+        cache = Path(tmp) / "ranges.json"
+        save_tensors_data(TensorsData(CalibrationMethod.MinMax, data), cache)
+        out = Path(tmp) / "int8.onnx"
+        quantize_static(model, out, calibration_data_reader=None, calibration_cache_path=cache,
+                        calibrate_method=CalibrationMethod.MinMax, quant_format=QuantFormat.QDQ,
+                        per_channel=per_channel, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        nodes_to_exclude=list(nodes_to_exclude), extra_options={"WeightSymmetric": True})
+        return out.read_bytes()
+
+
+def gemm_to_matmul(model):
+    """Rewrite Gemm(A, B, C) nodes (alpha = beta = 1, transA = 0) with constant B as MatMul + Add, in place."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    new_nodes = []
+    for node in model.graph.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        simple = (node.op_type == "Gemm" and attrs.get("alpha", 1.0) == 1.0 and attrs.get("beta", 1.0) == 1.0
+                  and not attrs.get("transA", 0) and node.input[1] in inits)
+        if not simple:
+            new_nodes.append(node)
+            continue
+        weight = numpy_helper.to_array(inits[node.input[1]])
+        if attrs.get("transB", 0):
+            weight = weight.T  # (in, out) for MatMul
+        w_name = node.input[1] + "_matmul"
+        model.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(weight), w_name))
+        has_bias = len(node.input) > 2 and node.input[2]
+        mm_out = node.output[0] + "_matmul" if has_bias else node.output[0]
+        matmul = helper.make_node("MatMul", [node.input[0], w_name], [mm_out], name=node.name + "_MatMul")
+        matmul.metadata_props.extend(node.metadata_props)
+        new_nodes.append(matmul)
+        if has_bias:
+            add = helper.make_node("Add", [mm_out, node.input[2]], [node.output[0]], name=node.name + "_Add")
+            add.metadata_props.extend(node.metadata_props)
+            new_nodes.append(add)
+    del model.graph.node[:]
+    model.graph.node.extend(new_nodes)
+    used = {i for n in model.graph.node for i in n.input}
+    keep = [i for i in model.graph.initializer if i.name in used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(keep)
+    onnx.checker.check_model(model)
+    return model
+
+
+def quantize_dynamic_onnx(model, *, per_channel: bool = True, nodes_to_exclude: Sequence[str] = ()) -> bytes:
+    """Dynamic int8 model: int8 weights, activations quantized per batch by ORT at run time.
+
+    Args:
+        model: fp32 onnx.ModelProto (Gemm nodes are rewritten to MatMul + Add on a copy).
+        per_channel: per-output-channel weight scales.
+        nodes_to_exclude: node names left in float.
+    Returns:
+        Serialized quantized ONNX model.
+    """
+    import copy
+
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    model = gemm_to_matmul(copy.deepcopy(model))
+    excluded = set(nodes_to_exclude)
+    excluded |= {n.name for n in model.graph.node if n.name.rsplit("_", 1)[0] in excluded}
+    with tempfile.TemporaryDirectory(prefix="torchslim-quant-") as tmp, _ort_quiet():
+        out = Path(tmp) / "int8.onnx"
+        quantize_dynamic(model, out, per_channel=per_channel, weight_type=QuantType.QInt8,
+                         op_types_to_quantize=["MatMul"], nodes_to_exclude=sorted(excluded),
+                         extra_options={"WeightSymmetric": True})
+        return out.read_bytes()
+
+
+class _ort_quiet:
+    """ORT's quantizer logs a pre-processing suggestion at WARNING on the root logger."""
+
+    def __enter__(self):
+        self.level = logging.getLogger().level
+        logging.getLogger().setLevel(logging.ERROR)
+
+    def __exit__(self, *exc):
+        logging.getLogger().setLevel(self.level)

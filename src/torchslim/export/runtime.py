@@ -1,0 +1,92 @@
+"""ONNX Runtime session as a torch-in, torch-out callable, and a check of which kernels it runs."""
+
+from __future__ import annotations
+
+import collections
+import os
+import tempfile
+from pathlib import Path
+from typing import Union
+
+import torch
+
+ModelSource = Union[bytes, str, Path]
+
+# Node types that mean ORT executes integer arithmetic (after its graph optimisations fuse QDQ groups).
+QUANTIZED_OPS = frozenset({
+    "QLinearConv", "QLinearMatMul", "QGemm", "QLinearAdd", "QLinearMul", "QLinearGlobalAveragePool",
+    "QLinearAveragePool", "QLinearSigmoid", "QLinearLeakyRelu", "QLinearConcat", "QAttention",
+    "MatMulInteger", "ConvInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "DynamicQuantizeLSTM",
+    "QLinearSoftmax", "QLinearReduceMean", "QLinearWhere", "NhwcQLinearConv", "QEmbedLayerNormalization",
+})
+
+
+def _session_options(intra_op_threads: int | None):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if intra_op_threads is not None:
+        opts.intra_op_num_threads = int(intra_op_threads)
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    return opts
+
+
+def _model_arg(model: ModelSource):
+    return model if isinstance(model, bytes) else str(model)
+
+
+class OrtSession:
+    """Run an ONNX model in ONNX Runtime (CPU) like a torch module: tensors in, tensors out.
+
+    Args:
+        model: serialized ONNX bytes or a path to an .onnx file.
+        intra_op_threads: threads for one operator (None = ORT's default, all cores).
+    Example:
+        >>> session = OrtSession(export_onnx(model, x), intra_op_threads=1)
+        >>> y = session(x)  # torch.Tensor
+    """
+
+    def __init__(self, model: ModelSource, intra_op_threads: int | None = None):
+        import onnxruntime as ort
+
+        self.model = model
+        self.session = ort.InferenceSession(_model_arg(model), _session_options(intra_op_threads),
+                                            providers=["CPUExecutionProvider"])
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def __call__(self, *inputs: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        """Run on CPU copies of ``inputs``; outputs come back as CPU tensors (one, or a tuple)."""
+        if len(inputs) != len(self.input_names):
+            raise ValueError(f"model takes {len(self.input_names)} inputs, got {len(inputs)}")
+        feed = {name: t.detach().cpu().numpy() for name, t in zip(self.input_names, inputs)}
+        outs = [torch.from_numpy(o) for o in self.session.run(self.output_names, feed)]
+        return outs[0] if len(outs) == 1 else tuple(outs)
+
+
+def optimized_op_counts(model: ModelSource) -> collections.Counter:
+    """Op types of the graph ORT actually executes on CPU, after all its optimisations (fusions).
+
+    Returns:
+        Counter of node op types in ORT's optimised graph.
+    """
+    import onnx
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory(prefix="torchslim-ort-") as tmp:
+        opts = _session_options(1)
+        opts.optimized_model_filepath = os.path.join(tmp, "optimized.onnx")
+        ort.InferenceSession(_model_arg(model), opts, providers=["CPUExecutionProvider"])
+        graph = onnx.load(opts.optimized_model_filepath).graph
+    return collections.Counter(node.op_type for node in graph.node)
+
+
+def quantized_kernels(model: ModelSource) -> dict[str, int]:
+    """The integer kernels ORT runs for ``model`` (empty when it computes everything in float).
+
+    Returns:
+        {op_type: count} restricted to QUANTIZED_OPS, e.g. {"QLinearConv": 2, "QGemm": 2}.
+    """
+    return {op: n for op, n in sorted(optimized_op_counts(model).items()) if op in QUANTIZED_OPS}

@@ -1,0 +1,117 @@
+"""``quantize_(model, config)``: the one verb of torchslim.quantize, and its report."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+from torch import nn
+
+from torchslim._errors import ConfigError
+from torchslim.quantize._calibrate import as_inputs
+from torchslim.quantize._registry import QuantContext, handler_for
+from torchslim.quantize._select import quantizable_layers
+from torchslim.quantize.config import METHODS
+from torchslim.quantize.fallback import choose_fp32_layers
+
+# the handlers register themselves on import
+from torchslim.quantize import ptq, qat, weight_only  # noqa: F401,E402
+
+
+@dataclass
+class QuantReport:
+    """What quantize_ did.
+
+    layers: bits per quantized layer; kept_fp32: Linear/Conv layers left in fp32 (``ignore`` plus fallback);
+    fallback: those the accuracy-aware fallback kept; sensitivity: metric drop per layer when quantized alone;
+    onnx_model: the int8 ONNX model for ONNX Runtime (static, dynamic, 8-bit qat), else None.
+    """
+
+    method: str
+    layers: dict[str, int]
+    kept_fp32: tuple[str, ...] = ()
+    fallback: tuple[str, ...] = ()
+    sensitivity: dict[str, float] = field(default_factory=dict)
+    baseline_metric: float | None = None
+    metric: float | None = None
+    weight_bytes_fp32: int = 0
+    weight_bytes_quantized: int = 0
+    onnx_model: bytes | None = field(default=None, repr=False)
+
+    def ort_session(self, intra_op_threads: int | None = None):
+        """An OrtSession (torch tensors in and out) over the int8 ONNX model."""
+        if self.onnx_model is None:
+            raise ValueError(f"method {self.method!r} produces no ONNX Runtime model; use export_onnx")
+        from torchslim.export.runtime import OrtSession
+        return OrtSession(self.onnx_model, intra_op_threads)
+
+    def save_onnx(self, path: str | Path) -> Path:
+        """Write the int8 ONNX model to ``path``."""
+        if self.onnx_model is None:
+            raise ValueError(f"method {self.method!r} produces no ONNX Runtime model; use export_onnx")
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(self.onnx_model)
+        return path
+
+    def summary(self) -> dict:
+        """JSON-friendly summary (no model bytes), for manifests."""
+        out = dataclasses.asdict(dataclasses.replace(self, onnx_model=None))
+        out.pop("onnx_model")
+        out["kept_fp32"], out["fallback"] = list(self.kept_fp32), list(self.fallback)
+        return out
+
+
+def _materialise(calibration: Iterable | None, config) -> list | None:
+    """Take the configured number of calibration batches once (handlers may run several times)."""
+    if calibration is None:
+        return None
+    cal = getattr(config, "calibration", None)
+    n = cal.batches if cal is not None else 1
+    batches = [as_inputs(b) for b in itertools.islice(calibration, n)]
+    if not batches:
+        raise ConfigError("calibration", "the calibration set is empty")
+    return batches
+
+
+def quantize_(model: nn.Module, config, *, calibration: Iterable | None = None,
+              finetune: Callable[[nn.Module, int, float], object] | None = None,
+              evaluate: Callable[[nn.Module], float] | None = None) -> QuantReport:
+    """Quantize ``model`` in place with the method ``config`` selects.
+
+    Args:
+        model: float torch model; its Linear/Conv layers are replaced by quantized ones.
+        config: StaticConfig, DynamicConfig, WeightOnlyConfig, KMeansConfig or QATConfig.
+        calibration: iterable of input batches (a tensor, or a tuple of input tensors, per item); static and
+            8-bit qat use ``config.calibration.batches`` of them, dynamic one as the export example.
+        finetune: ``finetune(model, epochs, lr)``, used by kmeans (centroids) and qat.
+        evaluate: ``evaluate(model) -> float`` (higher is better), needed when ``config.max_metric_drop`` is set.
+    Returns:
+        QuantReport; for static/dynamic/8-bit qat ``report.ort_session()`` runs the int8 model.
+    Example:
+        >>> report = quantize_(model, WeightOnlyConfig(bits=4, granularity="group", group_size=32))
+    """
+    handler = handler_for(config)
+    method = next(name for name, cls in METHODS.items() if isinstance(config, cls))
+    ctx = QuantContext(batches=_materialise(calibration, config), finetune=finetune)
+    all_layers = set(quantizable_layers(model))
+    baseline = metric = None
+    fallback: tuple[str, ...] = ()
+    sensitivity: dict[str, float] = {}
+    if config.max_metric_drop is not None:
+        if evaluate is None:
+            raise ConfigError("max_metric_drop", "needs an evaluate(model) -> float callable")
+        model.eval()
+        baseline = float(evaluate(model))
+        fallback, sensitivity = choose_fp32_layers(model, config, ctx, evaluate, baseline, config.max_metric_drop)
+        config = dataclasses.replace(config, ignore=tuple(config.ignore) + fallback)
+    result = handler(model, config, ctx)
+    if evaluate is not None and baseline is not None:
+        metric = float(evaluate(model))
+    return QuantReport(method=method, layers=result.layers, kept_fp32=tuple(sorted(all_layers - set(result.layers))),
+                       fallback=fallback, sensitivity=sensitivity, baseline_metric=baseline, metric=metric,
+                       weight_bytes_fp32=result.weight_bytes_fp32, weight_bytes_quantized=result.weight_bytes_quantized,
+                       onnx_model=result.onnx_model)

@@ -1,0 +1,169 @@
+"""Layers whose weight comes from a quantized source: packed integers, a codebook, or fake quantization.
+
+QuantizedLayer keeps the Linear/Conv arithmetic and asks ``weight_source()`` for the float weight, so one
+layer class serves weight-only, k-means and QAT; ``input_quant`` optionally fake-quantizes activations.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from torchslim.quantize.granularity import Granularity, from_blocks, to_blocks
+from torchslim.quantize.packing import pack, unpack
+from torchslim.quantize.primitives import fake_quantize, fake_quantize_tensor, qparams_from_range, quantize_tensor
+
+
+class PackedWeight(nn.Module):
+    """Integer weight: packed codes (uint8 bitstream) + per-block scale and zero point."""
+
+    def __init__(self, weight: torch.Tensor, bits: int, granularity: Granularity, symmetric: bool = False):
+        super().__init__()
+        qt = quantize_tensor(weight, bits, granularity, symmetric)
+        self.bits, self.granularity, self.shape = bits, granularity, tuple(weight.shape)
+        self.register_buffer("packed", pack(qt.codes, bits))  # (ceil(numel*bits/8),) uint8
+        self.register_buffer("scale", qt.scale)  # (blocks,)
+        self.register_buffer("zero_point", qt.zero_point.to(torch.uint8))  # (blocks,)
+
+    def codes(self) -> torch.Tensor:
+        """Unpacked codes, uint8, weight shape."""
+        numel = int(torch.Size(self.shape).numel())
+        return unpack(self.packed, self.bits, numel).reshape(self.shape)
+
+    def forward(self) -> torch.Tensor:
+        blocks = to_blocks(self.codes(), self.granularity).float()  # (B, L)
+        w = (blocks - self.zero_point.float()[:, None]) * self.scale[:, None]
+        return from_blocks(w, torch.Size(self.shape), self.granularity)
+
+
+class CodebookWeight(nn.Module):
+    """Shared weights: weight = codebook[indices]; entry 0 of the codebook is fixed at 0.
+
+    The trainable parameter holds the 2^bits - 1 free centroids; autograd's backward of the gather sums
+    the gradients of all weights that share a centroid into it (Deep Compression's centroid fine-tuning).
+    """
+
+    def __init__(self, centroids: torch.Tensor, indices: torch.Tensor, bits: int):
+        super().__init__()
+        self.bits, self.shape = bits, tuple(indices.shape)
+        self.centroids = nn.Parameter(centroids.float())  # (2^bits - 1,)
+        self.register_buffer("packed", pack(indices, bits))  # indices into [0, *centroids]
+
+    def indices(self) -> torch.Tensor:
+        numel = int(torch.Size(self.shape).numel())
+        return unpack(self.packed, self.bits, numel).reshape(self.shape)
+
+    def codebook(self) -> torch.Tensor:
+        """(2^bits,) values: 0 followed by the centroids."""
+        return torch.cat([self.centroids.new_zeros(1), self.centroids])
+
+    def forward(self) -> torch.Tensor:
+        return self.codebook()[self.indices().long()]
+
+
+class FakeQuantWeight(nn.Module):
+    """Float weight (trainable) seen through quantize→dequantize with a straight-through gradient."""
+
+    def __init__(self, weight: torch.Tensor, bits: int, granularity: Granularity, symmetric: bool):
+        super().__init__()
+        self.bits, self.granularity, self.symmetric = bits, granularity, symmetric
+        self.weight = nn.Parameter(weight.detach().clone())
+
+    def forward(self) -> torch.Tensor:
+        return fake_quantize_tensor(self.weight, self.bits, self.granularity, self.symmetric)
+
+
+class ActivationFakeQuant(nn.Module):
+    """Per-tensor asymmetric fake quantization of activations.
+
+    mode "static": fixed range (set from calibration, or tracked as a running min/max while training);
+    mode "dynamic": range from each batch, as ONNX Runtime's dynamic quantization does at run time.
+    """
+
+    def __init__(self, bits: int = 8, mode: str = "static", momentum: float = 0.1):
+        super().__init__()
+        self.bits, self.mode, self.momentum = bits, mode, momentum
+        self.register_buffer("lo", torch.tensor(0.0))
+        self.register_buffer("hi", torch.tensor(0.0))
+        self.register_buffer("initialized", torch.tensor(False))
+
+    def set_range(self, lo: float, hi: float) -> None:
+        self.lo.fill_(lo), self.hi.fill_(hi), self.initialized.fill_(True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mode == "dynamic":
+            lo, hi = x.detach().min(), x.detach().max()
+        else:
+            if self.training:  # running range for QAT
+                lo, hi = x.detach().min(), x.detach().max()
+                if bool(self.initialized):
+                    lo = torch.lerp(self.lo, lo, self.momentum)
+                    hi = torch.lerp(self.hi, hi, self.momentum)
+                self.set_range(float(lo), float(hi))
+            if not bool(self.initialized):
+                return x
+            lo, hi = self.lo, self.hi
+        scale, zp = qparams_from_range(lo, hi, self.bits)
+        return fake_quantize(x, scale, zp, self.bits)
+
+
+class QuantizedLayer(nn.Module):
+    """Linear / Conv1d / Conv2d whose weight comes from ``weight_source()``.
+
+    Args:
+        layer: the float layer being replaced (its bias and conv settings are kept).
+        weight_source: module returning the weight tensor, shaped like ``layer.weight``.
+        input_quant: optional activation fake quantizer applied to the input.
+    """
+
+    def __init__(self, layer: nn.Module, weight_source: nn.Module, input_quant: nn.Module | None = None):
+        super().__init__()
+        self.kind = type(layer).__name__  # Linear, Conv1d, Conv2d
+        self.weight_source = weight_source
+        self.input_quant = input_quant
+        self.bias = None if layer.bias is None else nn.Parameter(layer.bias.detach().clone())
+        if self.kind != "Linear":
+            self.conv_args = dict(stride=layer.stride, padding=layer.padding, dilation=layer.dilation,
+                                  groups=layer.groups)
+            if layer.padding_mode != "zeros":
+                raise ValueError(f"padding_mode {layer.padding_mode!r} is not supported")
+        self.in_features_shape = tuple(layer.weight.shape)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.weight_source()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_quant is not None:
+            x = self.input_quant(x)
+        w = self.weight_source()
+        if self.kind == "Linear":
+            return F.linear(x, w, self.bias)
+        conv = F.conv1d if self.kind == "Conv1d" else F.conv2d
+        return conv(x, w, self.bias, **self.conv_args)
+
+    def to_float(self) -> nn.Module:
+        """A plain float layer with the current (dequantized) weight, e.g. for ONNX export."""
+        w = self.weight_source().detach()
+        if self.kind == "Linear":
+            layer = nn.Linear(w.shape[1], w.shape[0], bias=self.bias is not None)
+        else:
+            cls = nn.Conv1d if self.kind == "Conv1d" else nn.Conv2d
+            layer = cls(w.shape[1] * self.conv_args["groups"], w.shape[0], w.shape[2:], bias=self.bias is not None,
+                        **self.conv_args)
+        layer = layer.to(device=w.device)
+        with torch.no_grad():
+            layer.weight.copy_(w)
+            if self.bias is not None:
+                layer.bias.copy_(self.bias)
+        return layer
+
+
+def dequantize_model(model: nn.Module) -> nn.Module:
+    """Replace every QuantizedLayer of ``model`` (in place) by its float equivalent; returns model."""
+    from torchslim.quantize._select import set_submodule
+    for name, module in list(model.named_modules()):
+        if isinstance(module, QuantizedLayer):
+            set_submodule(model, name, module.to_float())
+    return model

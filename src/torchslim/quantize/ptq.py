@@ -1,0 +1,93 @@
+"""Post-training int8: static (calibrated activations) and dynamic (run-time activations) for ONNX Runtime.
+
+The torch model is changed in place into a simulation of what ORT computes (int8 fake-quantized
+per-channel symmetric weights, per-tensor uint8 activations at each layer input), so evaluating it in
+torch tracks the int8 ORT model; ``HandlerResult.onnx_model`` is the int8 ONNX model itself.
+"""
+
+from __future__ import annotations
+
+import copy
+
+from torch import nn
+
+from torchslim.quantize._calibrate import observe_layer_inputs, observer_factory
+from torchslim.quantize._fold import fold_conv_bn_
+from torchslim.quantize._registry import HandlerResult, QuantContext, register
+from torchslim.quantize._select import quantizable_layers, set_submodule
+from torchslim.quantize.config import DynamicConfig, StaticConfig
+from torchslim.quantize.granularity import PerChannel
+from torchslim.quantize.modules import ActivationFakeQuant, FakeQuantWeight, QuantizedLayer
+
+from torchslim._errors import ConfigError
+
+
+def _int8_bytes(layers: dict[str, nn.Module]) -> tuple[int, int]:
+    """(fp32 bytes, int8 bytes + one float32 scale and one zero-point byte per output channel)."""
+    fp32 = sum(m.weight.numel() * 4 for m in layers.values())
+    int8 = sum(m.weight.numel() + 5 * m.weight.shape[0] for m in layers.values())
+    return fp32, int8
+
+
+def _simulate(model: nn.Module, layers: dict[str, nn.Module], granularity, input_quant) -> None:
+    """Swap each layer for int8 weight fake quantization plus an activation quantizer (frozen weights)."""
+    for name, layer in layers.items():
+        source = FakeQuantWeight(layer.weight, 8, granularity, symmetric=True)
+        source.weight.requires_grad_(False)
+        set_submodule(model, name, QuantizedLayer(layer, source, input_quant(name)))
+
+
+def export_static(model: nn.Module, batches, config, excluded: list[str]) -> bytes:
+    """fp32 ONNX of ``model`` → observer ranges on every tensor → QDQ int8 model (see export.ort_quant)."""
+    from torchslim.export.onnx_export import input_names, to_onnx_proto
+    from torchslim.export.ort_quant import collect_ranges, nodes_of_modules, quantize_static_onnx
+
+    proto = to_onnx_proto(model, batches[0])
+    names = input_names(len(batches[0]))
+    feeds = [{n: t.detach().cpu().numpy() for n, t in zip(names, inputs)} for inputs in batches]
+    ranges = collect_ranges(proto, feeds, observer_factory(config.calibration))
+    return quantize_static_onnx(proto, ranges, per_channel=isinstance(config.granularity, PerChannel),
+                                nodes_to_exclude=nodes_of_modules(proto, excluded))
+
+
+@register(StaticConfig)
+def quantize_static_(model: nn.Module, config: StaticConfig, ctx: QuantContext) -> HandlerResult:
+    """Fold Conv+BN, calibrate, export the int8 QDQ model, and turn ``model`` into its torch simulation."""
+    if not ctx.batches:
+        raise ConfigError("calibration", "static quantization needs calibration batches")
+    fold_conv_bn_(model)
+    layers = quantizable_layers(model, config.ignore)
+    excluded = sorted(set(quantizable_layers(model)) - set(layers))
+    onnx_model = export_static(model, ctx.batches, config, excluded) if ctx.export else None
+    ranges = observe_layer_inputs(model, layers, ctx.batches, config.calibration)
+
+    def input_quant(name):
+        q = ActivationFakeQuant(8, mode="static")
+        q.set_range(*ranges[name])
+        return q
+
+    _simulate(model, layers, config.granularity, input_quant)
+    fp32, int8 = _int8_bytes(layers)
+    return HandlerResult({n: 8 for n in layers}, fp32, int8, onnx_model)
+
+
+@register(DynamicConfig)
+def quantize_dynamic_(model: nn.Module, config: DynamicConfig, ctx: QuantContext) -> HandlerResult:
+    """int8 Linear weights, activations quantized per batch; ONNX export needs one example batch."""
+    from torchslim.export.onnx_export import to_onnx_proto
+    from torchslim.export.ort_quant import gemm_to_matmul, nodes_of_modules, quantize_dynamic_onnx
+
+    model.eval()
+    # ORT's dynamic quantizer handles MatMul (Linear) only; convolutions stay float in both worlds
+    layers = {n: m for n, m in quantizable_layers(model, config.ignore).items() if isinstance(m, nn.Linear)}
+    excluded = sorted(set(quantizable_layers(model)) - set(layers))
+    onnx_model = None
+    if ctx.export:
+        if not ctx.batches:
+            raise ConfigError("calibration", "dynamic quantization needs one example batch to export the model")
+        proto = gemm_to_matmul(to_onnx_proto(copy.deepcopy(model), ctx.batches[0]))
+        onnx_model = quantize_dynamic_onnx(proto, per_channel=isinstance(config.granularity, PerChannel),
+                                           nodes_to_exclude=nodes_of_modules(proto, excluded))
+    _simulate(model, layers, config.granularity, lambda _name: ActivationFakeQuant(8, mode="dynamic"))
+    fp32, int8 = _int8_bytes(layers)
+    return HandlerResult({n: 8 for n in layers}, fp32, int8, onnx_model)

@@ -1,0 +1,69 @@
+"""Quantization-aware training: fake quantization with a straight-through estimator, then conversion.
+
+Weights are fake-quantized (per channel by default) and, at 8 bits, each layer input too (running
+min/max while training, initialised from calibration). After the caller's ``finetune`` the model is
+converted: 8 bits → static int8 for ONNX Runtime (the fake-quantized weights are exactly representable,
+so ORT recomputes the same codes); fewer bits → packed weight-only layers with the same codes.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from torchslim._errors import ConfigError
+from torchslim.quantize._calibrate import observe_layer_inputs
+from torchslim.quantize._fold import fold_conv_bn_
+from torchslim.quantize._registry import HandlerResult, QuantContext, register
+from torchslim.quantize._select import quantizable_layers, set_submodule
+from torchslim.quantize.config import QATConfig
+from torchslim.quantize.modules import ActivationFakeQuant, FakeQuantWeight, QuantizedLayer, dequantize_model
+from torchslim.quantize.ptq import _int8_bytes, export_static
+from torchslim.quantize.weight_only import pack_layers_
+
+
+def prepare_qat_(model: nn.Module, config: QATConfig, batches=None) -> dict[str, nn.Module]:
+    """Insert fake quantizers in place (after folding Conv+BN). Returns the original layers by name."""
+    fold_conv_bn_(model)
+    layers = quantizable_layers(model, config.ignore)
+    ranges = observe_layer_inputs(model, layers, batches, config.calibration) if batches and config.bits == 8 else {}
+    for name, layer in layers.items():
+        act = None
+        if config.bits == 8:
+            act = ActivationFakeQuant(8, mode="static")
+            if name in ranges:
+                act.set_range(*ranges[name])
+        source = FakeQuantWeight(layer.weight, config.bits, config.granularity, config.symmetric)
+        set_submodule(model, name, QuantizedLayer(layer, source, act))
+    return layers
+
+
+@register(QATConfig)
+def quantize_qat_(model: nn.Module, config: QATConfig, ctx: QuantContext) -> HandlerResult:
+    """Prepare, fine-tune through ``ctx.finetune``, convert (see module docstring)."""
+    if ctx.export and ctx.finetune is None and config.finetune.epochs > 0:
+        raise ConfigError("finetune", "qat needs a finetune(model, epochs, lr) callable")
+    if config.bits == 8 and ctx.export and not ctx.batches:
+        raise ConfigError("calibration", "8-bit qat needs calibration batches for the int8 activation ranges")
+    layers = prepare_qat_(model, config, ctx.batches)
+    if ctx.finetune is not None and config.finetune.epochs > 0:
+        ctx.finetune(model, config.finetune.epochs, config.finetune.lr)
+    model.eval()
+    if config.bits < 8:
+        for name in layers:  # the fake-quantized weight has the same min/max, hence the same codes
+            set_submodule(model, name, model.get_submodule(name).to_float())
+        return pack_layers_(model, {n: config.bits for n in layers}, config.granularity, config.symmetric)
+    for module in model.modules():
+        if isinstance(module, FakeQuantWeight):
+            module.weight.requires_grad_(False)
+    onnx_model = None
+    if ctx.export:
+        excluded = sorted(quantizable_layers(model))  # plain layers left: the ignored ones
+        float_model = dequantize_model(_copy(model))
+        onnx_model = export_static(float_model, ctx.batches, config, excluded)
+    fp32, int8 = _int8_bytes(layers)
+    return HandlerResult({n: 8 for n in layers}, fp32, int8, onnx_model)
+
+
+def _copy(model: nn.Module) -> nn.Module:
+    import copy
+    return copy.deepcopy(model)

@@ -1,0 +1,85 @@
+import pytest
+import torch
+from torch import nn
+
+from torchslim.export import cpu_int8_features, export_onnx
+
+pytest.importorskip("onnxruntime")
+from torchslim.export import OrtSession, optimized_op_counts, quantized_kernels  # noqa: E402
+
+
+class ConvBN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.conv2, self.pool = nn.Conv2d(8, 16, 3), nn.MaxPool2d(2)
+        self.fc = nn.Linear(16 * 3 * 3, 10)
+
+    def forward(self, x):  # (N, 1, 8, 8)
+        x = torch.relu(self.bn1(self.conv1(x)))
+        return self.fc(torch.flatten(self.pool(torch.relu(self.conv2(x))), 1))
+
+
+class TinyEncoder(nn.Module):
+    def __init__(self):
+        super().__init__()
+        layer = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True)
+        self.encoder, self.head = nn.TransformerEncoder(layer, 1, enable_nested_tensor=False), nn.Linear(16, 3)
+
+    def forward(self, x):  # (N, T, 16)
+        return self.head(self.encoder(x).mean(1))
+
+
+def _conv_bn():
+    torch.manual_seed(0)
+    model = ConvBN().eval()
+    with torch.no_grad():
+        model.bn1.running_mean.uniform_(-0.5, 0.5)
+        model.bn1.running_var.uniform_(0.5, 2.0)
+    return model
+
+
+@pytest.mark.parametrize("make, shape", [(_conv_bn, (1, 8, 8)), (lambda: TinyEncoder().eval(), (5, 16))])
+def test_fp32_onnx_matches_torch_with_dynamic_batch(tmp_path, make, shape):
+    torch.manual_seed(0)
+    model = make()
+    data = export_onnx(model, torch.randn(2, *shape), tmp_path / "m.onnx")
+    assert (tmp_path / "m.onnx").read_bytes() == data
+    session = OrtSession(tmp_path / "m.onnx", intra_op_threads=1)
+    for batch in (1, 7, 33):
+        x = torch.randn(batch, *shape)
+        out = session(x)
+        assert isinstance(out, torch.Tensor) and out.shape[0] == batch
+        assert float((out - model(x).detach()).abs().max()) <= 1e-4
+    assert quantized_kernels(data) == {}  # fp32 graph runs float kernels only
+
+
+def test_quantized_torch_layers_export_dequantized():
+    from torchslim.quantize import KMeansConfig, WeightOnlyConfig, quantize_
+    for config in (WeightOnlyConfig(bits=4), KMeansConfig(bits=3)):
+        model = _conv_bn()
+        quantize_(model, config)
+        x = torch.randn(5, 1, 8, 8)
+        out = OrtSession(export_onnx(model, x))(x)
+        assert float((out - model(x).detach()).abs().max()) <= 1e-4
+
+
+def test_session_checks_inputs_and_counts_ops():
+    data = export_onnx(nn.Sequential(nn.Linear(4, 3), nn.ReLU()), torch.randn(2, 4))
+    session = OrtSession(data, intra_op_threads=2)
+    with pytest.raises(ValueError):
+        session(torch.randn(2, 4), torch.randn(2, 4))
+    assert optimized_op_counts(data).total() >= 1
+
+
+def test_cpu_int8_features_parses_flags(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512_vnni amx_tile amx_int8\n")
+    report = cpu_int8_features(info)
+    assert report["avx512"] and report["avx512_vnni"] and report["amx_int8"] and report["vnni"]
+    assert not report["avx_vnni"]
+    missing = cpu_int8_features(tmp_path / "absent")
+    assert missing["source"] == "unavailable" and not missing["vnni"]
+    arm = tmp_path / "arm"
+    arm.write_text("Features\t: fp asimd asimddp i8mm\n")
+    assert cpu_int8_features(arm)["arm_dotprod"] and cpu_int8_features(arm)["arm_i8mm"]

@@ -1,0 +1,154 @@
+"""Static/dynamic int8 through ONNX Runtime, QAT, and the accuracy-aware fallback."""
+
+import functools
+
+import pytest
+import torch
+
+from conftest import MLP, LeNet5, image_batches, relative_error
+from torchslim._errors import ConfigError
+from torchslim.quantize import (CalibrationConfig, DynamicConfig, FinetuneConfig, PackedWeight, QATConfig,
+                                StaticConfig, WeightOnlyConfig, quantize_)
+
+pytest.importorskip("onnxruntime")
+from torchslim.export import quantized_kernels  # noqa: E402
+
+
+def _bn_lenet():
+    torch.manual_seed(0)
+    model = LeNet5(batch_norm=True).eval()
+    with torch.no_grad():
+        model.bn1.running_mean.uniform_(-0.2, 0.2)
+        model.bn1.running_var.uniform_(0.5, 2.0)
+        model.bn1.weight.uniform_(0.5, 1.5)
+    return model
+
+
+@pytest.mark.parametrize("observer", ["minmax", "percentile", "mse"])
+def test_static_int8_lenet_runs_quantized_kernels_in_ort(observer):
+    model = _bn_lenet()
+    x = image_batches(1, 64, seed=9)[0]
+    ref = model(x).detach()
+    config = StaticConfig(calibration=CalibrationConfig(batches=4, observer=observer, percentile=99.9))
+    report = quantize_(model, config, calibration=iter(image_batches(8)))
+    assert isinstance(model.bn1, torch.nn.Identity)  # folded into conv1
+    kernels = quantized_kernels(report.onnx_model)
+    assert kernels.get("QLinearConv") == 2 and kernels.get("QGemm", 0) + kernels.get("QLinearMatMul", 0) == 2
+    ort_out = report.ort_session(intra_op_threads=1)(x)
+    assert ort_out.shape == (64, 10)
+    assert relative_error(ort_out, ref) < 0.05
+    # the torch model simulates the int8 model: it is as close to ORT as both are to fp32
+    assert relative_error(model(x).detach(), ort_out) < 0.05
+    assert (ort_out.argmax(1) == ref.argmax(1)).float().mean() > 0.9
+    assert report.weight_bytes_quantized < 0.27 * report.weight_bytes_fp32
+
+
+def test_static_ignore_keeps_layer_float_in_ort():
+    model = _bn_lenet()
+    report = quantize_(model, StaticConfig(ignore=["re:.*fc2.*"]), calibration=image_batches(2))
+    assert report.kept_fp32 == ("fc2",) and set(report.layers) == {"conv1", "conv2", "fc1"}
+    assert isinstance(model.fc2, torch.nn.Linear)
+    kernels = quantized_kernels(report.onnx_model)
+    assert kernels.get("QGemm", 0) + kernels.get("QLinearMatMul", 0) == 1
+
+
+def test_dynamic_int8_linear_model_runs_in_ort(mlp):
+    x = torch.randn(32, 64)
+    ref = mlp(x).detach()
+    report = quantize_(mlp, DynamicConfig(), calibration=[x[:4]])
+    kernels = quantized_kernels(report.onnx_model)
+    assert sum(kernels.values()) == 3, kernels  # three Linear layers on integer MatMul kernels
+    ort_out = report.ort_session()(x)
+    assert relative_error(ort_out, ref) < 0.03
+    assert relative_error(mlp(x).detach(), ort_out) < 0.01
+    with pytest.raises(ConfigError) as err:
+        quantize_(MLP(), DynamicConfig())
+    assert err.value.field == "calibration"
+
+
+def _trainer(data, targets):
+    def finetune(model, epochs, lr):
+        opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
+        model.train()
+        for _ in range(epochs):
+            for xb, yb in zip(data.split(32), targets.split(32)):
+                opt.zero_grad()
+                torch.nn.functional.cross_entropy(model(xb), yb).backward()
+                opt.step()
+        model.eval()
+    return finetune
+
+
+def _toy_task(seed=0, n=256):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 64, generator=g)
+    y = (x[:, :10].argmax(1))  # learnable 10-class rule
+    return x, y
+
+
+@functools.lru_cache(maxsize=1)
+def _trained_state():
+    x, y = _toy_task()
+    torch.manual_seed(0)
+    model = MLP()
+    _trainer(x, y)(model, 15, 1e-2)
+    return model.state_dict()
+
+
+def _trained_mlp():
+    model = MLP().eval()
+    model.load_state_dict(_trained_state())
+    return model
+
+
+def _accuracy(model, x, y):
+    with torch.no_grad():
+        return float((model(x).argmax(1) == y).float().mean())
+
+
+def test_qat_low_bits_recovers_accuracy_and_converts_to_packed_weights():
+    x, y = _toy_task()
+    base = _trained_mlp()
+    fp32_acc = _accuracy(base, x, y)
+    assert fp32_acc > 0.9
+    import copy
+    ptq_model, qat_model = copy.deepcopy(base), copy.deepcopy(base)
+    quantize_(ptq_model, WeightOnlyConfig(bits=2, granularity="channel", symmetric=True))
+    quantize_(qat_model, QATConfig(bits=2, finetune=FinetuneConfig(epochs=8, lr=3e-3)), finetune=_trainer(x, y))
+    assert isinstance(qat_model.fc1.weight_source, PackedWeight) and qat_model.fc1.weight_source.bits == 2
+    qat_acc, ptq_acc = _accuracy(qat_model, x, y), _accuracy(ptq_model, x, y)
+    assert qat_acc >= fp32_acc - 0.02 and qat_acc > ptq_acc + 0.05, (fp32_acc, ptq_acc, qat_acc)
+    with pytest.raises(ConfigError) as err:
+        quantize_(copy.deepcopy(base), QATConfig(bits=4))
+    assert err.value.field == "finetune"
+
+
+def test_qat_8bit_converts_to_int8_ort(mlp):
+    x, y = _toy_task()
+    ref = mlp(x).detach()
+    report = quantize_(mlp, QATConfig(bits=8, finetune=FinetuneConfig(epochs=1, lr=1e-4)),
+                       calibration=[x[:64]], finetune=_trainer(x, y))
+    assert sum(quantized_kernels(report.onnx_model).values()) == 3
+    assert relative_error(report.ort_session()(x), mlp(x).detach()) < 0.03
+    assert relative_error(mlp(x).detach(), ref) < 0.2  # one short epoch at a small learning rate
+
+
+def test_accuracy_aware_fallback_keeps_the_sensitive_layer():
+    x, y = _toy_task()
+    model = _trained_mlp()
+    with torch.no_grad():
+        model.fc3.weight[0, 0] = 40.0  # an outlier makes fc3 hopeless at 2 bits per tensor
+
+    def evaluate(m):
+        return _accuracy(m, x, y)
+
+    report = quantize_(model, WeightOnlyConfig(bits=2, granularity="tensor", max_metric_drop=0.05,
+                                               overrides={"fc1": 4, "fc2": 4}), evaluate=evaluate)
+    assert max(report.sensitivity, key=report.sensitivity.get) == "fc3"
+    assert "fc3" in report.fallback and "fc3" in report.kept_fp32
+    assert isinstance(model.fc3, torch.nn.Linear)
+    assert report.baseline_metric - report.metric <= 0.05
+    assert report.metric == pytest.approx(evaluate(model))
+    with pytest.raises(ConfigError) as err:
+        quantize_(MLP(), WeightOnlyConfig(max_metric_drop=0.01))
+    assert err.value.field == "max_metric_drop"

@@ -1,0 +1,108 @@
+import pytest
+import torch
+
+from conftest import MLP, image_batches, relative_error
+from torchslim._errors import ConfigError
+from torchslim.quantize import (CodebookWeight, FinetuneConfig, KMeansConfig, PackedWeight, QuantizedLayer,
+                                WeightOnlyConfig, cluster_weight, quantize_, quantize_tensor)
+
+
+def test_weight_only_stores_packed_integers(mlp):
+    x = torch.randn(32, 64)
+    ref = mlp(x).detach()
+    report = quantize_(mlp, WeightOnlyConfig(bits=4, granularity="group", group_size=4, symmetric=True))
+    assert report.layers == {"fc1": 4, "fc2": 4, "fc3": 4}
+    for name in report.layers:
+        source = mlp.get_submodule(name).weight_source
+        assert isinstance(source, PackedWeight)
+        assert source.packed.dtype == torch.uint8
+        assert source.packed.numel() == (torch.Size(source.shape).numel() + 1) // 2  # two codes per byte
+    # 4-bit codes + one fp32 scale and one uint8 zero point per group of 4 weights
+    assert report.weight_bytes_quantized / report.weight_bytes_fp32 == pytest.approx((0.5 + 5 / 4) / 4, rel=0.01)
+    assert relative_error(mlp(x).detach(), ref) < 0.12
+
+
+def test_weight_only_matches_reference_quantizer_and_overrides(mlp):
+    w = mlp.fc1.weight.detach().clone()
+    quantize_(mlp, WeightOnlyConfig(bits=8, overrides={"fc1": 3}, ignore=["re:fc[3]"]))
+    assert isinstance(mlp.fc3, torch.nn.Linear)  # ignored: still fp32
+    assert mlp.fc1.weight_source.bits == 3 and mlp.fc2.weight_source.bits == 8
+    assert torch.equal(mlp.fc1.weight, quantize_tensor(w, 3, mlp.fc1.weight_source.granularity).dequantize())
+
+
+def test_override_of_unknown_layer_is_an_error(mlp):
+    with pytest.raises(ConfigError) as err:
+        quantize_(mlp, WeightOnlyConfig(bits=4, overrides={"fc9": 2}))
+    assert err.value.field == "overrides"
+
+
+def test_weight_only_conv_and_group_size_error(lenet):
+    x = image_batches(1)[0]
+    ref = lenet(x).detach()
+    quantize_(lenet, WeightOnlyConfig(bits=8, granularity="channel"))
+    assert relative_error(lenet(x).detach(), ref) < 0.01
+    with pytest.raises(ConfigError) as err:
+        quantize_(torch.nn.Sequential(torch.nn.Linear(30, 4)), WeightOnlyConfig(bits=4, granularity="group",
+                                                                                 group_size=8))
+    assert err.value.field == "group_size"
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4])
+def test_kmeans_keeps_zeros_and_limits_distinct_values(mlp, bits):
+    with torch.no_grad():
+        for layer in (mlp.fc1, mlp.fc2, mlp.fc3):
+            layer.weight[torch.rand_like(layer.weight) < 0.6] = 0.0  # pruned
+    zeros = {n: mlp.get_submodule(n).weight == 0 for n in ("fc1", "fc2", "fc3")}
+    quantize_(mlp, KMeansConfig(bits=bits))
+    for name, mask in zeros.items():
+        w = mlp.get_submodule(name).weight.detach()
+        assert bool((w[mask] == 0).all())
+        assert torch.unique(w).numel() <= 2 ** bits
+
+
+def test_kmeans_is_deterministic_and_beats_linear_quantization_at_3_bits():
+    torch.manual_seed(0)
+    w = torch.randn(128, 128)
+    c1, i1 = cluster_weight(w, 3)
+    c2, i2 = cluster_weight(w, 3)
+    assert torch.equal(c1, c2) and torch.equal(i1, i2)
+    km = torch.cat([torch.zeros(1), c1])[i1.long()]
+    affine = quantize_tensor(w, 3).dequantize()
+    assert (km - w).pow(2).mean() < 0.6 * (affine - w).pow(2).mean()
+
+
+def test_kmeans_centroid_gradient_is_sum_of_shared_weight_gradients():
+    torch.manual_seed(0)
+    w = torch.randn(6, 10)
+    w[0, :3] = 0
+    centroids, indices = cluster_weight(w, 2)
+    source = CodebookWeight(centroids, indices, 2)
+    layer = QuantizedLayer(torch.nn.Linear(10, 6), source)
+    x = torch.randn(5, 10)
+    layer(x).pow(2).sum().backward()
+    weight = layer.weight.detach().requires_grad_(True)
+    torch.nn.functional.linear(x, weight, layer.bias.detach()).pow(2).sum().backward()
+    expected = torch.zeros(4).index_add_(0, indices.reshape(-1).long(), weight.grad.reshape(-1))[1:]
+    assert torch.allclose(source.centroids.grad, expected, atol=1e-5)
+
+
+def test_kmeans_finetune_moves_centroids_only_and_keeps_sharing(mlp):
+    seen = {}
+
+    def finetune(model, epochs, lr):
+        seen.update(epochs=epochs, lr=lr)
+        opt = torch.optim.SGD(model.parameters(), lr=lr)
+        x, y = torch.randn(64, 64), torch.randint(0, 10, (64,))
+        for _ in range(epochs):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+
+    quantize_(mlp, KMeansConfig(bits=2))
+    before = mlp.fc1.weight_source.centroids.detach().clone()
+    torch.manual_seed(0)
+    mlp2 = MLP().eval()  # same weights as the fixture
+    quantize_(mlp2, KMeansConfig(bits=2, finetune=FinetuneConfig(epochs=3, lr=0.1)), finetune=finetune)
+    assert seen == {"epochs": 3, "lr": 0.1}
+    assert torch.unique(mlp2.fc1.weight.detach()).numel() <= 4
+    assert not torch.equal(mlp2.fc1.weight_source.centroids.detach(), before)
