@@ -34,6 +34,10 @@ def test_single_process_helpers_are_trivial():
     before = [p.detach().clone() for p in model.parameters()]
     assert D.broadcast_state_(model) is model
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    model(torch.ones(1, 2)).sum().backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    D.average_gradients_(model.parameters())
+    assert all(torch.equal(g, p.grad) for g, p in zip(grads, model.parameters()))
     assert D.same_on_all_ranks(t)
     assert D.shard_sampler(TensorDataset(torch.arange(10)), shuffle=True, seed=0) is None
     expected = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
@@ -88,6 +92,11 @@ def test_two_process_gloo_run(tmp_path):
     assert r["ddp_same_on_all_ranks"] == [True, True]
     assert r["ddp_changed"] is True
     assert r["ddp_max_diff_vs_single_process"] < 1e-6
+    # Distillation under DDP: the student is synced by DDP, the projection by average_gradients_.
+    kd = r["kd_ddp"]
+    assert kd["n_extra"] == 2  # Linear(3 -> 16): weight and bias
+    assert kd["student_same_averaged"] == [True, True] and kd["projection_same_averaged"] == [True, True]
+    assert kd["student_same_not_averaged"] == [True, True] and kd["projection_same_not_averaged"] == [False, False]
 
 
 def _worker(out_path: str) -> None:
@@ -153,12 +162,48 @@ def _worker(out_path: str) -> None:
         ref_opt.zero_grad()
         nn.functional.mse_loss(ref(x_all), y_all).backward()
         ref_opt.step()
-    r["ddp_max_diff_vs_single_process"] = max((a - b).abs().max().item() for a, b in zip(ref.parameters(), net.parameters()))
+    diffs = [(a - b).abs().max().item() for a, b in zip(ref.parameters(), net.parameters())]
+    r["ddp_max_diff_vs_single_process"] = max(diffs)
+
+    r["kd_ddp"] = _distill_under_ddp(x_all, me, n, gather)
 
     D.barrier()
     if D.is_main():
         Path(out_path).write_text(json.dumps(r))
     D.cleanup()
+
+
+def _distill_under_ddp(x_all, me, n, gather) -> dict:
+    # A distillation loss with a feature projection, its student wrapped in DDP: the projection lives outside
+    # DDP, so its gradients are averaged by hand; without that it drifts apart across ranks.
+    from torchslim.distill import FeatureMatch, KDConfig, make_loss_fn
+
+    out = {}
+    y_all = torch.arange(8) % 2
+    for averaged in (True, False):
+        torch.manual_seed(0)
+        teacher = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 2))
+        torch.manual_seed(1 + me)
+        student = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+        loss_fn = make_loss_fn(student, teacher, KDConfig(features=(FeatureMatch("0", "0"),)), (x_all, y_all))
+        D.broadcast_state_(student)
+        D.broadcast_state_(loss_fn.objective)  # the projection starts equal everywhere too
+        ddp = nn.parallel.DistributedDataParallel(student)
+        extra = loss_fn.extra_parameters()
+        opt = torch.optim.SGD([*ddp.parameters(), *extra], lr=0.5)
+        shard = torch.arange(me, 8, n)
+        for _ in range(2):
+            opt.zero_grad()
+            loss_fn(ddp, (x_all[shard], y_all[shard])).backward()
+            if averaged:
+                D.average_gradients_(extra)
+            opt.step()
+        key = "averaged" if averaged else "not_averaged"
+        out[f"student_same_{key}"] = gather(all(D.same_on_all_ranks(p) for p in student.parameters()))
+        out[f"projection_same_{key}"] = gather(all(D.same_on_all_ranks(p) for p in extra))
+        out["n_extra"] = len(extra)
+        loss_fn.close()
+    return out
 
 
 if __name__ == "__main__":

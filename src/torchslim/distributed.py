@@ -26,6 +26,7 @@ __all__ = [
     "all_reduce_mean",
     "broadcast_",
     "broadcast_state_",
+    "average_gradients_",
     "same_on_all_ranks",
     "shard_sampler",
     "local_device",
@@ -137,6 +138,21 @@ def broadcast_state_(module: nn.Module, src: int = 0) -> nn.Module:
             for tensor in [*module.parameters(), *module.buffers()]:
                 broadcast_(tensor.data, src=src)
     return module
+
+
+def average_gradients_(parameters) -> None:
+    """Replace each parameter's ``.grad`` by its mean over ranks, for parameters DDP does not wrap.
+
+    Call between ``backward()`` and ``optimizer.step()``; e.g. the feature projections of a distillation loss,
+    which train with a DDP-wrapped student but live outside it. Parameters without a gradient are skipped
+    (the same ones on every rank). Not distributed: does nothing.
+    """
+    if not is_distributed():
+        return
+    for p in parameters:
+        if p.grad is not None:
+            with torch.no_grad():
+                p.grad.copy_(all_reduce_sum(p.grad) / world_size())
 
 
 def _digest(tensor: torch.Tensor) -> str:

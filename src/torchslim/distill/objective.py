@@ -26,7 +26,12 @@ class DistillationObjective(nn.Module):
         regularization: the weight penalty, or None.
     """
 
-    def __init__(self, kd: KDLoss, features: FeatureKDLoss | None = None, regularization: RegularizationLoss | None = None):
+    def __init__(
+        self,
+        kd: KDLoss,
+        features: FeatureKDLoss | None = None,
+        regularization: RegularizationLoss | None = None,
+    ):
         super().__init__()
         self.kd, self.features, self.regularization = kd, features, regularization
 
@@ -52,7 +57,9 @@ class DistillationObjective(nn.Module):
             out["regularization"] = self.regularization(student).to(student_out.device)
         return out
 
-    def forward(self, student_out, teacher_out, y, student_feats=None, teacher_feats=None, student=None) -> torch.Tensor:
+    def forward(
+        self, student_out, teacher_out, y, student_feats=None, teacher_feats=None, student=None
+    ) -> torch.Tensor:
         """The total loss, a scalar (arguments as in ``terms``)."""
         return sum(self.terms(student_out, teacher_out, y, student_feats, teacher_feats, student).values())
 
@@ -84,11 +91,12 @@ class DistillLossFn:
         self.student, self.teacher, self.objective = student, teacher, objective
         self.matches = config.features
         fields = [f"features[{i}]" for i in range(len(self.matches))]
+        s_names, t_names = [m.student for m in self.matches], [m.teacher for m in self.matches]
         self._student_rec = self._teacher_rec = None
         if self.matches:
-            self._student_rec = FeatureRecorder(student, [m.student for m in self.matches], [f + ".student" for f in fields])
+            self._student_rec = FeatureRecorder(student, s_names, [f + ".student" for f in fields])
             try:
-                self._teacher_rec = FeatureRecorder(teacher, [m.teacher for m in self.matches], [f + ".teacher" for f in fields])
+                self._teacher_rec = FeatureRecorder(teacher, t_names, [f + ".teacher" for f in fields])
             except ConfigError:
                 self._student_rec.close()
                 raise
@@ -136,7 +144,9 @@ class DistillLossFn:
                 rec.close()
 
 
-def make_loss_fn(student: nn.Module, teacher: nn.Module, config: KDConfig, probe: Sequence[torch.Tensor]) -> DistillLossFn:
+def make_loss_fn(
+    student: nn.Module, teacher: nn.Module, config: KDConfig, probe: Sequence[torch.Tensor]
+) -> DistillLossFn:
     """Build the training loss for ``config`` and check it on one batch before any training.
 
     The probe batch runs through both networks (eval mode, no grad) to check that their outputs have the same
@@ -152,7 +162,8 @@ def make_loss_fn(student: nn.Module, teacher: nn.Module, config: KDConfig, probe
         A ``DistillLossFn``; train ``student`` together with ``loss_fn.extra_parameters()``.
     """
     kd = KDLoss(config.temperature, config.alpha)
-    reg = RegularizationLoss(config.regularization) if config.regularization and config.regularization.weight > 0 else None
+    penalty = config.regularization
+    reg = RegularizationLoss(penalty) if penalty is not None and penalty.weight > 0 else None
     loss_fn = DistillLossFn(student, teacher, DistillationObjective(kd, None, reg), config)
     try:
         was_training = student.training
