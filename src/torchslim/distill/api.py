@@ -98,8 +98,8 @@ def _device_of(module: nn.Module) -> torch.device:
 def _distill_kd(student: nn.Module, teacher: nn.Module, data: Any, config: KDConfig, fit: FitFn) -> nn.Module:
     if teacher is student:
         teacher = copy.deepcopy(student)  # self-distillation: the teacher must not move while the student trains
-    teacher.to(_device_of(student)).eval()
     device = _device_of(student)
+    teacher.to(device).eval()
     x, y = _probe_batch(data, config.batch_size)
     loss_fn: DistillLossFn = make_loss_fn(student, teacher, config, (x.to(device), y.to(device)))
     try:
