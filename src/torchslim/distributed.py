@@ -1,0 +1,191 @@
+"""Multi-process training helpers for ``torchrun --nproc_per_node=N -m torchslim run ...``.
+
+torchrun sets WORLD_SIZE, RANK, LOCAL_RANK, MASTER_ADDR and MASTER_PORT; ``init_from_env()`` joins the process
+group (nccl on GPU, gloo on CPU). Every helper is a no-op or trivial in a single process, so the training loop
+calls them unconditionally.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import Dataset, DistributedSampler
+
+__all__ = [
+    "init_from_env",
+    "is_distributed",
+    "rank",
+    "world_size",
+    "is_main",
+    "barrier",
+    "all_reduce_sum",
+    "all_reduce_mean",
+    "broadcast_",
+    "broadcast_state_",
+    "average_gradients_",
+    "same_on_all_ranks",
+    "shard_sampler",
+    "local_device",
+    "cleanup",
+]
+
+
+def init_from_env() -> bool:
+    """Join the process group when launched by torchrun with WORLD_SIZE > 1 (once; later calls do nothing).
+
+    Returns:
+        True when running distributed after the call.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and dist.is_available() and not dist.is_initialized():
+        if torch.cuda.is_available():
+            torch.cuda.set_device(local_device())  # nccl needs each rank on its own GPU before the first collective
+            dist.init_process_group("nccl", device_id=local_device())
+        else:
+            dist.init_process_group("gloo")
+    return is_distributed()
+
+
+def is_distributed() -> bool:
+    """True inside an initialised process group of more than one process."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank() -> int:
+    """This process's global rank; 0 when not distributed."""
+    return dist.get_rank() if is_distributed() else 0
+
+
+def world_size() -> int:
+    """Number of processes; 1 when not distributed."""
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def is_main() -> bool:
+    """True on rank 0, the process that logs and writes files."""
+    return rank() == 0
+
+
+def local_device() -> torch.device:
+    """``cuda:LOCAL_RANK`` when a GPU is present, else cpu."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
+    return torch.device("cpu")
+
+
+def barrier() -> None:
+    """Wait until every rank reaches this point."""
+    if is_distributed():
+        dist.barrier()
+
+
+def _comm_device() -> torch.device:
+    # nccl moves only CUDA tensors; gloo moves CPU tensors (and CUDA ones through the host).
+    return local_device() if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """The element-wise sum of ``tensor`` over ranks, on ``tensor``'s device; ``tensor`` itself is unchanged.
+
+    Not distributed: returns ``tensor``.
+    """
+    if not is_distributed():
+        return tensor
+    buf = tensor.detach().to(_comm_device(), copy=True)
+    dist.all_reduce(buf, op=dist.ReduceOp.SUM)
+    return buf.to(tensor.device)
+
+
+def all_reduce_mean(value: float | torch.Tensor) -> float | torch.Tensor:
+    """The mean of ``value`` over ranks (a float for a float, a tensor for a tensor), e.g. to average a metric.
+
+    Not distributed: returns ``value``.
+    """
+    if not is_distributed():
+        return value
+    if isinstance(value, torch.Tensor):
+        # Integer tensors would floor-divide; the mean is taken in floating point.
+        summed = all_reduce_sum(value if value.is_floating_point() else value.double())
+        return summed / world_size()
+    return all_reduce_sum(torch.tensor(float(value), dtype=torch.float64)).item() / world_size()
+
+
+def broadcast_(tensor: torch.Tensor, src: int = 0) -> torch.Tensor:
+    """Overwrite ``tensor`` in place with rank ``src``'s values; returns it. Not distributed: unchanged."""
+    if not is_distributed():
+        return tensor
+    comm = _comm_device()
+    if tensor.device == comm and tensor.is_contiguous():
+        dist.broadcast(tensor, src=src)
+    else:
+        buf = tensor.detach().to(comm, copy=True).contiguous()
+        dist.broadcast(buf, src=src)
+        with torch.no_grad():
+            tensor.copy_(buf)
+    return tensor
+
+
+def broadcast_state_(module: nn.Module, src: int = 0) -> nn.Module:
+    """Make every parameter and buffer of ``module`` equal to rank ``src``'s (same init everywhere); returns it.
+
+    All ranks must hold the same architecture (same names and shapes).
+    """
+    if is_distributed():
+        with torch.no_grad():
+            for tensor in [*module.parameters(), *module.buffers()]:
+                broadcast_(tensor.data, src=src)
+    return module
+
+
+def average_gradients_(parameters) -> None:
+    """Replace each parameter's ``.grad`` by its mean over ranks, for parameters DDP does not wrap.
+
+    Call between ``backward()`` and ``optimizer.step()``; e.g. the feature projections of a distillation loss,
+    which train with a DDP-wrapped student but live outside it. Parameters without a gradient are skipped
+    (the same ones on every rank). Not distributed: does nothing.
+    """
+    if not is_distributed():
+        return
+    for p in parameters:
+        if p.grad is not None:
+            with torch.no_grad():
+                p.grad.copy_(all_reduce_sum(p.grad) / world_size())
+
+
+def _digest(tensor: torch.Tensor) -> str:
+    t = tensor.detach().cpu().contiguous().reshape(-1)
+    raw = t.view(torch.uint8).numpy().tobytes()  # the exact bits, whatever the dtype (bool, bf16, ...)
+    return hashlib.sha256(f"{tuple(tensor.shape)}|{tensor.dtype}|".encode() + raw).hexdigest()
+
+
+def same_on_all_ranks(tensor: torch.Tensor) -> bool:
+    """True when ``tensor`` has the same shape, dtype and bits on every rank (e.g. a pruning mask).
+
+    Compares SHA-256 digests, so shapes may differ across ranks without a hang. Not distributed: True.
+    """
+    if not is_distributed():
+        return True
+    digests: list[str | None] = [None] * world_size()
+    dist.all_gather_object(digests, _digest(tensor))
+    return all(d == digests[0] for d in digests)
+
+
+def shard_sampler(dataset: Dataset, shuffle: bool, seed: int = 0) -> DistributedSampler | None:
+    """A sampler giving this rank its share of ``dataset``, or None when not distributed.
+
+    Shards are disjoint when len(dataset) is a multiple of world_size(); otherwise a few indices repeat so
+    every rank gets as many batches (DDP needs that). Call ``sampler.set_epoch(epoch)`` each epoch so the
+    shuffle changes; pass ``shuffle=False`` to the DataLoader that uses it.
+    """
+    if not is_distributed():
+        return None
+    return DistributedSampler(dataset, num_replicas=world_size(), rank=rank(), shuffle=shuffle, seed=seed)
+
+
+def cleanup() -> None:
+    """Leave the process group, if one was joined."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
