@@ -18,6 +18,7 @@ from typing import Any, Callable, Optional
 import torch
 from torch import nn
 
+from torchslim.distributed import is_main
 from torchslim.artifact import load_artifact, save_artifact, update_manifest
 from torchslim.data import Splits, load_splits
 from torchslim.domain import Domain
@@ -67,6 +68,8 @@ class RunContext:
     baseline: Optional[nn.Module] = None
     baseline_architecture: Optional[dict[str, Any]] = None
     records: list[dict[str, Any]] = field(default_factory=list)
+    # Called after every optimizer step of every later training run (e.g. pruning masks stay zero).
+    step_hooks: list[Callable[[], None]] = field(default_factory=list)
     log: Callable[[str], None] = _log_stderr
 
     @property
@@ -82,9 +85,18 @@ class RunContext:
         checkpoint = None
         if self.work_dir is not None:
             checkpoint = self.work_dir / f"stage{self.stage_index}-{desc.replace(' ', '_')}.safetensors"
+        hooks = list(self.step_hooks)
+        if kwargs.get("after_step") is not None:
+            hooks.append(kwargs.pop("after_step"))
+        kwargs.pop("after_step", None)
+
+        def after_step() -> None:
+            for hook in hooks:
+                hook()
+
         return fit(model, self.splits.train, self.splits.val, cfg, seed=self.seed + self.stage_index,
                    metric=self.metric, checkpoint=checkpoint, resume=self.resume, desc=desc,
-                   device=self.device, **kwargs)
+                   device=self.device, after_step=after_step if hooks else None, **kwargs)
 
     def validate(self, model: Optional[nn.Module] = None) -> float:
         """The metric on the validation split (decisions never look at the test split)."""
@@ -115,11 +127,6 @@ def prepare(recipe: Recipe, *, log: Callable[[str], None] = _log_stderr) -> RunC
             except ConfigError as exc:
                 raise exc.within(f"stages[{stage.index}].{stage.name}", recipe.source) from None
     return ctx
-
-
-def is_main() -> bool:
-    return not (torch.distributed.is_available() and torch.distributed.is_initialized()) \
-        or torch.distributed.get_rank() == 0
 
 
 def _write_atomic(path: Path, text: str) -> None:

@@ -54,6 +54,7 @@ class TrainStage(StrictModel):
     weight_decay: float = pydantic.Field(0.0, ge=0)
     optimizer: Literal["adam", "sgd"] = "adam"
     schedule: Literal["cosine", "constant"] = "cosine"
+    augment: Literal["none", "shift"] = "none"
 
 
 def _run_train(ctx: "RunContext", cfg: TrainStage) -> dict[str, Any]:
@@ -73,7 +74,8 @@ def _load_technique_stages() -> None:
     """Technique packages register their stages on import."""
     import importlib
 
-    for module in ():
+    for module in ("torchslim.prune.stage", "torchslim.quantize.stage", "torchslim.distill.stage",
+                   "torchslim.export.stage"):
         importlib.import_module(module)
 
 

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from torchslim import distributed as dist
 from torchslim.evaluate import compute_metric
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]  # (model, x, y) -> scalar
@@ -34,6 +35,24 @@ class TrainConfig:
     weight_decay: float = 0.0
     optimizer: str = "adam"
     schedule: str = "cosine"  # cosine | constant
+    augment: str = "none"  # none | shift (random translation by up to one pixel / sample)
+
+
+def random_shift(x: torch.Tensor, max_shift: int = 1) -> torch.Tensor:
+    """Translate each sample by a random offset in [-max_shift, max_shift] along every spatial axis, zero-filled.
+
+    Args:
+        x: (N, C, *spatial) with one or two spatial axes.
+    """
+    n, spatial = x.shape[0], x.shape[2:]
+    padded = nn.functional.pad(x, (max_shift, max_shift) * len(spatial))  # (N, C, *(s + 2m))
+    offsets = torch.randint(0, 2 * max_shift + 1, (n, len(spatial)))
+    out = torch.empty_like(x)
+    for combo in offsets.unique(dim=0):
+        rows = (offsets == combo).all(dim=1).nonzero().squeeze(1)
+        window = tuple(slice(int(o), int(o) + size) for o, size in zip(combo, spatial))
+        out[rows] = padded[(rows, slice(None), *window)]
+    return out
 
 
 def lr_at(cfg: TrainConfig, epoch: int) -> float:
@@ -62,14 +81,6 @@ def default_device() -> torch.device:
     return torch.device("cpu")
 
 
-def _distributed() -> bool:
-    return torch.distributed.is_available() and torch.distributed.is_initialized()
-
-
-def _is_main() -> bool:
-    return not _distributed() or torch.distributed.get_rank() == 0
-
-
 def _make_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
@@ -77,10 +88,8 @@ def _make_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim
 
 
 def _epoch_loader(data: Dataset, batch_size: int, seed: int, epoch: int) -> DataLoader:
-    if _distributed():
-        from torch.utils.data.distributed import DistributedSampler
-
-        sampler = DistributedSampler(data, shuffle=True, seed=seed)
+    sampler = dist.shard_sampler(data, shuffle=True, seed=seed)
+    if sampler is not None:  # under torchrun: each rank takes its own shard, reshuffled per epoch
         sampler.set_epoch(epoch)
         return DataLoader(data, batch_size=batch_size, sampler=sampler)
     gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
@@ -114,6 +123,8 @@ def fit(model: nn.Module, train: Dataset, val: Dataset, cfg: TrainConfig, *, see
     model.to(device)
     loss_fn = loss_fn or cross_entropy
     params = [p for p in model.parameters() if p.requires_grad] + list(extra_params)
+    if after_step is not None:
+        after_step()  # masks hold from the first step, even on a resumed or freshly pruned model
     optimizer = _make_optimizer(params, cfg)
     result = FitResult(best_epoch=-1, best_val=float("-inf"))
     best_state: dict[str, torch.Tensor] = {}
@@ -123,11 +134,17 @@ def fit(model: nn.Module, train: Dataset, val: Dataset, cfg: TrainConfig, *, see
         start, best_state = _load_checkpoint(ckpt, model, optimizer, result)
 
     trained = model
-    if _distributed():
+    extra = list(extra_params)
+    if dist.is_distributed():
+        # Same starting point on every rank, then DDP averages the model's gradients; parameters outside the
+        # model (feature-KD projections) are averaged by hand.
+        dist.broadcast_state_(model)
+        for p in extra:
+            dist.broadcast_(p.data)
         trained = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
                                                       else None)
 
-    bar = tqdm(range(start, cfg.epochs), desc=desc, unit="epoch", disable=not _is_main() or bool(os.environ.get("TQDM_DISABLE")), leave=False,
+    bar = tqdm(range(start, cfg.epochs), desc=desc, unit="epoch", disable=not dist.is_main() or bool(os.environ.get("TQDM_DISABLE")), leave=False,
                initial=start, total=cfg.epochs)
     for epoch in bar:
         model.train()
@@ -135,18 +152,21 @@ def fit(model: nn.Module, train: Dataset, val: Dataset, cfg: TrainConfig, *, see
             group["lr"] = lr_at(cfg, epoch)
         total, count = torch.zeros((), device=device), 0
         for x, y in _epoch_loader(train, cfg.batch_size, seed, epoch):
+            if cfg.augment == "shift":
+                x = random_shift(x)
             x, y = x.to(device), y.to(device)
             optimizer.zero_grad(set_to_none=True)
             loss = loss_fn(trained, x, y)
             loss.backward()
+            if extra and dist.is_distributed():
+                dist.average_gradients_(extra)
             optimizer.step()
             if after_step is not None:
                 after_step()
             total += loss.detach() * len(y)
             count += len(y)
-        if _distributed():
-            stats = torch.stack([total, torch.tensor(float(count), device=device)])
-            torch.distributed.all_reduce(stats)
+        if dist.is_distributed():
+            stats = dist.all_reduce_sum(torch.stack([total, torch.tensor(float(count), device=device)]))
             total, count = stats[0], int(stats[1].item())
         train_loss = float(total) / max(count, 1)
         val_value = compute_metric(model, val, metric, device=device)
@@ -155,7 +175,7 @@ def fit(model: nn.Module, train: Dataset, val: Dataset, cfg: TrainConfig, *, see
             result.best_epoch, result.best_val = epoch, val_value
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         bar.set_postfix(loss=f"{train_loss:.4f}", val=f"{val_value:.4f}")
-        if ckpt is not None and _is_main():
+        if ckpt is not None and dist.is_main():
             _save_checkpoint(ckpt, epoch + 1, model, optimizer, best_state, result)
     bar.close()
     if best_state:

@@ -1,0 +1,1 @@
+"""Recipe stage for this technique (registered on import by torchslim.stages)."""
