@@ -1,0 +1,71 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from torchslim._errors import ConfigError
+from torchslim.data import load_splits
+from torchslim.domain import DataSpec
+
+
+def test_digits_shapes_range_and_split_sizes():
+    s = load_splits(DataSpec(source="digits"))
+    x = s.train.tensors[0]
+    assert tuple(x.shape[1:]) == (1, 8, 8) and x.dtype == torch.float32
+    assert float(x.min()) == 0.0 and float(x.max()) == 1.0
+    sizes = (len(s.train), len(s.val), len(s.test))
+    assert sum(sizes) == 1797 and sizes[2] == 360 and sizes[1] == 180
+    assert s.num_classes == 10 and s.info["stratified"]
+
+
+def test_digits_split_is_stratified_and_seeded():
+    a, b, c = (load_splits(DataSpec(source="digits", seed=k)) for k in (0, 0, 1))
+    assert torch.equal(a.test.tensors[0], b.test.tensors[0])
+    assert not torch.equal(a.test.tensors[0], c.test.tensors[0])
+    counts = torch.bincount(a.test.tensors[1], minlength=10).float()
+    assert counts.min() >= 34 and counts.max() <= 38  # 360 test samples over 10 near-balanced classes
+
+
+def test_mnist1d_generated_locally_with_its_own_test_split():
+    s = load_splits(DataSpec(source="mnist1d"))
+    assert tuple(s.train.tensors[0].shape[1:]) == (1, 40)
+    assert (len(s.train), len(s.val), len(s.test)) == (3600, 400, 1000)
+
+
+def test_npz_source_with_and_without_test_arrays(tmp_path):
+    rng = np.random.default_rng(0)
+    x, y = rng.random((100, 8, 8)).astype(np.float32), np.repeat(np.arange(10), 10)
+    np.savez(tmp_path / "a.npz", x=x, y=y)
+    s = load_splits(DataSpec(source="npz:a.npz"), base_dir=tmp_path, input_shape=(1, 8, 8))
+    assert tuple(s.train.tensors[0].shape[1:]) == (1, 8, 8) and len(s.test) == 20
+    np.savez(tmp_path / "b.npz", x=x, y=y, x_test=x[:30], y_test=y[:30])
+    s = load_splits(DataSpec(source="npz:b.npz"), base_dir=tmp_path, input_shape=(1, 8, 8))
+    assert len(s.test) == 30 and len(s.train) + len(s.val) == 100
+
+
+def test_npz_errors_name_the_problem(tmp_path):
+    np.savez(tmp_path / "c.npz", x=np.zeros((4, 2)))
+    with pytest.raises(ConfigError, match="has no array 'y'"):
+        load_splits(DataSpec(source="npz:c.npz"), base_dir=tmp_path)
+    with pytest.raises(ConfigError, match="npz file not found"):
+        load_splits(DataSpec(source="npz:missing.npz"), base_dir=tmp_path)
+    np.savez(tmp_path / "d.npz", x=np.full((20, 2), np.nan), y=np.arange(20) % 2)
+    with pytest.raises(ConfigError, match="NaN or Inf"):
+        load_splits(DataSpec(source="npz:d.npz"), base_dir=tmp_path)
+
+
+def test_imagefolder_reads_resizes_and_labels_by_folder(tmp_path):
+    rng = np.random.default_rng(0)
+    for label in ("cat", "dog"):
+        (tmp_path / "imgs" / label).mkdir(parents=True)
+        for i in range(10):
+            Image.fromarray((rng.random((16, 16, 3)) * 255).astype(np.uint8)).save(tmp_path / "imgs" / label / f"{i}.png")
+    s = load_splits(DataSpec(source="imagefolder:imgs"), base_dir=tmp_path, input_shape=(1, 8, 8))
+    assert s.labels == ["cat", "dog"] and tuple(s.train.tensors[0].shape[1:]) == (1, 8, 8)
+    assert len(s.train) + len(s.val) + len(s.test) == 20
+    assert 0.0 <= float(s.train.tensors[0].min()) and float(s.train.tensors[0].max()) <= 1.0
+
+
+def test_unknown_source():
+    with pytest.raises(ConfigError, match="data.source: unknown data source 'cifar'"):
+        load_splits(DataSpec(source="cifar"))

@@ -1,0 +1,40 @@
+import types
+
+import pytest
+import torch
+from torch.utils.data import TensorDataset
+
+from torchslim.domain import Constraints
+from torchslim.evaluate import check_constraints, compute_metric, count_params, latency_ms, size_bytes
+
+
+def test_accuracy_and_top5_on_a_fixed_predictor():
+    y = torch.tensor([0, 1, 2, 3])
+    logits = torch.eye(10)[[0, 1, 5, 6]]  # right, right, wrong, wrong
+    logits[2, 2] = 0.5  # the true class is second-best for sample 2
+    logits[3, 3] = -1.0  # and last for sample 3
+    data = TensorDataset(torch.arange(4), y)
+    predict = lambda idx: logits[idx]  # noqa: E731
+    assert compute_metric(predict, data, "accuracy") == 0.5
+    assert compute_metric(predict, data, "top5") == 0.75
+
+
+def test_params_size_and_latency(tmp_path):
+    model = torch.nn.Linear(4, 3)
+    with torch.no_grad():
+        model.weight[0] = 0
+    assert count_params(model) == (15, 11)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "x.bin").write_bytes(b"1234")
+    (tmp_path / "a" / "y.json").write_bytes(b"{}")
+    assert size_bytes(tmp_path / "a") == 6 and size_bytes(tmp_path / "a" / "x.bin") == 4
+    assert latency_ms(model, (4,), 64, runs=5) > 0
+
+
+def test_constraints_report_each_limit():
+    c = Constraints(max_size_bytes=1000, max_latency_ms={"batch_1": 0.5}, max_metric_drop=0.01)
+    m = {"size_bytes": 900, "latency_ms": {"batch_1": 0.7, "batch_64": 2.0}, "value": 0.95, "baseline_value": 0.97}
+    r = check_constraints(c, m)
+    assert r["max_size_bytes"]["met"] and not r["max_latency_ms.batch_1"]["met"]
+    assert not r["max_metric_drop"]["met"] and r["max_metric_drop"]["measured"] == pytest.approx(0.02)
+    assert check_constraints(Constraints(min_metric=0.95), m)["min_metric"]["met"]

@@ -1,0 +1,64 @@
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from torchslim._errors import ConfigError
+from torchslim.domain import ModelSpec
+from torchslim.models import BUILTIN_MODELS, build_model, check_fits
+
+
+@pytest.mark.parametrize("name, shape", [("lenet300_100", (1, 8, 8)), ("lenet5", (1, 8, 8)),
+                                         ("mnist1d_cnn", (1, 40)), ("mnist1d_mlp", (1, 40))])
+def test_builtin_models_map_their_input_shape_to_ten_logits(name, shape):
+    model = build_model(ModelSpec(name=name))
+    assert tuple(model.input_shape) == shape
+    assert model(torch.rand(3, *shape)).shape == (3, 10)
+
+
+def test_reference_layer_names_and_sizes():
+    mlp = build_model(ModelSpec(name="lenet300_100"))
+    assert [(n, m.in_features, m.out_features) for n, m in mlp.named_children()] == [
+        ("fc1", 64, 300), ("fc2", 300, 100), ("fc3", 100, 10)]
+    lenet5 = build_model(ModelSpec(name="lenet5"))
+    assert (lenet5.conv1.out_channels, lenet5.conv2.out_channels) == (32, 64)
+    assert (lenet5.fc1.in_features, lenet5.fc1.out_features) == (256, 256)
+
+
+@pytest.mark.parametrize("name", list(BUILTIN_MODELS))
+def test_width_kwarg_makes_smaller_students(name):
+    full = sum(p.numel() for p in build_model(ModelSpec(name=name)).parameters())
+    small = sum(p.numel() for p in build_model(ModelSpec(name=name, kwargs={"width": 0.25})).parameters())
+    assert small < full / 4
+
+
+def test_wrong_data_shape_is_refused_before_training():
+    model = build_model(ModelSpec(name="lenet5"))
+    with pytest.raises(ConfigError, match=r"expects inputs of shape \(N, 1, 8, 8\) but the data has shape \(N, 1, 40\)"):
+        check_fits(model, torch.rand(2, 1, 40), 10)
+    with pytest.raises(ConfigError, match="12 classes"):
+        check_fits(model, torch.rand(2, 1, 8, 8), 12)
+
+
+def test_unknown_model_and_bad_kwargs():
+    with pytest.raises(ConfigError, match="model.name: unknown model 'resnet'; known: lenet300_100"):
+        build_model(ModelSpec(name="resnet"))
+    with pytest.raises(ConfigError, match="model.kwargs"):
+        build_model(ModelSpec(name="lenet5", kwargs={"depth": 3}))
+
+
+def test_user_factory_with_safetensors_weights(tmp_path):
+    (tmp_path / "mymodels.py").write_text(
+        "import torch\n"
+        "def tiny(hidden=8):\n"
+        "    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, hidden), torch.nn.ReLU(),"
+        " torch.nn.Linear(hidden, 10))\n")
+    spec = ModelSpec(factory="mymodels:tiny", kwargs={"hidden": 8})
+    reference = build_model(spec, tmp_path)
+    save_file({k: v.contiguous() for k, v in reference.state_dict().items()}, str(tmp_path / "w.safetensors"))
+    loaded = build_model(ModelSpec(factory="mymodels:tiny", kwargs={"hidden": 8}, weights="w.safetensors"), tmp_path)
+    x = torch.rand(4, 1, 8, 8)
+    assert torch.equal(loaded(x), reference(x))
+    with pytest.raises(ConfigError, match="model.weights: w.safetensors does not fit the model"):
+        build_model(ModelSpec(factory="mymodels:tiny", kwargs={"hidden": 9}, weights="w.safetensors"), tmp_path)
+    with pytest.raises(ConfigError, match="model.factory: module 'mymodels' has no callable 'nope'"):
+        build_model(ModelSpec(factory="mymodels:nope"), tmp_path)
