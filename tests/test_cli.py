@@ -1,0 +1,127 @@
+"""End-to-end: the real CLI on a short digits recipe, and every bad-input case."""
+
+import json
+
+import pytest
+
+from conftest import DIGITS_DOMAIN
+
+RECIPE = "domain: domain.yaml\nseed: 0\nstages:\n  - train: {epochs: 6, lr: 0.003, batch_size: 64}\n"
+METRICS_KEYS = {"metric", "value", "baseline_value", "size_bytes", "baseline_size_bytes", "compression_ratio",
+                "params", "nonzero_params", "latency_ms", "baseline_latency_ms", "threads", "runtime", "seed",
+                "constraints"}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    import subprocess
+    import sys
+
+    from conftest import ROOT, _env
+
+    folder = tmp_path_factory.mktemp("run")
+    (folder / "domain.yaml").write_text(DIGITS_DOMAIN)
+    (folder / "recipe.yaml").write_text(RECIPE)
+    proc = subprocess.run([sys.executable, "-m", "torchslim", "run", "recipe.yaml", "--out", "out"], cwd=folder,
+                          capture_output=True, text=True, env=_env(), timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    return folder, proc
+
+
+def test_run_writes_metrics_report_and_artifact(trained):
+    folder, proc = trained
+    metrics = json.loads((folder / "out" / "metrics.json").read_text())
+    assert METRICS_KEYS <= set(metrics)
+    assert metrics["metric"] == "accuracy" and 0.9 <= metrics["value"] <= 1.0
+    assert metrics["value"] == metrics["baseline_value"]  # no compressing stage: the baseline is the model
+    assert set(metrics["latency_ms"]) == {"batch_1", "batch_64"} and metrics["threads"] >= 1
+    assert metrics["params"] == 64 * 64 + 64 + 64 * 32 + 32 + 32 * 10 + 10
+    assert 0.95 < metrics["compression_ratio"] < 1.05
+    assert metrics["constraints"]["max_metric_drop"]["met"] is True
+    assert (folder / "out" / "report.md").read_text().startswith("# torchslim report: digits-test")
+    assert {p.name for p in (folder / "out" / "artifact").iterdir()} == {"manifest.json", "model.safetensors"}
+    assert not (folder / "out" / ".torchslim-work").exists()
+    assert "accuracy" in proc.stdout and "compression ratio" in proc.stdout
+
+
+def test_eval_json_reproduces_the_recorded_metric(trained, cli):
+    folder, _ = trained
+    proc = cli("eval", "out/artifact", "--domain", "domain.yaml", "--json", cwd=folder)
+    assert proc.returncode == 0, proc.stderr
+    evaluated = json.loads(proc.stdout)  # stdout carries only the JSON object
+    recorded = json.loads((folder / "out" / "metrics.json").read_text())
+    assert METRICS_KEYS <= set(evaluated)
+    assert evaluated["value"] == recorded["value"] == evaluated["recorded_value"]
+    assert evaluated["size_bytes"] == recorded["size_bytes"]
+    assert evaluated["baseline_size_bytes"] == recorded["baseline_size_bytes"]
+
+
+def test_same_recipe_and_seed_give_the_same_artifact(trained, cli):
+    folder, _ = trained
+    proc = cli("run", "recipe.yaml", "--out", "again", cwd=folder)
+    assert proc.returncode == 0, proc.stderr
+    for name in ("manifest.json", "model.safetensors"):
+        assert (folder / "out" / "artifact" / name).read_bytes() == (folder / "again" / "artifact" / name).read_bytes()
+
+
+def test_check_and_help(trained, cli):
+    folder, _ = trained
+    proc = cli("check", "recipe.yaml", cwd=folder)
+    assert proc.returncode == 0 and proc.stdout.startswith("ok: recipe.yaml")
+    for cmd in ([], ["run"], ["check"], ["eval"]):
+        help_ = cli(*cmd, "--help")
+        assert help_.returncode == 0 and "Usage:" in help_.stdout
+
+
+@pytest.mark.parametrize("recipe, domain, expected", [
+    (RECIPE.replace("epochs: 6", "epochs: 0"), DIGITS_DOMAIN, "recipe.yaml: stages[0].train.epochs: must be a positive integer"),
+    (RECIPE.replace("lr: 0.003", "lr: 0.003, momentum: 1"), DIGITS_DOMAIN, "recipe.yaml: stages[0].train.momentum: unknown key"),
+    (RECIPE, DIGITS_DOMAIN.replace("lenet300_100", "resnet50"), "domain.yaml: model.name: unknown model 'resnet50'"),
+    (RECIPE, DIGITS_DOMAIN.replace("source: digits", "source: cifar10"), "domain.yaml: data.source: unknown data source"),
+    (RECIPE, DIGITS_DOMAIN.replace("source: digits", "source: mnist1d"), "domain.yaml: model: expects inputs of shape"),
+    (RECIPE, DIGITS_DOMAIN.replace("metric: accuracy", "metric: 12"), "domain.yaml: metric: must be one of"),
+    (RECIPE, DIGITS_DOMAIN.replace("task: image-classification", "task: [oops"), "domain.yaml: invalid YAML"),
+    (RECIPE.replace("domain.yaml", "nowhere.yaml"), DIGITS_DOMAIN, "nowhere.yaml: file not found"),
+])
+def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path, cli, recipe, domain, expected):
+    (tmp_path / "domain.yaml").write_text(domain)
+    (tmp_path / "recipe.yaml").write_text(recipe)
+    proc = cli("run", "recipe.yaml", "--out", "out", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and expected in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_recipe_file(tmp_path, cli):
+    proc = cli("check", "absent.yaml", cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.strip() == "error: absent.yaml: file not found"
+
+
+def test_resume_finishes_an_interrupted_run_with_the_same_artifact(tmp_path, cli):
+    """Kill a run during training (SIGKILL from outside), resume it, compare with an uninterrupted run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import _env
+
+    (tmp_path / "domain.yaml").write_text(DIGITS_DOMAIN)
+    (tmp_path / "recipe.yaml").write_text(RECIPE.replace("epochs: 6", "epochs: 30"))
+    assert cli("run", "recipe.yaml", "--out", "full", cwd=tmp_path).returncode == 0
+    proc = subprocess.Popen([sys.executable, "-m", "torchslim", "run", "recipe.yaml", "--out", "cut"], cwd=tmp_path,
+                            env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = tmp_path / "cut" / ".torchslim-work" / "stage0-train.json"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if ckpt.is_file() and json.loads(ckpt.read_text() or "{}").get("next_epoch", 0) >= 3:
+            break
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "cut" / "metrics.json").exists()
+    resumed = cli("run", "recipe.yaml", "--out", "cut", "--resume", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert (tmp_path / "full" / "artifact" / "model.safetensors").read_bytes() == \
+        (tmp_path / "cut" / "artifact" / "model.safetensors").read_bytes()

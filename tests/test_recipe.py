@@ -1,0 +1,69 @@
+from pathlib import Path
+
+import pytest
+
+from torchslim._errors import ConfigError
+from torchslim.domain import load_domain
+from torchslim.recipe import load_recipe
+from torchslim.runner import prepare
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED_DOMAINS = sorted((ROOT / "domains").rglob("*.yaml"))
+SHIPPED_RECIPES = sorted((ROOT / "recipes").rglob("*.yaml"))
+
+
+def test_shipped_files_are_found():
+    assert len(SHIPPED_DOMAINS) >= 2 and len(SHIPPED_RECIPES) >= 3
+
+
+@pytest.mark.parametrize("path", SHIPPED_DOMAINS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_shipped_domain_loads(path):
+    assert load_domain(path).name
+
+
+@pytest.mark.parametrize("path", SHIPPED_RECIPES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_shipped_recipe_loads_and_checks(path):
+    recipe = load_recipe(path)
+    assert recipe.stages
+    assert path.read_text().startswith("#"), "a shipped recipe starts with the command that runs it"
+    ctx = prepare(recipe, log=lambda _m: None)
+    assert len(ctx.splits.train) > 0
+
+
+def _recipe(write, body: str) -> Path:
+    write("d.yaml", "name: d\ntask: image-classification\ndata: {source: digits}\nmodel: {name: lenet300_100}\n")
+    return write("r.yaml", body)
+
+
+def test_overrides_and_defaults(write):
+    path = _recipe(write, "domain: d.yaml\nstages:\n  - train: {epochs: 60, lr: 0.001}\n")
+    r = load_recipe(path, ["stages.0.train.epochs=5", "seed=7"])
+    assert r.seed == 7 and r.stages[0].config.epochs == 5 and r.stages[0].config.batch_size == 64
+
+
+@pytest.mark.parametrize("body, message", [
+    ("domain: d.yaml\nstages:\n  - train: {epochs: 0, lr: 0.001}\n",
+     "r.yaml: stages[0].train.epochs: must be a positive integer"),
+    ("domain: d.yaml\nstages:\n  - train: {epochs: 3, lr: 0.001, momentum: 0.9}\n",
+     "r.yaml: stages[0].train.momentum: unknown key"),
+    ("domain: d.yaml\nstages:\n  - train: {epochs: three, lr: 0.001}\n",
+     "r.yaml: stages[0].train.epochs: must be an integer"),
+    ("domain: d.yaml\nstages:\n  - shrink: {}\n", "r.yaml: stages[0].shrink: unknown stage"),
+    ("domain: d.yaml\nstages: []\n", "r.yaml: stages: must be a non-empty list"),
+    ("domain: d.yaml\nseed: -1\nstages:\n  - train: {epochs: 1, lr: 0.1}\n", "r.yaml: seed: must be"),
+    ("domain: missing.yaml\nstages:\n  - train: {epochs: 1, lr: 0.1}\n", "missing.yaml: file not found"),
+    ("stages:\n  - train: {epochs: 1, lr: 0.1}\n", "r.yaml: domain: required"),
+    ("domain: {name: x, task: image-classification, data: {source: digits}, model: {name: lenet5}, foo: 1}\n"
+     "stages:\n  - train: {epochs: 1, lr: 0.1}\n", "r.yaml: domain.foo: unknown key"),
+])
+def test_bad_recipes_name_file_and_field(write, body, message):
+    with pytest.raises(ConfigError) as err:
+        load_recipe(_recipe(write, body))
+    assert message in str(err.value)
+
+
+def test_check_catches_data_that_does_not_fit_the_model(write):
+    write("d2.yaml", "name: d\ntask: image-classification\ndata: {source: mnist1d}\nmodel: {name: lenet5}\n")
+    path = write("r2.yaml", "domain: d2.yaml\nstages:\n  - train: {epochs: 1, lr: 0.1}\n")
+    with pytest.raises(ConfigError, match=r"d2.yaml: model: expects inputs of shape \(N, 1, 8, 8\)"):
+        prepare(load_recipe(path))
