@@ -54,7 +54,7 @@ def test_bad_stage_is_one_line_naming_the_field_and_exit_2(tmp_path, quantize, f
     assert not (tmp_path / "out" / "metrics.json").exists()  # refused before any training
 
 
-def _ctx(constraints, baseline_val=0.9, fine_tunes=False):
+def _ctx(constraints):
     return SimpleNamespace(domain=SimpleNamespace(constraints=Constraints(**constraints)), baseline=object(),
                            splits=SimpleNamespace(val=None), metric="accuracy")
 
@@ -147,3 +147,10 @@ def test_kmeans_run_compresses_and_exports_fp32_onnx(tmp_path):
     assert 7.5 < record["weight_bytes_fp32"] / record["weight_bytes_quantized"] < 8  # 4-bit indices + codebook
     assert quantized_kernels(out / "model.onnx") == {}  # no int8 graph: an fp32 export of the dequantized model
     assert not (out / "artifact" / "model.int8.onnx").exists()
+
+
+@pytest.mark.parametrize("recipe", ["digits/quant_static_lenet5.yaml", "digits/quant_kmeans.yaml",
+                                    "mnist1d/qat_4bit.yaml"])
+def test_shipped_quantize_recipes_pass_check(recipe):
+    result = CliRunner().invoke(cli, ["check", str(ROOT / "recipes" / recipe)])
+    assert result.exit_code == 0 and result.output.startswith("ok: "), result.output
