@@ -102,6 +102,20 @@ def eval_(artifact: Path, domain_path: Path, as_json: bool) -> None:
         _print_summary(metrics)
 
 
+@cli.command(name="export")
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["onnx"]), default="onnx", show_default=True,
+              help="File format to write.")
+@click.option("--out", "-o", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="File to write, e.g. model.onnx.")
+def export_(artifact: Path, fmt: str, out: Path) -> None:
+    """Write a saved ARTIFACT as an ONNX model: its int8 model when it holds one, else an fp32 export."""
+    from torchslim.export.artifact import export_artifact
+
+    path, int8 = export_artifact(artifact, out)
+    click.echo(f"wrote {path} ({'int8 model' if int8 else 'fp32 export'}, {path.stat().st_size:,} bytes)")
+
+
 def main() -> None:
     cli(prog_name="torchslim")
 

@@ -224,7 +224,16 @@ def summarize(measured: dict[str, Any], base: dict[str, Any], *, size: int, base
 
 
 def finish(ctx: RunContext, out: Path) -> dict[str, Any]:
-    """Save the artifact, reload it, measure it and the baseline side by side, and write the outputs."""
+    """Save the artifact, reload it, measure it and the baseline side by side, and write the outputs.
+
+    The compressed model is measured in the domain's runtime (``onnxruntime``: through an ORT session over the
+    artifact's int8 model, or an fp32 export); the baseline in torch. An ``export`` stage's extra formats are
+    written from the reloaded artifact (``onnx`` → ``out/model.onnx``).
+    """
+    from torchslim.export.artifact import module_onnx, write_bytes_atomic
+    from torchslim.export.measure import measure_in_runtime, runtime_markdown
+    from torchslim.export.stage import ONNX_FILE, requested_formats
+
     model = ctx.model.cpu().eval()
     baseline = ctx.baseline.cpu().eval() if ctx.baseline is not None else copy.deepcopy(model)
     baseline_arch = ctx.baseline_architecture or ctx.architecture
@@ -232,8 +241,8 @@ def finish(ctx: RunContext, out: Path) -> dict[str, Any]:
     extra = _manifest_extra(ctx)
 
     artifact = save_artifact(model, out / "artifact", architecture=ctx.architecture, extra=extra)
-    reloaded, _ = load_artifact(artifact, base_dir=ctx.domain.base_dir)
-    measured = measure(reloaded, test, metric, shape)
+    reloaded, manifest = load_artifact(artifact, base_dir=ctx.domain.base_dir)
+    measured = measure_in_runtime(reloaded, manifest, test, metric, shape, ctx.domain.runtime)
     base_measured = measure(baseline, test, metric, shape)
     with tempfile.TemporaryDirectory() as tmp:
         # The baseline is stored the same way (dense fp32, same manifest keys) so the ratio compares like with like.
@@ -243,13 +252,17 @@ def finish(ctx: RunContext, out: Path) -> dict[str, Any]:
     update_manifest(artifact, metrics={"metric": metric, "value": measured["value"]},
                     baseline={"architecture": baseline_arch, "value": base_measured["value"],
                               "size_bytes": baseline_bytes, "params": base_measured["params"]})
+    if "onnx" in requested_formats(ctx.records):
+        data, _ = module_onnx(reloaded, manifest)
+        write_bytes_atomic(out / ONNX_FILE, data)
     metrics = summarize(measured, base_measured, size=size_bytes(artifact), baseline_size=baseline_bytes,
                         domain=ctx.domain, seed=ctx.seed)
-    metrics.update({"device": str(ctx.device), "data": ctx.splits.info, "stages": ctx.records})
+    metrics.update({"int8_kernels": measured["int8_kernels"], "cpu_features": measured["cpu_features"],
+                    "device": str(ctx.device), "data": ctx.splits.info, "stages": ctx.records})
     _write_atomic(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     from torchslim.report import render_markdown
 
-    _write_atomic(out / "report.md", render_markdown(metrics, ctx.domain.name))
+    _write_atomic(out / "report.md", render_markdown(metrics, ctx.domain.name) + "\n" + runtime_markdown(metrics))
     return metrics
 
 
@@ -259,9 +272,11 @@ def evaluate_artifact(path: str | Path, domain: Domain) -> dict[str, Any]:
     The baseline figures come from the artifact's own record; its latency and peak memory are re-measured on a
     freshly built dense model of the recorded baseline architecture (dense fp32 speed does not depend on the
     weight values). When the domain names trained baseline weights, the baseline is re-measured in full.
+    The artifact itself is measured in the domain's runtime (see :func:`finish`).
     """
     from torchslim._errors import ConfigError
     from torchslim.domain import ModelSpec
+    from torchslim.export.measure import measure_in_runtime
 
     model, manifest = load_artifact(path, base_dir=domain.base_dir)
     try:
@@ -270,7 +285,7 @@ def evaluate_artifact(path: str | Path, domain: Domain) -> dict[str, Any]:
     except ConfigError as exc:
         raise exc.within(source=domain.source) from None
     shape = splits.input_shape
-    measured = measure(model, splits.test, domain.metric, shape)
+    measured = measure_in_runtime(model, manifest, splits.test, domain.metric, shape, domain.runtime)
     record = manifest.get("baseline")
     if domain.model.weights is not None or record is None:
         baseline = build_model(domain.model, domain.base_dir)
@@ -285,5 +300,6 @@ def evaluate_artifact(path: str | Path, domain: Domain) -> dict[str, Any]:
         base["value"], base["params"], baseline_bytes = record["value"], record["params"], record["size_bytes"]
     metrics = summarize(measured, base, size=size_bytes(path), baseline_size=baseline_bytes, domain=domain,
                         seed=manifest.get("seed", 0))
-    metrics["recorded_value"] = manifest.get("metrics", {}).get("value")
+    metrics.update({"int8_kernels": measured["int8_kernels"], "cpu_features": measured["cpu_features"],
+                    "recorded_value": manifest.get("metrics", {}).get("value")})
     return metrics

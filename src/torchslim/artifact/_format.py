@@ -2,8 +2,11 @@
 
 Layout of an artifact folder::
 
-    manifest.json      architecture, tensor table, payload hashes, recipe, domain, metric values, versions
-    model.safetensors  the tensors
+    manifest.json      architecture, tensor table, payload hashes, recipe, domain, metric values, versions, and for
+                       a quantized model the description of each quantized layer (kind, shape, bits, granularity)
+    model.safetensors  the tensors: a quantized layer stores its packed integer codes + scales/zero points, or its
+                       codebook + packed indices, never a float copy of the weight
+    model.int8.onnx    (static, dynamic, 8-bit qat) the int8 model ONNX Runtime runs
 
 The manifest carries no timings, timestamps or absolute paths, so the same recipe and seed give the same bytes.
 Its own ``sha256`` covers every other manifest key, and ``payloads`` covers every other file: an edited, truncated
@@ -28,6 +31,7 @@ from torchslim._errors import ConfigError
 ARTIFACT_VERSION = 1
 MANIFEST = "manifest.json"
 PAYLOAD = "model.safetensors"
+INT8_ONNX = "model.int8.onnx"
 
 
 class ArtifactError(ConfigError):
@@ -74,25 +78,44 @@ def save_artifact(model: nn.Module, path: str | Path, *, architecture: dict[str,
     """
     from safetensors.torch import save_file
 
+    from torchslim.quantize._layout import describe_quantized_layers, int8_onnx_of
+
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    layers = describe_quantized_layers(model)
+    onnx_model = int8_onnx_of(model) if layers else None
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         save_file(state, str(tmp / PAYLOAD))
+        payloads = {PAYLOAD: _sha256((tmp / PAYLOAD).read_bytes())}
+        quantization: dict[str, Any] = {"layers": layers}
+        if onnx_model is not None:
+            (tmp / INT8_ONNX).write_bytes(onnx_model)
+            payloads[INT8_ONNX] = _sha256(onnx_model)
+            quantization["int8_onnx"] = INT8_ONNX
         manifest: dict[str, Any] = {
             "format": "torchslim-artifact", "version": ARTIFACT_VERSION, "architecture": architecture,
             "tensors": {k: {"shape": list(v.shape), "dtype": str(v.dtype).removeprefix("torch."),
-                            "encoding": "dense"} for k, v in state.items()},
-            "payloads": {PAYLOAD: _sha256((tmp / PAYLOAD).read_bytes())},
-            "versions": _versions(), **(extra or {}),
+                            "encoding": _encoding(k, layers)} for k, v in state.items()},
+            "payloads": payloads, "versions": _versions(), **(extra or {}),
         }
+        if layers:
+            manifest["quantization"] = quantization
         _write_manifest(tmp, manifest)
         _replace_dir(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return target
+
+
+def _encoding(key: str, layers: dict[str, dict[str, Any]]) -> str:
+    """How a stored tensor is to be read: dense, or bit-packed codes (``packed4``: 4 bits per code)."""
+    owner, _, leaf = key.rpartition(".weight_source.")
+    if owner in layers and leaf == "packed":
+        return f"packed{layers[owner]['bits']}"
+    return "dense"
 
 
 def _replace_dir(new: Path, target: Path) -> None:
@@ -149,28 +172,43 @@ def update_manifest(path: str | Path, **keys: Any) -> dict[str, Any]:
 def load_artifact(path: str | Path, *, base_dir: str | Path = ".") -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the model an artifact describes, without unpickling anything.
 
+    The architecture is built, resized to the stored (possibly pruned) shapes, its quantized layers are replaced
+    by skeletons of the recorded kind, and the stored tensors are loaded (strictly: every key must match).
+
     Returns:
-        ``(model, manifest)``; the model is in eval mode on the CPU.
+        ``(model, manifest)``; the model is in eval mode on the CPU. A quantized model computes with its
+        dequantized weights and simulates its activation quantization; the int8 ONNX model, when stored, stays
+        attached to it (see ``torchslim.load(path, runtime="onnxruntime")``).
     """
     from safetensors.torch import load_file
 
     from torchslim.domain import ModelSpec
     from torchslim.models import build_model
+    from torchslim.quantize._layout import attach_int8_onnx, rebuild_quantized_layers_, weight_shapes
 
     folder = Path(path)
     manifest = read_manifest(folder)
     spec = ModelSpec(**{k: v for k, v in manifest["architecture"].items() if k in ("name", "factory", "kwargs")})
     model = build_model(spec, base_dir)
     state = load_file(str(folder / PAYLOAD))
-    _fit_shapes_(model, state)
-    model.load_state_dict(state)
+    quantization = manifest.get("quantization", {})
+    layers = quantization.get("layers", {})
+    _fit_shapes_(model, {**state, **weight_shapes(layers)})
+    try:
+        rebuild_quantized_layers_(model, layers)
+        model.load_state_dict(state)
+    except (ValueError, RuntimeError, KeyError) as exc:
+        raise ArtifactError(folder, f"the stored tensors do not fit the recorded model: "
+                                    f"{' '.join(str(exc).split())}") from None
+    if quantization.get("int8_onnx"):
+        attach_int8_onnx(model, (folder / quantization["int8_onnx"]).read_bytes())
     return model.eval(), manifest
 
 
 def _fit_shapes_(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Give a freshly built model the (possibly pruned) shapes stored in ``state``."""
+    """Give a freshly built model the (possibly pruned) shapes stored in ``state`` (keys it lacks are ignored)."""
     current = model.state_dict()
-    if all(k in current and current[k].shape == v.shape for k, v in state.items()):
+    if all(current[k].shape == v.shape for k, v in state.items() if k in current):
         return
     from torchslim.prune import resize_to_state_dict_
 

@@ -78,6 +78,32 @@ def to_onnx_proto(model: nn.Module, example_input: torch.Tensor | Sequence[torch
     return program.model_proto
 
 
+def strip_onnx_metadata(data: bytes) -> bytes:
+    """The same ONNX model without per-node debug metadata (stack traces with absolute paths, fx node text).
+
+    The runtime never reads them; without them the bytes depend only on the model, not on where the code lives,
+    so stored and exported files are reproducible.
+    """
+    import onnx
+
+    model = onnx.load_from_string(data)
+
+    def clean(graph) -> None:
+        graph.doc_string = ""
+        for node in graph.node:
+            del node.metadata_props[:]
+            node.doc_string = ""
+            for attr in node.attribute:
+                if attr.HasField("g"):
+                    clean(attr.g)
+                for sub in attr.graphs:
+                    clean(sub)
+
+    clean(model.graph)
+    model.doc_string = ""
+    return model.SerializeToString()
+
+
 def export_onnx(model: nn.Module, example_input: torch.Tensor | Sequence[torch.Tensor],
                 path: str | Path | None = None, *, dynamic_batch: bool = True) -> bytes:
     """Export ``model`` to fp32 ONNX (dynamic batch axis), optionally writing it to ``path``.
@@ -88,11 +114,11 @@ def export_onnx(model: nn.Module, example_input: torch.Tensor | Sequence[torch.T
         path: where to write the .onnx file (parent folders are created); None keeps it in memory.
         dynamic_batch: symbolic axis 0.
     Returns:
-        The serialized ONNX model.
+        The serialized ONNX model (node debug metadata stripped: same model, same bytes).
     Example:
         >>> data = export_onnx(nn.Linear(4, 2), torch.randn(3, 4))
     """
-    data = to_onnx_proto(model, example_input, dynamic_batch=dynamic_batch).SerializeToString()
+    data = strip_onnx_metadata(to_onnx_proto(model, example_input, dynamic_batch=dynamic_batch).SerializeToString())
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_bytes(data)

@@ -22,6 +22,8 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 import torch
 
+from torchslim.export.onnx_export import strip_onnx_metadata
+
 
 def module_of_node(node) -> str | None:
     """Qualified torch module name an exported ONNX node came from (dynamo exporter metadata)."""
@@ -115,7 +117,7 @@ def quantize_static_onnx(model, ranges: dict[str, tuple[float, float]], *, per_c
                         calibrate_method=CalibrationMethod.MinMax, quant_format=QuantFormat.QDQ,
                         per_channel=per_channel, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         nodes_to_exclude=list(nodes_to_exclude), extra_options={"WeightSymmetric": True})
-        return out.read_bytes()
+        return strip_onnx_metadata(out.read_bytes())
 
 
 def gemm_to_matmul(model):
@@ -178,7 +180,7 @@ def quantize_dynamic_onnx(model, *, per_channel: bool = True, nodes_to_exclude: 
         quantize_dynamic(model, out, per_channel=per_channel, weight_type=QuantType.QInt8,
                          op_types_to_quantize=["MatMul"], nodes_to_exclude=sorted(excluded),
                          extra_options={"WeightSymmetric": True})
-        return out.read_bytes()
+        return strip_onnx_metadata(out.read_bytes())
 
 
 class _ort_quiet:

@@ -12,6 +12,7 @@ from torch import nn
 
 from torchslim._errors import ConfigError
 from torchslim.quantize._calibrate import as_inputs
+from torchslim.quantize._layout import attach_int8_onnx
 from torchslim.quantize._registry import QuantContext, handler_for
 from torchslim.quantize._select import quantizable_layers
 from torchslim.quantize.config import METHODS
@@ -83,14 +84,15 @@ def quantize_(model: nn.Module, config, *, calibration: Iterable | None = None,
     """Quantize ``model`` in place with the method ``config`` selects.
 
     Args:
-        model: float torch model; its Linear/Conv layers are replaced by quantized ones.
+        model: float torch model; its Linear/Conv layers are replaced by quantized ones (left in eval mode).
         config: StaticConfig, DynamicConfig, WeightOnlyConfig, KMeansConfig or QATConfig.
         calibration: iterable of input batches (a tensor, or a tuple of input tensors, per item); static and
             8-bit qat use ``config.calibration.batches`` of them, dynamic one as the export example.
         finetune: ``finetune(model, epochs, lr)``, used by kmeans (centroids) and qat.
         evaluate: ``evaluate(model) -> float`` (higher is better), needed when ``config.max_metric_drop`` is set.
     Returns:
-        QuantReport; for static/dynamic/8-bit qat ``report.ort_session()`` runs the int8 model.
+        QuantReport; for static/dynamic/8-bit qat ``report.ort_session()`` runs the int8 model, which also
+        stays attached to ``model`` so that ``save_artifact`` stores it (until the model's weights change).
     Example:
         >>> report = quantize_(model, WeightOnlyConfig(bits=4, granularity="group", group_size=32))
     """
@@ -109,6 +111,9 @@ def quantize_(model: nn.Module, config, *, calibration: Iterable | None = None,
         fallback, sensitivity = choose_fp32_layers(model, config, ctx, evaluate, baseline, config.max_metric_drop)
         config = dataclasses.replace(config, ignore=tuple(config.ignore) + fallback)
     result = handler(model, config, ctx)
+    model.eval()  # new activation quantizers would otherwise track ranges as in QAT training
+    if result.onnx_model is not None:
+        attach_int8_onnx(model, result.onnx_model)  # save_artifact stores it beside the integer weights
     if evaluate is not None and baseline is not None:
         metric = float(evaluate(model))
     return QuantReport(method=method, layers=result.layers, kept_fp32=tuple(sorted(all_layers - set(result.layers))),

@@ -49,6 +49,10 @@ def unpack(packed: torch.Tensor, bits: int, numel: int) -> torch.Tensor:
         raise ValueError(f"{packed.numel()} bytes cannot hold {numel} codes of {bits} bits")
     if bits == 8:
         return packed.reshape(-1)[:numel].clone()
+    if 8 % bits == 0:  # 2 and 4 bits: whole codes per byte, one shift per code slot
+        slots = torch.arange(0, 8, bits, device=packed.device, dtype=torch.uint8)
+        codes = (packed.reshape(-1)[:, None] >> slots) & (2 ** bits - 1)  # (nbytes, 8 / bits)
+        return codes.reshape(-1)[:numel].contiguous()
     shifts = torch.arange(8, device=packed.device, dtype=torch.int32)
     stream = ((packed.reshape(-1).to(torch.int32)[:, None] >> shifts) & 1).reshape(-1)
     codes = stream[: numel * bits].reshape(numel, bits)  # (numel, bits), LSB first

@@ -1,8 +1,8 @@
 """Post-training int8: static (calibrated activations) and dynamic (run-time activations) for ONNX Runtime.
 
-The torch model is changed in place into a simulation of what ORT computes (int8 fake-quantized
-per-channel symmetric weights, per-tensor uint8 activations at each layer input), so evaluating it in
-torch tracks the int8 ORT model; ``HandlerResult.onnx_model`` is the int8 ONNX model itself.
+The torch model is changed in place into a simulation of what ORT computes (int8 per-channel symmetric
+weights stored as integer codes + scales, per-tensor uint8 activations at each layer input), so evaluating
+it in torch tracks the int8 ORT model; ``HandlerResult.onnx_model`` is the int8 ONNX model itself.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from torchslim.quantize._registry import HandlerResult, QuantContext, register
 from torchslim.quantize._select import quantizable_layers, set_submodule
 from torchslim.quantize.config import DynamicConfig, StaticConfig
 from torchslim.quantize.granularity import PerChannel
-from torchslim.quantize.modules import ActivationFakeQuant, FakeQuantWeight, QuantizedLayer
+from torchslim.quantize.modules import ActivationFakeQuant, PackedWeight, QuantizedLayer
 
 from torchslim._errors import ConfigError
 
@@ -30,10 +30,9 @@ def _int8_bytes(layers: dict[str, nn.Module]) -> tuple[int, int]:
 
 
 def _simulate(model: nn.Module, layers: dict[str, nn.Module], granularity, input_quant) -> None:
-    """Swap each layer for int8 weight fake quantization plus an activation quantizer (frozen weights)."""
+    """Swap each layer for int8 codes (symmetric, as ORT's weights) plus an activation quantizer."""
     for name, layer in layers.items():
-        source = FakeQuantWeight(layer.weight, 8, granularity, symmetric=True)
-        source.weight.requires_grad_(False)
+        source = PackedWeight(layer.weight.detach(), 8, granularity, symmetric=True)
         set_submodule(model, name, QuantizedLayer(layer, source, input_quant(name)))
 
 

@@ -2,8 +2,9 @@
 
 Weights are fake-quantized (per channel by default) and, at 8 bits, each layer input too (running
 min/max while training, initialised from calibration). After the caller's ``finetune`` the model is
-converted: 8 bits → static int8 for ONNX Runtime (the fake-quantized weights are exactly representable,
-so ORT recomputes the same codes); fewer bits → packed weight-only layers with the same codes.
+converted: 8 bits → int8 codes + static activation ranges, and the int8 model for ONNX Runtime (the
+fake-quantized weights are exactly representable, so ORT recomputes the same codes); fewer bits → packed
+weight-only layers with the same codes.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from torchslim.quantize._fold import fold_conv_bn_
 from torchslim.quantize._registry import HandlerResult, QuantContext, register
 from torchslim.quantize._select import quantizable_layers, set_submodule
 from torchslim.quantize.config import QATConfig
-from torchslim.quantize.modules import ActivationFakeQuant, FakeQuantWeight, QuantizedLayer, dequantize_model
+from torchslim.quantize.modules import (ActivationFakeQuant, FakeQuantWeight, PackedWeight, QuantizedLayer,
+                                        dequantize_model)
 from torchslim.quantize.ptq import _int8_bytes, export_static
 from torchslim.quantize.weight_only import pack_layers_
 
@@ -52,9 +54,10 @@ def quantize_qat_(model: nn.Module, config: QATConfig, ctx: QuantContext) -> Han
         for name in layers:  # the fake-quantized weight has the same min/max, hence the same codes
             set_submodule(model, name, model.get_submodule(name).to_float())
         return pack_layers_(model, {n: config.bits for n in layers}, config.granularity, config.symmetric)
-    for module in model.modules():
-        if isinstance(module, FakeQuantWeight):
-            module.weight.requires_grad_(False)
+    for name in layers:  # same min/max as the fake quantizer saw, hence the same int8 codes
+        layer = model.get_submodule(name)
+        fq = layer.weight_source
+        layer.weight_source = PackedWeight(fq.weight.detach(), 8, fq.granularity, fq.symmetric)
     onnx_model = None
     if ctx.export:
         excluded = sorted(quantizable_layers(model))  # plain layers left: the ignored ones

@@ -1,0 +1,49 @@
+"""``torchslim.load``: an artifact back as something that predicts, in torch or in ONNX Runtime."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+RUNTIMES = ("torch", "onnxruntime")
+
+
+def load(path: str | Path, *, runtime: Literal["torch", "onnxruntime"] = "torch", base_dir: str | Path = ".",
+         intra_op_threads: int | None = None) -> Any:
+    """Load a saved artifact for inference.
+
+    Args:
+        path: the artifact folder (``DIR/artifact`` of a run).
+        runtime: ``torch`` → the ``nn.Module`` (quantized layers compute with their dequantized weights and simulate
+            activation quantization); ``onnxruntime`` → a callable over an ONNX Runtime session: the stored int8
+            model when the artifact has one (static, dynamic, 8-bit qat), else an fp32 export made now.
+        base_dir: folder a user factory module named in the architecture is imported from.
+        intra_op_threads: ONNX Runtime threads per operator (None: ORT's default).
+    Returns:
+        ``nn.Module`` in eval mode, or a :class:`torchslim.export.OrtSession` (tensors in, tensors out) whose
+        ``int8`` attribute says whether it runs the stored int8 model.
+    Example:
+        >>> model = torchslim.load("runs/digits/artifact")
+        >>> session = torchslim.load("runs/digits/artifact", runtime="onnxruntime")
+        >>> logits = session(torch.rand(4, 1, 8, 8))
+    """
+    from torchslim._errors import ConfigError
+    from torchslim.artifact import load_artifact
+
+    if runtime not in RUNTIMES:
+        raise ConfigError("runtime", f"must be one of {list(RUNTIMES)}, got {runtime!r}")
+    model, manifest = load_artifact(path, base_dir=base_dir)
+    if runtime == "torch":
+        return model
+    return ort_session_of(model, manifest, intra_op_threads)
+
+
+def ort_session_of(model: Any, manifest: dict[str, Any], intra_op_threads: int | None = None) -> Any:
+    """ONNX Runtime session for a model loaded by ``load_artifact`` (see :func:`load`)."""
+    from torchslim.export.artifact import module_onnx
+    from torchslim.export.runtime import OrtSession
+
+    data, int8 = module_onnx(model, manifest)
+    session = OrtSession(data, intra_op_threads)
+    session.int8 = int8
+    return session

@@ -1,0 +1,60 @@
+"""ONNX from an artifact: its stored int8 model when it has one, else an fp32 export of the reloaded module."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+
+def example_input(manifest: dict[str, Any], model: nn.Module) -> torch.Tensor:
+    """A (2, *input_shape) zero batch, the shape from the manifest (or the model's ``input_shape``)."""
+    from torchslim.artifact import ArtifactError
+
+    shape = manifest.get("input_shape") or getattr(model, "input_shape", None)
+    if shape is None:
+        raise ArtifactError("", "the artifact records no input_shape, so it cannot be exported to ONNX")
+    return torch.zeros(2, *shape)
+
+
+def module_onnx(model: nn.Module, manifest: dict[str, Any]) -> tuple[bytes, bool]:
+    """(ONNX bytes, whether they are the stored int8 model) for a model loaded by ``load_artifact``."""
+    from torchslim.export.onnx_export import export_onnx
+    from torchslim.quantize._layout import int8_onnx_of
+
+    stored = int8_onnx_of(model)
+    if stored is not None:
+        return stored, True
+    return export_onnx(model, example_input(manifest, model)), False
+
+
+def artifact_onnx(path: str | Path, *, base_dir: str | Path = ".") -> tuple[bytes, bool]:
+    """The ONNX model of an artifact: its int8 payload (static, dynamic, 8-bit qat), else an fp32 export.
+
+    Returns:
+        (serialized ONNX, True when it is the stored int8 model).
+    """
+    from torchslim.artifact import load_artifact
+
+    model, manifest = load_artifact(path, base_dir=base_dir)
+    return module_onnx(model, manifest)
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` through a temporary file: a reader sees the old file or the new one."""
+    import os
+
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, target)
+    return target
+
+
+def export_artifact(path: str | Path, out: str | Path, *, base_dir: str | Path = ".") -> tuple[Path, bool]:
+    """Write an artifact's ONNX model to ``out``. Returns (path written, whether it is the int8 model)."""
+    data, int8 = artifact_onnx(path, base_dir=base_dir)
+    return write_bytes_atomic(out, data), int8

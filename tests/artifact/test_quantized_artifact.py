@@ -1,0 +1,149 @@
+"""Quantized models through the artifact: integer payloads, exact round trips, byte-identical re-saves."""
+
+import copy
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from torchslim.artifact import ArtifactError, load_artifact, read_manifest, save_artifact
+from torchslim.evaluate import size_bytes
+from torchslim.models import LeNet300100, LeNet5
+from torchslim.quantize import (CalibrationConfig, DynamicConfig, FinetuneConfig, KMeansConfig, QATConfig,
+                                StaticConfig, WeightOnlyConfig, quantize_)
+
+pytest.importorskip("onnxruntime")
+
+ARCH = {"name": "lenet5", "kwargs": {"width": 0.25}}
+
+
+def _finetune(model, epochs, lr):
+    g = torch.Generator().manual_seed(3)
+    x, y = torch.rand(64, 1, 8, 8, generator=g), torch.randint(0, 10, (64,), generator=g)
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=lr)
+    model.train()
+    for _ in range(epochs):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    model.eval()
+
+
+METHODS = {
+    "weight2": (WeightOnlyConfig(bits=2), False),
+    "weight4-group": (WeightOnlyConfig(bits=4, granularity="group", group_size=8, ignore=["conv1"]), False),
+    "weight8-tensor": (WeightOnlyConfig(bits=8, granularity="tensor"), False),
+    "kmeans3": (KMeansConfig(bits=3, finetune=FinetuneConfig(epochs=2, lr=1e-2)), False),
+    "static": (StaticConfig(calibration=CalibrationConfig(batches=2)), True),
+    "dynamic": (DynamicConfig(), True),
+    "qat4": (QATConfig(bits=4, finetune=FinetuneConfig(epochs=2, lr=1e-2)), False),
+    "qat8": (QATConfig(bits=8, finetune=FinetuneConfig(epochs=2, lr=1e-3), calibration=CalibrationConfig(batches=2)),
+             True),
+}
+
+
+def _quantized(method):
+    torch.manual_seed(0)
+    model = LeNet5(width=0.25).eval()
+    calibration = [torch.rand(16, 1, 8, 8, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    config, _ = METHODS[method]
+    quantize_(model, config, calibration=calibration, finetune=_finetune)
+    return model
+
+
+def _files(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_round_trip_is_exact_and_resave_is_byte_identical(tmp_path, method):
+    model = _quantized(method)
+    x = torch.rand(9, 1, 8, 8, generator=torch.Generator().manual_seed(7))
+    path = save_artifact(model, tmp_path / "a", architecture=ARCH, extra={"input_shape": [1, 8, 8]})
+    loaded, manifest = load_artifact(path)
+    assert torch.equal(loaded(x), model(x))
+
+    # same model -> same bytes; and the reloaded model saves to the same bytes again
+    again = save_artifact(model, tmp_path / "b", architecture=ARCH, extra={"input_shape": [1, 8, 8]})
+    resaved = save_artifact(loaded, tmp_path / "c", architecture=ARCH, extra={"input_shape": [1, 8, 8]})
+    assert _files(path) == _files(again) == _files(resaved)
+
+    layers = manifest["quantization"]["layers"]
+    assert set(layers) == {n for n, m in model.named_modules() if type(m).__name__ == "QuantizedLayer"}
+    assert layers["fc1"]["shape"] == list(model.fc1.weight.shape) and layers["fc1"]["kind"] == "Linear"
+    # no float copy of a quantized weight is stored: only codes, scales, zero points or a codebook
+    assert not any(k.endswith(".weight") and k.split(".")[0] in layers for k in manifest["tensors"])
+    assert len((path / "manifest.json").read_bytes()) < 4000  # compact: no per-element data
+    has_int8 = METHODS[method][1]
+    assert ("model.int8.onnx" in manifest["payloads"]) == has_int8 == (path / "model.int8.onnx").is_file()
+    assert size_bytes(path) == sum(len(b) for b in _files(path).values())
+
+
+def test_packed_bits_are_what_is_stored(tmp_path):
+    model = _quantized("weight2")
+    path = save_artifact(model, tmp_path / "a", architecture=ARCH)
+    manifest = read_manifest(path)
+    entry = manifest["tensors"]["fc1.weight_source.packed"]
+    assert entry["encoding"] == "packed2" and entry["dtype"] == "uint8"
+    assert entry["shape"] == [model.fc1.weight.numel() // 4]  # four 2-bit codes per byte
+    assert manifest["quantization"]["layers"]["fc1"]["granularity"] == {"type": "channel", "axis": 0}
+
+
+def test_pruned_and_quantized_model_reloads(tmp_path):
+    torch.manual_seed(0)
+    model = LeNet300100(hidden1=40, hidden2=20).eval()  # as if channels were pruned from 300 and 100
+    quantize_(model, KMeansConfig(bits=4))
+    path = save_artifact(model, tmp_path / "a", architecture={"name": "lenet300_100", "kwargs": {}})
+    loaded, _ = load_artifact(path)
+    assert loaded.fc1.bias.shape == (40,) and loaded.fc2.weight.shape == (20, 40)
+    x = torch.rand(5, 1, 8, 8)
+    assert torch.equal(loaded(x), model(x))
+
+
+def test_damaged_int8_payload_is_refused(tmp_path):
+    path = save_artifact(_quantized("static"), tmp_path / "a", architecture=ARCH)
+    data = bytearray((path / "model.int8.onnx").read_bytes())
+    data[len(data) // 2] ^= 1
+    (path / "model.int8.onnx").write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match="model.int8.onnx is corrupted"):
+        load_artifact(path)
+
+
+def test_int8_model_is_dropped_once_the_weights_change(tmp_path):
+    model = _quantized("static")
+    with torch.no_grad():
+        model.fc2.bias.add_(1.0)  # e.g. fine-tuned after quantization: the int8 graph no longer matches
+    path = save_artifact(model, tmp_path / "a", architecture=ARCH)
+    assert not (path / "model.int8.onnx").exists()
+    assert "int8_onnx" not in read_manifest(path)["quantization"]
+
+
+def test_load_in_onnxruntime(tmp_path):
+    import torchslim
+    from torchslim.export import quantized_kernels
+
+    x = torch.rand(33, 1, 8, 8, generator=torch.Generator().manual_seed(5))
+    static = save_artifact(_quantized("static"), tmp_path / "s", architecture=ARCH, extra={"input_shape": [1, 8, 8]})
+    session = torchslim.load(static, runtime="onnxruntime", intra_op_threads=1)
+    module = torchslim.load(static)
+    assert session.int8 and quantized_kernels(session.model) == {"QGemm": 2, "QLinearConv": 2}
+    out, ref = session(x), module(x).detach()
+    assert float((out - ref).norm() / ref.norm()) < 0.05  # the module simulates what the int8 kernels compute
+
+    kmeans = save_artifact(_quantized("kmeans3"), tmp_path / "k", architecture=ARCH,
+                           extra={"input_shape": [1, 8, 8]})
+    session = torchslim.load(kmeans, runtime="onnxruntime")
+    assert not session.int8 and quantized_kernels(session.model) == {}  # fp32 export of the dequantized model
+    assert float((session(x) - torchslim.load(kmeans)(x).detach()).abs().max()) < 1e-4
+    with pytest.raises(ValueError, match="runtime"):
+        torchslim.load(kmeans, runtime="tensorrt")
+
+
+def test_import_torchslim_stays_light():
+    code = ("import sys, torchslim; torchslim.load; "
+            "print(json.dumps([m for m in ('torch', 'onnx', 'onnxruntime') if m in sys.modules]))")
+    out = subprocess.run([sys.executable, "-c", "import json; " + code], capture_output=True, text=True, check=True,
+                         env={"PYTHONPATH": "src"})
+    assert json.loads(out.stdout) == []  # torch, onnx and onnxruntime load when an artifact is loaded
