@@ -214,7 +214,7 @@ def _latency_ratio(ctx: "RunContext") -> dict[str, float]:
         times["pruned"].append(latency_ms(pruned, shape, 64))
     b, p = statistics.median(times["base"]), statistics.median(times["pruned"])
     return {"latency_ms_batch_64_baseline": b, "latency_ms_batch_64": p, "latency_ratio_batch_64": b / p,
-            "threads": torch.get_num_threads()}
+            "latency_threads": torch.get_num_threads()}
 
 
 def _layer_summary(report: PruneReport, model: nn.Module) -> dict[str, list[str]]:
