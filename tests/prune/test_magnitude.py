@@ -144,4 +144,4 @@ def test_global_threshold_that_empties_a_layer_is_an_error():
 def test_unmatched_ignore_is_an_error():
     with pytest.raises(ConfigError) as err:
         prune_(MLP(), MagnitudeConfig(sparsity=0.5, ignore=["classifier"]))
-    assert err.value.field == "ignore"
+    assert err.value.field == "ignore[0]"

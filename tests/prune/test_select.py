@@ -34,10 +34,10 @@ def test_overrides_exact_beats_regex():
 
 
 @pytest.mark.parametrize("ignore, overrides, field", [
-    (["fc9"], {}, "ignore"),
-    (["re:conv.*"], {}, "ignore"),
-    ([], {"fc9": 0.5}, "overrides"),
-    ([], {"re:.*classifier.*": 0.5}, "overrides"),
+    (["fc1", "fc9"], {}, "ignore[1]"),
+    (["re:conv.*"], {}, "ignore[0]"),
+    ([], {"fc9": 0.5}, "overrides.fc9"),
+    ([], {"re:.*classifier.*": 0.5}, "overrides.re:.*classifier.*"),
 ])
 def test_unmatched_names_are_errors(ignore, overrides, field):
     with pytest.raises(ConfigError) as err:

@@ -144,4 +144,4 @@ def test_missing_data_is_an_error():
 def test_unmatched_override_is_an_error():
     with pytest.raises(ConfigError) as err:
         prune_(LeNet5(), StructuredConfig(sparsity=0.5, overrides={"fc3": 0.2}), example_inputs=torch.randn(*X8))
-    assert err.value.field == "overrides"
+    assert err.value.field == "overrides.fc3"

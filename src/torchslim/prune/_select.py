@@ -28,6 +28,18 @@ def _lineage(name: str) -> list[str]:
     return [".".join(parts[:i]) for i in range(len(parts), 0, -1)]
 
 
+def check_names(model: nn.Module, ignore: Iterable[str], overrides: Mapping[str, float]) -> None:
+    """Raise ConfigError (field ``ignore[i]`` or ``overrides.NAME``) for a pattern matching no module of ``model``."""
+    names = [n for n, _ in model.named_modules() if n]
+    shown = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
+    for i, pattern in enumerate(ignore):
+        if not any(_matches(pattern, n) for n in names):
+            raise ConfigError(f"ignore[{i}]", f"{pattern!r} matches no module of the model (modules: {shown})")
+    for pattern in overrides:
+        if not any(_matches(pattern, n) for n in names):
+            raise ConfigError(f"overrides.{pattern}", f"matches no module of the model (modules: {shown})")
+
+
 class LayerSelector:
     """Resolves a config's ``ignore`` list and ``overrides`` mapping for one model.
 
@@ -50,12 +62,7 @@ class LayerSelector:
         self.overrides = [kv for kv in items if not kv[0].startswith("re:")] + \
                          [kv for kv in items if kv[0].startswith("re:")]
         names = [n for n, _ in model.named_modules() if n]
-        for pattern in self.ignore:
-            if not any(_matches(pattern, n) for n in names):
-                raise ConfigError("ignore", f"{pattern!r} matches no module of the model")
-        for pattern, _ in self.overrides:
-            if not any(_matches(pattern, n) for n in names):
-                raise ConfigError("overrides", f"{pattern!r} matches no module of the model")
+        check_names(model, self.ignore, dict(items))
 
     def is_ignored(self, name: str) -> bool:
         """Whether ``name`` or a module enclosing it is ignored."""

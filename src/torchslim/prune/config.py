@@ -30,6 +30,7 @@ __all__ = [
 IMPORTANCES = ("l1", "l2", "activation", "taylor")
 SCHEDULE_KINDS = ("oneshot", "polynomial")
 SCOPES = ("layer", "global")
+AUGMENTS = ("none", "shift")
 
 
 def _check_fraction(name: str, value: Any) -> float:
@@ -57,8 +58,8 @@ def _check_patterns(name: str, patterns: Any) -> tuple[str, ...]:
     """Module names, or ``re:`` + a regex that must match a whole name."""
     if isinstance(patterns, str) or not isinstance(patterns, (list, tuple)):
         raise ConfigError(name, f"must be a list of module names or 're:' patterns, got {patterns!r}")
-    for p in patterns:
-        _check_pattern(name, p)
+    for i, p in enumerate(patterns):
+        _check_pattern(f"{name}[{i}]", p)
     return tuple(patterns)
 
 
@@ -113,15 +114,20 @@ class Calibration:
 
 @dataclass(frozen=True)
 class Finetune:
-    """Training after pruning: ``epochs`` in total, spread over the schedule's steps, at learning rate ``lr``."""
+    """Training after pruning: ``epochs`` in total, spread over the schedule's steps, at learning rate ``lr``, in
+    batches of ``batch_size``, with the same ``augment`` choices as training (``none`` or ``shift``)."""
 
     epochs: int
     lr: float
+    batch_size: int = 64
+    augment: str = "none"
 
     def __post_init__(self):
         _check_int("epochs", self.epochs, 0)
         if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not self.lr > 0:
             raise ConfigError("lr", f"must be a positive number, got {self.lr!r}")
+        _check_int("batch_size", self.batch_size, 1)
+        _check_choice("augment", self.augment, AUGMENTS)
 
 
 @dataclass(frozen=True)

@@ -1,1 +1,261 @@
-"""Recipe stage for this technique (registered on import by torchslim.stages)."""
+"""The ``prune`` recipe stage: ``- prune: {method: magnitude, sparsity: 0.9, scope: global, finetune: {...}}``.
+
+The keys are those of the method's config (see :mod:`torchslim.prune.config`) plus ``sensitivity``, which first
+measures each layer's sensitivity on the validation split and sets the ``overrides`` of the layers not overridden
+by hand. Fine-tuning runs through the run's one training loop, one checkpoint per schedule step, so an interrupted
+run resumes where it stopped. Magnitude masks join the run's step hooks: later training keeps the zeros.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import statistics
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from torchslim._errors import ConfigError
+from torchslim.prune._select import LayerSelector, check_names
+from torchslim.prune.api import prune_
+from torchslim.prune.config import (ActivationConfig, MagnitudeConfig, Schedule, StructuredConfig,
+                                    _check_fraction, config_from_mapping)
+from torchslim.prune.report import PruneReport
+from torchslim.prune.schedule import spread_epochs
+from torchslim.prune.sensitivity import SensitivityTable, overrides_from_sensitivity, sensitivity
+from torchslim.prune.structured import _outputs
+from torchslim.stages import StageHandler, register_stage
+
+if TYPE_CHECKING:
+    from torchslim.runner import RunContext
+
+__all__ = ["PruneStage", "SensitivitySpec", "parse_stage"]
+
+CALIBRATION_BATCH = 64
+LATENCY_ROUNDS = 5  # baseline and pruned timed alternately, so both see the same machine load
+
+
+@dataclass(frozen=True)
+class SensitivitySpec:
+    """``sensitivity: {sparsities: [0.5, 0.7, 0.9, 0.95], max_drop: 0.01}``: each layer is pruned alone at each
+    sparsity and validated; a layer gets the largest sparsity whose metric drop stays within ``max_drop``."""
+
+    sparsities: tuple[float, ...] = (0.5, 0.7, 0.9, 0.95)
+    max_drop: float = 0.01
+
+    def __post_init__(self):
+        s = self.sparsities
+        if isinstance(s, (str, bytes)) or not isinstance(s, (list, tuple)) or not s:
+            raise ConfigError("sparsities", f"must be a non-empty list of sparsities in [0, 1), got {s!r}")
+        object.__setattr__(self, "sparsities", tuple(_check_fraction(f"sparsities[{i}]", v) for i, v in enumerate(s)))
+        d = self.max_drop
+        if isinstance(d, bool) or not isinstance(d, (int, float)) or not math.isfinite(d) or d < 0:
+            raise ConfigError("max_drop", f"must be a number >= 0, got {d!r}")
+
+
+@dataclass(frozen=True)
+class PruneStage:
+    """A parsed ``prune`` stage: the method's config and the optional sensitivity analysis."""
+
+    config: MagnitudeConfig | ActivationConfig | StructuredConfig
+    sensitivity: SensitivitySpec | None = None
+
+    def model_dump(self, mode: str = "json") -> dict[str, Any]:
+        """The stage as recipe keys with every default filled in (JSON types), for the artifact's manifest."""
+        method = {MagnitudeConfig: "magnitude", ActivationConfig: "activation",
+                  StructuredConfig: "structured"}[type(self.config)]
+        body = {"method": method, **_jsonable(dataclasses.asdict(self.config))}
+        if self.sensitivity is not None:
+            body["sensitivity"] = _jsonable(dataclasses.asdict(self.sensitivity))
+        return body
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def parse_stage(body: Any, *, prefix: str = "", source: str | None = None) -> PruneStage:
+    """Validate a recipe's ``prune`` mapping.
+
+    Args:
+        body: the stage's mapping from YAML.
+        prefix: where it sits in the file, e.g. ``stages[1].prune``.
+        source: the recipe file, for the message.
+    Returns:
+        the PruneStage.
+    Raises:
+        ConfigError: naming the key, e.g. ``recipe.yaml: stages[1].prune.sparsity: must be in [0, 1), got 1.2``.
+    """
+    try:
+        if not isinstance(body, Mapping):
+            raise ConfigError("", f"must be a mapping such as {{method: magnitude, sparsity: 0.9}}, got {body!r}")
+        body = dict(body)
+        spec = _parse_sensitivity(body.pop("sensitivity", None))
+        config = config_from_mapping(body)
+        if spec is not None and isinstance(config, ActivationConfig):
+            raise ConfigError("sensitivity", "applies to the methods magnitude and structured, not activation")
+        return PruneStage(config, spec)
+    except ConfigError as exc:
+        raise exc.within(prefix, source) from None
+
+
+def _parse_sensitivity(raw: Any) -> SensitivitySpec | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping):
+        raise ConfigError("sensitivity", f"must be a mapping such as {{sparsities: [0.5, 0.9], max_drop: 0.01}}, "
+                                         f"got {raw!r}")
+    known = [f.name for f in dataclasses.fields(SensitivitySpec)]
+    for key in raw:
+        if key not in known:
+            raise ConfigError(f"sensitivity.{key}", f"unknown key (expected {', '.join(known)})")
+    try:
+        return SensitivitySpec(**raw)
+    except ConfigError as exc:
+        raise exc.within("sensitivity") from None
+
+
+def _calibration(ctx: "RunContext", batches: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The first ``batches`` batches of 64 of the train split, in its stored order: (x (64, *input), y (64,))."""
+    loader = DataLoader(ctx.splits.train, batch_size=CALIBRATION_BATCH, shuffle=False)
+    out = []
+    for x, y in loader:
+        if len(out) == batches:
+            break
+        out.append((x, y))
+    return out
+
+
+def _dry_run_config(config):
+    """The config as one shot without fine-tuning: the final step removes the most, so it shows what cannot be."""
+    changes: dict[str, Any] = {"finetune": None}
+    if hasattr(config, "schedule"):
+        changes["schedule"] = Schedule()
+    if isinstance(config, StructuredConfig):
+        changes["importance"] = "l2"  # how many units go does not depend on the importance
+    if isinstance(config, MagnitudeConfig) and config.scope == "global":
+        # which layers a global threshold empties depends on the trained weights (initial scales differ per
+        # layer); only the overridden layers, pruned on their own, can be checked now
+        changes.update(sparsity=0.0, scope="layer")
+    return dataclasses.replace(config, **changes)
+
+
+def check_stage(ctx: "RunContext", stage: PruneStage) -> None:
+    """Before anything trains: ``ignore`` and ``overrides`` name modules of the model, and no sparsity would
+    remove or zero a whole layer (a dry run on a copy of the untrained model).
+
+    For ``scope: global`` magnitude pruning, which weights go depends on the trained values, so a layer that a
+    global threshold empties is reported when the stage runs.
+    """
+    config = stage.config
+    check_names(ctx.model, config.ignore, getattr(config, "overrides", {}))
+    if isinstance(config, ActivationConfig):
+        return  # which units fall below the threshold depends on the trained model
+    probe = copy.deepcopy(ctx.model).cpu()
+    example = ctx.splits.train.tensors[0][:2]  # (2, *input_shape)
+    prune_(probe, _dry_run_config(config), example_inputs=example)
+
+
+def _finetune_fn(ctx: "RunContext", config):
+    """``finetune(model, epochs, after_step)`` for prune_: the run's training loop, one checkpoint per step."""
+    from torchslim.train import TrainConfig
+
+    ft = config.finetune
+    if ft is None:
+        return None
+    steps = config.schedule.steps if hasattr(config, "schedule") else 1
+    tuned_steps = iter([t for t, e in enumerate(spread_epochs(ft.epochs, steps), 1) if e > 0])
+
+    def finetune(model: nn.Module, epochs: int, after_step) -> None:
+        step = next(tuned_steps)
+        train = TrainConfig(epochs=epochs, lr=ft.lr, batch_size=ft.batch_size, augment=ft.augment)
+        ctx.fit(model, train, desc=f"prune finetune {step} of {steps}", after_step=after_step)
+
+    return finetune
+
+
+def _with_sensitivity(ctx: "RunContext", stage: PruneStage, calibration) -> tuple[Any, dict[str, Any]]:
+    """The config with per-layer overrides from the sensitivity table, and the record entries describing it."""
+    config, spec = stage.config, stage.sensitivity
+    device = next(ctx.model.parameters()).device
+    table: SensitivityTable = sensitivity(ctx.model, config, spec.sparsities, ctx.validate,
+                                          calibration=calibration, example_inputs=calibration[0][0].to(device))
+    chosen = overrides_from_sensitivity(table, spec.max_drop)
+    explicit = LayerSelector(ctx.model, config.sparsity, config.ignore, config.overrides)
+    derived = {n: s for n, s in chosen.items() if explicit.override_for(n) is None}
+    record = {
+        "sensitivity_baseline": table.baseline,
+        "sensitivity": [{"layer": n, "sparsity": s, "val_metric": None if math.isnan(m) else m}
+                        for n, s, m in table.rows],
+        "sensitivity_overrides": [f"{n} {s:g}" for n, s in derived.items()],
+    }
+    return dataclasses.replace(config, overrides={**config.overrides, **derived}), record
+
+
+def _latency_ratio(ctx: "RunContext") -> dict[str, float]:
+    """Batch-64 latency of the baseline over that of the pruned model, timed alternately with the runner's
+    own ``latency_ms`` on CPU copies, in this process (same thread count)."""
+    from torchslim.evaluate import latency_ms
+
+    shape = ctx.splits.input_shape
+    base, pruned = copy.deepcopy(ctx.baseline).cpu().eval(), copy.deepcopy(ctx.model).cpu().eval()
+    times: dict[str, list[float]] = {"base": [], "pruned": []}
+    for _ in range(LATENCY_ROUNDS):
+        times["base"].append(latency_ms(base, shape, 64))
+        times["pruned"].append(latency_ms(pruned, shape, 64))
+    b, p = statistics.median(times["base"]), statistics.median(times["pruned"])
+    return {"latency_ms_batch_64_baseline": b, "latency_ms_batch_64": p, "latency_ratio_batch_64": b / p,
+            "latency_threads": torch.get_num_threads()}
+
+
+def _layer_summary(report: PruneReport, model: nn.Module) -> dict[str, list[str]]:
+    """Per layer, compactly: units removed of those there were (structured), or the layer's sparsity."""
+    if report.method == "magnitude":
+        return {"layer_sparsity": [f"{l.name} {1 - l.nonzero_after / l.weights_before:.4f}" for l in report.layers]}
+    modules = dict(model.named_modules())
+    return {"removed_units": [f"{l.name} {len(l.removed)}/{len(l.removed) + _outputs(modules[l.name])}"
+                              for l in report.layers if l.removed]}
+
+
+def run_stage(ctx: "RunContext", stage: PruneStage) -> dict[str, Any]:
+    """Prune ``ctx.model`` in place (fine-tuning as configured) and describe the result.
+
+    Returns:
+        the record: method, achieved sparsity, params and non-zeros before/after, per-layer summary, the
+        validation metric after, and (structured, activation) the measured batch-64 latency ratio to the baseline.
+    """
+    config = stage.config
+    batches = getattr(config, "calibration", None)
+    calibration = _calibration(ctx, batches.batches if batches is not None else 1)
+    record: dict[str, Any] = {}
+    try:
+        if stage.sensitivity is not None:
+            config, extra = _with_sensitivity(ctx, stage, calibration)
+            record.update(extra)
+        report = prune_(ctx.model, config, calibration=calibration, finetune=_finetune_fn(ctx, config))
+    except ConfigError as exc:
+        raise exc.within(f"stages[{ctx.stage_index}].prune", ctx.recipe.source) from None
+    if report.masks:
+        ctx.step_hooks.append(report.after_step)  # later training (QAT, distillation) keeps the zeros
+    out = {"method": report.method, "sparsity": report.sparsity,
+           "params_before": report.params_before, "params_after": report.params_after,
+           "nonzero_before": report.nonzero_before, "nonzero_after": report.nonzero_after,
+           **_layer_summary(report, ctx.model), "val_metric": ctx.validate(ctx.model), **record}
+    if report.method != "magnitude" and ctx.baseline is not None:
+        out.update(_latency_ratio(ctx))
+    ctx.log(f"prune: {report.method}, sparsity {report.sparsity:.4f}, params {report.params_before} -> "
+            f"{report.params_after}, val {out['val_metric']:.4f}")
+    return out
+
+
+register_stage(StageHandler("prune", PruneStage, run_stage, compresses=True, check=check_stage,
+                            parser=parse_stage))
