@@ -157,6 +157,10 @@ def _restore_progress(ctx: RunContext) -> int:
     if (ctx.work_dir / "baseline").exists():
         ctx.baseline, manifest = load_artifact(ctx.work_dir / "baseline", base_dir=ctx.domain.base_dir)
         ctx.baseline_architecture = manifest["architecture"]
+    for stage, record in zip(ctx.recipe.stages[:state["completed"]], ctx.records):
+        handler = STAGES[stage.name]
+        if handler.resume is not None:
+            handler.resume(ctx, stage.config, record)
     ctx.log(f"resume: {state['completed']} stage(s) already done")
     return int(state["completed"])
 

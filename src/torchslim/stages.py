@@ -30,6 +30,9 @@ class StageHandler:
     compresses: bool = True
     check: Optional[Callable[["RunContext", Any], None]] = None
     parser: Optional[Callable[..., Any]] = None
+    # On --resume, called for each finished stage with its record, to restore what outlives the stage
+    # (e.g. pruning masks that later training must keep).
+    resume: Optional[Callable[["RunContext", Any, dict[str, Any]], None]] = None
 
     def parse(self, body: Any, *, prefix: str, source: str | None) -> Any:
         if self.parser is not None:

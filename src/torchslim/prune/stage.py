@@ -226,6 +226,35 @@ def _layer_summary(report: PruneReport, model: nn.Module) -> dict[str, list[str]
                               for l in report.layers if l.removed]}
 
 
+def _keep_zeros_hook(ctx: "RunContext", masks: dict[str, torch.Tensor]):
+    """After every later optimizer step, zero the pruned weights of whatever model the run holds now.
+
+    Looked up by name on ``ctx.model`` at call time, so the masks follow a model that was reloaded (resume) and
+    skip layers that a later stage replaced with a differently shaped or weightless module.
+    """
+
+    @torch.no_grad()
+    def after_step() -> None:
+        modules = dict(ctx.model.named_modules())
+        for name, mask in masks.items():
+            weight = getattr(modules.get(name), "weight", None)
+            if isinstance(weight, torch.Tensor) and weight.shape == mask.shape:
+                weight.mul_(mask.to(weight.device, weight.dtype))
+
+    return after_step
+
+
+def resume_stage(ctx: "RunContext", stage: PruneStage, record: dict[str, Any]) -> None:
+    """A finished magnitude stage's masks are its zeros: rebuild them so later training keeps them."""
+    if record.get("method") != "magnitude":
+        return
+    pruned = {entry.rsplit(" ", 1)[0] for entry in record.get("layer_sparsity", [])}  # "fc1 0.8300"
+    masks = {name: module.weight.detach() != 0 for name, module in ctx.model.named_modules()
+             if name in pruned and isinstance(getattr(module, "weight", None), torch.Tensor)}
+    if masks:
+        ctx.step_hooks.append(_keep_zeros_hook(ctx, masks))
+
+
 def run_stage(ctx: "RunContext", stage: PruneStage) -> dict[str, Any]:
     """Prune ``ctx.model`` in place (fine-tuning as configured) and describe the result.
 
@@ -245,7 +274,7 @@ def run_stage(ctx: "RunContext", stage: PruneStage) -> dict[str, Any]:
     except ConfigError as exc:
         raise exc.within(f"stages[{ctx.stage_index}].prune", ctx.recipe.source) from None
     if report.masks:
-        ctx.step_hooks.append(report.after_step)  # later training (QAT, distillation) keeps the zeros
+        ctx.step_hooks.append(_keep_zeros_hook(ctx, report.masks))
     out = {"method": report.method, "sparsity": report.sparsity,
            "params_before": report.params_before, "params_after": report.params_after,
            "nonzero_before": report.nonzero_before, "nonzero_after": report.nonzero_after,
@@ -258,4 +287,4 @@ def run_stage(ctx: "RunContext", stage: PruneStage) -> dict[str, Any]:
 
 
 register_stage(StageHandler("prune", PruneStage, run_stage, compresses=True, check=check_stage,
-                            parser=parse_stage))
+                            parser=parse_stage, resume=resume_stage))
