@@ -226,3 +226,35 @@ def test_interrupted_finetune_resumes_to_the_same_weights(tmp_path, monkeypatch)
     assert whole.keys() == resumed.keys()
     for key in whole:
         assert torch.equal(whole[key], resumed[key]), key
+
+
+def test_masks_survive_a_resume_into_a_later_training_stage(tmp_path, monkeypatch):
+    """Prune (magnitude), then train again; interrupt the second training and resume: the zeros stay zeros."""
+    import torchslim.runner as runner
+
+    prune = {"method": "magnitude", "sparsity": 0.8, "scope": "layer"}
+    recipe = write_recipe(tmp_path, [{"train": {"epochs": 3, "lr": 1e-3}}, {"prune": prune},
+                                     {"train": {"epochs": 3, "lr": 1e-3}}])
+    real_fit = runner.fit
+
+    def interrupted_fit(model, train, val, cfg, *, desc, after_step=None, **kwargs):
+        steps = [0]
+
+        def hook():
+            if after_step is not None:
+                after_step()
+            steps[0] += 1
+            if kwargs.get("seed") == 2 and steps[0] == 30:  # the third stage (seed + stage index), mid epoch 2
+                raise Interrupted
+        return real_fit(model, train, val, cfg, desc=desc, after_step=hook, **kwargs)
+
+    monkeypatch.setattr(runner, "fit", interrupted_fit)
+    with pytest.raises(Interrupted):
+        run_recipe(load_recipe(recipe), tmp_path / "cut", log=quiet)
+    monkeypatch.setattr(runner, "fit", real_fit)
+    metrics = run_recipe(load_recipe(recipe), tmp_path / "cut", resume=True, log=quiet)
+    state = load_file(str(tmp_path / "cut" / "artifact" / "model.safetensors"))
+    for name in ("fc1", "fc2", "fc3"):
+        weight = state[f"{name}.weight"]
+        assert int((weight == 0).sum()) == round(0.8 * weight.numel()), name
+    assert metrics["nonzero_params"] < 0.25 * metrics["params"]
