@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ, TQDM_DISABLE="1", PYTHONPATH=str(ROOT / "src"))
-    return env
+from cli_support import cli_env
 
 
 @pytest.fixture
@@ -23,7 +17,7 @@ def cli():
 
     def run(*args: str, cwd: Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "torchslim", *map(str, args)], capture_output=True,
-                              text=True, env=_env(), cwd=cwd, timeout=timeout)
+                              text=True, env=cli_env(), cwd=cwd, timeout=timeout)
 
     return run
 
@@ -39,13 +33,3 @@ def write(tmp_path):
         return path
 
     return _write
-
-
-DIGITS_DOMAIN = """
-name: digits-test
-task: image-classification
-data: {source: digits, test_fraction: 0.2, val_fraction: 0.1, seed: 0}
-model: {name: lenet300_100, kwargs: {hidden1: 64, hidden2: 32}}
-metric: accuracy
-constraints: {max_metric_drop: 0.01, max_size_bytes: 100000000}
-"""

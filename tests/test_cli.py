@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from conftest import DIGITS_DOMAIN
+from cli_support import DIGITS_DOMAIN, cli_env
 
 RECIPE = "domain: domain.yaml\nseed: 0\nstages:\n  - train: {epochs: 6, lr: 0.003, batch_size: 64}\n"
 METRICS_KEYS = {"metric", "value", "baseline_value", "size_bytes", "baseline_size_bytes", "compression_ratio",
@@ -17,13 +17,11 @@ def trained(tmp_path_factory):
     import subprocess
     import sys
 
-    from conftest import ROOT, _env
-
     folder = tmp_path_factory.mktemp("run")
     (folder / "domain.yaml").write_text(DIGITS_DOMAIN)
     (folder / "recipe.yaml").write_text(RECIPE)
     proc = subprocess.run([sys.executable, "-m", "torchslim", "run", "recipe.yaml", "--out", "out"], cwd=folder,
-                          capture_output=True, text=True, env=_env(), timeout=600)
+                          capture_output=True, text=True, env=cli_env(), timeout=600)
     assert proc.returncode == 0, proc.stderr
     return folder, proc
 
@@ -105,13 +103,11 @@ def test_resume_finishes_an_interrupted_run_with_the_same_artifact(tmp_path, cli
     import sys
     import time
 
-    from conftest import _env
-
     (tmp_path / "domain.yaml").write_text(DIGITS_DOMAIN)
     (tmp_path / "recipe.yaml").write_text(RECIPE.replace("epochs: 6", "epochs: 30"))
     assert cli("run", "recipe.yaml", "--out", "full", cwd=tmp_path).returncode == 0
     proc = subprocess.Popen([sys.executable, "-m", "torchslim", "run", "recipe.yaml", "--out", "cut"], cwd=tmp_path,
-                            env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ckpt = tmp_path / "cut" / ".torchslim-work" / "stage0-train.json"
     deadline = time.time() + 120
     while time.time() < deadline:

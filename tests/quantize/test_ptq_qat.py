@@ -5,7 +5,7 @@ import functools
 import pytest
 import torch
 
-from conftest import MLP, LeNet5, image_batches, relative_error
+from quant_models import MLP, LeNet5, image_batches, relative_error
 from torchslim._errors import ConfigError
 from torchslim.quantize import (CalibrationConfig, DynamicConfig, FinetuneConfig, PackedWeight, QATConfig,
                                 StaticConfig, WeightOnlyConfig, quantize_)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from conftest import MLP, image_batches, relative_error
+from quant_models import MLP, image_batches, relative_error
 from torchslim._errors import ConfigError
 from torchslim.quantize import (CodebookWeight, FinetuneConfig, KMeansConfig, PackedWeight, QuantizedLayer,
                                 WeightOnlyConfig, cluster_weight, quantize_, quantize_tensor)
