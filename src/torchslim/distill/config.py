@@ -3,7 +3,7 @@
 Recipe form (every key optional)::
 
     - distill:
-        teacher: baseline            # baseline | PATH to a saved model or artifact
+        teacher: baseline            # baseline | PATH of a torchslim artifact folder (relative to the recipe)
         student: {name: mnist1d_cnn, kwargs: {width: 0.25}}   # omit to distill into the current model
         temperature: 4.0
         alpha: 0.9
@@ -100,7 +100,8 @@ class KDConfig:
            + sum_i features[i].weight * MSE(proj_i(f_s,i), f_t,i) + regularization.weight * R(w_s)
 
     Args:
-        teacher: "baseline" (the model before this stage) or a path to a saved model or artifact.
+        teacher: "baseline" (the model before the first compressing stage) or the path of a torchslim artifact
+            folder, relative to the recipe file.
         student: model spec (``{"name": ..., "kwargs": {...}}`` or ``{"factory": "pkg.mod:fn", ...}``) or a
             string; None distills into the current model.
         temperature: T > 0; softens both distributions. T**2 keeps the soft-target gradients' scale independent of T.
@@ -158,6 +159,10 @@ class KDConfig:
         if self.regularization is not None:
             out["regularization"] = {"kind": self.regularization.kind, "weight": self.regularization.weight}
         return out
+
+    def model_dump(self, mode: str = "python") -> dict[str, Any]:
+        """The recipe form (as ``to_mapping``), under the name the runner uses for every stage config."""
+        return self.to_mapping()
 
 
 def _reject_unknown(d: Mapping[str, Any], known: Sequence[str], prefix: str = "") -> None:
