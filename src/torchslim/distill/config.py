@@ -12,6 +12,7 @@ Recipe form (every key optional)::
         epochs: 40
         lr: 0.001
         batch_size: 64
+        augment: none                # none | shift (inputs moved by up to one step; the teacher sees the same)
 
 ``teacher`` and ``student`` stay plain values (a string; a mapping); the recipe runner resolves them to modules.
 """
@@ -28,6 +29,7 @@ from torchslim._errors import ConfigError
 __all__ = ["FeatureMatch", "Regularization", "KDConfig", "config_from_mapping"]
 
 REGULARIZATION_KINDS = ("l1", "l2")
+AUGMENTATIONS = ("none", "shift")
 
 
 def _number(name: str, value: Any) -> float:
@@ -109,6 +111,8 @@ class KDConfig:
         features: intermediate outputs to match (see ``FeatureMatch``).
         regularization: optional weight penalty on the student (see ``Regularization``).
         epochs, lr, batch_size: passed to the training loop.
+        augment: "none" or "shift" (random translation by up to one position), applied by the recipe's loop;
+            teacher and student see the same shifted batch.
     """
 
     teacher: str = "baseline"
@@ -120,6 +124,7 @@ class KDConfig:
     epochs: int = 40
     lr: float = 1e-3
     batch_size: int = 64
+    augment: str = "none"
 
     def __post_init__(self) -> None:
         if not isinstance(self.teacher, str) or not self.teacher:
@@ -150,6 +155,8 @@ class KDConfig:
         if lr <= 0:
             raise ConfigError("lr", f"must be > 0, got {self.lr!r}")
         object.__setattr__(self, "lr", lr)
+        if self.augment not in AUGMENTATIONS:
+            raise ConfigError("augment", f"must be one of {', '.join(AUGMENTATIONS)}, got {self.augment!r}")
 
     def to_mapping(self) -> dict[str, Any]:
         """The recipe form of this config (plain JSON/YAML values); ``config_from_mapping`` reads it back."""

@@ -146,16 +146,17 @@ class _WithExtras(nn.Module):
         return self.student(x)
 
 
-def _runner_loop(ctx: "RunContext", results: list["FitResult"]) -> Callable[..., "FitResult"]:
+def _runner_loop(ctx: "RunContext", cfg: KDConfig, results: list["FitResult"]) -> Callable[..., "FitResult"]:
     """``distill``'s training loop as the run's own ``ctx.fit`` (seed, device, checkpoint, resume, DDP, step hooks).
 
-    ``data`` is the run's training split, which ``ctx.fit`` reads itself.
+    ``data`` is the run's training split, which ``ctx.fit`` reads itself; ``cfg.augment`` applies to it.
     """
     from torchslim.train import TrainConfig
 
     def loop(*, model, data, loss_fn, extra_params, epochs, lr, batch_size):
         trained = _WithExtras(model, list(extra_params)) if extra_params else model
-        result = ctx.fit(trained, TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size), desc="distill",
+        train_cfg = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, augment=cfg.augment)
+        result = ctx.fit(trained, train_cfg, desc="distill",
                          loss_fn=lambda m, x, y: loss_fn(m, (x, y)))  # (model, x, y) -> (model, batch)
         results.append(result)
         return result
@@ -172,7 +173,7 @@ def _run(ctx: "RunContext", cfg: KDConfig) -> dict[str, Any]:
         ctx.log(f"distill: {len(ctx.step_hooks)} step hook(s) of the previous model dropped with it")
         ctx.step_hooks.clear()
     results: list[FitResult] = []
-    distill(student, teacher, ctx.splits.train, cfg, fit=_runner_loop(ctx, results))
+    distill(student, teacher, ctx.splits.train, cfg, fit=_runner_loop(ctx, cfg, results))
     if architecture is not None:
         ctx.model, ctx.architecture = student, architecture
     digests = distributed.rank_digests(student)
