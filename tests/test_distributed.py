@@ -56,6 +56,21 @@ def test_digest_tells_bits_shape_and_dtype_apart():
     assert digest(torch.tensor(1.0, dtype=torch.bfloat16)) == digest(torch.tensor(1.0, dtype=torch.bfloat16))
 
 
+def test_state_digest_covers_names_and_bits_of_the_state_dict():
+    torch.manual_seed(0)
+    a = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+    b = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+    b.load_state_dict(a.state_dict())
+    assert D.state_digest(a) == D.state_digest(b) and len(D.state_digest(a)) == 64
+    assert D.rank_digests(a) == [D.state_digest(a)]
+    with torch.no_grad():
+        b[0].weight.view(-1)[5] = torch.nextafter(b[0].weight.view(-1)[5], torch.tensor(1.0))  # one ulp
+    assert D.state_digest(a) != D.state_digest(b)
+    b.load_state_dict(a.state_dict())
+    b[1].running_mean.add_(1e-7)  # buffers count too
+    assert D.state_digest(a) != D.state_digest(b)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -80,6 +95,8 @@ def test_two_process_gloo_run(tmp_path):
     assert r["mean_int_tensor"] == [2.0, 3.0]  # mean of [1, 2] and [3, 4]
     assert r["broadcast"] == [0.0, 0.0, 0.0]  # rank 0's values on rank 1
     assert r["params_differed_before"] is True
+    assert len(r["digests_before"]) == 2 and r["digests_before"][0] != r["digests_before"][1]
+    assert r["digests_after"][0] == r["digests_after"][1] == r["digests_before"][0]  # rank 0's state everywhere
     assert r["same_after_broadcast_state"] == [True, True]
     assert r["mask_same"] == [True, True] and r["mask_differs"] == [False, False]
     assert r["shape_differs"] == [False, False]
@@ -122,7 +139,9 @@ def _worker(out_path: str) -> None:
     with torch.no_grad():
         model[1].running_mean.fill_(float(me))
     r["params_differed_before"] = not all(D.same_on_all_ranks(p) for p in model.parameters())
+    r["digests_before"] = D.rank_digests(model)
     D.broadcast_state_(model)
+    r["digests_after"] = D.rank_digests(model)
     r["same_after_broadcast_state"] = gather(
         all(D.same_on_all_ranks(t) for t in [*model.parameters(), *model.buffers()])
     )
@@ -208,3 +227,6 @@ def _distill_under_ddp(x_all, me, n, gather) -> dict:
 
 if __name__ == "__main__":
     _worker(sys.argv[1])
+    # Skip interpreter teardown: gloo's worker threads can abort it (SIGABRT) after the results are written.
+    sys.stdout.flush()
+    os._exit(0)

@@ -28,6 +28,8 @@ __all__ = [
     "broadcast_state_",
     "average_gradients_",
     "same_on_all_ranks",
+    "state_digest",
+    "rank_digests",
     "shard_sampler",
     "local_device",
     "cleanup",
@@ -171,6 +173,31 @@ def same_on_all_ranks(tensor: torch.Tensor) -> bool:
     digests: list[str | None] = [None] * world_size()
     dist.all_gather_object(digests, _digest(tensor))
     return all(d == digests[0] for d in digests)
+
+
+def state_digest(module: nn.Module) -> str:
+    """SHA-256 of every parameter and buffer of ``module`` (names, shapes, dtypes and exact bits).
+
+    Two modules with equal digests hold bit-identical state dicts, wherever they live (CPU or GPU).
+    """
+    h = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        h.update(f"{name}={_digest(tensor)};".encode())
+    return h.hexdigest()
+
+
+def rank_digests(module: nn.Module) -> list[str]:
+    """Every rank's ``state_digest(module)``, in rank order; one entry when not distributed.
+
+    Collective: every rank must call it. Equal entries mean the replicas agree bit for bit (e.g. after DDP
+    training, where a divergence would be a bug). Every rank gets the whole list.
+    """
+    mine = state_digest(module)
+    if not is_distributed():
+        return [mine]
+    digests: list[str | None] = [None] * world_size()
+    dist.all_gather_object(digests, mine)
+    return [str(d) for d in digests]
 
 
 def shard_sampler(dataset: Dataset, shuffle: bool, seed: int = 0) -> DistributedSampler | None:

@@ -15,6 +15,7 @@ RECIPE = {
     "epochs": 40,
     "lr": 0.001,
     "batch_size": 32,
+    "augment": "shift",
 }
 
 
@@ -23,7 +24,8 @@ def test_recipe_mapping_builds_config_and_round_trips():
     assert cfg.features == (FeatureMatch("fc1", "fc1", 0.1),)
     assert cfg.regularization == Regularization("l2", 0.0001)
     assert cfg.student == {"name": "mnist1d_cnn", "kwargs": {"width": 0.25}}
-    assert (cfg.temperature, cfg.alpha, cfg.epochs, cfg.lr, cfg.batch_size) == (4.0, 0.9, 40, 0.001, 32)
+    assert (cfg.temperature, cfg.alpha, cfg.epochs, cfg.lr, cfg.batch_size, cfg.augment) == (
+        4.0, 0.9, 40, 0.001, 32, "shift")
     assert cfg.to_mapping() == RECIPE
     assert config_from_mapping(cfg.to_mapping()) == cfg
 
@@ -31,7 +33,7 @@ def test_recipe_mapping_builds_config_and_round_trips():
 def test_defaults():
     cfg = config_from_mapping({})
     assert cfg == KDConfig()
-    assert (cfg.teacher, cfg.student, cfg.batch_size) == ("baseline", None, 64)
+    assert (cfg.teacher, cfg.student, cfg.batch_size, cfg.augment) == ("baseline", None, 64, "none")
     assert (cfg.features, cfg.regularization) == ((), None)
 
 

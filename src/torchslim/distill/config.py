@@ -3,7 +3,7 @@
 Recipe form (every key optional)::
 
     - distill:
-        teacher: baseline            # baseline | PATH to a saved model or artifact
+        teacher: baseline            # baseline | PATH of a torchslim artifact folder (relative to the recipe)
         student: {name: mnist1d_cnn, kwargs: {width: 0.25}}   # omit to distill into the current model
         temperature: 4.0
         alpha: 0.9
@@ -12,6 +12,7 @@ Recipe form (every key optional)::
         epochs: 40
         lr: 0.001
         batch_size: 64
+        augment: none                # none | shift (inputs moved by up to one step; the teacher sees the same)
 
 ``teacher`` and ``student`` stay plain values (a string; a mapping); the recipe runner resolves them to modules.
 """
@@ -28,6 +29,7 @@ from torchslim._errors import ConfigError
 __all__ = ["FeatureMatch", "Regularization", "KDConfig", "config_from_mapping"]
 
 REGULARIZATION_KINDS = ("l1", "l2")
+AUGMENTATIONS = ("none", "shift")
 
 
 def _number(name: str, value: Any) -> float:
@@ -100,7 +102,8 @@ class KDConfig:
            + sum_i features[i].weight * MSE(proj_i(f_s,i), f_t,i) + regularization.weight * R(w_s)
 
     Args:
-        teacher: "baseline" (the model before this stage) or a path to a saved model or artifact.
+        teacher: "baseline" (the model before the first compressing stage) or the path of a torchslim artifact
+            folder, relative to the recipe file.
         student: model spec (``{"name": ..., "kwargs": {...}}`` or ``{"factory": "pkg.mod:fn", ...}``) or a
             string; None distills into the current model.
         temperature: T > 0; softens both distributions. T**2 keeps the soft-target gradients' scale independent of T.
@@ -108,6 +111,8 @@ class KDConfig:
         features: intermediate outputs to match (see ``FeatureMatch``).
         regularization: optional weight penalty on the student (see ``Regularization``).
         epochs, lr, batch_size: passed to the training loop.
+        augment: "none" or "shift" (random translation by up to one position), applied by the recipe's loop;
+            teacher and student see the same shifted batch.
     """
 
     teacher: str = "baseline"
@@ -119,6 +124,7 @@ class KDConfig:
     epochs: int = 40
     lr: float = 1e-3
     batch_size: int = 64
+    augment: str = "none"
 
     def __post_init__(self) -> None:
         if not isinstance(self.teacher, str) or not self.teacher:
@@ -149,6 +155,8 @@ class KDConfig:
         if lr <= 0:
             raise ConfigError("lr", f"must be > 0, got {self.lr!r}")
         object.__setattr__(self, "lr", lr)
+        if self.augment not in AUGMENTATIONS:
+            raise ConfigError("augment", f"must be one of {', '.join(AUGMENTATIONS)}, got {self.augment!r}")
 
     def to_mapping(self) -> dict[str, Any]:
         """The recipe form of this config (plain JSON/YAML values); ``config_from_mapping`` reads it back."""
@@ -158,6 +166,10 @@ class KDConfig:
         if self.regularization is not None:
             out["regularization"] = {"kind": self.regularization.kind, "weight": self.regularization.weight}
         return out
+
+    def model_dump(self, mode: str = "python") -> dict[str, Any]:
+        """The recipe form (as ``to_mapping``), under the name the runner uses for every stage config."""
+        return self.to_mapping()
 
 
 def _reject_unknown(d: Mapping[str, Any], known: Sequence[str], prefix: str = "") -> None:

@@ -135,7 +135,8 @@ class DistillLossFn:
         """The loss for ``batch = (x, y)``, a scalar with gradients into ``model`` and the projections."""
         x, y = batch
         s_out, t_out, s_feats, t_feats = self.forward_both(model, x)
-        return self.objective(s_out, t_out, y, s_feats, t_feats, student=model)
+        # The weight penalty reads the student's own weights, not a wrapper's (which may hold more parameters).
+        return self.objective(s_out, t_out, y, s_feats, t_feats, student=self.student)
 
     def close(self) -> None:
         """Remove the feature hooks from both networks."""
