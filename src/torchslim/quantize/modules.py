@@ -129,15 +129,34 @@ class QuantizedLayer(nn.Module):
             if layer.padding_mode != "zeros":
                 raise ValueError(f"padding_mode {layer.padding_mode!r} is not supported")
         self.in_features_shape = tuple(layer.weight.shape)
+        self._inference_weight: torch.Tensor | None = None
 
     @property
     def weight(self) -> torch.Tensor:
         return self.weight_source()
 
+    def _current_weight(self) -> torch.Tensor:
+        """The dequantized weight. In eval mode without autograd it is decoded once and reused, so a deployed
+        weight-only / k-means model runs at float speed; training, ``train()`` and loading drop the copy."""
+        if self.training or torch.is_grad_enabled():
+            self._inference_weight = None
+            return self.weight_source()
+        if self._inference_weight is None:
+            self._inference_weight = self.weight_source()
+        return self._inference_weight
+
+    def train(self, mode: bool = True) -> "QuantizedLayer":
+        self._inference_weight = None
+        return super().train(mode)
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        self._inference_weight = None
+        super()._load_from_state_dict(*args, **kwargs)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.input_quant is not None:
             x = self.input_quant(x)
-        w = self.weight_source()
+        w = self._current_weight()
         if self.kind == "Linear":
             return F.linear(x, w, self.bias)
         conv = F.conv1d if self.kind == "Conv1d" else F.conv2d
