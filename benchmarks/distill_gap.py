@@ -1,12 +1,13 @@
 """How much of the teacher-student accuracy gap knowledge distillation recovers on MNIST-1D.
 
-    PYTHONPATH=src python benchmarks/distill_gap.py            # 3 seeds, ~4-5 min on 2 cores
+    PYTHONPATH=src python benchmarks/distill_gap.py            # 3 seeds, ~2.5 min on one core
     PYTHONPATH=src python benchmarks/distill_gap.py --tune     # the validation-split grid the settings came from
 
 Per seed: the teacher is the MNIST-1D CNN (mnist1d_cnn, 8,010 parameters) trained 120 epochs at lr 0.01; the
 student is the same CNN at a quarter of the width (858 parameters, 9.3x fewer), trained once alone (cross-entropy)
 and once with knowledge distillation from that teacher, with the same loop, schedule, augmentation and epochs.
-Printed: test accuracy of each and the gap recovered, (acc_KD - acc_alone) / (acc_teacher - acc_alone).
+Printed: test accuracy of each and the gap recovered, (acc_KD - acc_alone) / (acc_teacher - acc_alone), per seed
+(when the teacher leads by at least a point) and from the mean accuracies.
 Every setting (T, alpha, lr, epochs, augmentation, for the student alone as for KD) was chosen on the validation
 split of seed 0 (``--tune`` reruns that grid); the test split is read only for the final figures.
 """
@@ -31,6 +32,7 @@ from torchslim.train import TrainConfig, fit
 DOMAIN = Path(__file__).resolve().parents[1] / "domains" / "mnist1d.yaml"
 TEACHER = TrainConfig(epochs=120, lr=0.01, batch_size=64)
 STUDENT_WIDTH = 0.25
+MIN_GAP = 0.01  # per-seed gap recovered is printed only when the teacher leads the student alone by 1 point
 # Chosen on seed 0's validation split (see --tune): the student alone and with KD get the same budget.
 # Best validation accuracy: alone 0.8975 (lr 0.02, shift); KD 0.8900, a tie of T=4/alpha=0.9 and T=2/alpha=0.5 at
 # lr 0.02 (T=4, alpha=0.9 kept, the usual choice).
@@ -106,21 +108,22 @@ def main() -> None:
           f"({t_params / s_params:.1f}x fewer)")
     print(f"KD: T={KD.temperature} alpha={KD.alpha} epochs={KD.epochs} lr={KD.lr} augment={KD.augment}; "
           f"alone: epochs={ALONE.epochs} lr={ALONE.lr} augment={ALONE.augment}")
-    print(f"{'seed':>4}  {'teacher':>7}  {'alone':>7}  {'KD':>7}  {'gap recovered':>13}  {'time':>6}")
+    print(f"{'seed':>4}  {'teacher':>7}  {'alone':>7}  {'KD':>7}  {'gap recovered':>16}  {'time':>6}")
     rows = []
     for seed in args.seeds:
         start = time.perf_counter()
         teacher = train_teacher(splits, seed)
         accs = [compute_metric(m, splits.test) for m in (teacher, train_alone(splits, seed),
                                                            train_kd(splits, seed, teacher))]
-        recovered = (accs[2] - accs[1]) / (accs[0] - accs[1]) if accs[0] != accs[1] else float("nan")
-        rows.append((*accs, recovered))
-        print(f"{seed:>4}  {accs[0]:>7.4f}  {accs[1]:>7.4f}  {accs[2]:>7.4f}  {recovered:>13.3f}  "
+        gap = accs[0] - accs[1]
+        # The ratio means nothing when the teacher is hardly better than the student alone.
+        recovered = f"{(accs[2] - accs[1]) / gap:.3f}" if gap >= MIN_GAP else f"n/a (gap {gap:+.3f})"
+        rows.append(accs)
+        print(f"{seed:>4}  {accs[0]:>7.4f}  {accs[1]:>7.4f}  {accs[2]:>7.4f}  {recovered:>16}  "
               f"{time.perf_counter() - start:>5.0f}s", flush=True)
     mean = [statistics.fmean(col) for col in zip(*rows)]
-    print(f"{'mean':>4}  {mean[0]:>7.4f}  {mean[1]:>7.4f}  {mean[2]:>7.4f}  {mean[3]:>13.3f}")
     pooled = (mean[2] - mean[1]) / (mean[0] - mean[1])
-    print(f"gap recovered from the mean accuracies: {pooled:.3f}")
+    print(f"{'mean':>4}  {mean[0]:>7.4f}  {mean[1]:>7.4f}  {mean[2]:>7.4f}  {pooled:>16.3f}  (from the mean accuracies)")
 
 
 if __name__ == "__main__":
