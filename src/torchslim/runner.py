@@ -172,6 +172,8 @@ def run_recipe(recipe: Recipe, out: str | Path, *, resume: bool = False,
     Returns:
         the metrics that were written to ``metrics.json``.
     """
+    if not is_main():  # under torchrun only rank 0 speaks
+        log = lambda _message: None  # noqa: E731
     ctx = prepare(recipe, log=log)
     out = Path(out)
     ctx.work_dir, ctx.resume = out / WORK_DIR, resume
