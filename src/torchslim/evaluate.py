@@ -122,7 +122,9 @@ def peak_memory_bytes(model: nn.Module, input_shape: tuple[int, ...], batch: int
     finally:
         for h in handles:
             h.remove()
-    return int(peak[0] + weights)
+    # Quantized layers keep a decoded float weight alive while they serve: it counts like a weight.
+    decoded = sum(nbytes(getattr(m, "_inference_weight", None)) for m in model.modules())
+    return int(peak[0] + weights + decoded)
 
 
 def measure(model: nn.Module | Predict, test: Dataset, metric: str, input_shape: tuple[int, ...], *,
