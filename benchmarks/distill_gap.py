@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from torchslim.data import load_splits
-from torchslim.distill import KDConfig, distill
+from torchslim.distill import KDConfig, StudentWithExtras, distill
 from torchslim.domain import load_domain
 from torchslim.evaluate import compute_metric
 from torchslim.models import MNIST1DCNN
@@ -49,7 +49,8 @@ def _loop(splits, seed: int, augment: str):  # augment: the KDConfig's, as the r
 
     def loop(*, model, data, loss_fn, extra_params, epochs, lr, batch_size):
         cfg = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, augment=augment)
-        return fit(model, splits.train, splits.val, cfg, seed=seed, extra_params=extra_params,
+        trained = StudentWithExtras(model, list(extra_params)) if extra_params else model
+        return fit(trained, splits.train, splits.val, cfg, seed=seed,
                    loss_fn=lambda m, x, y: loss_fn(m, (x, y)))  # (model, x, y) -> (model, batch)
 
     return loop

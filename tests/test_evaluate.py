@@ -38,3 +38,17 @@ def test_constraints_report_each_limit():
     assert r["max_size_bytes"]["met"] and not r["max_latency_ms.batch_1"]["met"]
     assert not r["max_metric_drop"]["met"] and r["max_metric_drop"]["measured"] == pytest.approx(0.02)
     assert check_constraints(Constraints(min_metric=0.95), m)["min_metric"]["met"]
+
+
+def test_quantized_weights_count_by_their_logical_elements():
+    from torchslim.quantize import quantize_
+    from torchslim.quantize.config import KMeansConfig
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 8), torch.nn.ReLU(), torch.nn.Linear(8, 4))
+    with torch.no_grad():
+        model[0].weight[:, :4] = 0  # 32 pruned weights stay zero through the codebook
+    quantize_(model, KMeansConfig(bits=2))
+    params, nonzero = count_params(model)
+    assert params == 16 * 8 + 8 + 8 * 4 + 4  # codes and codebooks are encodings, not extra parameters
+    assert nonzero <= params - 32

@@ -52,11 +52,26 @@ def compute_metric(model: nn.Module | Predict, data: Dataset, metric: str = "acc
     return correct / max(total, 1)
 
 
+@torch.no_grad()
 def count_params(model: nn.Module) -> tuple[int, int]:
-    """(parameters, nonzero parameters) of the model's own tensors."""
-    params = sum(p.numel() for p in model.parameters())
-    nonzero = sum(int(torch.count_nonzero(p)) for p in model.parameters())
-    return params, nonzero
+    """(parameters, nonzero parameters), counting each weight by its logical elements.
+
+    A layer that computes its weight from an encoding (packed integer codes, a codebook) exposes the encoder as
+    ``weight_source``: its weight counts as ``prod(shape)`` parameters (nonzero: those that decode to nonzero),
+    the encoder's own parameters (codebook entries) not at all.
+    """
+    total = nonzero = 0
+    counted: set[int] = set()
+    for module in model.modules():
+        source = getattr(module, "weight_source", None)
+        if isinstance(source, nn.Module):
+            w = source()
+            total, nonzero = total + w.numel(), nonzero + int(torch.count_nonzero(w))
+            counted |= {id(p) for p in source.parameters()}
+    for p in model.parameters():
+        if id(p) not in counted:
+            total, nonzero = total + p.numel(), nonzero + int(torch.count_nonzero(p))
+    return total, nonzero
 
 
 def size_bytes(path: str | Path) -> int:

@@ -29,6 +29,22 @@ def summary_rows(m: dict[str, Any]) -> list[tuple[str, str, str]]:
     ]
 
 
+def runtime_markdown(metrics: dict[str, Any]) -> str:
+    """A report section saying which kernels ran and what int8 support the CPU has."""
+    kernels = metrics.get("int8_kernels")
+    if kernels is None:
+        ran = "ONNX Runtime was not used (runtime `torch`)."
+    elif kernels:
+        ran = "ONNX Runtime ran integer kernels: " + ", ".join(f"{op} ×{n}" for op, n in kernels.items()) + "."
+    else:
+        ran = "ONNX Runtime ran float kernels only (the artifact holds no int8 model)."
+    cpu = metrics.get("cpu_features", {})
+    flags = [k for k, v in cpu.items() if v is True]
+    lines = ["## Runtime", "", f"Compressed model measured in `{metrics.get('runtime')}`; baseline in `torch`. {ran}",
+             f"CPU `{cpu.get('machine', '?')}` int8 features: {', '.join(flags) if flags else 'none detected'}.", ""]
+    return "\n".join(lines)
+
+
 def render_markdown(m: dict[str, Any], name: str) -> str:
     lines = [f"# torchslim report: {name}", "",
              f"Runtime `{m['runtime']}`, {m['threads']} thread(s), seed {m['seed']}. Every number of the compressed "
@@ -50,4 +66,6 @@ def render_markdown(m: dict[str, Any], name: str) -> str:
     lines += ["", "## Data", "",
               f"`{d['source']}`: train {d['train']}, val {d['val']}, test {d['test']} (seed {d['seed']}, "
               f"stratified). {d['preprocessing']}.", ""]
+    if "cpu_features" in m:
+        lines += ["", runtime_markdown(m)]
     return "\n".join(lines)

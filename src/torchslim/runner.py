@@ -18,15 +18,15 @@ from typing import Any, Callable, Optional
 import torch
 from torch import nn
 
-from torchslim.distributed import is_main
 from torchslim.artifact import load_artifact, save_artifact, update_manifest
 from torchslim.data import Splits, load_splits
+from torchslim.distributed import is_main, local_device
 from torchslim.domain import Domain
 from torchslim.evaluate import check_constraints, measure, size_bytes
 from torchslim.models import build_model, check_fits, input_shape_of
 from torchslim.recipe import Recipe
 from torchslim.stages import STAGES
-from torchslim.train import FitResult, TrainConfig, default_device, fit
+from torchslim.train import FitResult, TrainConfig, fit
 
 WORK_DIR = ".torchslim-work"
 
@@ -80,23 +80,21 @@ class RunContext:
     def metric(self) -> str:
         return self.domain.metric
 
-    def fit(self, model: nn.Module, cfg: TrainConfig, *, desc: str, **kwargs: Any) -> FitResult:
-        """The training loop with this run's seed, metric, device and per-stage checkpoint."""
+    def fit(self, model: nn.Module, cfg: TrainConfig, *, desc: str,
+            after_step: Optional[Callable[[], None]] = None, **kwargs: Any) -> FitResult:
+        """The training loop with this run's seed, metric, device, step hooks and per-stage checkpoint."""
         checkpoint = None
         if self.work_dir is not None:
             checkpoint = self.work_dir / f"stage{self.stage_index}-{desc.replace(' ', '_')}.safetensors"
-        hooks = list(self.step_hooks)
-        if kwargs.get("after_step") is not None:
-            hooks.append(kwargs.pop("after_step"))
-        kwargs.pop("after_step", None)
+        hooks = [*self.step_hooks, *([after_step] if after_step is not None else [])]
 
-        def after_step() -> None:
+        def run_hooks() -> None:
             for hook in hooks:
                 hook()
 
         return fit(model, self.splits.train, self.splits.val, cfg, seed=self.seed + self.stage_index,
                    metric=self.metric, checkpoint=checkpoint, resume=self.resume, desc=desc,
-                   device=self.device, after_step=after_step if hooks else None, **kwargs)
+                   device=self.device, after_step=run_hooks if hooks else None, **kwargs)
 
     def validate(self, model: Optional[nn.Module] = None) -> float:
         """The metric on the validation split (decisions never look at the test split)."""
@@ -118,7 +116,7 @@ def prepare(recipe: Recipe, *, log: Callable[[str], None] = _log_stderr) -> RunC
         check_fits(model, splits.train.tensors[0][:2], splits.num_classes)
     except ConfigError as exc:
         raise exc.within(source=domain.source) from None
-    ctx = RunContext(recipe, domain, splits, model, architecture_of(domain.model), default_device(), log=log)
+    ctx = RunContext(recipe, domain, splits, model, architecture_of(domain.model), local_device(), log=log)
     for stage in recipe.stages:
         handler = STAGES[stage.name]
         if handler.check is not None:
@@ -237,7 +235,7 @@ def finish(ctx: RunContext, out: Path) -> dict[str, Any]:
     written from the reloaded artifact (``onnx`` → ``out/model.onnx``).
     """
     from torchslim.export.artifact import module_onnx, write_bytes_atomic
-    from torchslim.export.measure import measure_in_runtime, runtime_markdown
+    from torchslim.export.measure import measure_in_runtime
     from torchslim.export.stage import ONNX_FILE, requested_formats
 
     model = ctx.model.cpu().eval()
@@ -268,7 +266,7 @@ def finish(ctx: RunContext, out: Path) -> dict[str, Any]:
     _write_atomic(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     from torchslim.report import render_markdown
 
-    _write_atomic(out / "report.md", render_markdown(metrics, ctx.domain.name) + "\n" + runtime_markdown(metrics))
+    _write_atomic(out / "report.md", render_markdown(metrics, ctx.domain.name))
     return metrics
 
 
@@ -292,18 +290,26 @@ def evaluate_artifact(path: str | Path, domain: Domain) -> dict[str, Any]:
         raise exc.within(source=domain.source) from None
     shape = splits.input_shape
     measured = measure_in_runtime(model, manifest, splits.test, domain.metric, shape, domain.runtime)
+    # Latency and memory of the baseline do not depend on weight values: a fresh dense model of the recorded
+    # architecture measures them. Its metric, params and bytes are the artifact's record, unless the domain
+    # names trained baseline weights, whose metric is then re-measured.
     record = manifest.get("baseline")
-    if domain.model.weights is not None or record is None:
+    trained = domain.model.weights is not None or record is None
+    if trained:
         baseline = build_model(domain.model, domain.base_dir)
-        base = measure(baseline, splits.test, domain.metric, shape)
-        with tempfile.TemporaryDirectory() as tmp:
-            baseline_bytes = size_bytes(save_artifact(baseline, Path(tmp) / "b", architecture=architecture_of(
-                domain.model), extra={k: manifest[k] for k in ("input_shape", "labels") if k in manifest}))
     else:
         arch = record["architecture"]
-        spec = ModelSpec(**{k: arch[k] for k in ("name", "factory", "kwargs") if k in arch})
-        base = measure(build_model(spec, domain.base_dir), splits.test, domain.metric, shape)
-        base["value"], base["params"], baseline_bytes = record["value"], record["params"], record["size_bytes"]
+        baseline = build_model(ModelSpec(**{k: arch[k] for k in ("name", "factory", "kwargs") if k in arch}),
+                               domain.base_dir)
+    base = measure(baseline, splits.test, domain.metric, shape)
+    if not trained:
+        base["value"], base["params"] = record["value"], record["params"]
+    if record is not None:
+        baseline_bytes = record["size_bytes"]
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            baseline_bytes = size_bytes(save_artifact(baseline, Path(tmp) / "baseline",
+                                                      architecture=architecture_of(domain.model)))
     metrics = summarize(measured, base, size=size_bytes(path), baseline_size=baseline_bytes, domain=domain,
                         seed=manifest.get("seed", 0))
     metrics.update({"int8_kernels": measured["int8_kernels"], "cpu_features": measured["cpu_features"],

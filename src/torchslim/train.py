@@ -13,7 +13,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Optional
+from typing import Callable, Optional
 
 import torch
 from torch import nn
@@ -74,13 +74,6 @@ def cross_entropy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.T
     return nn.functional.cross_entropy(model(x), y)
 
 
-def default_device() -> torch.device:
-    """``cuda`` when present (the local rank's GPU under torchrun), else the CPU."""
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    return torch.device("cpu")
-
-
 def _make_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
@@ -97,7 +90,7 @@ def _epoch_loader(data: Dataset, batch_size: int, seed: int, epoch: int) -> Data
 
 
 def fit(model: nn.Module, train: Dataset, val: Dataset, cfg: TrainConfig, *, seed: int = 0,
-        loss_fn: Optional[LossFn] = None, extra_params: Iterable[nn.Parameter] = (),
+        loss_fn: Optional[LossFn] = None,
         after_step: Optional[Callable[[], None]] = None, metric: str = "accuracy",
         checkpoint: Optional[str | Path] = None, resume: bool = False, desc: str = "train",
         device: Optional[torch.device] = None) -> FitResult:
@@ -109,7 +102,6 @@ def fit(model: nn.Module, train: Dataset, val: Dataset, cfg: TrainConfig, *, see
         cfg: epochs, learning rate, batch size (per rank), weight decay, optimizer.
         seed: fixes the data order of every epoch.
         loss_fn: ``(model, x, y) -> loss``; cross-entropy by default (distillation passes its own).
-        extra_params: parameters trained beside the model's (e.g. feature-KD projections).
         after_step: called after every optimizer step (pruning masks, k-means centroid sharing).
         metric: validation metric name.
         checkpoint: file written every epoch (safetensors + a JSON side file); with ``resume`` it is read back.
@@ -119,10 +111,10 @@ def fit(model: nn.Module, train: Dataset, val: Dataset, cfg: TrainConfig, *, see
     """
     from tqdm.auto import tqdm
 
-    device = device or default_device()
+    device = device or dist.local_device()
     model.to(device)
     loss_fn = loss_fn or cross_entropy
-    params = [p for p in model.parameters() if p.requires_grad] + list(extra_params)
+    params = [p for p in model.parameters() if p.requires_grad]
     if after_step is not None:
         after_step()  # masks hold from the first step, even on a resumed or freshly pruned model
     optimizer = _make_optimizer(params, cfg)
@@ -134,13 +126,9 @@ def fit(model: nn.Module, train: Dataset, val: Dataset, cfg: TrainConfig, *, see
         start, best_state = _load_checkpoint(ckpt, model, optimizer, result)
 
     trained = model
-    extra = list(extra_params)
     if dist.is_distributed():
-        # Same starting point on every rank, then DDP averages the model's gradients; parameters outside the
-        # model (feature-KD projections) are averaged by hand.
+        # Same starting point on every rank, then DDP averages the gradients.
         dist.broadcast_state_(model)
-        for p in extra:
-            dist.broadcast_(p.data)
         trained = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
                                                       else None)
 
@@ -158,8 +146,6 @@ def fit(model: nn.Module, train: Dataset, val: Dataset, cfg: TrainConfig, *, see
             optimizer.zero_grad(set_to_none=True)
             loss = loss_fn(trained, x, y)
             loss.backward()
-            if extra and dist.is_distributed():
-                dist.average_gradients_(extra)
             optimizer.step()
             if after_step is not None:
                 after_step()

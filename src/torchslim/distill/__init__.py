@@ -9,7 +9,7 @@ from torchslim.distill.api import FitFn, distill, register_handler
 from torchslim.distill.config import FeatureMatch, KDConfig, Regularization, config_from_mapping
 from torchslim.distill.features import FeatureRecorder, find_module, make_projection
 from torchslim.distill.losses import FeatureKDLoss, KDLoss, RegularizationLoss
-from torchslim.distill.objective import DistillationObjective, DistillLossFn, make_loss_fn
+from torchslim.distill.objective import DistillationObjective, DistillLossFn, StudentWithExtras, make_loss_fn
 
 __all__ = [
     "DistillLossFn",
@@ -22,6 +22,7 @@ __all__ = [
     "KDLoss",
     "Regularization",
     "RegularizationLoss",
+    "StudentWithExtras",
     "config_from_mapping",
     "distill",
     "find_module",

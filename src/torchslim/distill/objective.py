@@ -12,7 +12,7 @@ from torchslim.distill.config import KDConfig
 from torchslim.distill.features import FeatureRecorder, format_shape
 from torchslim.distill.losses import FeatureKDLoss, KDLoss, RegularizationLoss
 
-__all__ = ["DistillationObjective", "DistillLossFn", "make_loss_fn"]
+__all__ = ["DistillationObjective", "DistillLossFn", "StudentWithExtras", "make_loss_fn"]
 
 
 class DistillationObjective(nn.Module):
@@ -190,3 +190,17 @@ def make_loss_fn(
         loss_fn.close()
         raise
     return loss_fn
+
+
+class StudentWithExtras(nn.Module):
+    """The student together with the loss's trainable parameters (feature projections), so that a training loop
+    optimises, checkpoints, resumes and (under DDP) synchronises them as one module. Its forward is the student's.
+    """
+
+    def __init__(self, student: nn.Module, extra: list[nn.Parameter]):
+        super().__init__()
+        self.student = student
+        self.extra = nn.ParameterList(extra)  # the same Parameter objects the loss uses
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.student(x)

@@ -28,7 +28,7 @@ from torchslim._errors import ConfigError
 from torchslim._validation import parse
 from torchslim.distill.api import distill
 from torchslim.distill.config import KDConfig, config_from_mapping
-from torchslim.distill.objective import make_loss_fn
+from torchslim.distill.objective import StudentWithExtras, make_loss_fn
 from torchslim.domain import ModelSpec
 from torchslim.stages import StageHandler, register_stage
 
@@ -133,19 +133,6 @@ def _check(ctx: "RunContext", cfg: KDConfig) -> None:
     make_loss_fn(student, teacher, cfg, (x, y)).close()  # output shapes, feature names and widths
 
 
-class _WithExtras(nn.Module):
-    """The student together with the loss's trainable parameters (feature projections), so that the loop
-    checkpoints, resumes and (under DDP) synchronises them as one module. Its forward is the student's."""
-
-    def __init__(self, student: nn.Module, extra: list[nn.Parameter]):
-        super().__init__()
-        self.student = student
-        self.extra = nn.ParameterList(extra)  # the same Parameter objects the loss uses
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.student(x)
-
-
 def _runner_loop(ctx: "RunContext", cfg: KDConfig, results: list["FitResult"]) -> Callable[..., "FitResult"]:
     """``distill``'s training loop as the run's own ``ctx.fit`` (seed, device, checkpoint, resume, DDP, step hooks).
 
@@ -154,7 +141,7 @@ def _runner_loop(ctx: "RunContext", cfg: KDConfig, results: list["FitResult"]) -
     from torchslim.train import TrainConfig
 
     def loop(*, model, data, loss_fn, extra_params, epochs, lr, batch_size):
-        trained = _WithExtras(model, list(extra_params)) if extra_params else model
+        trained = StudentWithExtras(model, list(extra_params)) if extra_params else model
         train_cfg = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, augment=cfg.augment)
         result = ctx.fit(trained, train_cfg, desc="distill",
                          loss_fn=lambda m, x, y: loss_fn(m, (x, y)))  # (model, x, y) -> (model, batch)

@@ -17,8 +17,8 @@ def measure_in_runtime(model: nn.Module, manifest: dict[str, Any], test: Dataset
     threads as torch uses, so both sides get the same cores); parameter counts and memory from the module.
 
     Returns:
-        the ``measure`` dict (a quantized weight counted as one parameter per element) plus ``int8_kernels`` (ORT's integer kernels by op type, None when ORT did not run)
-        and ``cpu_features`` (the CPU's int8 dot-product features).
+        the ``measure`` dict plus ``int8_kernels`` (ORT's integer kernels by op type, None when ORT did not
+        run) and ``cpu_features`` (the CPU's int8 dot-product features).
     """
     from torchslim.evaluate import measure
     from torchslim.export.cpu import cpu_int8_features
@@ -33,24 +33,4 @@ def measure_in_runtime(model: nn.Module, manifest: dict[str, Any], test: Dataset
         kernels = quantized_kernels(session.model)
     else:
         measured = measure(model, test, metric, input_shape)
-    from torchslim.quantize.modules import count_weights
-
-    # quantized weights are stored as codes (buffers), still one parameter each
-    measured["params"], measured["nonzero_params"] = count_weights(model)
     return {**measured, "int8_kernels": kernels, "cpu_features": cpu_int8_features()}
-
-
-def runtime_markdown(metrics: dict[str, Any]) -> str:
-    """A report section saying which kernels ran and what int8 support the CPU has."""
-    kernels = metrics.get("int8_kernels")
-    if kernels is None:
-        ran = "ONNX Runtime was not used (runtime `torch`)."
-    elif kernels:
-        ran = "ONNX Runtime ran integer kernels: " + ", ".join(f"{op} ×{n}" for op, n in kernels.items()) + "."
-    else:
-        ran = "ONNX Runtime ran float kernels only (the artifact holds no int8 model)."
-    cpu = metrics.get("cpu_features", {})
-    flags = [k for k, v in cpu.items() if v is True]
-    lines = ["## Runtime", "", f"Compressed model measured in `{metrics.get('runtime')}`; baseline in `torch`. {ran}",
-             f"CPU `{cpu.get('machine', '?')}` int8 features: {', '.join(flags) if flags else 'none detected'}.", ""]
-    return "\n".join(lines)

@@ -186,25 +186,3 @@ def dequantize_model(model: nn.Module) -> nn.Module:
         if isinstance(module, QuantizedLayer):
             set_submodule(model, name, module.to_float())
     return model
-
-
-@torch.no_grad()
-def count_weights(model: nn.Module) -> tuple[int, int]:
-    """(parameters, nonzero parameters), counting a quantized layer's weight by its logical elements.
-
-    A QuantizedLayer keeps its weight as packed codes or codebook indices (buffers), not as a parameter; here it
-    counts as ``prod(shape)`` weights (nonzero: those that dequantize to nonzero), its codebook entries not at all.
-    """
-    total = nonzero = 0
-    counted: set[int] = set()
-    for module in model.modules():
-        if isinstance(module, QuantizedLayer):
-            w = module.weight_source()
-            total += w.numel()
-            nonzero += int(torch.count_nonzero(w))
-            counted |= {id(p) for p in module.weight_source.parameters()}
-    for p in model.parameters():
-        if id(p) not in counted:
-            total += p.numel()
-            nonzero += int(torch.count_nonzero(p))
-    return total, nonzero
