@@ -12,6 +12,17 @@ from cli_support import cli_env
 
 
 @pytest.fixture
+def one_thread():
+    """One torch thread for the test (timings and training are steadier on a shared 2-core machine)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
 def cli():
     """``cli("run", "r.yaml", "--out", "d")`` -> CompletedProcess of ``python -m torchslim ...``."""
 
