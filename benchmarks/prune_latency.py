@@ -88,8 +88,8 @@ def main() -> None:
                       ("onnxruntime fp32, 1 thread", ort_ms)):
         print(f"{label:<34}" + "".join(f"{ms[n]:>20.3f}" for n in models) +
               f"{ms['baseline'] / ms['pruned']:>16.2f}x")
-    print(f"\nin-stage ratio recorded in metrics.json: {record.get('latency_ratio_batch_64', float('nan')):.2f}x "
-          f"({record.get('latency_threads')} thread(s))")
+    print(f"\nrun's ratio recorded in metrics.json: {metrics.get('latency_ratio_batch_64', float('nan')):.2f}x "
+          f"({metrics.get('threads')} thread(s))")
 
 
 if __name__ == "__main__":

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -20,7 +18,7 @@ from torch.utils.data import TensorDataset
 
 from torchslim import distributed as D
 
-ROOT = Path(__file__).resolve().parents[1]
+from torchrun_support import run_torchrun
 
 
 def test_single_process_helpers_are_trivial():
@@ -28,22 +26,18 @@ def test_single_process_helpers_are_trivial():
     assert (D.is_distributed(), D.rank(), D.world_size(), D.is_main()) == (False, 0, 1, True)
     t = torch.tensor([1.0, 2.0])
     assert D.all_reduce_sum(t) is t
-    assert D.all_reduce_mean(3.5) == 3.5
     assert D.broadcast_(t) is t and torch.equal(t, torch.tensor([1.0, 2.0]))
     model = nn.Linear(2, 2)
     before = [p.detach().clone() for p in model.parameters()]
     assert D.broadcast_state_(model) is model
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
-    model(torch.ones(1, 2)).sum().backward()
-    grads = [p.grad.clone() for p in model.parameters()]
-    D.average_gradients_(model.parameters())
-    assert all(torch.equal(g, p.grad) for g, p in zip(grads, model.parameters()))
-    assert D.same_on_all_ranks(t)
     assert D.shard_sampler(TensorDataset(torch.arange(10)), shuffle=True, seed=0) is None
     expected = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
     assert D.local_device() == expected
-    D.barrier()
-    D.cleanup()
+    assert D.module_device(model) == torch.device("cpu")
+    assert D.module_device(nn.ReLU()) == torch.device("cpu")
+    assert D.module_device(nn.ReLU(), torch.device("meta")) == torch.device("meta")  # nothing to go by
+    assert D.module_device(nn.BatchNorm1d(3, affine=False).to("meta")) == torch.device("meta")  # buffers only
 
 
 def test_digest_tells_bits_shape_and_dtype_apart():
@@ -71,49 +65,36 @@ def test_state_digest_covers_names_and_bits_of_the_state_dict():
     assert D.state_digest(a) != D.state_digest(b)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.skipif(not torch.distributed.is_gloo_available(), reason="needs the gloo backend")
 def test_two_process_gloo_run(tmp_path):
     out = tmp_path / "result.json"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
-           "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-           f"--master_port={_free_port()}", __file__, str(out)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+    proc = run_torchrun(__file__, out, timeout=180)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     r = json.loads(out.read_text())
 
     assert r["initialised"] == [True, True]
     assert r["ranks"] == [0, 1] and r["world_sizes"] == [2, 2]
     assert r["sum"] == [1.0 + 2.0, 10.0 + 20.0]  # rank r contributes [r+1, 10(r+1)]
-    assert r["mean_float"] == pytest.approx(0.5)  # mean of ranks 0 and 1
-    assert r["mean_int_tensor"] == [2.0, 3.0]  # mean of [1, 2] and [3, 4]
+    assert r["sum_int"] == [4, 6]  # [1, 2] + [3, 4], dtype kept
     assert r["broadcast"] == [0.0, 0.0, 0.0]  # rank 0's values on rank 1
-    assert r["params_differed_before"] is True
     assert len(r["digests_before"]) == 2 and r["digests_before"][0] != r["digests_before"][1]
     assert r["digests_after"][0] == r["digests_after"][1] == r["digests_before"][0]  # rank 0's state everywhere
-    assert r["same_after_broadcast_state"] == [True, True]
-    assert r["mask_same"] == [True, True] and r["mask_differs"] == [False, False]
-    assert r["shape_differs"] == [False, False]
     # Shards of a 10-item dataset: disjoint, 5 each, covering it; 11 items: 6 each, covering it.
     a, b = r["shards_10"]
     assert len(a) == len(b) == 5 and not set(a) & set(b) and sorted(a + b) == list(range(10))
     a, b = r["shards_11"]
     assert len(a) == len(b) == 6 and set(a) | set(b) == set(range(11))
     # DDP: weights identical on both ranks after 2 steps, equal to one process training on both shards at once.
-    assert r["ddp_same_on_all_ranks"] == [True, True]
+    assert r["ddp_same_on_all_ranks"] is True
     assert r["ddp_changed"] is True
     assert r["ddp_max_diff_vs_single_process"] < 1e-6
-    # Distillation under DDP: the student is synced by DDP, the projection by average_gradients_.
+    # Distillation under DDP: StudentWithExtras puts the feature projection inside the DDP module, so it stays
+    # equal on both ranks; a projection left outside the DDP module drifts apart.
     kd = r["kd_ddp"]
     assert kd["n_extra"] == 2  # Linear(3 -> 16): weight and bias
-    assert kd["student_same_averaged"] == [True, True] and kd["projection_same_averaged"] == [True, True]
-    assert kd["student_same_not_averaged"] == [True, True] and kd["projection_same_not_averaged"] == [False, False]
+    assert kd["student_same_with_extras"] and kd["projection_same_with_extras"]
+    assert kd["projection_changed_with_extras"]
+    assert kd["student_same_student_only"] and not kd["projection_same_student_only"]
 
 
 def _worker(out_path: str) -> None:
@@ -127,28 +108,24 @@ def _worker(out_path: str) -> None:
         torch.distributed.all_gather_object(values, value)
         return values
 
+    def same(tensors) -> bool:
+        # Bit-identical on every rank.
+        digests = gather([D._digest(t) for t in tensors])
+        return all(d == digests[0] for d in digests)
+
     r["initialised"] = gather(D.is_distributed())
     r["ranks"], r["world_sizes"] = gather(me), gather(n)
     r["sum"] = D.all_reduce_sum(torch.tensor([me + 1.0, 10.0 * (me + 1)])).tolist()
-    r["mean_float"] = D.all_reduce_mean(float(me))
-    r["mean_int_tensor"] = D.all_reduce_mean(torch.tensor([2 * me + 1, 2 * me + 2])).tolist()
+    r["sum_int"] = D.all_reduce_sum(torch.tensor([2 * me + 1, 2 * me + 2])).tolist()
     r["broadcast"] = gather(D.broadcast_(torch.full((3,), float(me))).tolist())[1]
 
     torch.manual_seed(100 + me)  # a different init on each rank
     model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 2))
     with torch.no_grad():
         model[1].running_mean.fill_(float(me))
-    r["params_differed_before"] = not all(D.same_on_all_ranks(p) for p in model.parameters())
     r["digests_before"] = D.rank_digests(model)
     D.broadcast_state_(model)
     r["digests_after"] = D.rank_digests(model)
-    r["same_after_broadcast_state"] = gather(
-        all(D.same_on_all_ranks(t) for t in [*model.parameters(), *model.buffers()])
-    )
-
-    r["mask_same"] = gather(D.same_on_all_ranks(torch.tensor([True, False, True])))
-    r["mask_differs"] = gather(D.same_on_all_ranks(torch.tensor([True, me == 0, True])))
-    r["shape_differs"] = gather(D.same_on_all_ranks(torch.zeros(2 + me)))
 
     for size in (10, 11):
         sampler = D.shard_sampler(TensorDataset(torch.arange(size)), shuffle=True, seed=3)
@@ -169,7 +146,7 @@ def _worker(out_path: str) -> None:
         opt.zero_grad()
         nn.functional.mse_loss(ddp(x_all[shard]), y_all[shard]).backward()
         opt.step()
-    r["ddp_same_on_all_ranks"] = gather(all(D.same_on_all_ranks(p) for p in net.parameters()))
+    r["ddp_same_on_all_ranks"] = same(net.parameters())
     r["ddp_changed"] = any(not torch.equal(a, b) for a, b in zip(init, net.parameters()))
     # Reference: one process, same init, the whole batch (equal shards: mean of shard means = full mean).
     ref = nn.Linear(4, 2)
@@ -184,42 +161,42 @@ def _worker(out_path: str) -> None:
     diffs = [(a - b).abs().max().item() for a, b in zip(ref.parameters(), net.parameters())]
     r["ddp_max_diff_vs_single_process"] = max(diffs)
 
-    r["kd_ddp"] = _distill_under_ddp(x_all, me, n, gather)
+    r["kd_ddp"] = _distill_under_ddp(x_all, me, n, same)
 
-    D.barrier()
     if D.is_main():
         Path(out_path).write_text(json.dumps(r))
-    D.cleanup()
+    torch.distributed.barrier()
 
 
-def _distill_under_ddp(x_all, me, n, gather) -> dict:
-    # A distillation loss with a feature projection, its student wrapped in DDP: the projection lives outside
-    # DDP, so its gradients are averaged by hand; without that it drifts apart across ranks.
-    from torchslim.distill import FeatureMatch, KDConfig, make_loss_fn
+def _distill_under_ddp(x_all, me, n, same) -> dict:
+    # A distillation loss with a feature projection (trained with the student). Wrapped together with the student
+    # in StudentWithExtras, DDP synchronises the projection's gradients too; wrapping the student alone leaves the
+    # projection to each rank's own shard, and the replicas drift apart.
+    from torchslim.distill import FeatureMatch, KDConfig, StudentWithExtras, make_loss_fn
 
     out = {}
     y_all = torch.arange(8) % 2
-    for averaged in (True, False):
+    for how in ("with_extras", "student_only"):
         torch.manual_seed(0)
         teacher = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 2))
         torch.manual_seed(1 + me)
         student = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
         loss_fn = make_loss_fn(student, teacher, KDConfig(features=(FeatureMatch("0", "0"),)), (x_all, y_all))
-        D.broadcast_state_(student)
-        D.broadcast_state_(loss_fn.objective)  # the projection starts equal everywhere too
-        ddp = nn.parallel.DistributedDataParallel(student)
         extra = loss_fn.extra_parameters()
-        opt = torch.optim.SGD([*ddp.parameters(), *extra], lr=0.5)
+        trained = StudentWithExtras(student, extra) if how == "with_extras" else student
+        D.broadcast_state_(trained)
+        D.broadcast_state_(loss_fn.objective)  # the projection starts equal everywhere
+        start = [p.detach().clone() for p in extra]
+        ddp = nn.parallel.DistributedDataParallel(trained)
+        opt = torch.optim.SGD([*ddp.parameters(), *([] if how == "with_extras" else extra)], lr=0.5)
         shard = torch.arange(me, 8, n)
         for _ in range(2):
             opt.zero_grad()
             loss_fn(ddp, (x_all[shard], y_all[shard])).backward()
-            if averaged:
-                D.average_gradients_(extra)
             opt.step()
-        key = "averaged" if averaged else "not_averaged"
-        out[f"student_same_{key}"] = gather(all(D.same_on_all_ranks(p) for p in student.parameters()))
-        out[f"projection_same_{key}"] = gather(all(D.same_on_all_ranks(p) for p in extra))
+        out[f"student_same_{how}"] = same(student.parameters())
+        out[f"projection_same_{how}"] = same(extra)
+        out[f"projection_changed_{how}"] = any(not torch.equal(a, b) for a, b in zip(start, extra))
         out["n_extra"] = len(extra)
         loss_fn.close()
     return out

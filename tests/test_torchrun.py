@@ -10,10 +10,6 @@ reported metric equals the saved model's metric as re-measured by ``torchslim ev
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -23,6 +19,8 @@ from click.testing import CliRunner
 from torchslim.artifact import load_artifact
 from torchslim.cli import cli
 from torchslim.distributed import state_digest
+
+from torchrun_support import run_torchrun
 
 ROOT = Path(__file__).resolve().parents[1]
 DOMAIN = ROOT / "domains" / "digits.yaml"
@@ -44,22 +42,12 @@ stages:
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.skipif(not torch.distributed.is_gloo_available(), reason="needs the gloo backend")
 def test_two_process_run_agrees_across_ranks_and_with_eval(tmp_path):
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(RECIPE)
     out = tmp_path / "out"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
-           "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-           f"--master_port={_free_port()}", "-m", "torchslim", "run", str(recipe), "--out", str(out)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    proc = run_torchrun("-m", "torchslim", "run", recipe, "--out", out, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
     # Only rank 0 writes: one summary on stdout, the three outputs and nothing else.

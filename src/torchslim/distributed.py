@@ -2,7 +2,7 @@
 
 torchrun sets WORLD_SIZE, RANK, LOCAL_RANK, MASTER_ADDR and MASTER_PORT; ``init_from_env()`` joins the process
 group (nccl on GPU, gloo on CPU). Every helper is a no-op or trivial in a single process, so the training loop
-calls them unconditionally.
+calls them unconditionally. ``module_device`` says where a module's tensors live, for moving inputs to it.
 """
 
 from __future__ import annotations
@@ -21,18 +21,14 @@ __all__ = [
     "rank",
     "world_size",
     "is_main",
-    "barrier",
     "all_reduce_sum",
-    "all_reduce_mean",
     "broadcast_",
     "broadcast_state_",
-    "average_gradients_",
-    "same_on_all_ranks",
     "state_digest",
     "rank_digests",
     "shard_sampler",
     "local_device",
-    "cleanup",
+    "module_device",
 ]
 
 
@@ -78,10 +74,15 @@ def local_device() -> torch.device:
     return torch.device("cpu")
 
 
-def barrier() -> None:
-    """Wait until every rank reaches this point."""
-    if is_distributed():
-        dist.barrier()
+def module_device(module: nn.Module, default: torch.device | None = None) -> torch.device:
+    """Where ``module`` lives: the device of its first parameter, else of its first buffer, else ``default``
+    (cpu when None), so inputs can be moved to it."""
+    tensor = next(module.parameters(), None)
+    if tensor is None:
+        tensor = next(module.buffers(), None)
+    if tensor is not None:
+        return tensor.device
+    return default if default is not None else torch.device("cpu")
 
 
 def _comm_device() -> torch.device:
@@ -99,20 +100,6 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     buf = tensor.detach().to(_comm_device(), copy=True)
     dist.all_reduce(buf, op=dist.ReduceOp.SUM)
     return buf.to(tensor.device)
-
-
-def all_reduce_mean(value: float | torch.Tensor) -> float | torch.Tensor:
-    """The mean of ``value`` over ranks (a float for a float, a tensor for a tensor), e.g. to average a metric.
-
-    Not distributed: returns ``value``.
-    """
-    if not is_distributed():
-        return value
-    if isinstance(value, torch.Tensor):
-        # Integer tensors would floor-divide; the mean is taken in floating point.
-        summed = all_reduce_sum(value if value.is_floating_point() else value.double())
-        return summed / world_size()
-    return all_reduce_sum(torch.tensor(float(value), dtype=torch.float64)).item() / world_size()
 
 
 def broadcast_(tensor: torch.Tensor, src: int = 0) -> torch.Tensor:
@@ -142,37 +129,10 @@ def broadcast_state_(module: nn.Module, src: int = 0) -> nn.Module:
     return module
 
 
-def average_gradients_(parameters) -> None:
-    """Replace each parameter's ``.grad`` by its mean over ranks, for parameters DDP does not wrap.
-
-    Call between ``backward()`` and ``optimizer.step()``; e.g. the feature projections of a distillation loss,
-    which train with a DDP-wrapped student but live outside it. Parameters without a gradient are skipped
-    (the same ones on every rank). Not distributed: does nothing.
-    """
-    if not is_distributed():
-        return
-    for p in parameters:
-        if p.grad is not None:
-            with torch.no_grad():
-                p.grad.copy_(all_reduce_sum(p.grad) / world_size())
-
-
 def _digest(tensor: torch.Tensor) -> str:
     t = tensor.detach().cpu().contiguous().reshape(-1)
     raw = t.view(torch.uint8).numpy().tobytes()  # the exact bits, whatever the dtype (bool, bf16, ...)
     return hashlib.sha256(f"{tuple(tensor.shape)}|{tensor.dtype}|".encode() + raw).hexdigest()
-
-
-def same_on_all_ranks(tensor: torch.Tensor) -> bool:
-    """True when ``tensor`` has the same shape, dtype and bits on every rank (e.g. a pruning mask).
-
-    Compares SHA-256 digests, so shapes may differ across ranks without a hang. Not distributed: True.
-    """
-    if not is_distributed():
-        return True
-    digests: list[str | None] = [None] * world_size()
-    dist.all_gather_object(digests, _digest(tensor))
-    return all(d == digests[0] for d in digests)
 
 
 def state_digest(module: nn.Module) -> str:
@@ -210,9 +170,3 @@ def shard_sampler(dataset: Dataset, shuffle: bool, seed: int = 0) -> Distributed
     if not is_distributed():
         return None
     return DistributedSampler(dataset, num_replicas=world_size(), rank=rank(), shuffle=shuffle, seed=seed)
-
-
-def cleanup() -> None:
-    """Leave the process group, if one was joined."""
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()

@@ -161,8 +161,6 @@ def test_end_to_end_distill_into_narrower_student_learns():
     )
     history = []
     out = distill(student, teacher, data, cfg, fit=functools.partial(_simple_fit, history=history))
-    print(f"teacher acc {teacher_acc:.3f}; student acc {acc_before:.3f} -> {_accuracy(student, data):.3f}; "
-          f"loss per epoch {[round(h, 4) for h in history]}")
     assert out is student
     assert len(history) == 20
     assert history[-1] < 0.05 * history[0], history

@@ -60,14 +60,17 @@ class ResNetTiny(nn.Module):
 
 
 class TransformerClassifier(nn.Module):
-    """Linear embedding -> nn.TransformerEncoder (2 layers, 4 heads) -> mean pool -> head."""
+    """Linear embedding -> nn.TransformerEncoder (2 layers, 4 heads) -> mean pool -> head.
 
-    def __init__(self, d_model=16, heads=4, ffn=32, batch_first=True):
+    ``nested``: the encoder's ``enable_nested_tensor`` (torch's default is True).
+    """
+
+    def __init__(self, d_model=16, heads=4, ffn=32, batch_first=True, nested=False):
         super().__init__()
         self.batch_first = batch_first
         self.embed = nn.Linear(6, d_model)
         layer = nn.TransformerEncoderLayer(d_model, heads, ffn, dropout=0.0, batch_first=batch_first)
-        self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=nested)
         self.head = nn.Linear(d_model, 3)
 
     def forward(self, x, key_padding_mask=None):  # (N, L, 6)

@@ -42,7 +42,10 @@ def test_a_new_method_registers_without_touching_the_api():
 def test_calibration_accepts_bare_tensors_and_rejects_other_batches():
     from torchslim.prune import ActivationConfig
     model = MLP()
-    prune_(model, ActivationConfig(threshold=0.0), calibration=[torch.randn(4, 64)])
+    with torch.no_grad():
+        model.fc1.bias[[2, 7]] = -1e4  # these ReLU units never fire
+    report = prune_(model, ActivationConfig(threshold=1e-6), calibration=[torch.randn(128, 64), torch.randn(128, 64)])
+    assert list(report.layer("fc1").removed) == [2, 7] and model.fc1.out_features == 298
     with pytest.raises(TypeError, match="batch"):
         prune_(MLP(), ActivationConfig(threshold=0.1), calibration=[{"x": torch.randn(4, 64)}])
 
@@ -51,8 +54,8 @@ def test_model_without_schedule_finetune_runs_once_after_pruning():
     from torchslim.prune import Finetune
     calls = []
     prune_(MLP(), MagnitudeConfig(sparsity=0.5, finetune=Finetune(epochs=3, lr=0.1)),
-           finetune=lambda m, e, hook: calls.append(e))
-    assert calls == [3]
+           finetune=lambda m, e, hook, step, steps: calls.append((e, step, steps)))
+    assert calls == [(3, 1, 1)]
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -68,9 +68,32 @@ def test_defaults_are_not_shared():
     ({"method": "structured", "sparsity": 0.5, "ignore": ["fc1", "re:("]}, "ignore[1]"),
     ({"method": "structured", "sparsity": 0.5, "overrides": {"fc1": 1.2}}, "overrides.fc1"),
     ({"method": "structured", "sparsity": 0.5, "overrides": ["fc1"]}, "overrides"),
+    ({"method": "structured", "sparsity": 0.5, "overrides": {"re:(": 0.5}}, "overrides.re:("),
+    ({"method": "structured", "sparsity": 0.5, "calibration": None}, "calibration"),  # only finetune may be null
+    ({"method": "magnitude", "sparsity": 0.5, "schedule": None}, "schedule"),
+    ({"method": "structured", "sparsity": 0.5, "finetune": {"epochs": 1, "lr": float("inf")}}, "finetune.lr"),
+    ({"method": "structured", "sparsity": 0.5, "finetune": {"epochs": 1, "lr": float("nan")}}, "finetune.lr"),
 ])
 def test_errors_name_the_field(data, field):
     with pytest.raises(ConfigError) as err:
         config_from_mapping(data)
     assert err.value.field == field
     assert str(err.value).startswith(field)
+
+
+def test_null_finetune_is_allowed():
+    assert config_from_mapping({"method": "structured", "sparsity": 0.5, "finetune": None}).finetune is None
+
+
+@pytest.mark.parametrize("make, field", [
+    (lambda: MagnitudeConfig(sparsity=0.5, schedule=None), "schedule"),
+    (lambda: MagnitudeConfig(sparsity=0.5, schedule={"kind": "polynomial", "steps": 2}), "schedule"),
+    (lambda: StructuredConfig(sparsity=0.5, calibration=None), "calibration"),
+    (lambda: StructuredConfig(sparsity=0.5, finetune={"epochs": 1, "lr": 0.1}), "finetune"),
+    (lambda: ActivationConfig(threshold=0.1, calibration=8), "calibration"),
+    (lambda: ActivationConfig(threshold=0.1, finetune=Schedule()), "finetune"),
+])
+def test_constructors_type_check_their_value_objects(make, field):
+    with pytest.raises(ConfigError) as err:
+        make()
+    assert err.value.field == field

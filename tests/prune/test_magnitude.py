@@ -101,17 +101,19 @@ def test_without_the_hook_training_revives_pruned_weights():
 
 def test_polynomial_schedule_with_finetune_between_steps():
     model = MLP()
-    seen = []
+    seen, steps_seen = [], []
 
-    def finetune(m, epochs, after_step):
+    def finetune(m, epochs, after_step, step, steps):
         w = m.fc1.weight
         seen.append((epochs, int((w == 0).sum()) / w.numel()))
+        steps_seen.append((step, steps))
         m.fc1.weight.data += 0.5  # a "training" step that touches pruned weights
         after_step()
 
     cfg = MagnitudeConfig(sparsity=0.8, schedule=Schedule("polynomial", 4), finetune=Finetune(epochs=8, lr=0.01))
     prune_(model, cfg, finetune=finetune)
     assert [e for e, _ in seen] == [2, 2, 2, 2]
+    assert steps_seen == [(1, 4), (2, 4), (3, 4), (4, 4)]
     expected = [count(s, model.fc1.weight.numel()) / model.fc1.weight.numel() for s in (0.4625, 0.7, 0.7875, 0.8)]
     assert [s for _, s in seen] == pytest.approx(expected)
     assert int((model.fc1.weight == 0).sum()) == count(0.8, model.fc1.weight.numel())
@@ -145,3 +147,24 @@ def test_unmatched_ignore_is_an_error():
     with pytest.raises(ConfigError) as err:
         prune_(MLP(), MagnitudeConfig(sparsity=0.5, ignore=["classifier"]))
     assert err.value.field == "ignore[0]"
+
+
+def test_mask_hook_follows_a_model_getter_and_reports_a_skipped_layer_once():
+    import copy
+
+    model = MLP()
+    report = prune_(model, MagnitudeConfig(sparsity=0.5))
+    current, logged = {"model": model}, []
+    hook = mask_hook(lambda: current["model"], report.masks, log=logged.append)
+    replaced = copy.deepcopy(model).double()  # e.g. a reloaded model, in another dtype
+    replaced.fc3 = nn.Linear(100, 5).double()  # a layer a later stage swapped for one of another shape
+    with torch.no_grad():
+        for p in replaced.parameters():
+            p.add_(1.0)  # training revived the pruned weights
+    current["model"] = replaced
+    hook()
+    hook()
+    assert int((replaced.fc1.weight == 0).sum()) == count(0.5, replaced.fc1.weight.numel())
+    assert torch.equal(replaced.fc2.weight != 0, report.masks["fc2"])
+    assert not (replaced.fc3.weight == 0).any()
+    assert len(logged) == 1 and "'fc3'" in logged[0]

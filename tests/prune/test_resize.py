@@ -57,6 +57,30 @@ def test_transformer_classifier(tmp_path, batch_first):
         torch.testing.assert_close(fresh(x, pad), model(x, pad), rtol=0, atol=0)
 
 
+def test_encoder_with_nested_tensor_path_reloads(tmp_path):
+    # torch's default enable_nested_tensor=True: with a padding mask in eval mode the encoder would hand nested
+    # tensors to its layers, which a converted attention does not take; the reload must switch that path off.
+    build = lambda: TransformerClassifier(nested=True)  # noqa: E731
+    model, x = build(), torch.randn(4, 5, 6)
+    assert model.encoder.use_nested_tensor
+    _train_a_little(model, x, 3)
+    prune_(model, StructuredConfig(sparsity=0.5), example_inputs=x)
+    fresh, changed = _roundtrip(tmp_path, build, model, x)
+    assert "encoder.layers.1.self_attn" in changed
+    assert not fresh.encoder.use_nested_tensor and not model.encoder.use_nested_tensor
+    pad = torch.zeros(4, 5, dtype=torch.bool)
+    pad[0, 3:] = True
+    pad[2, 4:] = True
+    fresh.eval()
+    with torch.no_grad():
+        out = fresh(x, pad)
+        torch.testing.assert_close(out, model(x, pad), rtol=0, atol=0)
+    assert out.shape == (4, 3) and torch.isfinite(out).all()
+    unpruned = build().eval()
+    assert resize_to_state_dict_(unpruned, unpruned.state_dict()) == []  # nothing pruned: the fast path stays
+    assert unpruned.encoder.use_nested_tensor
+
+
 def test_unpruned_shapes_are_left_alone(tmp_path):
     model = LeNet5()
     prune_(model, MagnitudeConfig(sparsity=0.5))

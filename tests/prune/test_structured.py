@@ -113,8 +113,9 @@ def test_polynomial_schedule_prunes_step_by_step_with_finetune():
     model = LeNet5()
     seen = []
 
-    def finetune(m, epochs, after_step):
+    def finetune(m, epochs, after_step, step, steps):
         seen.append((epochs, m.conv1.out_channels, m.fc1.out_features))
+        assert steps == 3 and step == len(seen)
 
     prune_(model, StructuredConfig(sparsity=0.5, schedule=Schedule("polynomial", 3),
                                    finetune=Finetune(epochs=6, lr=1e-3)),
@@ -139,6 +140,14 @@ def test_missing_data_is_an_error():
         prune_(LeNet5(), StructuredConfig(sparsity=0.5, importance="taylor"), example_inputs=torch.randn(*X8))
     with pytest.raises(ValueError, match="example_inputs"):
         prune_(LeNet5(), StructuredConfig(sparsity=0.5))
+
+
+def test_names_are_checked_before_the_model_changes():
+    model = TransformerClassifier()
+    with pytest.raises(ConfigError) as err:
+        prune_(model, StructuredConfig(sparsity=0.5, ignore=["encoder.layers.9"]), example_inputs=torch.randn(2, 5, 6))
+    assert err.value.field == "ignore[0]"
+    assert all(isinstance(layer.self_attn, nn.MultiheadAttention) for layer in model.encoder.layers)
 
 
 def test_unmatched_override_is_an_error():

@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 from torchslim._errors import ConfigError
 from torchslim.distill.config import KDConfig
 from torchslim.distill.objective import DistillLossFn, make_loss_fn
+from torchslim.distributed import module_device
 
 __all__ = ["FitFn", "distill", "register_handler"]
 
@@ -89,16 +90,11 @@ def _probe_batch(data: Any, batch_size: int) -> Sequence[torch.Tensor]:
     raise TypeError(f"data must be a dataset or an iterable of (x, y) batches, got {type(data).__name__}")
 
 
-def _device_of(module: nn.Module) -> torch.device:
-    p = next(module.parameters(), None)
-    return torch.device("cpu") if p is None else p.device
-
-
 @register_handler(KDConfig)
 def _distill_kd(student: nn.Module, teacher: nn.Module, data: Any, config: KDConfig, fit: FitFn) -> nn.Module:
     if teacher is student:
         teacher = copy.deepcopy(student)  # self-distillation: the teacher must not move while the student trains
-    device = _device_of(student)
+    device = module_device(student)
     teacher.to(device).eval()
     x, y = _probe_batch(data, config.batch_size)
     loss_fn: DistillLossFn = make_loss_fn(student, teacher, config, (x.to(device), y.to(device)))

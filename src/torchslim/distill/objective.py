@@ -11,6 +11,7 @@ from torchslim._errors import ConfigError
 from torchslim.distill.config import KDConfig
 from torchslim.distill.features import FeatureRecorder, format_shape
 from torchslim.distill.losses import FeatureKDLoss, KDLoss, RegularizationLoss
+from torchslim.distributed import module_device
 
 __all__ = ["DistillationObjective", "DistillLossFn", "StudentWithExtras", "make_loss_fn"]
 
@@ -64,13 +65,6 @@ class DistillationObjective(nn.Module):
         return sum(self.terms(student_out, teacher_out, y, student_feats, teacher_feats, student).values())
 
 
-def _device_of(module: nn.Module, default: torch.device) -> torch.device:
-    tensor = next(module.parameters(), None)
-    if tensor is None:
-        tensor = next(module.buffers(), None)
-    return default if tensor is None else tensor.device
-
-
 def _logits(output: object, who: str) -> torch.Tensor:
     if not isinstance(output, torch.Tensor):
         raise TypeError(f"the {who} returned {type(output).__name__}; distillation needs a logits tensor")
@@ -112,7 +106,7 @@ class DistillLossFn:
             if self._teacher_rec:
                 self._teacher_rec.start()
             try:
-                t_out = _logits(self.teacher(x.to(_device_of(self.teacher, x.device))), "teacher")
+                t_out = _logits(self.teacher(x.to(module_device(self.teacher, x.device))), "teacher")
             finally:
                 t_feats = self._teacher_rec.stop() if self._teacher_rec else {}
         if self._student_rec:
@@ -185,7 +179,7 @@ def make_loss_fn(
                 [s_feats[m.student].shape for m in config.features],
                 [t_feats[m.teacher].shape for m in config.features],
             )
-            loss_fn.objective.features = features.to(_device_of(student, s_out.device))
+            loss_fn.objective.features = features.to(module_device(student, s_out.device))
     except Exception:
         loss_fn.close()
         raise

@@ -30,6 +30,7 @@ from torchslim.distill.api import distill
 from torchslim.distill.config import KDConfig, config_from_mapping
 from torchslim.distill.objective import StudentWithExtras, make_loss_fn
 from torchslim.domain import ModelSpec
+from torchslim.evaluate import count_params
 from torchslim.stages import StageHandler, register_stage
 
 if TYPE_CHECKING:
@@ -61,10 +62,6 @@ def parse_stage(body: Any, *, prefix: str, source: str | None) -> KDConfig:
     except ConfigError as exc:
         raise exc.within(prefix, source) from None
     return config
-
-
-def _params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 def _as_field(exc: ConfigError, field: str) -> ConfigError:
@@ -124,13 +121,21 @@ def _check_forward(model: nn.Module, x: torch.Tensor, field: str) -> None:
 
 def _check(ctx: "RunContext", cfg: KDConfig) -> None:
     """Before any training: the teacher loads and takes the data, the student builds and takes it, their outputs
-    have the same shape, and every feature name exists in its network (the student's as the spec builds it)."""
+    have the same shape, and every feature name exists in its network (the student's as the spec builds it).
+
+    ``ctx`` is the checks' own copy of the run context: a built student becomes its model, so the stages after
+    this one are checked against the student's layers, as they will run on it.
+    """
     teacher = _teacher(ctx, cfg)
-    student, _ = _student(ctx, cfg)
+    student, architecture = _student(ctx, cfg)
     x, y = _probe(ctx, cfg)
     _check_forward(teacher, x, "teacher")
     _check_forward(student, x, "student")
     make_loss_fn(student, teacher, cfg, (x, y)).close()  # output shapes, feature names and widths
+    if architecture is not None:
+        if ctx.baseline is None:  # as the run takes it: the model before the first compressing stage
+            ctx.baseline = ctx.model
+        ctx.model, ctx.architecture = student, architecture
 
 
 def _runner_loop(ctx: "RunContext", cfg: KDConfig, results: list["FitResult"]) -> Callable[..., "FitResult"]:
@@ -163,22 +168,24 @@ def _run(ctx: "RunContext", cfg: KDConfig) -> dict[str, Any]:
     distill(student, teacher, ctx.splits.train, cfg, fit=_runner_loop(ctx, cfg, results))
     if architecture is not None:
         ctx.model, ctx.architecture = student, architecture
-    digests = distributed.rank_digests(student)
-    if len(set(digests)) > 1:
-        ctx.log(f"distill: WARNING the replicas' weights differ after training: {digests}")
-    return {
+    record = {
         "teacher": cfg.teacher,
         "student": "current model" if architecture is None else architecture.get("name") or architecture["factory"],
-        "teacher_params": _params(teacher),
-        "student_params": _params(student),
+        "teacher_params": count_params(teacher)[0],
+        "student_params": count_params(student)[0],
         "temperature": cfg.temperature,
         "alpha": cfg.alpha,
         "epochs": cfg.epochs,
         "best_epoch": results[-1].best_epoch,
         "teacher_val_metric": ctx.validate(teacher),
         "val_metric": results[-1].best_val,
-        "rank_digests": digests,  # the student's state digest on every rank (equal: the replicas agree)
     }
+    if distributed.is_distributed():
+        digests = distributed.rank_digests(student)  # a collective: every rank calls it
+        if len(set(digests)) > 1:
+            ctx.log(f"distill: WARNING the replicas' weights differ after training: {digests}")
+        record["rank_digests"] = digests  # the student's state digest on every rank (equal: the replicas agree)
+    return record
 
 
 register_stage(StageHandler("distill", KDConfig, _run, compresses=True, check=_check, parser=parse_stage))

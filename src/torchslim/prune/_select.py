@@ -61,7 +61,6 @@ class LayerSelector:
         items = list((overrides or {}).items())
         self.overrides = [kv for kv in items if not kv[0].startswith("re:")] + \
                          [kv for kv in items if kv[0].startswith("re:")]
-        names = [n for n, _ in model.named_modules() if n]
         check_names(model, self.ignore, dict(items))
 
     def is_ignored(self, name: str) -> bool:

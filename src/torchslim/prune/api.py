@@ -15,7 +15,7 @@ from torchslim.prune.schedule import spread_epochs
 
 __all__ = ["prune_", "register_pruner"]
 
-Finetune = Callable[[nn.Module, int, Callable[[], None]], Any]
+Finetune = Callable[[nn.Module, int, Callable[[], None], int, int], Any]
 _HANDLERS: dict[type, Callable[..., PruneReport]] = {}
 
 
@@ -38,8 +38,8 @@ class PruneContext:
 
     def run_schedule(self, model: nn.Module, config, step_fn: Callable[[int, int], None],
                      after_step: Callable[[], None]) -> None:
-        """Prune step by step (``step_fn(t, n)`` for t = 1..n) and fine-tune after each step, spreading
-        ``config.finetune.epochs`` over the steps."""
+        """Prune step by step (``step_fn(t, n)`` for t = 1..n) and fine-tune after each step
+        (``finetune(model, epochs, after_step, t, n)``), spreading ``config.finetune.epochs`` over the steps."""
         steps = getattr(config, "schedule", None)
         n = steps.steps if steps is not None else 1
         epochs = spread_epochs(config.finetune.epochs, n) if config.finetune is not None else [0] * n
@@ -49,7 +49,7 @@ class PruneContext:
         for t in range(1, n + 1):
             step_fn(t, n)
             if epochs[t - 1] > 0:
-                self.finetune(model, epochs[t - 1], after_step)
+                self.finetune(model, epochs[t - 1], after_step, t, n)
 
 
 def prune_(model: nn.Module, config: MagnitudeConfig | ActivationConfig | StructuredConfig, *,
@@ -66,9 +66,9 @@ def prune_(model: nn.Module, config: MagnitudeConfig | ActivationConfig | Struct
             Needed by ActivationConfig and by StructuredConfig with ``activation``/``taylor`` importance; its first
             batch also serves as ``example_inputs``.
         loss_fn: ``loss_fn(outputs, targets)`` for the ``taylor`` importance; cross-entropy by default.
-        finetune: ``finetune(model, epochs, after_step)`` trains ``model`` for ``epochs`` epochs at
-            ``config.finetune.lr``, calling ``after_step()`` after every optimizer step. Called between schedule
-            steps when ``config.finetune`` is set.
+        finetune: ``finetune(model, epochs, after_step, step, steps)`` trains ``model`` for ``epochs`` epochs at
+            ``config.finetune.lr``, calling ``after_step()`` after every optimizer step. Called after schedule
+            step ``step`` of ``steps`` (those given epochs) when ``config.finetune`` is set.
         example_inputs: one input batch for tracing the model (structured and activation methods), when no
             calibration data is given.
 

@@ -7,11 +7,13 @@ parameter names (``in_proj_weight``, ``in_proj_bias``, ``out_proj``), only the i
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["PrunableMultiheadAttention", "convert_attention_", "prune_heads_"]
+__all__ = ["PrunableMultiheadAttention", "convert_attention_", "is_convertible", "prune_heads_", "replace_attention_"]
 
 
 class PrunableMultiheadAttention(nn.Module):
@@ -113,9 +115,17 @@ def _additive_mask(attn_mask, key_padding_mask, is_causal, n, h, tgt, src, dtype
     return mask
 
 
-def convert_attention_(model: nn.Module) -> list[str]:
-    """Replace every convertible self-attention ``nn.MultiheadAttention`` in ``model`` by the equivalent
-    :class:`PrunableMultiheadAttention`, in place.
+def is_convertible(module: nn.Module) -> bool:
+    """Whether ``module`` is a plain self-attention ``nn.MultiheadAttention`` (no kdim/vdim, bias_kv, zero_attn),
+    the kind :class:`PrunableMultiheadAttention` replaces."""
+    return isinstance(module, nn.MultiheadAttention) and module._qkv_same_embed_dim and module.bias_k is None \
+        and not module.add_zero_attn
+
+
+def replace_attention_(model: nn.Module, wanted: Callable[[str, nn.MultiheadAttention], bool]) -> list[str]:
+    """Replace, in place, each convertible attention ``wanted(name, module)`` accepts by the equivalent
+    :class:`PrunableMultiheadAttention`; then keep every ``nn.TransformerEncoder`` holding one off its
+    nested-tensor path, which assumes the fused kernel the converted layers do not use.
 
     Returns:
         names of the replaced modules.
@@ -123,14 +133,26 @@ def convert_attention_(model: nn.Module) -> list[str]:
     replaced = []
     for name, module in list(model.named_modules()):
         for child_name, child in list(module.named_children()):
-            if isinstance(child, nn.MultiheadAttention) and child._qkv_same_embed_dim and child.bias_k is None \
-                    and not child.add_zero_attn:
+            full = f"{name}.{child_name}" if name else child_name
+            if is_convertible(child) and wanted(full, child):
                 setattr(module, child_name, PrunableMultiheadAttention.from_multihead_attention(child))
-                replaced.append(f"{name}.{child_name}" if name else child_name)
-        if isinstance(module, nn.TransformerEncoder):
-            # its nested-tensor path assumes the fused kernel; the converted layers do not use it
+                replaced.append(full)
+    # A second pass: an encoder is visited before its layers, so only now do we know which hold converted ones.
+    for module in model.modules():
+        if isinstance(module, nn.TransformerEncoder) and \
+                any(isinstance(m, PrunableMultiheadAttention) for m in module.modules()):
             module.use_nested_tensor = False
     return replaced
+
+
+def convert_attention_(model: nn.Module) -> list[str]:
+    """Replace every convertible self-attention ``nn.MultiheadAttention`` in ``model`` by the equivalent
+    :class:`PrunableMultiheadAttention`, in place, so its heads become removable.
+
+    Returns:
+        names of the replaced modules.
+    """
+    return replace_attention_(model, lambda _name, _module: True)
 
 
 @torch.no_grad()

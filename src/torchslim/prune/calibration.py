@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from torchslim.distributed import module_device
+
 
 def split_batch(batch) -> tuple[object, torch.Tensor | None]:
     """``(inputs, targets, ...)`` -> (inputs, targets); a bare tensor -> (inputs, None)."""
@@ -22,11 +24,6 @@ def split_batch(batch) -> tuple[object, torch.Tensor | None]:
 def take_batches(data: Iterable | None, n: int) -> list[tuple[object, torch.Tensor | None]]:
     """The first ``n`` batches of ``data`` as (inputs, targets) pairs; [] without data."""
     return [] if data is None else [split_batch(b) for b in islice(iter(data), n)]
-
-
-def model_device(model: nn.Module) -> torch.device:
-    p = next(model.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
 
 
 def to_device(x, device):
@@ -63,7 +60,7 @@ def mean_abs_activations(model: nn.Module, batches, points: dict[str, tuple[nn.M
         hooks.append(module.register_forward_hook(record(name, act, dim, False)))
     for name, module in (inputs_of or {}).items():
         hooks.append(module.register_forward_hook(record(name, None, -1, True)))
-    was_training, device = model.training, model_device(model)
+    was_training, device = model.training, module_device(model)
     model.eval()
     try:
         for x, _ in batches:
@@ -82,7 +79,7 @@ def accumulate_gradients(model: nn.Module, batches, loss_fn: Callable | None) ->
         loss_fn: ``loss_fn(outputs, targets)``; cross-entropy when None.
     """
     loss_fn = loss_fn or F.cross_entropy
-    was_training, device = model.training, model_device(model)
+    was_training, device = model.training, module_device(model)
     model.eval()
     model.zero_grad(set_to_none=True)
     try:

@@ -78,7 +78,7 @@ def _check_overrides(overrides: Any) -> dict[str, float]:
         raise ConfigError("overrides", f"must be a mapping of module name or 're:' pattern to sparsity, "
                                        f"got {overrides!r}")
     for key, value in overrides.items():
-        _check_pattern("overrides", key)
+        _check_pattern(f"overrides.{key}", key)
         _check_fraction(f"overrides.{key}", value)
     return {k: float(v) for k, v in overrides.items()}
 
@@ -124,10 +124,31 @@ class Finetune:
 
     def __post_init__(self):
         _check_int("epochs", self.epochs, 0)
-        if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not self.lr > 0:
-            raise ConfigError("lr", f"must be a positive number, got {self.lr!r}")
+        lr = self.lr
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or not lr > 0:
+            raise ConfigError("lr", f"must be a finite positive number, got {lr!r}")
         _check_int("batch_size", self.batch_size, 1)
         _check_choice("augment", self.augment, AUGMENTS)
+
+
+_VALUE_OBJECTS = {"schedule": Schedule, "calibration": Calibration, "finetune": Finetune}
+
+
+def _check_shared_fields(config) -> None:
+    """The checks of the fields the methods' configs share (sparsity, value objects, ignore, overrides), for
+    those ``config`` has; normalises ``ignore`` to a tuple and ``overrides`` to a plain dict of floats."""
+    fields = {f.name: f for f in dataclasses.fields(config)}
+    if "sparsity" in fields:
+        _check_fraction("sparsity", config.sparsity)
+    for name, cls in _VALUE_OBJECTS.items():
+        if name in fields:
+            value = getattr(config, name)
+            if not isinstance(value, cls) and not (value is None and fields[name].default is None):
+                optional = " or None" if fields[name].default is None else ""
+                raise ConfigError(name, f"must be a {cls.__name__}{optional}, got {value!r}")
+    object.__setattr__(config, "ignore", _check_patterns("ignore", config.ignore))
+    if "overrides" in fields:
+        object.__setattr__(config, "overrides", _check_overrides(config.overrides))
 
 
 @dataclass(frozen=True)
@@ -151,10 +172,8 @@ class MagnitudeConfig:
     overrides: Mapping[str, float] = field(default_factory=dict)
 
     def __post_init__(self):
-        _check_fraction("sparsity", self.sparsity)
+        _check_shared_fields(self)
         _check_choice("scope", self.scope, SCOPES)
-        object.__setattr__(self, "ignore", _check_patterns("ignore", self.ignore))
-        object.__setattr__(self, "overrides", _check_overrides(self.overrides))
 
 
 @dataclass(frozen=True)
@@ -178,7 +197,7 @@ class ActivationConfig:
         t = self.threshold
         if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0.0 <= t <= 1.0:
             raise ConfigError("threshold", f"must be a number in [0, 1], got {t!r}")
-        object.__setattr__(self, "ignore", _check_patterns("ignore", self.ignore))
+        _check_shared_fields(self)
 
 
 @dataclass(frozen=True)
@@ -204,10 +223,8 @@ class StructuredConfig:
     overrides: Mapping[str, float] = field(default_factory=dict)
 
     def __post_init__(self):
-        _check_fraction("sparsity", self.sparsity)
+        _check_shared_fields(self)
         _check_choice("importance", self.importance, IMPORTANCES)
-        object.__setattr__(self, "ignore", _check_patterns("ignore", self.ignore))
-        object.__setattr__(self, "overrides", _check_overrides(self.overrides))
 
 
 METHODS: dict[str, type] = {
@@ -215,11 +232,16 @@ METHODS: dict[str, type] = {
     "activation": ActivationConfig,
     "structured": StructuredConfig,
 }
-_VALUE_OBJECTS = {"schedule": Schedule, "calibration": Calibration, "finetune": Finetune}
+def value_object(key: str, cls: type, raw: Any, *, optional: bool = False) -> Any:
+    """A nested recipe mapping (``schedule: {kind: polynomial, steps: 3}``) as the value object ``cls``.
 
-
-def _value_object(key: str, cls: type, raw: Any) -> Any:
-    if isinstance(raw, cls) or raw is None:
+    Args:
+        key: the recipe key, for errors (``schedule.steps: ...``).
+        cls: the frozen dataclass to build.
+        raw: the mapping, or an instance of ``cls``; None only when ``optional``.
+        optional: whether the key may be null (its field defaults to None).
+    """
+    if isinstance(raw, cls) or (raw is None and optional):
         return raw
     if not isinstance(raw, Mapping):
         raise ConfigError(key, f"must be a mapping, got {raw!r}")
@@ -265,7 +287,9 @@ def config_from_mapping(data: Mapping[str, Any]):
             if key in all_keys:
                 raise ConfigError(key, f"does not apply to method {method}")
             raise ConfigError(key, f"unknown key (expected method, {', '.join(fields)})")
-        kwargs[key] = _value_object(key, _VALUE_OBJECTS[key], value) if key in _VALUE_OBJECTS else value
+        if key in _VALUE_OBJECTS:
+            value = value_object(key, _VALUE_OBJECTS[key], value, optional=fields[key].default is None)
+        kwargs[key] = value
     for name, f in fields.items():
         if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and name not in kwargs:
             raise ConfigError(name, f"required key is missing for method {method}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 import torch
@@ -65,15 +66,45 @@ def apply_masks_(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
         weight.mul_(mask.to(weight.device, weight.dtype))
 
 
-def mask_hook(model: nn.Module, masks: dict[str, torch.Tensor]) -> Callable[[], None]:
+def mask_hook(model: nn.Module | Callable[[], nn.Module], masks: dict[str, torch.Tensor],
+              log: Callable[[str], None] | None = None) -> Callable[[], None]:
     """A callable for the training loop to run after every optimizer step, so pruned weights stay exactly zero
     (momentum and weight decay would otherwise revive them).
+
+    Layers are looked up by name at every call, so the masks follow a model that is reloaded or replaced when
+    ``model`` is a getter (e.g. ``lambda: ctx.model``). A layer that is gone, has no weight tensor or has a
+    weight of another shape (replaced by a later stage) is skipped, and said once through ``log``.
+
+    Args:
+        model: the pruned model, or a function returning the model to keep masked now.
+        masks: module name -> bool keep-mask of that module's ``weight``; read at every call, so masks added or
+            replaced later (a schedule's next step) apply from the next call.
+        log: where a skipped layer is reported; a warning of this module's logger when None.
 
     Example:
         >>> after_step = mask_hook(model, report.masks)  # doctest: +SKIP
         >>> optimizer.step(); after_step()  # doctest: +SKIP
     """
+    current = (lambda: model) if isinstance(model, nn.Module) else model
+    say = log or logging.getLogger(__name__).warning
+    cast: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # name -> (mask given, mask in the weight's dtype/device)
+    skipped: set[str] = set()
+
+    @torch.no_grad()
     def after_step() -> None:
-        apply_masks_(model, masks)
+        modules = dict(current().named_modules())
+        for name, mask in masks.items():
+            weight = getattr(modules.get(name), "weight", None)
+            if not isinstance(weight, torch.Tensor) or weight.shape != mask.shape:
+                if name not in skipped:
+                    skipped.add(name)
+                    say(f"pruning mask of {name!r} no longer applies (the layer is gone or was replaced); "
+                        f"its weights are no longer kept at zero")
+                continue
+            entry = cast.get(name)
+            if entry is None or entry[0] is not mask or entry[1].device != weight.device \
+                    or entry[1].dtype != weight.dtype:
+                entry = cast[name] = (mask, mask.to(weight.device, weight.dtype))
+            weight.mul_(entry[1])
 
     return after_step

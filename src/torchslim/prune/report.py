@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from torchslim.evaluate import count_params
 from torchslim.prune.attention import PrunableMultiheadAttention
 
 __all__ = ["LayerReport", "PruneReport", "weight_layers"]
@@ -43,9 +44,9 @@ def snapshot(modules: dict[str, nn.Module]) -> dict[str, _Snapshot]:
 
 
 def model_size(model: nn.Module) -> tuple[int, int, int]:
-    """(parameters, non-zero parameters, bytes of parameters and buffers) of ``model``."""
-    params = sum(p.numel() for p in model.parameters())
-    nonzero = sum(int(torch.count_nonzero(p)) for p in model.parameters())
+    """(parameters, non-zero parameters, bytes of parameters and buffers) of ``model``; parameters counted as
+    the run's reports count them (:func:`torchslim.evaluate.count_params`)."""
+    params, nonzero = count_params(model)
     nbytes = sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
     return params, nonzero, nbytes
 

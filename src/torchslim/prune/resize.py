@@ -7,7 +7,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from torchslim.prune.attention import PrunableMultiheadAttention
+from torchslim.prune.attention import PrunableMultiheadAttention, replace_attention_
 
 __all__ = ["resize_to_state_dict_"]
 
@@ -18,17 +18,12 @@ def _key(prefix: str, name: str) -> str:
 
 def _convert_pruned_attention(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> list[str]:
     """Swap in PrunableMultiheadAttention wherever the state_dict has fewer heads than the nn.MultiheadAttention."""
-    converted = []
-    for name, module in list(model.named_modules()):
-        for child_name, child in list(module.named_children()):
-            full = _key(name, child_name)
-            w = state_dict.get(f"{full}.in_proj_weight")
-            if isinstance(child, nn.MultiheadAttention) and w is not None and w.shape != child.in_proj_weight.shape:
-                setattr(module, child_name, PrunableMultiheadAttention.from_multihead_attention(child))
-                converted.append(full)
-        if isinstance(module, nn.TransformerEncoder) and converted:
-            module.use_nested_tensor = False  # the fused path assumes num_heads * head_dim == d_model
-    return converted
+
+    def pruned(name: str, mha: nn.MultiheadAttention) -> bool:
+        w = state_dict.get(f"{name}.in_proj_weight")
+        return w is not None and w.shape != mha.in_proj_weight.shape
+
+    return replace_attention_(model, pruned)
 
 
 def _set_shapes(module: nn.Module) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-import statistics
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -21,12 +20,13 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from torchslim._errors import ConfigError
+from torchslim.distributed import module_device
 from torchslim.prune._select import LayerSelector, check_names
 from torchslim.prune.api import prune_
 from torchslim.prune.config import (ActivationConfig, MagnitudeConfig, Schedule, StructuredConfig,
-                                    _check_fraction, config_from_mapping)
+                                    _check_fraction, config_from_mapping, value_object)
+from torchslim.prune.masks import mask_hook
 from torchslim.prune.report import PruneReport
-from torchslim.prune.schedule import spread_epochs
 from torchslim.prune.sensitivity import SensitivityTable, overrides_from_sensitivity, sensitivity
 from torchslim.prune.structured import _outputs
 from torchslim.stages import StageHandler, register_stage
@@ -37,7 +37,6 @@ if TYPE_CHECKING:
 __all__ = ["PruneStage", "SensitivitySpec", "parse_stage"]
 
 CALIBRATION_BATCH = 64
-LATENCY_ROUNDS = 5  # baseline and pruned timed alternately, so both see the same machine load
 
 
 @dataclass(frozen=True)
@@ -99,29 +98,13 @@ def parse_stage(body: Any, *, prefix: str = "", source: str | None = None) -> Pr
         if not isinstance(body, Mapping):
             raise ConfigError("", f"must be a mapping such as {{method: magnitude, sparsity: 0.9}}, got {body!r}")
         body = dict(body)
-        spec = _parse_sensitivity(body.pop("sensitivity", None))
+        spec = value_object("sensitivity", SensitivitySpec, body.pop("sensitivity", None), optional=True)
         config = config_from_mapping(body)
         if spec is not None and isinstance(config, ActivationConfig):
             raise ConfigError("sensitivity", "applies to the methods magnitude and structured, not activation")
         return PruneStage(config, spec)
     except ConfigError as exc:
         raise exc.within(prefix, source) from None
-
-
-def _parse_sensitivity(raw: Any) -> SensitivitySpec | None:
-    if raw is None:
-        return None
-    if not isinstance(raw, Mapping):
-        raise ConfigError("sensitivity", f"must be a mapping such as {{sparsities: [0.5, 0.9], max_drop: 0.01}}, "
-                                         f"got {raw!r}")
-    known = [f.name for f in dataclasses.fields(SensitivitySpec)]
-    for key in raw:
-        if key not in known:
-            raise ConfigError(f"sensitivity.{key}", f"unknown key (expected {', '.join(known)})")
-    try:
-        return SensitivitySpec(**raw)
-    except ConfigError as exc:
-        raise exc.within("sensitivity") from None
 
 
 def _calibration(ctx: "RunContext", batches: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -166,17 +149,15 @@ def check_stage(ctx: "RunContext", stage: PruneStage) -> None:
 
 
 def _finetune_fn(ctx: "RunContext", config):
-    """``finetune(model, epochs, after_step)`` for prune_: the run's training loop, one checkpoint per step."""
+    """``finetune(model, epochs, after_step, step, steps)`` for prune_: the run's training loop, one checkpoint
+    per schedule step."""
     from torchslim.train import TrainConfig
 
     ft = config.finetune
     if ft is None:
         return None
-    steps = config.schedule.steps if hasattr(config, "schedule") else 1
-    tuned_steps = iter([t for t, e in enumerate(spread_epochs(ft.epochs, steps), 1) if e > 0])
 
-    def finetune(model: nn.Module, epochs: int, after_step) -> None:
-        step = next(tuned_steps)
+    def finetune(model: nn.Module, epochs: int, after_step, step: int, steps: int) -> None:
         train = TrainConfig(epochs=epochs, lr=ft.lr, batch_size=ft.batch_size, augment=ft.augment)
         ctx.fit(model, train, desc=f"prune finetune {step} of {steps}", after_step=after_step)
 
@@ -186,7 +167,7 @@ def _finetune_fn(ctx: "RunContext", config):
 def _with_sensitivity(ctx: "RunContext", stage: PruneStage, calibration) -> tuple[Any, dict[str, Any]]:
     """The config with per-layer overrides from the sensitivity table, and the record entries describing it."""
     config, spec = stage.config, stage.sensitivity
-    device = next(ctx.model.parameters()).device
+    device = module_device(ctx.model)
     table: SensitivityTable = sensitivity(ctx.model, config, spec.sparsities, ctx.validate,
                                           calibration=calibration, example_inputs=calibration[0][0].to(device))
     chosen = overrides_from_sensitivity(table, spec.max_drop)
@@ -201,22 +182,6 @@ def _with_sensitivity(ctx: "RunContext", stage: PruneStage, calibration) -> tupl
     return dataclasses.replace(config, overrides={**config.overrides, **derived}), record
 
 
-def _latency_ratio(ctx: "RunContext") -> dict[str, float]:
-    """Batch-64 latency of the baseline over that of the pruned model, timed alternately with the runner's
-    own ``latency_ms`` on CPU copies, in this process (same thread count)."""
-    from torchslim.evaluate import latency_ms
-
-    shape = ctx.splits.input_shape
-    base, pruned = copy.deepcopy(ctx.baseline).cpu().eval(), copy.deepcopy(ctx.model).cpu().eval()
-    times: dict[str, list[float]] = {"base": [], "pruned": []}
-    for _ in range(LATENCY_ROUNDS):
-        times["base"].append(latency_ms(base, shape, 64))
-        times["pruned"].append(latency_ms(pruned, shape, 64))
-    b, p = statistics.median(times["base"]), statistics.median(times["pruned"])
-    return {"latency_ms_batch_64_baseline": b, "latency_ms_batch_64": p, "latency_ratio_batch_64": b / p,
-            "latency_threads": torch.get_num_threads()}
-
-
 def _layer_summary(report: PruneReport, model: nn.Module) -> dict[str, list[str]]:
     """Per layer, compactly: units removed of those there were (structured), or the layer's sparsity."""
     if report.method == "magnitude":
@@ -226,33 +191,19 @@ def _layer_summary(report: PruneReport, model: nn.Module) -> dict[str, list[str]
                               for l in report.layers if l.removed]}
 
 
-def _keep_zeros_hook(ctx: "RunContext", masks: dict[str, torch.Tensor]):
-    """After every later optimizer step, zero the pruned weights of whatever model the run holds now.
-
-    Looked up by name on ``ctx.model`` at call time, so the masks follow a model that was reloaded (resume) and
-    skip layers that a later stage replaced with a differently shaped or weightless module.
-    """
-
-    @torch.no_grad()
-    def after_step() -> None:
-        modules = dict(ctx.model.named_modules())
-        for name, mask in masks.items():
-            weight = getattr(modules.get(name), "weight", None)
-            if isinstance(weight, torch.Tensor) and weight.shape == mask.shape:
-                weight.mul_(mask.to(weight.device, weight.dtype))
-
-    return after_step
+def _keep_masked(ctx: "RunContext", masks: dict[str, torch.Tensor]) -> None:
+    """Keep the pruned weights at zero after every later optimizer step of the run, on whatever model it holds
+    then (one reloaded on resume; layers a later stage replaced are skipped)."""
+    ctx.step_hooks.append(mask_hook(lambda: ctx.model, masks, log=ctx.log))
 
 
 def resume_stage(ctx: "RunContext", stage: PruneStage, record: dict[str, Any]) -> None:
     """A finished magnitude stage's masks are its zeros: rebuild them so later training keeps them."""
-    if record.get("method") != "magnitude":
-        return
-    pruned = {entry.rsplit(" ", 1)[0] for entry in record.get("layer_sparsity", [])}  # "fc1 0.8300"
-    masks = {name: module.weight.detach() != 0 for name, module in ctx.model.named_modules()
-             if name in pruned and isinstance(getattr(module, "weight", None), torch.Tensor)}
+    modules = dict(ctx.model.named_modules())
+    masks = {name: modules[name].weight.detach() != 0 for name in record.get("masked_layers", [])
+             if isinstance(getattr(modules.get(name), "weight", None), torch.Tensor)}
     if masks:
-        ctx.step_hooks.append(_keep_zeros_hook(ctx, masks))
+        _keep_masked(ctx, masks)
 
 
 def run_stage(ctx: "RunContext", stage: PruneStage) -> dict[str, Any]:
@@ -260,7 +211,7 @@ def run_stage(ctx: "RunContext", stage: PruneStage) -> dict[str, Any]:
 
     Returns:
         the record: method, achieved sparsity, params and non-zeros before/after, per-layer summary, the
-        validation metric after, and (structured, activation) the measured batch-64 latency ratio to the baseline.
+        validation metric after, and (magnitude) the names of the masked layers.
     """
     config = stage.config
     batches = getattr(config, "calibration", None)
@@ -274,13 +225,13 @@ def run_stage(ctx: "RunContext", stage: PruneStage) -> dict[str, Any]:
     except ConfigError as exc:
         raise exc.within(f"stages[{ctx.stage_index}].prune", ctx.recipe.source) from None
     if report.masks:
-        ctx.step_hooks.append(_keep_zeros_hook(ctx, report.masks))
+        _keep_masked(ctx, report.masks)
     out = {"method": report.method, "sparsity": report.sparsity,
            "params_before": report.params_before, "params_after": report.params_after,
            "nonzero_before": report.nonzero_before, "nonzero_after": report.nonzero_after,
            **_layer_summary(report, ctx.model), "val_metric": ctx.validate(ctx.model), **record}
-    if report.method != "magnitude" and ctx.baseline is not None:
-        out.update(_latency_ratio(ctx))
+    if report.masks:
+        out["masked_layers"] = sorted(report.masks)  # what a resumed run keeps at zero
     ctx.log(f"prune: {report.method}, sparsity {report.sparsity:.4f}, params {report.params_before} -> "
             f"{report.params_after}, val {out['val_metric']:.4f}")
     return out

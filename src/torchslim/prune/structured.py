@@ -12,8 +12,8 @@ from torch import nn
 from torchslim._errors import ConfigError
 from torchslim.prune._select import LayerSelector, count
 from torchslim.prune.attention import PrunableMultiheadAttention, convert_attention_, prune_heads_
-from torchslim.prune.calibration import (accumulate_gradients, mean_abs_activations, model_device, take_batches,
-                                         to_device)
+from torchslim.distributed import module_device
+from torchslim.prune.calibration import accumulate_gradients, mean_abs_activations, take_batches, to_device
 from torchslim.prune.config import ActivationConfig, StructuredConfig
 from torchslim.prune.graph import (HeadUnit, activation_point, build_graph, channel_units, head_units,
                                    prune_channels)
@@ -53,9 +53,9 @@ def _outputs(m: nn.Module) -> int:
 def _example_inputs(model, ctx, batches):
     """One input batch for tracing, on the model's device."""
     if ctx.example_inputs is not None:
-        return to_device(ctx.example_inputs, model_device(model))
+        return to_device(ctx.example_inputs, module_device(model))
     if batches:
-        return to_device(batches[0][0], model_device(model))
+        return to_device(batches[0][0], module_device(model))
     raise ValueError("structured pruning traces the model: pass calibration data or example_inputs to prune_")
 
 
@@ -68,8 +68,9 @@ def _activations(model, graph, units, heads, batches):
 
 def prune_structured_(model: nn.Module, config: StructuredConfig, ctx) -> PruneReport:
     """Handler of :class:`StructuredConfig` for :func:`torchslim.prune.prune_`."""
-    convert_attention_(model)  # heads become removable without touching d_model
+    # names are checked before the model changes; the converted attention keeps its name and out_proj child
     selector = LayerSelector(model, config.sparsity, config.ignore, config.overrides)
+    convert_attention_(model)  # heads become removable without touching d_model
     batches = take_batches(ctx.calibration, config.calibration.batches)
     if config.importance in ("activation", "taylor") and not batches:
         raise ValueError(f"importance {config.importance!r} needs calibration data: pass calibration= to prune_")
