@@ -1,6 +1,8 @@
 """Quantized models through the artifact: integer payloads, exact round trips, byte-identical re-saves."""
 
 import copy
+import hashlib
+import importlib.util
 import json
 import subprocess
 import sys
@@ -14,7 +16,7 @@ from torchslim.models import LeNet300100, LeNet5
 from torchslim.quantize import (CalibrationConfig, DynamicConfig, FinetuneConfig, KMeansConfig, QATConfig,
                                 StaticConfig, WeightOnlyConfig, quantize_)
 
-pytest.importorskip("onnxruntime")
+requires_ort = pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None, reason="needs onnxruntime")
 
 ARCH = {"name": "lenet5", "kwargs": {"width": 0.25}}
 
@@ -57,7 +59,8 @@ def _files(folder):
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
 
 
-@pytest.mark.parametrize("method", list(METHODS))
+@pytest.mark.parametrize("method", [pytest.param(m, marks=requires_ort) if int8 else m
+                                    for m, (_, int8) in METHODS.items()])
 def test_round_trip_is_exact_and_resave_is_byte_identical(tmp_path, method):
     model = _quantized(method)
     x = torch.rand(9, 1, 8, 8, generator=torch.Generator().manual_seed(7))
@@ -102,6 +105,7 @@ def test_pruned_and_quantized_model_reloads(tmp_path):
     assert torch.equal(loaded(x), model(x))
 
 
+@requires_ort
 def test_damaged_int8_payload_is_refused(tmp_path):
     path = save_artifact(_quantized("static"), tmp_path / "a", architecture=ARCH)
     data = bytearray((path / "model.int8.onnx").read_bytes())
@@ -111,6 +115,7 @@ def test_damaged_int8_payload_is_refused(tmp_path):
         load_artifact(path)
 
 
+@requires_ort
 def test_int8_model_is_dropped_once_the_weights_change(tmp_path):
     model = _quantized("static")
     with torch.no_grad():
@@ -120,6 +125,7 @@ def test_int8_model_is_dropped_once_the_weights_change(tmp_path):
     assert "int8_onnx" not in read_manifest(path)["quantization"]
 
 
+@requires_ort
 def test_load_in_onnxruntime(tmp_path):
     import torchslim
     from torchslim.export import quantized_kernels
@@ -147,3 +153,36 @@ def test_import_torchslim_stays_light():
     out = subprocess.run([sys.executable, "-c", "import json; " + code], capture_output=True, text=True, check=True,
                          env={"PYTHONPATH": "src"})
     assert json.loads(out.stdout) == []  # torch, onnx and onnxruntime load when an artifact is loaded
+
+
+def _rewrite_manifest(path, edit):
+    """Edit the manifest and recompute its checksum as save_artifact does, so only the content is wrong."""
+    manifest = json.loads((path / "manifest.json").read_text())
+    edit(manifest)
+    body = {k: v for k, v in manifest.items() if k != "sha256"}
+
+    def canonical(data):
+        return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+    body["sha256"] = hashlib.sha256(canonical(body)).hexdigest()
+    (path / "manifest.json").write_bytes(canonical(body))
+
+
+def _rename_layer(manifest):
+    layers = manifest["quantization"]["layers"]
+    layers["fc9"] = layers.pop("fc1")
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda m: m.pop("architecture"), "no architecture"),
+    (lambda m: m.pop("payloads"), "lists no payloads"),
+    (lambda m: m["quantization"]["layers"]["fc1"].pop("shape"), "lacks the key 'shape'"),
+    (_rename_layer, "do not fit the recorded model"),
+    (lambda m: m["quantization"]["layers"]["fc1"].update(kind="Conv2d"), "do not fit the recorded model"),
+])
+def test_consistent_but_wrong_manifest_is_a_one_line_artifact_error(tmp_path, edit, message):
+    path = save_artifact(_quantized("weight2"), tmp_path / "a", architecture=ARCH)
+    _rewrite_manifest(path, edit)
+    with pytest.raises(ArtifactError, match=message) as err:
+        load_artifact(path)
+    assert "\n" not in str(err.value)

@@ -1,11 +1,12 @@
+import importlib.util
+
 import pytest
 import torch
 from torch import nn
 
-from torchslim.export import cpu_int8_features, export_onnx
+from torchslim.export import OrtSession, cpu_int8_features, export_onnx, optimized_op_counts, quantized_kernels
 
-pytest.importorskip("onnxruntime")
-from torchslim.export import OrtSession, optimized_op_counts, quantized_kernels  # noqa: E402
+requires_ort = pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None, reason="needs onnxruntime")
 
 
 class ConvBN(nn.Module):
@@ -39,6 +40,7 @@ def _conv_bn():
     return model
 
 
+@requires_ort
 @pytest.mark.parametrize("make, shape", [(_conv_bn, (1, 8, 8)), (lambda: TinyEncoder().eval(), (5, 16))])
 def test_fp32_onnx_matches_torch_with_dynamic_batch(tmp_path, make, shape):
     torch.manual_seed(0)
@@ -54,6 +56,7 @@ def test_fp32_onnx_matches_torch_with_dynamic_batch(tmp_path, make, shape):
     assert quantized_kernels(data) == {}  # fp32 graph runs float kernels only
 
 
+@requires_ort
 def test_quantized_torch_layers_export_dequantized():
     from torchslim.quantize import KMeansConfig, WeightOnlyConfig, quantize_
     for config in (WeightOnlyConfig(bits=4), KMeansConfig(bits=3)):
@@ -64,6 +67,7 @@ def test_quantized_torch_layers_export_dequantized():
         assert float((out - model(x).detach()).abs().max()) <= 1e-4
 
 
+@requires_ort
 def test_session_checks_inputs_and_counts_ops():
     data = export_onnx(nn.Sequential(nn.Linear(4, 3), nn.ReLU()), torch.randn(2, 4))
     session = OrtSession(data, intra_op_threads=2)

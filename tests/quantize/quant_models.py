@@ -1,7 +1,13 @@
 """Small self-made models and data for the quantization tests (imported by name: no other test folder uses it)."""
 
+import importlib.util
+
+import pytest
 import torch
 from torch import nn
+
+# ONNX Runtime builds the int8 models of static, dynamic and 8-bit qat; only the tests that need it skip without it
+requires_ort = pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None, reason="needs onnxruntime")
 
 
 class LeNet5(nn.Module):
@@ -40,3 +46,15 @@ def image_batches(n_batches: int = 4, batch: int = 16, seed: int = 1):
 
 def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm())
+
+
+class TinyEncoder(nn.Module):
+    """One-layer Transformer encoder classifier: attention (with its out_proj Linear subclass), FFN, head."""
+
+    def __init__(self):
+        super().__init__()
+        layer = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True)
+        self.encoder, self.head = nn.TransformerEncoder(layer, 1, enable_nested_tensor=False), nn.Linear(16, 3)
+
+    def forward(self, x):  # (N, T, 16)
+        return self.head(self.encoder(x).mean(1))  # (N, 3)

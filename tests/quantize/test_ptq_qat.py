@@ -5,13 +5,13 @@ import functools
 import pytest
 import torch
 
-from quant_models import MLP, LeNet5, image_batches, relative_error
-from torchslim._errors import ConfigError
-from torchslim.quantize import (CalibrationConfig, DynamicConfig, FinetuneConfig, PackedWeight, QATConfig,
-                                StaticConfig, WeightOnlyConfig, quantize_)
+from torch.utils.data import DataLoader, TensorDataset
 
-pytest.importorskip("onnxruntime")
-from torchslim.export import quantized_kernels  # noqa: E402
+from quant_models import MLP, LeNet5, image_batches, relative_error, requires_ort
+from torchslim._errors import ConfigError
+from torchslim.export import quantized_kernels
+from torchslim.quantize import (CalibrationConfig, DynamicConfig, FinetuneConfig, PackedWeight, QATConfig,
+                                StaticConfig, WeightOnlyConfig, fold_conv_bn_, quantize_)
 
 
 def _bn_lenet():
@@ -24,6 +24,7 @@ def _bn_lenet():
     return model
 
 
+@requires_ort
 @pytest.mark.parametrize("observer", ["minmax", "percentile", "mse"])
 def test_static_int8_lenet_runs_quantized_kernels_in_ort(observer):
     model = _bn_lenet()
@@ -38,11 +39,12 @@ def test_static_int8_lenet_runs_quantized_kernels_in_ort(observer):
     assert ort_out.shape == (64, 10)
     assert relative_error(ort_out, ref) < 0.05
     # the torch model simulates the int8 model: it is as close to ORT as both are to fp32
-    assert relative_error(model(x).detach(), ort_out) < 0.05
+    assert relative_error(model(x).detach(), ort_out) < 0.02  # measured 0.008-0.013
     assert (ort_out.argmax(1) == ref.argmax(1)).float().mean() > 0.9
     assert report.weight_bytes_quantized < 0.27 * report.weight_bytes_fp32
 
 
+@requires_ort
 def test_static_ignore_keeps_layer_float_in_ort():
     model = _bn_lenet()
     report = quantize_(model, StaticConfig(ignore=["re:.*fc2.*"]), calibration=image_batches(2))
@@ -52,6 +54,7 @@ def test_static_ignore_keeps_layer_float_in_ort():
     assert kernels.get("QGemm", 0) + kernels.get("QLinearMatMul", 0) == 1
 
 
+@requires_ort
 def test_dynamic_int8_linear_model_runs_in_ort(mlp):
     x = torch.randn(32, 64)
     ref = mlp(x).detach()
@@ -123,14 +126,46 @@ def test_qat_low_bits_recovers_accuracy_and_converts_to_packed_weights():
     assert err.value.field == "finetune"
 
 
+@requires_ort
 def test_qat_8bit_converts_to_int8_ort(mlp):
     x, y = _toy_task()
-    ref = mlp(x).detach()
-    report = quantize_(mlp, QATConfig(bits=8, finetune=FinetuneConfig(epochs=1, lr=1e-4)),
+    assert _accuracy(mlp, x, y) < 0.2  # untrained: fine-tuning moves weights and activation ranges a lot
+    report = quantize_(mlp, QATConfig(bits=8, finetune=FinetuneConfig(epochs=3, lr=1e-2)),
                        calibration=[x[:64]], finetune=_trainer(x, y))
     assert sum(quantized_kernels(report.onnx_model).values()) == 3
-    assert relative_error(report.ort_session()(x), mlp(x).detach()) < 0.03
-    assert relative_error(mlp(x).detach(), ref) < 0.2  # one short epoch at a small learning rate
+    assert _accuracy(mlp, x, y) > 0.9
+    # torch and ORT quantize each layer input with the same calibrated range (measured 0.008; 0.06 with the
+    # running ranges QAT tracked while training)
+    assert relative_error(mlp(x).detach(), report.ort_session()(x)) < 0.02
+
+
+@requires_ort
+def test_calibration_batches_may_carry_targets():
+    x = torch.cat(image_batches(4, 16))
+    loader = DataLoader(TensorDataset(x, torch.zeros(len(x), dtype=torch.long)), batch_size=16)
+    plain, paired = _bn_lenet(), _bn_lenet()
+    quantize_(plain, StaticConfig(calibration=CalibrationConfig(batches=3)), calibration=list(x.split(16)))
+    quantize_(paired, StaticConfig(calibration=CalibrationConfig(batches=3)), calibration=loader)
+    assert torch.equal(plain(x), paired(x))  # the same inputs, the targets left aside
+    with pytest.raises(ConfigError) as err:
+        quantize_(_bn_lenet(), StaticConfig(), calibration=[{"x": x}])
+    assert err.value.field == "calibration"
+
+
+@requires_ort
+def test_per_tensor_int8_bytes_are_what_is_stored():
+    model = _bn_lenet()
+    numel = sum(m.weight.numel() for m in (model.conv1, model.conv2, model.fc1, model.fc2))
+    report = quantize_(model, StaticConfig(granularity="tensor"), calibration=image_batches(2))
+    assert report.weight_bytes_fp32 == 4 * numel
+    assert report.weight_bytes_quantized == numel + 4 * (4 + 1)  # codes + one fp32 scale and zero-point byte each
+
+
+def test_fold_returns_only_the_convolutions_that_absorbed_a_batchnorm():
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4),
+                                torch.nn.Conv2d(4, 4, 3), torch.nn.BatchNorm2d(4, track_running_stats=False))
+    assert fold_conv_bn_(model) == ["0"]
+    assert isinstance(model[1], torch.nn.Identity) and isinstance(model[3], torch.nn.BatchNorm2d)
 
 
 def test_accuracy_aware_fallback_keeps_the_sensitive_layer():

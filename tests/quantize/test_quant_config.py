@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 
 from torchslim._errors import ConfigError
@@ -53,6 +55,18 @@ def test_mapping_round_trip(stage):
     ({"method": "static", "max_metric_drop": 2}, "max_metric_drop"),
     ({"method": "qat", "finetune": {"epochs": -1}}, "finetune.epochs"),
     ({"method": "qat", "bits": 8, "symmetric": False}, "symmetric"),
+    ({"method": "static", "calibration": {"observer": "percentile", "percentile": "high"}}, "calibration.percentile"),
+    ({"method": "static", "calibration": {"percentile": None}}, "calibration.percentile"),
+    ({"method": "static", "calibration": {"percentile": True}}, "calibration.percentile"),
+    ({"method": "weight", "ignore": None}, "ignore"),
+    ({"method": "weight", "ignore": 3}, "ignore"),
+    ({"method": "static", "calibration": None}, "calibration"),
+    ({"method": "qat", "bits": 8, "calibration": None}, "calibration"),
+    ({"method": "qat", "finetune": None}, "finetune"),
+    ({"method": "weight", "symmetric": "yes"}, "symmetric"),
+    ({"method": "qat", "bits": 4, "symmetric": 1}, "symmetric"),
+    ({"method": "kmeans", "finetune": {"lr": True}}, "finetune.lr"),
+    ({"method": "weight", "max_metric_drop": True}, "max_metric_drop"),
 ])
 def test_bad_mappings_name_the_field(mapping, field):
     with pytest.raises(ConfigError) as err:
@@ -60,8 +74,25 @@ def test_bad_mappings_name_the_field(mapping, field):
     assert err.value.field == field, str(err.value)
 
 
-def test_configs_are_frozen_and_unhashable_defaults_are_not_shared():
+def test_bare_string_ignore_is_one_pattern():
+    assert config_from_mapping({"method": "weight", "ignore": "fc1"}).ignore == ("fc1",)
+    assert WeightOnlyConfig(ignore="re:fc[12]").ignore == ("re:fc[12]",)
+
+
+def test_optional_sections_may_be_null_where_unused():
+    assert config_from_mapping({"method": "kmeans", "finetune": None}).finetune is None
+    assert config_from_mapping({"method": "qat", "bits": 4, "calibration": None}).calibration is None
+
+
+def test_configs_are_frozen_and_do_not_share_the_source_mapping():
     a, b = WeightOnlyConfig(), WeightOnlyConfig()
     assert a.overrides is not b.overrides or len(a.overrides) == 0
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        a.bits = 2
     with pytest.raises(TypeError):
         a.overrides["fc1"] = 4  # read-only mapping
+    source = {"method": "weight", "bits": 8, "overrides": {"fc1": 4}, "ignore": ["fc3"]}
+    cfg = config_from_mapping(source)
+    source["overrides"]["fc2"] = 2
+    source["ignore"].append("fc2")
+    assert dict(cfg.overrides) == {"fc1": 4} and cfg.ignore == ("fc3",)

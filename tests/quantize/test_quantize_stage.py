@@ -1,5 +1,6 @@
 """The quantize recipe stage through the CLI: bad input, metric-drop budget, end-to-end runs."""
 
+import importlib.util
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -14,7 +15,7 @@ from torchslim.cli import cli
 from torchslim.domain import Constraints
 from torchslim.quantize.stage import QuantizeStage, metric_drop_budget, parse_quantize_stage
 
-pytest.importorskip("onnxruntime")
+requires_ort = pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None, reason="needs onnxruntime")
 
 ROOT = Path(__file__).resolve().parents[2]
 DIGITS = str(ROOT / "domains" / "digits.yaml")
@@ -42,7 +43,7 @@ def _write_recipe(tmp_path, stages, domain=DIGITS, name="recipe.yaml"):
     ({"method": "static", "calibration": {"observer": "kl"}}, "stages[1].quantize.calibration.observer"),
     ({"method": "static", "calibration": {"batches": 0}}, "stages[1].quantize.calibration.batches"),
     ({"method": "weight", "granularity": "group", "group_size": 7}, "stages[1].quantize.group_size"),
-    ({"method": "weight", "ignore": ["fc9"]}, "stages[1].quantize.ignore"),
+    ({"method": "weight", "ignore": ["fc9"]}, "stages[1].quantize.ignore[0]"),  # as pruning names it
     ({"method": "weight", "bitz": 4}, "stages[1].quantize.bitz"),
 ])
 def test_bad_stage_is_one_line_naming_the_field_and_exit_2(tmp_path, quantize, field):
@@ -87,6 +88,7 @@ def test_stage_dump_keeps_the_keys_as_written():
         parse_quantize_stage({"method": "gptq"}, prefix="stages[2].quantize", source="r.yaml")
 
 
+@requires_ort
 def test_static_int8_run_measures_ort_and_exports_the_int8_graph(tmp_path):
     from torchslim.domain import load_domain
     from torchslim.export import quantized_kernels
@@ -128,6 +130,7 @@ def test_static_int8_run_measures_ort_and_exports_the_int8_graph(tmp_path):
     assert metrics["value"] >= 0.9
 
 
+@requires_ort
 def test_kmeans_run_compresses_and_exports_fp32_onnx(tmp_path):
     from torchslim.export import quantized_kernels
 

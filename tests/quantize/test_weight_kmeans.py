@@ -1,10 +1,10 @@
 import pytest
 import torch
 
-from quant_models import MLP, image_batches, relative_error
+from quant_models import MLP, TinyEncoder, image_batches, relative_error
 from torchslim._errors import ConfigError
-from torchslim.quantize import (CodebookWeight, FinetuneConfig, KMeansConfig, PackedWeight, QuantizedLayer,
-                                WeightOnlyConfig, cluster_weight, quantize_, quantize_tensor)
+from torchslim.quantize import (CodebookWeight, FinetuneConfig, KMeansConfig, PackedWeight, PerChannel,
+                                QuantizedLayer, WeightOnlyConfig, cluster_weight, quantize_, quantize_tensor)
 
 
 def test_weight_only_stores_packed_integers(mlp):
@@ -33,7 +33,7 @@ def test_weight_only_matches_reference_quantizer_and_overrides(mlp):
 def test_override_of_unknown_layer_is_an_error(mlp):
     with pytest.raises(ConfigError) as err:
         quantize_(mlp, WeightOnlyConfig(bits=4, overrides={"fc9": 2}))
-    assert err.value.field == "overrides"
+    assert err.value.field == "overrides.fc9"  # as pruning names it
 
 
 def test_weight_only_conv_and_group_size_error(lenet):
@@ -106,3 +106,70 @@ def test_kmeans_finetune_moves_centroids_only_and_keeps_sharing(mlp):
     assert seen == {"epochs": 3, "lr": 0.1}
     assert torch.unique(mlp2.fc1.weight.detach()).numel() <= 4
     assert not torch.equal(mlp2.fc1.weight_source.centroids.detach(), before)
+
+
+def test_transformer_encoder_quantizes_including_attention_out_proj():
+    torch.manual_seed(0)
+    model = TinyEncoder().eval()
+    x = torch.randn(8, 5, 16)
+    ref = model(x).detach()
+    report = quantize_(model, WeightOnlyConfig(bits=8))
+    attention = model.encoder.layers[0].self_attn
+    assert isinstance(attention.out_proj, QuantizedLayer) and attention.out_proj.kind == "Linear"
+    assert set(report.layers) == {"encoder.layers.0.self_attn.out_proj", "encoder.layers.0.linear1",
+                                  "encoder.layers.0.linear2", "head"}
+    with torch.no_grad():
+        assert relative_error(model(x), ref) < 0.01
+
+
+def test_ignoring_a_block_keeps_every_layer_inside_it_float():
+    torch.manual_seed(0)
+    model = TinyEncoder().eval()
+    report = quantize_(model, WeightOnlyConfig(bits=4, ignore=["encoder.layers.0"]))
+    assert set(report.layers) == {"head"} and len(report.kept_fp32) == 3
+
+
+def test_circular_padding_conv_is_left_float():
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1, padding_mode="circular"),
+                                torch.nn.Conv2d(4, 4, 3))
+    report = quantize_(model, WeightOnlyConfig(bits=4))
+    assert report.layers == {"1": 4} and report.kept_fp32 == ()  # kept_fp32 lists quantizable layers only
+    assert isinstance(model[0], torch.nn.Conv2d)
+
+
+def _cached_layer():
+    torch.manual_seed(0)
+    layer = QuantizedLayer(torch.nn.Linear(8, 4), PackedWeight(torch.randn(4, 8), 4, PerChannel())).eval()
+    x = torch.randn(3, 8)
+    with torch.no_grad():
+        layer(x)  # decodes and caches the weight
+    assert layer._inference_weight is not None
+    return layer, x
+
+
+def test_decoded_weight_follows_dtype_and_device_changes():
+    layer, x = _cached_layer()
+    layer.double()
+    with torch.no_grad():
+        out = layer(x.double())
+    assert out.dtype == torch.float64 and layer._inference_weight.dtype == torch.float64
+
+
+def test_decoded_weight_follows_in_place_edits_of_the_source():
+    layer, x = _cached_layer()
+    with torch.no_grad():
+        layer.weight_source.scale.mul_(2.0)
+        assert torch.allclose(layer(x), torch.nn.functional.linear(x, layer.weight_source(), layer.bias))
+    codebook = QuantizedLayer(torch.nn.Linear(8, 4), CodebookWeight(*cluster_weight(torch.randn(4, 8), 2), 2)).eval()
+    with torch.no_grad():
+        codebook(x)
+        codebook.weight_source.centroids.add_(1.0)
+        assert torch.allclose(codebook(x), torch.nn.functional.linear(x, codebook.weight_source(), codebook.bias))
+
+
+def test_decoded_weight_follows_a_new_weight_source():
+    layer, x = _cached_layer()
+    new = PackedWeight(torch.randn(4, 8), 8, PerChannel())
+    layer.weight_source = new
+    with torch.no_grad():
+        assert torch.equal(layer(x), torch.nn.functional.linear(x, new(), layer.bias))

@@ -49,10 +49,31 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
+def _sealed(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The manifest with its ``sha256`` recomputed over every other key."""
     body = {k: v for k, v in manifest.items() if k != "sha256"}
     body["sha256"] = _sha256(_canonical(body))
-    (folder / MANIFEST).write_bytes(_canonical(body))
+    return body
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` through a temporary file: a reader sees the old file or the new one."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return target
+
+
+def _write_manifest(folder: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    body = _sealed(manifest)
+    write_bytes_atomic(folder / MANIFEST, _canonical(body))
+    return body
 
 
 def _versions() -> dict[str, str]:
@@ -141,13 +162,15 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
         raise ArtifactError(folder, f"{MANIFEST} is not valid JSON (truncated or corrupted)") from None
     if not isinstance(manifest, dict) or manifest.get("format") != "torchslim-artifact":
         raise ArtifactError(folder, f"{MANIFEST} is not a torchslim manifest")
-    claimed = manifest.get("sha256")
-    if claimed != _sha256(_canonical({k: v for k, v in manifest.items() if k != "sha256"})):
+    if manifest.get("sha256") != _sealed(manifest)["sha256"]:
         raise ArtifactError(folder, f"{MANIFEST} was modified after it was written (checksum mismatch)")
     if manifest.get("version") != ARTIFACT_VERSION:
         raise ArtifactError(folder, f"artifact format version {manifest.get('version')} is not supported "
                                     f"(this torchslim reads {ARTIFACT_VERSION})")
-    for name, digest in manifest["payloads"].items():
+    payloads = manifest.get("payloads")
+    if not isinstance(payloads, dict) or PAYLOAD not in payloads:
+        raise ArtifactError(folder, f"{MANIFEST} lists no payloads (it must name {PAYLOAD} and its sha256)")
+    for name, digest in payloads.items():
         payload = folder / name
         if not payload.is_file():
             raise ArtifactError(folder, f"payload {name} is missing")
@@ -161,12 +184,7 @@ def update_manifest(path: str | Path, **keys: Any) -> dict[str, Any]:
     folder = Path(path)
     manifest = read_manifest(folder)
     manifest.update(keys)
-    tmp = folder / f".{MANIFEST}.tmp"
-    body = {k: v for k, v in manifest.items() if k != "sha256"}
-    body["sha256"] = _sha256(_canonical(body))
-    tmp.write_bytes(_canonical(body))
-    os.replace(tmp, folder / MANIFEST)
-    return body
+    return _write_manifest(folder, manifest)
 
 
 def load_artifact(path: str | Path, *, base_dir: str | Path = ".") -> tuple[nn.Module, dict[str, Any]]:
@@ -188,16 +206,21 @@ def load_artifact(path: str | Path, *, base_dir: str | Path = ".") -> tuple[nn.M
 
     folder = Path(path)
     manifest = read_manifest(folder)
-    spec = ModelSpec(**{k: v for k, v in manifest["architecture"].items() if k in ("name", "factory", "kwargs")})
+    architecture = manifest.get("architecture")
+    if not isinstance(architecture, dict):
+        raise ArtifactError(folder, f"{MANIFEST} has no architecture to rebuild the model from")
+    spec = ModelSpec(**{k: v for k, v in architecture.items() if k in ("name", "factory", "kwargs")})
     model = build_model(spec, base_dir)
     state = load_file(str(folder / PAYLOAD))
     quantization = manifest.get("quantization", {})
-    layers = quantization.get("layers", {})
-    _fit_shapes_(model, {**state, **weight_shapes(layers)})
     try:
+        layers = quantization.get("layers", {})
+        _fit_shapes_(model, {**state, **weight_shapes(layers)})
         rebuild_quantized_layers_(model, layers)
         model.load_state_dict(state)
-    except (ValueError, RuntimeError, KeyError) as exc:
+    except KeyError as exc:
+        raise ArtifactError(folder, f"{MANIFEST} lacks the key {exc} needed to rebuild the model") from None
+    except (ValueError, RuntimeError, AttributeError, TypeError) as exc:
         raise ArtifactError(folder, f"the stored tensors do not fit the recorded model: "
                                     f"{' '.join(str(exc).split())}") from None
     if quantization.get("int8_onnx"):

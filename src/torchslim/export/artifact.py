@@ -8,6 +8,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from torchslim.artifact._format import write_bytes_atomic  # noqa: F401  (the one atomic writer; runner uses it)
+
 
 def example_input(manifest: dict[str, Any], model: nn.Module) -> torch.Tensor:
     """A (2, *input_shape) zero batch, the shape from the manifest (or the model's ``input_shape``)."""
@@ -40,18 +42,6 @@ def artifact_onnx(path: str | Path, *, base_dir: str | Path = ".") -> tuple[byte
 
     model, manifest = load_artifact(path, base_dir=base_dir)
     return module_onnx(model, manifest)
-
-
-def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a temporary file: a reader sees the old file or the new one."""
-    import os
-
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, target)
-    return target
 
 
 def export_artifact(path: str | Path, out: str | Path, *, base_dir: str | Path = ".") -> tuple[Path, bool]:

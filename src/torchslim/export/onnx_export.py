@@ -120,6 +120,7 @@ def export_onnx(model: nn.Module, example_input: torch.Tensor | Sequence[torch.T
     """
     data = strip_onnx_metadata(to_onnx_proto(model, example_input, dynamic_batch=dynamic_batch).SerializeToString())
     if path is not None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_bytes(data)
+        from torchslim.artifact import write_bytes_atomic
+
+        write_bytes_atomic(path, data)
     return data

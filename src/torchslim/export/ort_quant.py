@@ -120,13 +120,17 @@ def quantize_static_onnx(model, ranges: dict[str, tuple[float, float]], *, per_c
         return strip_onnx_metadata(out.read_bytes())
 
 
-def gemm_to_matmul(model):
-    """Rewrite Gemm(A, B, C) nodes (alpha = beta = 1, transA = 0) with constant B as MatMul + Add, in place."""
+def gemm_to_matmul(model) -> dict[str, list[str]]:
+    """Rewrite Gemm(A, B, C) nodes (alpha = beta = 1, transA = 0) with constant B as MatMul + Add, in place.
+
+    Returns:
+        {Gemm node name: names of the nodes that replaced it}.
+    """
     import onnx
     from onnx import helper, numpy_helper
 
     inits = {i.name: i for i in model.graph.initializer}
-    new_nodes = []
+    new_nodes, replaced = [], {}
     for node in model.graph.node:
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         simple = (node.op_type == "Gemm" and attrs.get("alpha", 1.0) == 1.0 and attrs.get("beta", 1.0) == 1.0
@@ -148,6 +152,7 @@ def gemm_to_matmul(model):
             add = helper.make_node("Add", [mm_out, node.input[2]], [node.output[0]], name=node.name + "_Add")
             add.metadata_props.extend(node.metadata_props)
             new_nodes.append(add)
+        replaced[node.name] = [n.name for n in new_nodes[-(2 if has_bias else 1):]]
     del model.graph.node[:]
     model.graph.node.extend(new_nodes)
     used = {i for n in model.graph.node for i in n.input}
@@ -155,7 +160,7 @@ def gemm_to_matmul(model):
     del model.graph.initializer[:]
     model.graph.initializer.extend(keep)
     onnx.checker.check_model(model)
-    return model
+    return replaced
 
 
 def quantize_dynamic_onnx(model, *, per_channel: bool = True, nodes_to_exclude: Sequence[str] = ()) -> bytes:
@@ -164,7 +169,7 @@ def quantize_dynamic_onnx(model, *, per_channel: bool = True, nodes_to_exclude: 
     Args:
         model: fp32 onnx.ModelProto (Gemm nodes are rewritten to MatMul + Add on a copy).
         per_channel: per-output-channel weight scales.
-        nodes_to_exclude: node names left in float.
+        nodes_to_exclude: node names (of ``model``) left in float.
     Returns:
         Serialized quantized ONNX model.
     """
@@ -172,13 +177,13 @@ def quantize_dynamic_onnx(model, *, per_channel: bool = True, nodes_to_exclude: 
 
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    model = gemm_to_matmul(copy.deepcopy(model))
-    excluded = set(nodes_to_exclude)
-    excluded |= {n.name for n in model.graph.node if n.name.rsplit("_", 1)[0] in excluded}
+    model = copy.deepcopy(model)
+    replaced = gemm_to_matmul(model)
+    excluded = sorted({new for name in nodes_to_exclude for new in replaced.get(name, [name])})
     with tempfile.TemporaryDirectory(prefix="torchslim-quant-") as tmp, _ort_quiet():
         out = Path(tmp) / "int8.onnx"
         quantize_dynamic(model, out, per_channel=per_channel, weight_type=QuantType.QInt8,
-                         op_types_to_quantize=["MatMul"], nodes_to_exclude=sorted(excluded),
+                         op_types_to_quantize=["MatMul"], nodes_to_exclude=excluded,
                          extra_options={"WeightSymmetric": True})
         return strip_onnx_metadata(out.read_bytes())
 

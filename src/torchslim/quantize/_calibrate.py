@@ -2,29 +2,32 @@
 
 from __future__ import annotations
 
-import itertools
 from typing import Iterable
 
 import torch
 from torch import nn
 
 from torchslim._errors import ConfigError
+from torchslim.prune.calibration import take_batches
 from torchslim.quantize.config import CalibrationConfig
 from torchslim.quantize.observers import make_observer
 
 
-def as_inputs(batch) -> tuple[torch.Tensor, ...]:
-    """A calibration item is a tensor or a tuple/list of the model's input tensors."""
-    return tuple(batch) if isinstance(batch, (tuple, list)) else (batch,)
+def as_inputs(inputs) -> tuple[torch.Tensor, ...]:
+    """The model's positional inputs: one tensor, or a tuple/list of them."""
+    return tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
 
 
-def take_batches(calibration: Iterable | None, config: CalibrationConfig | None, need: str
-                 ) -> list[tuple[torch.Tensor, ...]]:
-    """The first ``config.batches`` items of ``calibration`` (all of them when config is None)."""
-    if calibration is None:
-        raise ConfigError("calibration", f"{need} needs calibration batches (an iterable of model inputs)")
-    items = calibration if config is None else itertools.islice(calibration, config.batches)
-    batches = [as_inputs(b) for b in items]
+def calibration_inputs(calibration: Iterable, n: int) -> list[tuple[torch.Tensor, ...]]:
+    """The model inputs of the first ``n`` calibration batches, each a tuple of input tensors.
+
+    A batch follows the pruning convention: a tensor of inputs, or ``(inputs, targets, ...)`` as a
+    ``DataLoader(TensorDataset(x, y))`` yields; a model with several inputs takes ``((x1, x2), targets)``.
+    """
+    try:
+        batches = [as_inputs(inputs) for inputs, _ in take_batches(calibration, n)]
+    except TypeError as err:
+        raise ConfigError("calibration", str(err)) from None
     if not batches:
         raise ConfigError("calibration", "the calibration set is empty")
     return batches

@@ -53,10 +53,12 @@ def fold_conv_bn_(model: nn.Module) -> list[str]:
         pairs = _pairs_fx(model)
     except Exception:  # data-dependent control flow: fall back to Sequential adjacency
         pairs = _pairs_sequential(model)
+    folded = []
     for conv_name, bn_name in pairs:
         conv, bn = model.get_submodule(conv_name), model.get_submodule(bn_name)
-        if not bn.track_running_stats or bn.running_mean is None:
+        if not bn.track_running_stats or bn.running_mean is None:  # batch statistics: nothing fixed to fold
             continue
         set_submodule(model, conv_name, fuse_conv_bn_eval(conv, bn))
         set_submodule(model, bn_name, nn.Identity())
-    return [c for c, _ in pairs]
+        folded.append(conv_name)
+    return folded

@@ -14,30 +14,11 @@ import torch
 from torch import nn
 
 from torchslim.quantize._select import set_submodule
-from torchslim.quantize.granularity import Granularity, PerChannel, PerGroup, PerTensor
+from torchslim.quantize.granularity import granularity_from_json, granularity_to_json
 from torchslim.quantize.modules import (ActivationFakeQuant, CodebookWeight, FakeQuantWeight, PackedWeight,
-                                        QuantizedLayer)
+                                        QuantizedLayer, layer_kind)
 
 _INT8_ONNX = "_torchslim_int8_onnx"  # attribute holding (onnx bytes, state fingerprint)
-
-
-def granularity_to_json(g: Granularity) -> dict[str, Any]:
-    if isinstance(g, PerChannel):
-        return {"type": "channel", "axis": g.axis}
-    if isinstance(g, PerGroup):
-        return {"type": "group", "size": g.size}
-    return {"type": "tensor"}
-
-
-def granularity_from_json(data: dict[str, Any]) -> Granularity:
-    kind = data["type"]
-    if kind == "channel":
-        return PerChannel(int(data.get("axis", 0)))
-    if kind == "group":
-        return PerGroup(int(data["size"]))
-    if kind == "tensor":
-        return PerTensor()
-    raise ValueError(f"unknown granularity {data!r}")
 
 
 def _describe_source(source: nn.Module) -> dict[str, Any]:
@@ -90,7 +71,7 @@ def rebuild_quantized_layers_(model: nn.Module, layers: dict[str, dict[str, Any]
     skeleton whose tensors have the stored shapes; ``load_state_dict`` then fills them in."""
     for name, spec in layers.items():
         layer = model.get_submodule(name)
-        if type(layer).__name__ != spec["kind"]:
+        if layer_kind(layer) != spec["kind"]:
             raise ValueError(f"layer {name} is a {type(layer).__name__}, the artifact stored a {spec['kind']}")
         iq = spec.get("input_quant")
         act = None if iq is None else ActivationFakeQuant(int(iq["bits"]), mode=iq["mode"])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 from torch import nn
@@ -32,7 +32,6 @@ class HandlerResult:
     weight_bytes_fp32: int = 0
     weight_bytes_quantized: int = 0
     onnx_model: bytes | None = None
-    notes: dict = field(default_factory=dict)
 
 
 _HANDLERS: dict[type, Callable[[nn.Module, object, QuantContext], HandlerResult]] = {}

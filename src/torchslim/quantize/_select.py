@@ -1,42 +1,61 @@
-"""Which layers a method touches: Linear/Conv modules, minus ``ignore``, with per-layer bits."""
+"""Which layers a method touches: Linear/Conv modules, minus ``ignore``, with per-layer bits.
+
+``ignore`` and ``overrides`` are resolved exactly as pruning resolves them (:class:`torchslim.prune._select.
+LayerSelector`): a name or ``re:`` pattern applies to the module it names and to every layer inside it, and each
+one must match some module of the model.
+"""
 
 from __future__ import annotations
 
-import re
-from typing import Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 from torch import nn
 
 from torchslim._errors import ConfigError
+from torchslim.prune._select import LayerSelector
 
 QUANTIZABLE = (nn.Linear, nn.Conv1d, nn.Conv2d)
 
 
-def name_matches(name: str, pattern: str) -> bool:
-    """Exact module name, or ``re:REGEX`` that must match the whole name."""
-    if pattern.startswith("re:"):
-        return re.fullmatch(pattern[3:], name) is not None
-    return name == pattern
+def is_quantizable(module: nn.Module) -> bool:
+    """A Linear/Conv1d/Conv2d the quantized layers can replace (convolutions only with zero padding)."""
+    return isinstance(module, QUANTIZABLE) and getattr(module, "padding_mode", "zeros") == "zeros"
 
 
 def quantizable_layers(model: nn.Module, ignore: Iterable[str] = ()) -> dict[str, nn.Module]:
-    """Linear/Conv1d/Conv2d modules by qualified name, skipping those matched by ``ignore``."""
-    ignore = tuple(ignore)
-    return {name: m for name, m in model.named_modules()
-            if isinstance(m, QUANTIZABLE) and not any(name_matches(name, p) for p in ignore)}
+    """Quantizable modules by qualified name, skipping those ``ignore`` covers (ConfigError for a pattern that
+    matches no module)."""
+    selector = LayerSelector(model, 0, ignore)
+    return {name: m for name, m in model.named_modules() if is_quantizable(m) and not selector.is_ignored(name)}
 
 
-def layer_bits(model: nn.Module, layers: Mapping[str, nn.Module], bits: int, overrides: Mapping[str, int]
+def layer_bits(model: nn.Module, bits: int, ignore: Iterable[str] = (), overrides: Mapping[str, int] | None = None
                ) -> dict[str, int]:
-    """Bits for each of ``layers``: ``overrides`` by exact name, else ``bits``.
+    """Bits for each quantized layer of ``model``: the nearest ``overrides`` entry, else ``bits``.
 
-    An override naming no Linear/Conv layer of ``model`` is an error; one naming an ignored layer is unused.
+    Raises:
+        ConfigError naming ``ignore[i]`` or ``overrides.NAME`` when a pattern matches no module.
     """
-    known = {name for name, m in model.named_modules() if isinstance(m, QUANTIZABLE)} | set(layers)
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise ConfigError("overrides", f"no quantizable layer named {unknown}; layers: {sorted(known)}")
-    return {name: overrides.get(name, bits) for name in layers}
+    selector = LayerSelector(model, bits, ignore, overrides)
+    return {name: int(selector.sparsity_for(name)) for name, m in model.named_modules()
+            if is_quantizable(m) and not selector.is_ignored(name)}
+
+
+def check_layers(model: nn.Module, config: Any) -> dict[str, int]:
+    """Check a quantize config against ``model`` before anything runs, and return bits per quantized layer.
+
+    Every ``ignore`` / ``overrides`` pattern must match a module, and a group size must divide the row length of
+    every quantized layer.
+    """
+    bits = layer_bits(model, config.bits, config.ignore, getattr(config, "overrides", None))
+    size = getattr(getattr(config, "granularity", None), "size", None)  # PerGroup only
+    if size is not None:
+        for name in bits:
+            row = model.get_submodule(name).weight[0].numel()
+            if row % size:
+                raise ConfigError("group_size", f"must divide the row length of every quantized layer; {name} "
+                                                f"has rows of {row} weights, got {size} (or ignore {name})")
+    return bits
 
 
 def set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:

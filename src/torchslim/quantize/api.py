@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
@@ -11,11 +10,11 @@ from typing import Callable, Iterable
 from torch import nn
 
 from torchslim._errors import ConfigError
-from torchslim.quantize._calibrate import as_inputs
+from torchslim.quantize._calibrate import calibration_inputs
 from torchslim.quantize._layout import attach_int8_onnx
 from torchslim.quantize._registry import QuantContext, handler_for
-from torchslim.quantize._select import quantizable_layers
-from torchslim.quantize.config import METHODS
+from torchslim.quantize._select import check_layers, quantizable_layers
+from torchslim.quantize.config import method_of
 from torchslim.quantize.fallback import choose_fp32_layers
 
 # the handlers register themselves on import
@@ -53,43 +52,32 @@ class QuantReport:
         """Write the int8 ONNX model to ``path``."""
         if self.onnx_model is None:
             raise ValueError(f"method {self.method!r} produces no ONNX Runtime model; use export_onnx")
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(self.onnx_model)
-        return path
+        from torchslim.artifact import write_bytes_atomic
 
-    def summary(self) -> dict:
-        """JSON-friendly summary (no model bytes), for manifests."""
-        out = dataclasses.asdict(dataclasses.replace(self, onnx_model=None))
-        out.pop("onnx_model")
-        out["kept_fp32"], out["fallback"] = list(self.kept_fp32), list(self.fallback)
-        return out
-
+        return write_bytes_atomic(path, self.onnx_model)
 
 def _materialise(calibration: Iterable | None, config) -> list | None:
     """Take the configured number of calibration batches once (handlers may run several times)."""
     if calibration is None:
         return None
     cal = getattr(config, "calibration", None)
-    n = cal.batches if cal is not None else 1
-    batches = [as_inputs(b) for b in itertools.islice(calibration, n)]
-    if not batches:
-        raise ConfigError("calibration", "the calibration set is empty")
-    return batches
+    return calibration_inputs(calibration, cal.batches if cal is not None else 1)
 
 
 def quantize_(model: nn.Module, config, *, calibration: Iterable | None = None,
               finetune: Callable[[nn.Module, int, float], object] | None = None,
-              evaluate: Callable[[nn.Module], float] | None = None) -> QuantReport:
+              evaluate: Callable[[nn.Module], float] | None = None, baseline: float | None = None) -> QuantReport:
     """Quantize ``model`` in place with the method ``config`` selects.
 
     Args:
         model: float torch model; its Linear/Conv layers are replaced by quantized ones (left in eval mode).
         config: StaticConfig, DynamicConfig, WeightOnlyConfig, KMeansConfig or QATConfig.
-        calibration: iterable of input batches (a tensor, or a tuple of input tensors, per item); static and
-            8-bit qat use ``config.calibration.batches`` of them, dynamic one as the export example.
+        calibration: iterable of batches, each a tensor of inputs or ``(inputs, targets, ...)`` (a DataLoader
+            over a TensorDataset(x, y) works; a model with several inputs takes ``((x1, x2), targets)``);
+            static and 8-bit qat use ``config.calibration.batches`` of them, dynamic one as the export example.
         finetune: ``finetune(model, epochs, lr)``, used by kmeans (centroids) and qat.
         evaluate: ``evaluate(model) -> float`` (higher is better), needed when ``config.max_metric_drop`` is set.
+        baseline: ``evaluate(model)`` before quantization when the caller already has it (saves one evaluation).
     Returns:
         QuantReport; for static/dynamic/8-bit qat ``report.ort_session()`` runs the int8 model, which also
         stays attached to ``model`` so that ``save_artifact`` stores it (until the model's weights change).
@@ -97,25 +85,29 @@ def quantize_(model: nn.Module, config, *, calibration: Iterable | None = None,
         >>> report = quantize_(model, WeightOnlyConfig(bits=4, granularity="group", group_size=32))
     """
     handler = handler_for(config)
-    method = next(name for name, cls in METHODS.items() if isinstance(config, cls))
+    method = method_of(config)
+    check_layers(model, config)
     ctx = QuantContext(batches=_materialise(calibration, config), finetune=finetune)
     all_layers = set(quantizable_layers(model))
-    baseline = metric = None
+    metric = None
     fallback: tuple[str, ...] = ()
     sensitivity: dict[str, float] = {}
     if config.max_metric_drop is not None:
         if evaluate is None:
             raise ConfigError("max_metric_drop", "needs an evaluate(model) -> float callable")
         model.eval()
-        baseline = float(evaluate(model))
+        if baseline is None:
+            baseline = float(evaluate(model))
         fallback, sensitivity = choose_fp32_layers(model, config, ctx, evaluate, baseline, config.max_metric_drop)
         config = dataclasses.replace(config, ignore=tuple(config.ignore) + fallback)
     result = handler(model, config, ctx)
     model.eval()  # new activation quantizers would otherwise track ranges as in QAT training
     if result.onnx_model is not None:
         attach_int8_onnx(model, result.onnx_model)  # save_artifact stores it beside the integer weights
-    if evaluate is not None and baseline is not None:
+    if config.max_metric_drop is not None:  # the fallback decided on it: report the metric reached
         metric = float(evaluate(model))
+    else:
+        baseline = None
     return QuantReport(method=method, layers=result.layers, kept_fp32=tuple(sorted(all_layers - set(result.layers))),
                        fallback=fallback, sensitivity=sensitivity, baseline_metric=baseline, metric=metric,
                        weight_bytes_fp32=result.weight_bytes_fp32, weight_bytes_quantized=result.weight_bytes_quantized,

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from torchslim._errors import ConfigError
-from torchslim.quantize.granularity import Granularity, PerChannel, PerGroup, PerTensor, granularity_from_key
+from torchslim.quantize.granularity import (Granularity, PerChannel, PerGroup, PerTensor, granularity_from_key,
+                                           granularity_key)
 from torchslim.quantize.observers import OBSERVERS
 from torchslim.quantize.primitives import check_bits
 
@@ -31,7 +32,7 @@ class CalibrationConfig:
             raise ConfigError("calibration.batches", f"must be a positive integer, got {self.batches!r}")
         if self.observer not in OBSERVERS:
             raise ConfigError("calibration.observer", f"unknown observer {self.observer!r}; known: {sorted(OBSERVERS)}")
-        if not 50.0 < float(self.percentile) <= 100.0:
+        if not _is_number(self.percentile) or not 50.0 < float(self.percentile) <= 100.0:
             raise ConfigError("calibration.percentile", f"must be in (50, 100], got {self.percentile!r}")
 
 
@@ -45,13 +46,33 @@ class FinetuneConfig:
     def __post_init__(self):
         if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 0:
             raise ConfigError("finetune.epochs", f"must be a non-negative integer, got {self.epochs!r}")
-        if not isinstance(self.lr, (int, float)) or not self.lr > 0:
+        if not _is_number(self.lr) or not self.lr > 0:
             raise ConfigError("finetune.lr", f"must be a positive number, got {self.lr!r}")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_bool(cfg, name: str) -> None:
+    if not isinstance(getattr(cfg, name), bool):
+        raise ConfigError(name, f"must be true or false, got {getattr(cfg, name)!r}")
+
+
+def _check_nested(cfg, name: str, cls: type) -> None:
+    """A nested section the method needs (``calibration``, ``finetune``) must be given, not null."""
+    if not isinstance(getattr(cfg, name), cls):
+        raise ConfigError(name, f"must be a mapping of {cls.__name__} settings, got {getattr(cfg, name)!r}")
 
 
 def _check_common(cfg) -> None:
     """Validate the keys every method shares: ignore, overrides, max_metric_drop."""
-    object.__setattr__(cfg, "ignore", tuple(cfg.ignore))
+    ignore = cfg.ignore
+    if isinstance(ignore, str):  # one name: a pattern, not a sequence of characters
+        ignore = (ignore,)
+    if not isinstance(ignore, (list, tuple)):
+        raise ConfigError("ignore", f"must be a list of layer names or re: patterns, got {ignore!r}")
+    object.__setattr__(cfg, "ignore", tuple(ignore))
     for pattern in cfg.ignore:
         if not isinstance(pattern, str) or not pattern:
             raise ConfigError("ignore", f"entries must be non-empty strings, got {pattern!r}")
@@ -60,8 +81,7 @@ def _check_common(cfg) -> None:
                 re.compile(pattern[3:])
             except re.error as err:
                 raise ConfigError("ignore", f"bad regular expression {pattern!r}: {err}") from None
-    if cfg.max_metric_drop is not None and (
-            not isinstance(cfg.max_metric_drop, (int, float)) or not 0 <= cfg.max_metric_drop < 1):
+    if cfg.max_metric_drop is not None and (not _is_number(cfg.max_metric_drop) or not 0 <= cfg.max_metric_drop < 1):
         raise ConfigError("max_metric_drop", f"must be a number in [0, 1), got {cfg.max_metric_drop!r}")
     overrides = getattr(cfg, "overrides", None)
     if overrides is not None:
@@ -98,6 +118,7 @@ class StaticConfig:
         if self.bits != 8:
             raise ConfigError("bits", f"static quantization runs int8 kernels and needs 8, got {self.bits}")
         _granularity(self, (PerTensor, PerChannel))
+        _check_nested(self, "calibration", CalibrationConfig)
         _check_common(self)
 
 
@@ -133,6 +154,7 @@ class WeightOnlyConfig:
     def __post_init__(self):
         check_bits(self.bits)
         _granularity(self, (PerTensor, PerChannel, PerGroup))
+        _check_bool(self, "symmetric")
         if isinstance(self.granularity, PerGroup):
             object.__setattr__(self, "group_size", self.granularity.size)
         _check_common(self)
@@ -153,6 +175,8 @@ class KMeansConfig:
         check_bits(self.bits)
         if isinstance(self.iterations, bool) or not isinstance(self.iterations, int) or self.iterations < 1:
             raise ConfigError("iterations", f"must be a positive integer, got {self.iterations!r}")
+        if self.finetune is not None:
+            _check_nested(self, "finetune", FinetuneConfig)
         _check_common(self)
 
 
@@ -175,6 +199,10 @@ class QATConfig:
     def __post_init__(self):
         check_bits(self.bits)
         _granularity(self, (PerTensor, PerChannel))
+        _check_bool(self, "symmetric")
+        _check_nested(self, "finetune", FinetuneConfig)
+        if self.bits == 8:  # the int8 activation ranges come from calibration
+            _check_nested(self, "calibration", CalibrationConfig)
         if self.bits == 8 and not self.symmetric:
             raise ConfigError("symmetric", "8-bit QAT converts to int8 kernels whose weights are symmetric")
         _check_common(self)
@@ -200,8 +228,6 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str, label: str):
             raise ConfigError(f"{prefix}{key}", f"not applicable to {label}; allowed keys: {allowed}")
         if key in _NESTED and value is not None:
             value = _build(_NESTED[key], value, f"{prefix}{key}.", f"{key}")
-        elif key in ("ignore",) and isinstance(value, str):
-            value = (value,)
         kwargs[key] = value
     return cls(**kwargs)
 
@@ -225,14 +251,22 @@ def config_from_mapping(data: Mapping[str, Any]):
     return _build(METHODS[method], rest, "", f"method {method!r}")
 
 
+def method_of(cfg) -> str:
+    """The recipe ``method`` name of a config (``static``, ``dynamic``, ``weight``, ``kmeans``, ``qat``)."""
+    for name, cls in METHODS.items():
+        if isinstance(cfg, cls):
+            return name
+    raise ConfigError("quantize", f"{type(cfg).__name__} is not a quantization config; known: "
+                                  f"{sorted(c.__name__ for c in METHODS.values())}")
+
+
 def config_to_mapping(cfg) -> dict[str, Any]:
     """Inverse of :func:`config_from_mapping` (JSON-friendly), for manifests and reports."""
-    method = next(name for name, cls in METHODS.items() if isinstance(cfg, cls))
-    out: dict[str, Any] = {"method": method}
+    out: dict[str, Any] = {"method": method_of(cfg)}
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
         if f.name == "granularity":
-            value = {PerTensor: "tensor", PerChannel: "channel", PerGroup: "group"}[type(value)]
+            value = granularity_key(value)
         elif dataclasses.is_dataclass(value):
             value = dataclasses.asdict(value)
         elif isinstance(value, Mapping):

@@ -16,22 +16,24 @@ from torchslim.quantize._registry import QuantContext, handler_for
 from torchslim.quantize._select import quantizable_layers
 
 
+def _probe(model: nn.Module, config, ctx: QuantContext, evaluate: Callable[[nn.Module], float],
+           ignore: tuple[str, ...]) -> float:
+    """Metric of a copy of ``model`` quantized with ``ignore`` kept in fp32 (simulation: no export, no fine-tuning)."""
+    trial = copy.deepcopy(model)
+    probe_ctx = dataclasses.replace(ctx, finetune=None, export=False)
+    handler_for(config)(trial, dataclasses.replace(config, ignore=tuple(ignore)), probe_ctx)
+    return float(evaluate(trial))
+
+
 def layer_sensitivity(model: nn.Module, config, ctx: QuantContext, evaluate: Callable[[nn.Module], float],
                       baseline: float) -> dict[str, float]:
     """Metric drop (baseline - metric) per layer when only that layer is quantized, most sensitive first."""
     layers = list(quantizable_layers(model, config.ignore))
-    probe_ctx = dataclasses.replace(ctx, finetune=None, export=False)
     drops = {}
     for name in layers:
         others = tuple(n for n in layers if n != name)
-        trial = copy.deepcopy(model)
-        handler_for(config)(trial, _with_ignore(config, config.ignore + others), probe_ctx)
-        drops[name] = baseline - float(evaluate(trial))
+        drops[name] = baseline - _probe(model, config, ctx, evaluate, config.ignore + others)
     return dict(sorted(drops.items(), key=lambda kv: kv[1], reverse=True))
-
-
-def _with_ignore(config, ignore: tuple[str, ...]):
-    return dataclasses.replace(config, ignore=tuple(ignore))
 
 
 def choose_fp32_layers(model: nn.Module, config, ctx: QuantContext, evaluate: Callable[[nn.Module], float],
@@ -43,14 +45,9 @@ def choose_fp32_layers(model: nn.Module, config, ctx: QuantContext, evaluate: Ca
         (layer names kept in fp32, sensitivity per layer).
     """
     sensitivity = layer_sensitivity(model, config, ctx, evaluate, baseline)
-    probe_ctx = dataclasses.replace(ctx, finetune=None, export=False)
-    ranking = list(sensitivity)
-    for k in range(len(ranking) + 1):
-        kept = tuple(ranking[:k])
-        if k == len(ranking):
+    ranking = tuple(sensitivity)
+    for k in range(len(ranking)):
+        kept = ranking[:k]
+        if baseline - _probe(model, config, ctx, evaluate, config.ignore + kept) <= max_drop:
             return kept, sensitivity
-        trial = copy.deepcopy(model)
-        handler_for(config)(trial, _with_ignore(config, config.ignore + kept), probe_ctx)
-        if baseline - float(evaluate(trial)) <= max_drop:
-            return kept, sensitivity
-    return tuple(ranking), sensitivity
+    return ranking, sensitivity  # every layer in fp32

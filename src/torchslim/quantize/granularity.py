@@ -34,7 +34,8 @@ class PerGroup:
 
 
 Granularity = Union[PerTensor, PerChannel, PerGroup]
-GRANULARITY_KEYS = ("tensor", "channel", "group")
+_KEYS: dict[type, str] = {PerTensor: "tensor", PerChannel: "channel", PerGroup: "group"}
+GRANULARITY_KEYS = tuple(_KEYS.values())
 
 
 def granularity_from_key(key: str | Granularity, group_size: int | None = None) -> Granularity:
@@ -61,6 +62,32 @@ def granularity_from_key(key: str | Granularity, group_size: int | None = None) 
     if key == "channel":
         return PerChannel()
     raise ConfigError("granularity", f"must be one of {list(GRANULARITY_KEYS)}, got {key!r}")
+
+
+def granularity_key(g: Granularity) -> str:
+    """The recipe spelling of a granularity: ``tensor``, ``channel`` or ``group``."""
+    return _KEYS[type(g)]
+
+
+def granularity_to_json(g: Granularity) -> dict:
+    """Full description for manifests: ``{"type": key}`` plus ``axis`` (channel) or ``size`` (group)."""
+    if isinstance(g, PerChannel):
+        return {"type": "channel", "axis": g.axis}
+    if isinstance(g, PerGroup):
+        return {"type": "group", "size": g.size}
+    return {"type": granularity_key(g)}
+
+
+def granularity_from_json(data: dict) -> Granularity:
+    """Inverse of :func:`granularity_to_json`; ValueError for an unknown description."""
+    kind = data.get("type") if isinstance(data, dict) else None
+    if kind == "channel":
+        return PerChannel(int(data.get("axis", 0)))
+    if kind == "group":
+        return PerGroup(int(data["size"]))
+    if kind == "tensor":
+        return PerTensor()
+    raise ValueError(f"unknown granularity {data!r}")
 
 
 def to_blocks(x: torch.Tensor, granularity: Granularity) -> torch.Tensor:

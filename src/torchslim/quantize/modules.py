@@ -108,6 +108,15 @@ class ActivationFakeQuant(nn.Module):
         return fake_quantize(x, scale, zp, self.bits)
 
 
+def layer_kind(layer: nn.Module) -> str:
+    """``Linear``, ``Conv1d`` or ``Conv2d`` by isinstance, so subclasses (e.g. attention's out_proj, a
+    NonDynamicallyQuantizableLinear) compute like their base class."""
+    for cls in (nn.Linear, nn.Conv1d, nn.Conv2d):
+        if isinstance(layer, cls):
+            return cls.__name__
+    raise TypeError(f"cannot quantize a {type(layer).__name__}; only Linear, Conv1d and Conv2d")
+
+
 class QuantizedLayer(nn.Module):
     """Linear / Conv1d / Conv2d whose weight comes from ``weight_source()``.
 
@@ -119,38 +128,56 @@ class QuantizedLayer(nn.Module):
 
     def __init__(self, layer: nn.Module, weight_source: nn.Module, input_quant: nn.Module | None = None):
         super().__init__()
-        self.kind = type(layer).__name__  # Linear, Conv1d, Conv2d
+        self.kind = layer_kind(layer)
+        self._inference_weight: torch.Tensor | None = None
+        self._inference_key: tuple | None = None
         self.weight_source = weight_source
         self.input_quant = input_quant
         self.bias = None if layer.bias is None else nn.Parameter(layer.bias.detach().clone())
         if self.kind != "Linear":
+            if layer.padding_mode != "zeros":  # quantizable_layers never selects these
+                raise ValueError(f"padding_mode {layer.padding_mode!r} is not supported")
             self.conv_args = dict(stride=layer.stride, padding=layer.padding, dilation=layer.dilation,
                                   groups=layer.groups)
-            if layer.padding_mode != "zeros":
-                raise ValueError(f"padding_mode {layer.padding_mode!r} is not supported")
-        self.in_features_shape = tuple(layer.weight.shape)
-        self._inference_weight: torch.Tensor | None = None
 
     @property
     def weight(self) -> torch.Tensor:
         return self.weight_source()
 
+    def _drop_cache(self) -> None:
+        self._inference_weight, self._inference_key = None, None
+
+    def _source_key(self) -> tuple:
+        """Identity and version counter of every tensor the source decodes from: an in-place edit bumps one."""
+        tensors = list(self.weight_source.parameters()) + list(self.weight_source.buffers())
+        return (id(self.weight_source),) + tuple((id(t), t._version) for t in tensors)
+
     def _current_weight(self) -> torch.Tensor:
-        """The dequantized weight. In eval mode without autograd it is decoded once and reused, so a deployed
-        weight-only / k-means model runs at float speed; training, ``train()`` and loading drop the copy."""
+        """The dequantized weight. In eval mode without autograd it is decoded once and reused while the source's
+        tensors stay the same, so a deployed weight-only / k-means model runs at float speed."""
         if self.training or torch.is_grad_enabled():
-            self._inference_weight = None
+            self._drop_cache()
             return self.weight_source()
-        if self._inference_weight is None:
-            self._inference_weight = self.weight_source()
+        key = self._source_key()
+        if self._inference_weight is None or self._inference_key != key:
+            self._inference_weight, self._inference_key = self.weight_source(), key
         return self._inference_weight
 
+    def __setattr__(self, name: str, value) -> None:
+        if name == "weight_source":  # a new source decodes to a new weight
+            self._drop_cache()
+        super().__setattr__(name, value)
+
+    def _apply(self, fn, recurse: bool = True):
+        self._drop_cache()  # .to(device), .double(), ...: the decoded copy would keep the old device/dtype
+        return super()._apply(fn, recurse)
+
     def train(self, mode: bool = True) -> "QuantizedLayer":
-        self._inference_weight = None
+        self._drop_cache()
         return super().train(mode)
 
     def _load_from_state_dict(self, *args, **kwargs) -> None:
-        self._inference_weight = None
+        self._drop_cache()
         super()._load_from_state_dict(*args, **kwargs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -177,6 +204,11 @@ class QuantizedLayer(nn.Module):
             if self.bias is not None:
                 layer.bias.copy_(self.bias)
         return layer
+
+
+def stored_bytes(module: nn.Module) -> int:
+    """Bytes of every tensor ``module`` stores (parameters and buffers): what an artifact holds for it."""
+    return sum(t.numel() * t.element_size() for t in list(module.buffers()) + list(module.parameters()))
 
 
 def dequantize_model(model: nn.Module) -> nn.Module:

@@ -7,37 +7,47 @@ it in torch tracks the int8 ORT model; ``HandlerResult.onnx_model`` is the int8 
 
 from __future__ import annotations
 
-import copy
+from typing import Callable
 
 from torch import nn
 
+from torchslim._errors import ConfigError
 from torchslim.quantize._calibrate import observe_layer_inputs, observer_factory
 from torchslim.quantize._fold import fold_conv_bn_
 from torchslim.quantize._registry import HandlerResult, QuantContext, register
 from torchslim.quantize._select import quantizable_layers, set_submodule
 from torchslim.quantize.config import DynamicConfig, StaticConfig
 from torchslim.quantize.granularity import PerChannel
-from torchslim.quantize.modules import ActivationFakeQuant, PackedWeight, QuantizedLayer
-
-from torchslim._errors import ConfigError
+from torchslim.quantize.modules import ActivationFakeQuant, PackedWeight, QuantizedLayer, stored_bytes
 
 
-def _int8_bytes(layers: dict[str, nn.Module]) -> tuple[int, int]:
-    """(fp32 bytes, int8 bytes + one float32 scale and one zero-point byte per output channel)."""
+def int8_result(model: nn.Module, layers: dict[str, nn.Module], onnx_model: bytes | None) -> HandlerResult:
+    """8 bits per layer, and the fp32 bytes of the original weights against what the quantized layers store."""
     fp32 = sum(m.weight.numel() * 4 for m in layers.values())
-    int8 = sum(m.weight.numel() + 5 * m.weight.shape[0] for m in layers.values())
-    return fp32, int8
+    int8 = sum(stored_bytes(model.get_submodule(name).weight_source) for name in layers)
+    return HandlerResult({n: 8 for n in layers}, fp32, int8, onnx_model)
 
 
-def _simulate(model: nn.Module, layers: dict[str, nn.Module], granularity, input_quant) -> None:
+def _simulate(model: nn.Module, layers: dict[str, nn.Module], granularity,
+              input_quant: Callable[[str], nn.Module]) -> None:
     """Swap each layer for int8 codes (symmetric, as ORT's weights) plus an activation quantizer."""
     for name, layer in layers.items():
         source = PackedWeight(layer.weight.detach(), 8, granularity, symmetric=True)
         set_submodule(model, name, QuantizedLayer(layer, source, input_quant(name)))
 
 
+def static_input_quant(ranges: dict[str, tuple[float, float]]) -> Callable[[str], ActivationFakeQuant]:
+    """Builds the fixed-range activation quantizer of a layer from its calibrated (lo, hi)."""
+    def make(name: str) -> ActivationFakeQuant:
+        q = ActivationFakeQuant(8, mode="static")
+        q.set_range(*ranges[name])
+        return q
+    return make
+
+
 def export_static(model: nn.Module, batches, config, excluded: list[str]) -> bytes:
-    """fp32 ONNX of ``model`` → observer ranges on every tensor → QDQ int8 model (see export.ort_quant)."""
+    """fp32 ONNX of ``model`` (quantized layers exported dequantized) → observer ranges on every tensor → QDQ
+    int8 model (see export.ort_quant)."""
     from torchslim.export.onnx_export import input_names, to_onnx_proto
     from torchslim.export.ort_quant import collect_ranges, nodes_of_modules, quantize_static_onnx
 
@@ -59,22 +69,15 @@ def quantize_static_(model: nn.Module, config: StaticConfig, ctx: QuantContext) 
     excluded = sorted(set(quantizable_layers(model)) - set(layers))
     onnx_model = export_static(model, ctx.batches, config, excluded) if ctx.export else None
     ranges = observe_layer_inputs(model, layers, ctx.batches, config.calibration)
-
-    def input_quant(name):
-        q = ActivationFakeQuant(8, mode="static")
-        q.set_range(*ranges[name])
-        return q
-
-    _simulate(model, layers, config.granularity, input_quant)
-    fp32, int8 = _int8_bytes(layers)
-    return HandlerResult({n: 8 for n in layers}, fp32, int8, onnx_model)
+    _simulate(model, layers, config.granularity, static_input_quant(ranges))
+    return int8_result(model, layers, onnx_model)
 
 
 @register(DynamicConfig)
 def quantize_dynamic_(model: nn.Module, config: DynamicConfig, ctx: QuantContext) -> HandlerResult:
     """int8 Linear weights, activations quantized per batch; ONNX export needs one example batch."""
     from torchslim.export.onnx_export import to_onnx_proto
-    from torchslim.export.ort_quant import gemm_to_matmul, nodes_of_modules, quantize_dynamic_onnx
+    from torchslim.export.ort_quant import nodes_of_modules, quantize_dynamic_onnx
 
     model.eval()
     # ORT's dynamic quantizer handles MatMul (Linear) only; convolutions stay float in both worlds
@@ -84,9 +87,8 @@ def quantize_dynamic_(model: nn.Module, config: DynamicConfig, ctx: QuantContext
     if ctx.export:
         if not ctx.batches:
             raise ConfigError("calibration", "dynamic quantization needs one example batch to export the model")
-        proto = gemm_to_matmul(to_onnx_proto(copy.deepcopy(model), ctx.batches[0]))
+        proto = to_onnx_proto(model, ctx.batches[0])  # a copy: the model itself is not touched
         onnx_model = quantize_dynamic_onnx(proto, per_channel=isinstance(config.granularity, PerChannel),
                                            nodes_to_exclude=nodes_of_modules(proto, excluded))
     _simulate(model, layers, config.granularity, lambda _name: ActivationFakeQuant(8, mode="dynamic"))
-    fp32, int8 = _int8_bytes(layers)
-    return HandlerResult({n: 8 for n in layers}, fp32, int8, onnx_model)
+    return int8_result(model, layers, onnx_model)

@@ -4,7 +4,8 @@ Weights are fake-quantized (per channel by default) and, at 8 bits, each layer i
 min/max while training, initialised from calibration). After the caller's ``finetune`` the model is
 converted: 8 bits → int8 codes + static activation ranges, and the int8 model for ONNX Runtime (the
 fake-quantized weights are exactly representable, so ORT recomputes the same codes); fewer bits → packed
-weight-only layers with the same codes.
+weight-only layers with the same codes. At conversion the layer input ranges are calibrated again, on the
+same batches and with the same observer as the ORT model's, so torch and ORT quantize activations alike.
 """
 
 from __future__ import annotations
@@ -17,9 +18,8 @@ from torchslim.quantize._fold import fold_conv_bn_
 from torchslim.quantize._registry import HandlerResult, QuantContext, register
 from torchslim.quantize._select import quantizable_layers, set_submodule
 from torchslim.quantize.config import QATConfig
-from torchslim.quantize.modules import (ActivationFakeQuant, FakeQuantWeight, PackedWeight, QuantizedLayer,
-                                        dequantize_model)
-from torchslim.quantize.ptq import _int8_bytes, export_static
+from torchslim.quantize.modules import ActivationFakeQuant, FakeQuantWeight, PackedWeight, QuantizedLayer
+from torchslim.quantize.ptq import export_static, int8_result
 from torchslim.quantize.weight_only import pack_layers_
 
 
@@ -37,6 +37,25 @@ def prepare_qat_(model: nn.Module, config: QATConfig, batches=None) -> dict[str,
         source = FakeQuantWeight(layer.weight, config.bits, config.granularity, config.symmetric)
         set_submodule(model, name, QuantizedLayer(layer, source, act))
     return layers
+
+
+def calibrate_input_ranges_(model: nn.Module, names, batches, calibration) -> None:
+    """Set each named QuantizedLayer's input range from ``batches`` run with every activation in float.
+
+    These are the values ONNX Runtime's calibration sees in the dequantized graph, so the torch model and the
+    int8 ORT model quantize each layer input with the same range (the running ranges QAT tracked differ).
+    """
+    layers = {name: model.get_submodule(name) for name in names}
+    quants = {name: layer.input_quant for name, layer in layers.items()}
+    for layer in layers.values():
+        layer.input_quant = None
+    try:
+        ranges = observe_layer_inputs(model, layers, batches, calibration)
+    finally:
+        for name, layer in layers.items():
+            layer.input_quant = quants[name]
+    for name, quant in quants.items():
+        quant.set_range(*ranges[name])
 
 
 @register(QATConfig)
@@ -59,14 +78,9 @@ def quantize_qat_(model: nn.Module, config: QATConfig, ctx: QuantContext) -> Han
         fq = layer.weight_source
         layer.weight_source = PackedWeight(fq.weight.detach(), 8, fq.granularity, fq.symmetric)
     onnx_model = None
+    if ctx.batches:
+        calibrate_input_ranges_(model, layers, ctx.batches, config.calibration)
     if ctx.export:
         excluded = sorted(quantizable_layers(model))  # plain layers left: the ignored ones
-        float_model = dequantize_model(_copy(model))
-        onnx_model = export_static(float_model, ctx.batches, config, excluded)
-    fp32, int8 = _int8_bytes(layers)
-    return HandlerResult({n: 8 for n in layers}, fp32, int8, onnx_model)
-
-
-def _copy(model: nn.Module) -> nn.Module:
-    import copy
-    return copy.deepcopy(model)
+        onnx_model = export_static(model, ctx.batches, config, excluded)
+    return int8_result(model, layers, onnx_model)

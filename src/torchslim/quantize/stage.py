@@ -22,10 +22,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from torchslim._errors import ConfigError
-from torchslim.quantize._select import QUANTIZABLE, name_matches, quantizable_layers
+from torchslim.quantize._select import check_layers
 from torchslim.quantize.api import quantize_
-from torchslim.quantize.config import METHODS, config_from_mapping, config_to_mapping
-from torchslim.quantize.granularity import PerGroup
+from torchslim.quantize.config import config_from_mapping, config_to_mapping, method_of
 from torchslim.stages import StageHandler, register_stage
 
 if TYPE_CHECKING:
@@ -58,32 +57,14 @@ def parse_quantize_stage(body: Any, *, prefix: str, source: Optional[str]) -> Qu
     return QuantizeStage(config, stage_sets_drop="max_metric_drop" in body)
 
 
-def method_of(config: Any) -> str:
-    return next(name for name, cls in METHODS.items() if isinstance(config, cls))
-
-
 def _fine_tunes(config: Any) -> bool:
     finetune = getattr(config, "finetune", None)
     return finetune is not None and finetune.epochs > 0
 
 
 def check_quantize_stage(ctx: "RunContext", stage: QuantizeStage) -> None:
-    """Before any training: ignored names exist, and a group size divides every quantized layer's rows."""
-    cfg = stage.config
-    names = [n for n, m in ctx.model.named_modules() if isinstance(m, QUANTIZABLE)]
-    for pattern in cfg.ignore:
-        if not any(name_matches(n, pattern) for n in names):
-            raise ConfigError("ignore", f"{pattern!r} matches no Linear/Conv layer; layers: {names}")
-    unknown = sorted(set(getattr(cfg, "overrides", {})) - set(names))
-    if unknown:
-        raise ConfigError("overrides", f"no quantizable layer named {unknown}; layers: {names}")
-    if isinstance(getattr(cfg, "granularity", None), PerGroup):
-        size = cfg.granularity.size
-        for name, layer in quantizable_layers(ctx.model, cfg.ignore).items():
-            row = layer.weight[0].numel()
-            if row % size:
-                raise ConfigError("group_size", f"must divide the row length of every quantized layer; {name} "
-                                                f"has rows of {row} weights, got {size} (or ignore {name})")
+    """Before any training: ignore/overrides patterns match modules, a group size divides every quantized row."""
+    check_layers(ctx.model, stage.config)
 
 
 def metric_drop_budget(ctx: "RunContext", stage: QuantizeStage, before: float) -> tuple[Optional[float], str]:
@@ -145,7 +126,8 @@ def _run_quantize(ctx: "RunContext", stage: QuantizeStage) -> dict[str, Any]:
         ctx.fit(model, TrainConfig(epochs=epochs, lr=lr, **settings), desc=f"{method} finetune")
 
     report = quantize_(ctx.model, cfg, calibration=calibration_batches(ctx, cfg), finetune=finetune,
-                       evaluate=ctx.validate)
+                       evaluate=ctx.validate, baseline=before)
+    after = report.metric if report.metric is not None else ctx.validate()
     names = sorted(report.layers)
     ctx.log(f"quantize: {method}, {len(names)} layer(s) quantized, {len(report.kept_fp32)} kept in fp32")
     return {"method": method, "bits": cfg.bits, "layers_quantized": names,
@@ -153,7 +135,7 @@ def _run_quantize(ctx: "RunContext", stage: QuantizeStage) -> dict[str, Any]:
             "fallback": list(report.fallback), "max_metric_drop": budget, "max_metric_drop_from": budget_from,
             "weight_bytes_fp32": report.weight_bytes_fp32, "weight_bytes_quantized": report.weight_bytes_quantized,
             "int8_onnx": report.onnx_model is not None, "val_metric_before": before,
-            "val_metric": ctx.validate()}
+            "val_metric": after}
 
 
 register_stage(StageHandler("quantize", QuantizeStage, _run_quantize, compresses=True,

@@ -5,14 +5,10 @@ from __future__ import annotations
 from torch import nn
 
 from torchslim.quantize._registry import HandlerResult, QuantContext, register
-from torchslim.quantize._select import layer_bits, quantizable_layers, set_submodule
+from torchslim.quantize._select import layer_bits, set_submodule
 from torchslim.quantize.codebook import cluster_weight
 from torchslim.quantize.config import KMeansConfig, WeightOnlyConfig
-from torchslim.quantize.modules import CodebookWeight, PackedWeight, QuantizedLayer
-
-
-def _stored_bytes(module: nn.Module) -> int:
-    return sum(t.numel() * t.element_size() for t in list(module.buffers()) + list(module.parameters()))
+from torchslim.quantize.modules import CodebookWeight, PackedWeight, QuantizedLayer, stored_bytes
 
 
 def pack_layers_(model: nn.Module, bits: dict[str, int], granularity, symmetric: bool) -> HandlerResult:
@@ -23,16 +19,15 @@ def pack_layers_(model: nn.Module, bits: dict[str, int], granularity, symmetric:
         source = PackedWeight(layer.weight.detach(), b, granularity, symmetric)
         set_submodule(model, name, QuantizedLayer(layer, source))
         fp32 += layer.weight.numel() * 4
-        quantized += _stored_bytes(source)
+        quantized += stored_bytes(source)
     return HandlerResult(dict(bits), fp32, quantized)
 
 
 @register(WeightOnlyConfig)
 def quantize_weight_only_(model: nn.Module, config: WeightOnlyConfig, ctx: QuantContext) -> HandlerResult:
     """Affine-quantize Linear/Conv weights to packed integers, dequantized in forward."""
-    layers = quantizable_layers(model, config.ignore)
-    return pack_layers_(model, layer_bits(model, layers, config.bits, config.overrides), config.granularity,
-                        config.symmetric)
+    bits = layer_bits(model, config.bits, config.ignore, config.overrides)
+    return pack_layers_(model, bits, config.granularity, config.symmetric)
 
 
 @register(KMeansConfig)
@@ -42,15 +37,15 @@ def quantize_kmeans_(model: nn.Module, config: KMeansConfig, ctx: QuantContext) 
     The fine-tuning callable trains every parameter of the model; in the quantized layers those are the
     centroids (and biases), so weights sharing a centroid move together.
     """
-    layers = quantizable_layers(model, config.ignore)
-    bits = layer_bits(model, layers, config.bits, config.overrides)
+    bits = layer_bits(model, config.bits, config.ignore, config.overrides)
     fp32 = quantized = 0
-    for name, layer in layers.items():
-        centroids, indices = cluster_weight(layer.weight, bits[name], config.iterations)
-        source = CodebookWeight(centroids, indices, bits[name]).to(layer.weight.device)
+    for name, b in bits.items():
+        layer = model.get_submodule(name)
+        centroids, indices = cluster_weight(layer.weight, b, config.iterations)
+        source = CodebookWeight(centroids, indices, b).to(layer.weight.device)
         set_submodule(model, name, QuantizedLayer(layer, source))
         fp32 += layer.weight.numel() * 4
-        quantized += _stored_bytes(source)
+        quantized += stored_bytes(source)
     if config.finetune is not None and ctx.finetune is not None and config.finetune.epochs > 0:
         ctx.finetune(model, config.finetune.epochs, config.finetune.lr)
     return HandlerResult(bits, fp32, quantized)
