@@ -1,6 +1,5 @@
 """Quantized models through the artifact: integer payloads, exact round trips, byte-identical re-saves."""
 
-import copy
 import hashlib
 import importlib.util
 import json
