@@ -8,7 +8,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import os
 import shutil
 import sys
 import tempfile
@@ -19,7 +18,7 @@ from typing import Any, Callable, Optional
 import torch
 from torch import nn
 
-from torchslim.artifact import load_artifact, save_artifact, update_manifest
+from torchslim.artifact import load_artifact, save_artifact, update_manifest, write_bytes_atomic
 from torchslim.data import Splits, load_splits
 from torchslim.distributed import is_main, local_device
 from torchslim.domain import Domain
@@ -131,12 +130,6 @@ def prepare(recipe: Recipe, *, log: Callable[[str], None] = _log_stderr) -> RunC
     return ctx
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _save_progress(ctx: RunContext, completed: int) -> None:
     """After each stage: the model and the records, so ``--resume`` skips finished stages."""
     if ctx.work_dir is None or not is_main():
@@ -144,8 +137,8 @@ def _save_progress(ctx: RunContext, completed: int) -> None:
     save_artifact(ctx.model, ctx.work_dir / "current", architecture=ctx.architecture)
     if ctx.baseline is not None and not (ctx.work_dir / "baseline").exists():
         save_artifact(ctx.baseline, ctx.work_dir / "baseline", architecture=ctx.baseline_architecture)
-    _write_atomic(ctx.work_dir / "progress.json", json.dumps({"completed": completed, "records": ctx.records,
-                                                              "architecture": ctx.architecture}))
+    write_bytes_atomic(ctx.work_dir / "progress.json", json.dumps(
+        {"completed": completed, "records": ctx.records, "architecture": ctx.architecture}).encode())
 
 
 def _restore_progress(ctx: RunContext) -> int:
@@ -240,7 +233,7 @@ def finish(ctx: RunContext, out: Path) -> dict[str, Any]:
     artifact's int8 model, or an fp32 export); the baseline in torch. An ``export`` stage's extra formats are
     written from the reloaded artifact (``onnx`` → ``out/model.onnx``).
     """
-    from torchslim.export.artifact import module_onnx, write_bytes_atomic
+    from torchslim.export.artifact import module_onnx
     from torchslim.export.measure import measure_in_runtime
     from torchslim.export.stage import ONNX_FILE, requested_formats
 
@@ -269,10 +262,10 @@ def finish(ctx: RunContext, out: Path) -> dict[str, Any]:
                         domain=ctx.domain, seed=ctx.seed)
     metrics.update({"int8_kernels": measured["int8_kernels"], "cpu_features": measured["cpu_features"],
                     "device": str(ctx.device), "data": ctx.splits.info, "stages": ctx.records})
-    _write_atomic(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    write_bytes_atomic(out / "metrics.json", (json.dumps(metrics, indent=2) + "\n").encode())
     from torchslim.report import render_markdown
 
-    _write_atomic(out / "report.md", render_markdown(metrics, ctx.domain.name))
+    write_bytes_atomic(out / "report.md", render_markdown(metrics, ctx.domain.name).encode())
     return metrics
 
 
