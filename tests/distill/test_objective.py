@@ -165,6 +165,9 @@ def test_end_to_end_distill_into_narrower_student_learns():
     assert len(history) == 20
     assert history[-1] < 0.05 * history[0], history
     assert _accuracy(student, data) > max(0.9, acc_before + 0.3)
+    x = data.tensors[0]
+    with torch.no_grad():  # it learned to imitate the teacher: they agree on nearly every input
+        assert (student(x).argmax(1) == teacher(x).argmax(1)).float().mean().item() > 0.9
     assert any(not torch.equal(a, b) for a, b in zip(before, student.parameters()))
     assert not any(m._forward_hooks for net in (student, teacher) for m in net.modules())
 
