@@ -58,15 +58,18 @@ def _print_summary(metrics: dict[str, Any], out: Path | None = None) -> None:
               help="Override a recipe value, e.g. --set stages.0.train.epochs=5 (repeatable).")
 def run(recipe: Path, out: Path, resume: bool, overrides: tuple[str, ...]) -> None:
     """Run RECIPE's stages and write the compressed model and its measurements to --out."""
-    from torchslim.distributed import init_from_env, is_main
+    from torchslim.distributed import init_from_env, is_main, shutdown
     from torchslim.recipe import load_recipe
     from torchslim.runner import run_recipe
 
     init_from_env()  # under torchrun: join the process group (gloo on CPU, nccl on GPU)
-    loaded = load_recipe(recipe, list(overrides))
-    metrics = run_recipe(loaded, out, resume=resume)
-    if is_main():
-        _print_summary(metrics, out)
+    try:
+        loaded = load_recipe(recipe, list(overrides))
+        metrics = run_recipe(loaded, out, resume=resume)
+        if is_main():
+            _print_summary(metrics, out)
+    finally:
+        shutdown()
 
 
 @cli.command()

@@ -17,6 +17,7 @@ from torch.utils.data import Dataset, DistributedSampler
 
 __all__ = [
     "init_from_env",
+    "shutdown",
     "is_distributed",
     "rank",
     "world_size",
@@ -45,6 +46,14 @@ def init_from_env() -> bool:
         else:
             dist.init_process_group("gloo")
     return is_distributed()
+
+
+def shutdown() -> None:
+    """Leave the process group together: every rank waits until rank 0 has written its files, then the group is
+    destroyed, so no rank exits while another still talks to it."""
+    if is_distributed():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def is_distributed() -> bool:
