@@ -13,10 +13,11 @@ from cli_support import cli_env
 
 @pytest.fixture
 def one_thread():
-    """One torch thread for the test (timings and training are steadier on a shared 2-core machine)."""
+    """One torch thread and seed 0 for the test (timings and training are steadier on a shared 2-core machine)."""
     import torch
 
     before = torch.get_num_threads()
+    torch.manual_seed(0)
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)

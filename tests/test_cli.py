@@ -105,16 +105,20 @@ def test_resume_finishes_an_interrupted_run_with_the_same_artifact(tmp_path, cli
     import sys
     import time
 
+    from safetensors import safe_open
+
     (tmp_path / "domain.yaml").write_text(DIGITS_DOMAIN)
     (tmp_path / "recipe.yaml").write_text(RECIPE.replace("epochs: 6", "epochs: 30"))
     assert cli("run", "recipe.yaml", "--out", "full", cwd=tmp_path).returncode == 0
     proc = subprocess.Popen([sys.executable, "-m", "torchslim", "run", "recipe.yaml", "--out", "cut"], cwd=tmp_path,
                             env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    ckpt = tmp_path / "cut" / ".torchslim-work" / "stage0-train.json"
+    ckpt = tmp_path / "cut" / ".torchslim-work" / "stage0-train.safetensors"
     deadline = time.time() + 120
     while time.time() < deadline:
-        if ckpt.is_file() and json.loads(ckpt.read_text() or "{}").get("next_epoch", 0) >= 3:
-            break
+        if ckpt.is_file():
+            with safe_open(str(ckpt), framework="pt") as f:
+                if json.loads(f.metadata()["torchslim"])["next_epoch"] >= 3:
+                    break
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()

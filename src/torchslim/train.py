@@ -104,7 +104,7 @@ def fit(model: nn.Module, train: Dataset, val: Dataset, cfg: TrainConfig, *, see
         loss_fn: ``(model, x, y) -> loss``; cross-entropy by default (distillation passes its own).
         after_step: called after every optimizer step (pruning masks, k-means centroid sharing).
         metric: validation metric name.
-        checkpoint: file written every epoch (safetensors + a JSON side file); with ``resume`` it is read back.
+        checkpoint: safetensors file written every epoch; with ``resume`` it is read back.
         desc: progress-bar label.
     Returns:
         the best epoch and its validation metric, and the per-epoch history.
@@ -171,7 +171,8 @@ def fit(model: nn.Module, train: Dataset, val: Dataset, cfg: TrainConfig, *, see
 
 def _save_checkpoint(path: Path, next_epoch: int, model: nn.Module, optimizer: torch.optim.Optimizer,
                      best_state: dict[str, torch.Tensor], result: FitResult) -> None:
-    """Everything needed to continue as if never stopped, without pickle: tensors in safetensors, the rest JSON."""
+    """Everything needed to continue as if never stopped, without pickle: tensors in safetensors, the rest as
+    JSON in the same file's metadata."""
     from safetensors.torch import save_file
 
     opt = optimizer.state_dict()
@@ -190,19 +191,18 @@ def _save_checkpoint(path: Path, next_epoch: int, model: nn.Module, optimizer: t
             "best_epoch": result.best_epoch, "best_val": result.best_val, "history": result.history}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp))
-    side = path.with_suffix(".json")
-    side_tmp = side.with_name(side.name + ".tmp")
-    side_tmp.write_text(json.dumps(meta))
-    os.replace(side_tmp, side)  # the JSON first: a tensor file never outlives its own metadata
+    # One file, replaced in one step: the tensors and their metadata can never be from different epochs.
+    save_file(tensors, str(tmp), metadata={"torchslim": json.dumps(meta)})
     os.replace(tmp, path)
 
 
 def _load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
                      result: FitResult) -> tuple[int, dict[str, torch.Tensor]]:
+    from safetensors import safe_open
     from safetensors.torch import load_file
 
-    meta = json.loads(path.with_suffix(".json").read_text())
+    with safe_open(str(path), framework="pt") as f:
+        meta = json.loads(f.metadata()["torchslim"])
     tensors = load_file(str(path))
     device = next(model.parameters()).device
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model/")})

@@ -17,13 +17,7 @@ requires_ort = pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is Non
 DIGITS = str(Path(__file__).resolve().parents[2] / "domains" / "digits.yaml")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.manual_seed(0)
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_export_stage_config():

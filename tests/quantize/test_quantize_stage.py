@@ -21,14 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DIGITS = str(ROOT / "domains" / "digits.yaml")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # two shared cores: one intra-op thread each keeps timings and runtimes steady
-    threads = torch.get_num_threads()
-    torch.manual_seed(0)
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _write_recipe(tmp_path, stages, domain=DIGITS, name="recipe.yaml"):
