@@ -22,7 +22,7 @@ from torchslim.artifact import load_artifact, save_artifact, update_manifest, wr
 from torchslim.data import Splits, load_splits
 from torchslim.distributed import is_main, local_device
 from torchslim.domain import Domain
-from torchslim.evaluate import check_constraints, measure, size_bytes
+from torchslim.evaluate import check_constraints, count_params, measure, size_bytes
 from torchslim.models import build_model, check_fits, input_shape_of
 from torchslim.recipe import Recipe
 from torchslim.stages import STAGES
@@ -130,13 +130,35 @@ def prepare(recipe: Recipe, *, log: Callable[[str], None] = _log_stderr) -> RunC
     return ctx
 
 
+def _measure_stage(ctx: RunContext, current: Path, baseline: Path) -> dict[str, Any]:
+    """Size, parameters and validation metric of the model as saved after a stage, reloaded from disk.
+
+    Returns:
+        ``size_bytes``, ``compression_ratio`` (baseline bytes / these bytes, both saved the same way),
+        ``params``, ``nonzero_params`` and ``artifact_val_metric``, for the report's per-stage table.
+    """
+    model, _ = load_artifact(current, base_dir=ctx.domain.base_dir)
+    params, nonzero = count_params(model)
+    size = size_bytes(current)
+    return {"size_bytes": size, "compression_ratio": size_bytes(baseline) / size, "params": params,
+            "nonzero_params": nonzero, "artifact_val_metric": ctx.validate(model.to(ctx.device))}
+
+
 def _save_progress(ctx: RunContext, completed: int) -> None:
-    """After each stage: the model and the records, so ``--resume`` skips finished stages."""
+    """After each stage: the model and the records, so ``--resume`` skips finished stages.
+
+    From the first compressing stage on, the stage's record also gets the saved model's size and metrics
+    (see :func:`_measure_stage`); both models are saved as the final artifact is (same manifest keys).
+    """
     if ctx.work_dir is None or not is_main():
         return
-    save_artifact(ctx.model, ctx.work_dir / "current", architecture=ctx.architecture)
-    if ctx.baseline is not None and not (ctx.work_dir / "baseline").exists():
-        save_artifact(ctx.baseline, ctx.work_dir / "baseline", architecture=ctx.baseline_architecture)
+    extra = _manifest_extra(ctx)
+    current = save_artifact(ctx.model, ctx.work_dir / "current", architecture=ctx.architecture, extra=extra)
+    baseline = ctx.work_dir / "baseline"
+    if ctx.baseline is not None and not baseline.exists():
+        save_artifact(ctx.baseline, baseline, architecture=ctx.baseline_architecture, extra=extra)
+    if ctx.baseline is not None and ctx.records:
+        ctx.records[-1].update(_measure_stage(ctx, current, baseline))
     write_bytes_atomic(ctx.work_dir / "progress.json", json.dumps(
         {"completed": completed, "records": ctx.records, "architecture": ctx.architecture}).encode())
 
@@ -162,7 +184,8 @@ def _restore_progress(ctx: RunContext) -> int:
 
 def run_recipe(recipe: Recipe, out: str | Path, *, resume: bool = False,
                log: Callable[[str], None] = _log_stderr) -> dict[str, Any]:
-    """Run every stage of ``recipe`` and write ``out/metrics.json``, ``out/report.md`` and ``out/artifact``.
+    """Run every stage of ``recipe`` and write ``out/metrics.json``, ``out/report.md``, ``out/report.html`` and
+    ``out/artifact``.
 
     Returns:
         the metrics that were written to ``metrics.json``.
@@ -262,10 +285,12 @@ def finish(ctx: RunContext, out: Path) -> dict[str, Any]:
                         domain=ctx.domain, seed=ctx.seed)
     metrics.update({"int8_kernels": measured["int8_kernels"], "cpu_features": measured["cpu_features"],
                     "device": str(ctx.device), "data": ctx.splits.info, "stages": ctx.records})
-    write_bytes_atomic(out / "metrics.json", (json.dumps(metrics, indent=2) + "\n").encode())
-    from torchslim.report import render_markdown
+    from torchslim.report import layer_stats, render_html, render_markdown
 
+    metrics["layers"] = layer_stats(reloaded, manifest)
+    write_bytes_atomic(out / "metrics.json", (json.dumps(metrics, indent=2) + "\n").encode())
     write_bytes_atomic(out / "report.md", render_markdown(metrics, ctx.domain.name).encode())
+    write_bytes_atomic(out / "report.html", render_html(metrics, ctx.domain.name).encode())
     return metrics
 
 

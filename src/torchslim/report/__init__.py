@@ -1,0 +1,7 @@
+"""The human-readable report: baseline against compressed, size and metric stage by stage, per-layer density
+and bits, sensitivity, constraints met or not, runtime. ``report.md`` for the terminal, ``report.html`` with plots."""
+
+from torchslim.report._layers import layer_stats
+from torchslim.report._sections import render_html, render_markdown, runtime_markdown, summary_rows
+
+__all__ = ["layer_stats", "render_html", "render_markdown", "runtime_markdown", "summary_rows"]

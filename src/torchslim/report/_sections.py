@@ -1,0 +1,203 @@
+"""The report's sections, built from ``metrics.json`` alone: every number is one the run measured.
+
+Sections are lists of blocks (see :mod:`torchslim.report._document`); Markdown and HTML are written from the same
+blocks, the HTML page adding the plots.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from torchslim.report._document import Block, Figure, Heading, Items, Paragraph, Table, to_html, to_markdown
+from torchslim.report._plots import layers_png, plots_available, sensitivity_png, stages_png
+
+DASH = "—"
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1024 or unit == "GB":
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def _pct(v: Optional[float]) -> str:
+    return DASH if v is None else f"{100 * v:.2f} %"
+
+
+def summary_rows(m: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(quantity, baseline, compressed) rows shared by the terminal summary and the report."""
+    return [
+        (m["metric"], _pct(m["baseline_value"]), _pct(m["value"])),
+        ("size on disk", _fmt_bytes(m["baseline_size_bytes"]), _fmt_bytes(m["size_bytes"])),
+        ("compression ratio", "1.00x", f"{m['compression_ratio']:.2f}x"),
+        ("params", f"{m['baseline_params']:,}", f"{m['params']:,}"),
+        ("nonzero params", "", f"{m['nonzero_params']:,}"),
+        ("latency batch 1", f"{m['baseline_latency_ms']['batch_1']:.3f} ms", f"{m['latency_ms']['batch_1']:.3f} ms"),
+        ("latency batch 64", f"{m['baseline_latency_ms']['batch_64']:.3f} ms",
+         f"{m['latency_ms']['batch_64']:.3f} ms ({m['latency_ratio_batch_64']:.2f}x faster)"),
+        ("peak memory (batch 64)", _fmt_bytes(m["baseline_peak_memory_bytes"]), _fmt_bytes(m["peak_memory_bytes"])),
+    ]
+
+
+def _summary(m: dict[str, Any], name: str) -> list[Block]:
+    return [Heading(1, f"torchslim report: {name}"),
+            Paragraph(f"Runtime `{m['runtime']}`, {m['threads']} thread(s), seed {m['seed']}. Every number of the "
+                      "compressed model was measured on the artifact reloaded from disk; metrics on the test split."),
+            Table(("", "baseline", "compressed"), tuple(summary_rows(m)), frozenset({1, 2}))]
+
+
+def _stage_label(rec: dict[str, Any], first: bool) -> str:
+    details = [str(rec[k]) for k in ("method",) if k in rec] + ([f"{rec['bits']} bits"] if "bits" in rec else [])
+    return f"{'after' if first else '+'} {rec['stage']}" + (f" ({', '.join(details)})" if details else "")
+
+
+def _stages(m: dict[str, Any], figures: bool) -> list[Block]:
+    """Size and metric after each compressing stage and of the shipped artifact, as in Deep Compression's tables."""
+    measured = [r for r in m["stages"] if "size_bytes" in r]
+    labels = [_stage_label(r, i == 0) for i, r in enumerate(measured)]
+    metric = m["metric"]
+    rows = [(label, f"{r['size_bytes']:,}", f"{r['compression_ratio']:.2f}x", f"{r['params']:,}",
+             f"{r['nonzero_params']:,}", _pct(r["artifact_val_metric"]), DASH) for label, r in zip(labels, measured)]
+    rows.append(("shipped artifact", f"{m['size_bytes']:,}", f"{m['compression_ratio']:.2f}x", f"{m['params']:,}",
+                 f"{m['nonzero_params']:,}", DASH, _pct(m["value"])))
+    intro = ("Each stage's model as saved after it and reloaded: bytes on disk, ratio against the baseline saved "
+             f"the same way ({m['baseline_size_bytes']:,} bytes, {_pct(m['baseline_value'])} test {metric}), "
+             "validation metric. The last row is the shipped artifact, measured on the test split (its manifest "
+             "also records these measurements, hence a few more bytes than the last stage's).")
+    if not measured:
+        intro = "No compressing stage ran: the shipped artifact is the trained model."
+    blocks: list[Block] = [Heading(2, "Size and metric by stage"), Paragraph(intro),
+                           Table(("stage", "bytes", "ratio", "params", "nonzero", f"val {metric}",
+                                  f"test {metric}"), tuple(rows), frozenset(range(1, 7)))]
+    if figures and measured:
+        png = stages_png(labels + ["shipped"], [r["size_bytes"] for r in measured] + [m["size_bytes"]],
+                         [r["artifact_val_metric"] for r in measured] + [None], m["value"], metric)
+        blocks.append(Figure(png, "Bytes on disk (bars) and validation metric (line) after each stage."))
+    return blocks
+
+
+def _fmt_value(v: Any) -> str:
+    return f"{v:.6g}" if isinstance(v, float) else str(v)
+
+
+def _records(m: dict[str, Any]) -> list[Block]:
+    items = []
+    for rec in m["stages"]:
+        details = ", ".join(f"{k}={_fmt_value(v)}" for k, v in rec.items() if k not in ("stage", "index")
+                            and not isinstance(v, (dict, list)))
+        items.append(f"stage {rec['index']} **{rec['stage']}**: {details}")
+    return [Heading(2, "Stages"), Items(tuple(items))]
+
+
+def _layers(m: dict[str, Any], figures: bool) -> list[Block]:
+    layers = m.get("layers", [])
+    if not layers:
+        return []
+    rows = tuple((r["name"], r["kind"], "x".join(map(str, r["shape"])), f"{r['params']:,}", f"{r['nonzero']:,}",
+                  f"{r['nonzero_fraction']:.4f}", str(r["bits"]), r["encoding"],
+                  DASH if r["activation_bits"] is None else str(r["activation_bits"])) for r in layers)
+    blocks: list[Block] = [
+        Heading(2, "Layers"),
+        Paragraph("Each Linear/Conv weight of the reloaded artifact: density is the nonzero fraction (of the "
+                  "decoded weight when quantized); bits are those stored (32: float)."),
+        Table(("layer", "kind", "shape", "weights", "nonzero", "density", "bits", "encoding", "act bits"), rows,
+              frozenset({3, 4, 5, 6, 8}))]
+    if figures:
+        png = layers_png([r["name"] for r in layers], [r["nonzero_fraction"] for r in layers],
+                         [r["bits"] if r["encoding"] != "float" else None for r in layers])
+        blocks.append(Figure(png, "Nonzero fraction of each layer's weight, with its bits when quantized."))
+    return blocks
+
+
+def _sensitivity(m: dict[str, Any], figures: bool) -> list[Block]:
+    blocks: list[Block] = []
+    metric = m["metric"]
+    for rec in m["stages"]:
+        if not rec.get("sensitivity"):
+            continue
+        table = rec["sensitivity"]  # [{layer, sparsity, val_metric (None: that sparsity empties the layer)}]
+        sparsities = sorted({row["sparsity"] for row in table})
+        curves: dict[str, dict[float, Optional[float]]] = {}
+        for row in table:
+            curves.setdefault(row["layer"], {})[row["sparsity"]] = row["val_metric"]
+        rows = tuple((layer, *(_pct(c.get(s)) for s in sparsities)) for layer, c in curves.items())
+        chosen = ", ".join(f"`{o}`" for o in rec.get("sensitivity_overrides", [])) or "none"
+        blocks += [Heading(2, f"Sensitivity (stage {rec['index']}, {rec['stage']})"),
+                   Paragraph(f"Validation {metric} with one layer alone pruned at each sparsity ({DASH}: that "
+                             f"sparsity would empty the layer); unpruned {_pct(rec['sensitivity_baseline'])}. "
+                             f"Sparsities chosen from it: {chosen}."),
+                   Table(("layer", *(f"{100 * s:g} %" for s in sparsities)), rows,
+                         frozenset(range(1, len(sparsities) + 1)))]
+        if figures:
+            points = {layer: [(s, v) for s, v in sorted(c.items()) if v is not None] for layer, c in curves.items()}
+            blocks.append(Figure(sensitivity_png(points, rec["sensitivity_baseline"], metric),
+                                 f"Validation {metric} against each layer's sparsity, that layer alone pruned."))
+    return blocks
+
+
+def _constraints(m: dict[str, Any]) -> list[Block]:
+    if not m["constraints"]:
+        return [Heading(2, "Constraints"), Paragraph("The domain sets no constraints.")]
+    rows = tuple((f"`{key}`", str(c["limit"]), f"{c['measured']:.6g}", "met" if c["met"] else "**NOT met**")
+                 for key, c in m["constraints"].items())
+    return [Heading(2, "Constraints"), Table(("constraint", "limit", "measured", ""), rows, frozenset({1, 2}))]
+
+
+def _data(m: dict[str, Any]) -> list[Block]:
+    d = m["data"]
+    return [Heading(2, "Data"),
+            Paragraph(f"`{d['source']}`: train {d['train']}, val {d['val']}, test {d['test']} (seed {d['seed']}, "
+                      f"stratified). {d['preprocessing']}.")]
+
+
+def _runtime(metrics: dict[str, Any]) -> list[Block]:
+    kernels = metrics.get("int8_kernels")
+    if kernels is None:
+        ran = "ONNX Runtime was not used (runtime `torch`)."
+    elif kernels:
+        ran = "ONNX Runtime ran integer kernels: " + ", ".join(f"{op} ×{n}" for op, n in kernels.items()) + "."
+    else:
+        ran = "ONNX Runtime ran float kernels only (the artifact holds no int8 model)."
+    cpu = metrics.get("cpu_features", {})
+    flags = [k for k, v in cpu.items() if v is True]
+    return [Heading(2, "Runtime"),
+            Paragraph(f"Compressed model measured in `{metrics.get('runtime')}`; baseline in `torch`. {ran}"),
+            Paragraph(f"CPU `{cpu.get('machine', '?')}` int8 features: {', '.join(flags) if flags else 'none detected'}.")]
+
+
+def runtime_markdown(metrics: dict[str, Any]) -> str:
+    """A report section saying which kernels ran and what int8 support the CPU has."""
+    return to_markdown(_runtime(metrics))
+
+
+def report_blocks(m: dict[str, Any], name: str, *, figures: bool) -> list[Block]:
+    """The whole report; ``figures`` adds the plots (HTML only)."""
+    blocks = _summary(m, name) + _stages(m, figures) + _layers(m, figures) + _sensitivity(m, figures)
+    blocks += _constraints(m) + _records(m) + _data(m)
+    if "cpu_features" in m:
+        blocks += _runtime(m)
+    return blocks
+
+
+def render_markdown(m: dict[str, Any], name: str) -> str:
+    """``report.md``: the report as Markdown that reads well in a terminal (tables padded, no images).
+
+    Args:
+        m: the run's ``metrics.json`` object.
+        name: the domain's name, for the title.
+    """
+    return to_markdown(report_blocks(m, name, figures=False))
+
+
+def render_html(m: dict[str, Any], name: str) -> str:
+    """``report.html``: the same report as one self-contained page, plots embedded as base64 PNGs.
+
+    Without matplotlib (the ``report`` extra) the page says so and shows the tables only.
+    """
+    figures = plots_available()
+    blocks = report_blocks(m, name, figures=figures)
+    if not figures:
+        blocks.insert(3, Paragraph("Plots need matplotlib: `pip install torchslim[report]`."))
+    return to_html(f"torchslim report: {name}", blocks)

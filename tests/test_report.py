@@ -1,0 +1,128 @@
+"""The report of a real run: per-stage sizes equal the run's measurements, per-layer density equals the reloaded
+artifact's, and report.html is one self-contained page with its plots embedded."""
+
+import importlib.util
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from cli_support import DIGITS_DOMAIN, cli_env
+
+RECIPE = """domain: domain.yaml
+seed: 0
+stages:
+  - train: {epochs: 3, lr: 0.003, batch_size: 64}
+  - prune: {method: magnitude, sparsity: 0.8, finetune: {epochs: 1, lr: 0.001},
+            sensitivity: {sparsities: [0.5, 0.9], max_drop: 0.05}}
+  - quantize: {method: kmeans, bits: 4, finetune: {epochs: 1}}
+"""
+
+requires_matplotlib = pytest.mark.skipif(importlib.util.find_spec("matplotlib") is None, reason="needs matplotlib")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("report")
+    (folder / "domain.yaml").write_text(DIGITS_DOMAIN)
+    (folder / "recipe.yaml").write_text(RECIPE)
+    proc = subprocess.run([sys.executable, "-m", "torchslim", "run", "recipe.yaml", "--out", "out"], cwd=folder,
+                          capture_output=True, text=True, env=cli_env(), timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    out = folder / "out"
+    return out, json.loads((out / "metrics.json").read_text()), (out / "report.md").read_text()
+
+
+def _table(md: str, heading: str) -> list[list[str]]:
+    """The body rows of the first table after ``heading``, as stripped cells."""
+    lines = md.split(heading, 1)[1].splitlines()
+    first = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    table = []
+    for line in lines[first:]:
+        if not line.startswith("|"):
+            break
+        table.append([c.strip() for c in line.strip("|").split("|")])
+    return table[2:]  # after the header and the rule
+
+
+def test_stage_table_has_the_run_sizes(run):
+    _, metrics, md = run
+    rows = _table(md, "## Size and metric by stage")
+    measured = [r for r in metrics["stages"] if "size_bytes" in r]
+    assert [r["stage"] for r in measured] == ["prune", "quantize"]  # the train stage ran before the baseline
+    assert len(rows) == len(measured) + 1 and rows[-1][0] == "shipped artifact"
+    assert [int(r[1].replace(",", "")) for r in rows] == [r["size_bytes"] for r in measured] + [metrics["size_bytes"]]
+    prune, quant = measured
+    # 4-bit codes replace the fp32 weights: the quantized model is far smaller than the pruned one
+    assert quant["size_bytes"] < prune["size_bytes"] / 2 and quant["compression_ratio"] > 2 * prune["compression_ratio"]
+    # the last stage's model is the shipped one: same bytes up to the final manifest's added records
+    assert abs(quant["size_bytes"] - metrics["size_bytes"]) < 1024
+    assert prune["nonzero_params"] < 0.4 * prune["params"] and prune["params"] == metrics["params"]
+    # the saved and reloaded model validates as the one in memory did
+    assert prune["artifact_val_metric"] == pytest.approx(prune["val_metric"])
+    assert rows[-1][6] == f"{100 * metrics['value']:.2f} %"
+
+
+def test_layer_table_matches_the_reloaded_artifact(run):
+    from torchslim.artifact import load_artifact
+
+    out, metrics, md = run
+    model, manifest = load_artifact(out / "artifact")
+    expected = {}
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if isinstance(module, nn.Linear) or hasattr(module, "weight_source"):
+                w = module.weight  # a quantized layer decodes its codes
+                expected[name] = (int(torch.count_nonzero(w)), int(torch.count_nonzero(w)) / w.numel())
+    rows = {r[0]: r for r in _table(md, "## Layers")}
+    assert set(rows) == set(expected) == {"fc1", "fc2", "fc3"}
+    bits = {n: spec["bits"] for n, spec in manifest["quantization"]["layers"].items()}
+    for name, (nonzero, fraction) in expected.items():
+        assert int(rows[name][4].replace(",", "")) == nonzero
+        assert float(rows[name][5]) == pytest.approx(fraction, abs=5e-5)
+        assert rows[name][6] == str(bits.get(name, 32))
+    assert sum(n for n, _ in expected.values()) < 0.4 * sum(r["params"] for r in metrics["layers"])
+    assert set(bits.values()) == {4}
+
+
+def test_sensitivity_and_constraints_are_reported(run):
+    _, metrics, md = run
+    (prune,) = [r for r in metrics["stages"] if r["stage"] == "prune"]
+    rows = _table(md, "## Sensitivity")
+    layers = {r["layer"] for r in prune["sensitivity"]}
+    assert {r[0] for r in rows} == layers and all(len(r) == 3 for r in rows)  # two sparsities each
+    for entry in prune["sensitivity"]:
+        col = 1 if entry["sparsity"] == 0.5 else 2
+        (row,) = [r for r in rows if r[0] == entry["layer"]]
+        assert row[col] == (f"{100 * entry['val_metric']:.2f} %" if entry["val_metric"] is not None else "—")
+    constraints = _table(md, "## Constraints")
+    assert [r[3] for r in constraints] == ["met" if c["met"] else "**NOT met**" for c in metrics["constraints"].values()]
+    assert "## Runtime" in md
+
+
+@requires_matplotlib
+def test_html_is_self_contained_with_plots(run):
+    out, metrics, _ = run
+    page = (out / "report.html").read_text()
+    images = page.count('<img src="data:image/png;base64,')
+    assert images == 3  # stages, layers, sensitivity
+    assert page.count('src="') == images and "href=" not in page and "http" not in page
+    for data in re.findall(r'src="data:image/png;base64,([^"]+)"', page):
+        import base64
+
+        assert base64.b64decode(data).startswith(b"\x89PNG")
+    assert f"{metrics['size_bytes']:,}" in page
+
+
+def test_html_without_matplotlib_says_so_and_keeps_the_tables(run, monkeypatch):
+    from torchslim.report import _sections, render_html
+
+    _, metrics, _ = run
+    monkeypatch.setattr(_sections, "plots_available", lambda: False)
+    page = render_html(metrics, "digits-test")
+    assert "<img" not in page and "pip install torchslim[report]" in page
+    assert page.count("<table>") == 5  # summary, stages, layers, sensitivity, constraints
