@@ -52,7 +52,7 @@ def test_two_process_run_agrees_across_ranks_and_with_eval(tmp_path):
 
     # Only rank 0 writes: one summary on stdout, the three outputs and nothing else.
     assert proc.stdout.count("wrote ") == 1
-    assert sorted(p.name for p in out.iterdir()) == ["artifact", "metrics.json", "report.md"]
+    assert sorted(p.name for p in out.iterdir()) == ["artifact", "metrics.json", "report.html", "report.md"]
     metrics = json.loads((out / "metrics.json").read_text())
     train, kd, recovery = metrics["stages"]
     assert [s["stage"] for s in metrics["stages"]] == ["train", "distill", "distill"]
