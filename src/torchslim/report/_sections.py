@@ -36,7 +36,7 @@ def summary_rows(m: dict[str, Any]) -> list[tuple[str, str, str]]:
         ("nonzero params", "", f"{m['nonzero_params']:,}"),
         ("latency batch 1", f"{m['baseline_latency_ms']['batch_1']:.3f} ms", f"{m['latency_ms']['batch_1']:.3f} ms"),
         ("latency batch 64", f"{m['baseline_latency_ms']['batch_64']:.3f} ms",
-         f"{m['latency_ms']['batch_64']:.3f} ms ({m['latency_ratio_batch_64']:.2f}x faster)"),
+         f"{m['latency_ms']['batch_64']:.3f} ms (speed-up {m['latency_ratio_batch_64']:.2f}x)"),
         ("peak memory (batch 64)", _fmt_bytes(m["baseline_peak_memory_bytes"]), _fmt_bytes(m["peak_memory_bytes"])),
     ]
 
