@@ -119,6 +119,34 @@ def export_(artifact: Path, fmt: str, out: Path) -> None:
     click.echo(f"wrote {path} ({'int8 model' if int8 else 'fp32 export'}, {path.stat().st_size:,} bytes)")
 
 
+@cli.command(name="inspect")
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print layers, totals and the plain manifest as one JSON object.")
+def inspect_(artifact: Path, as_json: bool) -> None:
+    """Show what a saved ARTIFACT stores per layer (shape, sparsity, bits, encoding, bytes) and in total."""
+    from torchslim.artifact import describe_artifact
+
+    info = describe_artifact(artifact)
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    rows = [("layer", "shape", "sparsity", "bits", "encoding", "bytes")]
+    for r in info["layers"]:
+        rows.append((r["name"], "x".join(map(str, r["shape"])), "" if r["sparsity"] is None else f"{r['sparsity']:.1%}",
+                     str(r["bits"]), r["encoding"], f"{r['bytes']:,}"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        click.echo("  ".join(c.ljust(w) if i in (0, 4) else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
+    t, b = info["totals"], info["totals"]["bytes"]
+    click.echo(f"params {t['params']:,}, nonzero {t['nonzero']:,} ({t['nonzero'] / max(t['params'], 1):.1%})")
+    click.echo(f"bytes {b['total']:,}: tensors {b['tensors']:,}, manifest {b['manifest']:,}, container "
+               f"{b['container']:,}" + "".join(f", {k} {v:,}" for k, v in b["files"].items()
+                                              if k not in ("manifest.json", "model.safetensors")))
+    m = info["manifest"]
+    click.echo(f"format {m['format']} v{m['version']}, architecture {json.dumps(m['architecture'])}"
+               + (f", {m['metrics']['metric']} {m['metrics']['value']:.4f}" if "metrics" in m else ""))
+
+
 def main() -> None:
     cli(prog_name="torchslim")
 

@@ -1,6 +1,5 @@
 """Quantized models through the artifact: integer payloads, exact round trips, byte-identical re-saves."""
 
-import hashlib
 import importlib.util
 import json
 import subprocess
@@ -9,6 +8,7 @@ import sys
 import pytest
 import torch
 
+from artifact_support import rewrite_manifest
 from torchslim.artifact import ArtifactError, load_artifact, read_manifest, save_artifact
 from torchslim.evaluate import size_bytes
 from torchslim.models import LeNet300100, LeNet5
@@ -154,19 +154,6 @@ def test_import_torchslim_stays_light():
     assert json.loads(out.stdout) == []  # torch, onnx and onnxruntime load when an artifact is loaded
 
 
-def _rewrite_manifest(path, edit):
-    """Edit the manifest and recompute its checksum as save_artifact does, so only the content is wrong."""
-    manifest = json.loads((path / "manifest.json").read_text())
-    edit(manifest)
-    body = {k: v for k, v in manifest.items() if k != "sha256"}
-
-    def canonical(data):
-        return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-
-    body["sha256"] = hashlib.sha256(canonical(body)).hexdigest()
-    (path / "manifest.json").write_bytes(canonical(body))
-
-
 def _rename_layer(manifest):
     layers = manifest["quantization"]["layers"]
     layers["fc9"] = layers.pop("fc1")
@@ -181,7 +168,7 @@ def _rename_layer(manifest):
 ])
 def test_consistent_but_wrong_manifest_is_a_one_line_artifact_error(tmp_path, edit, message):
     path = save_artifact(_quantized("weight2"), tmp_path / "a", architecture=ARCH)
-    _rewrite_manifest(path, edit)
+    rewrite_manifest(path, edit)
     with pytest.raises(ArtifactError, match=message) as err:
         load_artifact(path)
     assert "\n" not in str(err.value)
