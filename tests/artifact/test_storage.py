@@ -166,3 +166,15 @@ def test_inspect_shows_layers_totals_and_the_plain_manifest(tmp_path):
     assert sum(bytes_["files"].values()) == bytes_["total"] == size_bytes(path)
     assert bytes_["manifest"] + bytes_["tensors"] + bytes_["container"] == bytes_["total"]
     assert sum(r["bytes"] for r in info["layers"]) == bytes_["tensors"]  # every stored tensor is in a layer
+
+
+def test_manifest_dictionary_is_frozen_for_the_format_version():
+    """Changing the dictionary makes saved manifests unreadable: it needs a new ARTIFACT_VERSION (and this pin)."""
+    import hashlib
+
+    from torchslim.artifact import ARTIFACT_VERSION
+    from torchslim.artifact._dictionary import MANIFEST_DICTIONARY
+
+    assert ARTIFACT_VERSION == 2
+    assert hashlib.sha256(MANIFEST_DICTIONARY).hexdigest() == \
+        "63d127861136642e23ff480bb0271202e6a83c876e91683093bd7fddd5f6584a"
