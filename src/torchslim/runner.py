@@ -156,7 +156,7 @@ def _save_progress(ctx: RunContext, completed: int) -> None:
     current = save_artifact(ctx.model, ctx.work_dir / "current", architecture=ctx.architecture, extra=extra)
     baseline = ctx.work_dir / "baseline"
     if ctx.baseline is not None and not baseline.exists():
-        save_artifact(ctx.baseline, baseline, architecture=ctx.baseline_architecture, extra=extra)
+        save_artifact(ctx.baseline, baseline, architecture=ctx.baseline_architecture, extra=extra, compress=False)
     if ctx.baseline is not None and ctx.records:
         ctx.records[-1].update(_measure_stage(ctx, current, baseline))
     write_bytes_atomic(ctx.work_dir / "progress.json", json.dumps(
@@ -271,8 +271,10 @@ def finish(ctx: RunContext, out: Path) -> dict[str, Any]:
     measured = measure_in_runtime(reloaded, manifest, test, metric, shape, ctx.domain.runtime)
     base_measured = measure(baseline, test, metric, shape)
     with tempfile.TemporaryDirectory() as tmp:
-        # The baseline is stored the same way (dense fp32, same manifest keys) so the ratio compares like with like.
-        base_path = save_artifact(baseline, Path(tmp) / "baseline", architecture=baseline_arch, extra=extra)
+        # The baseline is the uncompressed fp32 file (dense tensors, same manifest keys), as compression ratios
+        # are quoted against it.
+        base_path = save_artifact(baseline, Path(tmp) / "baseline", architecture=baseline_arch, extra=extra,
+                                  compress=False)
         update_manifest(base_path, metrics={"metric": metric, "value": base_measured["value"]})
         baseline_bytes = size_bytes(base_path)
     update_manifest(artifact, metrics={"metric": metric, "value": measured["value"]},
@@ -333,7 +335,7 @@ def evaluate_artifact(path: str | Path, domain: Domain) -> dict[str, Any]:
     else:
         with tempfile.TemporaryDirectory() as tmp:
             baseline_bytes = size_bytes(save_artifact(baseline, Path(tmp) / "baseline",
-                                                      architecture=architecture_of(domain.model)))
+                                                      architecture=architecture_of(domain.model), compress=False))
     metrics = summarize(measured, base, size=size_bytes(path), baseline_size=baseline_bytes, domain=domain,
                         seed=manifest.get("seed", 0))
     metrics.update({"int8_kernels": measured["int8_kernels"], "cpu_features": measured["cpu_features"],

@@ -8,11 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from safetensors.torch import load_file
 
 import torchslim.train
 from torchslim._errors import ConfigError
-from torchslim.artifact import load_artifact, save_artifact
+from torchslim.artifact import load_artifact, load_state, save_artifact
 from torchslim.cli import cli
 from torchslim.distill.stage import parse_stage, student_spec
 from torchslim.domain import load_domain
@@ -200,8 +199,8 @@ def test_resume_after_an_interrupted_distillation_gives_the_same_weights(tmp_pat
 
     assert "resume: 1 stage(s) already done" in lines
     assert saved_epochs == [1, 2, 3, 4]  # the resumed run went on from epoch 2, it did not start over
-    a = load_file(str(tmp_path / "full" / "artifact" / "model.safetensors"))
-    b = load_file(str(tmp_path / "cut" / "artifact" / "model.safetensors"))
+    a = load_state(tmp_path / "full" / "artifact")
+    b = load_state(tmp_path / "cut" / "artifact")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert resumed["value"] == full["value"] and resumed["stages"][1]["val_metric"] == full["stages"][1]["val_metric"]
 

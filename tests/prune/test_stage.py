@@ -8,10 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from safetensors.torch import load_file
 
 from torchslim._errors import ConfigError
-from torchslim.artifact import load_artifact
+from torchslim.artifact import load_artifact, load_state
 from torchslim.prune import MagnitudeConfig, StructuredConfig
 from torchslim.prune.sensitivity import SensitivityTable, overrides_from_sensitivity
 from torchslim.prune.stage import PruneStage, SensitivitySpec, parse_stage
@@ -131,7 +130,7 @@ def test_magnitude_global_sparsity_is_exact_and_survives_later_training(tmp_path
     assert record["params_before"] == record["params_after"] == 50610
     assert record["masked_layers"] == ["fc1", "fc2", "fc3"]
     assert record["nonzero_after"] == 50610 - 45180  # biases are not pruned
-    state = load_file(str(tmp_path / "out" / "artifact" / "model.safetensors"))
+    state = load_state(tmp_path / "out" / "artifact")
     # After the fine-tune and three more epochs of Adam, exactly the pruned 90% are still zero.
     assert sum(int((state[k] == 0).sum()) for k in WEIGHTS) == 45180
     assert metrics["nonzero_params"] == 50610 - 45180
@@ -210,8 +209,8 @@ def test_interrupted_finetune_resumes_to_the_same_weights(tmp_path, monkeypatch)
     monkeypatch.setattr(runner, "fit", real_fit)
     run_recipe(load_recipe(recipe), tmp_path / "cut", resume=True, log=quiet)
 
-    whole = load_file(str(tmp_path / "whole" / "artifact" / "model.safetensors"))
-    resumed = load_file(str(tmp_path / "cut" / "artifact" / "model.safetensors"))
+    whole = load_state(tmp_path / "whole" / "artifact")
+    resumed = load_state(tmp_path / "cut" / "artifact")
     assert whole.keys() == resumed.keys()
     for key in whole:
         assert torch.equal(whole[key], resumed[key]), key
@@ -242,7 +241,7 @@ def test_masks_survive_a_resume_into_a_later_training_stage(tmp_path, monkeypatc
         run_recipe(load_recipe(recipe), tmp_path / "cut", log=quiet)
     monkeypatch.setattr(runner, "fit", real_fit)
     metrics = run_recipe(load_recipe(recipe), tmp_path / "cut", resume=True, log=quiet)
-    state = load_file(str(tmp_path / "cut" / "artifact" / "model.safetensors"))
+    state = load_state(tmp_path / "cut" / "artifact")
     for name in ("fc1", "fc2", "fc3"):
         weight = state[f"{name}.weight"]
         assert int((weight == 0).sum()) == round(0.8 * weight.numel()), name

@@ -163,16 +163,21 @@ def _candidates(t: torch.Tensor, packed: tuple[int, int] | None):
             yield ("sparse", *_sparse_floats(flat, index_bits))
 
 
-def encode_tensor(t: torch.Tensor, packed: tuple[int, int] | None = None) -> tuple[dict[str, Any], bytes, bytes]:
+def encode_tensor(t: torch.Tensor, packed: tuple[int, int] | None = None, *,
+                  compress: bool = True) -> tuple[dict[str, Any], bytes, bytes]:
     """The smallest stored form of ``t``, verified to decode back to it.
 
     Args:
         t: a contiguous CPU tensor of the state dict.
         packed: ``(bits, numel)`` when ``t`` is a buffer of packed codes (sparse code entries are then tried).
+        compress: False stores the tensor as it is (dense, or its packed codes), with no sparse or entropy coding.
     Returns:
         (manifest entry: encoding, its parameters, and ``zstd`` when entropy-coded; the stored bytes; the bytes
         before entropy coding, for a payload compressed as a whole).
     """
+    if not compress:
+        raw = _numpy(t).tobytes()
+        return {"encoding": "dense" if packed is None else f"packed{packed[0]}"}, raw, raw
     best: tuple[dict[str, Any], bytes, bytes] | None = None
     for encoding, extra, plain, planed in _candidates(t, packed):
         level = ZSTD_LEVEL if len(planed) < LARGE else 3
@@ -183,9 +188,7 @@ def encode_tensor(t: torch.Tensor, packed: tuple[int, int] | None = None) -> tup
                 best = (entry, data, before)
     entry, data, before = best
     if entry["encoding"] != "dense" and not _decodes_to(entry, data, t):  # never store what does not round-trip
-        if packed is None:
-            return {"encoding": "dense"}, _numpy(t).tobytes(), _numpy(t).tobytes()
-        return {"encoding": f"packed{packed[0]}"}, _numpy(t).tobytes(), _numpy(t).tobytes()
+        return encode_tensor(t, packed, compress=False)
     return entry, data, before
 
 

@@ -131,7 +131,7 @@ def _read_payload(folder: Path) -> tuple[dict[str, Any], bytes, int]:
     return body, data, len(blob) - len(data)
 
 
-def _encode_state(state: dict[str, torch.Tensor], layers: dict[str, dict[str, Any]]
+def _encode_state(state: dict[str, torch.Tensor], layers: dict[str, dict[str, Any]], compress: bool = True
                   ) -> tuple[dict[str, dict[str, Any]], bytes, bool]:
     """(tensor table, tensor data, whether the data is one zstd frame) in the order of the sorted keys."""
     table, stored, inflated = {}, [], []
@@ -141,12 +141,12 @@ def _encode_state(state: dict[str, torch.Tensor], layers: dict[str, dict[str, An
         packed = None
         if owner in layers and leaf == "packed":
             packed = (int(layers[owner]["bits"]), int(torch.Size(layers[owner]["shape"]).numel()))
-        entry, data, before = encode_tensor(t, packed)
+        entry, data, before = encode_tensor(t, packed, compress=compress)
         table[key] = {"shape": list(t.shape), "dtype": dtype_name(t.dtype), **entry, "bytes": len(data)}
         stored.append(data)
         inflated.append(before)
     separate, joined = b"".join(stored), b"".join(inflated)
-    if len(joined) >= LARGE:  # large models: the per-tensor frames are all that is worth the time
+    if not compress or len(joined) >= LARGE:  # large models: the per-tensor frames are all that is worth the time
         return table, separate, False
     whole = zstd_compress(joined)
     if len(whole) < len(separate):  # one frame for all: fewer frame headers and code tables
@@ -183,7 +183,7 @@ def _decode_state(folder: Path, manifest: dict[str, Any], data: bytes) -> dict[s
 # ---- save ------------------------------------------------------------------------------------------------------
 
 def save_artifact(model: nn.Module, path: str | Path, *, architecture: dict[str, Any],
-                  extra: dict[str, Any] | None = None) -> Path:
+                  extra: dict[str, Any] | None = None, compress: bool = True) -> Path:
     """Write ``model`` as an artifact folder at ``path``, atomically (the old one or the new one, never half).
 
     Every tensor is stored in the smallest of its lossless encodings; the reloaded model computes exactly what
@@ -194,6 +194,8 @@ def save_artifact(model: nn.Module, path: str | Path, *, architecture: dict[str,
         architecture: how to rebuild the module before loading tensors (``{"name": ..., "kwargs": ...}`` or
             ``{"factory": ..., "kwargs": ...}``).
         extra: further manifest keys (recipe, domain, metrics, input shape, labels, preprocessing).
+        compress: False stores every tensor as it is (no sparse or entropy coding): the uncompressed fp32 file a
+            baseline is measured as.
     Returns:
         the artifact path.
     """
@@ -204,7 +206,7 @@ def save_artifact(model: nn.Module, path: str | Path, *, architecture: dict[str,
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     layers = describe_quantized_layers(model)
     onnx_model = int8_onnx_of(model) if layers else None
-    table, data, whole = _encode_state(state, layers)
+    table, data, whole = _encode_state(state, layers, compress)
     payloads = {TENSORS: _sha256(data)}
     manifest: dict[str, Any] = {"architecture": architecture, "tensors": table, "payloads": payloads,
                                 "versions": _versions(), **(extra or {})}
