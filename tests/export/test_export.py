@@ -4,6 +4,7 @@ import pytest
 import torch
 from torch import nn
 
+from model_zoo import TinyEncoder
 from torchslim.export import OrtSession, cpu_int8_features, export_onnx, optimized_op_counts, quantized_kernels
 
 requires_ort = pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None, reason="needs onnxruntime")
@@ -19,16 +20,6 @@ class ConvBN(nn.Module):
     def forward(self, x):  # (N, 1, 8, 8)
         x = torch.relu(self.bn1(self.conv1(x)))
         return self.fc(torch.flatten(self.pool(torch.relu(self.conv2(x))), 1))
-
-
-class TinyEncoder(nn.Module):
-    def __init__(self):
-        super().__init__()
-        layer = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True)
-        self.encoder, self.head = nn.TransformerEncoder(layer, 1, enable_nested_tensor=False), nn.Linear(16, 3)
-
-    def forward(self, x):  # (N, T, 16)
-        return self.head(self.encoder(x).mean(1))
 
 
 def _conv_bn():

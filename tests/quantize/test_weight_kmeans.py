@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from quant_models import MLP, TinyEncoder, image_batches, relative_error
+from model_zoo import TinyEncoder
+from quant_models import MLP, image_batches, relative_error
 from torchslim._errors import ConfigError
 from torchslim.quantize import (CodebookWeight, FinetuneConfig, KMeansConfig, PackedWeight, PerChannel,
                                 QuantizedLayer, WeightOnlyConfig, cluster_weight, quantize_, quantize_tensor)
