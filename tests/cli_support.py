@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -11,6 +13,16 @@ ROOT = Path(__file__).resolve().parents[1]
 def cli_env() -> dict[str, str]:
     """Environment for a ``python -m torchslim`` subprocess: quiet progress, this checkout's sources."""
     return dict(os.environ, TQDM_DISABLE="1", PYTHONPATH=str(ROOT / "src"))
+
+
+def run_recipe_in(folder: Path, domain: str, recipe: str) -> subprocess.CompletedProcess:
+    """Write ``domain.yaml`` and ``recipe.yaml`` into ``folder`` and ``torchslim run`` them into ``folder/out``."""
+    (folder / "domain.yaml").write_text(domain)
+    (folder / "recipe.yaml").write_text(recipe)
+    proc = subprocess.run([sys.executable, "-m", "torchslim", "run", "recipe.yaml", "--out", "out"], cwd=folder,
+                          capture_output=True, text=True, env=cli_env(), timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    return proc
 
 
 DIGITS_DOMAIN = """

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from cli_support import DIGITS_DOMAIN, cli_env
+from cli_support import DIGITS_DOMAIN, cli_env, run_recipe_in
 
 RECIPE = "domain: domain.yaml\nseed: 0\nstages:\n  - train: {epochs: 6, lr: 0.003, batch_size: 64}\n"
 METRICS_KEYS = {"metric", "value", "baseline_value", "size_bytes", "baseline_size_bytes", "compression_ratio",
@@ -14,16 +14,8 @@ METRICS_KEYS = {"metric", "value", "baseline_value", "size_bytes", "baseline_siz
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    import subprocess
-    import sys
-
     folder = tmp_path_factory.mktemp("run")
-    (folder / "domain.yaml").write_text(DIGITS_DOMAIN)
-    (folder / "recipe.yaml").write_text(RECIPE)
-    proc = subprocess.run([sys.executable, "-m", "torchslim", "run", "recipe.yaml", "--out", "out"], cwd=folder,
-                          capture_output=True, text=True, env=cli_env(), timeout=600)
-    assert proc.returncode == 0, proc.stderr
-    return folder, proc
+    return folder, run_recipe_in(folder, DIGITS_DOMAIN, RECIPE)
 
 
 def test_run_writes_metrics_report_and_artifact(trained):

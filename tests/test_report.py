@@ -4,14 +4,12 @@ artifact's, and report.html is one self-contained page with its plots embedded."
 import importlib.util
 import json
 import re
-import subprocess
-import sys
 
 import pytest
 import torch
 from torch import nn
 
-from cli_support import DIGITS_DOMAIN, cli_env
+from cli_support import DIGITS_DOMAIN, run_recipe_in
 
 RECIPE = """domain: domain.yaml
 seed: 0
@@ -28,11 +26,7 @@ requires_matplotlib = pytest.mark.skipif(importlib.util.find_spec("matplotlib") 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("report")
-    (folder / "domain.yaml").write_text(DIGITS_DOMAIN)
-    (folder / "recipe.yaml").write_text(RECIPE)
-    proc = subprocess.run([sys.executable, "-m", "torchslim", "run", "recipe.yaml", "--out", "out"], cwd=folder,
-                          capture_output=True, text=True, env=cli_env(), timeout=600)
-    assert proc.returncode == 0, proc.stderr
+    run_recipe_in(folder, DIGITS_DOMAIN, RECIPE)
     out = folder / "out"
     return out, json.loads((out / "metrics.json").read_text()), (out / "report.md").read_text()
 
