@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 install: $(VENV)/.installed
 
 demo: $(VENV)/.installed
-	$(PY) -m torchslim run recipes/digits/demo.yaml --out runs/demo
+	$(PY) -m torchslim run recipes/digits/deep_compression.yaml --out runs/demo
 
 test: $(VENV)/.installed
 	$(PY) -m pytest

@@ -49,7 +49,12 @@ def test_stage_table_has_the_run_sizes(run):
     measured = [r for r in metrics["stages"] if "size_bytes" in r]
     assert [r["stage"] for r in measured] == ["prune", "quantize"]  # the train stage ran before the baseline
     assert len(rows) == len(measured) + 1 and rows[-1][0] == "shipped artifact"
-    assert [int(r[1].replace(",", "")) for r in rows] == [r["size_bytes"] for r in measured] + [metrics["size_bytes"]]
+    assert [int(r[2].replace(",", "")) for r in rows] == [r["size_bytes"] for r in measured] + [metrics["size_bytes"]]
+    plain = [r["size_bytes_no_entropy"] for r in measured] + [metrics["size_bytes_no_entropy"]]
+    assert [int(r[1].replace(",", "")) for r in rows] == plain
+    # zstd on the sparse entries and codes saves bytes at every stage; the shipped artifact is the last stage's
+    assert all(p > r["size_bytes"] for p, r in zip(plain, measured + [metrics]))
+    assert abs(plain[-1] - plain[-2]) < 1024
     prune, quant = measured
     # 4-bit codes replace the fp32 weights: the quantized model is far smaller than the pruned one
     assert quant["size_bytes"] < prune["size_bytes"] / 2 and quant["compression_ratio"] > 2 * prune["compression_ratio"]
@@ -58,7 +63,7 @@ def test_stage_table_has_the_run_sizes(run):
     assert prune["nonzero_params"] < 0.4 * prune["params"] and prune["params"] == metrics["params"]
     # the saved and reloaded model validates as the one in memory did
     assert prune["artifact_val_metric"] == pytest.approx(prune["val_metric"])
-    assert rows[-1][6] == f"{100 * metrics['value']:.2f} %"
+    assert rows[-1][7] == f"{100 * metrics['value']:.2f} %"
 
 
 def test_layer_table_matches_the_reloaded_artifact(run):

@@ -130,18 +130,27 @@ def prepare(recipe: Recipe, *, log: Callable[[str], None] = _log_stderr) -> RunC
     return ctx
 
 
+def _size_without_entropy_coding(model: nn.Module, architecture: dict[str, Any], extra: dict[str, Any]) -> int:
+    """Bytes of ``model``'s artifact with its sparse and packed encodings but no zstd on the tensor data."""
+    with tempfile.TemporaryDirectory() as tmp:
+        return size_bytes(save_artifact(model, Path(tmp) / "plain", architecture=architecture, extra=extra,
+                                        entropy=False))
+
+
 def _measure_stage(ctx: RunContext, current: Path, baseline: Path) -> dict[str, Any]:
     """Size, parameters and validation metric of the model as saved after a stage, reloaded from disk.
 
     Returns:
-        ``size_bytes``, ``compression_ratio`` (baseline bytes / these bytes, both saved the same way),
-        ``params``, ``nonzero_params`` and ``artifact_val_metric``, for the report's per-stage table.
+        ``size_bytes``, ``size_bytes_no_entropy`` (the same tensors without entropy coding),
+        ``compression_ratio`` (baseline bytes / these bytes, both saved the same way), ``params``,
+        ``nonzero_params`` and ``artifact_val_metric``, for the report's per-stage table.
     """
     model, _ = load_artifact(current, base_dir=ctx.domain.base_dir)
     params, nonzero = count_params(model)
     size = size_bytes(current)
-    return {"size_bytes": size, "compression_ratio": size_bytes(baseline) / size, "params": params,
-            "nonzero_params": nonzero, "artifact_val_metric": ctx.validate(model.to(ctx.device))}
+    plain = _size_without_entropy_coding(ctx.model, ctx.architecture, _manifest_extra(ctx))
+    return {"size_bytes": size, "size_bytes_no_entropy": plain, "compression_ratio": size_bytes(baseline) / size,
+            "params": params, "nonzero_params": nonzero, "artifact_val_metric": ctx.validate(model.to(ctx.device))}
 
 
 def _save_progress(ctx: RunContext, completed: int) -> None:
@@ -277,14 +286,16 @@ def finish(ctx: RunContext, out: Path) -> dict[str, Any]:
                                   compress=False)
         update_manifest(base_path, metrics={"metric": metric, "value": base_measured["value"]})
         baseline_bytes = size_bytes(base_path)
-    update_manifest(artifact, metrics={"metric": metric, "value": measured["value"]},
-                    baseline={"architecture": baseline_arch, "value": base_measured["value"],
-                              "size_bytes": baseline_bytes, "params": base_measured["params"]})
+    recorded = {"metrics": {"metric": metric, "value": measured["value"]},
+                "baseline": {"architecture": baseline_arch, "value": base_measured["value"],
+                             "size_bytes": baseline_bytes, "params": base_measured["params"]}}
+    update_manifest(artifact, **recorded)
     if "onnx" in requested_formats(ctx.records):
         data, _ = module_onnx(reloaded, manifest)
         write_bytes_atomic(out / ONNX_FILE, data)
     metrics = summarize(measured, base_measured, size=size_bytes(artifact), baseline_size=baseline_bytes,
                         domain=ctx.domain, seed=ctx.seed)
+    metrics["size_bytes_no_entropy"] = _size_without_entropy_coding(model, ctx.architecture, {**extra, **recorded})
     metrics.update({"int8_kernels": measured["int8_kernels"], "cpu_features": measured["cpu_features"],
                     "device": str(ctx.device), "data": ctx.splits.info, "stages": ctx.records})
     from torchslim.report import layer_stats, render_html, render_markdown

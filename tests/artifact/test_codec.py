@@ -89,6 +89,21 @@ def test_dense_floats_are_entropy_coded_by_byte_planes():
     assert entry == {"encoding": "dense", "zstd": True} and len(stored) < 0.9 * 80000
 
 
+def test_without_entropy_coding_the_encodings_stay_and_zstd_goes():
+    """The report's "before entropy coding" size: same sparse entries, no zstd frame."""
+    g = torch.Generator().manual_seed(0)
+    codes = (torch.rand(100, 300, generator=g) < 0.05) * torch.randint(1, 16, (100, 300), generator=g)
+    packed = pack(codes, 4)
+    coded, coded_bytes, _ = encode_tensor(packed, (4, codes.numel()))
+    plain, plain_bytes, _ = encode_tensor(packed, (4, codes.numel()), entropy=False)
+    assert coded["zstd"] and "zstd" not in plain
+    assert plain["encoding"] == coded["encoding"] == "sparse4" and plain["entries"] == coded["entries"]
+    assert len(plain_bytes) == plain["entries"]  # one byte per entry: 4-bit relative index + 4-bit code
+    assert len(coded_bytes) < 0.95 * len(plain_bytes)
+    decoded = decode_tensor({**plain, "shape": [packed.numel()], "dtype": "uint8"}, plain_bytes)
+    assert torch.equal(decoded, packed)
+
+
 def test_damaged_bytes_raise_value_error():
     t = _sparse_float((50, 40), 0.1)
     entry, stored = encode_tensor(t)[:2]

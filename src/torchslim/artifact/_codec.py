@@ -164,13 +164,14 @@ def _candidates(t: torch.Tensor, packed: tuple[int, int] | None):
 
 
 def encode_tensor(t: torch.Tensor, packed: tuple[int, int] | None = None, *,
-                  compress: bool = True) -> tuple[dict[str, Any], bytes, bytes]:
+                  compress: bool = True, entropy: bool = True) -> tuple[dict[str, Any], bytes, bytes]:
     """The smallest stored form of ``t``, verified to decode back to it.
 
     Args:
         t: a contiguous CPU tensor of the state dict.
         packed: ``(bits, numel)`` when ``t`` is a buffer of packed codes (sparse code entries are then tried).
         compress: False stores the tensor as it is (dense, or its packed codes), with no sparse or entropy coding.
+        entropy: False leaves out the zstd candidates (the encodings alone, for a before/after comparison).
     Returns:
         (manifest entry: encoding, its parameters, and ``zstd`` when entropy-coded; the stored bytes; the bytes
         before entropy coding, for a payload compressed as a whole).
@@ -181,9 +182,10 @@ def encode_tensor(t: torch.Tensor, packed: tuple[int, int] | None = None, *,
     best: tuple[dict[str, Any], bytes, bytes] | None = None
     for encoding, extra, plain, planed in _candidates(t, packed):
         level = ZSTD_LEVEL if len(planed) < LARGE else 3
-        for entry, data, before in (({"encoding": encoding, **extra}, plain, plain),
-                                    ({"encoding": encoding, **extra, "zstd": True},
-                                     zstd_compress(planed, level=level), planed)):
+        options = [({"encoding": encoding, **extra}, plain, plain)]
+        if entropy:
+            options.append(({"encoding": encoding, **extra, "zstd": True}, zstd_compress(planed, level=level), planed))
+        for entry, data, before in options:
             if best is None or len(data) < len(best[1]):
                 best = (entry, data, before)
     entry, data, before = best

@@ -131,8 +131,8 @@ def _read_payload(folder: Path) -> tuple[dict[str, Any], bytes, int]:
     return body, data, len(blob) - len(data)
 
 
-def _encode_state(state: dict[str, torch.Tensor], layers: dict[str, dict[str, Any]], compress: bool = True
-                  ) -> tuple[dict[str, dict[str, Any]], bytes, bool]:
+def _encode_state(state: dict[str, torch.Tensor], layers: dict[str, dict[str, Any]], compress: bool = True,
+                  entropy: bool = True) -> tuple[dict[str, dict[str, Any]], bytes, bool]:
     """(tensor table, tensor data, whether the data is one zstd frame) in the order of the sorted keys."""
     table, stored, inflated = {}, [], []
     for key in sorted(state):
@@ -141,12 +141,12 @@ def _encode_state(state: dict[str, torch.Tensor], layers: dict[str, dict[str, An
         packed = None
         if owner in layers and leaf == "packed":
             packed = (int(layers[owner]["bits"]), int(torch.Size(layers[owner]["shape"]).numel()))
-        entry, data, before = encode_tensor(t, packed, compress=compress)
+        entry, data, before = encode_tensor(t, packed, compress=compress, entropy=entropy)
         table[key] = {"shape": list(t.shape), "dtype": dtype_name(t.dtype), **entry, "bytes": len(data)}
         stored.append(data)
         inflated.append(before)
     separate, joined = b"".join(stored), b"".join(inflated)
-    if not compress or len(joined) >= LARGE:  # large models: the per-tensor frames are all that is worth the time
+    if not (compress and entropy) or len(joined) >= LARGE:  # large models: the per-tensor frames are all that is worth the time
         return table, separate, False
     whole = zstd_compress(joined)
     if len(whole) < len(separate):  # one frame for all: fewer frame headers and code tables
@@ -183,7 +183,7 @@ def _decode_state(folder: Path, manifest: dict[str, Any], data: bytes) -> dict[s
 # ---- save ------------------------------------------------------------------------------------------------------
 
 def save_artifact(model: nn.Module, path: str | Path, *, architecture: dict[str, Any],
-                  extra: dict[str, Any] | None = None, compress: bool = True) -> Path:
+                  extra: dict[str, Any] | None = None, compress: bool = True, entropy: bool = True) -> Path:
     """Write ``model`` as an artifact folder at ``path``, atomically (the old one or the new one, never half).
 
     Every tensor is stored in the smallest of its lossless encodings; the reloaded model computes exactly what
@@ -196,6 +196,8 @@ def save_artifact(model: nn.Module, path: str | Path, *, architecture: dict[str,
         extra: further manifest keys (recipe, domain, metrics, input shape, labels, preprocessing).
         compress: False stores every tensor as it is (no sparse or entropy coding): the uncompressed fp32 file a
             baseline is measured as.
+        entropy: False keeps the sparse and packed encodings but leaves the tensor data without zstd entropy
+            coding (the report's "before entropy coding" size).
     Returns:
         the artifact path.
     """
@@ -206,7 +208,7 @@ def save_artifact(model: nn.Module, path: str | Path, *, architecture: dict[str,
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     layers = describe_quantized_layers(model)
     onnx_model = int8_onnx_of(model) if layers else None
-    table, data, whole = _encode_state(state, layers, compress)
+    table, data, whole = _encode_state(state, layers, compress, entropy)
     payloads = {TENSORS: _sha256(data)}
     manifest: dict[str, Any] = {"architecture": architecture, "tensors": table, "payloads": payloads,
                                 "versions": _versions(), **(extra or {})}

@@ -1,0 +1,55 @@
+"""The shipped Deep Compression recipe (``make demo``), run with a few epochs per stage: the pipeline's stages,
+the sizes they leave (the artifact's size follows from width, sparsity and bits, not from the epochs) and the
+outputs a user reads. Accuracy at full length is benchmarks/deep_compression.py's business."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from cli_support import ROOT, cli_env
+
+RECIPE = ROOT / "recipes" / "digits" / "deep_compression.yaml"
+SHORT = ["stages.0.train.epochs=2", "stages.1.distill.epochs=2", "stages.2.prune.finetune.epochs=1",
+         "stages.3.distill.epochs=1", "stages.4.quantize.finetune.epochs=1", "stages.5.distill.epochs=1"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("deep") / "out"
+    sets = [arg for s in SHORT for arg in ("--set", s)]
+    proc = subprocess.run([sys.executable, "-m", "torchslim", "run", str(RECIPE), "--out", str(out), *sets],
+                          capture_output=True, text=True, env=cli_env(), timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    return out, json.loads((out / "metrics.json").read_text()), proc.stdout
+
+
+def test_stages_shrink_the_model_step_by_step(run):
+    _, metrics, _ = run
+    sizes = {r["index"]: r for r in metrics["stages"] if "size_bytes" in r}
+    distilled, pruned, quantized = sizes[1], sizes[2], sizes[4]
+    assert distilled["params"] == 8890 == metrics["params"]  # 64-90-30-10 at width 0.3
+    assert metrics["baseline_params"] == 50610
+    assert pruned["nonzero_params"] <= 0.32 * pruned["params"]  # 70% of the weights (biases stay)
+    assert quantized["size_bytes"] < pruned["size_bytes"] / 2 < distilled["size_bytes"] / 4
+    # entropy coding is the last step of the table: it saves bytes over the relative-index + code entries
+    assert metrics["size_bytes"] < 0.95 * metrics["size_bytes_no_entropy"]
+
+
+def test_the_shipped_artifact_is_over_40x_smaller_than_the_fp32_file(run):
+    out, metrics, stdout = run
+    files = sum(p.stat().st_size for p in (out / "artifact").iterdir())
+    assert metrics["size_bytes"] == files
+    assert metrics["compression_ratio"] == pytest.approx(metrics["baseline_size_bytes"] / files)
+    assert metrics["compression_ratio"] > 40
+    assert (out / "model.onnx").is_file() and "compression ratio" in stdout
+
+
+def test_eval_remeasures_the_recorded_metric(run):
+    out, metrics, _ = run
+    proc = subprocess.run([sys.executable, "-m", "torchslim", "eval", str(out / "artifact"), "--domain",
+                           str(ROOT / "domains" / "digits.yaml"), "--json"],
+                          capture_output=True, text=True, env=cli_env(), timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["value"] == metrics["value"]
