@@ -115,6 +115,40 @@ def test_damaged_int8_payload_is_refused(tmp_path):
 
 
 @requires_ort
+@pytest.mark.parametrize("method", ["static", "dynamic"])
+def test_int8_weights_are_stored_once(tmp_path, method):
+    """The int8 graph is stored without the weight initializers the codes already hold, and rebuilt exactly."""
+    import onnx
+    from onnx import numpy_helper
+
+    from torchslim.quantize._layout import int8_onnx_of, join_int8_weights
+
+    model = _quantized(method)
+    full = int8_onnx_of(model)
+    path = save_artifact(model, tmp_path / "a", architecture=ARCH)
+    stored = (path / "model.int8.onnx").read_bytes()
+    shared = read_manifest(path)["quantization"]["int8_onnx_weights"]
+    layers = [n for n, m in model.named_modules() if type(m).__name__ == "QuantizedLayer"]
+    proto = onnx.load_from_string(full)
+    weights = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
+    assert sorted(spec["layer"] for spec in shared["initializers"].values()) == sorted(layers)
+    assert len(stored) < len(full) - sum(weights[k].size for k in shared["initializers"]) + 100
+    loaded, _ = load_artifact(path)
+    assert int8_onnx_of(loaded) == full
+    for initializer, spec in shared["initializers"].items():  # ORT's int8 weight == the layer's code - zero point
+        source = loaded.get_submodule(spec["layer"]).weight_source
+        centred = source.codes().to(torch.int16) - source.zero_point.to(torch.int16).reshape(-1, *[1] * (
+            len(source.shape) - 1))
+        expected = centred.t() if spec["transpose"] else centred  # MatMulInteger holds a Linear weight as (in, out)
+        assert spec["transpose"] == (method == "dynamic")
+        assert torch.equal(expected.to(torch.int8), torch.from_numpy(weights[initializer].copy()))
+    with torch.no_grad():  # another code in a layer: the rebuilt graph no longer matches its recorded hash
+        loaded.fc1.weight_source.packed[0] ^= 1
+    with pytest.raises(ValueError, match="sha256"):
+        join_int8_weights(stored, shared, loaded)
+
+
+@requires_ort
 def test_int8_model_is_dropped_once_the_weights_change(tmp_path):
     model = _quantized("static")
     with torch.no_grad():

@@ -201,7 +201,7 @@ def save_artifact(model: nn.Module, path: str | Path, *, architecture: dict[str,
     Returns:
         the artifact path.
     """
-    from torchslim.quantize._layout import describe_quantized_layers, int8_onnx_of
+    from torchslim.quantize._layout import describe_quantized_layers, int8_onnx_of, strip_int8_weights
 
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -217,6 +217,9 @@ def save_artifact(model: nn.Module, path: str | Path, *, architecture: dict[str,
     if layers:
         manifest["quantization"] = {"layers": layers}
     if onnx_model is not None:
+        split = strip_int8_weights(onnx_model, model) if compress else None
+        if split is not None:  # the int8 weights are the state dict's codes: stored once, put back at load
+            onnx_model, manifest["quantization"]["int8_onnx_weights"] = split
         payloads[INT8_ONNX] = _sha256(onnx_model)
         manifest["quantization"]["int8_onnx"] = INT8_ONNX
     payload = _payload_bytes(manifest, data)
@@ -380,7 +383,8 @@ def load_artifact(path: str | Path, *, base_dir: str | Path = ".") -> tuple[nn.M
         raise ArtifactError(folder, f"the stored tensors do not fit the recorded model: "
                                     f"{' '.join(str(exc).split())}") from None
     if quantization.get("int8_onnx"):
-        attach_int8_onnx(model, (folder / quantization["int8_onnx"]).read_bytes())
+        attach_int8_onnx(model, (folder / quantization["int8_onnx"]).read_bytes(),
+                         quantization.get("int8_onnx_weights"))
     return model.eval(), manifest
 
 

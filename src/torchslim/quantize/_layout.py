@@ -14,11 +14,11 @@ import torch
 from torch import nn
 
 from torchslim.quantize._select import set_submodule
-from torchslim.quantize.granularity import granularity_from_json, granularity_to_json
+from torchslim.quantize.granularity import from_blocks, granularity_from_json, granularity_to_json, to_blocks
 from torchslim.quantize.modules import (ActivationFakeQuant, CodebookWeight, FakeQuantWeight, PackedWeight,
                                         QuantizedLayer, layer_kind)
 
-_INT8_ONNX = "_torchslim_int8_onnx"  # attribute holding (onnx bytes, state fingerprint)
+_INT8_ONNX = "_torchslim_int8_onnx"  # attribute holding (onnx bytes, shared weights or None, state fingerprint)
 
 
 def _describe_source(source: nn.Module) -> dict[str, Any]:
@@ -88,16 +88,110 @@ def state_fingerprint(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
-def attach_int8_onnx(model: nn.Module, data: bytes) -> None:
-    """Let the int8 ONNX model travel with ``model`` (saved into its artifact) while the weights stay as now."""
-    setattr(model, _INT8_ONNX, (data, state_fingerprint(model)))
+def attach_int8_onnx(model: nn.Module, data: bytes, shared: dict[str, Any] | None = None) -> None:
+    """Let the int8 ONNX model travel with ``model`` (saved into its artifact) while the weights stay as now.
+
+    Args:
+        data: the serialized ONNX model, or with ``shared`` the model stripped by :func:`strip_int8_weights`.
+        shared: how to put the stripped weights back from ``model``'s codes (done when the ONNX is asked for).
+    """
+    setattr(model, _INT8_ONNX, (data, shared, state_fingerprint(model)))
 
 
 def int8_onnx_of(model: nn.Module) -> bytes | None:
     """The int8 ONNX model attached to ``model``, or None when there is none or the model changed since
-    (e.g. fine-tuned after quantization): a stale int8 graph would not compute what the module does."""
+    (e.g. fine-tuned after quantization): a stale int8 graph would not compute what the module does.
+
+    Raises:
+        ValueError: a stripped model rebuilt from the weights is not the one whose sha256 was recorded.
+    """
     attached = getattr(model, _INT8_ONNX, None)
     if attached is None:
         return None
-    data, fingerprint = attached
-    return data if fingerprint == state_fingerprint(model) else None
+    data, shared, fingerprint = attached
+    if fingerprint != state_fingerprint(model):
+        return None
+    return data if shared is None else join_int8_weights(data, shared, model)
+
+
+# ---- the int8 weights are stored once: in the state dict, not again in the ONNX model -----------------------------
+
+# ONNX Runtime's names for a quantized weight initializer: static QDQ ``fc1.weight_quantized`` (the weight's shape),
+# dynamic ``fc1.weight_matmul_quantized`` (a Linear weight transposed for MatMulInteger)
+_QUANTIZED_SUFFIXES = {".weight_quantized": False, ".weight_matmul_quantized": True}  # suffix: transposed
+
+
+def _layer_codes(model: nn.Module, name: str) -> torch.Tensor | None:
+    """int8 weight values (code - zero point) of layer ``name``, as ONNX Runtime's weight initializers hold
+    them (weight shape), or None when the layer holds no 8-bit codes that fit int8."""
+    try:
+        source = getattr(model.get_submodule(name), "weight_source", None)
+    except AttributeError:
+        return None
+    if not isinstance(source, PackedWeight) or source.bits != 8:
+        return None
+    blocks = to_blocks(source.codes(), source.granularity).to(torch.int16)  # (B, L)
+    centred = blocks - source.zero_point.to(torch.int16)[:, None]
+    if centred.numel() == 0 or int(centred.min()) < -128 or int(centred.max()) > 127:
+        return None
+    return from_blocks(centred, torch.Size(source.shape), source.granularity).to(torch.int8)
+
+
+def _initializer_codes(model: nn.Module, name: str, transpose: bool) -> torch.Tensor | None:
+    codes = _layer_codes(model, name)
+    if codes is None or not transpose:
+        return codes
+    return codes.t().contiguous() if codes.dim() == 2 else None
+
+
+def strip_int8_weights(data: bytes, model: nn.Module) -> tuple[bytes, dict[str, Any]] | None:
+    """The int8 ONNX model without the weight initializers ``model``'s codes already hold, and how to put them
+    back: ``(stripped bytes, {"initializers": {initializer: {"layer", "transpose"}}, "sha256": of the full
+    model})``, or None when no initializer equals a layer's codes (the model is then stored whole).
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    proto = onnx.load_from_string(data)
+    shared: dict[str, dict[str, Any]] = {}
+    for init in proto.graph.initializer:
+        if init.data_type != onnx.TensorProto.INT8:
+            continue
+        for suffix, transpose in _QUANTIZED_SUFFIXES.items():
+            if not init.name.endswith(suffix):
+                continue
+            layer = init.name[: -len(suffix)]
+            codes = _initializer_codes(model, layer, transpose)
+            if codes is not None and list(init.dims) == list(codes.shape) \
+                    and numpy_helper.to_array(init).tobytes() == codes.numpy().tobytes():
+                shared[init.name] = {"layer": layer, "transpose": transpose}
+                init.ClearField("raw_data")
+                init.ClearField("int32_data")
+    if not shared:
+        return None
+    stripped = proto.SerializeToString()
+    recipe = {"initializers": dict(sorted(shared.items())), "sha256": hashlib.sha256(data).hexdigest()}
+    # protobuf re-serialization is not promised to be byte-stable: store stripped only when it rebuilds exactly
+    try:
+        join_int8_weights(stripped, recipe, model)
+    except ValueError:
+        return None
+    return stripped, recipe
+
+
+def join_int8_weights(stripped: bytes, shared: dict[str, Any], model: nn.Module) -> bytes:
+    """Inverse of :func:`strip_int8_weights`: the full int8 ONNX model, checked against its recorded sha256."""
+    import onnx
+
+    proto = onnx.load_from_string(stripped)
+    for init in proto.graph.initializer:
+        spec = shared["initializers"].get(init.name)
+        if spec is not None:
+            codes = _initializer_codes(model, spec["layer"], bool(spec["transpose"]))
+            if codes is None:
+                raise ValueError(f"layer {spec['layer']} holds no int8 codes for the ONNX initializer {init.name}")
+            init.raw_data = codes.numpy().tobytes()  # int8, little-endian by definition
+    data = proto.SerializeToString()
+    if hashlib.sha256(data).hexdigest() != shared["sha256"]:
+        raise ValueError("the int8 ONNX model rebuilt from the stored weights does not match its recorded sha256")
+    return data
