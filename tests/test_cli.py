@@ -58,6 +58,15 @@ def test_same_recipe_and_seed_give_the_same_artifact(trained, cli):
         assert (folder / "out" / "artifact" / name).read_bytes() == (folder / "again" / "artifact" / name).read_bytes()
 
 
+def test_threads_option_sets_the_thread_count_the_run_measures_with(trained, cli):
+    folder, _ = trained
+    proc = cli("run", "recipe.yaml", "--out", "one", "--threads", "1", cwd=folder)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((folder / "one" / "metrics.json").read_text())["threads"] == 1
+    proc = cli("run", "recipe.yaml", "--out", "none", "--threads", "0", cwd=folder)
+    assert proc.returncode == 2 and "--threads" in proc.stderr and not (folder / "none").exists()
+
+
 def test_check_and_help(trained, cli):
     folder, _ = trained
     proc = cli("check", "recipe.yaml", cwd=folder)
