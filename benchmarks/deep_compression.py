@@ -31,7 +31,8 @@ MIN_RATIO, MAX_MEAN_DROP, MAX_WORST_DROP = 40.0, 0.005, 0.01
 
 
 def _label(record: dict) -> str:
-    details = [record.get("method") or record.get("student") or "", f"{record['bits']} bits" if "bits" in record else ""]
+    details = [record.get("method") or record.get("student") or "",
+               f"{record['bits']} bits" if "bits" in record else ""]
     return f"{record['stage']} ({', '.join(d for d in details if d)})" if any(details) else record["stage"]
 
 

@@ -142,7 +142,7 @@ def _measure_stage(ctx: RunContext, current: Path, baseline: Path) -> dict[str, 
 
     Returns:
         ``size_bytes``, ``size_bytes_no_entropy`` (the same tensors without entropy coding),
-        ``compression_ratio`` (baseline bytes / these bytes, both saved the same way), ``params``,
+        ``compression_ratio`` (the uncompressed fp32 baseline file's bytes / these bytes), ``params``,
         ``nonzero_params`` and ``artifact_val_metric``, for the report's per-stage table.
     """
     model, _ = load_artifact(current, base_dir=ctx.domain.base_dir)

@@ -146,7 +146,8 @@ def _encode_state(state: dict[str, torch.Tensor], layers: dict[str, dict[str, An
         stored.append(data)
         inflated.append(before)
     separate, joined = b"".join(stored), b"".join(inflated)
-    if not (compress and entropy) or len(joined) >= LARGE:  # large models: the per-tensor frames are all that is worth the time
+    # large models: the per-tensor frames are all that is worth the time
+    if not (compress and entropy) or len(joined) >= LARGE:
         return table, separate, False
     whole = zstd_compress(joined)
     if len(whole) < len(separate):  # one frame for all: fewer frame headers and code tables
