@@ -1,10 +1,11 @@
 """``torchrun --nproc_per_node=2 -m torchslim run RECIPE --out DIR`` on CPU (gloo), end to end.
 
 Two processes train a teacher, distill it into a smaller student (with a learned feature projection, trained
-beside the DDP-wrapped student) and then fine-tune that student against the teacher again. Checked: the run
-finishes; only rank 0 writes (one summary, the three outputs, no work folder left); the replicas end bit-identical
-(each rank's digest, gathered inside the run into metrics.json, equals the digest of the saved artifact); and the
-reported metric equals the saved model's metric as re-measured by ``torchslim eval --json``.
+beside the DDP-wrapped student), prune 60% of the student's weights in two steps with fine-tuning, and fine-tune
+the pruned student against the teacher again. Checked: the run finishes; only rank 0 writes (one summary, the
+three outputs, no work folder left); the replicas end bit-identical (each rank's digest, gathered inside the run
+into metrics.json, equals the digest of the saved artifact), and so do the pruning masks, whose zeros survive the
+last training; and the reported metric equals the saved model's metric as re-measured by ``torchslim eval --json``.
 """
 
 from __future__ import annotations
@@ -38,6 +39,12 @@ stages:
       epochs: 4
       lr: 0.005
       batch_size: 32
+  - prune:
+      method: magnitude
+      sparsity: 0.6
+      scope: global
+      schedule: {{kind: polynomial, steps: 2}}
+      finetune: {{epochs: 1, lr: 0.001}}
   - distill: {{temperature: 2.0, alpha: 0.5, epochs: 2, lr: 0.001, batch_size: 32}}
 """
 
@@ -54,15 +61,21 @@ def test_two_process_run_agrees_across_ranks_and_with_eval(tmp_path):
     assert proc.stdout.count("wrote ") == 1
     assert sorted(p.name for p in out.iterdir()) == ["artifact", "metrics.json", "report.html", "report.md"]
     metrics = json.loads((out / "metrics.json").read_text())
-    train, kd, recovery = metrics["stages"]
-    assert [s["stage"] for s in metrics["stages"]] == ["train", "distill", "distill"]
+    train, kd, prune, recovery = metrics["stages"]
+    assert [s["stage"] for s in metrics["stages"]] == ["train", "distill", "prune", "distill"]
 
-    # Both ranks took part, and their weights agree bit for bit after each distillation.
+    # Both ranks took part, and their weights agree bit for bit after each distillation and after pruning (with
+    # fine-tuning between the pruning steps), as do the pruning masks.
     model, manifest = load_artifact(out / "artifact", base_dir=ROOT / "domains")
-    for record in (kd, recovery):
+    for record in (kd, prune, recovery):
         assert len(record["rank_digests"]) == 2
         assert record["rank_digests"][0] == record["rank_digests"][1]
+    assert len(prune["mask_digests"]) == 2 and prune["mask_digests"][0] == prune["mask_digests"][1]
     assert recovery["rank_digests"][0] == state_digest(model)  # ...and they are the saved weights
+    # the masks held through the last distillation on both ranks: the saved student keeps the pruned zeros
+    weights = [model.get_submodule(name).weight for name in prune["masked_layers"]]
+    zeros = sum(int((w == 0).sum()) for w in weights)
+    assert zeros / sum(w.numel() for w in weights) == pytest.approx(0.6, abs=1e-3)
 
     # The student replaced the teacher: the report describes the student, the baseline stays the teacher.
     assert manifest["architecture"] == {"name": "lenet300_100", "kwargs": {"width": 0.25}}

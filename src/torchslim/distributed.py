@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Mapping
 
 import torch
 import torch.distributed as dist
@@ -144,18 +145,20 @@ def _digest(tensor: torch.Tensor) -> str:
     return hashlib.sha256(f"{tuple(tensor.shape)}|{tensor.dtype}|".encode() + raw).hexdigest()
 
 
-def state_digest(module: nn.Module) -> str:
-    """SHA-256 of every parameter and buffer of ``module`` (names, shapes, dtypes and exact bits).
+def state_digest(module: nn.Module | Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 of every parameter and buffer of ``module``, or of a ``{name: tensor}`` mapping such as pruning
+    masks (names, shapes, dtypes and exact bits).
 
     Two modules with equal digests hold bit-identical state dicts, wherever they live (CPU or GPU).
     """
+    state = module.state_dict() if isinstance(module, nn.Module) else module
     h = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
+    for name, tensor in sorted(state.items()):
         h.update(f"{name}={_digest(tensor)};".encode())
     return h.hexdigest()
 
 
-def rank_digests(module: nn.Module) -> list[str]:
+def rank_digests(module: nn.Module | Mapping[str, torch.Tensor]) -> list[str]:
     """Every rank's ``state_digest(module)``, in rank order; one entry when not distributed.
 
     Collective: every rank must call it. Equal entries mean the replicas agree bit for bit (e.g. after DDP

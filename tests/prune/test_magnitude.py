@@ -81,6 +81,9 @@ def test_mask_hook_keeps_zeros_through_optimizer_steps(optimizer):
     for n, w in _weights(model, ["fc1", "fc2", "fc3"]).items():
         assert torch.equal(w == 0, zero_before[n]), n
         assert torch.equal(report.masks[n], ~zero_before[n])
+        # +0.0 everywhere (a negative weight times 0 would be -0.0): the model in memory is bit-identical to
+        # the one a saved artifact restores, whose decoded zeros are +0.0
+        assert not torch.signbit(w[w == 0]).any(), n
 
 
 def test_without_the_hook_training_revives_pruned_weights():

@@ -63,7 +63,7 @@ def apply_masks_(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
     modules = dict(model.named_modules())
     for name, mask in masks.items():
         weight = modules[name].weight
-        weight.mul_(mask.to(weight.device, weight.dtype))
+        weight.masked_fill_(~mask.to(weight.device, torch.bool), 0.0)  # +0.0, as a saved artifact restores it
 
 
 def mask_hook(model: nn.Module | Callable[[], nn.Module], masks: dict[str, torch.Tensor],
@@ -87,7 +87,7 @@ def mask_hook(model: nn.Module | Callable[[], nn.Module], masks: dict[str, torch
     """
     current = (lambda: model) if isinstance(model, nn.Module) else model
     say = log or logging.getLogger(__name__).warning
-    cast: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # name -> (mask given, mask in the weight's dtype/device)
+    cast: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # name -> (mask given, its complement on the device)
     skipped: set[str] = set()
 
     @torch.no_grad()
@@ -102,9 +102,8 @@ def mask_hook(model: nn.Module | Callable[[], nn.Module], masks: dict[str, torch
                         f"its weights are no longer kept at zero")
                 continue
             entry = cast.get(name)
-            if entry is None or entry[0] is not mask or entry[1].device != weight.device \
-                    or entry[1].dtype != weight.dtype:
-                entry = cast[name] = (mask, mask.to(weight.device, weight.dtype))
-            weight.mul_(entry[1])
+            if entry is None or entry[0] is not mask or entry[1].device != weight.device:
+                entry = cast[name] = (mask, ~mask.to(weight.device, torch.bool))
+            weight.masked_fill_(entry[1], 0.0)  # +0.0 (a product with 0 keeps the sign: -0.0)
 
     return after_step
