@@ -44,7 +44,7 @@ def stage_table(metrics: dict) -> list[str]:
              f"{metrics['baseline_size_bytes']:>10,} {metrics['baseline_size_bytes']:>7,} {1:>6.2f}x {'':>7} "
              f"{100 * metrics['baseline_value']:>7.2f}%"]
     for r in metrics["stages"]:
-        if "size_bytes" in r and r["stage"] != "export":  # export writes files, the model stays
+        if "size_bytes" in r:
             lines.append(f"  {'+ ' + _label(r):<28} {r['params']:>7,} {r['nonzero_params']:>7,} "
                          f"{r['size_bytes_no_entropy']:>10,} {r['size_bytes']:>7,} {r['compression_ratio']:>6.2f}x "
                          f"{100 * r['artifact_val_metric']:>6.2f}%")

@@ -29,6 +29,7 @@ def test_stages_shrink_the_model_step_by_step(run):
     _, metrics, _ = run
     sizes = {r["index"]: r for r in metrics["stages"] if "size_bytes" in r}
     distilled, pruned, quantized = sizes[1], sizes[2], sizes[4]
+    assert sorted(sizes) == [1, 2, 3, 4, 5]  # every stage after the baseline but export, which keeps the model
     assert distilled["params"] == 8890 == metrics["params"]  # 64-90-30-10 at width 0.3
     assert metrics["baseline_params"] == 50610
     assert pruned["nonzero_params"] <= 0.32 * pruned["params"]  # 70% of the weights (biases stay)

@@ -166,7 +166,7 @@ def _save_progress(ctx: RunContext, completed: int) -> None:
     baseline = ctx.work_dir / "baseline"
     if ctx.baseline is not None and not baseline.exists():
         save_artifact(ctx.baseline, baseline, architecture=ctx.baseline_architecture, extra=extra, compress=False)
-    if ctx.baseline is not None and ctx.records:
+    if ctx.baseline is not None and ctx.records and STAGES[ctx.records[-1]["stage"]].changes_model:
         ctx.records[-1].update(_measure_stage(ctx, current, baseline))
     write_bytes_atomic(ctx.work_dir / "progress.json", json.dumps(
         {"completed": completed, "records": ctx.records, "architecture": ctx.architecture}).encode())

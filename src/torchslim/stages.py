@@ -21,7 +21,7 @@ class StageHandler:
     """How one recipe stage is validated, checked against the model and run.
 
     ``run`` returns a record for the report (what changed, with numbers). ``compresses`` marks stages before which
-    the baseline is taken. ``check`` sees a copy of the context before any stage runs (names exist, shapes fit);
+    the baseline is taken; ``changes_model`` False (export) spares the run measuring the model again after it. ``check`` sees a copy of the context before any stage runs (names exist, shapes fit);
     a stage that replaces the model sets the copy's ``model`` to the new one so later checks see it.
     """
 
@@ -29,6 +29,7 @@ class StageHandler:
     config: type[StrictModel]
     run: Callable[["RunContext", Any], dict[str, Any]]
     compresses: bool = True
+    changes_model: bool = True
     check: Optional[Callable[["RunContext", Any], None]] = None
     parser: Optional[Callable[..., Any]] = None
     # On --resume, called for each finished stage with its record, to restore what outlives the stage

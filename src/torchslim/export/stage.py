@@ -43,4 +43,4 @@ def _run_export(ctx: "RunContext", cfg: ExportStage) -> dict[str, Any]:
     return {"formats": list(cfg.formats), "files": files}
 
 
-register_stage(StageHandler("export", ExportStage, _run_export, compresses=False))
+register_stage(StageHandler("export", ExportStage, _run_export, compresses=False, changes_model=False))
