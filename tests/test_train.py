@@ -6,7 +6,8 @@ import torch
 from torchslim.data import load_splits
 from torchslim.domain import DataSpec, ModelSpec
 from torchslim.models import build_model
-from torchslim.train import TrainConfig, fit, lr_at, random_shift
+from torchslim._errors import ConfigError
+from torchslim.train import TrainConfig, fit, lr_at, mixup, random_shift
 
 CFG = TrainConfig(epochs=4, lr=5e-3, batch_size=64)
 
@@ -73,3 +74,42 @@ def test_cosine_schedule_and_shift_augmentation():
     rows, cols = shifted[:, 0].nonzero()[:, 1], shifted[:, 0].nonzero()[:, 2]
     assert set(rows.tolist()) <= {3, 4, 5} and set(cols.tolist()) <= {3, 4, 5} and len(set(rows.tolist())) == 3
     assert random_shift(torch.rand(5, 1, 40)).shape == (5, 1, 40)
+
+
+def test_mixup_blends_labels_with_the_inputs_weight_and_repeats_for_a_seed():
+    n, k = 16, 4
+    x = torch.eye(n).unsqueeze(1)  # (N, 1, N): sample i is the unit vector e_i, so x_mix[i] holds its blend weights
+    y = torch.arange(n) % k
+    torch.manual_seed(0)
+    xm, ym = mixup(x, y, k, alpha=1.0)
+    weights = xm[:, 0, :]  # (N, N): row i = lam * e_i + (1 - lam) * e_perm(i)
+    # Each label is the same blend of one-hot labels as its input is of samples.
+    assert torch.allclose(ym, weights @ torch.nn.functional.one_hot(y, k).float())
+    assert torch.allclose(ym.sum(dim=1), torch.ones(n))
+    blended = weights.count_nonzero(dim=1) == 2  # rows whose partner is another sample
+    assert blended.sum() >= n // 2
+    own = weights.diagonal()[blended]  # each sample's own weight: one lam for the whole batch
+    assert 0 < own[0] < 1 and torch.allclose(own, own[0].expand_as(own))
+    torch.manual_seed(0)
+    again = mixup(x, y, k, alpha=1.0)
+    assert torch.equal(again[0], xm) and torch.equal(again[1], ym)
+    torch.manual_seed(1)
+    assert not torch.equal(mixup(x, y, k, alpha=1.0)[0], xm)
+    probs = torch.softmax(torch.randn(n, k), dim=1)  # already probabilities: mixed as they are
+    assert torch.allclose(mixup(x, probs, k)[1].sum(dim=1), torch.ones(n))
+
+
+def test_training_with_mixup_learns_and_is_deterministic(digits):
+    cfg = TrainConfig(epochs=4, lr=5e-3, batch_size=64, augment="shift+mixup")
+    a, b = _model(), _model()
+    torch.manual_seed(7)  # the blend weights and partners come from torch's generator, as the shifts do
+    ra = fit(a, digits.train, digits.val, cfg, seed=3)
+    torch.manual_seed(7)
+    fit(b, digits.train, digits.val, cfg, seed=3)
+    assert ra.best_val > 0.7
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_unknown_augmentation_is_a_config_error():
+    with pytest.raises(ConfigError, match="augment: must be one of none, shift, mixup, shift\\+mixup, got 'flip'"):
+        TrainConfig(epochs=1, lr=0.1, augment="flip")

@@ -59,7 +59,7 @@ class TrainStage(StrictModel):
     weight_decay: float = pydantic.Field(0.0, ge=0)
     optimizer: Literal["adam", "sgd"] = "adam"
     schedule: Literal["cosine", "constant"] = "cosine"
-    augment: Literal["none", "shift"] = "none"
+    augment: Literal["none", "shift", "mixup", "shift+mixup"] = "none"
 
 
 def _run_train(ctx: "RunContext", cfg: TrainStage) -> dict[str, Any]:

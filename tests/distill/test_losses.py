@@ -110,3 +110,12 @@ def test_regularization_l2_and_l1_equal_sums_over_weights_without_biases():
     with torch.no_grad():
         model[0].weight.add_(1.0)
     assert RegularizationLoss(Regularization("l2", 1e-3))(model).item() > l2 * 1.5
+
+
+def test_kd_cross_entropy_term_reads_label_probabilities():
+    probs = _softmax(np.array([[0.0, 1.0, 0.0, 2.0], [1.0, 0.0, 0.0, 0.0], [0.5, 0.5, -1.0, 0.0]]))  # (N, K)
+    t, alpha = 4.0, 0.7
+    _, kl, _ = _reference(Z_S, Z_T, np.array([0, 0, 0]), t, alpha)
+    ce = -np.mean(np.sum(probs * np.log(_softmax(Z_S)), axis=1))  # cross-entropy against a distribution
+    loss = KDLoss(t, alpha)(torch.tensor(Z_S), torch.tensor(Z_T), torch.tensor(probs)).item()
+    assert loss == pytest.approx(alpha * t * t * kl + (1 - alpha) * ce, rel=1e-12)

@@ -12,7 +12,7 @@ Recipe form (every key optional)::
         epochs: 40
         lr: 0.001
         batch_size: 64
-        augment: none                # none | shift (inputs moved by up to one step; the teacher sees the same)
+        augment: none                # none | shift | mixup | shift+mixup; the teacher sees the same inputs
 
 ``teacher`` and ``student`` stay plain values (a string; a mapping); the recipe runner resolves them to modules.
 """
@@ -25,11 +25,11 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from torchslim._errors import ConfigError
+from torchslim.train import AUGMENTATIONS  # the training loop applies them
 
 __all__ = ["FeatureMatch", "Regularization", "KDConfig", "config_from_mapping"]
 
 REGULARIZATION_KINDS = ("l1", "l2")
-AUGMENTATIONS = ("none", "shift")
 
 
 def _number(name: str, value: Any) -> float:
@@ -111,8 +111,9 @@ class KDConfig:
         features: intermediate outputs to match (see ``FeatureMatch``).
         regularization: optional weight penalty on the student (see ``Regularization``).
         epochs, lr, batch_size: passed to the training loop.
-        augment: "none" or "shift" (random translation by up to one position), applied by the recipe's loop;
-            teacher and student see the same shifted batch.
+        augment: "none", "shift" (random translation by up to one position), "mixup" (pairs of samples and
+            their labels blended) or "shift+mixup", applied by the recipe's loop; teacher and student see the
+            same augmented batch, so the student matches the teacher's function on inputs it was not given.
     """
 
     teacher: str = "baseline"
