@@ -21,8 +21,9 @@ class StageHandler:
     """How one recipe stage is validated, checked against the model and run.
 
     ``run`` returns a record for the report (what changed, with numbers). ``compresses`` marks stages before which
-    the baseline is taken; ``changes_model`` False (export) spares the run measuring the model again after it. ``check`` sees a copy of the context before any stage runs (names exist, shapes fit);
-    a stage that replaces the model sets the copy's ``model`` to the new one so later checks see it.
+    the baseline is taken; ``changes_model`` False (export) spares the run measuring the model again after it.
+    ``check`` sees a copy of the context before any stage runs (names exist, shapes fit); a stage that replaces
+    the model sets the copy's ``model`` to the new one so later checks see it.
     """
 
     name: str
