@@ -176,8 +176,9 @@ def fit(model: nn.Module, train: Dataset, val: Dataset, cfg: TrainConfig, *, see
         trained = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
                                                       else None)
 
-    bar = tqdm(range(start, cfg.epochs), desc=desc, unit="epoch", disable=not dist.is_main() or bool(os.environ.get("TQDM_DISABLE")), leave=False,
-               initial=start, total=cfg.epochs)
+    quiet = not dist.is_main() or bool(os.environ.get("TQDM_DISABLE"))
+    bar = tqdm(range(start, cfg.epochs), desc=desc, unit="epoch", disable=quiet, leave=False, initial=start,
+               total=cfg.epochs)
     num_classes = 0  # mixup's label width, read from the model's output on the first batch
     for epoch in bar:
         model.train()

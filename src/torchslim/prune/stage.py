@@ -19,8 +19,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from torchslim._errors import ConfigError
 from torchslim import distributed
+from torchslim._errors import ConfigError
 from torchslim.distributed import module_device
 from torchslim.prune._select import LayerSelector, check_names
 from torchslim.prune.api import prune_
