@@ -20,7 +20,7 @@ from torch import nn
 
 from torchslim.artifact import load_artifact, save_artifact, update_manifest, write_bytes_atomic
 from torchslim.data import Splits, load_splits
-from torchslim.distributed import is_main, local_device
+from torchslim.distributed import is_distributed, is_main, local_device, rank_digests
 from torchslim.domain import Domain
 from torchslim.evaluate import check_constraints, count_params, measure, size_bytes
 from torchslim.models import build_model, check_fits, input_shape_of
@@ -218,6 +218,10 @@ def run_recipe(recipe: Recipe, out: str | Path, *, resume: bool = False,
         seed_everything(recipe.seed + stage.index)
         log(f"stage {stage.index}: {stage.name}")
         record = handler.run(ctx, stage.config)
+        if is_distributed():  # a collective: every rank's state digest; equal entries = the replicas agree
+            record["rank_digests"] = rank_digests(ctx.model)
+            if len(set(record["rank_digests"])) > 1:
+                log(f"stage {stage.index}: WARNING the replicas' weights differ: {record['rank_digests']}")
         ctx.records.append({"stage": stage.name, "index": stage.index, **record})
         _save_progress(ctx, stage.index + 1)
 

@@ -86,6 +86,29 @@ def test_mask_hook_keeps_zeros_through_optimizer_steps(optimizer):
         assert not torch.signbit(w[w == 0]).any(), n
 
 
+def test_mask_hook_keeps_the_float_weight_behind_qat_at_zero():
+    """QAT trains the float weight behind the fake quantizer: the hook masks that tensor, not a decoded copy."""
+    from torchslim.quantize import FinetuneConfig, QATConfig, quantize_
+
+    model = MLP()
+    report = prune_(model, MagnitudeConfig(sparsity=0.7, scope="global"))
+    x, y = torch.randn(32, 64), torch.randint(0, 10, (32,))
+
+    def finetune(m, epochs, lr):
+        opt = torch.optim.Adam([p for p in m.parameters() if p.requires_grad], lr=lr)
+        for _ in range(5):
+            opt.zero_grad()
+            nn.functional.cross_entropy(m(x), y).backward()
+            opt.step()
+            report.after_step()
+
+    quantize_(model, QATConfig(bits=4, finetune=FinetuneConfig(epochs=1, lr=1e-2)), finetune=finetune,
+              calibration=[torch.randn(16, 64)])
+    for name in ("fc1", "fc2", "fc3"):  # converted to 4-bit codes after the fine-tune: decoded, the zeros are there
+        decoded = model.get_submodule(name).weight
+        assert torch.equal(decoded[~report.masks[name]], torch.zeros(int((~report.masks[name]).sum()))), name
+
+
 def test_without_the_hook_training_revives_pruned_weights():
     model = MLP()
     report = prune_(model, MagnitudeConfig(sparsity=0.7))

@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 from torch import nn
 
-from torchslim import distributed
 from torchslim._errors import ConfigError
 from torchslim._validation import parse
 from torchslim.distill.api import distill
@@ -180,11 +179,6 @@ def _run(ctx: "RunContext", cfg: KDConfig) -> dict[str, Any]:
         "teacher_val_metric": ctx.validate(teacher),
         "val_metric": results[-1].best_val,
     }
-    if distributed.is_distributed():
-        digests = distributed.rank_digests(student)  # a collective: every rank calls it
-        if len(set(digests)) > 1:
-            ctx.log(f"distill: WARNING the replicas' weights differ after training: {digests}")
-        record["rank_digests"] = digests  # the student's state digest on every rank (equal: the replicas agree)
     return record
 
 

@@ -94,7 +94,11 @@ def mask_hook(model: nn.Module | Callable[[], nn.Module], masks: dict[str, torch
     def after_step() -> None:
         modules = dict(current().named_modules())
         for name, mask in masks.items():
-            weight = getattr(modules.get(name), "weight", None)
+            module = modules.get(name)
+            source = getattr(module, "weight_source", None)  # a quantized layer: its weight is decoded
+            if source is not None and not isinstance(getattr(source, "weight", None), torch.Tensor):
+                continue  # integer codes or a codebook: zeros stay code zero / centroid 0, nothing trains them
+            weight = getattr(source if source is not None else module, "weight", None)  # QAT: the float weight
             if not isinstance(weight, torch.Tensor) or weight.shape != mask.shape:
                 if name not in skipped:
                     skipped.add(name)

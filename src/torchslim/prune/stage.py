@@ -233,12 +233,10 @@ def run_stage(ctx: "RunContext", stage: PruneStage) -> dict[str, Any]:
            **_layer_summary(report, ctx.model), "val_metric": ctx.validate(ctx.model), **record}
     if report.masks:
         out["masked_layers"] = sorted(report.masks)  # what a resumed run keeps at zero
-    if distributed.is_distributed():  # collectives: every rank calls them; equal entries = the replicas agree
-        out["rank_digests"] = distributed.rank_digests(ctx.model)
-        if report.masks:
-            out["mask_digests"] = distributed.rank_digests(report.masks)
-        if len(set(out["rank_digests"])) > 1 or len(set(out.get("mask_digests", []))) > 1:
-            ctx.log("prune: WARNING the replicas' weights or masks differ after pruning")
+    if distributed.is_distributed() and report.masks:  # a collective: every rank calls it
+        out["mask_digests"] = distributed.rank_digests(report.masks)  # equal entries: the ranks' masks agree
+        if len(set(out["mask_digests"])) > 1:
+            ctx.log("prune: WARNING the replicas' masks differ")
     ctx.log(f"prune: {report.method}, sparsity {report.sparsity:.4f}, params {report.params_before} -> "
             f"{report.params_after}, val {out['val_metric']:.4f}")
     return out
