@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from torchslim._errors import ConfigError
+from torchslim.train import AUGMENTATIONS  # the training loop applies them
 
 __all__ = [
     "Calibration",
@@ -30,7 +31,6 @@ __all__ = [
 IMPORTANCES = ("l1", "l2", "activation", "taylor")
 SCHEDULE_KINDS = ("oneshot", "polynomial")
 SCOPES = ("layer", "global")
-AUGMENTS = ("none", "shift")
 
 
 def _check_fraction(name: str, value: Any) -> float:
@@ -115,7 +115,8 @@ class Calibration:
 @dataclass(frozen=True)
 class Finetune:
     """Training after pruning: ``epochs`` in total, spread over the schedule's steps, at learning rate ``lr``, in
-    batches of ``batch_size``, with the same ``augment`` choices as training (``none`` or ``shift``)."""
+    batches of ``batch_size``, with the same ``augment`` choices as training (``none``, ``shift``, ``mixup``,
+    ``shift+mixup``)."""
 
     epochs: int
     lr: float
@@ -128,7 +129,7 @@ class Finetune:
         if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or not lr > 0:
             raise ConfigError("lr", f"must be a finite positive number, got {lr!r}")
         _check_int("batch_size", self.batch_size, 1)
-        _check_choice("augment", self.augment, AUGMENTS)
+        _check_choice("augment", self.augment, AUGMENTATIONS)
 
 
 _VALUE_OBJECTS = {"schedule": Schedule, "calibration": Calibration, "finetune": Finetune}
