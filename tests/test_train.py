@@ -3,10 +3,10 @@ import math
 import pytest
 import torch
 
+from torchslim._errors import ConfigError
 from torchslim.data import load_splits
 from torchslim.domain import DataSpec, ModelSpec
 from torchslim.models import build_model
-from torchslim._errors import ConfigError
 from torchslim.train import TrainConfig, fit, lr_at, mixup, random_shift
 
 CFG = TrainConfig(epochs=4, lr=5e-3, batch_size=64)

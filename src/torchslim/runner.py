@@ -10,7 +10,6 @@ import dataclasses
 import json
 import shutil
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -18,7 +17,7 @@ from typing import Any, Callable, Optional
 import torch
 from torch import nn
 
-from torchslim.artifact import load_artifact, save_artifact, update_manifest, write_bytes_atomic
+from torchslim.artifact import artifact_bytes, load_artifact, save_artifact, update_manifest, write_bytes_atomic
 from torchslim.data import Splits, load_splits
 from torchslim.distributed import is_distributed, is_main, local_device, rank_digests
 from torchslim.domain import Domain
@@ -130,14 +129,7 @@ def prepare(recipe: Recipe, *, log: Callable[[str], None] = _log_stderr) -> RunC
     return ctx
 
 
-def _size_without_entropy_coding(model: nn.Module, architecture: dict[str, Any], extra: dict[str, Any]) -> int:
-    """Bytes of ``model``'s artifact with its sparse and packed encodings but no zstd on the tensor data."""
-    with tempfile.TemporaryDirectory() as tmp:
-        return size_bytes(save_artifact(model, Path(tmp) / "plain", architecture=architecture, extra=extra,
-                                        entropy=False))
-
-
-def _measure_stage(ctx: RunContext, current: Path, baseline: Path) -> dict[str, Any]:
+def _measure_stage(ctx: RunContext, current: Path, baseline: Path, extra: dict[str, Any]) -> dict[str, Any]:
     """Size, parameters and validation metric of the model as saved after a stage, reloaded from disk.
 
     Returns:
@@ -148,7 +140,7 @@ def _measure_stage(ctx: RunContext, current: Path, baseline: Path) -> dict[str, 
     model, _ = load_artifact(current, base_dir=ctx.domain.base_dir)
     params, nonzero = count_params(model)
     size = size_bytes(current)
-    plain = _size_without_entropy_coding(ctx.model, ctx.architecture, _manifest_extra(ctx))
+    plain = artifact_bytes(ctx.model, architecture=ctx.architecture, extra=extra, entropy=False)
     return {"size_bytes": size, "size_bytes_no_entropy": plain, "compression_ratio": size_bytes(baseline) / size,
             "params": params, "nonzero_params": nonzero, "artifact_val_metric": ctx.validate(model.to(ctx.device))}
 
@@ -167,7 +159,7 @@ def _save_progress(ctx: RunContext, completed: int) -> None:
     if ctx.baseline is not None and not baseline.exists():
         save_artifact(ctx.baseline, baseline, architecture=ctx.baseline_architecture, extra=extra, compress=False)
     if ctx.baseline is not None and ctx.records and STAGES[ctx.records[-1]["stage"]].changes_model:
-        ctx.records[-1].update(_measure_stage(ctx, current, baseline))
+        ctx.records[-1].update(_measure_stage(ctx, current, baseline, extra))
     write_bytes_atomic(ctx.work_dir / "progress.json", json.dumps(
         {"completed": completed, "records": ctx.records, "architecture": ctx.architecture}).encode())
 
@@ -283,13 +275,10 @@ def finish(ctx: RunContext, out: Path) -> dict[str, Any]:
     reloaded, manifest = load_artifact(artifact, base_dir=ctx.domain.base_dir)
     measured = measure_in_runtime(reloaded, manifest, test, metric, shape, ctx.domain.runtime)
     base_measured = measure(baseline, test, metric, shape)
-    with tempfile.TemporaryDirectory() as tmp:
-        # The baseline is the uncompressed fp32 file (dense tensors, same manifest keys), as compression ratios
-        # are quoted against it.
-        base_path = save_artifact(baseline, Path(tmp) / "baseline", architecture=baseline_arch, extra=extra,
-                                  compress=False)
-        update_manifest(base_path, metrics={"metric": metric, "value": base_measured["value"]})
-        baseline_bytes = size_bytes(base_path)
+    # The baseline is the uncompressed fp32 file (dense tensors, same manifest keys), as compression ratios are
+    # quoted against it.
+    baseline_bytes = artifact_bytes(baseline, architecture=baseline_arch, compress=False,
+                                    extra={**extra, "metrics": {"metric": metric, "value": base_measured["value"]}})
     recorded = {"metrics": {"metric": metric, "value": measured["value"]},
                 "baseline": {"architecture": baseline_arch, "value": base_measured["value"],
                              "size_bytes": baseline_bytes, "params": base_measured["params"]}}
@@ -299,7 +288,8 @@ def finish(ctx: RunContext, out: Path) -> dict[str, Any]:
         write_bytes_atomic(out / ONNX_FILE, data)
     metrics = summarize(measured, base_measured, size=size_bytes(artifact), baseline_size=baseline_bytes,
                         domain=ctx.domain, seed=ctx.seed)
-    metrics["size_bytes_no_entropy"] = _size_without_entropy_coding(model, ctx.architecture, {**extra, **recorded})
+    metrics["size_bytes_no_entropy"] = artifact_bytes(model, architecture=ctx.architecture, extra={**extra, **recorded},
+                                                      entropy=False)
     metrics.update({"int8_kernels": measured["int8_kernels"], "cpu_features": measured["cpu_features"],
                     "device": str(ctx.device), "data": ctx.splits.info, "stages": ctx.records})
     from torchslim.report import layer_stats, render_html, render_markdown
@@ -348,9 +338,7 @@ def evaluate_artifact(path: str | Path, domain: Domain) -> dict[str, Any]:
     if record is not None:
         baseline_bytes = record["size_bytes"]
     else:
-        with tempfile.TemporaryDirectory() as tmp:
-            baseline_bytes = size_bytes(save_artifact(baseline, Path(tmp) / "baseline",
-                                                      architecture=architecture_of(domain.model), compress=False))
+        baseline_bytes = artifact_bytes(baseline, architecture=architecture_of(domain.model), compress=False)
     metrics = summarize(measured, base, size=size_bytes(path), baseline_size=baseline_bytes, domain=domain,
                         seed=manifest.get("seed", 0))
     metrics.update({"int8_kernels": measured["int8_kernels"], "cpu_features": measured["cpu_features"],

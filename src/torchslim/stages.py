@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Callable, Literal, Optional
 import pydantic
 
 from torchslim._validation import StrictModel, parse
+from torchslim.train import AUGMENTATIONS
 
 if TYPE_CHECKING:
     from torchslim.runner import RunContext
@@ -60,7 +61,7 @@ class TrainStage(StrictModel):
     weight_decay: float = pydantic.Field(0.0, ge=0)
     optimizer: Literal["adam", "sgd"] = "adam"
     schedule: Literal["cosine", "constant"] = "cosine"
-    augment: Literal["none", "shift", "mixup", "shift+mixup"] = "none"
+    augment: Literal[AUGMENTATIONS] = "none"  # the training loop's: none | shift | mixup | shift+mixup
 
 
 def _run_train(ctx: "RunContext", cfg: TrainStage) -> dict[str, Any]:

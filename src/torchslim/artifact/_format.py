@@ -183,6 +183,34 @@ def _decode_state(folder: Path, manifest: dict[str, Any], data: bytes) -> dict[s
 
 # ---- save ------------------------------------------------------------------------------------------------------
 
+def _artifact_files(model: nn.Module, architecture: dict[str, Any], extra: dict[str, Any] | None, compress: bool,
+                    entropy: bool) -> dict[str, bytes]:
+    """{file name: bytes} of ``model``'s artifact folder (see :func:`save_artifact` for the arguments)."""
+    from torchslim.quantize._layout import describe_quantized_layers, int8_onnx_of, strip_int8_weights
+
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    layers = describe_quantized_layers(model)
+    onnx_model = int8_onnx_of(model) if layers else None
+    table, data, whole = _encode_state(state, layers, compress, entropy)
+    payloads = {TENSORS: _sha256(data)}
+    manifest: dict[str, Any] = {"architecture": architecture, "tensors": table, "payloads": payloads,
+                                "versions": _versions(), **(extra or {})}
+    if whole:
+        manifest["entropy"] = "payload"
+    if layers:
+        manifest["quantization"] = {"layers": layers}
+    files = {MANIFEST: _canonical(_HEADER), PAYLOAD: b""}
+    if onnx_model is not None:
+        split = strip_int8_weights(onnx_model, model) if compress else None
+        if split is not None:  # the int8 weights are the state dict's codes: stored once, put back at load
+            onnx_model, manifest["quantization"]["int8_onnx_weights"] = split
+        payloads[INT8_ONNX] = _sha256(onnx_model)
+        manifest["quantization"]["int8_onnx"] = INT8_ONNX
+        files[INT8_ONNX] = onnx_model
+    files[PAYLOAD] = _payload_bytes(manifest, data)
+    return files
+
+
 def save_artifact(model: nn.Module, path: str | Path, *, architecture: dict[str, Any],
                   extra: dict[str, Any] | None = None, compress: bool = True, entropy: bool = True) -> Path:
     """Write ``model`` as an artifact folder at ``path``, atomically (the old one or the new one, never half).
@@ -202,40 +230,25 @@ def save_artifact(model: nn.Module, path: str | Path, *, architecture: dict[str,
     Returns:
         the artifact path.
     """
-    from torchslim.quantize._layout import describe_quantized_layers, int8_onnx_of, strip_int8_weights
-
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    layers = describe_quantized_layers(model)
-    onnx_model = int8_onnx_of(model) if layers else None
-    table, data, whole = _encode_state(state, layers, compress, entropy)
-    payloads = {TENSORS: _sha256(data)}
-    manifest: dict[str, Any] = {"architecture": architecture, "tensors": table, "payloads": payloads,
-                                "versions": _versions(), **(extra or {})}
-    if whole:
-        manifest["entropy"] = "payload"
-    if layers:
-        manifest["quantization"] = {"layers": layers}
-    if onnx_model is not None:
-        split = strip_int8_weights(onnx_model, model) if compress else None
-        if split is not None:  # the int8 weights are the state dict's codes: stored once, put back at load
-            onnx_model, manifest["quantization"]["int8_onnx_weights"] = split
-        payloads[INT8_ONNX] = _sha256(onnx_model)
-        manifest["quantization"]["int8_onnx"] = INT8_ONNX
-    payload = _payload_bytes(manifest, data)
+    files = _artifact_files(model, architecture, extra, compress, entropy)
     tmp = _fresh_dir(target)
     try:
-        _write(tmp / MANIFEST, _canonical(_HEADER))
-        _write(tmp / PAYLOAD, payload)
-        if onnx_model is not None:
-            _write(tmp / INT8_ONNX, onnx_model)
+        for name, data in files.items():
+            _write(tmp / name, data)
         _fsync(tmp)
         _replace_dir(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return target
+
+
+def artifact_bytes(model: nn.Module, *, architecture: dict[str, Any], extra: dict[str, Any] | None = None,
+                   compress: bool = True, entropy: bool = True) -> int:
+    """The bytes :func:`save_artifact` would write for ``model`` with these arguments, without writing them."""
+    return sum(len(data) for data in _artifact_files(model, architecture, extra, compress, entropy).values())
 
 
 def _write(path: Path, data: bytes) -> None:

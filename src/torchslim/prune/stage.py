@@ -19,9 +19,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from torchslim import distributed
 from torchslim._errors import ConfigError
-from torchslim.distributed import module_device
+from torchslim.distributed import is_distributed, module_device, rank_digests
 from torchslim.prune._select import LayerSelector, check_names
 from torchslim.prune.api import prune_
 from torchslim.prune.config import (ActivationConfig, MagnitudeConfig, Schedule, StructuredConfig,
@@ -233,8 +232,8 @@ def run_stage(ctx: "RunContext", stage: PruneStage) -> dict[str, Any]:
            **_layer_summary(report, ctx.model), "val_metric": ctx.validate(ctx.model), **record}
     if report.masks:
         out["masked_layers"] = sorted(report.masks)  # what a resumed run keeps at zero
-    if distributed.is_distributed() and report.masks:  # a collective: every rank calls it
-        out["mask_digests"] = distributed.rank_digests(report.masks)  # equal entries: the ranks' masks agree
+    if is_distributed() and report.masks:  # a collective: every rank calls it
+        out["mask_digests"] = rank_digests(report.masks)  # equal entries: the ranks' masks agree
         if len(set(out["mask_digests"])) > 1:
             ctx.log("prune: WARNING the replicas' masks differ")
     ctx.log(f"prune: {report.method}, sparsity {report.sparsity:.4f}, params {report.params_before} -> "
