@@ -3,8 +3,10 @@
 import json
 
 import pytest
+import torch
 
 from cli_support import DIGITS_DOMAIN, cli_env, run_recipe_in
+from torchslim.artifact import load_state
 
 RECIPE = "domain: domain.yaml\nseed: 0\nstages:\n  - train: {epochs: 6, lr: 0.003, batch_size: 64}\n"
 METRICS_KEYS = {"metric", "value", "baseline_value", "size_bytes", "baseline_size_bytes", "compression_ratio",
@@ -54,6 +56,11 @@ def test_same_recipe_and_seed_give_the_same_artifact(trained, cli):
     folder, _ = trained
     proc = cli("run", "recipe.yaml", "--out", "again", cwd=folder)
     assert proc.returncode == 0, proc.stderr
+    first, second = load_state(folder / "out" / "artifact"), load_state(folder / "again" / "artifact")
+    # which weights differ and by how much, should they ever: the bytes alone would not say
+    differ = {k: float((first[k].double() - second[k].double()).abs().max()) for k in first
+              if not torch.equal(first[k], second[k])}
+    assert not differ, f"weights differ between two runs (max |difference| per tensor): {differ}"
     for name in ("manifest.json", "model.safetensors"):
         assert (folder / "out" / "artifact" / name).read_bytes() == (folder / "again" / "artifact" / name).read_bytes()
 
