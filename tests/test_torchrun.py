@@ -67,7 +67,7 @@ def test_two_process_run_agrees_across_ranks_and_with_eval(tmp_path):
 
     # Both ranks took part, and their weights agree bit for bit after every stage that trains (training,
     # distillation, pruning with fine-tuning between its steps, QAT), as do the pruning masks.
-    model, manifest = load_artifact(out / "artifact", base_dir=ROOT / "domains")
+    model, manifest = load_artifact(out / "artifact")
     for record in metrics["stages"]:
         assert len(record["rank_digests"]) == 2
         assert record["rank_digests"][0] == record["rank_digests"][1]

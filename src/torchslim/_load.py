@@ -8,7 +8,8 @@ from typing import Any, Literal
 RUNTIMES = ("torch", "onnxruntime")
 
 
-def load(path: str | Path, *, runtime: Literal["torch", "onnxruntime"] = "torch", base_dir: str | Path = ".",
+def load(path: str | Path, *, runtime: Literal["torch", "onnxruntime"] = "torch", trust_code: bool = False,
+         code_dir: str | Path | None = None, verify_key: str | Path | None = None,
          intra_op_threads: int | None = None) -> Any:
     """Load a saved artifact for inference.
 
@@ -17,7 +18,10 @@ def load(path: str | Path, *, runtime: Literal["torch", "onnxruntime"] = "torch"
         runtime: ``torch`` → the ``nn.Module`` (quantized layers compute with their dequantized weights and simulate
             activation quantization); ``onnxruntime`` → a callable over an ONNX Runtime session: the stored int8
             model when the artifact has one (static, dynamic, 8-bit qat), else an fp32 export made now.
-        base_dir: folder a user factory module named in the architecture is imported from.
+        trust_code: allow an artifact whose architecture is a user factory (``module:function``) to import and
+            call it; without it such an artifact is refused (built-in architectures never import code).
+        code_dir: folder the factory's module is imported from (``sys.path`` is restored afterwards).
+        verify_key: public key (PEM) whose signature the artifact must carry (``torchslim sign``).
         intra_op_threads: ONNX Runtime threads per operator (None: ORT's default).
     Returns:
         ``nn.Module`` in eval mode, or a :class:`torchslim.export.OrtSession` (tensors in, tensors out) whose
@@ -32,7 +36,7 @@ def load(path: str | Path, *, runtime: Literal["torch", "onnxruntime"] = "torch"
 
     if runtime not in RUNTIMES:
         raise ConfigError("runtime", f"must be one of {list(RUNTIMES)}, got {runtime!r}")
-    model, manifest = load_artifact(path, base_dir=base_dir)
+    model, manifest = load_artifact(path, trust_code=trust_code, code_dir=code_dir, verify_key=verify_key)
     if runtime == "torch":
         return model
     return ort_session_of(model, manifest, intra_op_threads)

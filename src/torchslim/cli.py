@@ -33,6 +33,26 @@ def cli() -> None:
     """torchslim: prune, quantize and distill PyTorch models for a domain, and measure the result honestly."""
 
 
+def _trust_options(fn: Any) -> Any:
+    """--trust-code, --code-dir and --verify-key: what opening an artifact may do (see the README's trust model)."""
+    fn = click.option("--verify-key", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                      help="Public key (PEM): refuse the artifact unless it carries a signature made with its "
+                           "private key (torchslim sign).")(fn)
+    fn = click.option("--code-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+                      help="Folder the factory module of a --trust-code artifact is imported from.")(fn)
+    return click.option("--trust-code", is_flag=True,
+                        help="Allow an artifact built by a user factory (module:function) to import and call it. "
+                             "Without it such an artifact is refused: opening it would run its code.")(fn)
+
+
+def _warn_if_metrics_differ(artifact: Path) -> None:
+    from torchslim.runner import metrics_mismatch
+
+    warning = metrics_mismatch(artifact)
+    if warning is not None:
+        click.echo(f"warning: {warning}", err=True)
+
+
 def _print_summary(metrics: dict[str, Any], out: Path | None = None) -> None:
     from torchslim.report import summary_rows
 
@@ -99,13 +119,17 @@ def check(recipe: Path, overrides: tuple[str, ...]) -> None:
 @click.option("--domain", "domain_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Domain file whose data (test split) the model is measured on.")
 @click.option("--json", "as_json", is_flag=True, help="Print only the metrics JSON object on stdout.")
-def eval_(artifact: Path, domain_path: Path, as_json: bool) -> None:
-    """Re-measure a saved ARTIFACT on a domain's data."""
+@_trust_options
+def eval_(artifact: Path, domain_path: Path, as_json: bool, trust_code: bool, code_dir: Path | None,
+          verify_key: Path | None) -> None:
+    """Re-measure a saved ARTIFACT on a domain's data (a factory module is looked for in the domain's folder
+    unless --code-dir says otherwise)."""
     from torchslim.domain import load_domain
     from torchslim.runner import evaluate_artifact
 
     domain = load_domain(domain_path)
-    metrics = evaluate_artifact(artifact, domain)
+    metrics = evaluate_artifact(artifact, domain, trust_code=trust_code, code_dir=code_dir, verify_key=verify_key)
+    _warn_if_metrics_differ(artifact)
     if as_json:
         click.echo(json.dumps(metrics, indent=2))
     else:
@@ -118,22 +142,33 @@ def eval_(artifact: Path, domain_path: Path, as_json: bool) -> None:
               help="File format to write.")
 @click.option("--out", "-o", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="File to write, e.g. model.onnx.")
-def export_(artifact: Path, fmt: str, out: Path) -> None:
+@_trust_options
+def export_(artifact: Path, fmt: str, out: Path, trust_code: bool, code_dir: Path | None,
+            verify_key: Path | None) -> None:
     """Write a saved ARTIFACT as an ONNX model: its int8 model when it holds one, else an fp32 export."""
     from torchslim.export.artifact import export_artifact
 
-    path, int8 = export_artifact(artifact, out)
+    path, int8 = export_artifact(artifact, out, trust_code=trust_code, code_dir=code_dir, verify_key=verify_key)
     click.echo(f"wrote {path} ({'int8 model' if int8 else 'fp32 export'}, {path.stat().st_size:,} bytes)")
 
 
 @cli.command(name="inspect")
 @click.argument("artifact", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print layers, totals and the plain manifest as one JSON object.")
-def inspect_(artifact: Path, as_json: bool) -> None:
-    """Show what a saved ARTIFACT stores per layer (shape, sparsity, bits, encoding, bytes) and in total."""
+@click.option("--verify-key", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Public key (PEM): refuse the artifact unless it carries a signature made with its private key.")
+def inspect_(artifact: Path, as_json: bool, verify_key: Path | None) -> None:
+    """Show what a saved ARTIFACT stores per layer (shape, sparsity, bits, encoding, bytes) and in total.
+
+    Reads the manifest and the stored tensors only: no model is built and no code is imported."""
     from torchslim.artifact import describe_artifact
 
+    if verify_key is not None:
+        from torchslim.artifact._signing import verify_artifact
+
+        verify_artifact(artifact, verify_key)
     info = describe_artifact(artifact)
+    _warn_if_metrics_differ(artifact)
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return

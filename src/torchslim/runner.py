@@ -17,7 +17,8 @@ from typing import Any, Callable, Optional
 import torch
 from torch import nn
 
-from torchslim.artifact import artifact_bytes, load_artifact, save_artifact, update_manifest, write_bytes_atomic
+from torchslim.artifact import (artifact_bytes, artifact_digest, artifact_size, fresh_dir, load_artifact, publish,
+                                save_artifact, update_manifest, write_bytes_atomic)
 from torchslim.data import Splits, load_splits
 from torchslim.distributed import is_distributed, is_main, local_device, rank_digests
 from torchslim.domain import Domain
@@ -28,6 +29,9 @@ from torchslim.stages import STAGES
 from torchslim.train import FitResult, TrainConfig, fit
 
 WORK_DIR = ".torchslim-work"
+# What a run publishes into its output folder, together: metrics.json (last) says the others belong to it.
+OUTPUTS = ("artifact", "model.onnx", "report.md", "report.html", "metrics.json")
+METRICS = "metrics.json"
 
 
 def _log_stderr(message: str) -> None:
@@ -95,6 +99,11 @@ class RunContext:
                    metric=self.metric, checkpoint=checkpoint, resume=self.resume, desc=desc,
                    device=self.device, after_step=run_hooks if hooks else None, **kwargs)
 
+    def reload(self, path: Path) -> tuple[nn.Module, dict[str, Any]]:
+        """A model this run saved, loaded back. Its factory (if any) is the one the user's domain names, so it
+        is imported from the domain's folder without asking again."""
+        return load_artifact(path, trust_code=True, code_dir=self.domain.base_dir)
+
     def validate(self, model: Optional[nn.Module] = None) -> float:
         """The metric on the validation split (decisions never look at the test split)."""
         from torchslim.evaluate import compute_metric
@@ -137,7 +146,7 @@ def _measure_stage(ctx: RunContext, current: Path, baseline: Path, extra: dict[s
         ``compression_ratio`` (the uncompressed fp32 baseline file's bytes / these bytes), ``params``,
         ``nonzero_params`` and ``artifact_val_metric``, for the report's per-stage table.
     """
-    model, _ = load_artifact(current, base_dir=ctx.domain.base_dir)
+    model, _ = ctx.reload(current)
     params, nonzero = count_params(model)
     size = size_bytes(current)
     plain = artifact_bytes(ctx.model, architecture=ctx.architecture, extra=extra, entropy=False)
@@ -170,10 +179,10 @@ def _restore_progress(ctx: RunContext) -> int:
     if not progress.is_file():
         return 0
     state = json.loads(progress.read_text())
-    ctx.model, _ = load_artifact(ctx.work_dir / "current", base_dir=ctx.domain.base_dir)
+    ctx.model, _ = ctx.reload(ctx.work_dir / "current")
     ctx.architecture, ctx.records = state["architecture"], state["records"]
     if (ctx.work_dir / "baseline").exists():
-        ctx.baseline, manifest = load_artifact(ctx.work_dir / "baseline", base_dir=ctx.domain.base_dir)
+        ctx.baseline, manifest = ctx.reload(ctx.work_dir / "baseline")
         ctx.baseline_architecture = manifest["architecture"]
     for stage, record in zip(ctx.recipe.stages[:state["completed"]], ctx.records):
         handler = STAGES[stage.name]
@@ -255,12 +264,26 @@ def summarize(measured: dict[str, Any], base: dict[str, Any], *, size: int, base
 
 
 def finish(ctx: RunContext, out: Path) -> dict[str, Any]:
-    """Save the artifact, reload it, measure it and the baseline side by side, and write the outputs.
+    """Save the artifact, reload it, measure it and the baseline side by side, and publish the outputs.
 
     The compressed model is measured in the domain's runtime (``onnxruntime``: through an ORT session over the
     artifact's int8 model, or an fp32 export); the baseline in torch. An ``export`` stage's extra formats are
-    written from the reloaded artifact (``onnx`` → ``out/model.onnx``).
+    written from the reloaded artifact (``onnx`` → ``out/model.onnx``). Everything is written into a staging
+    folder first and published together (see :func:`torchslim.artifact.publish`): ``metrics.json``, which
+    carries the artifact's digest, is the last to arrive and the first to go.
     """
+    staging = fresh_dir(out / "publish")
+    try:
+        metrics, names = _write_outputs(ctx, staging)
+        publish(staging, out, names, commit=METRICS, outputs=OUTPUTS)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return metrics
+
+
+def _write_outputs(ctx: RunContext, staging: Path) -> tuple[dict[str, Any], list[str]]:
+    """Write the run's outputs into ``staging``; returns (metrics, the names written)."""
     from torchslim.export.artifact import module_onnx
     from torchslim.export.measure import measure_in_runtime
     from torchslim.export.stage import ONNX_FILE, requested_formats
@@ -271,8 +294,8 @@ def finish(ctx: RunContext, out: Path) -> dict[str, Any]:
     metric, test, shape = ctx.metric, ctx.splits.test, ctx.splits.input_shape
     extra = _manifest_extra(ctx)
 
-    artifact = save_artifact(model, out / "artifact", architecture=ctx.architecture, extra=extra)
-    reloaded, manifest = load_artifact(artifact, base_dir=ctx.domain.base_dir)
+    artifact = save_artifact(model, staging / "artifact", architecture=ctx.architecture, extra=extra)
+    reloaded, manifest = ctx.reload(artifact)
     measured = measure_in_runtime(reloaded, manifest, test, metric, shape, ctx.domain.runtime)
     base_measured = measure(baseline, test, metric, shape)
     # The baseline is the uncompressed fp32 file (dense tensors, same manifest keys), as compression ratios are
@@ -283,37 +306,69 @@ def finish(ctx: RunContext, out: Path) -> dict[str, Any]:
                 "baseline": {"architecture": baseline_arch, "value": base_measured["value"],
                              "size_bytes": baseline_bytes, "params": base_measured["params"]}}
     update_manifest(artifact, **recorded)
+    names = ["artifact"]
     if "onnx" in requested_formats(ctx.records):
         data, _ = module_onnx(reloaded, manifest)
-        write_bytes_atomic(out / ONNX_FILE, data)
-    metrics = summarize(measured, base_measured, size=size_bytes(artifact), baseline_size=baseline_bytes,
+        write_bytes_atomic(staging / ONNX_FILE, data)
+        names.append(ONNX_FILE)
+    metrics = summarize(measured, base_measured, size=artifact_size(artifact), baseline_size=baseline_bytes,
                         domain=ctx.domain, seed=ctx.seed)
     metrics["size_bytes_no_entropy"] = artifact_bytes(model, architecture=ctx.architecture, extra={**extra, **recorded},
                                                       entropy=False)
     metrics.update({"int8_kernels": measured["int8_kernels"], "cpu_features": measured["cpu_features"],
-                    "device": str(ctx.device), "data": ctx.splits.info, "stages": ctx.records})
+                    "device": str(ctx.device), "data": ctx.splits.info, "stages": ctx.records,
+                    "artifact_sha256": artifact_digest(artifact)})
     from torchslim.report import layer_stats, render_html, render_markdown
 
     metrics["layers"] = layer_stats(reloaded, manifest)
-    write_bytes_atomic(out / "metrics.json", (json.dumps(metrics, indent=2) + "\n").encode())
-    write_bytes_atomic(out / "report.md", render_markdown(metrics, ctx.domain.name).encode())
-    write_bytes_atomic(out / "report.html", render_html(metrics, ctx.domain.name).encode())
-    return metrics
+    write_bytes_atomic(staging / "report.md", render_markdown(metrics, ctx.domain.name).encode())
+    write_bytes_atomic(staging / "report.html", render_html(metrics, ctx.domain.name).encode())
+    write_bytes_atomic(staging / METRICS, (json.dumps(metrics, indent=2) + "\n").encode())
+    return metrics, [*names, "report.md", "report.html", METRICS]
 
 
-def evaluate_artifact(path: str | Path, domain: Domain) -> dict[str, Any]:
+def metrics_mismatch(artifact: str | Path) -> str | None:
+    """A one-line warning when the ``metrics.json`` beside ``artifact`` (its run folder's) describes another
+    artifact, or None when it matches or there is none."""
+    folder = Path(artifact)
+    path = folder.parent / METRICS
+    if not path.is_file():
+        return None
+    try:
+        recorded = json.loads(path.read_text()).get("artifact_sha256")
+    except (OSError, ValueError, AttributeError):
+        return f"{path} is unreadable: its figures cannot be matched to {folder}"
+    actual = artifact_digest(folder)
+    if recorded == actual:
+        return None
+    if recorded is None:
+        return f"{path} records no artifact digest: its figures may describe another artifact than {folder}"
+    return (f"{path} describes another artifact (sha256 {str(recorded)[:12]}…) than {folder} "
+            f"(sha256 {actual[:12]}…): its figures are not this artifact's")
+
+
+def evaluate_artifact(path: str | Path, domain: Domain, *, trust_code: bool = False,
+                      code_dir: str | Path | None = None, verify_key: str | Path | None = None) -> dict[str, Any]:
     """Re-measure an artifact on a domain's test split.
 
     The baseline figures come from the artifact's own record; its latency and peak memory are re-measured on a
     freshly built dense model of the recorded baseline architecture (dense fp32 speed does not depend on the
     weight values). When the domain names trained baseline weights, the baseline is re-measured in full.
     The artifact itself is measured in the domain's runtime (see :func:`finish`).
+
+    Args:
+        trust_code, code_dir, verify_key: as for :func:`torchslim.artifact.load_artifact`; ``code_dir``
+            defaults to the domain file's folder. A recorded baseline built by a factory needs ``trust_code``
+            too.
     """
     from torchslim._errors import ConfigError
+    from torchslim._validation import parse
+    from torchslim.artifact._trust import require_code_consent
     from torchslim.domain import ModelSpec
     from torchslim.export.measure import measure_in_runtime
 
-    model, manifest = load_artifact(path, base_dir=domain.base_dir)
+    code_dir = domain.base_dir if code_dir is None else code_dir
+    model, manifest = load_artifact(path, trust_code=trust_code, code_dir=code_dir, verify_key=verify_key)
     try:
         splits = load_splits(domain.data, base_dir=domain.base_dir, input_shape=input_shape_of(model))
         check_fits(model, splits.test.tensors[0][:2], splits.num_classes)
@@ -325,13 +380,15 @@ def evaluate_artifact(path: str | Path, domain: Domain) -> dict[str, Any]:
     # architecture measures them. Its metric, params and bytes are the artifact's record, unless the domain
     # names trained baseline weights, whose metric is then re-measured.
     record = manifest.get("baseline")
-    trained = domain.model.weights is not None or record is None
+    trained = domain.model.weights is not None or not isinstance(record, dict)
     if trained:
         baseline = build_model(domain.model, domain.base_dir)
     else:
-        arch = record["architecture"]
-        baseline = build_model(ModelSpec(**{k: arch[k] for k in ("name", "factory", "kwargs") if k in arch}),
-                               domain.base_dir)
+        arch = record.get("architecture") or {}
+        require_code_consent(Path(path), arch, trust_code)
+        spec = parse(ModelSpec, {k: arch[k] for k in ("name", "factory", "kwargs") if k in arch},
+                     prefix="baseline.architecture", source=str(path))
+        baseline = build_model(spec, code_dir)
     base = measure(baseline, splits.test, domain.metric, shape)
     if not trained:
         base["value"], base["params"] = record["value"], record["params"]
@@ -339,8 +396,9 @@ def evaluate_artifact(path: str | Path, domain: Domain) -> dict[str, Any]:
         baseline_bytes = record["size_bytes"]
     else:
         baseline_bytes = artifact_bytes(baseline, architecture=architecture_of(domain.model), compress=False)
-    metrics = summarize(measured, base, size=size_bytes(path), baseline_size=baseline_bytes, domain=domain,
+    metrics = summarize(measured, base, size=artifact_size(path), baseline_size=baseline_bytes, domain=domain,
                         seed=manifest.get("seed", 0))
     metrics.update({"int8_kernels": measured["int8_kernels"], "cpu_features": measured["cpu_features"],
-                    "recorded_value": manifest.get("metrics", {}).get("value")})
+                    "recorded_value": manifest.get("metrics", {}).get("value"),
+                    "artifact_sha256": artifact_digest(path)})
     return metrics

@@ -1,4 +1,7 @@
-"""One module writes and reads artifacts.
+"""The artifact's bytes: the manifest and the encoded tensors, sealed, saved and read back.
+
+Atomic writes live in ``_atomic``, what opening an artifact may read or import in ``_trust``, the model rebuilt
+from a manifest in ``_rebuild``.
 
 Layout of an artifact folder::
 
@@ -9,12 +12,14 @@ Layout of an artifact folder::
                        codes, Deep Compression's sparse entries (relative index + value), entropy-coded with zstd
                        when that is smaller
     model.int8.onnx    (static, dynamic, 8-bit qat) the int8 model ONNX Runtime runs
+    model.sig          (optional, ``torchslim sign``) a signature over the other files
 
 The manifest records the architecture, every tensor's shape, dtype, encoding and stored bytes, a sha256 of every
 payload (the tensor data, the int8 model), the versions of the libraries, and whatever the caller adds (recipe,
 domain, metrics, input shape, labels, preprocessing). It carries no timings, timestamps or absolute paths, so the
 same model gives the same bytes. The leading sha256 covers every stored bit of the manifest and the tensors, the
-manifest's ``payloads`` the int8 model: an edited, truncated or bit-flipped artifact is refused on load.
+manifest's ``payloads`` the int8 model: an edited, truncated or bit-flipped artifact is refused on load. The seal
+detects damage, not intent (anyone can reseal an edit): a signature does that.
 ``read_manifest`` and ``torchslim inspect`` show the manifest in plain JSON.
 """
 
@@ -22,7 +27,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -30,7 +34,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from torchslim._errors import ConfigError
+from torchslim.artifact._atomic import fresh_dir, fsync_dir, replace_dir, write_bytes_atomic, write_file
+from torchslim.artifact._trust import SIGNATURE, ArtifactError, check_files, is_plain_name, read_file
 from torchslim.artifact._codec import (LARGE, decode_tensor, dtype_name, encode_tensor, zstd_compress,
                                       zstd_decompress)
 
@@ -44,36 +49,12 @@ _HEADER = {"format": FORMAT, "manifest": PAYLOAD, "version": ARTIFACT_VERSION}
 _BLOB = "artifact"  # the one tensor of PAYLOAD
 
 
-class ArtifactError(ConfigError):
-    """An artifact that cannot be trusted or read."""
-
-    def __init__(self, path: str | Path, message: str):
-        super().__init__("", message, str(path))
-
-
 def _canonical(data: dict[str, Any]) -> bytes:
     return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a temporary file: a reader sees the old file or the new one."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return target
 
 
 def _versions() -> dict[str, str]:
@@ -112,10 +93,9 @@ def _read_payload(folder: Path) -> tuple[dict[str, Any], bytes, int]:
     """(manifest body, tensor data, stored bytes of the manifest) of ``folder``'s model.safetensors."""
     from safetensors.numpy import load
 
+    raw = read_file(folder, PAYLOAD)
     try:
-        blob = load((folder / PAYLOAD).read_bytes())[_BLOB].tobytes()
-    except FileNotFoundError:
-        raise ArtifactError(folder, f"{PAYLOAD} is missing") from None
+        blob = load(raw)[_BLOB].tobytes()
     except Exception as exc:  # noqa: BLE001  (safetensors raises its own kinds)
         raise ArtifactError(folder, f"{PAYLOAD} is truncated or corrupted ({type(exc).__name__})") from None
     digest, sealed = blob[:32], blob[32:]
@@ -233,12 +213,12 @@ def save_artifact(model: nn.Module, path: str | Path, *, architecture: dict[str,
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     files = _artifact_files(model, architecture, extra, compress, entropy)
-    tmp = _fresh_dir(target)
+    tmp = fresh_dir(target)
     try:
         for name, data in files.items():
-            _write(tmp / name, data)
-        _fsync(tmp)
-        _replace_dir(tmp, target)
+            write_file(tmp / name, data)
+        fsync_dir(tmp)
+        replace_dir(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -251,77 +231,29 @@ def artifact_bytes(model: nn.Module, *, architecture: dict[str, Any], extra: dic
     return sum(len(data) for data in _artifact_files(model, architecture, extra, compress, entropy).values())
 
 
-def _write(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:  # mode 0666 less the umask, like any file the user writes
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _fsync(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fresh_dir(target: Path) -> Path:
-    """A new empty sibling folder of ``target`` (mode 0777 less the umask), after clearing the leftovers of
-    saves that were killed midway."""
-    for stale in target.parent.glob(f".{target.name}.*.tmp"):
-        pid = stale.name[len(target.name) + 2:].split(".")[0]
-        if pid.isdigit() and not _alive(int(pid)):
-            shutil.rmtree(stale, ignore_errors=True)
-    for n in range(1000):
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.{n}.tmp")
-        try:
-            tmp.mkdir()
-            return tmp
-        except FileExistsError:
-            continue
-    raise FileExistsError(f"cannot create a temporary folder beside {target}")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _replace_dir(new: Path, target: Path) -> None:
-    """Swap ``new`` into ``target``. A crash leaves the old artifact, the new one, or (between the two renames)
-    none, never a mix."""
-    if target.exists():
-        old = target.with_name(f".{target.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(target, old)
-        os.replace(new, target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(new, target)
-    _fsync(target.parent)
-
-
 # ---- read ------------------------------------------------------------------------------------------------------
 
 def _open(path: str | Path) -> tuple[dict[str, Any], bytes, int]:
-    """(verified manifest, tensor data, stored bytes of the manifest); any damage is an ArtifactError."""
+    """(verified manifest, tensor data, stored bytes of the manifest); any damage is an ArtifactError.
+
+    Reads only the two files every artifact has and the payloads its (sealed) manifest names, each by a plain
+    name inside the folder; a folder holding any other file (a signature aside) is refused.
+    """
     folder = Path(path)
-    if not (folder / MANIFEST).is_file():
+    if not folder.is_dir():
+        raise ArtifactError(folder, "not a torchslim artifact (no such folder)")
+    if not (folder / MANIFEST).exists() and (folder / "artifact" / MANIFEST).exists():
+        raise ArtifactError(folder, f"is a run folder; its artifact is {folder / 'artifact'}")
+    if not (folder / MANIFEST).exists():
         raise ArtifactError(folder, f"not a torchslim artifact (no {MANIFEST})")
     try:
-        header = json.loads((folder / MANIFEST).read_bytes())
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        header = json.loads(read_file(folder, MANIFEST))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
         raise ArtifactError(folder, f"{MANIFEST} is not valid JSON (truncated or corrupted)") from None
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise ArtifactError(folder, f"{MANIFEST} is not a torchslim manifest")
     if header.get("version") != ARTIFACT_VERSION:
-        raise ArtifactError(folder, f"artifact format version {header.get('version')} is not supported "
+        raise ArtifactError(folder, f"artifact format version {str(header.get('version'))[:20]} is not supported "
                                     f"(this torchslim reads {ARTIFACT_VERSION})")
     if header != _HEADER:
         raise ArtifactError(folder, f"{MANIFEST} was modified after it was written")
@@ -330,16 +262,40 @@ def _open(path: str | Path) -> tuple[dict[str, Any], bytes, int]:
     payloads = manifest.get("payloads")
     if not isinstance(payloads, dict) or TENSORS not in payloads:
         raise ArtifactError(folder, f"the manifest lists no payloads (it must name {TENSORS!r} and its sha256)")
+    for name in payloads:
+        if name != TENSORS and (not is_plain_name(name) or name in (MANIFEST, PAYLOAD, SIGNATURE)):
+            raise ArtifactError(folder, f"the manifest names the payload {str(name)[:80]!r}, which is not a plain "
+                                        f"file name inside the artifact folder (refused)")
+    check_files(folder, stored_files(manifest))
     for name, digest in payloads.items():
-        if name == TENSORS:
-            content = data
-        elif "/" in name or name.startswith(".") or not (folder / name).is_file():
-            raise ArtifactError(folder, f"payload {name} is missing")
-        else:
-            content = (folder / name).read_bytes()
+        content = data if name == TENSORS else read_file(folder, name)
         if _sha256(content) != digest:
             raise ArtifactError(folder, f"payload {name} is corrupted (sha256 mismatch)")
     return manifest, data, manifest_bytes
+
+
+def stored_files(manifest: dict[str, Any]) -> list[str]:
+    """The files of an artifact folder: the header, the payload, and every further payload the manifest names."""
+    return [MANIFEST, PAYLOAD, *sorted(n for n in manifest.get("payloads", {}) if n != TENSORS)]
+
+
+def artifact_digest(path: str | Path) -> str:
+    """sha256 over the verified artifact's files (names and contents; a signature is not part of it).
+
+    A run's ``metrics.json`` records it, so a metrics file can be matched to the artifact it describes.
+    """
+    folder = Path(path)
+    manifest, _, _ = _open(folder)
+    digest = hashlib.sha256()
+    for name in stored_files(manifest):
+        digest.update(f"{name}\0{_sha256(read_file(folder, name))}\n".encode())
+    return digest.hexdigest()
+
+
+def artifact_size(path: str | Path) -> int:
+    """Bytes of an artifact's files (a signature beside them is not part of the model)."""
+    folder = Path(path)
+    return sum((folder / name).stat().st_size for name in stored_files(_open(folder)[0]))
 
 
 def read_manifest(path: str | Path) -> dict[str, Any]:
@@ -360,53 +316,3 @@ def load_state(path: str | Path) -> dict[str, torch.Tensor]:
     """The state dict an artifact stores, decoded (packed codes stay packed, as the model holds them)."""
     manifest, data, _ = _open(path)
     return _decode_state(Path(path), manifest, data)
-
-
-def load_artifact(path: str | Path, *, base_dir: str | Path = ".") -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the model an artifact describes, without unpickling anything.
-
-    The architecture is built, resized to the stored (possibly pruned) shapes, its quantized layers are replaced
-    by skeletons of the recorded kind, and the stored tensors are loaded (strictly: every key must match).
-
-    Returns:
-        ``(model, manifest)``; the model is in eval mode on the CPU. A quantized model computes with its
-        dequantized weights and simulates its activation quantization; the int8 ONNX model, when stored, stays
-        attached to it (see ``torchslim.load(path, runtime="onnxruntime")``).
-    """
-    from torchslim.domain import ModelSpec
-    from torchslim.models import build_model
-    from torchslim.quantize._layout import attach_int8_onnx, rebuild_quantized_layers_, weight_shapes
-
-    folder = Path(path)
-    manifest, data, _ = _open(folder)
-    architecture = manifest.get("architecture")
-    if not isinstance(architecture, dict):
-        raise ArtifactError(folder, "the manifest has no architecture to rebuild the model from")
-    state = _decode_state(folder, manifest, data)
-    spec = ModelSpec(**{k: v for k, v in architecture.items() if k in ("name", "factory", "kwargs")})
-    model = build_model(spec, base_dir)
-    quantization = manifest.get("quantization", {})
-    try:
-        layers = quantization.get("layers", {})
-        _fit_shapes_(model, {**state, **weight_shapes(layers)})
-        rebuild_quantized_layers_(model, layers)
-        model.load_state_dict(state)
-    except KeyError as exc:
-        raise ArtifactError(folder, f"the manifest lacks the key {exc} needed to rebuild the model") from None
-    except (ValueError, RuntimeError, AttributeError, TypeError) as exc:
-        raise ArtifactError(folder, f"the stored tensors do not fit the recorded model: "
-                                    f"{' '.join(str(exc).split())}") from None
-    if quantization.get("int8_onnx"):
-        attach_int8_onnx(model, (folder / quantization["int8_onnx"]).read_bytes(),
-                         quantization.get("int8_onnx_weights"))
-    return model.eval(), manifest
-
-
-def _fit_shapes_(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Give a freshly built model the (possibly pruned) shapes stored in ``state`` (keys it lacks are ignored)."""
-    current = model.state_dict()
-    if all(current[k].shape == v.shape for k, v in state.items() if k in current):
-        return
-    from torchslim.prune import resize_to_state_dict_
-
-    resize_to_state_dict_(model, state)

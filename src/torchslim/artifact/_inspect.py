@@ -1,13 +1,21 @@
-"""What an artifact holds, layer by layer: shapes, sparsity, bits, encodings and the bytes each takes."""
+"""What an artifact holds, layer by layer: shapes, sparsity, bits, encodings and the bytes each takes.
+
+Read from the manifest and the stored tensors alone: inspecting an artifact builds no model, so it imports no
+code, whatever architecture the manifest names.
+"""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from torchslim.artifact._format import MANIFEST, PAYLOAD, _open, load_artifact
+from torchslim.artifact._format import MANIFEST, PAYLOAD, _decode_state, _open, stored_files
+from torchslim.artifact._trust import ArtifactError
+
+_STATISTICS = ("running_mean", "running_var", "num_batches_tracked")  # BatchNorm buffers: not parameters
 
 
 def _owner(key: str) -> str:
@@ -17,56 +25,73 @@ def _owner(key: str) -> str:
     return key.rpartition(".")[0] or key
 
 
-def _weight_key(owner: str, table: dict[str, Any], layers: dict[str, Any]) -> str | None:
-    for key in (f"{owner}.weight_source.packed", f"{owner}.weight_source.weight", f"{owner}.weight"):
-        if key in table and (key.endswith(".weight") or owner in layers):
-            return key
-    return None
+def _natural(name: str) -> list[Any]:
+    """Sort key that puts ``layers.2`` before ``layers.10``."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
 
 
-def describe_artifact(path: str | Path, *, base_dir: str | Path = ".") -> dict[str, Any]:
+def _is_parameter(key: str, tensor: torch.Tensor) -> bool:
+    return tensor.is_floating_point() and key.rpartition(".")[2] not in _STATISTICS
+
+
+def _layer_weight(owner: str, keys: list[str], state: dict[str, torch.Tensor],
+                  layers: dict[str, Any]) -> tuple[str, torch.Tensor | None]:
+    """(the table key that stores the layer's weight, its decoded float value or None)."""
+    if owner in layers:
+        prefix = f"{owner}.weight_source."
+        from torchslim.quantize._layout import decode_weight
+
+        source_state = {k[len(prefix):]: state[k] for k in keys if k.startswith(prefix)}
+        stored = next((f"{prefix}{leaf}" for leaf in ("packed", "weight") if f"{prefix}{leaf}" in state), keys[0])
+        return stored, decode_weight(layers[owner], source_state)
+    key = f"{owner}.weight"
+    if key in state and state[key].is_floating_point():
+        return key, state[key]
+    return keys[0], None
+
+
+def describe_artifact(path: str | Path) -> dict[str, Any]:
     """Per-layer storage and totals of an artifact (what ``torchslim inspect`` prints).
 
-    Args:
-        path: the artifact folder.
-        base_dir: folder a user factory module named in the architecture is imported from.
     Returns:
         ``{"layers": [{name, shape, params, nonzero, sparsity, bits, encoding, bytes}], "totals": {params,
         nonzero, bytes: {total, manifest (header file + compressed manifest), tensors (tensor data), container
         (safetensors framing), files: {name: bytes}}}, "manifest": the plain manifest}``.
         A layer's ``bytes`` are its tensors' stored bytes (before entropy coding when the manifest says the
-        tensor data was entropy-coded as a whole, ``"entropy": "payload"``).
+        tensor data was entropy-coded as a whole, ``"entropy": "payload"``). Parameters are the float tensors
+        other than BatchNorm statistics, a quantized weight counted by its logical elements.
     """
-    from torchslim.evaluate import count_params
-
     folder = Path(path)
     manifest, data, manifest_bytes = _open(folder)
-    model, _ = load_artifact(folder, base_dir=base_dir)
     table, layers = manifest["tensors"], manifest.get("quantization", {}).get("layers", {})
+    state = _decode_state(folder, manifest, data)
     groups: dict[str, list[str]] = {}
-    for key in model.state_dict():
-        if key in table:
-            groups.setdefault(_owner(key), []).append(key)
-    rows = []
-    for owner, keys in groups.items():
-        weight_key = _weight_key(owner, table, layers)
-        entry = table[weight_key or keys[0]]
-        module = model.get_submodule(owner) if owner in dict(model.named_modules()) else None
-        weight = getattr(module, "weight", None) if weight_key else None
-        if isinstance(weight, torch.Tensor):
-            weight = weight.detach()
+    for key in sorted(table, key=_natural):
+        groups.setdefault(_owner(key), []).append(key)
+    rows, total, total_nonzero = [], 0, 0
+    for owner, keys in sorted(groups.items(), key=lambda item: _natural(item[0])):
+        try:
+            weight_key, weight = _layer_weight(owner, keys, state, layers)
+        except (KeyError, ValueError, RuntimeError, TypeError) as exc:
+            raise ArtifactError(folder, f"layer {owner}: the stored tensors do not fit its description "
+                                        f"({' '.join(str(exc).split())[:120]})") from None
+        entry = table[weight_key]
+        if weight is not None:
             shape, params, nonzero = list(weight.shape), weight.numel(), int(torch.count_nonzero(weight))
         else:
             shape, params, nonzero = entry["shape"], None, None
+        others = [k for k in keys if ".weight_source." not in k and (weight is None or k != weight_key)]
+        total += (params or 0) + sum(state[k].numel() for k in others if _is_parameter(k, state[k]))
+        total_nonzero += (nonzero or 0) + sum(int(torch.count_nonzero(state[k])) for k in others
+                                              if _is_parameter(k, state[k]))
         bits = layers[owner]["bits"] if owner in layers else getattr(torch, entry["dtype"]).itemsize * 8
         rows.append({"name": owner, "shape": shape, "params": params, "nonzero": nonzero,
                      "sparsity": None if not params else 1 - nonzero / params, "bits": bits,
                      "encoding": entry["encoding"] + ("+zstd" if entry.get("zstd") else ""),
                      "bytes": sum(int(table[k]["bytes"]) for k in keys)})
-    files = {p.name: p.stat().st_size for p in sorted(folder.iterdir()) if p.is_file()}
+    files = {name: (folder / name).stat().st_size for name in stored_files(manifest)}
     blob = manifest_bytes + len(data)
-    params, nonzero = count_params(model)
-    totals = {"params": params, "nonzero": nonzero,
+    totals = {"params": total, "nonzero": total_nonzero,
               "bytes": {"total": sum(files.values()), "manifest": manifest_bytes + files[MANIFEST],
                         "tensors": len(data), "container": files[PAYLOAD] - blob, "files": files}}
     return {"layers": rows, "totals": totals, "manifest": manifest}

@@ -75,7 +75,7 @@ def _teacher(ctx: "RunContext", cfg: KDConfig) -> nn.Module:
     if cfg.teacher == "baseline":
         source = ctx.baseline if ctx.baseline is not None else ctx.model
         return copy.deepcopy(source).requires_grad_(False).eval()
-    from torchslim.artifact import load_artifact
+    from torchslim.artifact import load_artifact, read_manifest
 
     path = Path(cfg.teacher).expanduser()
     if not path.is_absolute():
@@ -83,7 +83,11 @@ def _teacher(ctx: "RunContext", cfg: KDConfig) -> nn.Module:
     if not path.is_dir():
         raise ConfigError("teacher", f"no torchslim artifact folder at {path}")
     try:
-        teacher, _ = load_artifact(path, base_dir=ctx.domain.base_dir)
+        # A teacher built by a factory may import it only when it is the factory the user's own domain names.
+        arch = read_manifest(path).get("architecture")
+        own = isinstance(arch, dict) and arch.get("factory") is not None \
+            and arch.get("factory") == ctx.domain.model.factory
+        teacher, _ = load_artifact(path, trust_code=own, code_dir=ctx.domain.base_dir)
     except ConfigError as exc:
         raise _as_field(exc, "teacher") from None
     return teacher.requires_grad_(False).eval()

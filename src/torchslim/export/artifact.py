@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from torchslim.artifact._format import write_bytes_atomic  # noqa: F401  (the one atomic writer; runner uses it)
+from torchslim.artifact import write_bytes_atomic
 
 
 def example_input(manifest: dict[str, Any], model: nn.Module) -> torch.Tensor:
@@ -32,19 +32,21 @@ def module_onnx(model: nn.Module, manifest: dict[str, Any]) -> tuple[bytes, bool
     return export_onnx(model, example_input(manifest, model)), False
 
 
-def artifact_onnx(path: str | Path, *, base_dir: str | Path = ".") -> tuple[bytes, bool]:
+def artifact_onnx(path: str | Path, **trust: Any) -> tuple[bytes, bool]:
     """The ONNX model of an artifact: its int8 payload (static, dynamic, 8-bit qat), else an fp32 export.
+
+    ``trust``: ``trust_code``, ``code_dir``, ``verify_key`` as for :func:`torchslim.artifact.load_artifact`.
 
     Returns:
         (serialized ONNX, True when it is the stored int8 model).
     """
     from torchslim.artifact import load_artifact
 
-    model, manifest = load_artifact(path, base_dir=base_dir)
+    model, manifest = load_artifact(path, **trust)
     return module_onnx(model, manifest)
 
 
-def export_artifact(path: str | Path, out: str | Path, *, base_dir: str | Path = ".") -> tuple[Path, bool]:
+def export_artifact(path: str | Path, out: str | Path, **trust: Any) -> tuple[Path, bool]:
     """Write an artifact's ONNX model to ``out``. Returns (path written, whether it is the int8 model)."""
-    data, int8 = artifact_onnx(path, base_dir=base_dir)
+    data, int8 = artifact_onnx(path, **trust)
     return write_bytes_atomic(out, data), int8

@@ -19,15 +19,24 @@ __all__ = ["BUILTIN_MODELS", "build_model", "input_shape_of", "load_weights_", "
 
 
 def _factory(path: str, base_dir: str | Path) -> Any:
+    """The callable ``module:function`` names, its module imported with ``base_dir`` first on ``sys.path``.
+
+    ``sys.path`` is restored afterwards: a factory next to the domain file is importable without installing it,
+    and no folder stays on the path for later imports.
+    """
     module_name, _, fn_name = path.partition(":")
-    # A factory module next to the domain file is importable without installing it.
-    base = str(Path(base_dir).resolve())
-    if base not in sys.path:
-        sys.path.append(base)
+    saved = list(sys.path)
+    sys.path.insert(0, str(Path(base_dir).resolve()))
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise ConfigError("model.factory", f"cannot import module {module_name!r}: {exc}") from None
+    except Exception as exc:  # noqa: BLE001  (the module's own code failed while it was imported)
+        detail = " ".join(str(exc).split())[:150]
+        raise ConfigError("model.factory", f"importing module {module_name!r} failed: {type(exc).__name__}: "
+                                           f"{detail}") from None
+    finally:
+        sys.path[:] = saved
     fn = getattr(module, fn_name, None)
     if not callable(fn):
         raise ConfigError("model.factory", f"module {module_name!r} has no callable {fn_name!r}")

@@ -66,6 +66,15 @@ def _skeleton_source(spec: dict[str, Any]) -> nn.Module:
     raise ValueError(f"unknown weight encoding {spec['encoding']!r}")
 
 
+def decode_weight(spec: dict[str, Any], source_state: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The float weight a described quantized layer computes with, from its ``weight_source`` tensors alone
+    (no model needed: ``inspect`` reads an artifact without building its architecture)."""
+    source = _skeleton_source(spec)
+    source.load_state_dict(source_state)
+    with torch.no_grad():
+        return source().detach()
+
+
 def rebuild_quantized_layers_(model: nn.Module, layers: dict[str, dict[str, Any]]) -> None:
     """Replace each described float layer of ``model`` (already at its stored shape) by a QuantizedLayer
     skeleton whose tensors have the stored shapes; ``load_state_dict`` then fills them in."""
