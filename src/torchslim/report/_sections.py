@@ -44,7 +44,8 @@ def summary_rows(m: dict[str, Any]) -> list[tuple[str, str, str]]:
 def _summary(m: dict[str, Any], name: str) -> list[Block]:
     return [Heading(1, f"torchslim report: {name}"),
             Paragraph(f"Runtime `{m['runtime']}`, {m['threads']} thread(s), seed {m['seed']}. Every number of the "
-                      "compressed model was measured on the artifact reloaded from disk; metrics on the test split."),
+                      "compressed model was measured on the artifact reloaded from disk; metrics on the test split."
+                      + (f" Artifact sha256 `{m['artifact_sha256']}`." if "artifact_sha256" in m else "")),
             Table(("", "baseline", "compressed"), tuple(summary_rows(m)), frozenset({1, 2}))]
 
 
