@@ -126,3 +126,24 @@ def test_sigkill_at_20_random_moments_leaves_a_consistent_run_folder(tmp_path):
     proc = start("b")
     assert proc.wait(timeout=300) == 0
     assert _check_run_folder(tmp_path / "out") is not None
+
+
+def test_inspect_warns_when_the_metrics_beside_an_artifact_are_not_its_own(tmp_path):
+    from click.testing import CliRunner
+    from torch import nn
+
+    from torchslim.artifact import save_artifact
+    from torchslim.cli import cli
+
+    path = save_artifact(nn.Linear(3, 2), tmp_path / "run" / "artifact", architecture={"name": "lenet300_100"})
+    runner = CliRunner()
+    assert "warning" not in runner.invoke(cli, ["inspect", str(path)]).output  # no metrics.json: nothing to match
+    (tmp_path / "run" / "metrics.json").write_text(json.dumps({"artifact_sha256": artifact_digest(path)}))
+    assert "warning" not in runner.invoke(cli, ["inspect", str(path)]).output
+    (tmp_path / "run" / "metrics.json").write_text(json.dumps({"artifact_sha256": "ab" * 32}))
+    result = runner.invoke(cli, ["inspect", str(path)])
+    assert result.exit_code == 0
+    warning = [line for line in result.output.splitlines() if line.startswith("warning:")]
+    assert warning == [f"warning: {tmp_path / 'run' / 'metrics.json'} describes another artifact (sha256 "
+                       f"abababababab…) than {path} (sha256 {artifact_digest(path)[:12]}…): its figures are not "
+                       f"this artifact's"]
