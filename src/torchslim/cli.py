@@ -59,7 +59,7 @@ def _print_summary(metrics: dict[str, Any], out: Path | None = None) -> None:
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="CPU threads for training and measuring (default: torch's, one per core). Small models run "
                    "fastest on 1: their kernels are too short to share, and a busy core stalls the others.")
-@click.option("--sign-key", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.option("--sign-key", type=click.Path(path_type=Path), default=None,
               help="EC private key (PEM): sign the artifact with it once the run ends (see `torchslim sign`). "
                    "Checked before the first stage.")
 def run(recipe: Path, out: Path, resume: bool, overrides: tuple[str, ...], threads: int | None,
@@ -169,7 +169,7 @@ def inspect_(artifact: Path, as_json: bool) -> None:
 
 @cli.command()
 @click.argument("artifact", type=click.Path(path_type=Path))
-@click.option("--key", required=True, type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--key", required=True, type=click.Path(path_type=Path),
               help="EC private key (PEM, unencrypted; P-256, P-384 or P-521) to sign with.")
 def sign(artifact: Path, key: Path) -> None:
     """Sign a saved ARTIFACT folder: writes ARTIFACT/model.sig, covering every other file in the folder."""
@@ -181,7 +181,7 @@ def sign(artifact: Path, key: Path) -> None:
 
 @cli.command()
 @click.argument("artifact", type=click.Path(path_type=Path))
-@click.option("--key", required=True, type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--key", required=True, type=click.Path(path_type=Path),
               help="EC public key (PEM) of the signer.")
 def verify(artifact: Path, key: Path) -> None:
     """Check, offline, that ARTIFACT is exactly what the holder of --key's private key signed (model.sig)."""
