@@ -193,17 +193,31 @@ def _restore_progress(ctx: RunContext) -> int:
 
 
 def run_recipe(recipe: Recipe, out: str | Path, *, resume: bool = False, sign_key: str | Path | None = None,
-               log: Callable[[str], None] = _log_stderr) -> dict[str, Any]:
+               threads: int | None = None, log: Callable[[str], None] = _log_stderr) -> dict[str, Any]:
     """Run every stage of ``recipe`` and write ``out/metrics.json``, ``out/report.md``, ``out/report.html`` and
     ``out/artifact`` (signed with the EC private key ``sign_key`` when given, before it is published).
 
+    Args:
+        threads: CPU threads for training and measuring (None: torch's current setting); restored afterwards.
     Returns:
         the metrics that were written to ``metrics.json``.
     """
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        return _run_recipe(recipe, Path(out), resume=resume, sign_key=sign_key, log=log)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _run_recipe(recipe: Recipe, out: Path, *, resume: bool, sign_key: str | Path | None,
+                log: Callable[[str], None]) -> dict[str, Any]:
     if not is_main():  # under torchrun only rank 0 speaks
         log = lambda _message: None  # noqa: E731
     ctx = prepare(recipe, log=log)
-    out = Path(out)
+    if not resume and (out / METRICS).exists():
+        log(f"note: {out} holds an earlier run; this run's outputs replace it when they are published")
     ctx.work_dir, ctx.resume = out / WORK_DIR, resume
     if is_main():
         if not resume:
