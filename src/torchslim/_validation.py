@@ -12,9 +12,9 @@ M = TypeVar("M", bound=pydantic.BaseModel)
 
 
 class StrictModel(pydantic.BaseModel):
-    """Base of every user-facing config: unknown keys are rejected, values are immutable."""
+    """Base of every user-facing config: unknown keys are rejected, values are immutable, numbers are finite."""
 
-    model_config = pydantic.ConfigDict(extra="forbid", frozen=True, strict=False)
+    model_config = pydantic.ConfigDict(extra="forbid", frozen=True, strict=False, allow_inf_nan=False)
 
 
 def field_path(loc: tuple[Any, ...]) -> str:
@@ -38,6 +38,8 @@ def _message(err: dict[str, Any]) -> str:
         return "must be an integer"
     if kind in ("float_type", "float_parsing"):
         return "must be a number"
+    if kind == "finite_number":
+        return "must be a finite number"
     if kind in ("bool_type", "bool_parsing"):
         return "must be true or false"
     if kind in ("string_type",):

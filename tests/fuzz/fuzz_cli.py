@@ -33,8 +33,10 @@ from strategies import Case, Dir, Fifo, Link, Unreadable, dump, STAGE_CONFIGS, T
 MAX_LINE = 300
 FAILURES = ("traceback", "exit-code", "multi-line", "not-error-line", "too-long", "no-file-named", "wrote",
             "hang")
-# The CLI's last-resort guard (an exception nobody turned into a ConfigError) counts as a traceback.
+# The CLI's last-resort guard (an exception nobody turned into a ConfigError) counts as a traceback; the cases run
+# with TORCHSLIM_TRACEBACK=1, so the guard re-raises and the report says where the exception came from.
 GUARD_MARK = "please report"
+ENV = {"TQDM_DISABLE": "1", "TORCHSLIM_TRACEBACK": "1"}
 
 
 class _Timeout(BaseException):
@@ -137,7 +139,7 @@ class Fuzzer:
                 warnings.simplefilter("always")  # shown every time, as in a fresh process
                 signal.setitimer(signal.ITIMER_REAL, self.timeout)
                 try:
-                    result = self.runner.invoke(self.cli, args, env={"TQDM_DISABLE": "1"})
+                    result = self.runner.invoke(self.cli, args, env=ENV)
                 finally:
                     signal.setitimer(signal.ITIMER_REAL, 0)
         except _Timeout:
@@ -171,6 +173,8 @@ class Fuzzer:
                 return Outcome(case, "wrote", f"check wrote {sorted(written)[:3]}")
             return Outcome(case, "ok", "valid")
         lines = [line for line in stderr.splitlines() if line.strip()]
+        if GUARD_MARK in stderr:
+            return Outcome(case, "traceback", stderr.strip()[:300])
         if result.exit_code != 2:
             return Outcome(case, "exit-code", f"exit {result.exit_code}: {stderr[-300:]!r}")
         if len(lines) != 1:
@@ -178,8 +182,6 @@ class Fuzzer:
         line = lines[0]
         if not line.startswith("error: "):
             return Outcome(case, "not-error-line", line[:300])
-        if GUARD_MARK in line:
-            return Outcome(case, "traceback", line[:300])
         if len(line) > MAX_LINE:
             return Outcome(case, "too-long", f"{len(line)} chars: {line[:200]}...")
         if not any(name in line for name in case.names):

@@ -472,7 +472,10 @@ def _recipe_case(kind: str, recipe: Any, domain: Any = None, *, raw_recipe: byte
         args += ["--out", "out"]
     for o in overrides:
         args += ["--set", o]
-    return Case(kind, command, args, files, ("recipe.yaml", "domain.yaml"))
+    names = ("recipe.yaml", "domain.yaml")
+    if isinstance(recipe, dict) and isinstance(recipe.get("domain"), str) and recipe["domain"]:
+        names += (recipe["domain"][-40:],)  # a missing or special domain file is named itself
+    return Case(kind, command, args, files, names)
 
 
 @st.composite

@@ -69,7 +69,7 @@ def _check_pattern(name: str, pattern: Any) -> None:
     if pattern.startswith("re:"):
         try:
             re.compile(pattern[3:])
-        except re.error as exc:
+        except (re.error, RecursionError, OverflowError) as exc:
             raise ConfigError(name, f"invalid regular expression {pattern[3:]!r}: {exc}") from None
 
 
@@ -275,7 +275,7 @@ def config_from_mapping(data: Mapping[str, Any]):
     if not isinstance(data, Mapping):
         raise ConfigError("", f"a prune stage must be a mapping, got {data!r}")
     method = data.get("method")
-    if method not in METHODS:
+    if not isinstance(method, str) or method not in METHODS:
         raise ConfigError("method", f"must be one of {', '.join(METHODS)}, got {method!r}")
     cls = METHODS[method]
     fields = {f.name: f for f in dataclasses.fields(cls)}

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ class CalibrationConfig:
     def __post_init__(self):
         if isinstance(self.batches, bool) or not isinstance(self.batches, int) or self.batches < 1:
             raise ConfigError("calibration.batches", f"must be a positive integer, got {self.batches!r}")
-        if self.observer not in OBSERVERS:
+        if not isinstance(self.observer, str) or self.observer not in OBSERVERS:
             raise ConfigError("calibration.observer", f"unknown observer {self.observer!r}; known: {sorted(OBSERVERS)}")
         if not _is_number(self.percentile) or not 50.0 < float(self.percentile) <= 100.0:
             raise ConfigError("calibration.percentile", f"must be in (50, 100], got {self.percentile!r}")
@@ -46,7 +47,7 @@ class FinetuneConfig:
     def __post_init__(self):
         if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 0:
             raise ConfigError("finetune.epochs", f"must be a non-negative integer, got {self.epochs!r}")
-        if not _is_number(self.lr) or not self.lr > 0:
+        if not _is_number(self.lr) or not math.isfinite(self.lr) or not self.lr > 0:
             raise ConfigError("finetune.lr", f"must be a positive number, got {self.lr!r}")
 
 
@@ -79,7 +80,7 @@ def _check_common(cfg) -> None:
         if pattern.startswith("re:"):
             try:
                 re.compile(pattern[3:])
-            except re.error as err:
+            except (re.error, RecursionError, OverflowError) as err:
                 raise ConfigError("ignore", f"bad regular expression {pattern!r}: {err}") from None
     if cfg.max_metric_drop is not None and (not _is_number(cfg.max_metric_drop) or not 0 <= cfg.max_metric_drop < 1):
         raise ConfigError("max_metric_drop", f"must be a number in [0, 1), got {cfg.max_metric_drop!r}")
@@ -245,7 +246,7 @@ def config_from_mapping(data: Mapping[str, Any]):
     if not isinstance(data, Mapping):
         raise ConfigError("quantize", f"must be a mapping, got {data!r}")
     method = data.get("method")
-    if method not in METHODS:
+    if not isinstance(method, str) or method not in METHODS:
         raise ConfigError("method", f"unknown quantization method {method!r}; known: {sorted(METHODS)}")
     rest = {k: v for k, v in data.items() if k != "method"}
     return _build(METHODS[method], rest, "", f"method {method!r}")
