@@ -48,7 +48,8 @@ def _position(text: str, index: int) -> str:
 def _yaml_problem(exc: yaml.YAMLError, text: str) -> str:
     """One line: where (line, column) and what."""
     if isinstance(exc, yaml.reader.ReaderError):
-        return f"character {exc.character!r} at {_position(text, exc.position)} is not allowed in YAML"
+        char = chr(exc.character) if isinstance(exc.character, int) else exc.character
+        return f"character {char!r} at {_position(text, exc.position)} is not allowed in YAML"
     mark = getattr(exc, "problem_mark", None)
     where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
     problem = getattr(exc, "problem", None) or getattr(exc, "context", None) or str(exc)

@@ -47,9 +47,10 @@ def apply_overrides(data: dict[str, Any], overrides: list[str], source: str | No
                     raise ConfigError("--set", f"{brief(key)}: no list item {brief(part)}", source)
                 part = int(part)
             elif not isinstance(node, dict):
-                raise ConfigError("--set", f"{brief(key)}: {brief('.'.join(parts[:depth]))} is not a mapping", source)
+                raise ConfigError("--set", f"{brief(key)}: {brief('.'.join(parts[:depth]))} is not a mapping",
+                                  source)
             if last:
-                node[part] = parse_yaml(text, source, f"--set {brief(key, 40)}")
+                node[part] = parse_yaml(text, source, f"--set {key}")
             else:
                 if isinstance(node, dict) and part not in node:
                     node[part] = {}

@@ -137,6 +137,7 @@ class Fuzzer:
         try:
             with contextlib.chdir(folder), warnings.catch_warnings():
                 warnings.simplefilter("always")  # shown every time, as in a fresh process
+                warnings.simplefilter("ignore", ResourceWarning)  # as Python's default filters do
                 signal.setitimer(signal.ITIMER_REAL, self.timeout)
                 try:
                     result = self.runner.invoke(self.cli, args, env=ENV)

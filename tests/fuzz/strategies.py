@@ -88,7 +88,7 @@ def dump(doc: Any) -> bytes:
             return f"RAWFRAGMENT{len(raws) - 1:05d}X"
         if isinstance(node, dict):
             return {swap(k) if isinstance(k, Raw) else k: swap(v) for k, v in node.items()}
-        if isinstance(node, list):
+        if isinstance(node, (list, tuple)):
             return [swap(v) for v in node]
         return node
 
@@ -256,7 +256,7 @@ def mutate(draw, doc: Any, rounds: tuple[int, int] = (1, 3)) -> Any:
         elif op == "unwrap" and isinstance(value, list) and value:
             parent[key] = value[0]
         elif op == "swap_type":
-            parent[key] = list(value.items()) if isinstance(value, dict) else (
+            parent[key] = [list(kv) for kv in value.items()] if isinstance(value, dict) else (
                 {str(i): v for i, v in enumerate(value)} if isinstance(value, list) else str(value))
         elif op == "empty":
             parent[key] = type(value)() if isinstance(value, (dict, list, str)) else None
@@ -702,15 +702,31 @@ def override_case(draw) -> Case:
 
 @st.composite
 def run_case(draw) -> Case:
-    """``run`` on a tiny recipe: mostly broken (nothing may be written), now and then valid (one epoch)."""
-    recipe, domain = tiny_recipe(STAGE_CONFIGS["train"]), copy.deepcopy(TINY_DOMAIN)
-    valid = draw(st.integers(0, 9)) == 0
-    if not valid:
-        if draw(st.booleans()):
-            recipe = draw(mutate(recipe))
-        else:
-            domain = draw(mutate(domain))
+    """``run`` on a tiny recipe (one epoch) with a stage of any type: mostly broken (nothing may be written),
+    now and then valid, or with values ``check`` accepts that only running exercises."""
+    stage = STAGE_CONFIGS[draw(st.sampled_from(sorted(STAGE_CONFIGS)))]
+    recipe, domain = tiny_recipe(STAGE_CONFIGS["train"], stage), copy.deepcopy(TINY_DOMAIN)
+    how = draw(st.sampled_from(["recipe", "recipe", "domain", "valid"]))
+    if how == "recipe":
+        recipe["stages"][1] = draw(mutate(recipe["stages"][1]))
+    elif how == "domain":
+        domain = draw(mutate(domain))
     return _recipe_case("run", recipe, domain, command="run")
+
+
+@st.composite
+def eval_data_case(draw) -> Case:
+    """``eval`` of the saved artifact on a domain whose data is a (maybe broken) npz file or image folder."""
+    domain = copy.deepcopy(TINY_DOMAIN)
+    if draw(st.booleans()):
+        _, data = draw(npz_file())
+        files: dict[str, Any] = {"data.npz": data}
+        domain["data"]["source"] = "npz:data.npz"
+    else:
+        _, files = draw(image_folder("images"))
+        domain["data"]["source"] = "imagefolder:images"
+    files["domain.yaml"] = dump(domain)
+    return Case("eval-data", "eval", ["eval", "ARTIFACT", "--domain", "domain.yaml"], files, ("domain.yaml",))
 
 
 @st.composite
@@ -744,7 +760,7 @@ def cases() -> st.SearchStrategy[Case]:
     return st.one_of(
         shipped_mutation(), shipped_mutation(), stage_case(), stage_case(), stage_case(), bytes_case(),
         bytes_case(), value_case(), model_case(), factory_case(), special_path_case(), npz_case(), npz_case(),
-        imagefolder_case(), split_case(), override_case(), valid_case(), run_case(), eval_case(),
+        imagefolder_case(), split_case(), override_case(), valid_case(), run_case(), eval_case(), eval_data_case(),
     )
 
 

@@ -94,7 +94,7 @@ def _npz(path: Path, input_shape: tuple[int, ...] | None) -> _Arrays:
     if problem:
         raise ConfigError("data.source", f"{path}: {problem}")
     try:
-        with np.load(path, allow_pickle=False) as z:
+        with open(path, "rb") as f, np.load(f, allow_pickle=False) as z:  # the file closes even when np.load fails
             arrays = {k: z[k] for k in z.files}
     except Exception as exc:  # numpy and zipfile raise many types for damaged files
         raise ConfigError("data.source", f"cannot read {path} as npz: {exc}") from None

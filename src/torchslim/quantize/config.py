@@ -89,6 +89,8 @@ def _check_common(cfg) -> None:
         if not isinstance(overrides, Mapping):
             raise ConfigError("overrides", f"must map layer names to bits, got {overrides!r}")
         for name, bits in overrides.items():
+            if not isinstance(name, str) or not name:
+                raise ConfigError(f"overrides.{name}", "a layer name or re: pattern must be a non-empty string")
             check_bits(bits, f"overrides.{name}")
         object.__setattr__(cfg, "overrides", types.MappingProxyType(dict(overrides)))
 
