@@ -55,6 +55,10 @@ class _Group(click.Group):
             _fail(converted)
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
+        except OSError as exc:  # the file system refused: --out under a file, a name too long, a full disk
+            from torchslim._yaml import os_reason
+
+            _fail(ConfigError("", os_reason(exc), exc.filename))
         except Exception as exc:
             import os
 

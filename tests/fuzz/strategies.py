@@ -624,7 +624,11 @@ def factory_case(draw) -> Case:
 @st.composite
 def special_path_case(draw) -> Case:
     """Special files or names where the recipe, the domain, the data or the weights should be."""
-    role = draw(st.sampled_from(["recipe", "domain", "npz", "imagefolder", "weights", "teacher"]))
+    role = draw(st.sampled_from(["recipe", "domain", "npz", "imagefolder", "weights", "teacher", "out"]))
+    if role == "out":  # run's output folder where no folder can be made
+        out = draw(st.sampled_from(["/dev/null", "recipe.yaml/out", "n" * 300, "/proc/version/out"]))
+        files = {"recipe.yaml": dump(tiny_recipe(STAGE_CONFIGS["train"])), "domain.yaml": dump(TINY_DOMAIN)}
+        return Case("special-path", "run", ["run", "recipe.yaml", "--out", out], files, (out[-40:],))
     recipe, domain = tiny_recipe(STAGE_CONFIGS["train"]), copy.deepcopy(TINY_DOMAIN)
     name, entry = _special(draw, {"recipe": "recipe.yaml", "domain": "domain.yaml", "npz": "data.npz",
                                   "imagefolder": "images", "weights": "w.safetensors",

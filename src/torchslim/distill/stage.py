@@ -173,7 +173,10 @@ def _run(ctx: "RunContext", cfg: KDConfig) -> dict[str, Any]:
         ctx.log(f"distill: {len(ctx.step_hooks)} step hook(s) of the previous model dropped with it")
         ctx.step_hooks.clear()
     results: list[FitResult] = []
-    distill(student, teacher, ctx.splits.train, cfg, fit=_runner_loop(ctx, cfg, results))
+    try:
+        distill(student, teacher, ctx.splits.train, cfg, fit=_runner_loop(ctx, cfg, results))
+    except ConfigError as exc:  # e.g. the loss diverged: the message names this stage's lr
+        raise exc.within(f"stages[{ctx.stage_index}].distill", ctx.recipe.source) from None
     if architecture is not None:
         ctx.model, ctx.architecture = student, architecture
     record = {

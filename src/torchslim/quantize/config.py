@@ -7,17 +7,21 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
 import types
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from torchslim._errors import ConfigError
+from torchslim._validation import finite_float
 from torchslim.quantize.granularity import (Granularity, PerChannel, PerGroup, PerTensor, granularity_from_key,
                                            granularity_key)
 from torchslim.quantize.observers import OBSERVERS
 from torchslim.quantize.primitives import check_bits
+
+
+MAX_ITERATIONS = 10_000  # k-means iterations per layer
+MAX_EPOCHS = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -33,7 +37,7 @@ class CalibrationConfig:
             raise ConfigError("calibration.batches", f"must be a positive integer, got {self.batches!r}")
         if not isinstance(self.observer, str) or self.observer not in OBSERVERS:
             raise ConfigError("calibration.observer", f"unknown observer {self.observer!r}; known: {sorted(OBSERVERS)}")
-        if not _is_number(self.percentile) or not 50.0 < float(self.percentile) <= 100.0:
+        if finite_float(self.percentile) is None or not 50.0 < float(self.percentile) <= 100.0:
             raise ConfigError("calibration.percentile", f"must be in (50, 100], got {self.percentile!r}")
 
 
@@ -47,7 +51,9 @@ class FinetuneConfig:
     def __post_init__(self):
         if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 0:
             raise ConfigError("finetune.epochs", f"must be a non-negative integer, got {self.epochs!r}")
-        if not _is_number(self.lr) or not math.isfinite(self.lr) or not self.lr > 0:
+        if self.epochs > MAX_EPOCHS:
+            raise ConfigError("finetune.epochs", f"must be at most {MAX_EPOCHS}, got {self.epochs!r}")
+        if finite_float(self.lr) is None or not self.lr > 0:
             raise ConfigError("finetune.lr", f"must be a positive number, got {self.lr!r}")
 
 
@@ -176,8 +182,9 @@ class KMeansConfig:
 
     def __post_init__(self):
         check_bits(self.bits)
-        if isinstance(self.iterations, bool) or not isinstance(self.iterations, int) or self.iterations < 1:
-            raise ConfigError("iterations", f"must be a positive integer, got {self.iterations!r}")
+        if isinstance(self.iterations, bool) or not isinstance(self.iterations, int) \
+                or not 1 <= self.iterations <= MAX_ITERATIONS:
+            raise ConfigError("iterations", f"must be an integer in [1, {MAX_ITERATIONS}], got {self.iterations!r}")
         if self.finetune is not None:
             _check_nested(self, "finetune", FinetuneConfig)
         _check_common(self)
