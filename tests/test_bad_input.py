@@ -303,3 +303,8 @@ def test_an_unexpected_exception_is_one_line_asking_for_a_report(tmp_path, monke
     assert lines[0].startswith("error: unexpected RuntimeError: internal detail (a bug in torchslim: please report")
     with pytest.raises(RuntimeError, match="internal"):
         run_cli(tmp_path, "check", "recipe.yaml", env={"TORCHSLIM_TRACEBACK": "1"})
+
+
+def test_an_empty_domain_path_names_the_recipe(tmp_path):
+    assert rejected(tmp_path, recipe=RECIPE.replace("domain.yaml", "''")) == (
+        "recipe.yaml: domain: must be a path to a domain file or an inline mapping")

@@ -83,7 +83,7 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
     if seed > MAX_SEED:
         raise ConfigError("seed", f"must be at most {MAX_SEED} (2**32 - 1)", source)
     base = Path(path).parent
-    if isinstance(data["domain"], str):
+    if isinstance(data["domain"], str) and data["domain"].strip():
         domain = load_domain(data["domain"], base_dir=base)
     elif isinstance(data["domain"], dict):
         domain = load_domain(data["domain"], base_dir=base, source=source, prefix="domain")

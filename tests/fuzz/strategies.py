@@ -236,17 +236,17 @@ def mutate(draw, doc: Any, rounds: tuple[int, int] = (1, 3)) -> Any:
                                    "swap_type", "empty"]))
         if not path:  # the root
             if op in ("value", "wrap", "swap_type"):
-                doc = draw(st.one_of(bad_values, st.just([doc])))
+                doc = copy.deepcopy(draw(st.one_of(bad_values, st.just([doc]))))
             continue
         parent, key = _get(doc, path[:-1]), path[-1]
         value = parent[key]
-        if op == "value":
-            parent[key] = draw(bad_values)
+        if op == "value":  # a copy: later rounds may edit it, and the strategy's own value must stay as it is
+            parent[key] = copy.deepcopy(draw(bad_values))
         elif op == "delete":
             del parent[key]
         elif op == "unknown" and isinstance(value, dict):
             value[draw(st.sampled_from(["extra", "lr_", "Epochs", "kwargs", "unknown_key", "seed", "method"]))] = \
-                draw(bad_values)
+                copy.deepcopy(draw(bad_values))
         elif op == "misspell" and isinstance(parent, dict):
             new = misspell(key, draw(st.integers(0, 8)))
             parent.pop(key)
