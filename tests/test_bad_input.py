@@ -75,8 +75,10 @@ def test_yaml_errors_are_one_line_with_line_and_column(tmp_path):
     assert line == "recipe.yaml: invalid YAML at line 6, column 1: expected ',' or ']', but got '<stream end>'"
     assert rejected(tmp_path, recipe="domain: do\x00main.yaml\n") == (
         "recipe.yaml: character '\\x00' at line 1, column 11 is not allowed in YAML")
-    assert rejected(tmp_path, recipe="a: 2024-13-45\n").startswith("recipe.yaml: invalid YAML at line 1, column 4: "
-                                                                   "cannot read '2024-13-45'")
+    assert rejected(tmp_path, recipe="a: !!timestamp 2024-13-45\n").startswith(
+        "recipe.yaml: invalid YAML at line 1, column 4: cannot read '2024-13-45'")
+    assert rejected(tmp_path, recipe=RECIPE.replace("seed: 0", "seed: 2024-01-31")) == (
+        "recipe.yaml: seed: must be a non-negative integer")  # a date stays a string
 
 
 def test_deep_nesting_and_alias_bombs(tmp_path):

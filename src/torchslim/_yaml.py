@@ -24,7 +24,16 @@ MAX_NODES = 100_000  # values, counting each alias expansion (a "billion laughs"
 
 
 class _Loader(yaml.SafeLoader):
-    """SafeLoader whose scalar conversions fail as YAML errors with a line and column (not a ValueError)."""
+    """SafeLoader whose scalar conversions fail as YAML errors with a line and column (not a ValueError).
+
+    Unquoted dates stay strings (as in YAML 1.2): no config value is a date, and a date object would not survive
+    the JSON of an artifact's manifest.
+    """
+
+    yaml_implicit_resolvers = {
+        first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
 
     def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
         if isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:int" \

@@ -39,6 +39,17 @@ GUARD_MARK = "please report"
 ENV = {"TQDM_DISABLE": "1", "TORCHSLIM_TRACEBACK": "1"}
 
 
+@contextlib.contextmanager
+def _chdir(path: Path):
+    """``contextlib.chdir`` (Python 3.11) for 3.10 as well."""
+    before = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(before)
+
+
 class _Timeout(BaseException):
     """Raised by SIGALRM inside the command; BaseException so that ``except Exception`` does not swallow it."""
 
@@ -118,7 +129,7 @@ class Fuzzer:
             folder = self.root / "artifact-run"
             _create(folder, {"recipe.yaml": dump(tiny_recipe(STAGE_CONFIGS["train"])),
                              "domain.yaml": dump(TINY_DOMAIN)})
-            with contextlib.chdir(folder):
+            with _chdir(folder):
                 result = self.runner.invoke(self.cli, ["run", "recipe.yaml", "--out", "out"],
                                             env={"TQDM_DISABLE": "1"})
             assert result.exit_code == 0, result.output
@@ -135,7 +146,7 @@ class Fuzzer:
         start = time.perf_counter()
         timed_out = False
         try:
-            with contextlib.chdir(folder), warnings.catch_warnings():
+            with _chdir(folder), warnings.catch_warnings():
                 warnings.simplefilter("always")  # shown every time, as in a fresh process
                 warnings.simplefilter("ignore", ResourceWarning)  # as Python's default filters do
                 signal.setitimer(signal.ITIMER_REAL, self.timeout)
