@@ -74,6 +74,9 @@ def _check_size(ctor: Any, kwargs: dict[str, Any], field: str) -> None:
 def build_model(spec: Any, base_dir: str | Path = ".") -> nn.Module:
     """Build the (untrained or weight-loaded) model a :class:`~torchslim.domain.ModelSpec` describes.
 
+    The constructor runs twice: first on the ``meta`` device, where no memory is allocated, so that kwargs asking
+    for terabytes of weights are refused (see ``MAX_PARAMS``), then for real. Anything it raises is a ConfigError.
+
     Args:
         spec: a ``ModelSpec`` (``name`` or ``factory``, ``kwargs``, optional ``weights``).
         base_dir: folder that a relative ``weights`` path and factory module resolve against.
