@@ -17,6 +17,7 @@ from typing import Any, Callable, Optional
 import torch
 from torch import nn
 
+from torchslim._errors import ConfigError
 from torchslim.artifact import (artifact_bytes, artifact_digest, artifact_size, fresh_dir, load_artifact, publish,
                                 read_manifest, save_artifact, sign_artifact, update_manifest, write_bytes_atomic)
 from torchslim.data import Splits, load_splits
@@ -124,8 +125,6 @@ def prepare(recipe: Recipe, *, log: Callable[[str], None] = _log_stderr, model: 
         model, splits: a model and data already in memory (``torchslim.compress``), used instead of building
             what the domain names; the model is recorded by its class name and rebuilt from a copy of itself.
     """
-    from torchslim._errors import ConfigError
-
     domain = recipe.domain
     seed_everything(recipe.seed)
     template = None
@@ -238,12 +237,26 @@ def _run_recipe(recipe: Recipe, out: Path, *, resume: bool, sign_key: str | Path
     if not resume and (out / METRICS).exists():
         log(f"note: {out} holds an earlier run; this run's outputs replace it when they are published")
     ctx.work_dir, ctx.resume = out / WORK_DIR, resume
+    created = not out.exists()
     if is_main():
         if not resume:
             shutil.rmtree(ctx.work_dir, ignore_errors=True)
         ctx.work_dir.mkdir(parents=True, exist_ok=True)
-    done = _restore_progress(ctx) if resume else 0
+    try:
+        return _run_stages(ctx, recipe, out, sign_key)
+    except ConfigError:
+        # Bad input found while running (a training that diverges): nothing of this run stays behind; an
+        # interrupted run (any other exception, or a kill) keeps its checkpoints for --resume.
+        if is_main():
+            shutil.rmtree(ctx.work_dir, ignore_errors=True)
+            if created and out.is_dir() and not any(out.iterdir()):
+                out.rmdir()
+        raise
 
+
+def _run_stages(ctx: RunContext, recipe: Recipe, out: Path, sign_key: str | Path | None) -> dict[str, Any]:
+    log = ctx.log
+    done = _restore_progress(ctx) if ctx.resume else 0
     for stage in recipe.stages[done:]:
         handler = STAGES[stage.name]
         ctx.stage_index = stage.index
@@ -396,7 +409,6 @@ def evaluate_artifact(path: str | Path, domain: Domain, *, trust_code: bool = Fa
             defaults to the domain file's folder. A recorded baseline built by a factory needs ``trust_code``
             too.
     """
-    from torchslim._errors import ConfigError
     from torchslim._validation import parse
     from torchslim.artifact._trust import require_code_consent
     from torchslim.domain import ModelSpec
