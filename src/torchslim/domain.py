@@ -14,7 +14,7 @@ from torchslim._errors import ConfigError, brief
 from torchslim._validation import StrictModel, parse
 from torchslim._yaml import read_yaml
 
-TASKS = ("image-classification", "sequence-classification", "sentence-embedding")
+TASKS = ("image-classification", "sequence-classification", "tabular-classification", "sentence-embedding")
 MAX_SEED = 2**32 - 1  # what numpy and scikit-learn accept
 
 
@@ -84,7 +84,7 @@ class Constraints(StrictModel):
 
 class Domain(StrictModel):
     name: str
-    task: Literal["image-classification", "sequence-classification", "sentence-embedding"]
+    task: Literal["image-classification", "sequence-classification", "tabular-classification", "sentence-embedding"]
     data: DataSpec
     model: ModelSpec
     metric: Literal["accuracy", "top5"] = "accuracy"
@@ -125,6 +125,6 @@ def load_domain(spec: str | Path | dict[str, Any], *, base_dir: str | Path = "."
     domain = parse(Domain, data, prefix=prefix, source=source)
     if domain.task == "sentence-embedding":
         raise ConfigError(".".join(p for p in (prefix, "task") if p),
-                          "sentence-embedding is not supported yet; use image-classification or "
-                          "sequence-classification", source)
+                          "sentence-embedding is not supported yet; use image-classification, "
+                          "sequence-classification or tabular-classification", source)
     return domain.model_copy(update={"source": source, "base_dir": str(base)})

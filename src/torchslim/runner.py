@@ -24,7 +24,7 @@ from torchslim.data import Splits, load_splits
 from torchslim.distributed import is_distributed, is_main, local_device, rank_digests
 from torchslim.domain import Domain
 from torchslim.evaluate import check_constraints, count_params, measure, size_bytes
-from torchslim.models import build_model, check_fits, input_shape_of
+from torchslim.models import build_model, check_fits, data_kwargs_asked, input_shape_of, with_data_kwargs
 from torchslim.recipe import Recipe
 from torchslim.stages import STAGES
 from torchslim.train import FitResult, TrainConfig, fit
@@ -130,8 +130,7 @@ def prepare(recipe: Recipe, *, log: Callable[[str], None] = _log_stderr, model: 
     template = None
     try:
         if model is None:
-            model = build_model(domain.model, domain.base_dir)
-            architecture = architecture_of(domain.model)
+            model, architecture, splits = _model_and_data(domain, splits)
         else:
             template = copy.deepcopy(model).cpu().eval()
             architecture = {"module": f"{type(model).__module__}.{type(model).__qualname__}"}
@@ -152,6 +151,22 @@ def prepare(recipe: Recipe, *, log: Callable[[str], None] = _log_stderr, model: 
             except ConfigError as exc:
                 raise exc.within(f"stages[{stage.index}].{stage.name}", recipe.source) from None
     return ctx
+
+
+def _model_and_data(domain: Domain, splits: Optional[Splits]) -> tuple[nn.Module, dict[str, Any], Splits]:
+    """The domain's model, its manifest architecture and the data. A model that declares its input shape is
+    built first (images are resized to it); one whose constructor asks for ``input_shape`` is built after the
+    data, from it, and ``num_classes`` is filled in from the data wherever the constructor takes it."""
+    spec = domain.model
+    if "input_shape" in data_kwargs_asked(spec, domain.base_dir):
+        splits = splits or load_splits(domain.data, base_dir=domain.base_dir)
+        spec = with_data_kwargs(spec, domain.base_dir, splits.input_shape, splits.num_classes)
+        return build_model(spec, domain.base_dir), architecture_of(spec), splits
+    with torch.random.fork_rng(devices=[]):  # a probe for its declared input shape: the real build draws the init
+        declared = input_shape_of(build_model(spec, domain.base_dir))
+    splits = splits or load_splits(domain.data, base_dir=domain.base_dir, input_shape=declared)
+    spec = with_data_kwargs(spec, domain.base_dir, splits.input_shape, splits.num_classes)
+    return build_model(spec, domain.base_dir), architecture_of(spec), splits
 
 
 def _measure_stage(ctx: RunContext, current: Path, baseline: Path, extra: dict[str, Any]) -> dict[str, Any]:

@@ -104,13 +104,14 @@ def _teacher(ctx: "RunContext", cfg: KDConfig) -> nn.Module:
 
 def _student(ctx: "RunContext", cfg: KDConfig) -> tuple[nn.Module, dict[str, Any] | None]:
     """A freshly built student and its manifest architecture, or the current model (architecture None)."""
-    from torchslim.models import build_model
+    from torchslim.models import build_model, with_data_kwargs
     from torchslim.runner import architecture_of
 
     spec = student_spec(cfg.student)
     if spec is None:
         return ctx.model, None
     try:
+        spec = with_data_kwargs(spec, ctx.recipe.base_dir, ctx.splits.input_shape, ctx.splits.num_classes)
         student = build_model(spec, ctx.recipe.base_dir)
     except ConfigError as exc:
         raise _as_field(exc, "student") from None

@@ -13,10 +13,12 @@ from torch import nn
 
 from torchslim._errors import ConfigError, brief
 from torchslim._yaml import file_problem
-from torchslim.models._reference import BUILTIN_MODELS, LeNet5, LeNet300100, MNIST1DCNN, MNIST1DMLP
+from torchslim.models._reference import BUILTIN_MODELS, MLP, LeNet5, LeNet300100, MNIST1DCNN, MNIST1DMLP
 
-__all__ = ["BUILTIN_MODELS", "build_model", "input_shape_of", "load_weights_", "LeNet300100", "LeNet5",
-           "MNIST1DCNN", "MNIST1DMLP"]
+__all__ = ["BUILTIN_MODELS", "DATA_KWARGS", "MLP", "build_model", "data_kwargs_asked", "input_shape_of",
+           "load_weights_", "LeNet300100", "LeNet5", "MNIST1DCNN", "MNIST1DMLP", "with_data_kwargs"]
+
+DATA_KWARGS = ("input_shape", "num_classes")  # filled in from the data when a constructor asks for them
 
 
 def _factory(path: str, base_dir: str | Path) -> Any:
@@ -78,6 +80,34 @@ def _check_size(ctor: Any, kwargs: dict[str, Any], field: str) -> None:
         if count > MAX_PARAMS:
             raise ConfigError(field, f"would build a model of {count:,} parameters and buffers; at most "
                                      f"{MAX_PARAMS:,} are allowed")
+
+
+def data_kwargs_asked(spec: Any, base_dir: str | Path = ".") -> set[str]:
+    """Which of ``input_shape`` / ``num_classes`` the spec's constructor takes and its kwargs do not give."""
+    if spec.name is not None:
+        if spec.name not in BUILTIN_MODELS:
+            return set()
+        ctor = BUILTIN_MODELS[spec.name]
+    else:
+        try:
+            ctor = _factory(spec.factory, base_dir)
+        except ConfigError:
+            return set()  # build_model reports it
+    try:
+        params = inspect.signature(ctor).parameters
+    except (TypeError, ValueError):
+        return set()
+    return {name for name in DATA_KWARGS if name in params and name not in spec.kwargs}
+
+
+def with_data_kwargs(spec: Any, base_dir: str | Path, input_shape: tuple[int, ...], num_classes: int) -> Any:
+    """The spec with ``input_shape`` and ``num_classes`` from the data added to its kwargs where its constructor
+    asks for them and they are not given (so the artifact records, and rebuilds, the same model)."""
+    values = {"input_shape": list(input_shape), "num_classes": int(num_classes)}
+    asked = data_kwargs_asked(spec, base_dir)
+    if not asked:
+        return spec
+    return spec.model_copy(update={"kwargs": {**spec.kwargs, **{k: values[k] for k in sorted(asked)}}})
 
 
 def build_model(spec: Any, base_dir: str | Path = ".") -> nn.Module:
