@@ -443,8 +443,9 @@ def evaluate_artifact(path: str | Path, domain: Domain, *, trust_code: bool = Fa
     # names trained baseline weights, whose metric is then re-measured.
     record = manifest.get("baseline")
     trained = domain.model.weights is not None or not isinstance(record, dict)
+    sized = with_data_kwargs(domain.model, domain.base_dir, splits.input_shape, splits.num_classes)
     if trained:
-        baseline = build_model(domain.model, domain.base_dir)
+        baseline = build_model(sized, domain.base_dir)
     else:
         arch = record.get("architecture") or {}
         require_code_consent(Path(path), arch, trust_code)
@@ -457,7 +458,7 @@ def evaluate_artifact(path: str | Path, domain: Domain, *, trust_code: bool = Fa
     if record is not None:
         baseline_bytes = record["size_bytes"]
     else:
-        baseline_bytes = artifact_bytes(baseline, architecture=architecture_of(domain.model), compress=False)
+        baseline_bytes = artifact_bytes(baseline, architecture=architecture_of(sized), compress=False)
     metrics = summarize(measured, base, size=artifact_size(path), baseline_size=baseline_bytes, domain=domain,
                         seed=manifest.get("seed", 0))
     metrics.update({"int8_kernels": measured["int8_kernels"], "cpu_features": measured["cpu_features"],
