@@ -139,7 +139,7 @@ def test_a_factory_module_that_fails_to_import_or_build(tmp_path):
     (tmp_path / "raising_build_mod.py").write_text("def build():\n    return 1 / 0\n")
     assert rejected(tmp_path, domain=with_model(factory="raising_build_mod:build")) == (
         "domain.yaml: model.kwargs: building the model failed: ZeroDivisionError: division by zero")
-    sys.path.remove(str(tmp_path.resolve()))
+    assert str(tmp_path.resolve()) not in sys.path  # the import put it there only while it ran
 
 
 # --- paths ------------------------------------------------------------------------------------------------------
@@ -319,3 +319,15 @@ def test_training_that_diverges_is_one_line_and_leaves_no_folder(tmp_path):
     assert code == 2 and len(lines) == 2, lines  # the stage's progress line, then the error
     assert lines[-1].startswith("error: recipe.yaml: stages[0].train.lr: training diverged")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_misspelt_key_gets_a_suggestion_and_a_missing_domain_names_the_recipe(tmp_path):
+    assert rejected(tmp_path, domain=DOMAIN + "metrc: accuracy\n") == \
+        "domain.yaml: metrc: unknown key; did you mean 'metric'?"
+    assert rejected(tmp_path, recipe=RECIPE.replace("lr: 0.01", "lr: 0.01, bach_size: 8")) == \
+        "recipe.yaml: stages[0].train.bach_size: unknown key; did you mean 'batch_size'?"
+    assert rejected(tmp_path, recipe=RECIPE.replace("lr: 0.01", "lr: 0.01, zzz: 8")) == (
+        "recipe.yaml: stages[0].train.zzz: unknown key (expected epochs, lr, batch_size, weight_decay, optimizer, "
+        "schedule, augment)")
+    assert rejected(tmp_path, recipe=RECIPE.replace("domain.yaml", "elsewhere.yaml")) == \
+        "recipe.yaml: domain: file not found: elsewhere.yaml"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import difflib
+import typing
 from typing import Any, TypeVar
 
 import pydantic
@@ -97,4 +99,39 @@ def parse(model: type[M], data: Any, *, prefix: str = "", source: str | None = N
             path = ".".join(p for p in (prefix, field_path(loc), cause.field) if p).replace(".[", "[")
             raise ConfigError(path, cause.message, source) from None
         path = ".".join(p for p in (prefix, field_path(loc)) if p).replace(".[", "[")
-        raise ConfigError(path, _message(err), source) from None
+        message = _message(err)
+        if err["type"] == "extra_forbidden" and loc:
+            message += _suggestion(str(loc[-1]), _keys_at(model, loc[:-1]))
+        raise ConfigError(path, message, source) from None
+
+
+def _model_in(annotation: Any) -> type[pydantic.BaseModel] | None:
+    """The pydantic model an annotation holds (``Optional[Limits]`` -> ``Limits``), or None."""
+    if isinstance(annotation, type) and issubclass(annotation, pydantic.BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _keys_at(model: type[pydantic.BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """The keys the mapping at ``loc`` inside ``model`` accepts."""
+    current: type[pydantic.BaseModel] | None = model
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = current.model_fields.get(str(part)) if current is not None else None
+        current = _model_in(field.annotation) if field is not None else None
+        if current is None:
+            return []
+    return [name for name, f in current.model_fields.items() if not f.exclude]
+
+
+def _suggestion(key: str, known: list[str]) -> str:
+    """``; did you mean 'metric'?`` for a misspelt key, else the keys expected there."""
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    if close:
+        return f"; did you mean {close[0]!r}?"
+    return f" (expected {', '.join(known)})" if known else ""

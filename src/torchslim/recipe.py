@@ -82,6 +82,10 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
         raise ConfigError("seed", f"must be at most {MAX_SEED} (2**32 - 1)", source)
     base = Path(path).parent
     if isinstance(data["domain"], str) and data["domain"].strip():
+        named = Path(data["domain"]).expanduser()
+        named = named if named.is_absolute() else base / named
+        if not named.exists():
+            raise ConfigError("domain", f"file not found: {named}", source)
         domain = load_domain(data["domain"], base_dir=base)
     elif isinstance(data["domain"], dict):
         domain = load_domain(data["domain"], base_dir=base, source=source, prefix="domain")

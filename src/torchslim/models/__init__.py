@@ -34,10 +34,6 @@ def _factory(path: str, base_dir: str | Path) -> Any:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise ConfigError("model.factory", f"cannot import module {module_name!r}: {exc}") from None
-    except Exception as exc:  # noqa: BLE001  (the module's own code failed while it was imported)
-        detail = " ".join(str(exc).split())[:150]
-        raise ConfigError("model.factory", f"importing module {module_name!r} failed: {type(exc).__name__}: "
-                                           f"{detail}") from None
     finally:
         sys.path[:] = saved
     fn = getattr(module, fn_name, None)
@@ -91,8 +87,8 @@ def data_kwargs_asked(spec: Any, base_dir: str | Path = ".") -> set[str]:
     else:
         try:
             ctor = _factory(spec.factory, base_dir)
-        except ConfigError:
-            return set()  # build_model reports it
+        except (Exception, SystemExit):  # noqa: BLE001  (build_model reports whatever importing it raised)
+            return set()
     try:
         params = inspect.signature(ctor).parameters
     except (TypeError, ValueError):
