@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from torchslim._errors import ConfigError, brief
-from torchslim._yaml import parse_yaml, read_yaml
+from torchslim._yaml import file_problem, parse_yaml, read_yaml
 from torchslim.domain import MAX_SEED, Domain, load_domain
 
 
@@ -84,7 +84,7 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
     if isinstance(data["domain"], str) and data["domain"].strip():
         named = Path(data["domain"]).expanduser()
         named = named if named.is_absolute() else base / named
-        if not named.exists():
+        if file_problem(named) == "file not found":  # other problems: load_domain names the file and the reason
             raise ConfigError("domain", f"file not found: {named}", source)
         domain = load_domain(data["domain"], base_dir=base)
     elif isinstance(data["domain"], dict):
