@@ -51,7 +51,7 @@ def test_overrides_and_defaults(write):
     ("domain: d.yaml\nstages:\n  - shrink: {}\n", "r.yaml: stages[0].shrink: unknown stage"),
     ("domain: d.yaml\nstages: []\n", "r.yaml: stages: must be a non-empty list"),
     ("domain: d.yaml\nseed: -1\nstages:\n  - train: {epochs: 1, lr: 0.1}\n", "r.yaml: seed: must be"),
-    ("domain: missing.yaml\nstages:\n  - train: {epochs: 1, lr: 0.1}\n", "missing.yaml: file not found"),
+    ("domain: missing.yaml\nstages:\n  - train: {epochs: 1, lr: 0.1}\n", "domain: file not found:"),
     ("stages:\n  - train: {epochs: 1, lr: 0.1}\n", "r.yaml: domain: required"),
     ("domain: {name: x, task: image-classification, data: {source: digits}, model: {name: lenet5}, foo: 1}\n"
      "stages:\n  - train: {epochs: 1, lr: 0.1}\n", "r.yaml: domain.foo: unknown key"),
