@@ -91,7 +91,7 @@ def test_check_and_help(trained, cli):
     (RECIPE, DIGITS_DOMAIN.replace("source: digits", "source: mnist1d"), "domain.yaml: model: expects inputs of shape"),
     (RECIPE, DIGITS_DOMAIN.replace("metric: accuracy", "metric: 12"), "domain.yaml: metric: must be one of"),
     (RECIPE, DIGITS_DOMAIN.replace("task: image-classification", "task: [oops"), "domain.yaml: invalid YAML"),
-    (RECIPE.replace("domain.yaml", "nowhere.yaml"), DIGITS_DOMAIN, "nowhere.yaml: file not found"),
+    (RECIPE.replace("domain.yaml", "nowhere.yaml"), DIGITS_DOMAIN, "recipe.yaml: domain: file not found: nowhere.yaml"),
 ])
 def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path, cli, recipe, domain, expected):
     (tmp_path / "domain.yaml").write_text(domain)

@@ -186,7 +186,8 @@ _MIN_SHARED = 16  # elements: smaller initializers (shape constants, scalars) ar
 def _tensors_by_content(model: nn.Module) -> dict[tuple[int, tuple[int, ...], bytes], dict[str, Any]]:
     """{(ONNX data type, shape, bytes): how to rebuild it from ``model``} for every tensor an int8 ONNX model may
     repeat: each layer's 8-bit codes as int8 (``{"layer", "transpose"}``), and each float32 tensor of the state
-    dict, biases, norms and scales (``{"tensor", "transpose"}``); 2-D ones also transposed (MatMul's right side).
+    dict, float layers' weights, biases, norms and scales (``{"tensor", "transpose"}``); 2-D ones also transposed
+    (MatMul's right side).
     """
     import onnx
 
@@ -198,8 +199,8 @@ def _tensors_by_content(model: nn.Module) -> dict[tuple[int, tuple[int, ...], by
                 if codes is not None:
                     key = (onnx.TensorProto.INT8, tuple(codes.shape), codes.numpy().tobytes())
                     table.setdefault(key, {"layer": name, "transpose": transpose})
-    for key, tensor in model.state_dict().items():
-        if tensor.dtype != torch.float32 or tensor.numel() < _MIN_SHARED or tensor.dim() > 2:
+    for key, tensor in model.state_dict().items():  # any shape: a float conv weight is repeated as it is
+        if tensor.dtype != torch.float32 or tensor.numel() < _MIN_SHARED:
             continue
         for transpose in (False, True) if tensor.dim() == 2 else (False,):
             t = (tensor.t() if transpose else tensor).detach().cpu().contiguous()
