@@ -2,7 +2,7 @@
 
 Layout of an artifact folder::
 
-    manifest.json      a plain header: {"format": "torchslim-artifact", "manifest": "model.safetensors", "version": 2}
+    manifest.json      a plain header: {"format": "torchslim-artifact", "manifest": "model.safetensors", "version": 3}
     model.safetensors  one uint8 tensor ``artifact``: a sha256 (32 bytes) of what follows, the manifest (canonical
                        JSON, one zstd frame primed with a fixed dictionary of manifest text), then the tensor data,
                        each tensor in the encoding chosen for it at save time (see ``_codec``): dense, bit-packed
@@ -34,7 +34,7 @@ from torchslim._errors import ConfigError
 from torchslim.artifact._codec import (LARGE, decode_tensor, dtype_name, encode_tensor, zstd_compress,
                                       zstd_decompress)
 
-ARTIFACT_VERSION = 2
+ARTIFACT_VERSION = 3
 FORMAT = "torchslim-artifact"
 MANIFEST = "manifest.json"
 PAYLOAD = "model.safetensors"

@@ -131,6 +131,11 @@ def _split(x: np.ndarray, y: np.ndarray, fraction: float, seed: int) -> tuple[np
     return train_test_split(x, y, test_size=fraction, random_state=seed, stratify=stratify)
 
 
+def unnamed_labels(num_classes: int) -> list[str]:
+    """The names of classes a source does not name: their indices, as strings."""
+    return [str(i) for i in range(num_classes)]
+
+
 def load_splits(data: Any, *, base_dir: str | Path = ".", input_shape: tuple[int, ...] | None = None) -> Splits:
     """Load ``data.source`` and split it into train / val / test, seeded and stratified.
 
@@ -166,7 +171,7 @@ def load_splits(data: Any, *, base_dir: str | Path = ".", input_shape: tuple[int
     x_train, x_val, y_train, y_val = _split(x_rest, y_rest, val_of_rest, data.seed)
 
     num_classes = int(max(y_train.max(), y_val.max(), y_test.max())) + 1
-    labels = arrays.labels or [str(i) for i in range(num_classes)]
+    labels = arrays.labels or unnamed_labels(num_classes)
 
     def ds(x: np.ndarray, y: np.ndarray) -> TensorDataset:
         return TensorDataset(torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y))
