@@ -135,7 +135,8 @@ def _quiet_stderr() -> Iterator[None]:
 def _peak_allocated(events: Any) -> int:
     """The most bytes held at once by the allocations that ``events`` record (frees of memory allocated before
     the recording began are not recorded, so the running sum starts at zero)."""
-    changes = sorted((e.start_ns(), e.nbytes()) for e in events if e.name() == "[memory]")
+    changes = sorted(((e.start_ns(), e.nbytes()) for e in events if e.name() == "[memory]"),
+                     key=lambda change: change[0])  # by time; at equal times, in the order recorded
     held = peak = 0
     for _time, nbytes in changes:
         held += nbytes
