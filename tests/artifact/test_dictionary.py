@@ -37,6 +37,22 @@ def test_the_committed_dictionary_is_the_one_the_format_classes_generate():
     assert MANIFEST_DICTIONARY == manifest_dictionary()
 
 
+def test_the_generated_dictionary_does_not_depend_on_which_stage_module_loads_first():
+    import subprocess
+    import sys
+
+    from cli_support import cli_env
+
+    code = ("import torchslim.distill.stage, torchslim.export.stage\n"  # they register before prune and quantize
+            "from torchslim.stages import STAGES\n"
+            "from torchslim.artifact._vocabulary import manifest_dictionary\n"
+            "from torchslim.artifact._dictionary import MANIFEST_DICTIONARY\n"
+            "assert list(STAGES)[-1] != 'export', list(STAGES)\n"
+            "assert manifest_dictionary() == MANIFEST_DICTIONARY\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=cli_env(), timeout=300)
+    assert proc.returncode == 0, proc.stderr
+
+
 def test_the_dictionary_spells_every_stage_method_and_enumerated_value():
     text = MANIFEST_DICTIONARY.decode()
     for value in ("magnitude", "structured", "activation", "kmeans", "qat", "static", "dynamic", "weight",

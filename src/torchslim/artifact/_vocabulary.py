@@ -125,6 +125,18 @@ def _config_classes(root: type) -> Iterator[type]:
 
 # ---- the pieces of the vocabulary -------------------------------------------------------------------------------
 
+_PIPELINE = ("train", "prune", "quantize", "distill", "export")
+
+
+def _stages() -> dict[str, Any]:
+    """The registered stages in the pipeline's order, then any other in name order: the registry's own order
+    depends on which module was imported first."""
+    from torchslim.stages import STAGES
+
+    order = [name for name in _PIPELINE if name in STAGES] + sorted(set(STAGES) - set(_PIPELINE))
+    return {name: STAGES[name] for name in order}
+
+
 def _methods() -> dict[str, dict[str, type]]:
     """{stage: {method: config class}} for stages whose ``method`` key picks the config."""
     from torchslim.prune.config import METHODS as PRUNE_METHODS
@@ -149,10 +161,8 @@ def _choices() -> dict[str, tuple[str, ...]]:
 def stage_examples() -> list[dict[str, Any]]:
     """One ``{stage: config}`` per registered stage and method, dumped by the stage's own code as the manifest's
     recipe records it (defaults filled in), required values blank."""
-    from torchslim.stages import STAGES
-
     examples = []
-    for name, handler in STAGES.items():
+    for name, handler in _stages().items():
         variants = _methods().get(name, {None: handler.config})
         for method, cls in variants.items():
             required = {f: _placeholder(tp) for f, req, _d, tp in _fields(cls) if req}
@@ -166,10 +176,8 @@ def nested_examples() -> list[dict[str, Any]]:
     """``{field: skeleton}`` for every config class a stage or the domain nests (finetune, calibration, schedule,
     sensitivity, regularization, features, constraints, ...), as given in a recipe."""
     from torchslim.domain import Domain
-    from torchslim.stages import STAGES
-
     methods = [c for m in _methods().values() for c in m.values()]
-    roots = [Domain, *(h.config for h in STAGES.values()), *methods]
+    roots = [Domain, *(h.config for h in _stages().values()), *methods]
     spelled = set(_choices())  # fields written as a spelling (granularity: "channel"), not as their value object
     out, seen = [{"student": {"kwargs": {}, "name": _BLANK}}], set()  # a distillation student: an architecture
     for root in roots:
@@ -190,10 +198,8 @@ def choice_examples() -> list[str]:
     """``"field":"choice"`` for every enumerated option (Literal fields of the pydantic configs, and the choices
     the dataclass configs check), each once."""
     from torchslim.domain import Domain
-    from torchslim.stages import STAGES
-
     choices: dict[str, list[str]] = {}
-    roots = [Domain, *(h.config for h in STAGES.values()), *(c for m in _methods().values() for c in m.values())]
+    roots = [Domain, *(h.config for h in _stages().values()), *(c for m in _methods().values() for c in m.values())]
     for root in roots:
         for cls in _config_classes(root):
             for name, _required, _default, tp in _fields(cls):
