@@ -54,3 +54,27 @@ def test_eval_remeasures_the_recorded_metric(run):
                           capture_output=True, text=True, env=cli_env(), timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["value"] == metrics["value"]
+
+
+def test_every_key_of_the_shipped_manifest_is_in_the_manifest_dictionary(run):
+    """The dictionary is the format's vocabulary: a key the runner or a stage writes and it lacks costs its length
+    in every artifact (regenerate it with ``python -m torchslim.artifact._vocabulary``, new format version)."""
+    from torchslim.artifact import read_manifest
+    from torchslim.artifact._dictionary import MANIFEST_DICTIONARY
+
+    out, _, _ = run
+    manifest = read_manifest(out / "artifact")
+    text, missing = MANIFEST_DICTIONARY.decode(), []
+
+    def visit(value, names):
+        if isinstance(value, dict):
+            for k, v in value.items():
+                if names and f'"{k}":' not in text:
+                    missing.append(k)
+                visit(v, names=k not in ("kwargs", "tensors", "layers"))  # the model's own names
+        elif isinstance(value, list):
+            for v in value:
+                visit(v, names)
+
+    visit({k: v for k, v in manifest.items() if k not in ("format", "version")}, names=True)
+    assert "quantization" in manifest and missing == []

@@ -52,3 +52,60 @@ def test_quantized_weights_count_by_their_logical_elements():
     params, nonzero = count_params(model)
     assert params == 16 * 8 + 8 + 8 * 4 + 4  # codes and codebooks are encodings, not extra parameters
     assert nonzero <= params - 32
+
+
+def _mlp(width):
+    return torch.nn.Sequential(torch.nn.Linear(64, width), torch.nn.ReLU(), torch.nn.Linear(width, 10))
+
+
+class _Scratch(torch.nn.Module):
+    """A layer that allocates a temporary of ``n`` floats inside forward: neither an input nor an output."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.fc, self.n = torch.nn.Linear(64, 10), n
+
+    def forward(self, x):
+        scratch = torch.ones(self.n)  # (n,)
+        return self.fc(x) + scratch[:1]
+
+
+def test_peak_memory_is_measured_while_the_model_runs(one_thread):
+    from torchslim.evaluate import peak_memory_bytes
+
+    # a temporary no module returns is seen: the allocator held it, so the peak holds it
+    small, large = peak_memory_bytes(_Scratch(1), (64,)), peak_memory_bytes(_Scratch(1 << 20), (64,))
+    assert large - small >= 4 * (1 << 20) - 64
+    assert peak_memory_bytes(_Scratch(1 << 20), (64,)) == large  # the same model and batch: the same bytes
+
+
+def test_peak_memory_grows_with_width_and_batch(one_thread):
+    from torchslim.evaluate import peak_memory_bytes, resident_bytes
+
+    def parts(width, batch):
+        model = _mlp(width)
+        held = resident_bytes(model)
+        return held, peak_memory_bytes(model, (64,), batch) - held
+
+    held, run = parts(256, 64)
+    assert held == 4 * (64 * 256 + 256 + 256 * 10 + 10)  # fp32 weights and biases
+    # while the ReLU runs, the input (64, 64), the Linear's output and the ReLU's output (64, 256) are all held
+    assert run >= 4 * (64 * 64 + 2 * 64 * 256)
+    wide_held, wide_run = parts(512, 64)
+    assert wide_held > 1.9 * held and wide_run - run >= 4 * 2 * 64 * 256  # twice as wide: both parts grow
+    _, double_batch = parts(256, 128)
+    assert double_batch == pytest.approx(2 * run, rel=0.05)  # activations scale with the batch, weights do not
+
+
+def test_peak_memory_counts_a_decoded_weight_kept_for_inference(one_thread):
+    from torchslim.evaluate import peak_memory_bytes, resident_bytes
+    from torchslim.quantize import quantize_
+    from torchslim.quantize.config import KMeansConfig
+
+    model = _mlp(256)
+    quantize_(model, KMeansConfig(bits=4))
+    codes_only = resident_bytes(model)
+    assert codes_only < 4 * 64 * 256 / 2  # 4-bit codes, codebooks and fp32 biases
+    peak = peak_memory_bytes(model, (64,))
+    assert resident_bytes(model) >= codes_only + 4 * (64 * 256 + 256 * 10)  # the decoded fp32 weights
+    assert peak > resident_bytes(model)

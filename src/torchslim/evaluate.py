@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import statistics
+import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 from torch import nn
@@ -102,44 +105,63 @@ def latency_ms(model: nn.Module | Predict, input_shape: tuple[int, ...], batch: 
     return statistics.median(times)
 
 
+def resident_bytes(model: nn.Module) -> int:
+    """Bytes of the tensors a model holds: parameters, buffers and tensors it keeps as attributes (e.g. a decoded
+    weight cached for inference), each storage counted once."""
+    storages: dict[int, int] = {}
+    for module in model.modules():
+        held = [*module._parameters.values(), *module._buffers.values(), *vars(module).values()]
+        for t in held:
+            if torch.is_tensor(t) and t.device.type != "meta":
+                storage = t.untyped_storage()
+                storages[storage.data_ptr()] = max(storages.get(storage.data_ptr(), 0), storage.nbytes())
+    return sum(storages.values())
+
+
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """File descriptor 2 to /dev/null: the profiler's C++ side logs its start and stop there."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _peak_allocated(events: Any) -> int:
+    """The most bytes held at once by the allocations that ``events`` record (frees of memory allocated before
+    the recording began are not recorded, so the running sum starts at zero)."""
+    changes = sorted(((e.start_ns(), e.nbytes()) for e in events if e.name() == "[memory]"),
+                     key=lambda change: change[0])  # by time; at equal times, in the order recorded
+    held = peak = 0
+    for _time, nbytes in changes:
+        held += nbytes
+        peak = max(peak, held)
+    return peak
+
+
 @torch.no_grad()
 def peak_memory_bytes(model: nn.Module, input_shape: tuple[int, ...], batch: int = 64) -> int:
-    """Peak bytes of one forward pass of a batch: weights plus the largest input + output of any leaf module.
+    """Peak bytes while ``model`` runs one batch on the CPU, measured: the tensors it holds, plus the most that
+    torch's CPU allocator held at once during a forward pass (input, activations, temporaries).
 
-    On CUDA the allocator's own peak is used. On the CPU there is no allocator counter, so the peak is taken from
-    forward hooks: while a leaf module runs, its input and output are both alive.
+    A first forward pass builds whatever the model caches for inference (decoded weights); the second is recorded
+    by ``torch.profiler`` with ``profile_memory``, and the peak of the running sum of its allocations and frees
+    is taken. The same model, batch and thread count give the same number. Memory that bypasses torch's
+    allocator (ONNX Runtime's own arena) is not seen.
     """
-    x = torch.rand(batch, *input_shape)
-    weights = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
-    on_cuda = any(p.is_cuda for p in model.parameters())
-    if on_cuda:
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        model(x.cuda())
-        return int(torch.cuda.max_memory_allocated() - base + x.numel() * x.element_size() + weights)
-
-    def nbytes(t: Any) -> int:
-        if torch.is_tensor(t):
-            return t.numel() * t.element_size()
-        if isinstance(t, (tuple, list)):
-            return sum(nbytes(v) for v in t)
-        return 0
-
-    peak = [nbytes(x)]
-
-    def hook(_m: nn.Module, inputs: Any, output: Any) -> None:
-        peak[0] = max(peak[0], nbytes(inputs) + nbytes(output))
-
-    leaves = [m for m in model.modules() if not list(m.children())]
-    handles = [m.register_forward_hook(hook) for m in leaves]
-    try:
-        model(x)
-    finally:
-        for h in handles:
-            h.remove()
-    # Quantized layers keep a decoded float weight alive while they serve: it counts like a weight.
-    decoded = sum(nbytes(getattr(m, "_inference_weight", None)) for m in model.modules())
-    return int(peak[0] + weights + decoded)
+    model.eval()
+    model(torch.rand(batch, *input_shape))
+    held = resident_bytes(model)
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    with _quiet_stderr(), torch.profiler.profile(activities=activities, profile_memory=True) as prof:
+        output = model(torch.rand(batch, *input_shape))  # (batch, classes)
+        del output
+    return held + _peak_allocated(prof.profiler.kineto_results.events())
 
 
 def measure(model: nn.Module | Predict, test: Dataset, metric: str, input_shape: tuple[int, ...], *,

@@ -45,13 +45,15 @@ def test_95_sparse_4bit_kmeans_lenet_is_about_40x_smaller(tmp_path):
 
     fp32, compressed = size_bytes(baseline), size_bytes(path)
     assert 202_440 < fp32 * 1.2 and fp32 < 202_440  # fp32 weights, entropy-coded: still ~170 KB
-    assert compressed < 4_400  # measured 4,290: weights 2,506 nonzero -> ~2.8 KB, biases 1.4 KB, manifest < 0.3 KB
-    assert fp32 / compressed > 38 and 50_610 * 4 / compressed > 46
+    # measured 4,414: weights 2,506 nonzero -> ~2.8 KB, biases 1.4 KB, manifest < 0.4 KB (its tensor names and
+    # shapes are this model's: the dictionary holds only the format's vocabulary)
+    assert compressed < 4_500
+    assert fp32 / compressed > 38 and 50_610 * 4 / compressed > 45
     tensors = manifest["tensors"]
     assert {tensors[f"fc{i}.weight_source.packed"]["encoding"] for i in (1, 2, 3)} == {"sparse4"}
     assert {tensors[f"fc{i}.bias"]["encoding"] for i in (1, 2, 3)} == {"dense"}  # exact fp32
     info = describe_artifact(path)["totals"]
-    assert info["bytes"]["total"] == compressed and info["bytes"]["manifest"] < 300
+    assert info["bytes"]["total"] == compressed and info["bytes"]["manifest"] < 400
     assert (info["params"], info["nonzero"]) == (50_610, 410 + 960 + 1500 + 50)
 
 
@@ -175,6 +177,6 @@ def test_manifest_dictionary_is_frozen_for_the_format_version():
     from torchslim.artifact import ARTIFACT_VERSION
     from torchslim.artifact._dictionary import MANIFEST_DICTIONARY
 
-    assert ARTIFACT_VERSION == 2
+    assert ARTIFACT_VERSION == 3
     assert hashlib.sha256(MANIFEST_DICTIONARY).hexdigest() == \
-        "63d127861136642e23ff480bb0271202e6a83c876e91683093bd7fddd5f6584a"
+        "9984b56e8dea707783ae51ddd4cdf21a2b04d603d55ea11bc3c7fc5ad6887df6"

@@ -202,6 +202,11 @@ def _split(x: np.ndarray, y: np.ndarray, fraction: float, seed: int, field: str,
     return parts, stratified
 
 
+def unnamed_labels(num_classes: int) -> list[str]:
+    """The names of classes a source does not name: their indices, as strings."""
+    return [str(i) for i in range(num_classes)]
+
+
 def load_splits(data: Any, *, base_dir: str | Path = ".", input_shape: tuple[int, ...] | None = None) -> Splits:
     """Load ``data.source`` and split it into train / val / test, seeded and stratified.
 
@@ -244,7 +249,7 @@ def load_splits(data: Any, *, base_dir: str | Path = ".", input_shape: tuple[int
                                                               "data.val_fraction", "the validation split")
 
     num_classes = int(max(y_train.max(), y_val.max(), y_test.max())) + 1
-    labels = arrays.labels or [str(i) for i in range(num_classes)]
+    labels = arrays.labels or unnamed_labels(num_classes)
 
     def ds(x: np.ndarray, y: np.ndarray) -> TensorDataset:
         return TensorDataset(torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y))
