@@ -1,0 +1,286 @@
+"""Every quantization and pruning method on models built of real layer types, through save and reload.
+
+Models (zoo_models.py, trained once per module on digits, seed 0): a residual CNN (Conv2d+BatchNorm2d+SiLU, a
+grouped and a depthwise conv, a residual add, a concatenation), a Conv1d+BatchNorm1d+GELU model, a Transformer
+encoder (patch embedding, learned positions, nn.TransformerEncoderLayer, LayerNorm) and a pixel-token model
+(nn.Embedding, nn.MultiheadAttention called directly, LayerNorm, GELU MLP).
+
+Each case applies one method through the API, saves the artifact and reloads it through the factory (trust_code,
+code_dir), and checks: (ii) the reloaded model computes what the in-memory one does, (iii) test accuracy drops by
+no more than MAX_DROP, (iv) the artifact is MIN_RATIO times smaller than the uncompressed fp32 artifact, (v) it
+exports to ONNX, and for static/dynamic int8 ONNX Runtime's int8 model agrees with the torch simulation.
+
+Accuracy-drop bounds, in points of test accuracy (360 test images: one image is 0.28 points):
+
+| method     | max drop | why |
+|------------|---------:|-----|
+| static     | 2.0 | int8 weights and calibrated int8 activations; measured 0-0.3 on these models |
+| dynamic    | 1.0 | int8 weights, activations quantized per batch; Linear layers only |
+| weight     | 2.0 | 4-bit per-channel weights, activations float; measured <= 0.9 |
+| kmeans     | 2.0 | 16-entry codebook per layer, one epoch of centroid fine-tuning |
+| qat        | 2.0 | 8-bit fake quantization fine-tuned one epoch, then int8 as static |
+| magnitude  | 4.0 | 60 % of the weights zeroed (one global threshold), one fine-tuning epoch |
+| activation | 2.0 | only units whose activation is under 5 % of the layer's largest go: nearly lossless |
+| structured | 12.0 | half the channels / neurons / heads of every layer removed, two fine-tuning epochs: a model |
+|            |      | this small has no spare capacity (measured 1-6 points; 11 on the pixel-token model) |
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import zoo_models
+from torchslim.artifact import artifact_bytes, load_artifact, save_artifact
+from torchslim.data import load_splits
+from torchslim.domain import DataSpec
+from torchslim.evaluate import compute_metric
+from torchslim.prune import ActivationConfig, MagnitudeConfig, StructuredConfig, prune_
+from torchslim.prune.config import Finetune
+from torchslim.quantize import (CalibrationConfig, DynamicConfig, FinetuneConfig, KMeansConfig, QATConfig,
+                                StaticConfig, WeightOnlyConfig, quantize_)
+from torchslim.quantize.modules import QuantizedLayer
+from torchslim.train import TrainConfig, fit
+
+requires_ort = pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None, reason="needs onnxruntime")
+
+CODE_DIR = Path(__file__).resolve().parent
+INPUT_SHAPE = (1, 8, 8)
+
+# model: (factory kwargs, training epochs, lr); batch 32, seed 0
+ZOO = {
+    "resnet": ({}, 6, 3e-3),
+    "conv1d": ({}, 6, 3e-3),
+    "transformer": ({"layers": 1}, 8, 5e-3),
+    "tokens": ({}, 8, 1e-2),
+}
+
+MAX_DROP = {"static": 2.0, "dynamic": 1.0, "weight": 2.0, "kmeans": 2.0, "qat": 2.0, "magnitude": 4.0,
+            "activation": 2.0, "structured": 12.0}
+
+# Minimum fp32-artifact bytes / artifact bytes. What can shrink is each model's Linear/Conv weights, the attention
+# in-projection included; embeddings, norms and biases stay float. Shrinkable share of the fp32 bytes: resnet 95 %,
+# conv1d 98 %, transformer 91 %, tokens 74 % (its embeddings are 22 %). The bounds are ~85 % of
+# fp32 / (fp32 - shrinkable * (1 - 1/k)), k = 4 for int8 and 8 for 4 bits, except where an artifact carries an int8
+# ONNX graph (static, dynamic, qat): its node structure costs ~18 kB on the residual CNN (1.7x there, not 3x).
+MIN_RATIO = {
+    "static": {"resnet": 1.5, "conv1d": 3.0, "transformer": 2.0, "tokens": 1.5},
+    # dynamic shrinks Linear weights only (ONNX Runtime's dynamic int8 is for MatMul): the bound is "no bigger
+    # than the fp32 artifact"
+    "dynamic": {"resnet": 1.0, "conv1d": 1.0, "transformer": 1.0, "tokens": 1.0},
+    "weight": {"resnet": 5.0, "conv1d": 6.5, "transformer": 4.0, "tokens": 2.3},
+    "kmeans": {"resnet": 5.0, "conv1d": 6.5, "transformer": 4.0, "tokens": 2.3},
+    "qat": {"resnet": 1.5, "conv1d": 3.0, "transformer": 2.0, "tokens": 1.5},
+    # 60 % zeros stored as relative index + value (Deep Compression's sparse entries)
+    "magnitude": {"resnet": 1.8, "conv1d": 1.8, "transformer": 1.5, "tokens": 1.3},
+    "activation": {"resnet": 1.0, "conv1d": 1.0, "transformer": 1.0, "tokens": 1.0},
+    # half the units of every layer: inner weight matrices lose 3/4, first and last layers 1/2
+    "structured": {"resnet": 2.5, "conv1d": 2.5, "transformer": 1.8, "tokens": 1.6},
+}
+
+QUANT = ("static", "dynamic", "weight", "kmeans", "qat")
+PRUNE = ("magnitude", "activation", "structured")
+INT8_ORT = ("static", "dynamic", "qat")  # methods that store an int8 model for ONNX Runtime
+
+BN_RELOAD = ("static and qat fold BatchNorm into the conv; the factory-built model has BatchNorm again and the "
+             "reload fails: Missing key(s) in state_dict: ...running_mean")
+MHA_CALIBRATION = "static/qat int8 on nn.MultiheadAttention: ConfigError 'calibration: no calibration data was observed'"
+DYNAMIC_GROWS = ("dynamic int8 stores the float weights of the layers it leaves in float twice (state dict and "
+                 "model.int8.onnx): the artifact is bigger than the fp32 one")
+IN_PROJ_SIZE = ("attention's in_proj_weight is not quantized (a Parameter, not a Linear): weight-only/k-means "
+                "artifacts shrink 1.9-2.3x, not 2.5-4x")
+IN_PROJ_FLOAT = "attention's in_proj_weight stays float and QuantReport.kept_fp32 does not name it"
+EMBEDDING_FLOAT = "nn.Embedding weights stay float and QuantReport.kept_fp32 does not name them"
+
+# Library bugs each case shows today: (model, method) -> reason. A case listed here is xfail(strict=True).
+KNOWN = {
+    ("resnet", "static"): BN_RELOAD, ("resnet", "qat"): BN_RELOAD,
+    ("conv1d", "static"): BN_RELOAD, ("conv1d", "qat"): BN_RELOAD,
+    ("transformer", "static"): MHA_CALIBRATION, ("transformer", "qat"): MHA_CALIBRATION,
+    ("tokens", "static"): MHA_CALIBRATION, ("tokens", "qat"): MHA_CALIBRATION,
+    ("resnet", "dynamic"): DYNAMIC_GROWS, ("transformer", "dynamic"): DYNAMIC_GROWS,
+    ("tokens", "dynamic"): DYNAMIC_GROWS,
+    ("transformer", "weight"): IN_PROJ_SIZE, ("transformer", "kmeans"): IN_PROJ_SIZE,
+    ("tokens", "weight"): IN_PROJ_SIZE, ("tokens", "kmeans"): IN_PROJ_SIZE,
+}
+
+
+def _case(model: str, method: str):
+    reason = KNOWN.get((model, method))
+    marks = [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
+    if method in INT8_ORT:
+        marks.append(requires_ort)
+    return pytest.param(model, method, marks=marks, id=f"{model}-{method}")
+
+
+def architecture(name: str) -> dict:
+    return {"factory": f"zoo_models:build_{name}", "kwargs": ZOO[name][0]}
+
+
+@pytest.fixture(scope="module")
+def splits():
+    return load_splits(DataSpec(source="digits"), input_shape=INPUT_SHAPE)
+
+
+@pytest.fixture(scope="module")
+def trained(splits):
+    """name -> (trained fp32 model, its test accuracy); trained lazily, once per module, on one thread."""
+    cache: dict[str, tuple[nn.Module, float]] = {}
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+
+    def get(name: str) -> tuple[nn.Module, float]:
+        if name not in cache:
+            kwargs, epochs, lr = ZOO[name]
+            torch.manual_seed(0)
+            model = zoo_models.FACTORIES[name](**kwargs)
+            fit(model, splits.train, splits.val, TrainConfig(epochs=epochs, lr=lr, batch_size=32), seed=0)
+            model.eval()
+            cache[name] = (model, compute_metric(model, splits.test))
+        return cache[name]
+
+    yield get
+    torch.set_num_threads(before)
+
+
+def calibration_batches(splits, n: int = 4, size: int = 64) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    x, y = splits.train.tensors
+    return [(x[i * size:(i + 1) * size], y[i * size:(i + 1) * size]) for i in range(n)]
+
+
+def apply_method(model: nn.Module, method: str, splits):
+    """Compress ``model`` in place with ``method`` through the API; returns the method's report."""
+    torch.manual_seed(0)
+    batches = calibration_batches(splits)
+
+    def quant_finetune(m, epochs, lr):
+        fit(m, splits.train, splits.val, TrainConfig(epochs=epochs, lr=lr, batch_size=32), seed=1)
+
+    def prune_finetune(m, epochs, after_step, step, steps):
+        fit(m, splits.train, splits.val, TrainConfig(epochs=epochs, lr=1e-3, batch_size=32), seed=1,
+            after_step=after_step)
+
+    configs = {
+        "static": StaticConfig(calibration=CalibrationConfig(batches=4)),
+        "dynamic": DynamicConfig(),
+        "weight": WeightOnlyConfig(bits=4, granularity="channel"),
+        "kmeans": KMeansConfig(bits=4, finetune=FinetuneConfig(epochs=1, lr=1e-3)),
+        "qat": QATConfig(bits=8, finetune=FinetuneConfig(epochs=1, lr=1e-4), calibration=CalibrationConfig(batches=4)),
+        "magnitude": MagnitudeConfig(sparsity=0.6, scope="global", finetune=Finetune(epochs=1, lr=1e-3)),
+        "activation": ActivationConfig(threshold=0.05),
+        "structured": StructuredConfig(sparsity=0.5, finetune=Finetune(epochs=2, lr=1e-3)),
+    }
+    if method in QUANT:
+        report = quantize_(model, configs[method], calibration=batches, finetune=quant_finetune)
+    else:
+        report = prune_(model, configs[method], calibration=batches, finetune=prune_finetune)
+    return report, model.eval()
+
+
+@pytest.fixture(scope="module")
+def compressed(splits, trained):
+    """(name, method) -> (report, compressed copy of the trained model), computed once per module."""
+    cache: dict[tuple[str, str], tuple] = {}
+
+    def get(name: str, method: str):
+        if (name, method) not in cache:
+            cache[(name, method)] = apply_method(copy.deepcopy(trained(name)[0]), method, splits)
+        return cache[(name, method)]
+
+    return get
+
+
+def artifact_size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.iterdir())
+
+
+@pytest.mark.parametrize("name, method", [_case(n, m) for n in ZOO for m in QUANT + PRUNE])
+def test_method_survives_save_and_reload(tmp_path, splits, trained, compressed, name, method):
+    base, base_acc = trained(name)
+    _, model = compressed(name, method)
+    acc = compute_metric(model, splits.test)
+    arch = architecture(name)
+    path = save_artifact(model, tmp_path / "artifact", architecture=arch, extra={"input_shape": list(INPUT_SHAPE)})
+
+    # (ii) the factory-built model, given the stored tensors, computes what the in-memory model computes
+    reloaded, manifest = load_artifact(path, trust_code=True, code_dir=CODE_DIR)
+    x = splits.test.tensors[0]
+    with torch.no_grad():
+        assert torch.allclose(reloaded(x), model(x), rtol=0, atol=1e-5)
+
+    # (iii) accuracy on the test split
+    drop = 100 * (base_acc - acc)
+    assert drop <= MAX_DROP[method], f"{name} {method}: {100 * base_acc:.2f} % -> {100 * acc:.2f} %"
+
+    # (iv) bytes against the uncompressed fp32 artifact of the trained model
+    fp32 = artifact_bytes(base, architecture=arch, compress=False, extra={"input_shape": list(INPUT_SHAPE)})
+    ratio = fp32 / artifact_size(path)
+    assert ratio >= MIN_RATIO[method][name], f"{name} {method}: {ratio:.2f}x"
+
+    # (v) ONNX: the stored int8 model for static/dynamic/qat, an fp32 export of the reloaded model otherwise
+    from torchslim.export.artifact import module_onnx
+    from torchslim.export.runtime import OrtSession
+
+    data, int8 = module_onnx(reloaded, manifest)
+    assert int8 == (method in INT8_ORT)
+    session = OrtSession(data, intra_op_threads=1)
+    with torch.no_grad():
+        simulated = reloaded(x).argmax(1)
+    agree = float((session(x).argmax(1) == simulated).float().mean())
+    assert agree >= (0.97 if int8 else 0.999), f"ONNX Runtime agrees with torch on {100 * agree:.1f} % of argmaxes"
+
+
+def _float_matrices(model: nn.Module) -> set[str]:
+    """Modules that still compute with a float weight matrix (2-D or more: Linear, Conv, Embedding, attention)."""
+    owners = set()
+    for name, module in model.named_modules():
+        if isinstance(module, QuantizedLayer):
+            continue
+        if any(p.dim() >= 2 for p in module.parameters(recurse=False)):
+            owners.add(name)
+    return owners
+
+
+def _float_case(name: str, method: str):
+    if KNOWN.get((name, method)) == MHA_CALIBRATION:  # quantize_ itself fails
+        reason = MHA_CALIBRATION
+    else:
+        reason = {"transformer": IN_PROJ_FLOAT, "tokens": f"{IN_PROJ_FLOAT}; {EMBEDDING_FLOAT}"}.get(name)
+    marks = [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
+    return pytest.param(name, method, marks=marks, id=f"{name}-{method}")
+
+
+@pytest.mark.parametrize("name, method", [_float_case(n, m) for n in ZOO for m in QUANT])
+def test_layers_left_in_float_are_reported(trained, compressed, name, method):
+    """A layer a method cannot quantize (a Conv under dynamic int8, an Embedding, the attention in-projection)
+    stays float, and the report says so: every module still holding a float weight matrix is in kept_fp32."""
+    report, model = compressed(name, method)
+    left = _float_matrices(model)
+    assert left <= set(report.kept_fp32), f"float but not reported: {sorted(left - set(report.kept_fp32))}"
+    if method == "dynamic":  # ONNX Runtime's dynamic int8 is for MatMul: convolutions are kept, and said to be
+        convs = {n for n, m in trained(name)[0].named_modules() if isinstance(m, (nn.Conv1d, nn.Conv2d))}
+        assert convs <= set(report.kept_fp32)
+
+
+@pytest.mark.parametrize("method", ["weight", "kmeans"])
+def test_loaded_weight_only_model_decodes_once(tmp_path, splits, compressed, method):
+    """A weight-only / k-means model loaded for inference decodes its weights once, not on every call."""
+    name = "conv1d"
+    _, model = compressed(name, method)
+    path = save_artifact(model, tmp_path / "a", architecture=architecture(name))
+    reloaded, _ = load_artifact(path, trust_code=True, code_dir=CODE_DIR)
+    decodes = []
+    for module in reloaded.modules():
+        if isinstance(module, QuantizedLayer):
+            module.weight_source.register_forward_hook(lambda *_: decodes.append(1))
+    x = splits.test.tensors[0][:64]
+    with torch.no_grad():
+        reloaded(x)
+        first = len(decodes)
+        reloaded(x)
+    assert first > 0 and len(decodes) == first
