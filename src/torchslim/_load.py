@@ -15,8 +15,9 @@ def load(path: str | Path, *, runtime: Literal["torch", "onnxruntime"] = "torch"
 
     Args:
         path: the artifact folder (``DIR/artifact`` of a run).
-        runtime: ``torch`` → the ``nn.Module`` (quantized layers compute with their dequantized weights and simulate
-            activation quantization); ``onnxruntime`` → a callable over an ONNX Runtime session: the stored int8
+        runtime: ``torch`` → the ``nn.Module``, plain PyTorch where the arithmetic allows: weight-only and k-means
+            layers decoded once into ordinary Linear/Conv layers (int8 layers keep simulating their activation
+            quantization, which ONNX Runtime executes); ``onnxruntime`` → a callable over an ONNX Runtime session: the stored int8
             model when the artifact has one (static, dynamic, 8-bit qat), else an fp32 export made now.
         trust_code: allow an artifact whose architecture is a user factory (``module:function``) to import and
             call it; without it such an artifact is refused (built-in architectures never import code).
@@ -38,7 +39,9 @@ def load(path: str | Path, *, runtime: Literal["torch", "onnxruntime"] = "torch"
         raise ConfigError("runtime", f"must be one of {list(RUNTIMES)}, got {runtime!r}")
     model, manifest = load_artifact(path, trust_code=trust_code, code_dir=code_dir, verify_key=verify_key)
     if runtime == "torch":
-        return model
+        from torchslim.quantize.deploy import decode_for_inference_
+
+        return decode_for_inference_(model)
     return ort_session_of(model, manifest, intra_op_threads)
 
 

@@ -79,22 +79,34 @@ def _print_summary(metrics: dict[str, Any], out: Path | None = None) -> None:
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="CPU threads for training and measuring (default: torch's, one per core). Small models run "
                    "fastest on 1: their kernels are too short to share, and a busy core stalls the others.")
-def run(recipe: Path, out: Path, resume: bool, overrides: tuple[str, ...], threads: int | None) -> None:
+@click.option("--sign-key", type=click.Path(path_type=Path), default=None,
+              help="EC private key (PEM): sign the artifact before it is published (see `torchslim sign`). "
+                   "Checked before the first stage.")
+def run(recipe: Path, out: Path, resume: bool, overrides: tuple[str, ...], threads: int | None,
+        sign_key: Path | None) -> None:
     """Run RECIPE's stages and write the compressed model and its measurements to --out."""
     import torch
 
+    from torchslim.artifact import SIGNATURE, ArtifactError, check_signing_key
     from torchslim.distributed import init_from_env, is_main, shutdown
     from torchslim.recipe import load_recipe
     from torchslim.runner import run_recipe
 
+    if sign_key is not None:
+        try:
+            check_signing_key(sign_key)
+        except ArtifactError as exc:
+            raise ConfigError("--sign-key", exc.message, exc.source) from None
     if threads is not None:
         torch.set_num_threads(threads)
     init_from_env()  # under torchrun: join the process group (gloo on CPU, nccl on GPU)
     try:
         loaded = load_recipe(recipe, list(overrides))
-        metrics = run_recipe(loaded, out, resume=resume)
+        metrics = run_recipe(loaded, out, resume=resume, sign_key=sign_key)
         if is_main():
             _print_summary(metrics, out)
+            if sign_key is not None:
+                click.echo(f"signed {out / 'artifact'} ({SIGNATURE})")
     finally:
         shutdown()
 
@@ -187,6 +199,30 @@ def inspect_(artifact: Path, as_json: bool, verify_key: Path | None) -> None:
     m = info["manifest"]
     click.echo(f"format {m['format']} v{m['version']}, architecture {json.dumps(m['architecture'])}"
                + (f", {m['metrics']['metric']} {m['metrics']['value']:.4f}" if "metrics" in m else ""))
+
+
+@cli.command()
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option("--key", required=True, type=click.Path(path_type=Path),
+              help="EC private key (PEM, unencrypted; P-256, P-384 or P-521) to sign with.")
+def sign(artifact: Path, key: Path) -> None:
+    """Sign a saved ARTIFACT folder: writes ARTIFACT/model.sig, covering every other file in the folder."""
+    from torchslim.artifact import SIGNATURE, sign_artifact
+
+    sign_artifact(artifact, key)
+    click.echo(f"signed {artifact} ({SIGNATURE})")
+
+
+@cli.command()
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option("--key", required=True, type=click.Path(path_type=Path),
+              help="EC public key (PEM) of the signer.")
+def verify(artifact: Path, key: Path) -> None:
+    """Check, offline, that ARTIFACT is exactly what the holder of --key's private key signed (model.sig)."""
+    from torchslim.artifact import verify_artifact
+
+    verify_artifact(artifact, key)
+    click.echo(f"verified {artifact}: signed by the key in {key}")
 
 
 def main() -> None:

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from torchslim.artifact import (artifact_bytes, artifact_digest, artifact_size, fresh_dir, load_artifact, publish,
-                                save_artifact, update_manifest, write_bytes_atomic)
+                                save_artifact, sign_artifact, update_manifest, write_bytes_atomic)
 from torchslim.data import Splits, load_splits
 from torchslim.distributed import is_distributed, is_main, local_device, rank_digests
 from torchslim.domain import Domain
@@ -192,10 +192,10 @@ def _restore_progress(ctx: RunContext) -> int:
     return int(state["completed"])
 
 
-def run_recipe(recipe: Recipe, out: str | Path, *, resume: bool = False,
+def run_recipe(recipe: Recipe, out: str | Path, *, resume: bool = False, sign_key: str | Path | None = None,
                log: Callable[[str], None] = _log_stderr) -> dict[str, Any]:
     """Run every stage of ``recipe`` and write ``out/metrics.json``, ``out/report.md``, ``out/report.html`` and
-    ``out/artifact``.
+    ``out/artifact`` (signed with the EC private key ``sign_key`` when given, before it is published).
 
     Returns:
         the metrics that were written to ``metrics.json``.
@@ -226,7 +226,7 @@ def run_recipe(recipe: Recipe, out: str | Path, *, resume: bool = False,
         ctx.records.append({"stage": stage.name, "index": stage.index, **record})
         _save_progress(ctx, stage.index + 1)
 
-    metrics = finish(ctx, out) if is_main() else {}
+    metrics = finish(ctx, out, sign_key=sign_key) if is_main() else {}
     if is_main():
         shutil.rmtree(ctx.work_dir, ignore_errors=True)
     return metrics
@@ -263,7 +263,7 @@ def summarize(measured: dict[str, Any], base: dict[str, Any], *, size: int, base
     return metrics
 
 
-def finish(ctx: RunContext, out: Path) -> dict[str, Any]:
+def finish(ctx: RunContext, out: Path, *, sign_key: str | Path | None = None) -> dict[str, Any]:
     """Save the artifact, reload it, measure it and the baseline side by side, and publish the outputs.
 
     The compressed model is measured in the domain's runtime (``onnxruntime``: through an ORT session over the
@@ -275,6 +275,8 @@ def finish(ctx: RunContext, out: Path) -> dict[str, Any]:
     staging = fresh_dir(out / "publish")
     try:
         metrics, names = _write_outputs(ctx, staging)
+        if sign_key is not None:
+            sign_artifact(staging / "artifact", sign_key)
         publish(staging, out, names, commit=METRICS, outputs=OUTPUTS)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

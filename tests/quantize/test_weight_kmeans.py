@@ -109,7 +109,7 @@ def test_kmeans_finetune_moves_centroids_only_and_keeps_sharing(mlp):
     assert not torch.equal(mlp2.fc1.weight_source.centroids.detach(), before)
 
 
-def test_transformer_encoder_quantizes_including_attention_out_proj():
+def test_transformer_encoder_quantizes_both_attention_projections():
     torch.manual_seed(0)
     model = TinyEncoder().eval()
     x = torch.randn(8, 5, 16)
@@ -117,8 +117,9 @@ def test_transformer_encoder_quantizes_including_attention_out_proj():
     report = quantize_(model, WeightOnlyConfig(bits=8))
     attention = model.encoder.layers[0].self_attn
     assert isinstance(attention.out_proj, QuantizedLayer) and attention.out_proj.kind == "Linear"
-    assert set(report.layers) == {"encoder.layers.0.self_attn.out_proj", "encoder.layers.0.linear1",
-                                  "encoder.layers.0.linear2", "head"}
+    assert isinstance(attention.in_proj, QuantizedLayer) and attention.in_proj.weight.shape == (48, 16)
+    assert set(report.layers) == {"encoder.layers.0.self_attn.in_proj", "encoder.layers.0.self_attn.out_proj",
+                                  "encoder.layers.0.linear1", "encoder.layers.0.linear2", "head"}
     with torch.no_grad():
         assert relative_error(model(x), ref) < 0.01
 
@@ -127,7 +128,8 @@ def test_ignoring_a_block_keeps_every_layer_inside_it_float():
     torch.manual_seed(0)
     model = TinyEncoder().eval()
     report = quantize_(model, WeightOnlyConfig(bits=4, ignore=["encoder.layers.0"]))
-    assert set(report.layers) == {"head"} and len(report.kept_fp32) == 3
+    assert set(report.layers) == {"head"} and len(report.kept_fp32) == 4
+    assert set(report.float_layers.values()) == {"ignored by the config"}
 
 
 def test_circular_padding_conv_is_left_float():

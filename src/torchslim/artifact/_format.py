@@ -166,7 +166,8 @@ def _decode_state(folder: Path, manifest: dict[str, Any], data: bytes) -> dict[s
 def _artifact_files(model: nn.Module, architecture: dict[str, Any], extra: dict[str, Any] | None, compress: bool,
                     entropy: bool) -> dict[str, bytes]:
     """{file name: bytes} of ``model``'s artifact folder (see :func:`save_artifact` for the arguments)."""
-    from torchslim.quantize._layout import describe_quantized_layers, int8_onnx_of, strip_int8_weights
+    from torchslim.quantize._layout import (describe_quantized_layers, describe_structure, int8_onnx_of,
+                                            strip_int8_weights)
 
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     layers = describe_quantized_layers(model)
@@ -177,6 +178,9 @@ def _artifact_files(model: nn.Module, architecture: dict[str, Any], extra: dict[
                                 "versions": _versions(), **(extra or {})}
     if whole:
         manifest["entropy"] = "payload"
+    structure = describe_structure(model)
+    if structure:
+        manifest["structure"] = structure
     if layers:
         manifest["quantization"] = {"layers": layers}
     files = {MANIFEST: _canonical(_HEADER), PAYLOAD: b""}

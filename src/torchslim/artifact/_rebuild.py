@@ -35,7 +35,8 @@ def load_artifact(path: str | Path, *, trust_code: bool = False, code_dir: str |
     from torchslim.domain import ModelSpec
     from torchslim._validation import parse
     from torchslim.models import build_model
-    from torchslim.quantize._layout import attach_int8_onnx, rebuild_quantized_layers_, weight_shapes
+    from torchslim.quantize._layout import (attach_int8_onnx, rebuild_quantized_layers_, rebuild_structure_,
+                                            sync_attention_heads_, weight_shapes)
 
     folder = Path(path)
     if verify_key is not None:
@@ -59,7 +60,9 @@ def load_artifact(path: str | Path, *, trust_code: bool = False, code_dir: str |
     quantization = manifest.get("quantization", {})
     try:
         layers = quantization.get("layers", {})
+        rebuild_structure_(model, manifest.get("structure", {}))
         _fit_shapes_(model, {**state, **weight_shapes(layers)})
+        sync_attention_heads_(model)
         rebuild_quantized_layers_(model, layers)
         model.load_state_dict(state)
     except KeyError as exc:

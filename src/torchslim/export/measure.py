@@ -31,6 +31,10 @@ def measure_in_runtime(model: nn.Module, manifest: dict[str, Any], test: Dataset
         session = ort_session_of(model, manifest, intra_op_threads=torch.get_num_threads())
         measured = measure(session, test, metric, input_shape, module=model)
         kernels = quantized_kernels(session.model)
-    else:
-        measured = measure(model, test, metric, input_shape)
+    else:  # as torchslim.load serves it: weight-only / k-means layers decoded into plain ones
+        import copy
+
+        from torchslim.quantize.deploy import decode_for_inference_
+
+        measured = measure(decode_for_inference_(copy.deepcopy(model)), test, metric, input_shape)
     return {**measured, "int8_kernels": kernels, "cpu_features": cpu_int8_features()}

@@ -13,7 +13,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from torchslim.quantize._fold import folded_batchnorms, refold_
 from torchslim.quantize._select import set_submodule
+from torchslim.quantize.attention import ProjectedMultiheadAttention, project_attention_
 from torchslim.quantize.granularity import from_blocks, granularity_from_json, granularity_to_json, to_blocks
 from torchslim.quantize.modules import (ActivationFakeQuant, CodebookWeight, FakeQuantWeight, PackedWeight,
                                         QuantizedLayer, layer_kind)
@@ -45,6 +47,36 @@ def describe_quantized_layers(model: nn.Module) -> dict[str, dict[str, Any]]:
         entry["input_quant"] = None if q is None else {"bits": q.bits, "mode": q.mode}
         layers[name] = entry
     return layers
+
+
+def describe_structure(model: nn.Module) -> dict[str, Any]:
+    """How ``model`` differs in structure from the architecture it was built as, before any tensor is loaded:
+    ``folded_batchnorm`` {BatchNorm: the convolution it was folded into}, ``projected_attention`` [attention
+    modules whose projections became Linear modules]. Empty when it does not differ."""
+    structure: dict[str, Any] = {}
+    folded = folded_batchnorms(model)
+    if folded:
+        structure["folded_batchnorm"] = folded
+    projected = [name for name, m in model.named_modules() if isinstance(m, ProjectedMultiheadAttention)]
+    if projected:
+        structure["projected_attention"] = projected
+    return structure
+
+
+def rebuild_structure_(model: nn.Module, structure: dict[str, Any]) -> None:
+    """Give a freshly built model the structure :func:`describe_structure` recorded (shapes follow the tensors)."""
+    refold_(model, dict(structure.get("folded_batchnorm", {})))
+    names = set(structure.get("projected_attention", []))
+    missing = names - set(project_attention_(model, names))
+    if missing:
+        raise ValueError(f"no self-attention module {sorted(missing)[0]} to project in the built model")
+
+
+def sync_attention_heads_(model: nn.Module) -> None:
+    """After resizing to pruned shapes: each projected attention's head count from its in-projection's rows."""
+    for m in model.modules():
+        if isinstance(m, ProjectedMultiheadAttention):
+            m.num_heads = m.in_proj.weight.shape[0] // (3 * m.head_dim)
 
 
 def weight_shapes(layers: dict[str, dict[str, Any]]) -> dict[str, torch.Tensor]:

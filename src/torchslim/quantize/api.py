@@ -14,6 +14,7 @@ from torchslim.quantize._calibrate import calibration_inputs
 from torchslim.quantize._layout import attach_int8_onnx
 from torchslim.quantize._registry import QuantContext, handler_for
 from torchslim.quantize._select import check_layers, quantizable_layers
+from torchslim.quantize.attention import project_attention_
 from torchslim.quantize.config import method_of
 from torchslim.quantize.fallback import choose_fp32_layers
 
@@ -27,7 +28,8 @@ class QuantReport:
 
     layers: bits per quantized layer; kept_fp32: Linear/Conv layers left in fp32 (``ignore`` plus fallback);
     fallback: those the accuracy-aware fallback kept; sensitivity: metric drop per layer when quantized alone;
-    onnx_model: the int8 ONNX model for ONNX Runtime (static, dynamic, 8-bit qat), else None.
+    onnx_model: the int8 ONNX model for ONNX Runtime (static, dynamic, 8-bit qat), else None;
+    float_layers: every weighted layer left in float and why (ignored, fallback, or the method does not apply).
     """
 
     method: str
@@ -40,6 +42,7 @@ class QuantReport:
     weight_bytes_fp32: int = 0
     weight_bytes_quantized: int = 0
     onnx_model: bytes | None = field(default=None, repr=False)
+    float_layers: dict[str, str] = field(default_factory=dict)
 
     def ort_session(self, intra_op_threads: int | None = None):
         """An OrtSession (torch tensors in and out) over the int8 ONNX model."""
@@ -86,6 +89,7 @@ def quantize_(model: nn.Module, config, *, calibration: Iterable | None = None,
     """
     handler = handler_for(config)
     method = method_of(config)
+    project_attention_(model)  # attention's projections become Linear modules every method can reach
     check_layers(model, config)
     ctx = QuantContext(batches=_materialise(calibration, config), finetune=finetune)
     all_layers = set(quantizable_layers(model))
@@ -108,7 +112,47 @@ def quantize_(model: nn.Module, config, *, calibration: Iterable | None = None,
         metric = float(evaluate(model))
     else:
         baseline = None
-    return QuantReport(method=method, layers=result.layers, kept_fp32=tuple(sorted(all_layers - set(result.layers))),
+    kept = tuple(sorted(all_layers - set(result.layers)))
+    return QuantReport(method=method, layers=result.layers, kept_fp32=kept,
                        fallback=fallback, sensitivity=sensitivity, baseline_metric=baseline, metric=metric,
                        weight_bytes_fp32=result.weight_bytes_fp32, weight_bytes_quantized=result.weight_bytes_quantized,
-                       onnx_model=result.onnx_model)
+                       onnx_model=result.onnx_model,
+                       float_layers=float_layers(model, method, kept, fallback, config.ignore))
+
+
+_NOT_QUANTIZED = {  # weighted layers no method replaces, and why they stay float
+    nn.Embedding: "an embedding table: a lookup, no int8 kernel to run it",
+    nn.EmbeddingBag: "an embedding table: a lookup, no int8 kernel to run it",
+    nn.MultiheadAttention: "attention with separate key/value sizes or extra key/value biases",
+    nn.ConvTranspose1d: "a transposed convolution", nn.ConvTranspose2d: "a transposed convolution",
+    nn.Conv3d: "a 3-D convolution",
+}
+
+
+def float_layers(model: nn.Module, method: str, kept: Iterable[str], fallback: Iterable[str],
+                 ignore: Iterable[str]) -> dict[str, str]:
+    """{layer: why it stays float} for the weighted layers a quantized ``model`` still computes in float.
+
+    Normalization layers (BatchNorm, LayerNorm, GroupNorm) are not listed: they stay float by design (folded into
+    the convolution where int8 kernels need it).
+    """
+    from torchslim.prune._select import LayerSelector
+
+    selector = LayerSelector(model, 0, ignore)
+    reasons = {}
+    for name in kept:
+        if name in set(fallback):
+            reasons[name] = "kept by the accuracy-aware fallback"
+        elif selector.is_ignored(name):
+            reasons[name] = "ignored by the config"
+        elif method == "dynamic":
+            reasons[name] = "dynamic int8 covers Linear layers only (ONNX Runtime's MatMulInteger)"
+        else:
+            reasons[name] = f"not quantized by {method}"
+    for name, module in model.named_modules():
+        for kind, why in _NOT_QUANTIZED.items():
+            if type(module) is kind or (kind is nn.MultiheadAttention and isinstance(module, kind)):
+                reasons[name] = why
+        if isinstance(module, nn.modules.conv._ConvNd) and getattr(module, "padding_mode", "zeros") != "zeros":
+            reasons[name] = f"a convolution with padding_mode {module.padding_mode!r}"
+    return dict(sorted(reasons.items()))

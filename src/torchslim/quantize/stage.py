@@ -129,10 +129,14 @@ def _run_quantize(ctx: "RunContext", stage: QuantizeStage) -> dict[str, Any]:
                        evaluate=ctx.validate, baseline=before)
     after = report.metric if report.metric is not None else ctx.validate()
     names = sorted(report.layers)
-    ctx.log(f"quantize: {method}, {len(names)} layer(s) quantized, {len(report.kept_fp32)} kept in fp32")
+    ctx.log(f"quantize: {method}, {len(names)} layer(s) quantized, {len(report.float_layers)} kept in float")
+    for why in sorted(set(report.float_layers.values())):  # once per reason, naming its layers
+        layers = [n for n, w in report.float_layers.items() if w == why]
+        ctx.log(f"quantize: kept in float ({why}): {', '.join(layers[:8])}"
+                + (f" and {len(layers) - 8} more" if len(layers) > 8 else ""))
     return {"method": method, "bits": cfg.bits, "layers_quantized": names,
             "layer_bits": [report.layers[n] for n in names], "kept_fp32": list(report.kept_fp32),
-            "fallback": list(report.fallback), "max_metric_drop": budget, "max_metric_drop_from": budget_from,
+            "fallback": list(report.fallback), "float_layers": report.float_layers, "max_metric_drop": budget, "max_metric_drop_from": budget_from,
             "weight_bytes_fp32": report.weight_bytes_fp32, "weight_bytes_quantized": report.weight_bytes_quantized,
             "int8_onnx": report.onnx_model is not None, "val_metric_before": before,
             "val_metric": after}
