@@ -11,19 +11,21 @@ no more than MAX_DROP, (iv) it exports to ONNX and ONNX Runtime agrees with torc
 stored int8 model against the torch simulation, on >= 97 % of argmaxes), (v) the artifact is MIN_RATIO times
 smaller than the uncompressed fp32 artifact.
 
-Accuracy-drop bounds, in points of test accuracy (360 test images: one image is 0.28 points):
+Accuracy-drop bounds, in points of test accuracy (360 test images: one image is 0.28 points); "measured" is the
+largest drop over the four models and seeds 0-2 (benchmarks/architectures.py --seeds 3); the tests run seed 0:
 
-| method     | max drop | why |
-|------------|---------:|-----|
-| static     | 2.0 | int8 weights and calibrated int8 activations; measured 0-0.3 on these models |
-| dynamic    | 1.0 | int8 weights, activations quantized per batch; Linear layers only |
-| weight     | 2.0 | 4-bit per-channel weights, activations float; measured <= 0.9 |
-| kmeans     | 2.0 | 16-entry codebook per layer, one epoch of centroid fine-tuning |
-| qat        | 2.0 | 8-bit fake quantization fine-tuned one epoch, then int8 as static |
-| magnitude  | 4.0 | 60 % of the weights zeroed (one global threshold), one fine-tuning epoch |
-| activation | 2.0 | only units whose activation is under 5 % of the layer's largest go: nearly lossless |
-| structured | 12.0 | half the channels / neurons / heads of every layer removed, two fine-tuning epochs: a model |
-|            |      | this small has no spare capacity (measured 1-6 points; 11 on the pixel-token model) |
+| method     | max drop | measured | why |
+|------------|---------:|---------:|-----|
+| static     | 2.0  | 0.8  | int8 weights (per channel) and calibrated int8 activations |
+| dynamic    | 1.0  | 0.6  | int8 weights, activations quantized per batch, Linear layers only |
+| weight     | 3.0  | 2.5  | 4-bit per-channel weights without fine-tuning; the 9-weight rows of the stem and depthwise convs |
+|            |      |      | of the residual CNN lose the most |
+| kmeans     | 2.5  | 1.9  | a 16-entry codebook per layer, one epoch of centroid fine-tuning |
+| qat        | 2.0  | 0.6  | 8-bit fake quantization fine-tuned one epoch, then int8 as static |
+| magnitude  | 3.0  | 1.7  | 60 % of the weights zeroed (one global threshold), one fine-tuning epoch |
+| activation | 1.0  | 0.0  | only units whose activation is under 5 % of the layer's largest go |
+| structured | 15.0 | 13.3 | half the channels / neurons / heads of every layer, two fine-tuning epochs: models this small have |
+|            |      |      | no spare capacity (conv1d loses <= 1.1, the pixel-token model 8.9-13.3) |
 """
 
 from __future__ import annotations
@@ -49,8 +51,8 @@ requires_ort = pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is Non
 
 CODE_DIR = Path(__file__).resolve().parent  # where zoo_models.py, the factories' module, lives
 
-MAX_DROP = {"static": 2.0, "dynamic": 1.0, "weight": 2.0, "kmeans": 2.0, "qat": 2.0, "magnitude": 4.0,
-            "activation": 2.0, "structured": 12.0}
+MAX_DROP = {"static": 2.0, "dynamic": 1.0, "weight": 3.0, "kmeans": 2.5, "qat": 2.0, "magnitude": 3.0,
+            "activation": 1.0, "structured": 15.0}
 
 # Minimum fp32-artifact bytes / artifact bytes. What can shrink is each model's Linear/Conv weights, the attention
 # in-projection included; embeddings, norms and biases stay float. Shrinkable share of the fp32 bytes: resnet 95 %,
