@@ -125,3 +125,22 @@ def test_html_without_matplotlib_says_so_and_keeps_the_tables(run, monkeypatch):
     page = render_html(metrics, "digits-test")
     assert "<img" not in page and "pip install torchslim[report]" in page
     assert page.count("<table>") == 5  # summary, stages, layers, sensitivity, constraints
+
+
+def _latency_metrics(runtime, method, params=100, int8_kernels=None):
+    return {"baseline_latency_ms": {"batch_1": 0.10, "batch_64": 1.0}, "latency_ms": {"batch_1": 0.12, "batch_64": 0.9},
+            "runtime": runtime, "params": params, "baseline_params": 100, "int8_kernels": int8_kernels,
+            "stages": [{"stage": "train"}, {"stage": "quantize", "method": method}]}
+
+
+def test_a_slower_compressed_model_is_explained_by_what_made_it_slower():
+    from torchslim.report import slowdown_reason
+
+    simulated = slowdown_reason(_latency_metrics("torch", "static"))
+    assert simulated.startswith("Slower than the baseline at batch 1: runtime `torch` simulates int8")
+    assert "the same dense arithmetic" in slowdown_reason(_latency_metrics("torch", "kmeans"))
+    assert "fp32 export" in slowdown_reason(_latency_metrics("onnxruntime", "kmeans"))
+    assert "per-call overhead" in slowdown_reason(_latency_metrics("torch", "kmeans", params=50))
+    faster = _latency_metrics("onnxruntime", "static", int8_kernels={"QGemm": 2})
+    faster["latency_ms"]["batch_1"] = 0.05
+    assert slowdown_reason(faster) is None

@@ -54,7 +54,7 @@ def _warn_if_metrics_differ(artifact: Path) -> None:
 
 
 def _print_summary(metrics: dict[str, Any], out: Path | None = None) -> None:
-    from torchslim.report import summary_rows
+    from torchslim.report import slowdown_reason, summary_rows
 
     rows = summary_rows(metrics)
     w0 = max(len(r[0]) for r in rows)
@@ -62,11 +62,16 @@ def _print_summary(metrics: dict[str, Any], out: Path | None = None) -> None:
     click.echo(f"{'':<{w0}}  {'baseline':>{w1}}  compressed")
     for q, b, c in rows:
         click.echo(f"{q:<{w0}}  {b:>{w1}}  {c}")
+    reason = slowdown_reason(metrics)
+    if reason:
+        click.echo(reason)
     for key, c in metrics["constraints"].items():
         click.echo(f"constraint {key}: {'met' if c['met'] else 'NOT met'} (limit {c['limit']}, "
                    f"measured {c['measured']:.6g})")
     if out is not None:
-        click.echo(f"wrote {out / 'metrics.json'}, {out / 'report.md'}, {out / 'artifact'}")
+        from torchslim.runner import OUTPUTS
+
+        click.echo("wrote " + ", ".join(str(out / name) for name in OUTPUTS if (out / name).exists()))
 
 
 @cli.command()

@@ -79,7 +79,7 @@ def test_round_trip_is_exact_and_resave_is_byte_identical(tmp_path, method):
     assert not any(k.endswith(".weight") and k.split(".")[0] in layers for k in manifest["tensors"])
     assert len((path / "manifest.json").read_bytes()) < 4000  # compact: no per-element data
     has_int8 = METHODS[method][1]
-    assert ("model.int8.onnx" in manifest["payloads"]) == has_int8 == (path / "model.int8.onnx").is_file()
+    assert ("model.int8.onnx.zst" in manifest["payloads"]) == has_int8 == (path / "model.int8.onnx.zst").is_file()
     assert size_bytes(path) == sum(len(b) for b in _files(path).values())
 
 
@@ -107,35 +107,44 @@ def test_pruned_and_quantized_model_reloads(tmp_path):
 @requires_ort
 def test_damaged_int8_payload_is_refused(tmp_path):
     path = save_artifact(_quantized("static"), tmp_path / "a", architecture=ARCH)
-    data = bytearray((path / "model.int8.onnx").read_bytes())
+    data = bytearray((path / "model.int8.onnx.zst").read_bytes())
     data[len(data) // 2] ^= 1
-    (path / "model.int8.onnx").write_bytes(bytes(data))
-    with pytest.raises(ArtifactError, match="model.int8.onnx is corrupted"):
+    (path / "model.int8.onnx.zst").write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match="model.int8.onnx.zst is corrupted"):
         load_artifact(path)
 
 
 @requires_ort
+def loaded_state_keys(path):
+    return set(load_artifact(path)[0].state_dict())
+
+
 @pytest.mark.parametrize("method", ["static", "dynamic"])
 def test_int8_weights_are_stored_once(tmp_path, method):
     """The int8 graph is stored without the weight initializers the codes already hold, and rebuilt exactly."""
     import onnx
     from onnx import numpy_helper
 
-    from torchslim.quantize._layout import int8_onnx_of, join_int8_weights
+    from torchslim.artifact._codec import zstd_decompress
+    from torchslim.quantize._layout import compact_onnx, int8_onnx_of, join_int8_weights
 
     model = _quantized(method)
     full = int8_onnx_of(model)
     path = save_artifact(model, tmp_path / "a", architecture=ARCH)
-    stored = (path / "model.int8.onnx").read_bytes()
+    stored = (path / "model.int8.onnx.zst").read_bytes()
     shared = read_manifest(path)["quantization"]["int8_onnx_weights"]
     layers = [n for n, m in model.named_modules() if type(m).__name__ == "QuantizedLayer"]
     proto = onnx.load_from_string(full)
     weights = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
-    assert sorted(spec["layer"] for spec in shared["initializers"].values()) == sorted(layers)
+    by_layer = {name: spec for name, spec in shared["initializers"].items() if "layer" in spec}
+    assert sorted(spec["layer"] for spec in by_layer.values()) == sorted(layers)
+    # float tensors the graph repeats (dynamic: biases; static: weight scales) are stored once too
+    tensors = {s["tensor"] for s in shared["initializers"].values() if "tensor" in s}
+    assert tensors and all(t in loaded_state_keys(path) for t in tensors)
     assert len(stored) < len(full) - sum(weights[k].size for k in shared["initializers"]) + 100
     loaded, _ = load_artifact(path)
-    assert int8_onnx_of(loaded) == full
-    for initializer, spec in shared["initializers"].items():  # ORT's int8 weight == the layer's code - zero point
+    assert int8_onnx_of(loaded) == compact_onnx(full)  # the same graph less its shape annotations
+    for initializer, spec in by_layer.items():  # ORT's int8 weight == the layer's code - zero point
         source = loaded.get_submodule(spec["layer"]).weight_source
         centred = source.codes().to(torch.int16) - source.zero_point.to(torch.int16).reshape(-1, *[1] * (
             len(source.shape) - 1))
@@ -145,7 +154,7 @@ def test_int8_weights_are_stored_once(tmp_path, method):
     with torch.no_grad():  # another code in a layer: the rebuilt graph no longer matches its recorded hash
         loaded.fc1.weight_source.packed[0] ^= 1
     with pytest.raises(ValueError, match="sha256"):
-        join_int8_weights(stored, shared, loaded)
+        join_int8_weights(zstd_decompress(stored)[0], shared, loaded)
 
 
 @requires_ort
@@ -154,7 +163,7 @@ def test_int8_model_is_dropped_once_the_weights_change(tmp_path):
     with torch.no_grad():
         model.fc2.bias.add_(1.0)  # e.g. fine-tuned after quantization: the int8 graph no longer matches
     path = save_artifact(model, tmp_path / "a", architecture=ARCH)
-    assert not (path / "model.int8.onnx").exists()
+    assert not (path / "model.int8.onnx.zst").exists()
     assert "int8_onnx" not in read_manifest(path)["quantization"]
 
 

@@ -111,7 +111,7 @@ def test_static_int8_run_measures_ort_and_exports_the_int8_graph(tmp_path):
     from torchslim.artifact import load_artifact
     from torchslim.quantize._layout import int8_onnx_of
 
-    stored = (out / "artifact" / "model.int8.onnx").read_bytes()
+    stored = (out / "artifact" / "model.int8.onnx.zst").read_bytes()
     int8 = (out / "model.onnx").read_bytes()
     assert len(stored) < 0.25 * len(int8) and int8_onnx_of(load_artifact(out / "artifact")[0]) == int8
     assert metrics["compression_ratio"] > 3.2  # int8 codes stored once: ~4x, less the graph, biases and scales
@@ -148,7 +148,7 @@ def test_kmeans_run_compresses_and_exports_fp32_onnx(tmp_path):
     assert record["max_metric_drop_from"] == "none" and record["int8_onnx"] is False
     assert 7.5 < record["weight_bytes_fp32"] / record["weight_bytes_quantized"] < 8  # 4-bit indices + codebook
     assert quantized_kernels(out / "model.onnx") == {}  # no int8 graph: an fp32 export of the dequantized model
-    assert not (out / "artifact" / "model.int8.onnx").exists()
+    assert not (out / "artifact" / "model.int8.onnx.zst").exists()
 
 
 @pytest.mark.parametrize("recipe", ["digits/quant_static_lenet5.yaml", "digits/quant_kmeans.yaml",

@@ -11,7 +11,8 @@ Layout of an artifact folder::
                        each tensor in the encoding chosen for it at save time (see ``_codec``): dense, bit-packed
                        codes, Deep Compression's sparse entries (relative index + value), entropy-coded with zstd
                        when that is smaller
-    model.int8.onnx    (static, dynamic, 8-bit qat) the int8 model ONNX Runtime runs
+    model.int8.onnx.zst (static, dynamic, 8-bit qat) the int8 model ONNX Runtime runs, zstd-coded, without the
+                       tensors the state dict already holds (put back, and checked, when it is asked for)
     model.sig          (optional, ``torchslim sign``) a signature over the other files
 
 The manifest records the architecture, every tensor's shape, dtype, encoding and stored bytes, a sha256 of every
@@ -43,7 +44,7 @@ ARTIFACT_VERSION = 2
 FORMAT = "torchslim-artifact"
 MANIFEST = "manifest.json"
 PAYLOAD = "model.safetensors"
-INT8_ONNX = "model.int8.onnx"
+INT8_ONNX = "model.int8.onnx.zst"
 TENSORS = "tensors"  # the payload name of the tensor data inside PAYLOAD
 _HEADER = {"format": FORMAT, "manifest": PAYLOAD, "version": ARTIFACT_VERSION}
 _BLOB = "artifact"  # the one tensor of PAYLOAD
@@ -166,8 +167,8 @@ def _decode_state(folder: Path, manifest: dict[str, Any], data: bytes) -> dict[s
 def _artifact_files(model: nn.Module, architecture: dict[str, Any], extra: dict[str, Any] | None, compress: bool,
                     entropy: bool) -> dict[str, bytes]:
     """{file name: bytes} of ``model``'s artifact folder (see :func:`save_artifact` for the arguments)."""
-    from torchslim.quantize._layout import (describe_quantized_layers, describe_structure, int8_onnx_of,
-                                            strip_int8_weights)
+    from torchslim.quantize._layout import (compact_onnx, describe_quantized_layers, describe_structure,
+                                            int8_onnx_of, strip_int8_weights)
 
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     layers = describe_quantized_layers(model)
@@ -185,12 +186,14 @@ def _artifact_files(model: nn.Module, architecture: dict[str, Any], extra: dict[
         manifest["quantization"] = {"layers": layers}
     files = {MANIFEST: _canonical(_HEADER), PAYLOAD: b""}
     if onnx_model is not None:
+        onnx_model = compact_onnx(onnx_model)
         split = strip_int8_weights(onnx_model, model) if compress else None
-        if split is not None:  # the int8 weights are the state dict's codes: stored once, put back at load
+        if split is not None:  # weights, biases, norms: the state dict's tensors, stored once, put back at load
             onnx_model, manifest["quantization"]["int8_onnx_weights"] = split
-        payloads[INT8_ONNX] = _sha256(onnx_model)
+        stored = zstd_compress(onnx_model)
+        payloads[INT8_ONNX] = _sha256(stored)
         manifest["quantization"]["int8_onnx"] = INT8_ONNX
-        files[INT8_ONNX] = onnx_model
+        files[INT8_ONNX] = stored
     files[PAYLOAD] = _payload_bytes(manifest, data)
     return files
 

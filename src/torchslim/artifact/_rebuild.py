@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from torchslim._errors import ConfigError
+from torchslim.artifact._codec import zstd_decompress
 from torchslim.artifact._format import _decode_state, _open
 from torchslim.artifact._trust import ArtifactError, read_file, require_code_consent
 
@@ -74,7 +75,13 @@ def load_artifact(path: str | Path, *, trust_code: bool = False, code_dir: str |
     if int8_onnx:
         if int8_onnx not in manifest["payloads"]:  # only a payload has a sha256 that was checked
             raise ArtifactError(folder, f"the int8 model {str(int8_onnx)[:80]!r} is not a recorded payload")
-        attach_int8_onnx(model, read_file(folder, int8_onnx), quantization.get("int8_onnx_weights"))
+        try:
+            onnx_model, rest = zstd_decompress(read_file(folder, int8_onnx))
+            if rest:
+                raise ValueError(f"{len(rest)} bytes after the zstd frame")
+        except Exception as exc:  # noqa: BLE001  (zstd's own errors)
+            raise ArtifactError(folder, f"{int8_onnx} is not a zstd-coded ONNX model ({exc})") from None
+        attach_int8_onnx(model, onnx_model, quantization.get("int8_onnx_weights"))
     return model.eval(), manifest
 
 

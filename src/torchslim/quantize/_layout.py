@@ -157,11 +157,6 @@ def int8_onnx_of(model: nn.Module) -> bytes | None:
 
 # ---- the int8 weights are stored once: in the state dict, not again in the ONNX model -----------------------------
 
-# ONNX Runtime's names for a quantized weight initializer: static QDQ ``fc1.weight_quantized`` (the weight's shape),
-# dynamic ``fc1.weight_matmul_quantized`` (a Linear weight transposed for MatMulInteger)
-_QUANTIZED_SUFFIXES = {".weight_quantized": False, ".weight_matmul_quantized": True}  # suffix: transposed
-
-
 def _layer_codes(model: nn.Module, name: str) -> torch.Tensor | None:
     """int8 weight values (code - zero point) of layer ``name``, as ONNX Runtime's weight initializers hold
     them (weight shape), or None when the layer holds no 8-bit codes that fit int8."""
@@ -185,29 +180,87 @@ def _initializer_codes(model: nn.Module, name: str, transpose: bool) -> torch.Te
     return codes.t().contiguous() if codes.dim() == 2 else None
 
 
+_MIN_SHARED = 16  # elements: smaller initializers (shape constants, scalars) are not worth a record
+
+
+def _tensors_by_content(model: nn.Module) -> dict[tuple[int, tuple[int, ...], bytes], dict[str, Any]]:
+    """{(ONNX data type, shape, bytes): how to rebuild it from ``model``} for every tensor an int8 ONNX model may
+    repeat: each layer's 8-bit codes as int8 (``{"layer", "transpose"}``), and each float32 tensor of the state
+    dict, biases, norms and scales (``{"tensor", "transpose"}``); 2-D ones also transposed (MatMul's right side).
+    """
+    import onnx
+
+    table: dict[tuple[int, tuple[int, ...], bytes], dict[str, Any]] = {}
+    for name, module in model.named_modules():
+        if isinstance(getattr(module, "weight_source", None), PackedWeight):
+            for transpose in (False, True):
+                codes = _initializer_codes(model, name, transpose)
+                if codes is not None:
+                    key = (onnx.TensorProto.INT8, tuple(codes.shape), codes.numpy().tobytes())
+                    table.setdefault(key, {"layer": name, "transpose": transpose})
+    for key, tensor in model.state_dict().items():
+        if tensor.dtype != torch.float32 or tensor.numel() < _MIN_SHARED or tensor.dim() > 2:
+            continue
+        for transpose in (False, True) if tensor.dim() == 2 else (False,):
+            t = (tensor.t() if transpose else tensor).detach().cpu().contiguous()
+            entry = (onnx.TensorProto.FLOAT, tuple(t.shape), t.numpy().tobytes())
+            table.setdefault(entry, {"tensor": key, "transpose": transpose})
+    return table
+
+
+def _shared_bytes(model: nn.Module, spec: dict[str, Any]) -> bytes:
+    """The bytes an initializer recorded by :func:`strip_int8_weights` held, from ``model``'s tensors."""
+    transpose = bool(spec["transpose"])
+    if "layer" in spec:
+        codes = _initializer_codes(model, spec["layer"], transpose)
+        if codes is None:
+            raise ValueError(f"layer {spec['layer']} holds no int8 codes for the ONNX model")
+        return codes.numpy().tobytes()  # int8, little-endian by definition
+    state = model.state_dict()
+    if spec["tensor"] not in state:
+        raise ValueError(f"the model has no tensor {spec['tensor']} for the ONNX model")
+    t = state[spec["tensor"]].detach().cpu()
+    return (t.t() if transpose else t).contiguous().numpy().tobytes()
+
+
+def compact_onnx(data: bytes) -> bytes:
+    """The same ONNX model without intermediate shape annotations (``value_info``, which ONNX Runtime infers),
+    every initializer in ``raw_data`` (the one field :func:`strip_int8_weights` empties and refills)."""
+    import onnx
+    from onnx import numpy_helper
+
+    proto = onnx.load_from_string(data)
+    proto.graph.ClearField("value_info")
+    for init in proto.graph.initializer:
+        if not init.HasField("raw_data") and init.data_location != onnx.TensorProto.EXTERNAL:
+            init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init), init.name))
+    return proto.SerializeToString()
+
+
 def strip_int8_weights(data: bytes, model: nn.Module) -> tuple[bytes, dict[str, Any]] | None:
-    """The int8 ONNX model without the weight initializers ``model``'s codes already hold, and how to put them
-    back: ``(stripped bytes, {"initializers": {initializer: {"layer", "transpose"}}, "sha256": of the full
-    model})``, or None when no initializer equals a layer's codes (the model is then stored whole).
+    """The int8 ONNX model without the initializers ``model``'s state already holds (the int8 codes, float
+    biases, norms and scales), and how to put them back: ``(stripped bytes, {"initializers": {initializer: {"layer"
+    or "tensor", "transpose"}}, "sha256": of the full model})``, or None when nothing is shared.
+
+    Initializers are matched by content (data type, shape and bytes), not by name: exporters name a transposed
+    weight whatever they like (``val_42``), and a match is byte-identical by construction.
     """
     import onnx
     from onnx import numpy_helper
 
     proto = onnx.load_from_string(data)
+    table = _tensors_by_content(model)
     shared: dict[str, dict[str, Any]] = {}
     for init in proto.graph.initializer:
-        if init.data_type != onnx.TensorProto.INT8:
+        if init.data_type not in (onnx.TensorProto.INT8, onnx.TensorProto.FLOAT) or not init.HasField("raw_data"):
             continue
-        for suffix, transpose in _QUANTIZED_SUFFIXES.items():
-            if not init.name.endswith(suffix):
-                continue
-            layer = init.name[: -len(suffix)]
-            codes = _initializer_codes(model, layer, transpose)
-            if codes is not None and list(init.dims) == list(codes.shape) \
-                    and numpy_helper.to_array(init).tobytes() == codes.numpy().tobytes():
-                shared[init.name] = {"layer": layer, "transpose": transpose}
-                init.ClearField("raw_data")
-                init.ClearField("int32_data")
+        array = numpy_helper.to_array(init)
+        if array.size < _MIN_SHARED:
+            continue
+        spec = table.get((init.data_type, tuple(init.dims), array.tobytes()))
+        if spec is not None:
+            shared[init.name] = spec
+            init.ClearField("raw_data")
     if not shared:
         return None
     stripped = proto.SerializeToString()
@@ -228,10 +281,7 @@ def join_int8_weights(stripped: bytes, shared: dict[str, Any], model: nn.Module)
     for init in proto.graph.initializer:
         spec = shared["initializers"].get(init.name)
         if spec is not None:
-            codes = _initializer_codes(model, spec["layer"], bool(spec["transpose"]))
-            if codes is None:
-                raise ValueError(f"layer {spec['layer']} holds no int8 codes for the ONNX initializer {init.name}")
-            init.raw_data = codes.numpy().tobytes()  # int8, little-endian by definition
+            init.raw_data = _shared_bytes(model, spec)
     data = proto.SerializeToString()
     if hashlib.sha256(data).hexdigest() != shared["sha256"]:
         raise ValueError("the int8 ONNX model rebuilt from the stored weights does not match its recorded sha256")

@@ -41,12 +41,39 @@ def summary_rows(m: dict[str, Any]) -> list[tuple[str, str, str]]:
     ]
 
 
+_SIMULATED = ("static", "dynamic", "qat")  # methods whose int8 arithmetic only ONNX Runtime executes
+
+
+def slowdown_reason(m: dict[str, Any]) -> str | None:
+    """Why the compressed model is slower than its baseline at batch 1 or 64, or None when it is not."""
+    base, comp = m["baseline_latency_ms"], m["latency_ms"]
+    slower = [b for b in ("batch_1", "batch_64") if comp[b] > base[b]]
+    if not slower:
+        return None
+    where = " and ".join(b.replace("_", " ") for b in slower)
+    methods = {r.get("method") for r in m.get("stages", []) if r.get("stage") == "quantize"}
+    if m["runtime"] == "torch" and methods & set(_SIMULATED):
+        why = ("runtime `torch` simulates int8: every quantized layer fake-quantizes its input and computes in "
+               "float; set `runtime: onnxruntime` to run int8 kernels")
+    elif m["runtime"] == "onnxruntime" and not m.get("int8_kernels"):
+        why = ("ONNX Runtime runs an fp32 export here, and its per-call overhead can exceed torch's on a model "
+               "this small")
+    elif m["params"] == m["baseline_params"]:
+        why = ("the model computes the same dense arithmetic as its baseline (zeros and shared weights shrink the "
+               "file, not the work), so the two differ by measurement noise only")
+    else:
+        why = "measured side by side in one process; small models are dominated by per-call overhead"
+    return f"Slower than the baseline at {where}: {why}."
+
+
 def _summary(m: dict[str, Any], name: str) -> list[Block]:
+    reason = slowdown_reason(m)
     return [Heading(1, f"torchslim report: {name}"),
             Paragraph(f"Runtime `{m['runtime']}`, {m['threads']} thread(s), seed {m['seed']}. Every number of the "
                       "compressed model was measured on the artifact reloaded from disk; metrics on the test split."
                       + (f" Artifact sha256 `{m['artifact_sha256']}`." if "artifact_sha256" in m else "")),
-            Table(("", "baseline", "compressed"), tuple(summary_rows(m)), frozenset({1, 2}))]
+            Table(("", "baseline", "compressed"), tuple(summary_rows(m)), frozenset({1, 2}))] + (
+                [Paragraph(reason)] if reason else [])
 
 
 def _stage_label(rec: dict[str, Any], first: bool) -> str:
