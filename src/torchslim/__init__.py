@@ -10,13 +10,17 @@ os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
 os.environ.setdefault("MKL_DYNAMIC", "FALSE")
 
 __version__ = "0.1.0"
-__all__ = ["__version__", "load"]
+__all__ = ["__version__", "compress", "load"]
 
 
 def __getattr__(name: str):
-    # ``torchslim.load`` imports torch and the artifact code only when first used: ``import torchslim`` stays light.
+    # ``torchslim.load`` and ``compress`` import torch and the rest only when first used: ``import torchslim`` stays light.
     if name == "load":
         from torchslim._load import load
 
         return load
+    if name == "compress":
+        from torchslim.api import compress
+
+        return compress
     raise AttributeError(f"module 'torchslim' has no attribute {name!r}")

@@ -9,7 +9,7 @@ RUNTIMES = ("torch", "onnxruntime")
 
 
 def load(path: str | Path, *, runtime: Literal["torch", "onnxruntime"] = "torch", trust_code: bool = False,
-         code_dir: str | Path | None = None, verify_key: str | Path | None = None,
+         code_dir: str | Path | None = None, verify_key: str | Path | None = None, model: Any = None,
          intra_op_threads: int | None = None) -> Any:
     """Load a saved artifact for inference.
 
@@ -23,6 +23,8 @@ def load(path: str | Path, *, runtime: Literal["torch", "onnxruntime"] = "torch"
             call it; without it such an artifact is refused (built-in architectures never import code).
         code_dir: folder the factory's module is imported from (``sys.path`` is restored afterwards).
         verify_key: public key (PEM) whose signature the artifact must carry (``torchslim sign``).
+        model: a fresh module of the artifact's architecture to restore it into (needed for a model that was
+            given to ``torchslim.compress`` in memory; nothing is imported).
         intra_op_threads: ONNX Runtime threads per operator (None: ORT's default).
     Returns:
         ``nn.Module`` in eval mode, or a :class:`torchslim.export.OrtSession` (tensors in, tensors out) whose
@@ -37,7 +39,8 @@ def load(path: str | Path, *, runtime: Literal["torch", "onnxruntime"] = "torch"
 
     if runtime not in RUNTIMES:
         raise ConfigError("runtime", f"must be one of {list(RUNTIMES)}, got {runtime!r}")
-    model, manifest = load_artifact(path, trust_code=trust_code, code_dir=code_dir, verify_key=verify_key)
+    model, manifest = load_artifact(path, trust_code=trust_code, code_dir=code_dir, verify_key=verify_key,
+                                    model=model)
     if runtime == "torch":
         from torchslim.quantize.deploy import decode_for_inference_
 

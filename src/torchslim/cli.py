@@ -45,6 +45,23 @@ def _trust_options(fn: Any) -> Any:
                              "Without it such an artifact is refused: opening it would run its code.")(fn)
 
 
+def _silent(_message: str) -> None:
+    pass
+
+
+def _quiet_option(fn: Any) -> Any:
+    """--quiet: no progress bars or stage messages on stderr (for scripts and logs); results and errors stay."""
+    def enable(ctx: click.Context, _param: click.Parameter, value: bool) -> bool:
+        if value:
+            import os
+
+            os.environ["TQDM_DISABLE"] = "1"
+        return value
+
+    return click.option("--quiet", "-q", is_flag=True, callback=enable, expose_value=True,
+                        help="No progress bars or stage messages on stderr; results and errors are still printed.")(fn)
+
+
 def _warn_if_metrics_differ(artifact: Path) -> None:
     from torchslim.runner import metrics_mismatch
 
@@ -87,11 +104,10 @@ def _print_summary(metrics: dict[str, Any], out: Path | None = None) -> None:
 @click.option("--sign-key", type=click.Path(path_type=Path), default=None,
               help="EC private key (PEM): sign the artifact before it is published (see `torchslim sign`). "
                    "Checked before the first stage.")
+@_quiet_option
 def run(recipe: Path, out: Path, resume: bool, overrides: tuple[str, ...], threads: int | None,
-        sign_key: Path | None) -> None:
+        sign_key: Path | None, quiet: bool) -> None:
     """Run RECIPE's stages and write the compressed model and its measurements to --out."""
-    import torch
-
     from torchslim.artifact import SIGNATURE, ArtifactError, check_signing_key
     from torchslim.distributed import init_from_env, is_main, shutdown
     from torchslim.recipe import load_recipe
@@ -102,12 +118,11 @@ def run(recipe: Path, out: Path, resume: bool, overrides: tuple[str, ...], threa
             check_signing_key(sign_key)
         except ArtifactError as exc:
             raise ConfigError("--sign-key", exc.message, exc.source) from None
-    if threads is not None:
-        torch.set_num_threads(threads)
     init_from_env()  # under torchrun: join the process group (gloo on CPU, nccl on GPU)
     try:
         loaded = load_recipe(recipe, list(overrides))
-        metrics = run_recipe(loaded, out, resume=resume, sign_key=sign_key)
+        metrics = run_recipe(loaded, out, resume=resume, sign_key=sign_key, threads=threads,
+                             **({"log": _silent} if quiet else {}))
         if is_main():
             _print_summary(metrics, out)
             if sign_key is not None:
@@ -136,14 +151,22 @@ def check(recipe: Path, overrides: tuple[str, ...]) -> None:
 @click.option("--domain", "domain_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Domain file whose data (test split) the model is measured on.")
 @click.option("--json", "as_json", is_flag=True, help="Print only the metrics JSON object on stdout.")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="CPU threads to measure with (default: torch's, one per core). Latencies compare only at the "
+                   "same thread count: the run's is in its metrics.json.")
 @_trust_options
-def eval_(artifact: Path, domain_path: Path, as_json: bool, trust_code: bool, code_dir: Path | None,
-          verify_key: Path | None) -> None:
+@_quiet_option
+def eval_(artifact: Path, domain_path: Path, as_json: bool, threads: int | None, trust_code: bool,
+          code_dir: Path | None, verify_key: Path | None, quiet: bool) -> None:
     """Re-measure a saved ARTIFACT on a domain's data (a factory module is looked for in the domain's folder
     unless --code-dir says otherwise)."""
     from torchslim.domain import load_domain
     from torchslim.runner import evaluate_artifact
 
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
     domain = load_domain(domain_path)
     metrics = evaluate_artifact(artifact, domain, trust_code=trust_code, code_dir=code_dir, verify_key=verify_key)
     _warn_if_metrics_differ(artifact)

@@ -65,8 +65,6 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
         path: the recipe YAML file.
         overrides: ``KEY=VALUE`` strings, as given to ``--set``.
     """
-    from torchslim.stages import STAGES
-
     source = str(path)
     data = read_yaml(path)
     if not isinstance(data, dict):
@@ -88,7 +86,14 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
     else:
         raise ConfigError("domain", "must be a path to a domain file or an inline mapping", source)
 
-    raw_stages = data.get("stages", [])
+    stages = parse_stages(data.get("stages", []), source)
+    return Recipe(domain, seed, stages, data, source, str(base))
+
+
+def parse_stages(raw_stages: Any, source: str | None = None) -> tuple[Stage, ...]:
+    """Validate a recipe's ``stages`` list (one-key mappings ``{name: {config}}``) into Stage objects."""
+    from torchslim.stages import STAGES
+
     if not isinstance(raw_stages, list) or not raw_stages:
         raise ConfigError("stages", "must be a non-empty list of stages", source)
     stages = []
@@ -102,4 +107,4 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
             raise ConfigError(f"{where}.{name}", f"unknown stage; known: {', '.join(STAGES)}", source)
         config = STAGES[name].parse(body if body is not None else {}, prefix=f"{where}.{name}", source=source)
         stages.append(Stage(name, config, i))
-    return Recipe(domain, seed, tuple(stages), data, source, str(base))
+    return tuple(stages)

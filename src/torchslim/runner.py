@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from torchslim.artifact import (artifact_bytes, artifact_digest, artifact_size, fresh_dir, load_artifact, publish,
-                                save_artifact, sign_artifact, update_manifest, write_bytes_atomic)
+                                read_manifest, save_artifact, sign_artifact, update_manifest, write_bytes_atomic)
 from torchslim.data import Splits, load_splits
 from torchslim.distributed import is_distributed, is_main, local_device, rank_digests
 from torchslim.domain import Domain
@@ -74,6 +74,7 @@ class RunContext:
     # Called after every optimizer step of every later training run (e.g. pruning masks stay zero).
     step_hooks: list[Callable[[], None]] = field(default_factory=list)
     log: Callable[[str], None] = _log_stderr
+    template: Optional[nn.Module] = None  # a model given in memory, as it was given: what reloads start from
 
     @property
     def seed(self) -> int:
@@ -101,7 +102,10 @@ class RunContext:
 
     def reload(self, path: Path) -> tuple[nn.Module, dict[str, Any]]:
         """A model this run saved, loaded back. Its factory (if any) is the one the user's domain names, so it
-        is imported from the domain's folder without asking again."""
+        is imported from the domain's folder without asking again; a model given in memory is rebuilt from a
+        copy of it as it was given."""
+        if self.template is not None and "module" in (read_manifest(path).get("architecture") or {}):
+            return load_artifact(path, model=copy.deepcopy(self.template))
         return load_artifact(path, trust_code=True, code_dir=self.domain.base_dir)
 
     def validate(self, model: Optional[nn.Module] = None) -> float:
@@ -112,19 +116,32 @@ class RunContext:
                               device=self.device)
 
 
-def prepare(recipe: Recipe, *, log: Callable[[str], None] = _log_stderr) -> RunContext:
-    """Everything that can be checked without training: data, model, shape fit, each stage's names and ranges."""
+def prepare(recipe: Recipe, *, log: Callable[[str], None] = _log_stderr, model: Optional[nn.Module] = None,
+            splits: Optional[Splits] = None) -> RunContext:
+    """Everything that can be checked without training: data, model, shape fit, each stage's names and ranges.
+
+    Args:
+        model, splits: a model and data already in memory (``torchslim.compress``), used instead of building
+            what the domain names; the model is recorded by its class name and rebuilt from a copy of itself.
+    """
     from torchslim._errors import ConfigError
 
     domain = recipe.domain
     seed_everything(recipe.seed)
+    template = None
     try:
-        model = build_model(domain.model, domain.base_dir)
-        splits = load_splits(domain.data, base_dir=domain.base_dir, input_shape=input_shape_of(model))
+        if model is None:
+            model = build_model(domain.model, domain.base_dir)
+            architecture = architecture_of(domain.model)
+        else:
+            template = copy.deepcopy(model).cpu().eval()
+            architecture = {"module": f"{type(model).__module__}.{type(model).__qualname__}"}
+        if splits is None:
+            splits = load_splits(domain.data, base_dir=domain.base_dir, input_shape=input_shape_of(model))
         check_fits(model, splits.train.tensors[0][:2], splits.num_classes)
     except ConfigError as exc:
         raise exc.within(source=domain.source) from None
-    ctx = RunContext(recipe, domain, splits, model, architecture_of(domain.model), local_device(), log=log)
+    ctx = RunContext(recipe, domain, splits, model, architecture, local_device(), log=log, template=template)
     # Checks see a copy of the context: a stage that will replace the model (a distilled student) puts the model
     # later stages will see into it, so their names are checked against the right network.
     checking = dataclasses.replace(ctx, records=[], step_hooks=[])
@@ -193,17 +210,33 @@ def _restore_progress(ctx: RunContext) -> int:
 
 
 def run_recipe(recipe: Recipe, out: str | Path, *, resume: bool = False, sign_key: str | Path | None = None,
-               log: Callable[[str], None] = _log_stderr) -> dict[str, Any]:
+               threads: int | None = None, log: Callable[[str], None] = _log_stderr,
+               model: Optional[nn.Module] = None, splits: Optional[Splits] = None) -> dict[str, Any]:
     """Run every stage of ``recipe`` and write ``out/metrics.json``, ``out/report.md``, ``out/report.html`` and
     ``out/artifact`` (signed with the EC private key ``sign_key`` when given, before it is published).
 
+    Args:
+        threads: CPU threads for training and measuring (None: torch's current setting); restored afterwards.
+        model, splits: a model and data in memory instead of the domain's (see :func:`prepare`).
     Returns:
         the metrics that were written to ``metrics.json``.
     """
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        return _run_recipe(recipe, Path(out), resume=resume, sign_key=sign_key, log=log, model=model, splits=splits)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _run_recipe(recipe: Recipe, out: Path, *, resume: bool, sign_key: str | Path | None,
+                log: Callable[[str], None], model: Optional[nn.Module], splits: Optional[Splits]) -> dict[str, Any]:
     if not is_main():  # under torchrun only rank 0 speaks
         log = lambda _message: None  # noqa: E731
-    ctx = prepare(recipe, log=log)
-    out = Path(out)
+    ctx = prepare(recipe, log=log, model=model, splits=splits)
+    if not resume and (out / METRICS).exists():
+        log(f"note: {out} holds an earlier run; this run's outputs replace it when they are published")
     ctx.work_dir, ctx.resume = out / WORK_DIR, resume
     if is_main():
         if not resume:

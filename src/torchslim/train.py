@@ -177,8 +177,9 @@ def fit(model: nn.Module, train: Dataset, val: Dataset, cfg: TrainConfig, *, see
                                                       else None)
 
     quiet = not dist.is_main() or bool(os.environ.get("TQDM_DISABLE"))
-    bar = tqdm(range(start, cfg.epochs), desc=desc, unit="epoch", disable=quiet, leave=False, initial=start,
-               total=cfg.epochs)
+    # disable=None: no bar when stderr is not a terminal, so a log file does not fill with redraws
+    bar = tqdm(range(start, cfg.epochs), desc=desc, unit="epoch", disable=True if quiet else None, leave=False,
+               initial=start, total=cfg.epochs)
     num_classes = 0  # mixup's label width, read from the model's output on the first batch
     for epoch in bar:
         model.train()

@@ -16,7 +16,8 @@ from torchslim.artifact._trust import ArtifactError, read_file, require_code_con
 
 
 def load_artifact(path: str | Path, *, trust_code: bool = False, code_dir: str | Path | None = None,
-                  verify_key: str | Path | None = None) -> tuple[nn.Module, dict[str, Any]]:
+                  verify_key: str | Path | None = None, model: nn.Module | None = None
+                  ) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the model an artifact describes, without unpickling anything.
 
     Args:
@@ -28,6 +29,9 @@ def load_artifact(path: str | Path, *, trust_code: bool = False, code_dir: str |
             which is restored after); None: the current folder.
         verify_key: a public key (PEM): the artifact must carry a signature made with its private key
             (``torchslim sign``), checked before anything else is read.
+        model: a freshly built module of the artifact's architecture to restore the artifact into, in place,
+            instead of building one (nothing is imported); needed for a model that was given in memory
+            (``torchslim.compress``), whose manifest names only its class.
     Returns:
         ``(model, manifest)``; the model is in eval mode on the CPU. A quantized model computes with its
         dequantized weights and simulates its activation quantization; the int8 ONNX model, when stored, stays
@@ -48,16 +52,22 @@ def load_artifact(path: str | Path, *, trust_code: bool = False, code_dir: str |
     architecture = manifest.get("architecture")
     if not isinstance(architecture, dict):
         raise ArtifactError(folder, "the manifest has no architecture to rebuild the model from")
-    try:
-        spec = parse(ModelSpec, {k: v for k, v in architecture.items() if k in ("name", "factory", "kwargs")})
-    except ConfigError as exc:
-        raise ArtifactError(folder, f"the recorded architecture is invalid: {exc.field}: {exc.message}") from None
-    require_code_consent(folder, architecture, trust_code)
+    if model is None:
+        if "module" in architecture:
+            raise ArtifactError(folder, f"its model was given in memory ({str(architecture['module'])[:100]}): "
+                                        f"pass a fresh instance, torchslim.load(path, model=...)")
+        try:
+            spec = parse(ModelSpec, {k: v for k, v in architecture.items() if k in ("name", "factory", "kwargs")})
+        except ConfigError as exc:
+            raise ArtifactError(folder, f"the recorded architecture is invalid: {exc.field}: {exc.message}"
+                                ) from None
+        require_code_consent(folder, architecture, trust_code)
     state = _decode_state(folder, manifest, data)
-    try:
-        model = build_model(spec, code_dir if code_dir is not None else ".")
-    except ConfigError as exc:
-        raise ArtifactError(folder, f"cannot build the recorded architecture: {exc}") from None
+    if model is None:
+        try:
+            model = build_model(spec, code_dir if code_dir is not None else ".")
+        except ConfigError as exc:
+            raise ArtifactError(folder, f"cannot build the recorded architecture: {exc}") from None
     quantization = manifest.get("quantization", {})
     try:
         layers = quantization.get("layers", {})

@@ -92,6 +92,10 @@ def collect_ranges(model, feeds: Sequence[dict[str, np.ndarray]], make_observer:
     return {name: obs.range() for name, obs in observers.items()}
 
 
+_FLOAT_OPS = {"Gather", "GatherElements", "BatchNormalization", "InstanceNormalization", "LayerNormalization",
+              "ConvTranspose"}
+
+
 def quantize_static_onnx(model, ranges: dict[str, tuple[float, float]], *, per_channel: bool = True,
                          nodes_to_exclude: Sequence[str] = ()) -> bytes:
     """QDQ int8 model from an fp32 model and per-tensor ranges (see module docstring).
@@ -106,6 +110,11 @@ def quantize_static_onnx(model, ranges: dict[str, tuple[float, float]], *, per_c
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.calibrate import TensorData, TensorsData, save_tensors_data
+    from onnxruntime.quantization.registry import QDQRegistry
+
+    # What the torch model keeps float stays float here too: embedding lookups, normalization layers and
+    # transposed convolutions (the quantize report names them); everything else ORT can run in int8.
+    op_types = sorted(set(QDQRegistry) - _FLOAT_OPS)
 
     data = {name: TensorData(lowest=np.array(lo, dtype=np.float32), highest=np.array(hi, dtype=np.float32))
             for name, (lo, hi) in ranges.items()}
@@ -116,7 +125,8 @@ def quantize_static_onnx(model, ranges: dict[str, tuple[float, float]], *, per_c
         quantize_static(model, out, calibration_data_reader=None, calibration_cache_path=cache,
                         calibrate_method=CalibrationMethod.MinMax, quant_format=QuantFormat.QDQ,
                         per_channel=per_channel, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        nodes_to_exclude=list(nodes_to_exclude), extra_options={"WeightSymmetric": True})
+                        nodes_to_exclude=list(nodes_to_exclude), op_types_to_quantize=op_types,
+                        extra_options={"WeightSymmetric": True})
         return strip_onnx_metadata(out.read_bytes())
 
 

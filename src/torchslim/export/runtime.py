@@ -57,12 +57,19 @@ class OrtSession:
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
 
-    def __call__(self, *inputs: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
-        """Run on CPU copies of ``inputs``; outputs come back as CPU tensors (one, or a tuple)."""
+    def __call__(self, *inputs):
+        """Run on CPU copies of ``inputs`` (torch tensors or numpy arrays); outputs come back as the inputs came:
+        torch tensors for tensors, numpy arrays for arrays (one, or a tuple)."""
+        import numpy as np
+
         if len(inputs) != len(self.input_names):
             raise ValueError(f"model takes {len(self.input_names)} inputs, got {len(inputs)}")
-        feed = {name: t.detach().cpu().numpy() for name, t in zip(self.input_names, inputs)}
-        outs = [torch.from_numpy(o) for o in self.session.run(self.output_names, feed)]
+        arrays = all(not isinstance(t, torch.Tensor) for t in inputs)
+        feed = {name: (t.detach().cpu().numpy() if isinstance(t, torch.Tensor) else np.asarray(t, np.float32))
+                for name, t in zip(self.input_names, inputs)}
+        outs = self.session.run(self.output_names, feed)
+        if not arrays:
+            outs = [torch.from_numpy(o) for o in outs]
         return outs[0] if len(outs) == 1 else tuple(outs)
 
 

@@ -1,0 +1,47 @@
+"""The CLI in scripts: --quiet, --threads on eval, a notice before replacing an earlier run, numpy into ORT."""
+
+import json
+
+import numpy as np
+import torch
+
+from cli_support import DIGITS_DOMAIN
+
+RECIPE = "domain: domain.yaml\nseed: 0\nstages:\n  - train: {epochs: 2, lr: 0.003, batch_size: 64}\n"
+
+
+def test_quiet_run_prints_only_results_and_a_rerun_says_it_replaces_the_earlier_one(tmp_path, cli):
+    (tmp_path / "domain.yaml").write_text(DIGITS_DOMAIN)
+    (tmp_path / "recipe.yaml").write_text(RECIPE)
+    loud = cli("run", "recipe.yaml", "--out", "out", "--threads", "1", cwd=tmp_path)
+    assert loud.returncode == 0, loud.stderr
+    assert "stage 0: train" in loud.stderr and "earlier run" not in loud.stderr
+    last = loud.stdout.strip().splitlines()[-1]
+    assert last.startswith("wrote ") and "report.html" in last and "artifact" in last
+    again = cli("run", "recipe.yaml", "--out", "out", "--threads", "1", cwd=tmp_path)
+    assert "note: out holds an earlier run" in again.stderr
+    quiet = cli("run", "recipe.yaml", "--out", "out", "--threads", "1", "--quiet", cwd=tmp_path)
+    assert quiet.returncode == 0 and quiet.stderr == ""
+    assert "accuracy" in quiet.stdout
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    evaluated = cli("eval", "out/artifact", "--domain", "domain.yaml", "--json", "--threads", "1", "--quiet",
+                    cwd=tmp_path)
+    assert evaluated.returncode == 0 and evaluated.stderr == ""
+    result = json.loads(evaluated.stdout)
+    assert result["threads"] == 1 and result["value"] == metrics["value"]
+    assert result["artifact_sha256"] == metrics["artifact_sha256"]
+
+
+def test_onnxruntime_session_takes_numpy_arrays_and_answers_in_kind(tmp_path):
+    from torchslim.export.onnx_export import export_onnx
+    from torchslim.export.runtime import OrtSession
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10)).eval()
+    x = torch.rand(3, 1, 8, 8)
+    session = OrtSession(export_onnx(model, x))
+    as_array = session(x.numpy().astype(np.float64))  # any float array: cast as the model expects
+    assert isinstance(as_array, np.ndarray) and as_array.shape == (3, 10)
+    as_tensor = session(x)
+    assert isinstance(as_tensor, torch.Tensor)
+    assert np.allclose(as_array, as_tensor.numpy()) and np.allclose(as_array, model(x).detach().numpy(), atol=1e-5)
