@@ -190,7 +190,7 @@ def test_layers_left_in_float_are_reported(trained, compressed, name, method):
     assert left <= set(report.float_layers), f"float but not reported: {sorted(left - set(report.float_layers))}"
     assert set(report.float_layers) == left | set(report.kept_fp32)
     expected = set()
-    if method == "dynamic":  # ONNX Runtime's dynamic int8 is for MatMul: convolutions stay float, and are said to
+    if method == "dynamic":  # ONNX Runtime's dynamic int8 is for MatMul: convolutions stay float, and why is said
         expected = {n for n, m in trained(name)[0].named_modules() if isinstance(m, (nn.Conv1d, nn.Conv2d))}
         assert all("Linear layers only" in report.float_layers[n] for n in expected)
     assert set(report.kept_fp32) == expected

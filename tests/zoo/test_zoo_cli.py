@@ -35,6 +35,7 @@ stages:
   - export: {{formats: [torchslim, onnx]}}
 """
 
+
 def _run(folder: Path, name: str, kwargs: str, runtime: str, quantize: str):
     shutil.copy(CODE, folder / "zoo_models.py")  # the factory module lives beside the domain file
     run_recipe_in(folder, DOMAIN.format(name=name, kwargs=kwargs, runtime=runtime), RECIPE.format(quantize=quantize))
