@@ -24,11 +24,31 @@ def test_reference_layer_names_and_sizes():
     assert (lenet5.fc1.in_features, lenet5.fc1.out_features) == (256, 256)
 
 
+SIZED_FROM_DATA = {"mlp": {"input_shape": [20], "num_classes": 3}}  # built-ins whose input comes from the data
+
+
 @pytest.mark.parametrize("name", list(BUILTIN_MODELS))
 def test_width_kwarg_makes_smaller_students(name):
-    full = sum(p.numel() for p in build_model(ModelSpec(name=name)).parameters())
-    small = sum(p.numel() for p in build_model(ModelSpec(name=name, kwargs={"width": 0.25})).parameters())
+    given = SIZED_FROM_DATA.get(name, {})
+    full = sum(p.numel() for p in build_model(ModelSpec(name=name, kwargs=given)).parameters())
+    small = sum(p.numel() for p in build_model(ModelSpec(name=name, kwargs={**given, "width": 0.25})).parameters())
     assert small < full / 4
+
+
+def test_mlp_is_sized_from_the_data_it_is_given():
+    from torchslim.models import data_kwargs_asked, with_data_kwargs
+
+    spec = ModelSpec(name="mlp", kwargs={"hidden": [32, 16]})
+    assert data_kwargs_asked(spec) == {"input_shape", "num_classes"}
+    sized = with_data_kwargs(spec, ".", (20,), 3)
+    assert sized.kwargs == {"hidden": [32, 16], "input_shape": [20], "num_classes": 3}
+    model = build_model(sized)
+    assert [m.weight.shape[1] for m in model.modules() if isinstance(m, torch.nn.Linear)] == [20, 32, 16]
+    assert model(torch.rand(4, 20)).shape == (4, 3)
+    assert with_data_kwargs(ModelSpec(name="lenet300_100", kwargs={"num_classes": 10}), ".", (1, 8, 8), 4).kwargs \
+        == {"num_classes": 10}  # what the domain gives is kept
+    with pytest.raises(ConfigError, match="hidden must be a list of positive integers"):
+        build_model(ModelSpec(name="mlp", kwargs={"input_shape": [4], "hidden": [8, -1]}))
 
 
 def test_wrong_data_shape_is_refused_before_training():

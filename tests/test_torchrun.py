@@ -80,7 +80,7 @@ def test_two_process_run_agrees_across_ranks_and_with_eval(tmp_path):
     assert zeros / sum(w.numel() for w in weights) == pytest.approx(0.6, abs=1e-3)
 
     # The student replaced the teacher: the report describes the student, the baseline stays the teacher.
-    assert manifest["architecture"] == {"name": "lenet300_100", "kwargs": {"width": 0.25}}
+    assert manifest["architecture"] == {"name": "lenet300_100", "kwargs": {"width": 0.25, "num_classes": 10}}
     assert kd["student_params"] == metrics["params"] == 64 * 75 + 75 + 75 * 25 + 25 + 25 * 10 + 10
     assert kd["teacher_params"] == metrics["baseline_params"] == 64 * 300 + 300 + 300 * 100 + 100 + 100 * 10 + 10
     assert train["val_metric"] > 0.8 and metrics["baseline_value"] > 0.8  # the teacher learned

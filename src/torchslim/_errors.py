@@ -2,6 +2,33 @@
 
 from __future__ import annotations
 
+import re
+from typing import Any
+
+# The line ``error: <file>: <field>: <message>`` stays within MAX_LINE characters: each part is shortened, the
+# file from its front (its name is at the end), the field and message from their end.
+MAX_LINE = 300
+_MAX_SOURCE, _MAX_FIELD = 100, 80
+
+
+def _one_line(text: str) -> str:
+    return re.sub(r"\s*\n\s*", " ", text).strip()
+
+
+def _clip(text: str, limit: int, *, keep_end: bool = False) -> str:
+    if len(text) <= limit:
+        return text
+    return "…" + text[-(limit - 1):] if keep_end else text[: limit - 1] + "…"
+
+
+def brief(value: Any, limit: int = 60) -> str:
+    """``repr(value)``, shortened for an error message (a value may be a 4,000-digit integer or a long list)."""
+    try:
+        text = repr(value)
+    except ValueError:  # an integer too long to print
+        return f"<integer of about {int(value.bit_length() * 0.30103)} digits>"
+    return _clip(_one_line(text), limit)
+
 
 class ConfigError(ValueError):
     """Bad user input. ``str(err)`` is the one line the CLI prints (exit code 2).
@@ -12,13 +39,18 @@ class ConfigError(ValueError):
         source: file that holds the field (recipe or domain path), when known.
     """
 
-    def __init__(self, field: str, message: str, source: str | None = None):
-        self.field, self.message, self.source = field, message, source
+    def __init__(self, field: Any, message: str, source: str | None = None):
+        self.field = "" if field is None else str(field)  # a YAML key may be a number
+        self.message, self.source = str(message), None if source is None else str(source)
         super().__init__(self._render())
 
     def _render(self) -> str:
-        where = ": ".join(p for p in (self.source, self.field) if p)
-        return f"{where}: {self.message}" if where else self.message
+        source = _clip(_one_line(self.source), _MAX_SOURCE, keep_end=True) if self.source else ""
+        field = _clip(_one_line(self.field), _MAX_FIELD)
+        where = ": ".join(p for p in (source, field) if p)
+        # "error: " + where + ": " + message fits in MAX_LINE
+        message = _clip(_one_line(self.message), MAX_LINE - len("error: ") - len(where) - 2)
+        return f"{where}: {message}" if where else message
 
     def within(self, prefix: str = "", source: str | None = None) -> "ConfigError":
         """The same error, its field nested under ``prefix`` and attributed to ``source``."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, TypeVar
 
 import pydantic
@@ -12,9 +13,21 @@ M = TypeVar("M", bound=pydantic.BaseModel)
 
 
 class StrictModel(pydantic.BaseModel):
-    """Base of every user-facing config: unknown keys are rejected, values are immutable."""
+    """Base of every user-facing config: unknown keys are rejected, values are immutable, numbers are finite."""
 
-    model_config = pydantic.ConfigDict(extra="forbid", frozen=True, strict=False)
+    model_config = pydantic.ConfigDict(extra="forbid", frozen=True, strict=False, allow_inf_nan=False)
+
+
+def finite_float(value: Any) -> float | None:
+    """``value`` as a finite float, or None when it is no real number (bool, string, inf, nan, an integer beyond
+    the float range). For the hand-written config checks; pydantic models get the same from ``StrictModel``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
 
 
 def field_path(loc: tuple[Any, ...]) -> str:
@@ -38,6 +51,8 @@ def _message(err: dict[str, Any]) -> str:
         return "must be an integer"
     if kind in ("float_type", "float_parsing"):
         return "must be a number"
+    if kind == "finite_number":
+        return "must be a finite number"
     if kind in ("bool_type", "bool_parsing"):
         return "must be true or false"
     if kind in ("string_type",):

@@ -17,14 +17,57 @@ def _fail(exc: ConfigError) -> None:
     sys.exit(2)
 
 
+def _path_error(exc: click.BadParameter) -> ConfigError | None:
+    """click's ``File 'x.yaml' is a directory.`` for a path argument, as ``x.yaml: RECIPE: is a directory``."""
+    import ast
+    import re
+
+    if exc.param is None or not isinstance(exc.param.type, click.Path):
+        return None
+    m = re.fullmatch(r"\w+ ('.*'|\".*\") (.+?)\.?", exc.message, re.S)
+    if m is None:
+        return None
+    try:
+        name = ast.literal_eval(m.group(1))
+    except (ValueError, SyntaxError):
+        return None
+    param = exc.param
+    field = max(param.opts, key=len) if isinstance(param, click.Option) else param.human_readable_name
+    return ConfigError(field, m.group(2), name)
+
+
 class _Group(click.Group):
-    """Turns ConfigError anywhere below into the one-line error and exit code 2."""
+    """Turns ConfigError anywhere below into the one-line error and exit code 2.
+
+    Anything else that escapes a command is a bug: one line asking for a report (exit code 1), or the traceback
+    with ``TORCHSLIM_TRACEBACK=1``.
+    """
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except ConfigError as exc:
             _fail(exc)
+        except click.BadParameter as exc:
+            converted = _path_error(exc)
+            if converted is None:
+                raise
+            _fail(converted)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except OSError as exc:  # the file system refused: --out under a file, a name too long, a full disk
+            from torchslim._yaml import os_reason
+
+            _fail(ConfigError("", os_reason(exc), exc.filename))
+        except Exception as exc:
+            import os
+
+            if os.environ.get("TORCHSLIM_TRACEBACK"):
+                raise
+            detail = " ".join(str(exc).split())[:150]
+            click.echo(f"error: unexpected {type(exc).__name__}: {detail} (a bug in torchslim: please report it "
+                       f"with the files that caused it; TORCHSLIM_TRACEBACK=1 shows the traceback)", err=True)
+            sys.exit(1)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

@@ -9,12 +9,13 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import pydantic
-import yaml
 
-from torchslim._errors import ConfigError
+from torchslim._errors import ConfigError, brief
 from torchslim._validation import StrictModel, parse
+from torchslim._yaml import read_yaml
 
-TASKS = ("image-classification", "sequence-classification", "sentence-embedding")
+TASKS = ("image-classification", "sequence-classification", "tabular-classification", "sentence-embedding")
+MAX_SEED = 2**32 - 1  # what numpy and scikit-learn accept
 
 
 class DataSpec(StrictModel):
@@ -23,7 +24,7 @@ class DataSpec(StrictModel):
     source: str
     test_fraction: float = pydantic.Field(0.2, gt=0, lt=1)
     val_fraction: float = pydantic.Field(0.1, gt=0, lt=1)
-    seed: int = 0
+    seed: int = pydantic.Field(0, ge=0, le=MAX_SEED)
 
     @pydantic.model_validator(mode="after")
     def _fractions_leave_training_data(self) -> "DataSpec":
@@ -40,13 +41,25 @@ class ModelSpec(StrictModel):
     kwargs: dict[str, Any] = pydantic.Field(default_factory=dict)
     weights: Optional[str] = None
 
+    @pydantic.field_validator("factory")
+    @classmethod
+    def _module_colon_function(cls, value: Optional[str]) -> Optional[str]:
+        if value is not None and not _is_factory_path(value):
+            raise ValueError(f"must look like 'package.module:function' (an absolute module path, no leading dots "
+                             f"or empty parts), got {brief(value)}")
+        return value
+
     @pydantic.model_validator(mode="after")
     def _one_of_name_or_factory(self) -> "ModelSpec":
         if (self.name is None) == (self.factory is None):
             raise ValueError("give exactly one of 'name' (a built-in model) or 'factory' ('module:function')")
-        if self.factory is not None and ":" not in self.factory:
-            raise ValueError(f"factory must look like 'package.module:function', got {self.factory!r}")
         return self
+
+
+def _is_factory_path(text: str) -> bool:
+    """``pkg.mod:fn``: dotted identifiers, a colon, an identifier (relative imports like ``.mod`` are refused)."""
+    module, sep, function = text.partition(":")
+    return bool(sep) and function.isidentifier() and all(part.isidentifier() for part in module.split("."))
 
 
 class LatencyLimits(StrictModel):
@@ -71,7 +84,7 @@ class Constraints(StrictModel):
 
 class Domain(StrictModel):
     name: str
-    task: Literal["image-classification", "sequence-classification", "sentence-embedding"]
+    task: Literal["image-classification", "sequence-classification", "tabular-classification", "sentence-embedding"]
     data: DataSpec
     model: ModelSpec
     metric: Literal["accuracy", "top5"] = "accuracy"
@@ -90,19 +103,6 @@ class Domain(StrictModel):
     def to_dict(self) -> dict[str, Any]:
         """The user-facing definition (no defaults hidden, no absolute paths)."""
         return self.model_dump(mode="json", exclude={"source", "base_dir"})
-
-
-def read_yaml(path: str | Path) -> Any:
-    """Read a YAML file, turning a missing file or a syntax error into a ConfigError."""
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError("", "file not found", str(path))
-    try:
-        return yaml.safe_load(p.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError("", f"invalid YAML{where}: {getattr(exc, 'problem', exc)}", str(path)) from None
 
 
 def load_domain(spec: str | Path | dict[str, Any], *, base_dir: str | Path = ".", source: str | None = None,
@@ -125,6 +125,6 @@ def load_domain(spec: str | Path | dict[str, Any], *, base_dir: str | Path = "."
     domain = parse(Domain, data, prefix=prefix, source=source)
     if domain.task == "sentence-embedding":
         raise ConfigError(".".join(p for p in (prefix, "task") if p),
-                          "sentence-embedding is not supported yet; use image-classification or "
-                          "sequence-classification", source)
+                          "sentence-embedding is not supported yet; use image-classification, "
+                          "sequence-classification or tabular-classification", source)
     return domain.model_copy(update={"source": source, "base_dir": str(base)})

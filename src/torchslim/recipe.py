@@ -10,10 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from torchslim._errors import ConfigError
-from torchslim.domain import Domain, load_domain, read_yaml
+from torchslim._errors import ConfigError, brief
+from torchslim._yaml import parse_yaml, read_yaml
+from torchslim.domain import MAX_SEED, Domain, load_domain
 
 
 @dataclass(frozen=True)
@@ -38,19 +37,20 @@ def apply_overrides(data: dict[str, Any], overrides: list[str], source: str | No
     for item in overrides:
         key, sep, text = item.partition("=")
         if not sep or not key:
-            raise ConfigError("--set", f"expected KEY=VALUE, got {item!r}")
+            raise ConfigError("--set", f"expected KEY=VALUE, got {brief(item)}", source)
         parts = key.split(".")
         node: Any = data
         for depth, part in enumerate(parts):
             last = depth == len(parts) - 1
             if isinstance(node, list):
-                if not part.isdigit() or int(part) >= len(node):
-                    raise ConfigError("--set", f"{key}: no list item {part!r}", source)
+                if not part.isdigit() or len(part) > 9 or int(part) >= len(node):
+                    raise ConfigError("--set", f"{brief(key)}: no list item {brief(part)}", source)
                 part = int(part)
             elif not isinstance(node, dict):
-                raise ConfigError("--set", f"{key}: {'.'.join(parts[:depth])} is not a mapping", source)
+                raise ConfigError("--set", f"{brief(key)}: {brief('.'.join(parts[:depth]))} is not a mapping",
+                                  source)
             if last:
-                node[part] = yaml.safe_load(text)
+                node[part] = parse_yaml(text, source, f"--set {key}")
             else:
                 if isinstance(node, dict) and part not in node:
                     node[part] = {}
@@ -70,7 +70,7 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
     if not isinstance(data, dict):
         raise ConfigError("", "a recipe must be a mapping with keys domain, seed, stages", source)
     data = apply_overrides(data, list(overrides), source)
-    unknown = sorted(set(data) - {"domain", "seed", "stages"})
+    unknown = sorted(set(data) - {"domain", "seed", "stages"}, key=str)  # a YAML key may be a number
     if unknown:
         raise ConfigError(unknown[0], "unknown key (expected domain, seed, stages)", source)
     if "domain" not in data:
@@ -78,8 +78,10 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
     seed = data.get("seed", 0)
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise ConfigError("seed", "must be a non-negative integer", source)
+    if seed > MAX_SEED:
+        raise ConfigError("seed", f"must be at most {MAX_SEED} (2**32 - 1)", source)
     base = Path(path).parent
-    if isinstance(data["domain"], str):
+    if isinstance(data["domain"], str) and data["domain"].strip():
         domain = load_domain(data["domain"], base_dir=base)
     elif isinstance(data["domain"], dict):
         domain = load_domain(data["domain"], base_dir=base, source=source, prefix="domain")

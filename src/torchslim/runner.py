@@ -17,13 +17,14 @@ from typing import Any, Callable, Optional
 import torch
 from torch import nn
 
+from torchslim._errors import ConfigError
 from torchslim.artifact import (artifact_bytes, artifact_digest, artifact_size, fresh_dir, load_artifact, publish,
                                 read_manifest, save_artifact, sign_artifact, update_manifest, write_bytes_atomic)
 from torchslim.data import Splits, load_splits
 from torchslim.distributed import is_distributed, is_main, local_device, rank_digests
 from torchslim.domain import Domain
 from torchslim.evaluate import check_constraints, count_params, measure, size_bytes
-from torchslim.models import build_model, check_fits, input_shape_of
+from torchslim.models import build_model, check_fits, data_kwargs_asked, input_shape_of, with_data_kwargs
 from torchslim.recipe import Recipe
 from torchslim.stages import STAGES
 from torchslim.train import FitResult, TrainConfig, fit
@@ -124,15 +125,12 @@ def prepare(recipe: Recipe, *, log: Callable[[str], None] = _log_stderr, model: 
         model, splits: a model and data already in memory (``torchslim.compress``), used instead of building
             what the domain names; the model is recorded by its class name and rebuilt from a copy of itself.
     """
-    from torchslim._errors import ConfigError
-
     domain = recipe.domain
     seed_everything(recipe.seed)
     template = None
     try:
         if model is None:
-            model = build_model(domain.model, domain.base_dir)
-            architecture = architecture_of(domain.model)
+            model, architecture, splits = _model_and_data(domain, splits)
         else:
             template = copy.deepcopy(model).cpu().eval()
             architecture = {"module": f"{type(model).__module__}.{type(model).__qualname__}"}
@@ -153,6 +151,22 @@ def prepare(recipe: Recipe, *, log: Callable[[str], None] = _log_stderr, model: 
             except ConfigError as exc:
                 raise exc.within(f"stages[{stage.index}].{stage.name}", recipe.source) from None
     return ctx
+
+
+def _model_and_data(domain: Domain, splits: Optional[Splits]) -> tuple[nn.Module, dict[str, Any], Splits]:
+    """The domain's model, its manifest architecture and the data. A model that declares its input shape is
+    built first (images are resized to it); one whose constructor asks for ``input_shape`` is built after the
+    data, from it, and ``num_classes`` is filled in from the data wherever the constructor takes it."""
+    spec = domain.model
+    if "input_shape" in data_kwargs_asked(spec, domain.base_dir):
+        splits = splits or load_splits(domain.data, base_dir=domain.base_dir)
+        spec = with_data_kwargs(spec, domain.base_dir, splits.input_shape, splits.num_classes)
+        return build_model(spec, domain.base_dir), architecture_of(spec), splits
+    with torch.random.fork_rng(devices=[]):  # a probe for its declared input shape: the real build draws the init
+        declared = input_shape_of(build_model(spec, domain.base_dir))
+    splits = splits or load_splits(domain.data, base_dir=domain.base_dir, input_shape=declared)
+    spec = with_data_kwargs(spec, domain.base_dir, splits.input_shape, splits.num_classes)
+    return build_model(spec, domain.base_dir), architecture_of(spec), splits
 
 
 def _measure_stage(ctx: RunContext, current: Path, baseline: Path, extra: dict[str, Any]) -> dict[str, Any]:
@@ -238,12 +252,26 @@ def _run_recipe(recipe: Recipe, out: Path, *, resume: bool, sign_key: str | Path
     if not resume and (out / METRICS).exists():
         log(f"note: {out} holds an earlier run; this run's outputs replace it when they are published")
     ctx.work_dir, ctx.resume = out / WORK_DIR, resume
+    created = not out.exists()
     if is_main():
         if not resume:
             shutil.rmtree(ctx.work_dir, ignore_errors=True)
         ctx.work_dir.mkdir(parents=True, exist_ok=True)
-    done = _restore_progress(ctx) if resume else 0
+    try:
+        return _run_stages(ctx, recipe, out, sign_key)
+    except ConfigError:
+        # Bad input found while running (a training that diverges): nothing of this run stays behind; an
+        # interrupted run (any other exception, or a kill) keeps its checkpoints for --resume.
+        if is_main():
+            shutil.rmtree(ctx.work_dir, ignore_errors=True)
+            if created and out.is_dir() and not any(out.iterdir()):
+                out.rmdir()
+        raise
 
+
+def _run_stages(ctx: RunContext, recipe: Recipe, out: Path, sign_key: str | Path | None) -> dict[str, Any]:
+    log = ctx.log
+    done = _restore_progress(ctx) if ctx.resume else 0
     for stage in recipe.stages[done:]:
         handler = STAGES[stage.name]
         ctx.stage_index = stage.index
@@ -396,7 +424,6 @@ def evaluate_artifact(path: str | Path, domain: Domain, *, trust_code: bool = Fa
             defaults to the domain file's folder. A recorded baseline built by a factory needs ``trust_code``
             too.
     """
-    from torchslim._errors import ConfigError
     from torchslim._validation import parse
     from torchslim.artifact._trust import require_code_consent
     from torchslim.domain import ModelSpec
@@ -416,8 +443,9 @@ def evaluate_artifact(path: str | Path, domain: Domain, *, trust_code: bool = Fa
     # names trained baseline weights, whose metric is then re-measured.
     record = manifest.get("baseline")
     trained = domain.model.weights is not None or not isinstance(record, dict)
+    sized = with_data_kwargs(domain.model, domain.base_dir, splits.input_shape, splits.num_classes)
     if trained:
-        baseline = build_model(domain.model, domain.base_dir)
+        baseline = build_model(sized, domain.base_dir)
     else:
         arch = record.get("architecture") or {}
         require_code_consent(Path(path), arch, trust_code)
@@ -430,7 +458,7 @@ def evaluate_artifact(path: str | Path, domain: Domain, *, trust_code: bool = Fa
     if record is not None:
         baseline_bytes = record["size_bytes"]
     else:
-        baseline_bytes = artifact_bytes(baseline, architecture=architecture_of(domain.model), compress=False)
+        baseline_bytes = artifact_bytes(baseline, architecture=architecture_of(sized), compress=False)
     metrics = summarize(measured, base, size=artifact_size(path), baseline_size=baseline_bytes, domain=domain,
                         seed=manifest.get("seed", 0))
     metrics.update({"int8_kernels": measured["int8_kernels"], "cpu_features": measured["cpu_features"],

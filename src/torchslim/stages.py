@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Callable, Literal, Optional
 
 import pydantic
 
+from torchslim._errors import ConfigError
 from torchslim._validation import StrictModel, parse
 from torchslim.train import AUGMENTATIONS
 
@@ -52,12 +53,16 @@ def register_stage(handler: StageHandler) -> StageHandler:
     return handler
 
 
+MAX_BATCH_SIZE = 2**31 - 1  # larger ones overflow the data loader's sampler
+MAX_EPOCHS = 1_000_000
+
+
 class TrainStage(StrictModel):
     """``- train: {epochs: 60, lr: 0.001, batch_size: 64}``"""
 
-    epochs: int = pydantic.Field(gt=0)
+    epochs: int = pydantic.Field(gt=0, le=MAX_EPOCHS)
     lr: float = pydantic.Field(gt=0)
-    batch_size: int = pydantic.Field(64, gt=0)
+    batch_size: int = pydantic.Field(64, gt=0, le=MAX_BATCH_SIZE)
     weight_decay: float = pydantic.Field(0.0, ge=0)
     optimizer: Literal["adam", "sgd"] = "adam"
     schedule: Literal["cosine", "constant"] = "cosine"
@@ -70,7 +75,10 @@ def _run_train(ctx: "RunContext", cfg: TrainStage) -> dict[str, Any]:
     if ctx.domain.model.weights is not None:
         ctx.log(f"train: skipped, the domain names trained weights ({ctx.domain.model.weights})")
         return {"skipped": True, "reason": "domain names trained weights"}
-    result = ctx.fit(ctx.model, TrainConfig(**cfg.model_dump()), desc="train")
+    try:
+        result = ctx.fit(ctx.model, TrainConfig(**cfg.model_dump()), desc="train")
+    except ConfigError as exc:  # e.g. the loss diverged: the message names this stage's lr
+        raise exc.within(f"stages[{ctx.stage_index}].train", ctx.recipe.source) from None
     return {"epochs": cfg.epochs, "best_epoch": result.best_epoch, "val_metric": result.best_val}
 
 

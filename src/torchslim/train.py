@@ -205,6 +205,9 @@ def fit(model: nn.Module, train: Dataset, val: Dataset, cfg: TrainConfig, *, see
             stats = dist.all_reduce_sum(torch.stack([total, torch.tensor(float(count), device=device)]))
             total, count = stats[0], int(stats[1].item())
         train_loss = float(total) / max(count, 1)
+        if not math.isfinite(train_loss):  # every later number would be meaningless (and quantization refuses NaN)
+            raise ConfigError("lr", f"training diverged: the loss became {train_loss} in epoch {epoch + 1} of "
+                                    f"{desc}; try a smaller lr")
         val_value = compute_metric(model, val, metric, device=device)
         result.history.append({"epoch": epoch, "train_loss": train_loss, f"val_{metric}": val_value})
         if val_value > result.best_val:

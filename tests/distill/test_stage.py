@@ -206,7 +206,7 @@ def test_resume_after_an_interrupted_distillation_gives_the_same_weights(tmp_pat
 
     # The student is the run's model: manifest, params and value describe it; the baseline is the teacher.
     model, manifest = load_artifact(tmp_path / "cut" / "artifact")
-    assert manifest["architecture"] == {"name": "lenet300_100", "kwargs": {"width": 0.25}}
+    assert manifest["architecture"] == {"name": "lenet300_100", "kwargs": {"width": 0.25, "num_classes": 10}}
     assert full["params"] == _lenet_params(75, 25) and full["baseline_params"] == _lenet_params(300, 100)
     assert "rank_digests" not in full["stages"][1]  # one process: no replicas to compare
     saved = json.loads((tmp_path / "full" / "metrics.json").read_text())

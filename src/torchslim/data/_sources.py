@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -11,9 +13,12 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
-from torchslim._errors import ConfigError
+from torchslim._errors import ConfigError, brief
+from torchslim._yaml import file_problem, os_reason
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+MAX_LABEL = 100_000  # labels are class indices; a larger one is a mistake, and would size the model's output
+MAX_IMAGE_PIXELS = 2**26  # per image, before resizing to the model's input
 
 
 @dataclass
@@ -64,19 +69,50 @@ def _mnist1d() -> _Arrays:
                    preprocessing="mnist1d make_dataset(get_dataset_args()); shape (N, 1, 40)")
 
 
+def _check_array(path: Path, name: str, a: np.ndarray, *, labels: bool = False) -> None:
+    """Numbers only; labels: one dimension of whole numbers in [0, MAX_LABEL)."""
+    if a.dtype.kind not in "biuf":
+        raise ConfigError("data.source", f"{path.name}: array {name} holds {a.dtype} values; expected "
+                                         f"{'integer labels' if labels else 'real numbers'}")
+    if labels:
+        if a.ndim != 1:
+            raise ConfigError("data.source", f"{path.name}: array {name} has shape {a.shape}; expected one label "
+                                             f"per sample, shape (N,)")
+        if a.size and (not np.isfinite(a).all() or (a != np.round(a)).any()
+                       or a.min() < 0 or a.max() >= MAX_LABEL):
+            raise ConfigError("data.source", f"{path.name}: array {name}: labels must be whole numbers in "
+                                             f"[0, {MAX_LABEL})")
+    elif a.ndim < 1 or len(a) == 0:
+        raise ConfigError("data.source", f"{path.name}: array {name} has shape {a.shape}; expected (N, ...) with "
+                                         f"N >= 1 samples")
+
+
 def _npz(path: Path, input_shape: tuple[int, ...] | None) -> _Arrays:
-    if not path.is_file():
+    problem = file_problem(path)
+    if problem == "file not found":
         raise ConfigError("data.source", f"npz file not found: {path}")
+    if problem:
+        raise ConfigError("data.source", f"{path}: {problem}")
     try:
-        with np.load(path, allow_pickle=False) as z:
+        with open(path, "rb") as f, np.load(f, allow_pickle=False) as z:  # the file closes even when np.load fails
             arrays = {k: z[k] for k in z.files}
-    except Exception as exc:
+    except Exception as exc:  # numpy and zipfile raise many types for damaged files
         raise ConfigError("data.source", f"cannot read {path} as npz: {exc}") from None
     for key in ("x", "y"):
         if key not in arrays:
             raise ConfigError("data.source", f"{path.name} has no array {key!r} (found: {', '.join(arrays)})")
     if ("x_test" in arrays) != ("y_test" in arrays):
         raise ConfigError("data.source", f"{path.name} must have both x_test and y_test, or neither")
+    for x_key, y_key in (("x", "y"), ("x_test", "y_test")):
+        if x_key in arrays:
+            _check_array(path, x_key, arrays[x_key])
+            _check_array(path, y_key, arrays[y_key], labels=True)
+            if len(arrays[x_key]) != len(arrays[y_key]):
+                raise ConfigError("data.source", f"{path.name}: {x_key} has {len(arrays[x_key])} samples but "
+                                                 f"{y_key} has {len(arrays[y_key])} labels")
+    if "x_test" in arrays and arrays["x_test"].shape[1:] != arrays["x"].shape[1:]:
+        raise ConfigError("data.source", f"{path.name}: x_test has samples of shape {arrays['x_test'].shape[1:]} "
+                                         f"but x has {arrays['x'].shape[1:]}")
 
     def fit(x: np.ndarray) -> np.ndarray:
         x = x.astype(np.float32)
@@ -92,12 +128,36 @@ def _npz(path: Path, input_shape: tuple[int, ...] | None) -> _Arrays:
                    preprocessing=f"npz {path.name}; float32 as stored")
 
 
-def _imagefolder(path: Path, input_shape: tuple[int, ...] | None) -> _Arrays:
+def _read_image(f: Path, mode: str, size: tuple[int, int], root: Path) -> np.ndarray:
+    """One image as (C, H, W) floats in [0, 1]; a damaged, huge or special file is a ConfigError naming it."""
     from PIL import Image
 
-    if not path.is_dir():
-        raise ConfigError("data.source", f"image folder not found: {path}")
-    classes = sorted(p.name for p in path.iterdir() if p.is_dir())
+    rel = f.relative_to(root.parent) if f.is_relative_to(root.parent) else f
+    problem = file_problem(f)
+    if problem:
+        raise ConfigError("data.source", f"image {rel}: {problem}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. palette transparency notes: the pixels are still read
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(f) as img:
+                if img.width * img.height > MAX_IMAGE_PIXELS:
+                    raise ValueError(f"{img.width}x{img.height} pixels is more than {MAX_IMAGE_PIXELS:,}")
+                arr = np.asarray(img.convert(mode).resize(size, Image.BILINEAR), dtype=np.float32)
+    except Exception as exc:  # Pillow's decoders raise many types (OSError, SyntaxError, ValueError, ...)
+        raise ConfigError("data.source", f"cannot read image {rel}: {exc}") from None
+    return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)  # (C, H, W)
+
+
+def _imagefolder(path: Path, input_shape: tuple[int, ...] | None) -> _Arrays:
+    try:
+        if not path.is_dir():
+            raise ConfigError("data.source", f"image folder not found: {path}")
+        classes = sorted(p.name for p in path.iterdir() if p.is_dir())
+        files = {name: sorted(f for f in (path / name).iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+                 for name in classes}
+    except OSError as exc:
+        raise ConfigError("data.source", f"cannot read image folder {path}: {os_reason(exc)}") from None
     if len(classes) < 2:
         raise ConfigError("data.source", f"{path} must hold one sub-folder per class (found {len(classes)})")
     if input_shape is None or len(input_shape) != 3:
@@ -106,13 +166,8 @@ def _imagefolder(path: Path, input_shape: tuple[int, ...] | None) -> _Arrays:
     mode = "L" if channels == 1 else "RGB"
     xs, ys = [], []
     for label, name in enumerate(classes):
-        for f in sorted((path / name).iterdir()):
-            if f.suffix.lower() not in IMAGE_SUFFIXES:
-                continue
-            with Image.open(f) as img:
-                arr = np.asarray(img.convert(mode).resize((width, height), Image.BILINEAR), dtype=np.float32)
-            arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)  # (C, H, W)
-            xs.append(arr / 255.0)
+        for f in files[name]:
+            xs.append(_read_image(f, mode, (width, height), path) / 255.0)
             ys.append(label)
     if not xs:
         raise ConfigError("data.source", f"no images found under {path}")
@@ -123,12 +178,28 @@ def _imagefolder(path: Path, input_shape: tuple[int, ...] | None) -> _Arrays:
 SOURCES: dict[str, Callable[..., _Arrays]] = {"digits": _digits, "mnist1d": _mnist1d}
 
 
-def _split(x: np.ndarray, y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, ...]:
+def _split(x: np.ndarray, y: np.ndarray, fraction: float, seed: int, field: str,
+           what: str) -> tuple[list[np.ndarray], bool]:
+    """Split off ``fraction`` of the samples, stratified when every class has two samples or more.
+
+    Returns:
+        ``[x_rest, x_part, y_rest, y_part]`` and whether the split was stratified.
+    Raises:
+        ConfigError naming ``field`` when a part would be empty or, stratified, hold fewer samples than classes.
+    """
     from sklearn.model_selection import train_test_split
 
+    n = len(y)
+    n_part, n_rest = math.ceil(fraction * n), math.floor((1.0 - fraction) * n)  # as scikit-learn rounds
     counts = np.bincount(y)
-    stratify = y if counts[counts > 0].min() >= 2 else None
-    return train_test_split(x, y, test_size=fraction, random_state=seed, stratify=stratify)
+    classes = int((counts > 0).sum())
+    stratified = bool(counts[counts > 0].min() >= 2)
+    need = classes if stratified else 1
+    if n_part < need or n_rest < need:
+        raise ConfigError(field, f"{what} of {fraction:g} of {n} samples holds {n_part} (the rest {n_rest}); "
+                                 f"each needs at least {need} ({'one per class' if stratified else 'one'})")
+    parts = train_test_split(x, y, test_size=fraction, random_state=seed, stratify=y if stratified else None)
+    return parts, stratified
 
 
 def load_splits(data: Any, *, base_dir: str | Path = ".", input_shape: tuple[int, ...] | None = None) -> Splits:
@@ -145,25 +216,32 @@ def load_splits(data: Any, *, base_dir: str | Path = ".", input_shape: tuple[int
     if kind in SOURCES and not arg:
         arrays = SOURCES[kind]()
     elif kind in ("npz", "imagefolder") and arg:
-        path = Path(arg).expanduser()
+        path = Path(arg)
+        try:
+            path = path.expanduser()
+        except RuntimeError:  # ~user of an unknown user: the path stays as written
+            pass
         path = path if path.is_absolute() else Path(base_dir) / path
         arrays = _npz(path, input_shape) if kind == "npz" else _imagefolder(path, input_shape)
     else:
         known = ", ".join([*SOURCES, "npz:PATH", "imagefolder:PATH"])
-        raise ConfigError("data.source", f"unknown data source {data.source!r}; known: {known}")
+        raise ConfigError("data.source", f"unknown data source {brief(data.source)}; known: {known}")
     for name, arr in (("x", arrays.x), ("x_test", arrays.x_test)):
         if arr is not None and not np.isfinite(arr).all():
             raise ConfigError("data.source", f"array {name} contains NaN or Inf")
     if arrays.y.min() < 0:
         raise ConfigError("data.source", "labels must be integers >= 0")
 
+    stratified = True
     if arrays.x_test is None:
-        x_rest, x_test, y_rest, y_test = _split(arrays.x, arrays.y, data.test_fraction, data.seed)
+        (x_rest, x_test, y_rest, y_test), stratified = _split(arrays.x, arrays.y, data.test_fraction, data.seed,
+                                                              "data.test_fraction", "the test split")
         val_of_rest = data.val_fraction / (1.0 - data.test_fraction)
     else:
         x_rest, y_rest, x_test, y_test = arrays.x, arrays.y, arrays.x_test, arrays.y_test
         val_of_rest = data.val_fraction
-    x_train, x_val, y_train, y_val = _split(x_rest, y_rest, val_of_rest, data.seed)
+    (x_train, x_val, y_train, y_val), val_stratified = _split(x_rest, y_rest, val_of_rest, data.seed,
+                                                              "data.val_fraction", "the validation split")
 
     num_classes = int(max(y_train.max(), y_val.max(), y_test.max())) + 1
     labels = arrays.labels or [str(i) for i in range(num_classes)]
@@ -173,5 +251,7 @@ def load_splits(data: Any, *, base_dir: str | Path = ".", input_shape: tuple[int
 
     info = {"source": data.source, "seed": data.seed, "train": len(y_train), "val": len(y_val),
             "test": len(y_test), "test_fraction": data.test_fraction if arrays.x_test is None else None,
-            "val_fraction": data.val_fraction, "preprocessing": arrays.preprocessing, "stratified": True}
+            "val_fraction": data.val_fraction, "preprocessing": arrays.preprocessing,
+            # False when a class has a single sample, which no stratified split can place in both parts
+            "stratified": stratified and val_stratified}
     return Splits(ds(x_train, y_train), ds(x_val, y_val), ds(x_test, y_test), num_classes, labels, info)

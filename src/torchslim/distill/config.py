@@ -19,12 +19,12 @@ Recipe form (every key optional)::
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from torchslim._errors import ConfigError
+from torchslim._errors import ConfigError, brief
+from torchslim._validation import finite_float
 from torchslim.train import AUGMENTATIONS  # the training loop applies them
 
 __all__ = ["FeatureMatch", "Regularization", "KDConfig", "config_from_mapping"]
@@ -33,14 +33,21 @@ REGULARIZATION_KINDS = ("l1", "l2")
 
 
 def _number(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ConfigError(name, f"must be a finite number, got {value!r}")
-    return float(value)
+    number = finite_float(value)
+    if number is None:
+        raise ConfigError(name, f"must be a finite number, got {brief(value)}")
+    return number
 
 
-def _positive_int(name: str, value: Any) -> int:
+MAX_BATCH_SIZE = 2**31 - 1  # larger ones overflow the data loader's sampler
+MAX_EPOCHS = 1_000_000
+
+
+def _positive_int(name: str, value: Any, maximum: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(name, f"must be a positive integer, got {value!r}")
+        raise ConfigError(name, f"must be a positive integer, got {brief(value)}")
+    if maximum is not None and value > maximum:
+        raise ConfigError(name, f"must be at most {maximum}, got {brief(value)}")
     return value
 
 
@@ -150,8 +157,8 @@ class KDConfig:
         object.__setattr__(self, "features", tuple(self.features))
         if self.regularization is not None and not isinstance(self.regularization, Regularization):
             raise ConfigError("regularization", f"must be a Regularization, got {self.regularization!r}")
-        _positive_int("epochs", self.epochs)
-        _positive_int("batch_size", self.batch_size)
+        _positive_int("epochs", self.epochs, MAX_EPOCHS)
+        _positive_int("batch_size", self.batch_size, MAX_BATCH_SIZE)
         lr = _number("lr", self.lr)
         if lr <= 0:
             raise ConfigError("lr", f"must be > 0, got {self.lr!r}")

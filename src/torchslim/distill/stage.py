@@ -25,6 +25,7 @@ from torch import nn
 
 from torchslim._errors import ConfigError
 from torchslim._validation import parse
+from torchslim._yaml import os_reason
 from torchslim.distill.api import distill
 from torchslim.distill.config import KDConfig, config_from_mapping
 from torchslim.distill.objective import StudentWithExtras, make_loss_fn
@@ -77,10 +78,18 @@ def _teacher(ctx: "RunContext", cfg: KDConfig) -> nn.Module:
         return copy.deepcopy(source).requires_grad_(False).eval()
     from torchslim.artifact import load_artifact, read_manifest
 
-    path = Path(cfg.teacher).expanduser()
+    path = Path(cfg.teacher)
+    try:
+        path = path.expanduser()
+    except RuntimeError:  # ~user of an unknown user: the path stays as written
+        pass
     if not path.is_absolute():
         path = Path(ctx.recipe.base_dir) / path
-    if not path.is_dir():
+    try:
+        found = path.is_dir()
+    except OSError as exc:  # e.g. a name longer than the file system allows
+        raise ConfigError("teacher", f"cannot read {path}: {os_reason(exc)}") from None
+    if not found:
         raise ConfigError("teacher", f"no torchslim artifact folder at {path}")
     try:
         # A teacher built by a factory may import it only when it is the factory the user's own domain names.
@@ -95,13 +104,14 @@ def _teacher(ctx: "RunContext", cfg: KDConfig) -> nn.Module:
 
 def _student(ctx: "RunContext", cfg: KDConfig) -> tuple[nn.Module, dict[str, Any] | None]:
     """A freshly built student and its manifest architecture, or the current model (architecture None)."""
-    from torchslim.models import build_model
+    from torchslim.models import build_model, with_data_kwargs
     from torchslim.runner import architecture_of
 
     spec = student_spec(cfg.student)
     if spec is None:
         return ctx.model, None
     try:
+        spec = with_data_kwargs(spec, ctx.recipe.base_dir, ctx.splits.input_shape, ctx.splits.num_classes)
         student = build_model(spec, ctx.recipe.base_dir)
     except ConfigError as exc:
         raise _as_field(exc, "student") from None
@@ -168,7 +178,10 @@ def _run(ctx: "RunContext", cfg: KDConfig) -> dict[str, Any]:
         ctx.log(f"distill: {len(ctx.step_hooks)} step hook(s) of the previous model dropped with it")
         ctx.step_hooks.clear()
     results: list[FitResult] = []
-    distill(student, teacher, ctx.splits.train, cfg, fit=_runner_loop(ctx, cfg, results))
+    try:
+        distill(student, teacher, ctx.splits.train, cfg, fit=_runner_loop(ctx, cfg, results))
+    except ConfigError as exc:  # e.g. the loss diverged: the message names this stage's lr
+        raise exc.within(f"stages[{ctx.stage_index}].distill", ctx.recipe.source) from None
     if architecture is not None:
         ctx.model, ctx.architecture = student, architecture
     record = {

@@ -11,11 +11,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from torchslim._errors import ConfigError
-from torchslim.models._reference import BUILTIN_MODELS, LeNet5, LeNet300100, MNIST1DCNN, MNIST1DMLP
+from torchslim._errors import ConfigError, brief
+from torchslim._yaml import file_problem
+from torchslim.models._reference import BUILTIN_MODELS, MLP, LeNet5, LeNet300100, MNIST1DCNN, MNIST1DMLP
 
-__all__ = ["BUILTIN_MODELS", "build_model", "input_shape_of", "load_weights_", "LeNet300100", "LeNet5",
-           "MNIST1DCNN", "MNIST1DMLP"]
+__all__ = ["BUILTIN_MODELS", "DATA_KWARGS", "MLP", "build_model", "data_kwargs_asked", "input_shape_of",
+           "load_weights_", "LeNet300100", "LeNet5", "MNIST1DCNN", "MNIST1DMLP", "with_data_kwargs"]
+
+DATA_KWARGS = ("input_shape", "num_classes")  # filled in from the data when a constructor asks for them
 
 
 def _factory(path: str, base_dir: str | Path) -> Any:
@@ -43,8 +46,75 @@ def _factory(path: str, base_dir: str | Path) -> Any:
     return fn
 
 
+MAX_PARAMS = 2**30  # 4 GiB of fp32 weights: a larger model is refused before any memory is allocated
+
+
+def _call(ctor: Any, kwargs: dict[str, Any], field: str) -> Any:
+    """``ctor(**kwargs)``; whatever it raises (it may be user code) is a ConfigError naming ``field``."""
+    try:
+        return ctor(**kwargs)
+    except ConfigError:
+        raise
+    except SystemExit as exc:
+        raise ConfigError(field, f"building the model called exit({exc.code!r})") from None
+    except RecursionError:
+        raise ConfigError(field, "building the model recursed without end") from None
+    except Exception as exc:  # TypeError, ValueError, OverflowError, RuntimeError from torch, the user's own
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise ConfigError(field, f"building the model failed: {type(exc).__name__}"
+                                 f"{': ' + detail if detail else ''}") from None
+
+
+def _check_size(ctor: Any, kwargs: dict[str, Any], field: str) -> None:
+    """Build on the ``meta`` device (shapes, no memory) and refuse more than MAX_PARAMS parameters.
+
+    A constructor that cannot run on ``meta`` is left to the real build.
+    """
+    try:
+        with torch.device("meta"):
+            probe = ctor(**kwargs)
+    except (Exception, SystemExit):  # the real build reports the error, or succeeds where meta could not
+        return
+    if isinstance(probe, nn.Module):
+        count = sum(t.numel() for t in (*probe.parameters(), *probe.buffers()))
+        if count > MAX_PARAMS:
+            raise ConfigError(field, f"would build a model of {count:,} parameters and buffers; at most "
+                                     f"{MAX_PARAMS:,} are allowed")
+
+
+def data_kwargs_asked(spec: Any, base_dir: str | Path = ".") -> set[str]:
+    """Which of ``input_shape`` / ``num_classes`` the spec's constructor takes and its kwargs do not give."""
+    if spec.name is not None:
+        if spec.name not in BUILTIN_MODELS:
+            return set()
+        ctor = BUILTIN_MODELS[spec.name]
+    else:
+        try:
+            ctor = _factory(spec.factory, base_dir)
+        except ConfigError:
+            return set()  # build_model reports it
+    try:
+        params = inspect.signature(ctor).parameters
+    except (TypeError, ValueError):
+        return set()
+    return {name for name in DATA_KWARGS if name in params and name not in spec.kwargs}
+
+
+def with_data_kwargs(spec: Any, base_dir: str | Path, input_shape: tuple[int, ...], num_classes: int) -> Any:
+    """The spec with ``input_shape`` and ``num_classes`` from the data added to its kwargs where its constructor
+    asks for them and they are not given (so the artifact records, and rebuilds, the same model)."""
+    values = {"input_shape": list(input_shape), "num_classes": int(num_classes)}
+    asked = data_kwargs_asked(spec, base_dir)
+    if not asked:
+        return spec
+    return spec.model_copy(update={"kwargs": {**spec.kwargs, **{k: values[k] for k in sorted(asked)}}})
+
+
 def build_model(spec: Any, base_dir: str | Path = ".") -> nn.Module:
     """Build the (untrained or weight-loaded) model a :class:`~torchslim.domain.ModelSpec` describes.
+
+    The constructor runs twice: first on the ``meta`` device, where no memory is allocated, so that kwargs asking
+    for terabytes of weights are refused (see ``MAX_PARAMS``), then for real. Anything it raises is a ConfigError.
 
     Args:
         spec: a ``ModelSpec`` (``name`` or ``factory``, ``kwargs``, optional ``weights``).
@@ -54,21 +124,26 @@ def build_model(spec: Any, base_dir: str | Path = ".") -> nn.Module:
     """
     if spec.name is not None:
         if spec.name not in BUILTIN_MODELS:
-            raise ConfigError("model.name", f"unknown model {spec.name!r}; known: {', '.join(BUILTIN_MODELS)}")
+            raise ConfigError("model.name", f"unknown model {brief(spec.name)}; known: {', '.join(BUILTIN_MODELS)}")
         ctor = BUILTIN_MODELS[spec.name]
         field = "model.kwargs"
     else:
-        ctor, field = _factory(spec.factory, base_dir), "model.kwargs"
+        try:
+            ctor, field = _factory(spec.factory, base_dir), "model.kwargs"
+        except ConfigError:
+            raise
+        except (Exception, SystemExit) as exc:  # importing runs the module: any error is the module's
+            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise ConfigError("model.factory", f"importing {brief(spec.factory)} failed: {type(exc).__name__}"
+                                               f"{': ' + detail if detail else ''}") from None
     try:
         inspect.signature(ctor).bind(**spec.kwargs)
     except TypeError as exc:
         raise ConfigError(field, f"{exc}") from None
     except ValueError:  # builtins without a signature: let the call decide
         pass
-    try:
-        model = ctor(**spec.kwargs)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(field, str(exc)) from None
+    _check_size(ctor, spec.kwargs, field)
+    model = _call(ctor, spec.kwargs, field)
     if not isinstance(model, nn.Module):
         raise ConfigError("model.factory", f"must return a torch.nn.Module, got {type(model).__name__}")
     if spec.weights is not None:
@@ -81,8 +156,9 @@ def load_weights_(model: nn.Module, path: str | Path) -> nn.Module:
     from safetensors.torch import load_file
 
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError("model.weights", f"file not found: {p}")
+    problem = file_problem(p)
+    if problem:
+        raise ConfigError("model.weights", f"{problem}: {p}" if problem == "file not found" else f"{p}: {problem}")
     try:
         state = load_file(str(p))
     except Exception as exc:  # safetensors raises its own error types for corrupt headers

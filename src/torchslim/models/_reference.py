@@ -98,9 +98,35 @@ class MNIST1DMLP(nn.Module):
         return self.fc3(x)
 
 
+class MLP(nn.Module):
+    """A multilayer perceptron sized from the data: flattened inputs -> ``hidden`` layers (ReLU) -> classes.
+
+    ``input_shape`` and ``num_classes`` are filled in from the domain's data when the domain does not give them;
+    ``width`` scales every hidden layer (students).
+    """
+
+    def __init__(self, input_shape: tuple[int, ...] | list[int], num_classes: int = 2,
+                 hidden: tuple[int, ...] | list[int] = (128, 64), width: float = 1.0):
+        super().__init__()
+        if isinstance(hidden, (int, str)) or not all(isinstance(h, int) and not isinstance(h, bool) and h > 0
+                                                     for h in hidden):
+            raise ValueError(f"hidden must be a list of positive integers, got {hidden!r}")
+        self.input_shape = tuple(int(d) for d in input_shape)
+        sizes = [int(torch.Size(self.input_shape).numel()), *(_scaled(h, width) for h in hidden)]
+        layers: list[nn.Module] = [nn.Flatten()]
+        for a, b in zip(sizes, sizes[1:]):
+            layers += [nn.Linear(a, b), nn.ReLU()]
+        layers.append(nn.Linear(sizes[-1], num_classes))
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (N, *input_shape)
+        return self.layers(x)
+
+
 BUILTIN_MODELS: dict[str, type[nn.Module]] = {
     "lenet300_100": LeNet300100,
     "lenet5": LeNet5,
     "mnist1d_cnn": MNIST1DCNN,
     "mnist1d_mlp": MNIST1DMLP,
+    "mlp": MLP,
 }

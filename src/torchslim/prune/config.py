@@ -8,13 +8,13 @@ A recipe stage ``- prune: {method: structured, sparsity: 0.5, ...}`` becomes a c
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from torchslim._errors import ConfigError
+from torchslim._errors import ConfigError, brief
+from torchslim._validation import finite_float
 from torchslim.train import AUGMENTATIONS  # the training loop applies them
 
 __all__ = [
@@ -35,16 +35,23 @@ SCOPES = ("layer", "global")
 
 def _check_fraction(name: str, value: Any) -> float:
     """A sparsity: a number in [0, 1)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if finite_float(value) is None:
         raise ConfigError(name, f"must be a number in [0, 1), got {value!r}")
     if not 0.0 <= value < 1.0:
         raise ConfigError(name, f"must be in [0, 1), got {value}")
     return float(value)
 
 
-def _check_int(name: str, value: Any, minimum: int) -> int:
+MAX_BATCH_SIZE = 2**31 - 1  # larger ones overflow the data loader's sampler
+MAX_EPOCHS = 1_000_000
+MAX_STEPS = 10_000  # pruning steps; each one prunes and fine-tunes
+
+
+def _check_int(name: str, value: Any, minimum: int, maximum: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(name, f"must be an integer >= {minimum}, got {value!r}")
+        raise ConfigError(name, f"must be an integer >= {minimum}, got {brief(value)}")
+    if maximum is not None and value > maximum:
+        raise ConfigError(name, f"must be at most {maximum}, got {brief(value)}")
     return value
 
 
@@ -69,7 +76,7 @@ def _check_pattern(name: str, pattern: Any) -> None:
     if pattern.startswith("re:"):
         try:
             re.compile(pattern[3:])
-        except re.error as exc:
+        except (re.error, RecursionError, OverflowError) as exc:
             raise ConfigError(name, f"invalid regular expression {pattern[3:]!r}: {exc}") from None
 
 
@@ -97,7 +104,7 @@ class Schedule:
 
     def __post_init__(self):
         _check_choice("kind", self.kind, SCHEDULE_KINDS)
-        _check_int("steps", self.steps, 1)
+        _check_int("steps", self.steps, 1, MAX_STEPS)
         if self.kind == "oneshot" and self.steps != 1:
             raise ConfigError("steps", f"a oneshot schedule has 1 step, got {self.steps}; use kind: polynomial")
 
@@ -124,11 +131,11 @@ class Finetune:
     augment: str = "none"
 
     def __post_init__(self):
-        _check_int("epochs", self.epochs, 0)
+        _check_int("epochs", self.epochs, 0, MAX_EPOCHS)
         lr = self.lr
-        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or not lr > 0:
+        if finite_float(lr) is None or not lr > 0:
             raise ConfigError("lr", f"must be a finite positive number, got {lr!r}")
-        _check_int("batch_size", self.batch_size, 1)
+        _check_int("batch_size", self.batch_size, 1, MAX_BATCH_SIZE)
         _check_choice("augment", self.augment, AUGMENTATIONS)
 
 
@@ -275,7 +282,7 @@ def config_from_mapping(data: Mapping[str, Any]):
     if not isinstance(data, Mapping):
         raise ConfigError("", f"a prune stage must be a mapping, got {data!r}")
     method = data.get("method")
-    if method not in METHODS:
+    if not isinstance(method, str) or method not in METHODS:
         raise ConfigError("method", f"must be one of {', '.join(METHODS)}, got {method!r}")
     cls = METHODS[method]
     fields = {f.name: f for f in dataclasses.fields(cls)}

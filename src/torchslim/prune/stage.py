@@ -20,6 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from torchslim._errors import ConfigError
+from torchslim._validation import finite_float
 from torchslim.distributed import is_distributed, module_device, rank_digests
 from torchslim.prune._select import LayerSelector, check_names
 from torchslim.prune.api import prune_
@@ -53,7 +54,7 @@ class SensitivitySpec:
             raise ConfigError("sparsities", f"must be a non-empty list of sparsities in [0, 1), got {s!r}")
         object.__setattr__(self, "sparsities", tuple(_check_fraction(f"sparsities[{i}]", v) for i, v in enumerate(s)))
         d = self.max_drop
-        if isinstance(d, bool) or not isinstance(d, (int, float)) or not math.isfinite(d) or d < 0:
+        if finite_float(d) is None or d < 0:
             raise ConfigError("max_drop", f"must be a number >= 0, got {d!r}")
 
 
@@ -159,7 +160,10 @@ def _finetune_fn(ctx: "RunContext", config):
 
     def finetune(model: nn.Module, epochs: int, after_step, step: int, steps: int) -> None:
         train = TrainConfig(epochs=epochs, lr=ft.lr, batch_size=ft.batch_size, augment=ft.augment)
-        ctx.fit(model, train, desc=f"prune finetune {step} of {steps}", after_step=after_step)
+        try:
+            ctx.fit(model, train, desc=f"prune finetune {step} of {steps}", after_step=after_step)
+        except ConfigError as exc:  # e.g. the loss diverged: name the fine-tune's lr
+            raise exc.within("finetune") from None
 
     return finetune
 

@@ -13,10 +13,15 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from torchslim._errors import ConfigError
+from torchslim._validation import finite_float
 from torchslim.quantize.granularity import (Granularity, PerChannel, PerGroup, PerTensor, granularity_from_key,
                                            granularity_key)
 from torchslim.quantize.observers import OBSERVERS
 from torchslim.quantize.primitives import check_bits
+
+
+MAX_ITERATIONS = 10_000  # k-means iterations per layer
+MAX_EPOCHS = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -30,9 +35,9 @@ class CalibrationConfig:
     def __post_init__(self):
         if isinstance(self.batches, bool) or not isinstance(self.batches, int) or self.batches < 1:
             raise ConfigError("calibration.batches", f"must be a positive integer, got {self.batches!r}")
-        if self.observer not in OBSERVERS:
+        if not isinstance(self.observer, str) or self.observer not in OBSERVERS:
             raise ConfigError("calibration.observer", f"unknown observer {self.observer!r}; known: {sorted(OBSERVERS)}")
-        if not _is_number(self.percentile) or not 50.0 < float(self.percentile) <= 100.0:
+        if finite_float(self.percentile) is None or not 50.0 < float(self.percentile) <= 100.0:
             raise ConfigError("calibration.percentile", f"must be in (50, 100], got {self.percentile!r}")
 
 
@@ -46,7 +51,9 @@ class FinetuneConfig:
     def __post_init__(self):
         if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 0:
             raise ConfigError("finetune.epochs", f"must be a non-negative integer, got {self.epochs!r}")
-        if not _is_number(self.lr) or not self.lr > 0:
+        if self.epochs > MAX_EPOCHS:
+            raise ConfigError("finetune.epochs", f"must be at most {MAX_EPOCHS}, got {self.epochs!r}")
+        if finite_float(self.lr) is None or not self.lr > 0:
             raise ConfigError("finetune.lr", f"must be a positive number, got {self.lr!r}")
 
 
@@ -79,7 +86,7 @@ def _check_common(cfg) -> None:
         if pattern.startswith("re:"):
             try:
                 re.compile(pattern[3:])
-            except re.error as err:
+            except (re.error, RecursionError, OverflowError) as err:
                 raise ConfigError("ignore", f"bad regular expression {pattern!r}: {err}") from None
     if cfg.max_metric_drop is not None and (not _is_number(cfg.max_metric_drop) or not 0 <= cfg.max_metric_drop < 1):
         raise ConfigError("max_metric_drop", f"must be a number in [0, 1), got {cfg.max_metric_drop!r}")
@@ -88,6 +95,8 @@ def _check_common(cfg) -> None:
         if not isinstance(overrides, Mapping):
             raise ConfigError("overrides", f"must map layer names to bits, got {overrides!r}")
         for name, bits in overrides.items():
+            if not isinstance(name, str) or not name:
+                raise ConfigError(f"overrides.{name}", "a layer name or re: pattern must be a non-empty string")
             check_bits(bits, f"overrides.{name}")
         object.__setattr__(cfg, "overrides", types.MappingProxyType(dict(overrides)))
 
@@ -173,8 +182,9 @@ class KMeansConfig:
 
     def __post_init__(self):
         check_bits(self.bits)
-        if isinstance(self.iterations, bool) or not isinstance(self.iterations, int) or self.iterations < 1:
-            raise ConfigError("iterations", f"must be a positive integer, got {self.iterations!r}")
+        if isinstance(self.iterations, bool) or not isinstance(self.iterations, int) \
+                or not 1 <= self.iterations <= MAX_ITERATIONS:
+            raise ConfigError("iterations", f"must be an integer in [1, {MAX_ITERATIONS}], got {self.iterations!r}")
         if self.finetune is not None:
             _check_nested(self, "finetune", FinetuneConfig)
         _check_common(self)
@@ -245,7 +255,7 @@ def config_from_mapping(data: Mapping[str, Any]):
     if not isinstance(data, Mapping):
         raise ConfigError("quantize", f"must be a mapping, got {data!r}")
     method = data.get("method")
-    if method not in METHODS:
+    if not isinstance(method, str) or method not in METHODS:
         raise ConfigError("method", f"unknown quantization method {method!r}; known: {sorted(METHODS)}")
     rest = {k: v for k, v in data.items() if k != "method"}
     return _build(METHODS[method], rest, "", f"method {method!r}")

@@ -123,10 +123,16 @@ def _run_quantize(ctx: "RunContext", stage: QuantizeStage) -> dict[str, Any]:
     settings = _train_settings(ctx)
 
     def finetune(model: torch.nn.Module, epochs: int, lr: float) -> None:
-        ctx.fit(model, TrainConfig(epochs=epochs, lr=lr, **settings), desc=f"{method} finetune")
+        try:
+            ctx.fit(model, TrainConfig(epochs=epochs, lr=lr, **settings), desc=f"{method} finetune")
+        except ConfigError as exc:  # e.g. the loss diverged: name the fine-tune's lr
+            raise exc.within("finetune") from None
 
-    report = quantize_(ctx.model, cfg, calibration=calibration_batches(ctx, cfg), finetune=finetune,
-                       evaluate=ctx.validate, baseline=before)
+    try:
+        report = quantize_(ctx.model, cfg, calibration=calibration_batches(ctx, cfg), finetune=finetune,
+                           evaluate=ctx.validate, baseline=before)
+    except ConfigError as exc:
+        raise exc.within(f"stages[{ctx.stage_index}].quantize", ctx.recipe.source) from None
     after = report.metric if report.metric is not None else ctx.validate()
     names = sorted(report.layers)
     ctx.log(f"quantize: {method}, {len(names)} layer(s) quantized, {len(report.float_layers)} kept in float")

@@ -182,8 +182,9 @@ def _constraints(m: dict[str, Any]) -> list[Block]:
 def _data(m: dict[str, Any]) -> list[Block]:
     d = m["data"]
     return [Heading(2, "Data"),
-            Paragraph(f"`{d['source']}`: train {d['train']}, val {d['val']}, test {d['test']} (seed {d['seed']}, "
-                      f"stratified). {d['preprocessing']}.")]
+            Paragraph(f"`{d['source']}`: train {d['train']}, val {d['val']}, test {d['test']} (seed {d['seed']}"
+                      f"{', stratified' if d.get('stratified') else ', not stratified: a class has a single sample'}"
+                      f"). {d['preprocessing']}.")]
 
 
 def _runtime(metrics: dict[str, Any]) -> list[Block]:

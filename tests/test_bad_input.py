@@ -1,0 +1,321 @@
+"""Each class of bad input the fuzzer generates, once by hand: exit code 2, one line naming the file and field.
+
+The CLI runs in-process (click's runner), as the fuzzer runs it; ``test_cli.py`` runs it as a subprocess.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from torchslim._errors import MAX_LINE, ConfigError
+from torchslim.cli import cli
+from torchslim.data import load_splits
+from torchslim.domain import DataSpec
+
+DOMAIN = """name: tiny
+task: image-classification
+data: {source: digits, test_fraction: 0.2, val_fraction: 0.1, seed: 0}
+model: {name: lenet300_100, kwargs: {hidden1: 8, hidden2: 8}}
+"""
+RECIPE = "domain: domain.yaml\nseed: 0\nstages:\n  - train: {epochs: 1, lr: 0.01}\n"
+
+
+def run_cli(folder: Path, *args: str, env: dict[str, str] | None = None) -> tuple[int, list[str]]:
+    """Exit code and the non-empty stderr lines of ``torchslim ARGS`` run in ``folder``."""
+    cwd = os.getcwd()
+    os.chdir(folder)
+    try:
+        result = CliRunner().invoke(cli, list(args), env={"TQDM_DISABLE": "1", **(env or {})})
+    finally:
+        os.chdir(cwd)
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result.exit_code, [line for line in result.stderr.splitlines() if line.strip()]
+
+
+def rejected(folder: Path, *, recipe: str | bytes = RECIPE, domain: str | bytes | None = DOMAIN,
+             args: tuple[str, ...] = ()) -> str:
+    """Write the files, ``check`` them, and return the single error line (asserting exit code 2)."""
+    for name, text in (("recipe.yaml", recipe), ("domain.yaml", domain)):
+        if text is not None:
+            (folder / name).write_bytes(text if isinstance(text, bytes) else text.encode())
+    code, lines = run_cli(folder, "check", "recipe.yaml", *args)
+    assert code == 2 and len(lines) == 1, lines
+    assert lines[0].startswith("error: ") and len(lines[0]) <= MAX_LINE
+    return lines[0].removeprefix("error: ")
+
+
+def with_model(**model: object) -> str:
+    kwargs = ", ".join(f"{k}: {v}" for k, v in model.items())
+    return DOMAIN.replace("model: {name: lenet300_100, kwargs: {hidden1: 8, hidden2: 8}}", f"model: {{{kwargs}}}")
+
+
+def with_stage(stage: str) -> str:
+    return RECIPE + f"  - {stage}\n"
+
+
+# --- bytes and YAML ---------------------------------------------------------------------------------------------
+
+
+def test_bytes_that_are_not_utf8(tmp_path):
+    assert rejected(tmp_path, recipe=b"domain: do\xffmain.yaml\n").startswith(
+        "recipe.yaml: not UTF-8 text: byte 0xff at line 1, column 11")
+    assert rejected(tmp_path, domain=DOMAIN.encode() + b"\xc3\x28").startswith("domain.yaml: not UTF-8 text")
+
+
+def test_yaml_errors_are_one_line_with_line_and_column(tmp_path):
+    line = rejected(tmp_path, recipe=RECIPE + "  - [unclosed\n")
+    assert line == "recipe.yaml: invalid YAML at line 6, column 1: expected ',' or ']', but got '<stream end>'"
+    assert rejected(tmp_path, recipe="domain: do\x00main.yaml\n") == (
+        "recipe.yaml: character '\\x00' at line 1, column 11 is not allowed in YAML")
+    assert rejected(tmp_path, recipe="a: !!timestamp 2024-13-45\n").startswith(
+        "recipe.yaml: invalid YAML at line 1, column 4: cannot read '2024-13-45'")
+    assert rejected(tmp_path, recipe=RECIPE.replace("seed: 0", "seed: 2024-01-31")) == (
+        "recipe.yaml: seed: must be a non-negative integer")  # a date stays a string
+
+
+def test_deep_nesting_and_alias_bombs(tmp_path):
+    assert rejected(tmp_path, recipe="seed: " + "[" * 100 + "]" * 100 + "\n") == (
+        "recipe.yaml: the YAML nests deeper than 64 levels")
+    assert rejected(tmp_path, recipe="seed: " + "[" * 5000 + "]" * 5000 + "\n").startswith("recipe.yaml: invalid YAML")
+    laughs = "a: &a [1,1,1,1,1,1,1,1,1,1]\n" + "".join(
+        f"{c}: &{c} [{', '.join(['*' + p] * 10)}]\n" for p, c in zip("abcdef", "bcdefg"))
+    assert rejected(tmp_path, recipe=laughs).startswith("recipe.yaml: the YAML holds more than 100,000 values")
+    assert rejected(tmp_path, recipe="a: &x [*x]\n") == (
+        "recipe.yaml: the YAML an alias refers to a mapping or list that contains it")
+
+
+def test_huge_integers(tmp_path):
+    assert rejected(tmp_path, recipe=RECIPE.replace("seed: 0", "seed: " + "9" * 5000)) == (
+        "recipe.yaml: invalid YAML at line 2, column 7: an integer of 5,000 digits is too large (at most 1,000)")
+    assert rejected(tmp_path, recipe=RECIPE.replace("seed: 0", "seed: " + "9" * 50)) == (
+        "recipe.yaml: seed: must be at most 4294967295 (2**32 - 1)")
+    assert rejected(tmp_path, domain=DOMAIN.replace("seed: 0", "seed: -1")) == "domain.yaml: data.seed: must be >= 0"
+    assert rejected(tmp_path, domain=DOMAIN.replace("seed: 0", f"seed: {2**40}")) == (
+        "domain.yaml: data.seed: must be <= 4294967295")
+    assert rejected(tmp_path, args=("--set", "stages.0.train.epochs=" + "9" * 2000)).startswith(
+        "recipe.yaml: --set stages.0.train.epochs: invalid YAML at line 1, column 1: an integer of 2,000 digits")
+
+
+def test_infinities_and_nan(tmp_path):
+    assert rejected(tmp_path, recipe=RECIPE.replace("lr: 0.01", "lr: .inf")) == (
+        "recipe.yaml: stages[0].train.lr: must be a finite number")
+    assert rejected(tmp_path, domain=DOMAIN + "constraints: {max_latency_ms: {batch_1: .nan}}\n") == (
+        "domain.yaml: constraints.max_latency_ms.batch_1: must be a finite number")
+    assert rejected(tmp_path, domain=with_model(name="lenet300_100", kwargs="{width: .inf}")).startswith(
+        "domain.yaml: model.kwargs: building the model failed: OverflowError")
+    assert rejected(tmp_path, domain=with_model(name="lenet5", kwargs="{width: .nan}")).startswith(
+        "domain.yaml: model.kwargs: building the model failed: ValueError")
+    assert rejected(tmp_path, recipe=with_stage("quantize: {method: kmeans, finetune: {epochs: 1, lr: .inf}}")) \
+        .startswith("recipe.yaml: stages[1].quantize.finetune.lr: must be a positive number")
+
+
+def test_absurd_model_sizes_are_refused_before_allocating(tmp_path):
+    line = rejected(tmp_path, domain=with_model(name="lenet300_100", kwargs="{width: 1000000}"))
+    assert line.startswith("domain.yaml: model.kwargs: would build a model of 30,000,020,600,000,010 parameters")
+    line = rejected(tmp_path, domain=with_model(name="lenet300_100", kwargs="{num_classes: -3}"))
+    assert line.startswith("domain.yaml: model.kwargs: building the model failed: RuntimeError")
+    line = rejected(tmp_path, recipe=with_stage("distill: {student: {name: lenet5, kwargs: {fc: 100000000000}}}"))
+    assert line.startswith("recipe.yaml: stages[1].distill.student.kwargs: would build a model of")
+
+
+@pytest.mark.parametrize("factory", [".foo:bar", "..x:y", "a..b:c", ":build", "mod:", "mod.:f", "mod:f:g", "1m:f"])
+def test_factory_must_be_an_absolute_module_and_a_function(tmp_path, factory):
+    line = rejected(tmp_path, domain=with_model(factory=f"'{factory}'"))
+    assert line.startswith("domain.yaml: model.factory: must look like 'package.module:function'")
+
+
+def test_a_factory_module_that_fails_to_import_or_build(tmp_path):
+    (tmp_path / "broken_syntax_mod.py").write_text("def build(:\n")
+    assert rejected(tmp_path, domain=with_model(factory="broken_syntax_mod:build")).startswith(
+        "domain.yaml: model.factory: importing 'broken_syntax_mod:build' failed: SyntaxError")
+    (tmp_path / "raising_build_mod.py").write_text("def build():\n    return 1 / 0\n")
+    assert rejected(tmp_path, domain=with_model(factory="raising_build_mod:build")) == (
+        "domain.yaml: model.kwargs: building the model failed: ZeroDivisionError: division by zero")
+    sys.path.remove(str(tmp_path.resolve()))
+
+
+# --- paths ------------------------------------------------------------------------------------------------------
+
+
+def test_special_files_as_recipe_or_domain(tmp_path):
+    (tmp_path / "folder").mkdir()
+    code, lines = run_cli(tmp_path, "check", "folder")
+    assert code == 2 and lines == ["error: folder: RECIPE: is a directory"]
+    (tmp_path / "zero.yaml").symlink_to("/dev/zero")
+    code, lines = run_cli(tmp_path, "check", "zero.yaml")
+    assert code == 2 and lines == ["error: zero.yaml: is a device, not a file"]
+    os.mkfifo(tmp_path / "pipe.yaml")
+    assert rejected(tmp_path, recipe=RECIPE.replace("domain.yaml", "pipe.yaml")) == (
+        "pipe.yaml: is a named pipe, not a file")
+    long_name = "n" * 300 + ".yaml"
+    assert rejected(tmp_path, recipe=RECIPE.replace("domain.yaml", long_name)).endswith(
+        "nnnnnnnn.yaml: cannot read the file: the path or a name in it is too long")
+    code, lines = run_cli(tmp_path, "eval", "x", "--domain", "folder")
+    assert code == 2 and lines == ["error: folder: --domain: is a directory"]
+
+
+def test_unreadable_file(tmp_path, monkeypatch):
+    (tmp_path / "recipe.yaml").write_text(RECIPE)
+    real_open = open
+
+    def deny(path, *args, **kwargs):  # chmod 000 does not stop root, who runs some CI machines
+        if str(path).endswith("recipe.yaml"):
+            raise PermissionError(13, "Permission denied")
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", deny)
+    code, lines = run_cli(tmp_path, "check", "recipe.yaml")
+    assert code == 2 and lines == ["error: recipe.yaml: cannot read the file: Permission denied"]
+
+
+def test_special_paths_as_data_weights_and_teacher(tmp_path):
+    (tmp_path / "data.npz").mkdir()
+    line = rejected(tmp_path, domain=DOMAIN.replace("source: digits", "source: 'npz:data.npz'"))
+    assert line.startswith("domain.yaml: data.source: ") and line.endswith("data.npz: is a directory, not a file")
+    (tmp_path / "w.safetensors").symlink_to("/dev/zero")
+    line = rejected(tmp_path, domain=with_model(name="lenet300_100", weights="w.safetensors"))
+    assert line.startswith("domain.yaml: model.weights: ") and line.endswith("is a device, not a file")
+    line = rejected(tmp_path, recipe=with_stage("distill: {teacher: " + "t" * 300 + "}"))
+    assert line.startswith("recipe.yaml: stages[1].distill.teacher: cannot read")
+    line = rejected(tmp_path, domain=DOMAIN.replace("source: digits", "source: 'imagefolder:" + "i" * 300 + "'"))
+    assert line.startswith("domain.yaml: data.source: cannot read image folder")
+
+
+def test_run_writes_nothing_on_bad_input(tmp_path):
+    (tmp_path / "domain.yaml").write_text(with_model(factory="'.rel:build'"))
+    (tmp_path / "recipe.yaml").write_text(RECIPE)
+    code, lines = run_cli(tmp_path, "run", "recipe.yaml", "--out", "out")
+    assert code == 2 and lines[0].startswith("error: domain.yaml: model.factory: ")
+    assert not (tmp_path / "out").exists()
+
+
+# --- data -------------------------------------------------------------------------------------------------------
+
+
+def npz_domain(tmp_path: Path, test_fraction: float = 0.2, **arrays: np.ndarray) -> str:
+    np.savez(tmp_path / "data.npz", **arrays)
+    return DOMAIN.replace("source: digits", "source: 'npz:data.npz'").replace("test_fraction: 0.2",
+                                                                             f"test_fraction: {test_fraction}")
+
+
+def test_npz_arrays_of_strings_objects_or_wrong_shapes(tmp_path):
+    x, y = np.random.default_rng(0).random((40, 1, 8, 8)), np.arange(40) % 4
+    line = rejected(tmp_path, domain=npz_domain(tmp_path, x=np.array([["a"] * 64] * 40), y=y))
+    assert line == "domain.yaml: data.source: data.npz: array x holds <U1 values; expected real numbers"
+    line = rejected(tmp_path, domain=npz_domain(tmp_path, x=np.array([None] * 40, dtype=object), y=y))
+    assert line.startswith("domain.yaml: data.source: cannot read ") and "allow_pickle=False" in line
+    line = rejected(tmp_path, domain=npz_domain(tmp_path, x=x, y=y, x_test=x[:5, :, :4], y_test=y[:5]))
+    assert line == "domain.yaml: data.source: data.npz: x_test has samples of shape (1, 4, 8) but x has (1, 8, 8)"
+    line = rejected(tmp_path, domain=npz_domain(tmp_path, x=x, y=y[:, None]))
+    assert line.startswith("domain.yaml: data.source: data.npz: array y has shape (40, 1)")
+    line = rejected(tmp_path, domain=npz_domain(tmp_path, x=x, y=y + 10**9))
+    assert line == "domain.yaml: data.source: data.npz: array y: labels must be whole numbers in [0, 100000)"
+    line = rejected(tmp_path, domain=npz_domain(tmp_path, x=x[:0], y=y[:0]))
+    assert line.startswith("domain.yaml: data.source: data.npz: array x has shape (0, 1, 8, 8)")
+
+
+def test_a_corrupt_image_in_an_image_folder(tmp_path):
+    for label in ("a", "b"):
+        (tmp_path / "imgs" / label).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(np.full((8, 8), 40 * i, np.uint8)).save(tmp_path / "imgs" / label / f"{i}.png")
+    (tmp_path / "imgs" / "a" / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    line = rejected(tmp_path, domain=with_model(name="lenet5").replace("source: digits", "source: 'imagefolder:imgs'"))
+    assert line.startswith("domain.yaml: data.source: cannot read image imgs/a/bad.png: ")
+
+
+def test_splits_too_small_for_the_classes(tmp_path):
+    line = rejected(tmp_path, domain=DOMAIN.replace("test_fraction: 0.2", "test_fraction: 0.002"))
+    assert line.startswith("domain.yaml: data.test_fraction: the test split of 0.002 of 1797 samples holds 4")
+    line = rejected(tmp_path, domain=DOMAIN.replace("val_fraction: 0.1", "val_fraction: 0.001"))
+    assert line.startswith("domain.yaml: data.val_fraction: the validation split of 0.00125 of 1437 samples")
+    x, y = np.zeros((12, 1, 8, 8)), np.arange(12) % 6
+    line = rejected(tmp_path, domain=npz_domain(tmp_path, x=x, y=y))
+    assert line.startswith("domain.yaml: data.test_fraction: ") and "at least 6 (one per class)" in line
+
+
+def test_the_data_summary_says_whether_the_split_was_stratified(tmp_path):
+    from torchslim.report._sections import _data
+
+    x = np.random.default_rng(0).random((41, 4)).astype(np.float32)
+    np.savez(tmp_path / "even.npz", x=x[:40], y=np.arange(40) % 2)
+    np.savez(tmp_path / "single.npz", x=x, y=np.r_[np.arange(40) % 2, 2])  # class 2 has one sample
+    even = load_splits(DataSpec(source="npz:even.npz"), base_dir=tmp_path)
+    single = load_splits(DataSpec(source="npz:single.npz"), base_dir=tmp_path)
+    assert even.info["stratified"] is True and single.info["stratified"] is False
+
+    def text(info):
+        return _data({"data": info})[1].text
+
+    assert "(seed 0, stratified)" in text(even.info)
+    assert "not stratified: a class has a single sample" in text(single.info)
+
+
+# --- stage configs ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stage, field", [
+    ("quantize: {method: [static]}", "stages[1].quantize.method"),
+    ("quantize: {method: static, calibration: {observer: [minmax]}}", "stages[1].quantize.calibration.observer"),
+    ("quantize: {method: weight, overrides: {3: 4}}", "stages[1].quantize.overrides.3"),
+    ("quantize: {method: weight, ignore: ['re:a{99999999999}']}", "stages[1].quantize.ignore"),
+    ("prune: {method: {a: 1}, sparsity: 0.5}", "stages[1].prune.method"),
+    ("prune: {method: magnitude, sparsity: 0.5, ignore: ['re:a{99999999999}']}", "stages[1].prune.ignore[0]"),
+    ("prune: {method: magnitude, sparsity: 0.5, 7: 1}", "stages[1].prune.7"),
+    ("distill: {alpha: .nan}", "stages[1].distill.alpha"),
+    ("export: {formats: [onnx, onnx]}", "stages[1].export.formats"),
+])
+def test_stage_configs_name_the_field(tmp_path, stage, field):
+    line = rejected(tmp_path, recipe=with_stage(stage))
+    assert line.startswith(f"recipe.yaml: {field}: "), line
+
+
+def test_unknown_top_level_keys_of_any_type(tmp_path):
+    assert rejected(tmp_path, recipe=RECIPE + "1: x\nzz: y\n") == (
+        "recipe.yaml: 1: unknown key (expected domain, seed, stages)")
+
+
+# --- the line itself --------------------------------------------------------------------------------------------
+
+
+def test_the_line_is_bounded_and_keeps_the_file_name():
+    err = ConfigError("stages[0]." + "k" * 500, "bad value " + "x" * 1000 + "\nsecond line",
+                      "/very/" + "long/" * 100 + "recipe.yaml")
+    line = f"error: {err}"
+    assert len(line) <= MAX_LINE and "\n" not in line
+    assert line.startswith("error: …") and "/long/recipe.yaml: stages[0].kkk" in line
+
+
+def test_an_unexpected_exception_is_one_line_asking_for_a_report(tmp_path, monkeypatch):
+    def boom(*args, **kwargs):
+        raise RuntimeError("internal\ndetail")
+
+    monkeypatch.setattr("torchslim.recipe.load_recipe", boom)
+    (tmp_path / "recipe.yaml").write_text(RECIPE)
+    code, lines = run_cli(tmp_path, "check", "recipe.yaml")
+    assert code == 1 and len(lines) == 1
+    assert lines[0].startswith("error: unexpected RuntimeError: internal detail (a bug in torchslim: please report")
+    with pytest.raises(RuntimeError, match="internal"):
+        run_cli(tmp_path, "check", "recipe.yaml", env={"TORCHSLIM_TRACEBACK": "1"})
+
+
+def test_an_empty_domain_path_names_the_recipe(tmp_path):
+    assert rejected(tmp_path, recipe=RECIPE.replace("domain.yaml", "''")) == (
+        "recipe.yaml: domain: must be a path to a domain file or an inline mapping")
+
+
+def test_training_that_diverges_is_one_line_and_leaves_no_folder(tmp_path):
+    (tmp_path / "domain.yaml").write_text(DOMAIN)
+    (tmp_path / "recipe.yaml").write_text(RECIPE.replace("lr: 0.01", "lr: 1.0e+30"))
+    code, lines = run_cli(tmp_path, "run", "recipe.yaml", "--out", "out", "--threads", "1")
+    assert code == 2 and len(lines) == 2, lines  # the stage's progress line, then the error
+    assert lines[-1].startswith("error: recipe.yaml: stages[0].train.lr: training diverged")
+    assert not (tmp_path / "out").exists()
