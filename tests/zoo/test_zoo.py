@@ -74,12 +74,8 @@ MIN_RATIO = {
     "structured": {"resnet": 2.5, "conv1d": 2.5, "transformer": 1.8, "tokens": 1.6},
 }
 
-FLOAT_TWICE = ("dynamic int8 stores the float weights of the layers it leaves in float (the convolutions) twice, in "
-               "the state dict and in model.int8.onnx.zst: the residual CNN's artifact is bigger than fp32 (0.59x), "
-               "the Conv1d model's 1.42x where 2.1x is expected")
-
 # Library bugs each case shows today: (model, method) -> reason. A case listed here is xfail(strict=True).
-KNOWN = {("resnet", "dynamic"): FLOAT_TWICE, ("conv1d", "dynamic"): FLOAT_TWICE}
+KNOWN: dict[tuple[str, str], str] = {}
 
 
 def _case(model: str, method: str):

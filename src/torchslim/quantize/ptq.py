@@ -79,8 +79,9 @@ def quantize_dynamic_(model: nn.Module, config: DynamicConfig, ctx: QuantContext
     from torchslim.export.onnx_export import to_onnx_proto
     from torchslim.export.ort_quant import nodes_of_modules, quantize_dynamic_onnx
 
-    model.eval()
-    # ORT's dynamic quantizer handles MatMul (Linear) only; convolutions stay float in both worlds
+    # ORT's dynamic quantizer handles MatMul (Linear) only; convolutions stay float in both worlds. BatchNorm is
+    # folded as the ONNX export folds it, so the float convolutions' weights are the exported ones, stored once.
+    fold_conv_bn_(model)
     layers = {n: m for n, m in quantizable_layers(model, config.ignore).items() if isinstance(m, nn.Linear)}
     excluded = sorted(set(quantizable_layers(model)) - set(layers))
     onnx_model = None
