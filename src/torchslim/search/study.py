@@ -284,9 +284,10 @@ class AutoSearch:
             if self.timeout is not None and time.monotonic() - start >= self.timeout:
                 self.log(f"timeout: {self.timeout:g}s passed; no new candidate is started")
                 break
-            before = {t.number for t in study.get_trials(deepcopy=False)}
+            ended = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
+            before = {t.number for t in study.get_trials(deepcopy=False, states=ended)}
             study.optimize(self.objective_fn, n_trials=1, catch=(Exception,))
-            mine = [t for t in study.get_trials(deepcopy=False) if t.number not in before
+            mine = [t for t in study.get_trials(deepcopy=False, states=ended) if t.number not in before
                     and t.user_attrs.get("pid") == os.getpid()]
             if any(t.state == TrialState.FAIL for t in mine):
                 failures += 1
