@@ -27,9 +27,9 @@ constraints: {max_size_bytes: 50, max_metric_drop: 0.5}
 FAST = ["--baseline-epochs", "2", "--max-epochs", "2", "--threads", "1"]
 
 
-def _auto(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+def _auto(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "torchslim", "auto", *map(str, args)], capture_output=True,
-                          text=True, env=cli_env(), cwd=cwd, timeout=900)
+                          text=True, env=env or cli_env(), cwd=cwd, timeout=900)
 
 
 def _completed(out: Path, name: str = "auto-digits-auto") -> int:
