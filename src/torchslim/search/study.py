@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import fcntl
-import json
 import math
 import os
 import socket
@@ -245,7 +244,12 @@ class AutoSearch:
                 if "record" in t.user_attrs]
 
     def write(self, study: Any) -> Optional[dict[str, Any]]:
-        """Rewrite the outputs from every finished candidate of the study (all processes'), under a lock."""
+        """Rewrite the outputs from every finished candidate of the study (all processes'), under a lock: the
+        study is read inside it, so a slower process never puts back an older choice."""
+        with _locked(self.out):
+            return self._write(study)
+
+    def _write(self, study: Any) -> Optional[dict[str, Any]]:
         records = [r for r in self.finished(study) if (self.out / "trials" / str(r["number"]) / "artifact").is_dir()]
         best = choose_best(records, self.objective)
         if best is None:
@@ -257,8 +261,7 @@ class AutoSearch:
                    f"{best['baseline_value']:.4f}), {best['size_bytes']:,} bytes, speed-up at batch 64 "
                    f"{best['speedup_batch_64']:.2f}x" + ("" if is_feasible(best) else
                                                           ", closest to the constraints (none is feasible)"))
-        with _locked(self.out):
-            write_outputs(self.out, records, rows, best, f"torchslim auto: {self.domain.name}", summary)
+        write_outputs(self.out, records, rows, best, f"torchslim auto: {self.domain.name}", summary)
         return best
 
     def progress(self, record: dict[str, Any], best: dict[str, Any]) -> str:
