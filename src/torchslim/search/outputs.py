@@ -13,7 +13,7 @@ import yaml
 
 from torchslim.artifact import fresh_dir, write_bytes_atomic
 from torchslim.artifact._atomic import replace_dir
-from torchslim.search.feasibility import format_number, is_feasible
+from torchslim.search.feasibility import is_feasible
 
 CSV_COLUMNS = ("number", "state", "feasible", "candidate", "value", "baseline_value", "size_bytes",
                "compression_ratio", "speedup_batch_1", "speedup_batch_64", "latency_ms_batch_1",
@@ -125,4 +125,4 @@ def write_outputs(out: Path, records: list[dict[str, Any]], rows: list[dict[str,
     write_bytes_atomic(out / "report.html", report_html(records, best, title, summary).encode())
 
 
-__all__ = ["copy_artifact", "csv_row", "format_number", "recipe_text", "report_html", "trials_csv", "write_outputs"]
+__all__ = ["copy_artifact", "csv_row", "recipe_text", "report_html", "trials_csv", "write_outputs"]
