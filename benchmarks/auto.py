@@ -71,10 +71,12 @@ def main() -> None:
     auto_drop = float(best["baseline_value"]) - float(best["value"])
     print(f"constraints: max_size_bytes {args.max_bytes:,}, max_metric_drop {args.max_drop}; auto budget "
           f"{args.budget:g} s, {len(rows)} candidates, exit code {proc.returncode}")
-    print(f"{'':<34} {'bytes':>8} {'test drop (points)':>19} {'wall (s)':>9}")
-    print(f"{'hand: deep_compression.yaml':<34} {hand['size_bytes']:>8,} {100 * hand_drop:>19.2f} {hand_wall:>9.0f}")
-    print(f"{'auto: best (' + best['candidate'] + ')':<34} {int(best['size_bytes']):>8,} {100 * auto_drop:>19.2f} "
-          f"{auto_wall:>9.0f}")
+    label = f"auto: best ({best['candidate']})"
+    width = max(len(label), 28)
+    print(f"{'':<{width}} {'bytes':>8} {'test drop (points)':>19} {'wall (s)':>9}")
+    print(f"{'hand: deep_compression.yaml':<{width}} {hand['size_bytes']:>8,} {100 * hand_drop:>19.2f} "
+          f"{hand_wall:>9.0f}")
+    print(f"{label:<{width}} {int(best['size_bytes']):>8,} {100 * auto_drop:>19.2f} {auto_wall:>9.0f}")
     goal = int(best["size_bytes"]) <= hand["size_bytes"] and auto_drop <= hand_drop + 1e-12 and auto_wall <= 600
     print(f"goal (auto at most the hand recipe's bytes at no larger drop, within 10 minutes): "
           f"{'met' if goal else 'NOT met'}")
