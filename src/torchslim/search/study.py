@@ -186,19 +186,19 @@ class AutoSearch:
             raise ConfigError("--study", f"study {self.study_name!r} in this storage searched another domain, seed "
                                          "or budget; name a new study")
         before = 0 if known is None else known.n_trials
-        # seeded, and offset by the trials already in the study so that a resumed or second process does not
-        # propose the first process's candidates again
-        # Optuna 5 records feasibility on the trial (set_constraint); earlier versions ask a constraints_func
+        # Seeded, and offset by the trials already in the study so that a resumed or second process does not
+        # propose the first process's candidates again. Optuna 5 records feasibility on the trial
+        # (set_constraint); earlier versions ask a constraints_func.
         feasibility = {} if hasattr(optuna.trial.Trial, "set_constraint") else {"constraints_func": _constraints_func}
         sampler = optuna.samplers.TPESampler(seed=self.seed + before, **feasibility)
         study = optuna.create_study(storage=storage, study_name=self.study_name, directions=list(DIRECTIONS),
                                     sampler=sampler, load_if_exists=True)
         if known is None:
             study.set_user_attr("identity", identity)
-        self._requeue_interrupted(study)
+        self._requeue_interrupted(study, storage)
         return study
 
-    def _requeue_interrupted(self, study: Any) -> None:
+    def _requeue_interrupted(self, study: Any, storage: Any) -> None:
         """A candidate whose process died on this host (SIGKILL, power loss) is marked failed and runs again."""
         from optuna.trial import TrialState
 
@@ -206,7 +206,8 @@ class AutoSearch:
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             pid = t.user_attrs.get("pid")
             if t.user_attrs.get("host") == host and isinstance(pid, int) and not _alive(pid):
-                study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
+                # FrozenTrial has no public id; the storage needs it to change the state
+                storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
                 study.enqueue_trial(dict(t.params), user_attrs={"rerun_of": t.number})
                 self.log(f"trial {t.number}: interrupted (process {pid} is gone); its candidate runs again")
 
