@@ -74,20 +74,6 @@ def choose_best(records: Iterable[dict[str, Any]], objective: str = "size") -> d
                                        r["number"]))
 
 
-def closest_values(records: Iterable[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """For each constraint: its limit and the best measurement any record reached (lowest for ``max_*``, highest
-    for ``min_*``)."""
-    out: dict[str, dict[str, float]] = {}
-    for r in records:
-        for name, c in r["constraints"].items():
-            better = min if name.startswith("max_") else max
-            if name not in out:
-                out[name] = {"limit": c["limit"], "closest": c["measured"]}
-            else:
-                out[name]["closest"] = better(out[name]["closest"], c["measured"])
-    return out
-
-
 def format_number(x: float) -> str:
     """``2911`` → ``2,911``; ``0.0312`` → ``0.0312``; ``3.14159`` → ``3.142``."""
     if float(x).is_integer() and abs(x) >= 1:
@@ -95,9 +81,8 @@ def format_number(x: float) -> str:
     return f"{x:.4g}"
 
 
-def infeasible_line(best: dict[str, Any], records: Iterable[dict[str, Any]]) -> str:
+def infeasible_line(best: dict[str, Any]) -> str:
     """``max_size_bytes: limit 50, closest 2,911; max_metric_drop: limit 0.01, closest 0.0306``: each constraint
-    the chosen (closest) record fails, with its limit and the best value any record reached."""
-    reached = closest_values(records)
-    return "; ".join(f"{name}: limit {format_number(c['limit'])}, closest {format_number(reached[name]['closest'])}"
+    the closest candidate (the one saved as ``best``) fails, with its limit and that candidate's value."""
+    return "; ".join(f"{name}: limit {format_number(c['limit'])}, closest {format_number(c['measured'])}"
                      for name, c in best["constraints"].items() if not c["met"])

@@ -115,7 +115,7 @@ class SearchResult:
     best: Optional[dict[str, Any]]
     records: list[dict[str, Any]]
     feasible: bool
-    infeasible: str  # each constraint the best fails, with its limit and the closest value reached ("" if feasible)
+    infeasible: str  # each constraint the best fails, with its limit and the best's value ("" if feasible)
     trials: int  # finished candidates in the study
 
 
@@ -302,7 +302,7 @@ class AutoSearch:
         records = self.finished(study)
         best = self.write(study)
         feasible = best is not None and is_feasible(best)
-        line = "" if best is None or feasible else infeasible_line(best, records)
+        line = "" if best is None or feasible else infeasible_line(best)
         return SearchResult(best, records, feasible, line, len(records))
 
 
