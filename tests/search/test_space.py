@@ -91,3 +91,14 @@ def test_every_recipe_the_space_can_make_is_a_valid_recipe(tmp_path):
         (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
         loaded = load_recipe(tmp_path / "r.yaml")
         assert len(loaded.stages) == len(recipe["stages"])
+
+
+def test_importing_the_search_does_not_import_optuna():
+    import subprocess
+    import sys
+
+    from cli_support import cli_env
+
+    code = "import sys, torchslim, torchslim.cli, torchslim.search; print('optuna' in sys.modules)"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=cli_env())
+    assert proc.stdout.strip() == "False", proc.stderr
