@@ -36,7 +36,8 @@ def recipe_text(record: dict[str, Any], out: Path) -> str:
     """``best_recipe.yaml``: the chosen candidate's recipe, with the command that reproduces it."""
     head = (f"# torchslim run {out / 'best_recipe.yaml'} --out OUT --threads {record['threads']}\n"
             f"# trial {record['number']} of torchslim auto ({record['brief']}): {record['metric']} "
-            f"{record['value']:.4f}, {record['size_bytes']:,} bytes; the same thread count reproduces both.\n")
+            f"{record['value']:.4f}, {record['size_bytes']:,} bytes; the same thread count reproduces both.\n"
+            f"# best/ artifact_sha256: {record['artifact_sha256']}\n")
     return head + yaml.safe_dump(record["recipe"], sort_keys=False)
 
 
