@@ -34,6 +34,12 @@ def test_minimal_domain_fills_defaults():
     ({"constraints": {"max_metric_drop": 0.01, "min_metric": 0.9}}, "constraints", "not both"),
     ({"constraints": {"max_size_bytes": -3}}, "constraints.max_size_bytes", "positive"),
     ({"constraints": {"max_latency_ms": {"batch_8": 1.0}}}, "constraints.max_latency_ms.batch_8", "unknown key"),
+    ({"constraints": {"min_speedup": {"batch_64": 0.5}}}, "constraints.min_speedup.batch_64", ">= 1"),
+    ({"constraints": {"min_speedup": {"batch_2": 2}}}, "constraints.min_speedup.batch_2", "unknown key"),
+    ({"constraints": {"min_speedup": {"batch_1": float("inf")}}}, "constraints.min_speedup.batch_1", "finite"),
+    ({"constraints": {"min_compression_ratio": 0.9}}, "constraints.min_compression_ratio", ">= 1"),
+    ({"constraints": {"min_compression_ratio": 0}}, "constraints.min_compression_ratio", ">= 1"),
+    ({"constraints": {"min_compression_ratio": float("nan")}}, "constraints.min_compression_ratio", "finite"),
 ])
 def test_bad_domain_names_the_field(patch, field, words):
     spec = {"name": "x", "task": "image-classification", "data": {"source": "digits"},

@@ -40,6 +40,16 @@ def test_constraints_report_each_limit():
     assert check_constraints(Constraints(min_metric=0.95), m)["min_metric"]["met"]
 
 
+def test_ratio_constraints_compare_baseline_and_compressed():
+    c = Constraints(min_speedup={"batch_1": 1.5, "batch_64": 4}, min_compression_ratio=10)
+    m = {"latency_ms": {"batch_1": 0.5, "batch_64": 2.0}, "baseline_latency_ms": {"batch_1": 1.0, "batch_64": 6.0},
+         "compression_ratio": 12.5}
+    r = check_constraints(c, m)
+    assert r["min_speedup.batch_1"] == {"limit": 1.5, "measured": 2.0, "met": True}
+    assert r["min_speedup.batch_64"] == {"limit": 4, "measured": 3.0, "met": False}
+    assert r["min_compression_ratio"] == {"limit": 10, "measured": 12.5, "met": True}
+
+
 def test_quantized_weights_count_by_their_logical_elements():
     from torchslim.quantize import quantize_
     from torchslim.quantize.config import KMeansConfig

@@ -296,6 +296,64 @@ def verify(artifact: Path, key: Path) -> None:
     click.echo(f"verified {artifact}: signed by the key in {key}")
 
 
+@cli.command()
+@click.argument("domain_path", metavar="DOMAIN", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--out", "-o", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Output folder: best/, best_recipe.yaml, trials.csv, report.html, trials/N/ (and study.db).")
+@click.option("--trials", type=int, default=20, show_default=True,
+              help="Finished candidates the study ends with; the same command resumes a stopped search.")
+@click.option("--timeout", type=float, default=None, help="Seconds after which no new candidate is started.")
+@click.option("--storage", default=None, help="Optuna RDB URL (default: sqlite:///OUT/study.db); "
+                                              "postgresql://… lets processes on several machines share the study.")
+@click.option("--study", "study_name", default=None, help="Study name (default: auto-DOMAINNAME).")
+@click.option("--objective", type=click.Choice(["size", "latency", "metric"]), default="size", show_default=True,
+              help="What 'best' minimises among feasible candidates: bytes, batch-64 latency, or metric loss.")
+@click.option("--threads", type=int, default=1, show_default=True,
+              help="CPU threads per candidate; best_recipe.yaml reproduces best/ at the same count.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Seed of the sampler and of every candidate recipe.")
+@click.option("--baseline-epochs", type=int, default=40, show_default=True,
+              help="Epochs of the baseline's training (the same in every candidate).")
+@click.option("--max-epochs", type=int, default=20, show_default=True,
+              help="Most fine-tune epochs of a candidate's stage (the searched budget is 1..this).")
+@_quiet_option
+def auto(domain_path: Path, out: Path, trials: int, timeout: float | None, storage: str | None,
+         study_name: str | None, objective: str, threads: int, seed: int, baseline_epochs: int, max_epochs: int,
+         quiet: bool) -> None:
+    """Search pruning, quantization and distillation of DOMAIN's model for its constraints.
+
+    After every finished candidate, OUT/best (the best feasible artifact, else the closest), best_recipe.yaml,
+    trials.csv and report.html are rewritten. Exit 0: a feasible model was found; 3: none was (the last line
+    names each failed constraint); 2: bad input."""
+    import os
+
+    from torchslim.domain import load_domain
+    from torchslim.search import AutoSearch, SearchSettings
+
+    for flag, value in (("--trials", trials), ("--threads", threads), ("--baseline-epochs", baseline_epochs),
+                        ("--max-epochs", max_epochs)):
+        if value < 1:
+            raise ConfigError(flag, f"must be a positive integer, got {value}")
+    os.environ["TQDM_DISABLE"] = "1"  # one progress line per candidate, not one bar per epoch
+    domain = load_domain(domain_path)
+    search = AutoSearch(domain, out, trials=trials, timeout=timeout, storage=storage, study_name=study_name,
+                        objective=objective, threads=threads, seed=seed,
+                        settings=SearchSettings(baseline_epochs=baseline_epochs, max_epochs=max_epochs),
+                        log=_silent if quiet else (lambda m: click.echo(m, err=True)))
+    result = search.run()
+    if result.best is None:
+        click.echo(f"error: no candidate finished; see {out / 'trials'}", err=True)
+        sys.exit(1)
+    b = result.best
+    click.echo(f"best: trial {b['number']} ({b['brief']}): {b['metric']} {b['value']:.4f} (baseline "
+               f"{b['baseline_value']:.4f}), {b['size_bytes']:,} bytes ({b['compression_ratio']:.1f}x), speed-up "
+               f"b64 {b['speedup_batch_64']:.2f}x; {result.trials} candidates")
+    click.echo("wrote " + ", ".join(str(out / n) for n in ("best", "best_recipe.yaml", "trials.csv", "report.html")))
+    if not result.feasible:
+        click.echo(f"no candidate meets every constraint: {result.infeasible}")
+        sys.exit(3)
+
+
 def main() -> None:
     cli(prog_name="torchslim")
 

@@ -67,13 +67,26 @@ class LatencyLimits(StrictModel):
     batch_64: Optional[float] = pydantic.Field(None, gt=0)
 
 
+class SpeedupLimits(StrictModel):
+    """Least speed-up (baseline latency / compressed latency, both measured in the same process) per batch size."""
+
+    batch_1: Optional[float] = pydantic.Field(None, ge=1, allow_inf_nan=False)
+    batch_64: Optional[float] = pydantic.Field(None, ge=1, allow_inf_nan=False)
+
+
 class Constraints(StrictModel):
-    """What the deployed model must meet. ``run`` reports them; ``auto`` searches for them."""
+    """What the deployed model must meet. ``run`` reports them; ``auto`` searches for them.
+
+    Ratios (``min_speedup``, ``min_compression_ratio``) compare two measurements of the same run, so they hold on
+    a busy machine where absolute latencies do not.
+    """
 
     max_size_bytes: Optional[int] = pydantic.Field(None, gt=0)
     max_latency_ms: Optional[LatencyLimits] = None
     max_metric_drop: Optional[float] = pydantic.Field(None, ge=0, le=1)
     min_metric: Optional[float] = pydantic.Field(None, ge=0, le=1)
+    min_speedup: Optional[SpeedupLimits] = None
+    min_compression_ratio: Optional[float] = pydantic.Field(None, ge=1, allow_inf_nan=False)
 
     @pydantic.model_validator(mode="after")
     def _drop_or_floor(self) -> "Constraints":

@@ -197,4 +197,14 @@ def check_constraints(constraints: Any, metrics: dict[str, Any]) -> dict[str, di
     if constraints.min_metric is not None:
         result["min_metric"] = {"limit": constraints.min_metric, "measured": metrics["value"],
                                 "met": metrics["value"] >= constraints.min_metric}
+    if constraints.min_speedup is not None:
+        for key in LATENCY_BATCHES:
+            limit = getattr(constraints.min_speedup, key)
+            if limit is not None:  # baseline / compressed, both measured side by side in one process
+                measured = metrics["baseline_latency_ms"][key] / metrics["latency_ms"][key]
+                result[f"min_speedup.{key}"] = {"limit": limit, "measured": measured, "met": measured >= limit}
+    if constraints.min_compression_ratio is not None:
+        ratio = metrics["compression_ratio"]
+        result["min_compression_ratio"] = {"limit": constraints.min_compression_ratio, "measured": ratio,
+                                           "met": ratio >= constraints.min_compression_ratio}
     return result

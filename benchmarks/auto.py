@@ -1,0 +1,86 @@
+"""``torchslim auto`` against the hand-written Deep Compression recipe on digits, at the same wall-clock budget.
+
+    PYTHONPATH=src python benchmarks/auto.py                  # 600 s budget (about 11 minutes in all)
+    PYTHONPATH=src python benchmarks/auto.py --budget 300
+
+1. ``recipes/digits/deep_compression.yaml`` (LeNet-300-100: train, distill into 0.3 width, prune 70 %, 4-bit k-means,
+   distil after each) through ``torchslim run --threads 1``, timed.
+2. ``torchslim auto`` on ``domains/digits.yaml`` with ``max_size_bytes: 4000, max_metric_drop: 0.01`` for
+   ``--budget`` seconds (no candidate starts after it), one thread, the same baseline training as the hand recipe
+   (60 epochs, same seed: the same baseline weights).
+
+Prints bytes, test accuracy drop and wall time of each, side by side. Goal: auto's best is at least as small as the
+hand recipe's artifact at no larger drop, within 10 minutes on a 2-core machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+HAND = ROOT / "recipes" / "digits" / "deep_compression.yaml"
+DOMAIN = ROOT / "domains" / "digits.yaml"
+
+
+def _torchslim(*args: str) -> tuple[subprocess.CompletedProcess, float]:
+    env = dict(os.environ, TQDM_DISABLE="1", PYTHONPATH=str(ROOT / "src"))
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "torchslim", *args], capture_output=True, text=True, env=env)
+    return proc, time.monotonic() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--budget", type=float, default=600.0, help="seconds auto may start candidates in")
+    parser.add_argument("--max-bytes", type=int, default=4000)
+    parser.add_argument("--max-drop", type=float, default=0.01)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        proc, hand_wall = _torchslim("run", str(HAND), "--out", str(folder / "hand"), "--threads", "1", "--quiet")
+        if proc.returncode != 0:
+            sys.exit(f"hand recipe failed: {proc.stderr}")
+        hand = json.loads((folder / "hand" / "metrics.json").read_text())
+
+        domain = yaml.safe_load(DOMAIN.read_text())
+        domain["constraints"] = {"max_size_bytes": args.max_bytes, "max_metric_drop": args.max_drop}
+        (folder / "domain.yaml").write_text(yaml.safe_dump(domain))
+        proc, auto_wall = _torchslim("auto", str(folder / "domain.yaml"), "--out", str(folder / "auto"),
+                                     "--trials", "1000", "--timeout", str(args.budget), "--threads", "1",
+                                     "--baseline-epochs", "60", "--quiet")
+        if proc.returncode not in (0, 3):
+            sys.exit(f"auto failed ({proc.returncode}): {proc.stderr}")
+        with open(folder / "auto" / "trials.csv") as f:
+            rows = [r for r in csv.DictReader(f) if r["state"] == "COMPLETE"]
+        best_line = next(line for line in proc.stdout.splitlines() if line.startswith("best: "))
+        best_number = int(best_line.split()[2])
+        best = next(r for r in rows if int(r["number"]) == best_number)
+
+    hand_drop = hand["baseline_value"] - hand["value"]
+    auto_drop = float(best["baseline_value"]) - float(best["value"])
+    print(f"constraints: max_size_bytes {args.max_bytes:,}, max_metric_drop {args.max_drop}; auto budget "
+          f"{args.budget:g} s, {len(rows)} candidates, exit code {proc.returncode}")
+    label = f"auto: best ({best['candidate']})"
+    width = max(len(label), 28)
+    print(f"{'':<{width}} {'bytes':>8} {'test drop (points)':>19} {'wall (s)':>9}")
+    print(f"{'hand: deep_compression.yaml':<{width}} {hand['size_bytes']:>8,} {100 * hand_drop:>19.2f} "
+          f"{hand_wall:>9.0f}")
+    print(f"{label:<{width}} {int(best['size_bytes']):>8,} {100 * auto_drop:>19.2f} {auto_wall:>9.0f}")
+    goal = int(best["size_bytes"]) <= hand["size_bytes"] and auto_drop <= hand_drop + 1e-12 and auto_wall <= 600
+    print(f"goal (auto at most the hand recipe's bytes at no larger drop, within 10 minutes): "
+          f"{'met' if goal else 'NOT met'}")
+
+
+if __name__ == "__main__":
+    main()

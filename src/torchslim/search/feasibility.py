@@ -1,0 +1,88 @@
+"""Constraints as numbers a search can rank: each constraint's relative violation, feasibility, the best
+candidate for an objective and, when none is feasible, the closest one. Pure functions of measured metrics."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable
+
+OBJECTIVES = ("size", "latency", "metric")
+
+
+def relative_violation(name: str, limit: float, measured: float, baseline_value: float | None = None) -> float:
+    """How far a measurement is past its limit, as a fraction of the limit (0 or less: met).
+
+    ``max_*`` limits: (measured - limit) / limit; ``min_*`` limits: (limit - measured) / limit.
+    ``max_metric_drop`` is the floor ``baseline - limit`` on the metric: (floor - value) / floor, which is
+    (drop - limit) / (baseline - limit).
+    """
+    if name == "max_metric_drop":
+        floor = (baseline_value if baseline_value is not None else 1.0) - limit
+        return (measured - limit) / (floor if floor > 0 else 1.0)
+    if name.startswith("max_"):
+        return (measured - limit) / limit
+    if name.startswith("min_"):
+        return (limit - measured) / limit
+    raise ValueError(f"unknown constraint {name!r}")
+
+
+def violations(metrics: dict[str, Any]) -> dict[str, float]:
+    """Each constraint of a run's metrics (``metrics["constraints"]``) → its violation: 0.0 when the run reports
+    it met, else the (positive) relative violation."""
+    out = {}
+    for name, c in sorted(metrics["constraints"].items()):
+        if c["met"]:
+            out[name] = 0.0
+        else:
+            v = relative_violation(name.split(".")[0], c["limit"], c["measured"], metrics.get("baseline_value"))
+            out[name] = max(v, 1e-12)  # reported as not met: never ranked as met
+    return out
+
+
+def is_feasible(record: dict[str, Any]) -> bool:
+    return all(v <= 0 for v in record["violations"].values())
+
+
+def _objective_key(record: dict[str, Any], objective: str) -> tuple[float, ...]:
+    size, value, speedup = record["size_bytes"], record["value"], record["speedup_batch_64"]
+    if objective == "size":
+        return (size, -value, -speedup)
+    if objective == "latency":
+        return (-speedup, size, -value)
+    if objective == "metric":
+        return (-value, size, -speedup)
+    raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
+
+
+def choose_best(records: Iterable[dict[str, Any]], objective: str = "size") -> dict[str, Any] | None:
+    """The best feasible record for ``objective`` (ties: the other two objectives, then the earlier trial); when
+    none is feasible, the closest: the smallest summed relative violation (ties as before).
+
+    Args:
+        records: one per finished candidate, with ``number``, ``value``, ``size_bytes``, ``speedup_batch_64`` and
+            ``violations`` (see :func:`violations`).
+    Returns:
+        the chosen record, or None when there are no records.
+    """
+    records = list(records)
+    feasible = [r for r in records if is_feasible(r)]
+    if feasible:
+        return min(feasible, key=lambda r: (*_objective_key(r, objective), r["number"]))
+    if not records:
+        return None
+    return min(records, key=lambda r: (math.fsum(r["violations"].values()), *_objective_key(r, objective),
+                                       r["number"]))
+
+
+def format_number(x: float) -> str:
+    """``2911`` → ``2,911``; ``0.0312`` → ``0.0312``; ``3.14159`` → ``3.142``."""
+    if float(x).is_integer() and abs(x) >= 1:
+        return f"{int(x):,}"
+    return f"{x:.4g}"
+
+
+def infeasible_line(best: dict[str, Any]) -> str:
+    """``max_size_bytes: limit 50, closest 2,911; max_metric_drop: limit 0.01, closest 0.0306``: each constraint
+    the closest candidate (the one saved as ``best``) fails, with its limit and that candidate's value."""
+    return "; ".join(f"{name}: limit {format_number(c['limit'])}, closest {format_number(c['measured'])}"
+                     for name, c in best["constraints"].items() if not c["met"])

@@ -1,0 +1,129 @@
+"""What a search leaves in its folder after every finished candidate, each written atomically: ``best/`` (a copy
+of the chosen candidate's artifact), ``best_recipe.yaml`` (runnable), ``trials.csv`` and ``report.html``."""
+
+from __future__ import annotations
+
+import csv
+import io
+import shutil
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from torchslim.artifact import fresh_dir, write_bytes_atomic
+from torchslim.artifact._atomic import replace_dir
+from torchslim.search.feasibility import is_feasible
+
+CSV_COLUMNS = ("number", "state", "feasible", "candidate", "value", "baseline_value", "size_bytes",
+               "compression_ratio", "speedup_batch_1", "speedup_batch_64", "latency_ms_batch_1",
+               "latency_ms_batch_64", "violation", "failed_constraints")
+
+
+def copy_artifact(src: Path, dst: Path) -> None:
+    """Swap a copy of the artifact folder ``src`` into ``dst`` (a reader sees the old copy or the new one)."""
+    staging = fresh_dir(dst)
+    try:
+        for f in sorted(src.iterdir()):
+            shutil.copy2(f, staging / f.name)
+        replace_dir(staging, dst)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def recipe_text(record: dict[str, Any], out: Path) -> str:
+    """``best_recipe.yaml``: the chosen candidate's recipe, with the command that reproduces it."""
+    head = (f"# torchslim run {out / 'best_recipe.yaml'} --out OUT --threads {record['threads']}\n"
+            f"# trial {record['number']} of torchslim auto ({record['brief']}): {record['metric']} "
+            f"{record['value']:.4f}, {record['size_bytes']:,} bytes; the same thread count reproduces both.\n"
+            f"# best/ artifact_sha256: {record['artifact_sha256']}\n")
+    return head + yaml.safe_dump(record["recipe"], sort_keys=False)
+
+
+def trials_csv(rows: list[dict[str, Any]]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: row.get(k, "") for k in CSV_COLUMNS})
+    return buf.getvalue()
+
+
+def csv_row(number: int, state: str, record: dict[str, Any] | None) -> dict[str, Any]:
+    row: dict[str, Any] = {"number": number, "state": state}
+    if record is not None:
+        row.update({k: record[k] for k in ("value", "baseline_value", "size_bytes", "compression_ratio",
+                                           "speedup_batch_1", "speedup_batch_64")})
+        row.update(candidate=record["brief"], feasible=is_feasible(record),
+                   latency_ms_batch_1=record["latency_ms"]["batch_1"],
+                   latency_ms_batch_64=record["latency_ms"]["batch_64"],
+                   violation=sum(record["violations"].values()),
+                   failed_constraints=" ".join(k for k, v in record["violations"].items() if v > 0))
+    return row
+
+
+def _pareto(points: list[tuple[float, float]], higher_x_better: bool) -> list[tuple[float, float]]:
+    """The non-dominated points (metric higher is better; x lower is better unless ``higher_x_better``), by x."""
+    sign = -1 if higher_x_better else 1
+    front = [p for p in points
+             if not any((sign * q[0] <= sign * p[0] and q[1] >= p[1]) and q != p for q in points)]
+    return sorted(set(front))
+
+
+def pareto_png(records: list[dict[str, Any]], best: dict[str, Any], metric: str) -> bytes:
+    """Two panels: metric vs bytes and metric vs batch-64 speed-up; feasible points filled, the Pareto front
+    drawn, the best candidate labelled."""
+    from torchslim.report._plots import _figure, _png
+
+    fig = _figure(10.0, 4.0)
+    axes = fig.subplots(1, 2)
+    for ax, key, label, higher in ((axes[0], "size_bytes", "artifact bytes (log)", False),
+                                   (axes[1], "speedup_batch_64", "speed-up at batch 64 (baseline / candidate)", True)):
+        for feasible, style in ((True, {"color": "#2a9d4b", "label": "feasible"}),
+                                (False, {"facecolors": "none", "edgecolors": "#c44e52", "label": "infeasible"})):
+            pts = [(r[key], 100 * r["value"]) for r in records if is_feasible(r) == feasible]
+            if pts:
+                ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=30, **style)
+        front = _pareto([(r[key], 100 * r["value"]) for r in records], higher)
+        ax.plot([p[0] for p in front], [p[1] for p in front], "--", color="#888", linewidth=1, label="Pareto front")
+        ax.annotate(f"best (trial {best['number']})", (best[key], 100 * best["value"]), xytext=(8, -14),
+                    textcoords="offset points", fontsize=8, arrowprops={"arrowstyle": "-", "color": "#333"})
+        ax.scatter([best[key]], [100 * best["value"]], s=90, marker="*", color="#333", zorder=3)
+        if key == "size_bytes":
+            ax.set_xscale("log")
+        ax.set_xlabel(label)
+        ax.set_ylabel(f"test {metric} (%)")
+        ax.legend(fontsize=7)
+    return _png(fig)
+
+
+def report_html(records: list[dict[str, Any]], best: dict[str, Any], title: str, summary: str) -> str:
+    from torchslim.report._document import Figure, Heading, Paragraph, Table, to_html
+    from torchslim.report._plots import plots_available
+
+    blocks: list[Any] = [Heading(1, title), Paragraph(summary)]
+    if plots_available():
+        blocks.append(Figure(pareto_png(records, best, best["metric"]),
+                             "Candidates: filled = every constraint met; dashed = Pareto front; star = best."))
+    rows = tuple((str(r["number"]), r["brief"], f"{100 * r['value']:.2f}", f"{r['size_bytes']:,}",
+                  f"{r['compression_ratio']:.1f}x", f"{r['speedup_batch_64']:.2f}x",
+                  "yes" if is_feasible(r) else "no: " + ", ".join(k for k, v in r["violations"].items() if v > 0))
+                 for r in sorted(records, key=lambda r: r["number"]))
+    blocks += [Heading(2, "Candidates"),
+               Table(("trial", "candidate", f"{best['metric']} %", "bytes", "ratio", "speed-up b64", "feasible"),
+                     rows, frozenset({0, 2, 3, 4, 5}))]
+    return to_html(title, blocks)
+
+
+def write_outputs(out: Path, records: list[dict[str, Any]], rows: list[dict[str, Any]], best: dict[str, Any],
+                  title: str, summary: str) -> None:
+    """Rewrite ``best/``, ``best_recipe.yaml``, ``trials.csv`` and ``report.html`` in ``out``, each atomically."""
+    src = out / "trials" / str(best["number"]) / "artifact"
+    copy_artifact(src, out / "best")
+    write_bytes_atomic(out / "best_recipe.yaml", recipe_text(best, out).encode())
+    write_bytes_atomic(out / "trials.csv", trials_csv(rows).encode())
+    write_bytes_atomic(out / "report.html", report_html(records, best, title, summary).encode())
+
+
+__all__ = ["copy_artifact", "csv_row", "recipe_text", "report_html", "trials_csv", "write_outputs"]

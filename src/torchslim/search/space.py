@@ -1,0 +1,137 @@
+"""The search space: which compression a candidate applies, as plain parameters, and the recipe they make.
+
+A candidate is a recipe (the same stage keys ``torchslim run`` takes), so every candidate is run, saved, reloaded
+and measured by the one runner. ``suggest_params`` asks an Optuna trial for the parameters; ``recipe_from_params``
+is a pure function from parameters to the recipe mapping, so the mapping is testable without Optuna.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from torchslim.domain import Domain
+
+WIDTHS = (0.25, 0.5, 0.75, 1.0)  # student width multipliers; 1.0 keeps the baseline's width
+STRUCTURED = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)  # fractions of channels / neurons removed
+SPARSITIES = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)  # fractions of weights zeroed by magnitude
+BITS = (2, 3, 4, 5, 6, 8)  # k-means and weight-only bits
+INT8_METHODS = ("static", "dynamic")  # run by ONNX Runtime's int8 kernels: offered for runtime onnxruntime only
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """What is not searched: the baseline's training and the fine-tune budget's upper end.
+
+    Args:
+        baseline_epochs: epochs of the baseline's ``train`` stage (every candidate trains the same baseline: same
+            seed, same stage, so the same weights).
+        max_epochs: most epochs of any fine-tune or distillation stage of a candidate.
+        lr: the baseline's learning rate; fine-tuning uses a fraction of it.
+        batch_size: batch size of every training stage.
+    """
+
+    baseline_epochs: int = 40
+    max_epochs: int = 20
+    lr: float = 0.001
+    batch_size: int = 32
+
+
+def quant_methods(domain: Domain) -> tuple[str, ...]:
+    """Quantization choices for the domain: int8 only where ONNX Runtime runs the model."""
+    methods = ("none", "kmeans", "weight")
+    return methods + INT8_METHODS if domain.runtime == "onnxruntime" else methods
+
+
+def suggest_params(trial: Any, domain: Domain, settings: SearchSettings) -> dict[str, Any]:
+    """Ask an Optuna trial for one candidate's parameters (define-by-run: bits only when a method needs them).
+
+    Returns:
+        ``width`` (1.0 for a factory model: only built-in models take ``width``), ``structured`` and
+        ``sparsity`` (0 = off), ``kd`` (a distillation stage from the baseline after pruning), ``quant``,
+        ``bits`` (for ``kmeans`` / ``weight``) and ``epochs``.
+    """
+    params: dict[str, Any] = {"width": 1.0}
+    if domain.model.name is not None:
+        params["width"] = trial.suggest_categorical("width", WIDTHS)
+    params["structured"] = trial.suggest_categorical("structured", (0.0, *STRUCTURED))
+    params["sparsity"] = trial.suggest_categorical("sparsity", (0.0, *SPARSITIES))
+    params["kd"] = trial.suggest_categorical("kd", (False, True))
+    params["quant"] = trial.suggest_categorical("quant", quant_methods(domain))
+    if params["quant"] in ("kmeans", "weight"):
+        params["bits"] = trial.suggest_categorical("bits", BITS)
+    params["epochs"] = trial.suggest_int("epochs", 1, settings.max_epochs)
+    return params
+
+
+def recipe_from_params(params: dict[str, Any], domain: Domain, domain_ref: Any, settings: SearchSettings,
+                       seed: int) -> dict[str, Any]:
+    """The recipe mapping (``domain``, ``seed``, ``stages``) a candidate's parameters describe.
+
+    Stage order: train the baseline → distill into a narrower student → structured pruning → magnitude pruning →
+    distill from the baseline → quantize. Every stage that changes weights gets ``params["epochs"]`` of training.
+
+    Args:
+        params: as returned by :func:`suggest_params`.
+        domain: the validated domain (for the model spec and the runtime).
+        domain_ref: what the recipe's ``domain`` key holds: an absolute path or an inline mapping.
+        seed: the recipe's seed.
+    """
+    epochs, bs, lr = int(params["epochs"]), settings.batch_size, settings.lr
+    finetune = {"epochs": epochs, "lr": lr, "batch_size": bs}
+    stages: list[dict[str, Any]] = [{"train": {"epochs": settings.baseline_epochs, "lr": lr, "batch_size": bs}}]
+    width = float(params.get("width", 1.0))
+    if width < 1.0:
+        if domain.model.name is None:
+            raise ValueError("width: only built-in models take a width")
+        kwargs = dict(domain.model.kwargs)
+        kwargs["width"] = float(kwargs.get("width", 1.0)) * width
+        # the student starts from scratch: it gets twice the fine-tune budget
+        stages.append({"distill": {"teacher": "baseline", "student": {"name": domain.model.name, "kwargs": kwargs},
+                                   "temperature": 4.0, "alpha": 0.9, "epochs": 2 * epochs, "lr": 3 * lr,
+                                   "batch_size": bs}})
+    if params.get("structured", 0.0) > 0:
+        stages.append({"prune": {"method": "structured", "sparsity": float(params["structured"]), "importance": "l2",
+                                 "schedule": {"kind": "oneshot"}, "finetune": finetune}})
+    if params.get("sparsity", 0.0) > 0:
+        steps = min(3, epochs)  # fine-tune epochs are spread over the steps: at least one each
+        schedule = {"kind": "polynomial", "steps": steps} if steps > 1 else {"kind": "oneshot"}
+        stages.append({"prune": {"method": "magnitude", "sparsity": float(params["sparsity"]), "scope": "global",
+                                 "schedule": schedule, "finetune": finetune}})
+    if params.get("kd", False):
+        stages.append({"distill": {"teacher": "baseline", "temperature": 4.0, "alpha": 0.9, "epochs": epochs,
+                                   "lr": lr, "batch_size": bs}})
+    quant = params.get("quant", "none")
+    if quant == "kmeans":
+        stages.append({"quantize": {"method": "kmeans", "bits": int(params["bits"]),
+                                    "finetune": {"epochs": epochs, "lr": lr / 10}}})
+    elif quant == "weight":
+        stages.append({"quantize": {"method": "weight", "bits": int(params["bits"]), "granularity": "channel"}})
+    elif quant == "static":
+        stages.append({"quantize": {"method": "static", "bits": 8, "granularity": "channel",
+                                    "calibration": {"batches": 8}}})
+    elif quant == "dynamic":
+        stages.append({"quantize": {"method": "dynamic", "bits": 8}})
+    elif quant != "none":
+        raise ValueError(f"quant: unknown method {quant!r}")
+    return {"domain": domain_ref, "seed": seed, "stages": stages}
+
+
+def describe(params: dict[str, Any]) -> str:
+    """A candidate in brief, for progress lines and tables: ``w0.5 struct0.3 sparse0.9 kd kmeans4 ft5``."""
+    parts = []
+    if params.get("width", 1.0) < 1.0:
+        parts.append(f"w{params['width']:g}")
+    if params.get("structured", 0.0) > 0:
+        parts.append(f"struct{params['structured']:g}")
+    if params.get("sparsity", 0.0) > 0:
+        parts.append(f"sparse{params['sparsity']:g}")
+    if params.get("kd"):
+        parts.append("kd")
+    quant = params.get("quant", "none")
+    if quant in ("kmeans", "weight"):
+        parts.append(f"{quant}{params['bits']}")
+    elif quant != "none":
+        parts.append(f"{quant}-int8")
+    parts.append(f"ft{params.get('epochs', 0)}")
+    return " ".join(parts)

@@ -1,0 +1,320 @@
+"""The Optuna study behind ``torchslim auto``: storage, sampler, the objective (a candidate recipe run by
+``runner.run_recipe``), the constraints as feasibility, and the loop that rewrites the outputs after every
+finished candidate."""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import math
+import os
+import socket
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
+
+import yaml
+
+from torchslim._errors import ConfigError
+from torchslim.domain import Domain
+from torchslim.search.feasibility import OBJECTIVES, choose_best, infeasible_line, is_feasible, violations
+from torchslim.search.outputs import csv_row, write_outputs
+from torchslim.search.space import SearchSettings, describe, recipe_from_params, suggest_params
+
+# Optuna's RDB back-ends (SQLAlchemy dialects); ``postgresql+psycopg2://`` and the like name a driver too.
+STORAGE_SCHEMES = ("sqlite", "postgresql", "mysql", "oracle", "mssql")
+# metric (higher is better), artifact bytes, speed-up at batch 64 (baseline / candidate, measured side by side)
+DIRECTIONS = ("maximize", "minimize", "maximize")
+
+
+def default_storage(out: Path) -> str:
+    return f"sqlite:///{(out / 'study.db').resolve()}"
+
+
+def check_storage_url(url: str) -> None:
+    scheme = url.split("://", 1)[0].split("+", 1)[0] if "://" in url else ""
+    if scheme not in STORAGE_SCHEMES:
+        raise ConfigError("--storage", f"unknown storage {url!r}; use an Optuna RDB URL: "
+                                       f"{', '.join(s + '://…' for s in STORAGE_SCHEMES)}")
+
+
+def open_storage(url: str) -> Any:
+    """An Optuna RDB storage; a database that cannot be reached is a ConfigError naming ``--storage``."""
+    import optuna
+
+    check_storage_url(url)
+    # SQLite: several processes share the file; a writer waits for the lock instead of failing at once.
+    kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+    try:
+        return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+    except Exception as exc:  # driver missing, host unreachable, bad credentials, unwritable file
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError("--storage", f"cannot open {url}: {message}") from None
+
+
+def check_domain(domain: Domain) -> None:
+    """``auto`` needs constraints: they are what it searches for."""
+    if not any(v is not None for v in domain.constraints.model_dump().values()):
+        raise ConfigError("constraints", "auto needs at least one constraint (max_size_bytes, max_latency_ms, "
+                                         "max_metric_drop, min_metric, min_speedup, min_compression_ratio)",
+                          domain.source)
+
+
+def domain_ref(domain: Domain) -> Any:
+    """What a candidate recipe's ``domain`` key holds: the domain file's absolute path, else the mapping."""
+    if domain.source is not None and Path(domain.source).is_file():
+        return str(Path(domain.source).resolve())
+    return domain.to_dict()
+
+
+def record_of(number: int, metrics: dict[str, Any], params: dict[str, Any], recipe: dict[str, Any]) -> dict[str, Any]:
+    """One finished candidate as the search keeps it (an Optuna user attribute): its measured metrics, as
+    ``run`` reports them, and its recipe."""
+    keys = ("metric", "value", "baseline_value", "size_bytes", "baseline_size_bytes", "compression_ratio",
+            "latency_ms", "baseline_latency_ms", "threads", "constraints", "artifact_sha256")
+    record = {k: metrics[k] for k in keys}
+    record.update(number=number, speedup_batch_64=metrics["latency_ratio_batch_64"],
+                  speedup_batch_1=metrics["baseline_latency_ms"]["batch_1"] / metrics["latency_ms"]["batch_1"],
+                  violations=violations(metrics), brief=describe(params), params=params, recipe=recipe)
+    return record
+
+
+def _constraints_func(trial: Any) -> list[float]:
+    """Optuna's feasibility: one value per constraint, <= 0 when met (same order for every trial)."""
+    record = trial.user_attrs.get("record")
+    if record is None:
+        return [1.0]
+    return [record["violations"][k] for k in sorted(record["violations"])]
+
+
+@contextmanager
+def _locked(out: Path) -> Iterator[None]:
+    """One writer of the outputs at a time among the processes sharing ``out``."""
+    with open(out / ".auto.lock", "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@dataclass
+class SearchResult:
+    best: Optional[dict[str, Any]]
+    records: list[dict[str, Any]]
+    feasible: bool
+    infeasible: str  # each constraint the best fails, with its limit and the best's value ("" if feasible)
+    trials: int  # finished candidates in the study
+
+
+@dataclass
+class AutoSearch:
+    """One process's part of a search (several processes, even on several machines, may share a study).
+
+    Args:
+        domain: the validated domain, with constraints.
+        out: the output folder (``trials/N/`` per candidate, ``best/``, ``best_recipe.yaml``, ``trials.csv``,
+            ``report.html``; and ``study.db`` with the default storage).
+        trials: the study ends when it holds this many finished candidates (the same command resumes a stopped
+            search and ends with the same count).
+        timeout: seconds after which this process starts no new candidate (None: no limit).
+    """
+
+    domain: Domain
+    out: Path
+    trials: int = 20
+    timeout: Optional[float] = None
+    storage: Optional[str] = None
+    study_name: Optional[str] = None
+    objective: str = "size"
+    threads: int = 1
+    seed: int = 0
+    settings: SearchSettings = SearchSettings()
+    log: Callable[[str], None] = lambda _m: None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.trials, bool) or not isinstance(self.trials, int) or self.trials < 1:
+            raise ConfigError("--trials", f"must be a positive integer, got {self.trials!r}")
+        if self.timeout is not None and not (math.isfinite(self.timeout) and self.timeout > 0):
+            raise ConfigError("--timeout", f"must be a positive number of seconds, got {self.timeout!r}")
+        if self.objective not in OBJECTIVES:
+            raise ConfigError("--objective", f"must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
+        if self.threads < 1:
+            raise ConfigError("--threads", f"must be a positive integer, got {self.threads!r}")
+        check_domain(self.domain)
+        if self.storage is not None:
+            check_storage_url(self.storage)
+        self.study_name = self.study_name or f"auto-{self.domain.name}"
+
+    def check(self) -> None:
+        """Everything that can be checked without training: the baseline's data and model fit the domain."""
+        from torchslim.recipe import Recipe, Stage
+        from torchslim.runner import prepare
+        from torchslim.stages import STAGES
+
+        first = recipe_from_params({"epochs": 1}, self.domain, domain_ref(self.domain), self.settings, self.seed)
+        body = first["stages"][0]["train"]
+        stage = Stage("train", STAGES["train"].parse(body, prefix="stages[0].train", source=None), 0)
+        prepare(Recipe(self.domain, self.seed, (stage,), first, None, self.domain.base_dir), log=lambda _m: None)
+
+    def open_study(self) -> Any:
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.ERROR)
+        if self.storage is None:  # the default SQLite file lives in the output folder
+            self.out.mkdir(parents=True, exist_ok=True)
+            storage = open_storage(default_storage(self.out))
+        else:
+            storage = open_storage(self.storage)
+            self.out.mkdir(parents=True, exist_ok=True)
+        identity = {"domain": self.domain.to_dict(), "seed": self.seed, "settings": dataclasses.asdict(self.settings)}
+        existing = optuna.study.get_all_study_summaries(storage)
+        known = next((s for s in existing if s.study_name == self.study_name), None)
+        if known is not None and known.user_attrs.get("identity") not in (None, identity):
+            raise ConfigError("--study", f"study {self.study_name!r} in this storage searched another domain, seed "
+                                         "or budget; name a new study")
+        before = 0 if known is None else known.n_trials
+        # Seeded, and offset by the trials already in the study so that a resumed or second process does not
+        # propose the first process's candidates again. Optuna 5 records feasibility on the trial
+        # (set_constraint); earlier versions ask a constraints_func.
+        feasibility = {} if hasattr(optuna.trial.Trial, "set_constraint") else {"constraints_func": _constraints_func}
+        sampler = optuna.samplers.TPESampler(seed=self.seed + before, **feasibility)
+        study = optuna.create_study(storage=storage, study_name=self.study_name, directions=list(DIRECTIONS),
+                                    sampler=sampler, load_if_exists=True)
+        if known is None:
+            study.set_user_attr("identity", identity)
+        self._requeue_interrupted(study, storage)
+        return study
+
+    def _requeue_interrupted(self, study: Any, storage: Any) -> None:
+        """A candidate whose process died on this host (SIGKILL, power loss) is marked failed and runs again."""
+        from optuna.trial import TrialState
+
+        host = socket.gethostname()
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            pid = t.user_attrs.get("pid")
+            if t.user_attrs.get("host") == host and isinstance(pid, int) and not _alive(pid):
+                # FrozenTrial has no public id; the storage needs it to change the state
+                storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
+                study.enqueue_trial(dict(t.params), user_attrs={"rerun_of": t.number})
+                self.log(f"trial {t.number}: interrupted (process {pid} is gone); its candidate runs again")
+
+    def objective_fn(self, trial: Any) -> tuple[float, float, float]:
+        from torchslim.recipe import load_recipe
+        from torchslim.runner import run_recipe
+
+        trial.set_user_attr("host", socket.gethostname())
+        trial.set_user_attr("pid", os.getpid())
+        params = suggest_params(trial, self.domain, self.settings)
+        recipe = recipe_from_params(params, self.domain, domain_ref(self.domain), self.settings, self.seed)
+        folder = self.out / "trials" / str(trial.number)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
+        start = time.monotonic()
+        try:
+            metrics = run_recipe(load_recipe(folder / "recipe.yaml"), folder, threads=self.threads,
+                                 log=lambda _m: None)
+        except Exception as exc:
+            trial.set_user_attr("error", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            self.log(f"trial {trial.number}: {describe(params)}: failed: {trial.user_attrs['error']}")
+            raise
+        record = record_of(trial.number, metrics, params, recipe)
+        record["seconds"] = round(time.monotonic() - start, 1)
+        trial.set_user_attr("record", record)
+        if hasattr(trial, "set_constraint"):
+            for name, value in sorted(record["violations"].items()):
+                trial.set_constraint(name, value)
+        return record["value"], float(record["size_bytes"]), record["speedup_batch_64"]
+
+    def finished(self, study: Any) -> list[dict[str, Any]]:
+        from optuna.trial import TrialState
+
+        return [t.user_attrs["record"] for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                if "record" in t.user_attrs]
+
+    def write(self, study: Any) -> Optional[dict[str, Any]]:
+        """Rewrite the outputs from every finished candidate of the study (all processes'), under a lock: the
+        study is read inside it, so a slower process never puts back an older choice."""
+        with _locked(self.out):
+            return self._write(study)
+
+    def _write(self, study: Any) -> Optional[dict[str, Any]]:
+        records = [r for r in self.finished(study) if (self.out / "trials" / str(r["number"]) / "artifact").is_dir()]
+        best = choose_best(records, self.objective)
+        if best is None:
+            return None
+        rows = [csv_row(t.number, t.state.name, t.user_attrs.get("record")) for t in study.get_trials(deepcopy=False)]
+        feasible = sum(is_feasible(r) for r in records)
+        summary = (f"{len(records)} candidates finished, {feasible} feasible; best for {self.objective}: trial "
+                   f"{best['number']} ({best['brief']}), {best['metric']} {best['value']:.4f} (baseline "
+                   f"{best['baseline_value']:.4f}), {best['size_bytes']:,} bytes, speed-up at batch 64 "
+                   f"{best['speedup_batch_64']:.2f}x" + ("" if is_feasible(best) else
+                                                          ", closest to the constraints (none is feasible)"))
+        write_outputs(self.out, records, rows, best, f"torchslim auto: {self.domain.name}", summary)
+        return best
+
+    def progress(self, record: dict[str, Any], best: dict[str, Any]) -> str:
+        ok = "feasible" if is_feasible(record) else \
+            "infeasible (" + ", ".join(k for k, v in record["violations"].items() if v > 0) + ")"
+        return (f"trial {record['number']}: {record['brief']} | {record['metric']} {record['value']:.4f} | "
+                f"{record['size_bytes']:,} B | speed-up b64 {record['speedup_batch_64']:.2f}x | {ok} | "
+                f"{record['seconds']:.0f}s | best: trial {best['number']} ({best['size_bytes']:,} B, "
+                f"{best['value']:.4f}{'' if is_feasible(best) else ', infeasible'})")
+
+    def run(self) -> SearchResult:
+        """Run candidates until the study holds ``trials`` finished ones (or ``timeout`` passes)."""
+        from optuna.trial import TrialState
+
+        self.check()
+        study = self.open_study()
+        start = time.monotonic()
+        failures = 0
+        while True:
+            done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+            if done >= self.trials or failures >= self.trials:
+                break
+            if self.timeout is not None and time.monotonic() - start >= self.timeout:
+                self.log(f"timeout: {self.timeout:g}s passed; no new candidate is started")
+                break
+            ended = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
+            before = {t.number for t in study.get_trials(deepcopy=False, states=ended)}
+            study.optimize(self.objective_fn, n_trials=1, catch=(Exception,))
+            mine = [t for t in study.get_trials(deepcopy=False, states=ended) if t.number not in before
+                    and t.user_attrs.get("pid") == os.getpid()]
+            if any(t.state == TrialState.FAIL for t in mine):
+                failures += 1
+            best = self.write(study)
+            for t in mine:
+                if "record" in t.user_attrs and best is not None:
+                    self.log(self.progress(t.user_attrs["record"], best))
+        records = self.finished(study)
+        best = self.write(study)
+        feasible = best is not None and is_feasible(best)
+        line = "" if best is None or feasible else infeasible_line(best)
+        return SearchResult(best, records, feasible, line, len(records))
+
+
+def run_auto(domain: Domain, out: str | Path, **kwargs: Any) -> SearchResult:
+    """Search compressions of ``domain``'s model that meet its constraints; see :class:`AutoSearch`.
+
+    Example:
+        >>> from torchslim.domain import load_domain
+        >>> result = run_auto(load_domain("domains/digits.yaml"), "runs/auto", trials=3)  # doctest: +SKIP
+        >>> result.best["size_bytes"], result.feasible  # doctest: +SKIP
+    """
+    return AutoSearch(domain, Path(out), **kwargs).run()
+
+
+__all__ = ["AutoSearch", "SearchResult", "default_storage", "open_storage", "run_auto"]

@@ -1,0 +1,157 @@
+"""``torchslim auto`` end to end on digits with a tiny model and budget: exit codes, the outputs, the
+reproducible best recipe, resuming, and several processes on one study."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from cli_support import cli_env
+
+DOMAIN = """
+name: digits-auto
+task: image-classification
+data: {source: digits, test_fraction: 0.2, val_fraction: 0.1, seed: 0}
+model: {name: lenet300_100, kwargs: {hidden1: 64, hidden2: 32}}
+metric: accuracy
+constraints: {max_size_bytes: 50, max_metric_drop: 0.5}
+"""
+FAST = ["--baseline-epochs", "2", "--max-epochs", "2", "--threads", "1"]
+
+
+def _auto(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "torchslim", "auto", *map(str, args)], capture_output=True,
+                          text=True, env=env or cli_env(), cwd=cwd, timeout=900)
+
+
+def _completed(out: Path, name: str = "auto-digits-auto") -> int:
+    import optuna
+
+    study = optuna.load_study(study_name=name, storage=f"sqlite:///{out.resolve() / 'study.db'}")
+    return sum(t.state.name == "COMPLETE" for t in study.trials)
+
+
+@pytest.fixture(scope="module")
+def search(tmp_path_factory):
+    """One impossible search (no model fits in 50 bytes) of 2 candidates."""
+    folder = tmp_path_factory.mktemp("auto")
+    (folder / "domain.yaml").write_text(DOMAIN)
+    proc = _auto("domain.yaml", "--out", "out", "--trials", "2", *FAST, cwd=folder)
+    return folder, proc
+
+
+@pytest.mark.slow
+def test_impossible_constraint_exits_3_with_the_closest_model_saved(search):
+    from torchslim.artifact import artifact_size, read_manifest
+
+    folder, proc = search
+    assert proc.returncode == 3, proc.stderr
+    last = proc.stdout.strip().splitlines()[-1]
+    assert "max_size_bytes: limit 50, closest " in last and "max_metric_drop" not in last
+    out = folder / "out"
+    closest = int(last.rsplit("closest ", 1)[1].replace(",", ""))
+    assert artifact_size(out / "best") == closest  # best/ is the smallest: the one closest to 50 bytes
+    assert read_manifest(out / "best")["metrics"]["metric"] == "accuracy"
+    rows = (out / "trials.csv").read_text().splitlines()
+    assert rows[0].startswith("number,state,feasible") and len(rows) == 3
+    assert all(",COMPLETE,False," in r for r in rows[1:])
+    assert "data:image/png;base64," in (out / "report.html").read_text()
+    progress = [line for line in proc.stderr.splitlines() if line.startswith("trial ")]
+    assert len(progress) == 2 and "infeasible (max_size_bytes)" in progress[0]
+    assert _completed(out) == 2
+
+
+@pytest.mark.slow
+def test_best_recipe_reproduces_best(search):
+    from torchslim.artifact import artifact_size, read_manifest
+
+    folder, _ = search
+    out = folder / "out"
+    proc = subprocess.run([sys.executable, "-m", "torchslim", "run", str(out / "best_recipe.yaml"), "--out",
+                           "again", "--threads", "1", "--quiet"], capture_output=True, text=True, env=cli_env(),
+                          cwd=folder, timeout=900)
+    assert proc.returncode == 0, proc.stderr
+    metrics = json.loads((folder / "again" / "metrics.json").read_text())
+    assert metrics["size_bytes"] == artifact_size(out / "best")
+    assert metrics["value"] == read_manifest(out / "best")["metrics"]["value"]
+
+
+@pytest.mark.slow
+def test_the_same_command_with_more_trials_continues_the_study(search, tmp_path):
+    folder, _ = search
+    shutil.copytree(folder, tmp_path / "copy")
+    proc = _auto("domain.yaml", "--out", "out", "--trials", "3", *FAST, cwd=tmp_path / "copy")
+    assert proc.returncode == 3, proc.stderr
+    progress = [line for line in proc.stderr.splitlines() if line.startswith("trial ")]
+    assert len(progress) == 1 and progress[0].startswith("trial 2:")  # trials 0 and 1 are not run again
+    assert _completed(tmp_path / "copy" / "out") == 3
+    assert len((tmp_path / "copy" / "out" / "trials.csv").read_text().splitlines()) == 4
+
+
+@pytest.mark.parametrize("domain_patch, args, field", [
+    ("constraints: {}", [], "constraints"),
+    ("constraints: {max_size_bytes: 0}", [], "constraints.max_size_bytes"),
+    ("constraints: {max_size_bytes: -5}", [], "constraints.max_size_bytes"),
+    ("constraints: {min_speedup: {batch_64: 0.5}}", [], "constraints.min_speedup.batch_64"),
+    ("constraints: {min_compression_ratio: 0.9}", [], "constraints.min_compression_ratio"),
+    ("", ["--storage", "redis://localhost/0"], "--storage"),
+    ("", ["--storage", "sqlite:////nonexistent-folder/x/study.db"], "--storage"),
+    ("", ["--storage", "postgresql://nobody@127.0.0.1:1/none"], "--storage"),
+    ("", ["--trials", "0"], "--trials"),
+    ("", ["--timeout", "0"], "--timeout"),
+])
+def test_bad_input_is_one_line_naming_the_field_and_writes_nothing(tmp_path, domain_patch, args, field):
+    text = DOMAIN if not domain_patch else DOMAIN.replace(
+        "constraints: {max_size_bytes: 50, max_metric_drop: 0.5}", domain_patch)
+    (tmp_path / "domain.yaml").write_text(text)
+    proc = _auto("domain.yaml", "--out", "out", *args, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and f"{field}: " in lines[0], lines
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_two_processes_share_one_study(tmp_path):
+    (tmp_path / "domain.yaml").write_text(DOMAIN)
+    args = [sys.executable, "-m", "torchslim", "auto", "domain.yaml", "--out", "out", "--trials", "3", *FAST]
+    first = subprocess.Popen(args, cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+    time.sleep(1)
+    second = subprocess.Popen(args, cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)
+    outputs = [p.communicate(timeout=900) for p in (first, second)]
+    assert [p.returncode for p in (first, second)] == [3, 3], [o[1] for o in outputs]
+    ran = [[int(line.split(":")[0].split()[1]) for line in err.splitlines() if line.startswith("trial ")]
+           for _, err in outputs]
+    assert ran[0] and ran[1] and not set(ran[0]) & set(ran[1])  # each ran its own candidates
+    assert _completed(tmp_path / "out") >= 3
+    rows = (tmp_path / "out" / "trials.csv").read_text().splitlines()[1:]
+    assert {int(r.split(",")[0]) for r in rows if ",COMPLETE," in r} >= set(ran[0]) | set(ran[1])
+
+
+@pytest.mark.slow
+def test_a_search_killed_mid_candidate_resumes_to_the_same_count(tmp_path):
+    (tmp_path / "domain.yaml").write_text(DOMAIN)
+    args = [sys.executable, "-m", "torchslim", "auto", "domain.yaml", "--out", "out", "--trials", "2", *FAST]
+    proc = subprocess.Popen(args, cwd=tmp_path, env=cli_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not (tmp_path / "out" / "trials" / "0" / "recipe.yaml").exists():  # the first candidate has started
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    again = _auto("domain.yaml", "--out", "out", "--trials", "2", *FAST, cwd=tmp_path)
+    assert again.returncode == 3, again.stderr
+    assert "trial 0: interrupted" in again.stderr
+    assert _completed(tmp_path / "out") == 2
+    assert (tmp_path / "out" / "best").is_dir()

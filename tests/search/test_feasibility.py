@@ -1,0 +1,64 @@
+"""Constraints as relative violations, the best feasible candidate and the closest one, with hand-computed
+numbers."""
+
+from __future__ import annotations
+
+import pytest
+
+from torchslim.search.feasibility import choose_best, format_number, infeasible_line, relative_violation, violations
+
+
+def test_relative_violation_of_each_kind():
+    assert relative_violation("max_size_bytes", 1000, 1500) == pytest.approx(0.5)
+    assert relative_violation("max_size_bytes", 1000, 800) == pytest.approx(-0.2)
+    assert relative_violation("max_latency_ms", 2.0, 3.0) == pytest.approx(0.5)
+    assert relative_violation("min_speedup", 4.0, 3.0) == pytest.approx(0.25)
+    assert relative_violation("min_compression_ratio", 10.0, 12.5) == pytest.approx(-0.25)
+    assert relative_violation("min_metric", 0.9, 0.81) == pytest.approx(0.1)
+    # drop 0.05 against a limit of 0.01 from a 0.96 baseline: the floor is 0.95, the value 0.91: 0.04 / 0.95
+    assert relative_violation("max_metric_drop", 0.01, 0.05, baseline_value=0.96) == pytest.approx(0.04 / 0.95)
+
+
+def _metrics(size, value, met_size, met_drop, baseline=0.96):
+    return {"baseline_value": baseline, "constraints": {
+        "max_size_bytes": {"limit": 1000, "measured": size, "met": met_size},
+        "max_metric_drop": {"limit": 0.01, "measured": baseline - value, "met": met_drop}}}
+
+
+def test_violations_are_zero_when_met_and_relative_when_not():
+    assert violations(_metrics(900, 0.955, True, True)) == {"max_metric_drop": 0.0, "max_size_bytes": 0.0}
+    v = violations(_metrics(3000, 0.91, False, False))
+    assert v["max_size_bytes"] == pytest.approx(2.0) and v["max_metric_drop"] == pytest.approx(0.04 / 0.95)
+
+
+def _record(number, size, value, speedup, met_size, met_drop):
+    m = _metrics(size, value, met_size, met_drop)
+    return {"number": number, "size_bytes": size, "value": value, "speedup_batch_64": speedup,
+            "constraints": m["constraints"], "violations": violations(m)}
+
+
+def test_best_feasible_for_each_objective():
+    records = [_record(0, 900, 0.955, 1.0, True, True), _record(1, 700, 0.951, 3.0, True, True),
+               _record(2, 500, 0.80, 9.0, True, False), _record(3, 950, 0.96, 2.0, True, True)]
+    assert choose_best(records, "size")["number"] == 1
+    assert choose_best(records, "latency")["number"] == 1
+    assert choose_best(records, "metric")["number"] == 3
+
+
+def test_closest_is_the_smallest_summed_relative_violation():
+    # trial 0: size 2.0 over; trial 1: size 0.5 over + drop (0.955 - 0.91 - 0.01)... computed below; trial 2: both
+    records = [_record(0, 3000, 0.955, 1.0, False, True),   # 2.0
+               _record(1, 1500, 0.93, 1.0, False, False),   # 0.5 + 0.02 / 0.95 = 0.5211
+               _record(2, 1200, 0.90, 1.0, False, False)]   # 0.2 + 0.05 / 0.95 = 0.2526
+    best = choose_best(records, "size")
+    assert best["number"] == 2
+    assert sum(best["violations"].values()) == pytest.approx(0.2 + 0.05 / 0.95)
+    # each constraint the chosen one fails, with the chosen one's value (what best/ holds)
+    assert infeasible_line(best) == ("max_size_bytes: limit 1,000, closest 1,200; "
+                                     "max_metric_drop: limit 0.01, closest 0.06")
+    assert choose_best([], "size") is None
+
+
+def test_numbers_in_messages():
+    assert format_number(2911) == "2,911" and format_number(50) == "50" and format_number(0.0306) == "0.0306"
+    assert format_number(3.14159) == "3.142"
