@@ -381,6 +381,7 @@ def _write_outputs(ctx: RunContext, staging: Path) -> tuple[dict[str, Any], list
     metrics.update({"int8_kernels": measured["int8_kernels"], "cpu_features": measured["cpu_features"],
                     "device": str(ctx.device), "data": ctx.splits.info, "stages": ctx.records,
                     "artifact_sha256": artifact_digest(artifact)})
+    metrics.update(_validation_figures(ctx, reloaded, manifest, baseline, metrics))
     from torchslim.report import layer_stats, render_html, render_markdown
 
     metrics["layers"] = layer_stats(reloaded, manifest)
@@ -388,6 +389,23 @@ def _write_outputs(ctx: RunContext, staging: Path) -> tuple[dict[str, Any], list
     write_bytes_atomic(staging / "report.html", render_html(metrics, ctx.domain.name).encode())
     write_bytes_atomic(staging / METRICS, (json.dumps(metrics, indent=2) + "\n").encode())
     return metrics, [*names, "report.md", "report.html", METRICS]
+
+
+def _validation_figures(ctx: RunContext, reloaded: nn.Module, manifest: dict[str, Any], baseline: nn.Module,
+                        metrics: dict[str, Any]) -> dict[str, Any]:
+    """The metric of both models on the validation split, and the constraints judged with it: what a search
+    decides on (the test split is only reported). The compressed model runs where it is measured."""
+    from torchslim.evaluate import compute_metric
+
+    model: Any = reloaded
+    if ctx.domain.runtime == "onnxruntime":
+        from torchslim._load import ort_session_of
+
+        model = ort_session_of(reloaded, manifest, intra_op_threads=torch.get_num_threads())
+    val = {"val_value": compute_metric(model, ctx.splits.val, ctx.metric),
+           "baseline_val_value": compute_metric(baseline, ctx.splits.val, ctx.metric)}
+    judged = {**metrics, "value": val["val_value"], "baseline_value": val["baseline_val_value"]}
+    return {**val, "val_constraints": check_constraints(ctx.domain.constraints, judged)}
 
 
 def metrics_mismatch(artifact: str | Path) -> str | None:

@@ -27,14 +27,19 @@ def relative_violation(name: str, limit: float, measured: float, baseline_value:
 
 
 def violations(metrics: dict[str, Any]) -> dict[str, float]:
-    """Each constraint of a run's metrics (``metrics["constraints"]``) → its violation: 0.0 when the run reports
-    it met, else the (positive) relative violation."""
+    """Each constraint of a run's metrics → its violation: 0.0 when met, else the (positive) relative violation.
+
+    Judged on the validation split (``val_constraints``) where the run reports it, as every decision is: the test
+    split only reports the figures of the model the search chose.
+    """
     out = {}
-    for name, c in sorted(metrics["constraints"].items()):
+    judged = metrics.get("val_constraints", metrics["constraints"])
+    baseline = metrics.get("baseline_val_value", metrics.get("baseline_value"))
+    for name, c in sorted(judged.items()):
         if c["met"]:
             out[name] = 0.0
         else:
-            v = relative_violation(name.split(".")[0], c["limit"], c["measured"], metrics.get("baseline_value"))
+            v = relative_violation(name.split(".")[0], c["limit"], c["measured"], baseline)
             out[name] = max(v, 1e-12)  # reported as not met: never ranked as met
     return out
 
@@ -44,7 +49,8 @@ def is_feasible(record: dict[str, Any]) -> bool:
 
 
 def _objective_key(record: dict[str, Any], objective: str) -> tuple[float, ...]:
-    size, value, speedup = record["size_bytes"], record["value"], record["speedup_batch_64"]
+    """What ranks candidates: bytes, speed-up and the validation metric (never the test split's)."""
+    size, value, speedup = record["size_bytes"], record.get("val_value", record["value"]), record["speedup_batch_64"]
     if objective == "size":
         return (size, -value, -speedup)
     if objective == "latency":

@@ -15,7 +15,8 @@ from torchslim.artifact import fresh_dir, write_bytes_atomic
 from torchslim.artifact._atomic import replace_dir
 from torchslim.search.feasibility import is_feasible
 
-CSV_COLUMNS = ("number", "state", "feasible", "candidate", "value", "baseline_value", "size_bytes",
+CSV_COLUMNS = ("number", "state", "feasible", "candidate", "val_value", "baseline_val_value", "value", "baseline_value",
+               "size_bytes",
                "compression_ratio", "speedup_batch_1", "speedup_batch_64", "latency_ms_batch_1",
                "latency_ms_batch_64", "violation", "failed_constraints")
 
@@ -55,6 +56,7 @@ def csv_row(number: int, state: str, record: dict[str, Any] | None) -> dict[str,
     if record is not None:
         row.update({k: record[k] for k in ("value", "baseline_value", "size_bytes", "compression_ratio",
                                            "speedup_batch_1", "speedup_batch_64")})
+        row.update({k: record.get(k) for k in ("val_value", "baseline_val_value")})
         row.update(candidate=record["brief"], feasible=is_feasible(record),
                    latency_ms_batch_1=record["latency_ms"]["batch_1"],
                    latency_ms_batch_64=record["latency_ms"]["batch_64"],

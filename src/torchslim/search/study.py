@@ -75,6 +75,7 @@ def record_of(number: int, metrics: dict[str, Any], params: dict[str, Any], reci
     keys = ("metric", "value", "baseline_value", "size_bytes", "baseline_size_bytes", "compression_ratio",
             "latency_ms", "baseline_latency_ms", "threads", "constraints", "artifact_sha256")
     record = {k: metrics[k] for k in keys}
+    record.update({k: metrics[k] for k in ("val_value", "baseline_val_value", "val_constraints") if k in metrics})
     record.update(number=number, speedup_batch_64=metrics["latency_ratio_batch_64"],
                   speedup_batch_1=metrics["baseline_latency_ms"]["batch_1"] / metrics["latency_ms"]["batch_1"],
                   violations=violations(metrics), brief=describe(params), params=params, recipe=recipe)
@@ -236,7 +237,7 @@ class AutoSearch:
         if hasattr(trial, "set_constraint"):
             for name, value in sorted(record["violations"].items()):
                 trial.set_constraint(name, value)
-        return record["value"], float(record["size_bytes"]), record["speedup_batch_64"]
+        return record.get("val_value", record["value"]), float(record["size_bytes"]), record["speedup_batch_64"]
 
     def finished(self, study: Any) -> list[dict[str, Any]]:
         from optuna.trial import TrialState
