@@ -34,6 +34,10 @@ def test_run_writes_metrics_report_and_artifact(trained):
     assert 4 * metrics["params"] < metrics["baseline_size_bytes"] < 4 * metrics["params"] + 4096
     assert metrics["compression_ratio"] == metrics["baseline_size_bytes"] / metrics["size_bytes"] >= 1.0
     assert metrics["constraints"]["max_metric_drop"]["met"] is True
+    # decisions (auto) use the validation split: both models' metric there, and the constraints judged with it
+    assert 0.85 <= metrics["val_value"] <= 1.0 and metrics["val_value"] == metrics["baseline_val_value"]
+    assert set(metrics["val_constraints"]) == set(metrics["constraints"])
+    assert metrics["val_constraints"]["max_metric_drop"]["measured"] == 0.0
     assert (folder / "out" / "report.md").read_text().startswith("# torchslim report: digits-test")
     assert {p.name for p in (folder / "out" / "artifact").iterdir()} == {"manifest.json", "model.safetensors"}
     assert not (folder / "out" / ".torchslim-work").exists()
