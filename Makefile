@@ -16,7 +16,7 @@ install: $(VENV)/.installed
 
 # The main job: Deep Compression of LeNet-300-100 on digits (one thread: the model is too small to share).
 demo: $(VENV)/.installed
-	$(PY) -m torchslim run recipes/digits/deep_compression.yaml --out runs/demo --threads 1
+	$(PY) -m torchslim run recipes/digits/deep_compression.yaml --out runs/demo --threads 1 --overwrite
 
 test: $(VENV)/.installed
 	$(PY) -m pytest

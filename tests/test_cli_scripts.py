@@ -10,7 +10,7 @@ from cli_support import DIGITS_DOMAIN
 RECIPE = "domain: domain.yaml\nseed: 0\nstages:\n  - train: {epochs: 2, lr: 0.003, batch_size: 64}\n"
 
 
-def test_quiet_run_prints_only_results_and_a_rerun_says_it_replaces_the_earlier_one(tmp_path, cli):
+def test_quiet_run_prints_only_results_and_a_rerun_needs_overwrite(tmp_path, cli):
     (tmp_path / "domain.yaml").write_text(DIGITS_DOMAIN)
     (tmp_path / "recipe.yaml").write_text(RECIPE)
     loud = cli("run", "recipe.yaml", "--out", "out", "--threads", "1", cwd=tmp_path)
@@ -18,9 +18,13 @@ def test_quiet_run_prints_only_results_and_a_rerun_says_it_replaces_the_earlier_
     assert "stage 0: train" in loud.stderr and "earlier run" not in loud.stderr
     last = loud.stdout.strip().splitlines()[-1]
     assert last.startswith("wrote ") and "report.html" in last and "artifact" in last
+    before = (tmp_path / "out" / "metrics.json").read_bytes()
     again = cli("run", "recipe.yaml", "--out", "out", "--threads", "1", cwd=tmp_path)
-    assert "note: out holds an earlier run" in again.stderr
-    quiet = cli("run", "recipe.yaml", "--out", "out", "--threads", "1", "--quiet", cwd=tmp_path)
+    assert again.returncode == 2 and again.stderr == (
+        "error: --out: out holds an earlier run (metrics.json): pass --overwrite to replace it, or --resume to "
+        "continue an interrupted one\n")
+    assert (tmp_path / "out" / "metrics.json").read_bytes() == before  # untouched
+    quiet = cli("run", "recipe.yaml", "--out", "out", "--threads", "1", "--quiet", "--overwrite", cwd=tmp_path)
     assert quiet.returncode == 0 and quiet.stderr == ""
     assert "accuracy" in quiet.stdout
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())

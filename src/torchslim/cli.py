@@ -147,10 +147,14 @@ def _print_summary(metrics: dict[str, Any], out: Path | None = None) -> None:
 @click.option("--sign-key", type=click.Path(path_type=Path), default=None,
               help="EC private key (PEM): sign the artifact before it is published (see `torchslim sign`). "
                    "Checked before the first stage.")
+@click.option("--overwrite", is_flag=True, help="Replace the earlier run --out holds (refused without it).")
 @_quiet_option
 def run(recipe: Path, out: Path, resume: bool, overrides: tuple[str, ...], threads: int | None,
-        sign_key: Path | None, quiet: bool) -> None:
+        sign_key: Path | None, overwrite: bool, quiet: bool) -> None:
     """Run RECIPE's stages and write the compressed model and its measurements to --out."""
+    if not (resume or overwrite) and (out / "metrics.json").exists():
+        raise ConfigError("--out", f"{out} holds an earlier run (metrics.json): pass --overwrite to replace it, or "
+                                   f"--resume to continue an interrupted one")
     from torchslim.artifact import SIGNATURE, ArtifactError, check_signing_key
     from torchslim.distributed import init_from_env, is_main, shutdown
     from torchslim.recipe import load_recipe
