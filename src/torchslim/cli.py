@@ -50,8 +50,11 @@ class _Group(click.Group):
             _fail(exc)
         except click.BadParameter as exc:
             converted = _path_error(exc)
-            if converted is None:
-                raise
+            if converted is None:  # a flag's value: one line naming the flag, as for every other bad input
+                param = exc.param
+                name = (max(param.opts, key=len) if isinstance(param, click.Option) else param.human_readable_name
+                        ) if param is not None else ""
+                converted = ConfigError(name, exc.message)
             _fail(converted)
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
