@@ -49,3 +49,22 @@ def test_onnxruntime_session_takes_numpy_arrays_and_answers_in_kind(tmp_path):
     as_tensor = session(x)
     assert isinstance(as_tensor, torch.Tensor)
     assert np.allclose(as_array, as_tensor.numpy()) and np.allclose(as_array, model(x).detach().numpy(), atol=1e-5)
+
+
+def test_without_a_terminal_progress_is_one_line_per_epoch(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from cli_support import ROOT
+
+    (tmp_path / "domain.yaml").write_text(DIGITS_DOMAIN)
+    (tmp_path / "recipe.yaml").write_text(RECIPE)
+    env = {k: v for k, v in os.environ.items() if k != "TQDM_DISABLE"}
+    env["PYTHONPATH"] = str(ROOT / "src")
+    proc = subprocess.run([sys.executable, "-m", "torchslim", "run", "recipe.yaml", "--out", "out", "--threads", "1"],
+                          cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "\r" not in proc.stderr
+    epochs = [line for line in proc.stderr.splitlines() if ": epoch " in line]
+    assert [line.split(" loss ")[0] for line in epochs] == ["train: epoch 1/2", "train: epoch 2/2"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -177,8 +178,9 @@ def fit(model: nn.Module, train: Dataset, val: Dataset, cfg: TrainConfig, *, see
                                                       else None)
 
     quiet = not dist.is_main() or bool(os.environ.get("TQDM_DISABLE"))
-    # disable=None: no bar when stderr is not a terminal, so a log file does not fill with redraws
-    bar = tqdm(range(start, cfg.epochs), desc=desc, unit="epoch", disable=True if quiet else None, leave=False,
+    # A terminal gets a bar; a log file one line per epoch, with no carriage-return redraws.
+    lines = not quiet and not sys.stderr.isatty()
+    bar = tqdm(range(start, cfg.epochs), desc=desc, unit="epoch", disable=quiet or lines, leave=False,
                initial=start, total=cfg.epochs)
     num_classes = 0  # mixup's label width, read from the model's output on the first batch
     for epoch in bar:
@@ -214,6 +216,9 @@ def fit(model: nn.Module, train: Dataset, val: Dataset, cfg: TrainConfig, *, see
             result.best_epoch, result.best_val = epoch, val_value
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         bar.set_postfix(loss=f"{train_loss:.4f}", val=f"{val_value:.4f}")
+        if lines:
+            print(f"{desc}: epoch {epoch + 1}/{cfg.epochs} loss {train_loss:.4f} val {metric} {val_value:.4f}",
+                  file=sys.stderr, flush=True)
         if ckpt is not None and dist.is_main():
             _save_checkpoint(ckpt, epoch + 1, model, optimizer, best_state, result)
     bar.close()
