@@ -119,3 +119,34 @@ def test_peak_memory_counts_a_decoded_weight_kept_for_inference(one_thread):
     peak = peak_memory_bytes(model, (64,))
     assert resident_bytes(model) >= codes_only + 4 * (64 * 256 + 256 * 10)  # the decoded fp32 weights
     assert peak > resident_bytes(model)
+
+
+def test_side_by_side_latency_alternates_and_marks_what_noise_cannot_explain():
+    import time as _time
+
+    from torchslim.evaluate import side_by_side_latency
+
+    def fast(x):
+        return x
+
+    def slow(x):
+        _time.sleep(0.002)
+        return x
+
+    timed = side_by_side_latency(fast, slow, (1, 8, 8), rounds=5, runs=3, warmup=1)
+    for batch in ("batch_1", "batch_64"):
+        s = timed["latency_spread"][batch]
+        assert timed["latency_ms"][batch] >= 2.0 > timed["baseline_latency_ms"][batch]
+        assert s["ratio"] < 0.5 and s["ratio_iqr"][1] < 1.0 and s["significant"] is True
+        assert s["baseline_iqr_ms"][0] <= timed["baseline_latency_ms"][batch] <= s["baseline_iqr_ms"][1]
+
+
+def test_a_slowdown_within_noise_is_not_reported_as_one():
+    from torchslim.report import slowdown_reason
+
+    m = {"baseline_latency_ms": {"batch_1": 0.10, "batch_64": 1.0}, "latency_ms": {"batch_1": 0.11, "batch_64": 0.9},
+         "runtime": "torch", "params": 100, "baseline_params": 100, "stages": [],
+         "latency_spread": {"batch_1": {"significant": False}, "batch_64": {"significant": True}}}
+    assert slowdown_reason(m) is None
+    m["latency_spread"]["batch_1"]["significant"] = True
+    assert slowdown_reason(m).startswith("Slower than the baseline at batch 1")

@@ -105,6 +105,47 @@ def latency_ms(model: nn.Module | Predict, input_shape: tuple[int, ...], batch: 
     return statistics.median(times)
 
 
+@torch.no_grad()
+def side_by_side_latency(baseline: nn.Module | Predict, compressed: nn.Module | Predict,
+                         input_shape: tuple[int, ...], *, rounds: int = 11, runs: int = 10, warmup: int = 5,
+                         device: Optional[torch.device] = None) -> dict[str, Any]:
+    """Baseline and compressed latency measured in alternating rounds, so a burst of load on a shared machine
+    slows both alike; each round is the median of ``runs`` calls, and the order flips every round.
+
+    Returns:
+        ``baseline_latency_ms`` and ``latency_ms`` ({batch: median over rounds, ms}) and ``latency_spread``
+        ({batch: {baseline_iqr_ms, compressed_iqr_ms, ratio (baseline / compressed, median of the rounds'),
+        ratio_iqr, significant}}); a ratio whose interquartile range includes 1.0 is not significant.
+    """
+    models = {"baseline": _as_predict(baseline, device), "compressed": _as_predict(compressed, device)}
+    medians: dict[str, dict[str, float]] = {"baseline": {}, "compressed": {}}
+    spread: dict[str, dict[str, Any]] = {}
+    for key, batch in LATENCY_BATCHES.items():
+        x = torch.rand(batch, *input_shape)
+        for predict in models.values():
+            for _ in range(warmup):
+                predict(x)
+        times: dict[str, list[float]] = {"baseline": [], "compressed": []}
+        for r in range(rounds):
+            for name in (("baseline", "compressed") if r % 2 == 0 else ("compressed", "baseline")):
+                calls = []
+                for _ in range(runs):
+                    t0 = time.perf_counter()
+                    models[name](x)
+                    calls.append((time.perf_counter() - t0) * 1e3)
+                times[name].append(statistics.median(calls))
+        ratios = [b / c for b, c in zip(times["baseline"], times["compressed"])]
+        q = {name: statistics.quantiles(values, n=4) for name, values in times.items()}
+        rq = statistics.quantiles(ratios, n=4)
+        for name in times:
+            medians[name][key] = statistics.median(times[name])
+        spread[key] = {"baseline_iqr_ms": [q["baseline"][0], q["baseline"][2]],
+                       "compressed_iqr_ms": [q["compressed"][0], q["compressed"][2]],
+                       "ratio": statistics.median(ratios), "ratio_iqr": [rq[0], rq[2]],
+                       "significant": not rq[0] <= 1.0 <= rq[2]}
+    return {"baseline_latency_ms": medians["baseline"], "latency_ms": medians["compressed"], "latency_spread": spread}
+
+
 def resident_bytes(model: nn.Module) -> int:
     """Bytes of the tensors a model holds: parameters, buffers and tensors it keeps as attributes (e.g. a decoded
     weight cached for inference), each storage counted once."""

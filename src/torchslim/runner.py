@@ -361,6 +361,7 @@ def _write_outputs(ctx: RunContext, staging: Path) -> tuple[dict[str, Any], list
     reloaded, manifest = ctx.reload(artifact)
     measured = measure_in_runtime(reloaded, manifest, test, metric, shape, ctx.domain.runtime)
     base_measured = measure(baseline, test, metric, shape)
+    spread = _side_by_side(reloaded, manifest, baseline, measured, base_measured, shape, ctx.domain.runtime)
     # The baseline is the uncompressed fp32 file (dense tensors, same manifest keys), as compression ratios are
     # quoted against it.
     baseline_bytes = artifact_bytes(baseline, architecture=baseline_arch, compress=False,
@@ -376,6 +377,7 @@ def _write_outputs(ctx: RunContext, staging: Path) -> tuple[dict[str, Any], list
         names.append(ONNX_FILE)
     metrics = summarize(measured, base_measured, size=artifact_size(artifact), baseline_size=baseline_bytes,
                         domain=ctx.domain, seed=ctx.seed)
+    metrics["latency_spread"] = spread
     metrics["size_bytes_no_entropy"] = artifact_bytes(model, architecture=ctx.architecture, extra={**extra, **recorded},
                                                       entropy=False)
     metrics.update({"int8_kernels": measured["int8_kernels"], "cpu_features": measured["cpu_features"],
@@ -389,6 +391,19 @@ def _write_outputs(ctx: RunContext, staging: Path) -> tuple[dict[str, Any], list
     write_bytes_atomic(staging / "report.html", render_html(metrics, ctx.domain.name).encode())
     write_bytes_atomic(staging / METRICS, (json.dumps(metrics, indent=2) + "\n").encode())
     return metrics, [*names, "report.md", "report.html", METRICS]
+
+
+def _side_by_side(model: nn.Module, manifest: dict[str, Any], baseline: nn.Module, measured: dict[str, Any],
+                  base: dict[str, Any], shape: tuple[int, ...], runtime: str) -> dict[str, Any]:
+    """Latency of both models timed in alternating rounds (see :func:`evaluate.side_by_side_latency`): the medians
+    replace each one's own latency, and the spread is returned for ``metrics.json``."""
+    from torchslim.evaluate import side_by_side_latency
+    from torchslim.export.measure import runtime_predict
+
+    predict, _ = runtime_predict(model, manifest, runtime)
+    timed = side_by_side_latency(baseline, predict, shape)
+    measured["latency_ms"], base["latency_ms"] = timed["latency_ms"], timed["baseline_latency_ms"]
+    return timed["latency_spread"]
 
 
 def _validation_figures(ctx: RunContext, reloaded: nn.Module, manifest: dict[str, Any], baseline: nn.Module,
@@ -471,6 +486,7 @@ def evaluate_artifact(path: str | Path, domain: Domain, *, trust_code: bool = Fa
                      prefix="baseline.architecture", source=str(path))
         baseline = build_model(spec, code_dir)
     base = measure(baseline, splits.test, domain.metric, shape)
+    spread = _side_by_side(model, manifest, baseline, measured, base, shape, domain.runtime)
     if not trained:
         base["value"], base["params"] = record["value"], record["params"]
     if record is not None:
@@ -480,6 +496,6 @@ def evaluate_artifact(path: str | Path, domain: Domain, *, trust_code: bool = Fa
     metrics = summarize(measured, base, size=artifact_size(path), baseline_size=baseline_bytes, domain=domain,
                         seed=manifest.get("seed", 0))
     metrics.update({"int8_kernels": measured["int8_kernels"], "cpu_features": measured["cpu_features"],
-                    "recorded_value": manifest.get("metrics", {}).get("value"),
+                    "latency_spread": spread, "recorded_value": manifest.get("metrics", {}).get("value"),
                     "artifact_sha256": artifact_digest(path)})
     return metrics

@@ -23,18 +23,26 @@ def measure_in_runtime(model: nn.Module, manifest: dict[str, Any], test: Dataset
     from torchslim.evaluate import measure
     from torchslim.export.cpu import cpu_int8_features
 
-    kernels = None
+    predict, kernels = runtime_predict(model, manifest, runtime)
+    measured = measure(predict, test, metric, input_shape, module=model if runtime == "onnxruntime" else None)
+    return {**measured, "int8_kernels": kernels, "cpu_features": cpu_int8_features()}
+
+
+def runtime_predict(model: nn.Module, manifest: dict[str, Any], runtime: str) -> tuple[Any, dict[str, int] | None]:
+    """(what serves the model in ``runtime``, ONNX Runtime's integer kernels by op type or None).
+
+    ``onnxruntime``: a session over the stored int8 model, or an fp32 export, with as many intra-op threads as torch
+    uses (both sides get the same cores); ``torch``: the module as ``torchslim.load`` serves it (weight-only and
+    k-means layers decoded into plain ones).
+    """
     if runtime == "onnxruntime":
         from torchslim._load import ort_session_of
         from torchslim.export.runtime import quantized_kernels
 
         session = ort_session_of(model, manifest, intra_op_threads=torch.get_num_threads())
-        measured = measure(session, test, metric, input_shape, module=model)
-        kernels = quantized_kernels(session.model)
-    else:  # as torchslim.load serves it: weight-only / k-means layers decoded into plain ones
-        import copy
+        return session, quantized_kernels(session.model)
+    import copy
 
-        from torchslim.quantize.deploy import decode_for_inference_
+    from torchslim.quantize.deploy import decode_for_inference_
 
-        measured = measure(decode_for_inference_(copy.deepcopy(model)), test, metric, input_shape)
-    return {**measured, "int8_kernels": kernels, "cpu_features": cpu_int8_features()}
+    return decode_for_inference_(copy.deepcopy(model)), None

@@ -36,7 +36,9 @@ def summary_rows(m: dict[str, Any]) -> list[tuple[str, str, str]]:
         ("nonzero params", "", f"{m['nonzero_params']:,}"),
         ("latency batch 1", f"{m['baseline_latency_ms']['batch_1']:.3f} ms", f"{m['latency_ms']['batch_1']:.3f} ms"),
         ("latency batch 64", f"{m['baseline_latency_ms']['batch_64']:.3f} ms",
-         f"{m['latency_ms']['batch_64']:.3f} ms (speed-up {m['latency_ratio_batch_64']:.2f}x)"),
+         f"{m['latency_ms']['batch_64']:.3f} ms (speed-up {m['latency_ratio_batch_64']:.2f}x"
+         + ("" if m.get("latency_spread", {}).get("batch_64", {}).get("significant", True)
+            else ", within noise") + ")"),
         ("peak memory (batch 64)", _fmt_bytes(m["baseline_peak_memory_bytes"]), _fmt_bytes(m["peak_memory_bytes"])),
     ]
 
@@ -47,7 +49,8 @@ _SIMULATED = ("static", "dynamic", "qat")  # methods whose int8 arithmetic only 
 def slowdown_reason(m: dict[str, Any]) -> str | None:
     """Why the compressed model is slower than its baseline at batch 1 or 64, or None when it is not."""
     base, comp = m["baseline_latency_ms"], m["latency_ms"]
-    slower = [b for b in ("batch_1", "batch_64") if comp[b] > base[b]]
+    spread = m.get("latency_spread", {})  # a difference within the rounds' noise is not a slowdown
+    slower = [b for b in ("batch_1", "batch_64") if comp[b] > base[b] and spread.get(b, {}).get("significant", True)]
     if not slower:
         return None
     where = " and ".join(b.replace("_", " ") for b in slower)
