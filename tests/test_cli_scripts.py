@@ -68,3 +68,16 @@ def test_without_a_terminal_progress_is_one_line_per_epoch(tmp_path):
     assert "\r" not in proc.stderr
     epochs = [line for line in proc.stderr.splitlines() if ": epoch " in line]
     assert [line.split(" loss ")[0] for line in epochs] == ["train: epoch 1/2", "train: epoch 2/2"]
+
+
+def test_check_warns_when_an_int8_method_cannot_be_faster_on_the_runtime(tmp_path, cli):
+    (tmp_path / "domain.yaml").write_text(DIGITS_DOMAIN)
+    (tmp_path / "recipe.yaml").write_text(RECIPE + "  - quantize: {method: static}\n")
+    proc = cli("check", "recipe.yaml", cwd=tmp_path)
+    assert proc.returncode == 0 and proc.stdout.startswith("ok: recipe.yaml")
+    assert proc.stderr.splitlines() == [
+        "warning: recipe.yaml: stages[1].quantize: method static runs int8 kernels only under runtime: onnxruntime; "
+        "under runtime: torch it is simulated and will measure slower than its baseline (set the domain's runtime: "
+        "onnxruntime)"]
+    (tmp_path / "domain.yaml").write_text(DIGITS_DOMAIN + "runtime: onnxruntime\n")
+    assert cli("check", "recipe.yaml", cwd=tmp_path).stderr == ""

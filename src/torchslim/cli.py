@@ -191,6 +191,12 @@ def check(recipe: Path, overrides: tuple[str, ...]) -> None:
 
     loaded = load_recipe(recipe, list(overrides))
     ctx = prepare(loaded)
+    from torchslim.quantize.stage import runtime_warning
+
+    for stage in loaded.stages:
+        warning = runtime_warning(stage.config, loaded.domain.runtime) if stage.name == "quantize" else None
+        if warning:
+            click.echo(f"warning: {recipe}: stages[{stage.index}].quantize: {warning}", err=True)
     click.echo(f"ok: {recipe}: domain {loaded.domain.name!r}, {len(loaded.stages)} stage(s) "
                f"({', '.join(s.name for s in loaded.stages)}), data {ctx.splits.info['train']}/"
                f"{ctx.splits.info['val']}/{ctx.splits.info['test']} train/val/test")

@@ -43,7 +43,7 @@ def fresh_dir(target: Path) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     for stale in target.parent.glob(f".{target.name}.*.tmp"):
         pid = stale.name[len(target.name) + 2:].split(".")[0]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not process_alive(int(pid)):
             shutil.rmtree(stale, ignore_errors=True)
     for n in range(1000):
         tmp = target.with_name(f".{target.name}.{os.getpid()}.{n}.tmp")
@@ -55,7 +55,8 @@ def fresh_dir(target: Path) -> Path:
     raise FileExistsError(f"cannot create a temporary folder beside {target}")
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` still runs (its leftovers are not stale while it does)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -57,6 +57,16 @@ def parse_quantize_stage(body: Any, *, prefix: str, source: Optional[str]) -> Qu
     return QuantizeStage(config, stage_sets_drop="max_metric_drop" in body)
 
 
+def runtime_warning(stage: QuantizeStage, runtime: str) -> Optional[str]:
+    """Why this stage's model cannot run faster on ``runtime``, or None: int8 methods are executed by ONNX Runtime
+    only; under ``runtime: torch`` they are simulated (each input quantized and dequantized, float arithmetic)."""
+    method = method_of(stage.config)
+    if runtime == "torch" and method in ("static", "dynamic", "qat"):
+        return (f"method {method} runs int8 kernels only under runtime: onnxruntime; under runtime: torch it is "
+                f"simulated and will measure slower than its baseline (set the domain's runtime: onnxruntime)")
+    return None
+
+
 def _fine_tunes(config: Any) -> bool:
     finetune = getattr(config, "finetune", None)
     return finetune is not None and finetune.epochs > 0

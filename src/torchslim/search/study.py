@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterator, Optional
 import yaml
 
 from torchslim._errors import ConfigError
+from torchslim.artifact._atomic import process_alive
 from torchslim.domain import Domain
 from torchslim.search.feasibility import OBJECTIVES, choose_best, infeasible_line, is_feasible, violations
 from torchslim.search.outputs import csv_row, write_outputs
@@ -99,16 +100,6 @@ def _locked(out: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 @dataclass
@@ -206,7 +197,7 @@ class AutoSearch:
         host = socket.gethostname()
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             pid = t.user_attrs.get("pid")
-            if t.user_attrs.get("host") == host and isinstance(pid, int) and not _alive(pid):
+            if t.user_attrs.get("host") == host and isinstance(pid, int) and not process_alive(pid):
                 # FrozenTrial has no public id; the storage needs it to change the state
                 storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
                 study.enqueue_trial(dict(t.params), user_attrs={"rerun_of": t.number})
