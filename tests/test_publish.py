@@ -107,7 +107,8 @@ def test_sigkill_at_20_random_moments_leaves_a_consistent_run_folder(tmp_path):
 
     def start(name):
         return subprocess.Popen([sys.executable, "-m", "torchslim", "run", f"{name}.yaml", "--out", "out",
-                                 "--threads", "1", "--overwrite"], cwd=tmp_path, env=cli_env(), stdout=subprocess.DEVNULL,
+                                 "--threads", "1", "--overwrite"], cwd=tmp_path, env=cli_env(),
+                                stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
 
     began = time.monotonic()

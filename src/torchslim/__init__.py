@@ -14,7 +14,8 @@ __all__ = ["__version__", "compress", "load"]
 
 
 def __getattr__(name: str):
-    # ``torchslim.load`` and ``compress`` import torch and the rest only when first used: ``import torchslim`` stays light.
+    # ``torchslim.load`` and ``compress`` import torch and the rest only when first used: ``import torchslim``
+    # stays light.
     if name == "load":
         from torchslim._load import load
 

@@ -17,8 +17,8 @@ def load(path: str | Path, *, runtime: Literal["torch", "onnxruntime"] = "torch"
         path: the artifact folder (``DIR/artifact`` of a run).
         runtime: ``torch`` → the ``nn.Module``, plain PyTorch where the arithmetic allows: weight-only and k-means
             layers decoded once into ordinary Linear/Conv layers (int8 layers keep simulating their activation
-            quantization, which ONNX Runtime executes); ``onnxruntime`` → a callable over an ONNX Runtime session: the stored int8
-            model when the artifact has one (static, dynamic, 8-bit qat), else an fp32 export made now.
+            quantization, which ONNX Runtime executes); ``onnxruntime`` → a callable over an ONNX Runtime session:
+            the stored int8 model when the artifact has one (static, dynamic, 8-bit qat), else an fp32 export.
         trust_code: allow an artifact whose architecture is a user factory (``module:function``) to import and
             call it; without it such an artifact is refused (built-in architectures never import code).
         code_dir: folder the factory's module is imported from (``sys.path`` is restored afterwards).

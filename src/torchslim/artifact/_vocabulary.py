@@ -273,6 +273,7 @@ def manifest_skeleton() -> dict[str, Any]:
     architecture = {"kwargs": {}, "name": ""}
     shared = {"initializers": {"": {"layer": "", "transpose": True}, " ": {"tensor": "", "transpose": False}},
               "sha256": ""}
+    # "architectures" is no manifest key: it spells the factory and in-memory forms of an architecture for zstd
     return {"architecture": architecture, "architectures": [{"factory": "", "kwargs": {}}, {"module": ""}],
             "baseline": {"architecture": architecture, "params": _BLANK, "size_bytes": _BLANK, "value": _BLANK},
             "data": data, "domain": skeleton(Domain), "entropy": "payload", "input_shape": [],

@@ -61,7 +61,8 @@ def runtime_warning(stage: QuantizeStage, runtime: str) -> Optional[str]:
     """Why this stage's model cannot run faster on ``runtime``, or None: int8 methods are executed by ONNX Runtime
     only; under ``runtime: torch`` they are simulated (each input quantized and dequantized, float arithmetic)."""
     method = method_of(stage.config)
-    if runtime == "torch" and method in ("static", "dynamic", "qat"):
+    int8 = method in ("static", "dynamic") or (method == "qat" and stage.config.bits == 8)  # 4-bit QAT: torch's
+    if runtime == "torch" and int8:
         return (f"method {method} runs int8 kernels only under runtime: onnxruntime; under runtime: torch it is "
                 f"simulated and will measure slower than its baseline (set the domain's runtime: onnxruntime)")
     return None
@@ -152,7 +153,8 @@ def _run_quantize(ctx: "RunContext", stage: QuantizeStage) -> dict[str, Any]:
                 + (f" and {len(layers) - 8} more" if len(layers) > 8 else ""))
     return {"method": method, "bits": cfg.bits, "layers_quantized": names,
             "layer_bits": [report.layers[n] for n in names], "kept_fp32": list(report.kept_fp32),
-            "fallback": list(report.fallback), "float_layers": report.float_layers, "max_metric_drop": budget, "max_metric_drop_from": budget_from,
+            "fallback": list(report.fallback), "float_layers": report.float_layers, "max_metric_drop": budget,
+            "max_metric_drop_from": budget_from,
             "weight_bytes_fp32": report.weight_bytes_fp32, "weight_bytes_quantized": report.weight_bytes_quantized,
             "int8_onnx": report.onnx_model is not None, "val_metric_before": before,
             "val_metric": after}
