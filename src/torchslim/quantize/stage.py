@@ -61,7 +61,7 @@ def runtime_warning(stage: QuantizeStage, runtime: str) -> Optional[str]:
     """Why this stage's model cannot run faster on ``runtime``, or None: int8 methods are executed by ONNX Runtime
     only; under ``runtime: torch`` they are simulated (each input quantized and dequantized, float arithmetic)."""
     method = method_of(stage.config)
-    int8 = method in ("static", "dynamic") or (method == "qat" and stage.config.bits == 8)  # 4-bit QAT: torch's
+    int8 = method in ("static", "dynamic") or (method == "qat" and stage.config.bits == 8)  # no int8 kernel below 8
     if runtime == "torch" and int8:
         return (f"method {method} runs int8 kernels only under runtime: onnxruntime; under runtime: torch it is "
                 f"simulated and will measure slower than its baseline (set the domain's runtime: onnxruntime)")
