@@ -28,17 +28,25 @@ def load(path: str | Path, *, runtime: Literal["torch", "onnxruntime"] = "torch"
         intra_op_threads: ONNX Runtime threads per operator (None: ORT's default).
     Returns:
         ``nn.Module`` in eval mode, or a :class:`torchslim.export.OrtSession` (tensors in, tensors out) whose
-        ``int8`` attribute says whether it runs the stored int8 model.
+        ``int8`` attribute says whether it runs the stored int8 model. A sentence-embedding artifact loads as a
+        :class:`torchslim.text.SentenceEmbedder`: ``encode(list_of_sentences) -> (N, hidden)`` in either runtime,
+        with the artifact's own tokenizer, pooling and normalisation.
     Example:
         >>> model = torchslim.load("runs/digits/artifact")
         >>> session = torchslim.load("runs/digits/artifact", runtime="onnxruntime")
         >>> logits = session(torch.rand(4, 1, 8, 8))
     """
     from torchslim._errors import ConfigError
-    from torchslim.artifact import load_artifact
+    from torchslim.artifact import load_artifact, read_manifest
 
     if runtime not in RUNTIMES:
         raise ConfigError("runtime", f"must be one of {list(RUNTIMES)}, got {runtime!r}")
+    from torchslim.text.artifact import is_text_manifest
+
+    if is_text_manifest(read_manifest(path)):
+        from torchslim.text.artifact import load_text_artifact
+
+        return load_text_artifact(path, runtime=runtime, verify_key=verify_key, intra_op_threads=intra_op_threads)
     model, manifest = load_artifact(path, trust_code=trust_code, code_dir=code_dir, verify_key=verify_key,
                                     model=model)
     if runtime == "torch":

@@ -190,6 +190,14 @@ def check(recipe: Path, overrides: tuple[str, ...]) -> None:
     from torchslim.runner import prepare
 
     loaded = load_recipe(recipe, list(overrides))
+    if loaded.domain.task == "sentence-embedding":
+        from torchslim.text.run import prepare_text
+
+        info = prepare_text(loaded).splits.info
+        click.echo(f"ok: {recipe}: domain {loaded.domain.name!r}, {len(loaded.stages)} stage(s) "
+                   f"({', '.join(s.name for s in loaded.stages)}), {info['train']}/{info['val']}/{info['test']} "
+                   f"train/val/test sentences")
+        return
     ctx = prepare(loaded)
     from torchslim.quantize.stage import runtime_warning
 

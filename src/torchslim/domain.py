@@ -34,10 +34,12 @@ class DataSpec(StrictModel):
 
 
 class ModelSpec(StrictModel):
-    """A built-in model (``name``) or a user factory (``"pkg.mod:fn"``), with kwargs and optional weights."""
+    """A built-in model (``name``) or a user factory (``"pkg.mod:fn"``), with kwargs and optional weights; for a
+    sentence-embedding domain, ``path``: a sentence-transformers model directory on disk."""
 
     name: Optional[str] = None
     factory: Optional[str] = None
+    path: Optional[str] = None
     kwargs: dict[str, Any] = pydantic.Field(default_factory=dict)
     weights: Optional[str] = None
 
@@ -51,8 +53,9 @@ class ModelSpec(StrictModel):
 
     @pydantic.model_validator(mode="after")
     def _one_of_name_or_factory(self) -> "ModelSpec":
-        if (self.name is None) == (self.factory is None):
-            raise ValueError("give exactly one of 'name' (a built-in model) or 'factory' ('module:function')")
+        if sum(v is not None for v in (self.name, self.factory, self.path)) != 1:
+            raise ValueError("give exactly one of 'name' (a built-in model), 'factory' ('module:function') or "
+                             "'path' (a sentence-transformers model directory)")
         return self
 
 
@@ -100,7 +103,8 @@ class Domain(StrictModel):
     task: Literal["image-classification", "sequence-classification", "tabular-classification", "sentence-embedding"]
     data: DataSpec
     model: ModelSpec
-    metric: Literal["accuracy", "top5"] = "accuracy"
+    # accuracy / top5 for classification; cosine (to the fp32 model's embeddings) for sentence-embedding, its default
+    metric: Literal["accuracy", "top5", "cosine"] = "accuracy"
     constraints: Constraints = pydantic.Field(default_factory=Constraints)
     runtime: Literal["torch", "onnxruntime"] = "torch"
 
@@ -135,9 +139,37 @@ def load_domain(spec: str | Path | dict[str, Any], *, base_dir: str | Path = "."
         data, base = spec, Path(base_dir)
     if not isinstance(data, dict):
         raise ConfigError(prefix, "a domain must be a mapping of keys", source)
+    if data.get("task") == "sentence-embedding" and "metric" not in data:
+        data = {**data, "metric": "cosine"}
     domain = parse(Domain, data, prefix=prefix, source=source)
-    if domain.task == "sentence-embedding":
-        raise ConfigError(".".join(p for p in (prefix, "task") if p),
-                          "sentence-embedding is not supported yet; use image-classification, "
-                          "sequence-classification or tabular-classification", source)
+    _check_task(domain, prefix, source)
     return domain.model_copy(update={"source": source, "base_dir": str(base)})
+
+
+def _check_task(domain: Domain, prefix: str, source: str | None) -> None:
+    """Keys whose meaning depends on the task: the metric, the data source kind, a model directory."""
+    def field(name: str) -> str:
+        return ".".join(p for p in (prefix, name) if p)
+
+    text = domain.task == "sentence-embedding"
+    if text and domain.metric != "cosine":
+        raise ConfigError(field("metric"), f"a sentence-embedding domain is measured by cosine (mean cosine "
+                                           f"similarity to the fp32 model's embeddings), not {domain.metric}", source)
+    if not text and domain.metric == "cosine":
+        raise ConfigError(field("metric"), f"cosine is the metric of sentence-embedding domains; {domain.task} "
+                                           f"uses accuracy or top5", source)
+    if text and not domain.data.source.startswith("text:"):
+        raise ConfigError(field("data.source"), f"a sentence-embedding domain reads sentences: "
+                                                f"'text:FILE' (one sentence per line), got {brief(domain.data.source)}",
+                          source)
+    if not text and domain.data.source.startswith("text:"):
+        raise ConfigError(field("data.source"), f"text sources are for sentence-embedding domains, not "
+                                                f"{domain.task}", source)
+    if text and domain.model.factory is not None:
+        raise ConfigError(field("model.factory"), "a sentence-embedding model is a built-in name "
+                                                  "(all-minilm-l6-v2) or a path to a sentence-transformers model "
+                                                  "directory", source)
+    if not text and domain.model.path is not None:
+        raise ConfigError(field("model.path"), f"path names a sentence-transformers model directory (for "
+                                               f"sentence-embedding domains); {domain.task} uses name or factory",
+                          source)

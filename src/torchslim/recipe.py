@@ -92,13 +92,25 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
     else:
         raise ConfigError("domain", "must be a path to a domain file or an inline mapping", source)
 
-    stages = parse_stages(data.get("stages", []), source)
+    stages = parse_stages(data.get("stages", []), source, task=domain.task)
     return Recipe(domain, seed, stages, data, source, str(base))
 
 
-def parse_stages(raw_stages: Any, source: str | None = None) -> tuple[Stage, ...]:
-    """Validate a recipe's ``stages`` list (one-key mappings ``{name: {config}}``) into Stage objects."""
+def stage_registry(task: str) -> dict[str, Any]:
+    """The stages a domain's task can run: a sentence encoder has its own (no labels, no classifier head)."""
+    if task == "sentence-embedding":
+        from torchslim.text.stages import TEXT_STAGES
+
+        return TEXT_STAGES
     from torchslim.stages import STAGES
+
+    return STAGES
+
+
+def parse_stages(raw_stages: Any, source: str | None = None, *, task: str = "image-classification"
+                 ) -> tuple[Stage, ...]:
+    """Validate a recipe's ``stages`` list (one-key mappings ``{name: {config}}``) into Stage objects."""
+    STAGES = stage_registry(task)
 
     if not isinstance(raw_stages, list) or not raw_stages:
         raise ConfigError("stages", "must be a non-empty list of stages", source)

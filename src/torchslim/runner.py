@@ -235,6 +235,13 @@ def run_recipe(recipe: Recipe, out: str | Path, *, resume: bool = False, sign_ke
     Returns:
         the metrics that were written to ``metrics.json``.
     """
+    if recipe.domain.task == "sentence-embedding":
+        if resume or model is not None or splits is not None:
+            raise ConfigError("--resume" if resume else "model", "a sentence-embedding recipe runs from its domain's "
+                                                                 "model and corpus, from the start")
+        from torchslim.text.run import run_text_recipe
+
+        return run_text_recipe(recipe, out, sign_key=sign_key, threads=threads, log=log)
     before = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
@@ -462,6 +469,10 @@ def evaluate_artifact(path: str | Path, domain: Domain, *, trust_code: bool = Fa
     from torchslim.domain import ModelSpec
     from torchslim.export.measure import measure_in_runtime
 
+    if domain.task == "sentence-embedding":
+        from torchslim.text.run import evaluate_text_artifact
+
+        return evaluate_text_artifact(path, domain, verify_key=verify_key)
     code_dir = domain.base_dir if code_dir is None else code_dir
     model, manifest = load_artifact(path, trust_code=trust_code, code_dir=code_dir, verify_key=verify_key)
     try:

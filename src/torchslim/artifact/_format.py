@@ -116,13 +116,14 @@ def _encode_state(state: dict[str, torch.Tensor], layers: dict[str, dict[str, An
                   entropy: bool = True) -> tuple[dict[str, dict[str, Any]], bytes, bool]:
     """(tensor table, tensor data, whether the data is one zstd frame) in the order of the sorted keys."""
     table, stored, inflated = {}, [], []
+    fast = sum(t.numel() * t.element_size() for t in state.values()) >= 4 * LARGE
     for key in sorted(state):
         t = state[key]
         owner, _, leaf = key.rpartition(".weight_source.")
         packed = None
         if owner in layers and leaf == "packed":
             packed = (int(layers[owner]["bits"]), int(torch.Size(layers[owner]["shape"]).numel()))
-        entry, data, before = encode_tensor(t, packed, compress=compress, entropy=entropy)
+        entry, data, before = encode_tensor(t, packed, compress=compress, entropy=entropy, fast=fast)
         table[key] = {"shape": list(t.shape), "dtype": dtype_name(t.dtype), **entry, "bytes": len(data)}
         stored.append(data)
         inflated.append(before)
@@ -165,7 +166,7 @@ def _decode_state(folder: Path, manifest: dict[str, Any], data: bytes) -> dict[s
 # ---- save ------------------------------------------------------------------------------------------------------
 
 def _artifact_files(model: nn.Module, architecture: dict[str, Any], extra: dict[str, Any] | None, compress: bool,
-                    entropy: bool) -> dict[str, bytes]:
+                    entropy: bool, files: dict[str, bytes] | None = None) -> dict[str, bytes]:
     """{file name: bytes} of ``model``'s artifact folder (see :func:`save_artifact` for the arguments)."""
     from torchslim.quantize._layout import (compact_onnx, describe_quantized_layers, describe_structure,
                                             int8_onnx_of, strip_int8_weights)
@@ -184,7 +185,7 @@ def _artifact_files(model: nn.Module, architecture: dict[str, Any], extra: dict[
         manifest["structure"] = structure
     if layers:
         manifest["quantization"] = {"layers": layers}
-    files = {MANIFEST: _canonical(_HEADER), PAYLOAD: b""}
+    stored_files = {MANIFEST: _canonical(_HEADER), PAYLOAD: b""}
     if onnx_model is not None:
         onnx_model = compact_onnx(onnx_model)
         split = strip_int8_weights(onnx_model, model) if compress else None
@@ -193,13 +194,19 @@ def _artifact_files(model: nn.Module, architecture: dict[str, Any], extra: dict[
         stored = zstd_compress(onnx_model)
         payloads[INT8_ONNX] = _sha256(stored)
         manifest["quantization"]["int8_onnx"] = INT8_ONNX
-        files[INT8_ONNX] = stored
-    files[PAYLOAD] = _payload_bytes(manifest, data)
-    return files
+        stored_files[INT8_ONNX] = stored
+    for name, content in sorted((files or {}).items()):
+        if not is_plain_name(name) or name in (MANIFEST, PAYLOAD, SIGNATURE, INT8_ONNX, TENSORS):
+            raise ValueError(f"payload name {name!r} is not a free plain file name")
+        payloads[name] = _sha256(content)
+        stored_files[name] = content
+    stored_files[PAYLOAD] = _payload_bytes(manifest, data)
+    return stored_files
 
 
 def save_artifact(model: nn.Module, path: str | Path, *, architecture: dict[str, Any],
-                  extra: dict[str, Any] | None = None, compress: bool = True, entropy: bool = True) -> Path:
+                  extra: dict[str, Any] | None = None, compress: bool = True, entropy: bool = True,
+                  files: dict[str, bytes] | None = None) -> Path:
     """Write ``model`` as an artifact folder at ``path``, atomically (the old one or the new one, never half).
 
     Every tensor is stored in the smallest of its lossless encodings; the reloaded model computes exactly what
@@ -214,12 +221,14 @@ def save_artifact(model: nn.Module, path: str | Path, *, architecture: dict[str,
             baseline is measured as.
         entropy: False keeps the sparse and packed encodings but leaves the tensor data without zstd entropy
             coding (the report's "before entropy coding" size).
+        files: further payload files {plain name: bytes} (a tokenizer, an ONNX model), sealed by their sha256 in
+            the manifest like the tensors; ``_trust.read_file`` reads them back.
     Returns:
         the artifact path.
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    files = _artifact_files(model, architecture, extra, compress, entropy)
+    files = _artifact_files(model, architecture, extra, compress, entropy, files)
     tmp = fresh_dir(target)
     try:
         for name, data in files.items():
@@ -233,9 +242,9 @@ def save_artifact(model: nn.Module, path: str | Path, *, architecture: dict[str,
 
 
 def artifact_bytes(model: nn.Module, *, architecture: dict[str, Any], extra: dict[str, Any] | None = None,
-                   compress: bool = True, entropy: bool = True) -> int:
+                   compress: bool = True, entropy: bool = True, files: dict[str, bytes] | None = None) -> int:
     """The bytes :func:`save_artifact` would write for ``model`` with these arguments, without writing them."""
-    return sum(len(data) for data in _artifact_files(model, architecture, extra, compress, entropy).values())
+    return sum(len(data) for data in _artifact_files(model, architecture, extra, compress, entropy, files).values())
 
 
 # ---- read ------------------------------------------------------------------------------------------------------

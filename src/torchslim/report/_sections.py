@@ -26,10 +26,18 @@ def _pct(v: Optional[float]) -> str:
     return DASH if v is None else f"{100 * v:.2f} %"
 
 
+def _metric(m: dict[str, Any], v: Optional[float]) -> str:
+    """Accuracies as percentages; a cosine (of embeddings to the fp32 model's) as the number it is."""
+    return _pct(v) if m["metric"] != "cosine" else (DASH if v is None else f"{v:.4f}")
+
+
 def summary_rows(m: dict[str, Any]) -> list[tuple[str, str, str]]:
     """(quantity, baseline, compressed) rows shared by the terminal summary and the report."""
+    extra = [("spearman (pair similarities)", f"{m['baseline_spearman']:.4f}", f"{m['spearman']:.4f}")
+             ] if "spearman" in m else []
     return [
-        (m["metric"], _pct(m["baseline_value"]), _pct(m["value"])),
+        (m["metric"], _metric(m, m["baseline_value"]), _metric(m, m["value"])),
+        *extra,
         ("size on disk", _fmt_bytes(m["baseline_size_bytes"]), _fmt_bytes(m["size_bytes"])),
         ("compression ratio", "1.00x", f"{m['compression_ratio']:.2f}x"),
         ("params", f"{m['baseline_params']:,}", f"{m['params']:,}"),

@@ -1,0 +1,261 @@
+"""Runs a sentence-embedding recipe: the fp32 model is the teacher and the reference; each stage changes the
+student encoder (prune, drop layers, distill) or compiles it for ONNX Runtime (quantize); the artifact is saved,
+reloaded and measured against the fp32 model on held-out sentences.
+
+The classification runner's guarantees hold here too: everything is checked before the first stage, nothing of a
+failed run is left, outputs are published together with ``metrics.json`` last, and every figure of the compressed
+model is measured on the artifact as reloaded from disk.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+
+from torchslim._errors import ConfigError
+from torchslim.artifact import artifact_bytes, artifact_digest, artifact_size, fresh_dir, publish, sign_artifact
+from torchslim.artifact import update_manifest, write_bytes_atomic
+from torchslim.domain import Domain
+from torchslim.evaluate import check_constraints, count_params
+from torchslim.recipe import Recipe
+from torchslim.text.artifact import ARCHITECTURE, TOKENIZER, load_text_artifact, save_text_artifact
+from torchslim.text.data import SentenceSplits, load_sentence_splits
+from torchslim.text.encoder import SentenceEncoder
+from torchslim.text.measure import (embed_all, fidelity, ort_peak_memory_bytes, side_by_side_latency,
+                                    token_batches, torch_peak_memory_bytes)
+from torchslim.text.source import TextModel, load_model_spec
+from torchslim.text.tokenizer import Tokenizer
+
+METRICS = "metrics.json"
+OUTPUTS = ("artifact", "model.onnx", "report.md", "report.html", METRICS)
+
+
+def _log_stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+@dataclass
+class TextRunContext:
+    """What text stages read and change: the student encoder, the ORT graph compiled from it, the teacher."""
+
+    recipe: Recipe
+    domain: Domain
+    splits: SentenceSplits
+    teacher: TextModel
+    tokenizer: Tokenizer
+    encoder: SentenceEncoder
+    onnx: Optional[bytes] = None
+    onnx_kind: Optional[str] = None
+    records: list[dict[str, Any]] = field(default_factory=list)
+    formats: list[str] = field(default_factory=list)
+    stage_index: int = 0
+    log: Callable[[str], None] = _log_stderr
+
+    @property
+    def seed(self) -> int:
+        return self.recipe.seed + self.stage_index
+
+    def require_float(self, stage: str) -> None:
+        """Stages that change the torch encoder come before the graph is compiled for ONNX Runtime."""
+        if self.onnx is not None:
+            raise ConfigError(stage, "comes after quantize: prune, drop_layers and distill change the torch "
+                                     "encoder, so they must come before it")
+
+
+def prepare_text(recipe: Recipe, *, log: Callable[[str], None] = _log_stderr) -> TextRunContext:
+    """Everything checked before anything trains: the corpus, the model directory, the stage order."""
+    domain = recipe.domain
+    try:
+        splits = load_sentence_splits(domain.data, base_dir=domain.base_dir)
+        teacher = load_model_spec(domain.model, domain.base_dir)
+    except ConfigError as exc:
+        raise exc.within(source=domain.source) from None
+    tokenizer = Tokenizer(teacher.tokenizer_json, teacher.max_seq_length)
+    ctx = TextRunContext(recipe, domain, splits, teacher, tokenizer, copy.deepcopy(teacher.encoder), log=log)
+    from torchslim.text.stages import TEXT_STAGES
+
+    compiled = False
+    for stage in recipe.stages:
+        handler = TEXT_STAGES[stage.name]
+        where = f"stages[{stage.index}].{stage.name}"
+        if handler.changes_model and compiled:
+            raise ConfigError(where, "comes after quantize: prune, drop_layers and distill change the torch "
+                                     "encoder, so they must come before it", recipe.source)
+        compiled = compiled or stage.name == "quantize"
+        if handler.check is not None:
+            try:
+                handler.check(ctx, stage.config)
+            except ConfigError as exc:
+                raise exc.within(where, recipe.source) from None
+    return ctx
+
+
+def run_text_recipe(recipe: Recipe, out: str | Path, *, sign_key: str | Path | None = None,
+                    threads: int | None = None, log: Callable[[str], None] = _log_stderr) -> dict[str, Any]:
+    """Run a sentence-embedding recipe and publish ``out/artifact``, ``out/metrics.json``, ``out/report.md``
+    (and ``out/model.onnx`` when an export stage asks)."""
+    from torchslim.runner import seed_everything
+    from torchslim.text.stages import TEXT_STAGES
+
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        out = Path(out)
+        ctx = prepare_text(recipe, log=log)
+        for stage in recipe.stages:
+            ctx.stage_index = stage.index
+            seed_everything(recipe.seed + stage.index)
+            log(f"stage {stage.index}: {stage.name}")
+            record = TEXT_STAGES[stage.name].run(ctx, stage.config)
+            ctx.records.append({"stage": stage.name, "index": stage.index, **record})
+        return finish_text(ctx, out, sign_key=sign_key)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _manifest_extra(ctx: TextRunContext) -> dict[str, Any]:
+    stages = [{s.name: s.config.model_dump(mode="json")} for s in ctx.recipe.stages]
+    return {"domain": ctx.domain.to_dict(), "recipe": {"seed": ctx.recipe.seed, "stages": stages},
+            "seed": ctx.recipe.seed, "data": ctx.splits.info, "source_model": ctx.teacher.name}
+
+
+def finish_text(ctx: TextRunContext, out: Path, *, sign_key: str | Path | None = None) -> dict[str, Any]:
+    """Save, reload, measure against the fp32 model, publish (``metrics.json`` last)."""
+    staging = fresh_dir(out / "publish")
+    try:
+        artifact = save_text_artifact(ctx.encoder.cpu().eval(), staging / "artifact",
+                                      tokenizer_json=ctx.teacher.tokenizer_json,
+                                      max_seq_length=ctx.teacher.max_seq_length, onnx=ctx.onnx,
+                                      onnx_kind=ctx.onnx_kind, extra=_manifest_extra(ctx))
+        metrics = measure_text_artifact(artifact, ctx.domain, ctx.splits, ctx.teacher, log=ctx.log)
+        update_manifest(artifact, metrics={"metric": "cosine", "value": metrics["value"],
+                                           "spearman": metrics["spearman"]})
+        metrics.update(size_bytes=artifact_size(artifact), artifact_sha256=artifact_digest(artifact),
+                       stages=ctx.records)
+        metrics["compression_ratio"] = metrics["baseline_size_bytes"] / metrics["size_bytes"]
+        names = ["artifact"]
+        if "onnx" in ctx.formats:
+            from torchslim.text.onnx import export_onnx
+
+            reloaded = load_text_artifact(artifact)
+            graph = ctx.onnx if ctx.onnx is not None else export_onnx(reloaded.encoder)
+            write_bytes_atomic(staging / "model.onnx", graph)
+            names.append("model.onnx")
+        if sign_key is not None:
+            sign_artifact(artifact, sign_key)
+        write_bytes_atomic(staging / "report.md", render_text_report(metrics, ctx.domain.name).encode())
+        write_bytes_atomic(staging / METRICS, (json.dumps(metrics, indent=2) + "\n").encode())
+        publish(staging, out, [*names, "report.md", METRICS], commit=METRICS, outputs=OUTPUTS)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return metrics
+
+
+def measure_text_artifact(artifact: Path, domain: Domain, splits: SentenceSplits, teacher: TextModel, *,
+                          verify_key: str | Path | None = None,
+                          log: Callable[[str], None] = _log_stderr) -> dict[str, Any]:
+    """The artifact, reloaded in the domain's runtime, against the fp32 model (torch eager) on the test sentences:
+    mean cosine, Spearman of pair similarities, bytes, parameters, latency side by side, memory. The constraints
+    are judged on the test split and, for decisions, on the validation split (``val_constraints``)."""
+    threads = torch.get_num_threads()
+    model = load_text_artifact(artifact, runtime=domain.runtime, verify_key=verify_key, intra_op_threads=threads)
+    tokenizer = Tokenizer(teacher.tokenizer_json, teacher.max_seq_length)
+    reference = teacher.encoder.eval()
+
+    def teacher_embed(sentences):
+        with torch.inference_mode():
+            return reference(*tokenizer(sentences))
+
+    log(f"measuring on {len(splits.test)} held-out sentences")
+    ref_test, got_test = embed_all(teacher_embed, splits.test), embed_all(model, splits.test)
+    test = fidelity(ref_test, got_test)
+    base_test = fidelity(ref_test, ref_test)
+    val = fidelity(embed_all(teacher_embed, splits.val), embed_all(model, splits.val))
+
+    batches = token_batches(tokenizer, splits.test)
+    candidate = model.session if model.session is not None else model.encoder
+    timed = side_by_side_latency(reference, candidate, batches)
+    ids, mask = batches["batch_64"]
+    if model.session is not None:
+        from torchslim.text.onnx import OrtEncoder
+
+        graph = model.session.onnx_bytes
+        peak = ort_peak_memory_bytes(lambda: OrtEncoder(graph, threads), ids, mask)
+    else:
+        peak = torch_peak_memory_bytes(model.encoder, ids, mask)
+    baseline_bytes = artifact_bytes(reference, architecture={"name": ARCHITECTURE, "kwargs": reference.config},
+                                    compress=False, files={TOKENIZER: teacher.tokenizer_json.encode()},
+                                    extra={"task": "sentence-embedding"})
+    size = artifact_size(artifact)
+    params, nonzero = count_params(model.encoder)
+    metrics: dict[str, Any] = {
+        "metric": "cosine", "value": test["cosine"], "baseline_value": base_test["cosine"],
+        "spearman": test["spearman"], "baseline_spearman": base_test["spearman"],
+        "size_bytes": size, "baseline_size_bytes": baseline_bytes, "compression_ratio": baseline_bytes / size,
+        "params": params, "nonzero_params": nonzero, "baseline_params": count_params(reference)[0],
+        "latency_ms": timed["latency_ms"], "baseline_latency_ms": timed["baseline_latency_ms"],
+        "latency_spread": timed["latency_spread"],
+        "latency_ratio_batch_64": timed["baseline_latency_ms"]["batch_64"] / timed["latency_ms"]["batch_64"],
+        "latency_ratio_batch_32": timed["baseline_latency_ms"]["batch_32"] / timed["latency_ms"]["batch_32"],
+        "latency_ratio_batch_1": timed["baseline_latency_ms"]["batch_1"] / timed["latency_ms"]["batch_1"],
+        "threads": threads, "runtime": domain.runtime, "seed": int(model.manifest.get("seed", 0)),
+        "peak_memory_bytes": peak, "baseline_peak_memory_bytes": torch_peak_memory_bytes(reference, ids, mask),
+        "memory_method": ("ONNX Runtime: resident memory gained by the session over one batch of 64"
+                          if model.session is not None else "torch: tensors held + allocator peak, batch 64"),
+        "int8_kernels": bool(model.int8), "onnx_kind": model.manifest.get("text", {}).get("onnx_kind"),
+        "encoder": model.encoder.config, "data": splits.info, "reference_model": teacher.name,
+        "val_value": val["cosine"], "val_spearman": val["spearman"], "baseline_val_value": 1.0,
+    }
+    metrics["constraints"] = check_constraints(domain.constraints, metrics)
+    judged = {**metrics, "value": val["cosine"], "baseline_value": 1.0}
+    metrics["val_constraints"] = check_constraints(domain.constraints, judged)
+    metrics["artifact_sha256"] = artifact_digest(artifact)
+    return metrics
+
+
+def render_text_report(m: dict[str, Any], name: str) -> str:
+    """A short Markdown report: fidelity, size, speed, memory and what each stage did."""
+    from torchslim.report._sections import summary_rows
+
+    lines = [f"# torchslim report: {name} (sentence embeddings)", "",
+             f"Reference: the fp32 model ({m['reference_model']}) in torch eager, measured side by side in the "
+             f"same process with {m['threads']} thread(s); the compressed model runs in `{m['runtime']}`"
+             + (f" ({m['onnx_kind']})" if m.get("onnx_kind") else "") + ".", "",
+             "| | baseline | compressed |", "|---|---|---|"]
+    lines += [f"| {q} | {b} | {c} |" for q, b, c in summary_rows(m)]
+    lines += [f"| latency batch 32 | {m['baseline_latency_ms']['batch_32']:.1f} ms | "
+              f"{m['latency_ms']['batch_32']:.1f} ms (speed-up {m['latency_ratio_batch_32']:.2f}x) |", "",
+              f"Memory: {m['memory_method']}.", "", "## Stages", ""]
+    for r in m.get("stages", []):
+        detail = ", ".join(f"{k}={v}" for k, v in r.items() if k not in ("stage", "index") and not isinstance(v, (
+            dict, list)))
+        lines.append(f"- {r['index']}: **{r['stage']}** {detail}")
+    if m.get("constraints"):
+        lines += ["", "## Constraints", ""]
+        lines += [f"- {k}: {'met' if c['met'] else 'NOT met'} (limit {c['limit']}, measured {c['measured']:.6g})"
+                  for k, c in m["constraints"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def evaluate_text_artifact(path: str | Path, domain: Domain, *, verify_key: str | Path | None = None,
+                           log: Callable[[str], None] = _log_stderr) -> dict[str, Any]:
+    """Re-measure a sentence-embedding artifact on a domain's held-out sentences against the domain's model."""
+    try:
+        splits = load_sentence_splits(domain.data, base_dir=domain.base_dir)
+        teacher = load_model_spec(domain.model, domain.base_dir)
+    except ConfigError as exc:
+        raise exc.within(source=domain.source) from None
+    metrics = measure_text_artifact(Path(path), domain, splits, teacher, verify_key=verify_key, log=log)
+    from torchslim.artifact import read_manifest
+
+    metrics["recorded_value"] = read_manifest(path).get("metrics", {}).get("value")
+    return metrics

@@ -1,0 +1,83 @@
+"""A sentence-embedding artifact: saved, reloaded into something that encodes text with its own tokenizer, and
+refused when tampered with."""
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from torchslim.artifact import ArtifactError, read_manifest
+from torchslim.text import load_text_model
+from torchslim.text.artifact import load_text_artifact, save_text_artifact
+
+from tests.text.conftest import toy_sentences
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir):
+    return load_text_model(tiny_model_dir)
+
+
+@pytest.fixture
+def saved(tmp_path, tiny):
+    return save_text_artifact(tiny.encoder, tmp_path / "artifact", tokenizer_json=tiny.tokenizer_json,
+                              max_seq_length=tiny.max_seq_length)
+
+
+def test_reload_encodes_exactly_like_the_source_model(saved, tiny):
+    from torchslim.text import Tokenizer
+
+    sentences = toy_sentences(40)
+    model = load_text_artifact(saved)
+    with torch.inference_mode():
+        expected = tiny.encoder(*Tokenizer(tiny.tokenizer_json, tiny.max_seq_length)(sentences))
+    got = model.encode(sentences, batch_size=7)
+    assert got.shape == (40, 32)
+    assert (got - expected).abs().max().item() < 1e-5
+    assert read_manifest(saved)["task"] == "sentence-embedding"
+
+
+def test_encodes_without_the_source_directory(tmp_path, tiny_model_dir, tiny):
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_model_dir, copy)
+    moved = load_text_model(copy)
+    artifact = save_text_artifact(moved.encoder, tmp_path / "a", tokenizer_json=moved.tokenizer_json,
+                                  max_seq_length=moved.max_seq_length)
+    shutil.rmtree(copy)
+    assert load_text_artifact(artifact).encode(["A sentence."]).shape == (1, 32)
+
+
+def test_torchslim_load_gives_the_embedder(saved):
+    import torchslim
+
+    model = torchslim.load(saved)
+    assert model.encode(["One.", "Two."]).shape == (2, 32)
+    with pytest.raises(TypeError, match="list of sentences"):
+        model.encode("One.")
+
+
+def test_edited_tokenizer_is_refused(saved):
+    path = saved / "tokenizer.json"
+    data = json.loads(path.read_text())
+    data["model"]["vocab"]["hello"] = 1
+    path.write_text(json.dumps(data))
+    with pytest.raises(ArtifactError, match="tokenizer.json is corrupted"):
+        load_text_artifact(saved)
+
+
+def test_an_unrecorded_file_is_refused(saved):
+    (saved / "vocab.txt").write_text("[PAD]\n")
+    with pytest.raises(ArtifactError, match="vocab.txt"):
+        load_text_artifact(saved)
+
+
+def test_a_hostile_architecture_is_refused_before_allocating(saved, tmp_path):
+    from torchslim.artifact._format import update_manifest
+
+    manifest = read_manifest(saved)
+    arch = manifest["architecture"]
+    update_manifest(saved, architecture={**arch, "kwargs": {**arch["kwargs"], "vocab_size": 10**7,
+                                                              "hidden_size": 16384}})
+    with pytest.raises(ArtifactError, match="at most"):
+        load_text_artifact(saved)
