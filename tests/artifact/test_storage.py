@@ -177,6 +177,6 @@ def test_manifest_dictionary_is_frozen_for_the_format_version():
     from torchslim.artifact import ARTIFACT_VERSION
     from torchslim.artifact._dictionary import MANIFEST_DICTIONARY
 
-    assert ARTIFACT_VERSION == 3
+    assert ARTIFACT_VERSION == 4
     assert hashlib.sha256(MANIFEST_DICTIONARY).hexdigest() == \
-        "9d91da6a2d7668c0002797a14b32e205540809bd5c904bd30eb5ed7a9157d7f0"
+        "4f41146dab2f7d223455497558960fdff193c6a0ba9a277128fde31c6439f3b4"

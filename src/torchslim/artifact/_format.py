@@ -5,7 +5,7 @@ from a manifest in ``_rebuild``.
 
 Layout of an artifact folder::
 
-    manifest.json      a plain header: {"format": "torchslim-artifact", "manifest": "model.safetensors", "version": 3}
+    manifest.json      a plain header: {"format": "torchslim-artifact", "manifest": "model.safetensors", "version": 4}
     model.safetensors  one uint8 tensor ``artifact``: a sha256 (32 bytes) of what follows, the manifest (canonical
                        JSON, one zstd frame primed with a fixed dictionary of manifest text), then the tensor data,
                        each tensor in the encoding chosen for it at save time (see ``_codec``): dense, bit-packed
@@ -40,7 +40,7 @@ from torchslim.artifact._trust import SIGNATURE, ArtifactError, check_files, is_
 from torchslim.artifact._codec import (LARGE, decode_tensor, dtype_name, encode_tensor, zstd_compress,
                                       zstd_decompress)
 
-ARTIFACT_VERSION = 3
+ARTIFACT_VERSION = 4
 FORMAT = "torchslim-artifact"
 MANIFEST = "manifest.json"
 PAYLOAD = "model.safetensors"
