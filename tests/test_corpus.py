@@ -1,0 +1,62 @@
+"""The shipped sentence corpus: its shape, its filters, and that build_corpus.py regenerates it exactly."""
+
+import importlib.util
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+CORPUS = Path(__file__).resolve().parents[1] / "domains" / "corpus"
+SENTENCES = CORPUS / "sentences.txt"
+BUILT_WITH = re.search(r"Built with Python (\d+\.\d+\.\d+)", (CORPUS / "README.md").read_text()).group(1)
+RUNNING = ".".join(map(str, sys.version_info[:3]))
+
+
+def load_builder():
+    spec = importlib.util.spec_from_file_location("build_corpus", CORPUS / "build_corpus.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def lines():
+    data = SENTENCES.read_bytes()
+    assert data.endswith(b"\n")
+    return data.decode("utf-8").split("\n")[:-1]
+
+
+def test_corpus_is_large_and_clean(lines):
+    assert len(lines) >= 20_000
+    assert all(line.strip() == line and line for line in lines)  # no empty line, no stray whitespace
+    assert len({line.casefold() for line in lines}) == len(lines)  # no duplicate, ignoring case
+    assert all(line[-1] in ".!?" and "A" <= line[0] <= "Z" for line in lines)
+    assert all(4 <= len(line.split()) <= 60 for line in lines)
+    assert SENTENCES.stat().st_size < 4_000_000
+
+
+def test_corpus_is_shuffled_by_sha256(lines):
+    builder = load_builder()
+    assert builder.dedupe_and_order(list(reversed(lines))) == lines
+
+
+def test_filters_keep_prose_and_drop_code():
+    builder = load_builder()
+    assert builder.is_prose("Return the number of items in a container.")
+    for code in ["Call os.path.join(a, b) here.", "Set x = 3 before the loop.", ">>> print(1) gives one.",
+                 "Return self._cache for the key.", "Use a:b slices on every list.", "XXX fix this later please.",
+                 "Too short.", "the lower-case start is not a sentence.", "No final full stop here"]:
+        assert not builder.is_prose(code), code
+    assert builder.sentences("Use it, e.g. twice. Then stop! Done? Yes.") == [
+        "Use it, e.g. twice.", "Then stop!", "Done?", "Yes."]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(RUNNING != BUILT_WITH, reason=f"corpus built with Python {BUILT_WITH}, running {RUNNING}")
+def test_build_regenerates_identical_file(tmp_path):
+    out = tmp_path / "sentences.txt"
+    subprocess.run([sys.executable, str(CORPUS / "build_corpus.py"), "--out", str(out)], check=True,
+                   capture_output=True, timeout=600)
+    assert out.read_bytes() == SENTENCES.read_bytes()
