@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from typing import Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 
@@ -12,9 +12,11 @@ from torchslim._errors import ConfigError
 
 class Tokenizer:
     """Sentences -> ``(input_ids, attention_mask)``, each (N, T) int64, padded to the longest sentence of the batch
-    and truncated to ``max_length`` tokens (said once per tokenizer, as a warning)."""
+    and truncated to ``max_length`` tokens (said once per tokenizer: to ``notify`` when given, else as a
+    warning)."""
 
-    def __init__(self, tokenizer_json: str, max_length: int, *, field: str = "tokenizer"):
+    def __init__(self, tokenizer_json: str, max_length: int, *, field: str = "tokenizer",
+                 notify: Optional[Callable[[str], None]] = None):
         from tokenizers import Tokenizer as _HF
 
         try:
@@ -25,6 +27,7 @@ class Tokenizer:
         self._tok.no_padding()
         self._tok.no_truncation()
         self._warned = False
+        self.notify = notify
         self.pad_id = 0
         pad = self._tok.token_to_id("[PAD]")
         if pad is not None:
@@ -36,8 +39,12 @@ class Tokenizer:
         if any(len(i) > self.max_length for i in ids):
             if not self._warned:
                 longest = max(len(i) for i in ids)
-                warnings.warn(f"a sentence of {longest} tokens is longer than the model's maximum length "
-                              f"{self.max_length}; longer sentences are truncated", stacklevel=2)
+                message = (f"a sentence of {longest} tokens is longer than the model's maximum length "
+                           f"{self.max_length}; longer sentences are truncated")
+                if self.notify is not None:
+                    self.notify(f"note: {message}")
+                else:
+                    warnings.warn(message, stacklevel=2)
                 self._warned = True
             # keep the leading tokens and the closing [SEP]
             ids = [i if len(i) <= self.max_length else i[:self.max_length - 1] + i[-1:] for i in ids]
