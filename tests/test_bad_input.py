@@ -331,3 +331,25 @@ def test_a_misspelt_key_gets_a_suggestion_and_a_missing_domain_names_the_recipe(
         "schedule, augment)")
     assert rejected(tmp_path, recipe=RECIPE.replace("domain.yaml", "elsewhere.yaml")) == \
         "recipe.yaml: domain: file not found: elsewhere.yaml"
+
+
+def test_misspelt_names_get_a_suggestion(tmp_path):
+    from torchslim._errors import ConfigError
+    from torchslim.domain import load_domain
+    from torchslim.models import build_model
+    from torchslim.quantize.config import config_from_mapping
+    from torchslim.recipe import load_recipe
+
+    (tmp_path / "r.yaml").write_text("domain: {name: d, task: image-classification, data: {source: digits}, "
+                                     "model: {name: lenet300_100}}\nstages:\n  - quantise: {method: static}\n")
+    with pytest.raises(ConfigError, match=r"stages\[0\].quantise: unknown stage; did you mean 'quantize'\? known:"):
+        load_recipe(tmp_path / "r.yaml")
+    domain = load_domain({"name": "d", "task": "image-classification", "data": {"source": "digits"},
+                          "model": {"name": "lenet300-100"}})
+    with pytest.raises(ConfigError, match="did you mean 'lenet300_100'"):
+        build_model(domain.model)
+    with pytest.raises(ConfigError, match="did you mean 'dynamic'"):
+        config_from_mapping({"method": "dynamik"})
+    with pytest.raises(ConfigError, match=r"unknown stage; known:"):  # nothing close: only the list
+        (tmp_path / "r.yaml").write_text((tmp_path / "r.yaml").read_text().replace("quantise", "zzz"))
+        load_recipe(tmp_path / "r.yaml")

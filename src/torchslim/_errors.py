@@ -30,6 +30,17 @@ def brief(value: Any, limit: int = 60) -> str:
     return _clip(_one_line(text), limit)
 
 
+def did_you_mean(value: Any, known: Any) -> str:
+    """``"did you mean 'static'? "`` when ``value`` is a near miss of one of ``known``, else ``""``: the start of
+    an unknown-name message, before the list of known names."""
+    import difflib
+
+    if not isinstance(value, str):
+        return ""
+    close = difflib.get_close_matches(value, [str(k) for k in known], n=1, cutoff=0.6)
+    return f"did you mean {close[0]!r}? " if close else ""
+
+
 class ConfigError(ValueError):
     """Bad user input. ``str(err)`` is the one line the CLI prints (exit code 2).
 

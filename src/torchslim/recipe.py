@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from torchslim._errors import ConfigError, brief
+from torchslim._errors import ConfigError, brief, did_you_mean
 from torchslim._yaml import file_problem, parse_yaml, read_yaml
 from torchslim.domain import MAX_SEED, Domain, load_domain
 
@@ -122,7 +122,8 @@ def parse_stages(raw_stages: Any, source: str | None = None, *, task: str = "ima
                                      f"{', '.join(STAGES)}", source)
         (name, body), = item.items()
         if name not in STAGES:
-            raise ConfigError(f"{where}.{name}", f"unknown stage; known: {', '.join(STAGES)}", source)
+            raise ConfigError(f"{where}.{name}", f"unknown stage; {did_you_mean(name, STAGES)}known: "
+                                                 f"{', '.join(STAGES)}", source)
         config = STAGES[name].parse(body if body is not None else {}, prefix=f"{where}.{name}", source=source)
         stages.append(Stage(name, config, i))
     return tuple(stages)

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
-from torchslim._errors import ConfigError, brief
+from torchslim._errors import ConfigError, brief, did_you_mean
 from torchslim._yaml import file_problem, os_reason
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -230,7 +230,8 @@ def load_splits(data: Any, *, base_dir: str | Path = ".", input_shape: tuple[int
         arrays = _npz(path, input_shape) if kind == "npz" else _imagefolder(path, input_shape)
     else:
         known = ", ".join([*SOURCES, "npz:PATH", "imagefolder:PATH"])
-        raise ConfigError("data.source", f"unknown data source {brief(data.source)}; known: {known}")
+        raise ConfigError("data.source", f"unknown data source {brief(data.source)}; "
+                                         f"{did_you_mean(data.source, [*SOURCES, 'npz:', 'imagefolder:'])}known: {known}")
     for name, arr in (("x", arrays.x), ("x_test", arrays.x_test)):
         if arr is not None and not np.isfinite(arr).all():
             raise ConfigError("data.source", f"array {name} contains NaN or Inf")

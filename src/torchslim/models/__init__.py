@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from torchslim._errors import ConfigError, brief
+from torchslim._errors import ConfigError, brief, did_you_mean
 from torchslim._yaml import file_problem
 from torchslim.models._reference import BUILTIN_MODELS, MLP, LeNet5, LeNet300100, MNIST1DCNN, MNIST1DMLP
 
@@ -120,7 +120,8 @@ def build_model(spec: Any, base_dir: str | Path = ".") -> nn.Module:
     """
     if spec.name is not None:
         if spec.name not in BUILTIN_MODELS:
-            raise ConfigError("model.name", f"unknown model {brief(spec.name)}; known: {', '.join(BUILTIN_MODELS)}")
+            raise ConfigError("model.name", f"unknown model {brief(spec.name)}; {did_you_mean(spec.name, BUILTIN_MODELS)}"
+                                             f"known: {', '.join(BUILTIN_MODELS)}")
         ctor = BUILTIN_MODELS[spec.name]
         field = "model.kwargs"
     else:

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from torchslim._errors import ConfigError, brief
+from torchslim._errors import ConfigError, brief, did_you_mean
 from torchslim._validation import finite_float
 from torchslim.train import AUGMENTATIONS  # the training loop applies them
 
@@ -283,7 +283,8 @@ def config_from_mapping(data: Mapping[str, Any]):
         raise ConfigError("", f"a prune stage must be a mapping, got {data!r}")
     method = data.get("method")
     if not isinstance(method, str) or method not in METHODS:
-        raise ConfigError("method", f"must be one of {', '.join(METHODS)}, got {method!r}")
+        raise ConfigError("method", f"{did_you_mean(method, METHODS)}must be one of {', '.join(METHODS)}, "
+                                   f"got {method!r}")
     cls = METHODS[method]
     fields = {f.name: f for f in dataclasses.fields(cls)}
     all_keys = {f.name for c in METHODS.values() for f in dataclasses.fields(c)}

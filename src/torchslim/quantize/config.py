@@ -12,7 +12,7 @@ import types
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from torchslim._errors import ConfigError
+from torchslim._errors import ConfigError, did_you_mean
 from torchslim._validation import finite_float
 from torchslim.quantize.granularity import (Granularity, PerChannel, PerGroup, PerTensor, granularity_from_key,
                                            granularity_key)
@@ -256,7 +256,8 @@ def config_from_mapping(data: Mapping[str, Any]):
         raise ConfigError("quantize", f"must be a mapping, got {data!r}")
     method = data.get("method")
     if not isinstance(method, str) or method not in METHODS:
-        raise ConfigError("method", f"unknown quantization method {method!r}; known: {sorted(METHODS)}")
+        raise ConfigError("method", f"unknown quantization method {method!r}; {did_you_mean(method, METHODS)}"
+                                     f"known: {sorted(METHODS)}")
     rest = {k: v for k, v in data.items() if k != "method"}
     return _build(METHODS[method], rest, "", f"method {method!r}")
 

