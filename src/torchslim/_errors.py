@@ -37,7 +37,7 @@ def did_you_mean(value: Any, known: Any) -> str:
 
     if not isinstance(value, str):
         return ""
-    close = difflib.get_close_matches(value, [str(k) for k in known], n=1, cutoff=0.6)
+    close = difflib.get_close_matches(value, [str(k) for k in known], n=1, cutoff=0.75)
     return f"did you mean {close[0]!r}? " if close else ""
 
 
