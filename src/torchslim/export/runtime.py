@@ -30,6 +30,9 @@ def _session_options(intra_op_threads: int | None):
         opts.intra_op_num_threads = int(intra_op_threads)
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
+    # Worker threads sleep between runs instead of busy-waiting: a spinning pool steals the cores of whatever runs
+    # next (the torch baseline in a side-by-side measurement, the user's own work).
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return opts
 
 

@@ -94,11 +94,12 @@ class SentenceEmbedder:
                  manifest: Optional[dict[str, Any]] = None):
         self.encoder, self.tokenizer, self.runtime = encoder.eval(), tokenizer, runtime
         self.manifest = manifest or {}
-        self.session = None
+        self.session, self.onnx = None, onnx
         if runtime == "onnxruntime":
             from torchslim.text.onnx import OrtEncoder, export_onnx
 
-            self.session = OrtEncoder(onnx if onnx is not None else export_onnx(encoder), intra_op_threads)
+            self.onnx = onnx if onnx is not None else export_onnx(encoder)
+            self.session = OrtEncoder(self.onnx, intra_op_threads)
         self.int8 = onnx is not None and "int8" in str(self.manifest.get("text", {}).get("onnx_kind", ""))
 
     @property

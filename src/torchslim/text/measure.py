@@ -3,7 +3,6 @@ correlation of pair similarities, a stand-in for STS) and latency side by side w
 
 from __future__ import annotations
 
-import os
 import random
 import statistics
 import time
@@ -141,24 +140,43 @@ def torch_peak_memory_bytes(encoder: torch.nn.Module, ids: torch.Tensor, mask: t
     return resident_bytes(encoder) + _peak_allocated(prof.profiler.kineto_results.events())
 
 
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+_ORT_MEMORY_SCRIPT = """
+import sys
+import numpy as np
+import onnxruntime as ort
+def status(key):  # kB; VmHWM is this process image's peak (ru_maxrss would count the parent forked from)
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(key + ":"))
+folder, threads = sys.argv[1], int(sys.argv[2])
+inputs = dict(np.load(folder + "/inputs.npz"))
+before = status("VmRSS")
+opts = ort.SessionOptions()
+opts.intra_op_num_threads = threads
+opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+session = ort.InferenceSession(folder + "/model.onnx", opts, providers=["CPUExecutionProvider"])
+session.run(None, inputs)
+print(status("VmHWM") - before)
+"""
 
 
-def ort_peak_memory_bytes(make_session: Callable[[], Forward], ids: torch.Tensor, mask: torch.Tensor) -> int | None:
-    """Resident memory the process gains by creating an ONNX Runtime session and running one batch through it
-    (weights, arena, activations: ORT allocates outside torch, so the profiler cannot see it). None where
-    ``/proc`` is not available."""
-    import gc
+def ort_peak_memory_bytes(onnx_bytes: bytes, ids: torch.Tensor, mask: torch.Tensor, threads: int) -> int | None:
+    """Peak resident memory an ONNX Runtime session adds while it loads ``onnx_bytes`` and runs one batch
+    (weights, arena, activations), measured in a fresh process: ORT allocates outside torch, and a process that
+    has run other models reuses freed pages, so only a clean one gives a number that means something.
+    None where that cannot be measured (no ``/proc``, the process fails)."""
+    import subprocess
+    import sys
+    import tempfile
 
-    gc.collect()
-    try:
-        before = _rss_bytes()
-    except OSError:
-        return None
-    session = make_session()
-    session(ids, mask)
-    grown = _rss_bytes() - before
-    del session
-    return max(grown, 0)
+    import numpy as np
+
+    with tempfile.TemporaryDirectory(prefix="torchslim-memory-") as tmp:
+        with open(f"{tmp}/model.onnx", "wb") as f:
+            f.write(onnx_bytes)
+        np.savez(f"{tmp}/inputs.npz", input_ids=ids.numpy(), attention_mask=mask.numpy())
+        try:
+            proc = subprocess.run([sys.executable, "-c", _ORT_MEMORY_SCRIPT, tmp, str(threads)],
+                                  capture_output=True, text=True, timeout=600)
+            return int(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 else None
+        except (OSError, ValueError, IndexError, subprocess.TimeoutExpired):
+            return None

@@ -1,12 +1,20 @@
 """The stages of a sentence-embedding recipe: each a validated config and the verb of its technique applied to
-the run's student encoder (see :mod:`torchslim.text.run`)."""
+the run's student encoder (see :mod:`torchslim.text.run`).
+
+    prune        structured pruning of attention heads and FFN neurons (the encoder physically shrinks)
+    drop_layers  keep only the listed layers (a shallower student)
+    distill      train the student to reproduce the fp32 model's embeddings on the unlabelled corpus
+    quantize     compile for ONNX Runtime: export, transformer fusions, int8 (dynamic or static)
+    export       also write ``model.onnx`` beside the artifact
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Optional, Union
 
 import pydantic
 
+from torchslim._errors import ConfigError
 from torchslim._validation import StrictModel
 from torchslim.stages import StageHandler
 
@@ -14,12 +22,197 @@ if TYPE_CHECKING:
     from torchslim.text.run import TextRunContext
 
 TEXT_STAGES: dict[str, StageHandler] = {}
+Fraction = pydantic.confloat(ge=0.0, lt=1.0)
 
 
 def _register(handler: StageHandler) -> StageHandler:
     TEXT_STAGES[handler.name] = handler
     return handler
 
+
+def _params(encoder: Any) -> int:
+    return sum(p.numel() for p in encoder.parameters())
+
+
+# ---- prune -----------------------------------------------------------------------------------------------------
+
+class TextPruneStage(StrictModel):
+    """Fractions of attention heads and FFN neurons to remove (one number, or one per layer), scored on
+    ``calibration_sentences`` of the training split by how far removing a unit moves the embedding."""
+
+    heads: Union[Fraction, list[Fraction]] = 0.0
+    ffn: Union[Fraction, list[Fraction]] = 0.0
+    scope: Literal["layer", "global"] = "layer"
+    min_heads: int = pydantic.Field(1, ge=1)
+    ffn_multiple: int = pydantic.Field(1, ge=1)
+    calibration_sentences: int = pydantic.Field(512, ge=2, le=1_000_000)
+
+
+def _check_prune(ctx: "TextRunContext", cfg: TextPruneStage) -> None:
+    depth = len(ctx.encoder.encoder.layer)
+    for name in ("heads", "ffn"):
+        value = getattr(cfg, name)
+        if isinstance(value, list) and len(value) != depth:
+            raise ConfigError(name, f"one fraction per layer: the encoder has {depth} layers, got {len(value)}")
+
+
+def _run_prune(ctx: "TextRunContext", cfg: TextPruneStage) -> dict[str, Any]:
+    from torchslim.text.shrink import PruneConfig, prune_encoder_
+
+    config = PruneConfig(heads=cfg.heads, ffn=cfg.ffn, scope=cfg.scope, min_heads=cfg.min_heads,
+                         ffn_multiple=cfg.ffn_multiple, seed=ctx.seed)
+    record = prune_encoder_(ctx.encoder, config, ctx.splits.train[:cfg.calibration_sentences], ctx.tokenizer)
+    ctx.log(f"pruned: heads {record.heads_before} -> {record.heads_after}, ffn {record.ffn_before} -> "
+            f"{record.ffn_after}")
+    return {"heads": record.heads_after, "ffn": record.ffn_after, "params_before": record.params_before,
+            "params_after": record.params_after}
+
+
+_register(StageHandler("prune", TextPruneStage, _run_prune, check=_check_prune))
+
+
+# ---- drop_layers -----------------------------------------------------------------------------------------------
+
+class DropLayersStage(StrictModel):
+    """The layers to keep (0-based, in order), e.g. ``[0, 2, 4]``: every other layer of a 6-layer encoder."""
+
+    keep: list[pydantic.NonNegativeInt] = pydantic.Field(min_length=1)
+
+
+def _check_drop(ctx: "TextRunContext", cfg: DropLayersStage) -> None:
+    depth = len(ctx.encoder.encoder.layer)
+    if sorted(set(cfg.keep)) != list(cfg.keep):
+        raise ConfigError("keep", f"layer indices in increasing order without repeats, got {cfg.keep}")
+    if cfg.keep[-1] >= depth:
+        raise ConfigError("keep", f"the encoder has layers 0..{depth - 1}, got {cfg.keep[-1]}")
+
+
+def _run_drop(ctx: "TextRunContext", cfg: DropLayersStage) -> dict[str, Any]:
+    from torchslim.text.shrink import drop_layers_
+
+    before = len(ctx.encoder.encoder.layer)
+    params = _params(ctx.encoder)
+    ctx.encoder = drop_layers_(ctx.encoder, list(cfg.keep))
+    return {"layers_before": before, "layers_after": len(cfg.keep), "kept": list(cfg.keep),
+            "params_before": params, "params_after": _params(ctx.encoder)}
+
+
+_register(StageHandler("drop_layers", DropLayersStage, _run_drop, check=_check_drop))
+
+
+# ---- distill ---------------------------------------------------------------------------------------------------
+
+class TextDistillStage(StrictModel):
+    """Distillation from the fp32 model on the training sentences (the teacher's outputs are computed once).
+
+    Losses on the pooled embedding (``cosine``: 1 - cos, ``mse``) and on hidden states (``hidden``: student layer
+    i against teacher layer ``layer_map[i]``, 1-based, 0 = embedding output).
+    """
+
+    epochs: int = pydantic.Field(4, ge=1, le=10_000)
+    batch_size: int = pydantic.Field(32, ge=1, le=65_536)
+    lr: float = pydantic.Field(2e-4, gt=0, lt=1)
+    weight_decay: float = pydantic.Field(0.01, ge=0)
+    warmup: float = pydantic.Field(0.1, ge=0, lt=1)
+    schedule: Literal["linear", "cosine"] = "linear"
+    max_length: int = pydantic.Field(64, ge=2, le=100_000)
+    cosine: float = pydantic.Field(1.0, ge=0)
+    mse: float = pydantic.Field(0.0, ge=0)
+    hidden: float = pydantic.Field(0.0, ge=0)
+    hidden_tokens: bool = False
+    layer_map: Optional[list[pydantic.NonNegativeInt]] = None
+    freeze_word_embeddings: bool = True
+    patience: int = pydantic.Field(2, ge=0)
+    sentences: Optional[int] = pydantic.Field(None, ge=2, description="use at most this many training sentences")
+
+    @pydantic.model_validator(mode="after")
+    def _some_loss(self) -> "TextDistillStage":
+        if self.cosine + self.mse + self.hidden <= 0:
+            raise ValueError("at least one of cosine, mse, hidden must be > 0")
+        return self
+
+
+def _check_distill(ctx: "TextRunContext", cfg: TextDistillStage) -> None:
+    if cfg.layer_map is not None:
+        depth = len(ctx.encoder.encoder.layer)
+        teacher_depth = len(ctx.teacher.encoder.encoder.layer)
+        if len(cfg.layer_map) != depth or max(cfg.layer_map) > teacher_depth:
+            raise ConfigError("layer_map", f"one teacher layer in 0..{teacher_depth} per student layer "
+                                           f"({depth}), got {cfg.layer_map}")
+
+
+def _run_distill(ctx: "TextRunContext", cfg: TextDistillStage) -> dict[str, Any]:
+    from torchslim.text.distill import DistillConfig, distill_encoder
+
+    fields = cfg.model_dump(exclude={"sentences", "layer_map"})
+    config = DistillConfig(**fields, layer_map=tuple(cfg.layer_map) if cfg.layer_map is not None else None,
+                           seed=ctx.seed)
+    sentences = ctx.splits.train[:cfg.sentences] if cfg.sentences else ctx.splits.train
+    result = distill_encoder(ctx.encoder, ctx.teacher.encoder, sentences, ctx.tokenizer, config)
+    last = result.history[-1] if result.history else {}
+    return {"sentences": len(sentences), "epochs_run": len(result.history), "best_epoch": result.best_epoch,
+            "val_cosine": last.get("val_cosine"), "seconds": round(result.seconds, 1),
+            "history": result.history}
+
+
+_register(StageHandler("distill", TextDistillStage, _run_distill, check=_check_distill))
+
+
+# ---- quantize --------------------------------------------------------------------------------------------------
+
+
+
+class TextQuantizeStage(StrictModel):
+    """Compile the encoder for ONNX Runtime: export, ORT's transformer fusions (``fuse``), then int8.
+
+    ``method``: ``dynamic`` (activations quantized per batch at run time), ``static`` (calibrated ranges), or
+    ``none`` (fp32, fused). ``keep_fp32``: node names left in float, or ``auto`` (the nodes whose quantization
+    costs the most cosine on the calibration sentences are kept in float until ``cosine_target`` is met).
+    """
+
+    method: Literal["dynamic", "static", "none"] = "dynamic"
+    fuse: bool = True
+    per_channel: bool = True
+    keep_fp32: Union[Literal["auto"], list[str]] = pydantic.Field(default_factory=list)
+    cosine_target: float = pydantic.Field(0.99, gt=0.0, le=1.0)
+    max_keep: int = pydantic.Field(8, ge=0)
+    embeddings: bool = False
+    attention: bool = True
+    calibrate: Literal["minmax", "percentile", "entropy"] = "minmax"
+    percentile: float = pydantic.Field(99.999, gt=50.0, le=100.0)
+    moving_average: bool = False
+    reduce_range: bool = False
+    symmetric_activations: bool = False
+    calibration_sentences: int = pydantic.Field(256, ge=1, le=100_000)
+
+
+def _run_quantize(ctx: "TextRunContext", cfg: TextQuantizeStage) -> dict[str, Any]:
+    from torchslim.text.onnx import Int8Config, export_onnx, fuse, fused_op_counts, quantize_int8
+
+    graph = export_onnx(ctx.encoder)
+    if cfg.fuse:
+        graph = fuse(graph, ctx.encoder)
+    record: dict[str, Any] = {"method": cfg.method, "fused": cfg.fuse}
+    kind = ["fused" if cfg.fuse else "unfused"]
+    if cfg.method != "none":
+        sentences = ctx.splits.train[:cfg.calibration_sentences]
+        calibration = [ctx.tokenizer(sentences[i:i + 32]) for i in range(0, len(sentences), 32)]
+        fields = cfg.model_dump(exclude={"method", "fuse", "keep_fp32", "calibration_sentences"})
+        keep = cfg.keep_fp32 if cfg.keep_fp32 == "auto" else tuple(cfg.keep_fp32)
+        report: dict[str, Any] = {}
+        graph = quantize_int8(graph, Int8Config(method=cfg.method, keep_fp32=keep, **fields), calibration,
+                              report=report)
+        record.update(kept_fp32=report.get("kept_fp32", list(keep)), calibration_cosine=report.get("cosine"))
+        kind.insert(0, f"int8 {cfg.method}{' per-channel' if cfg.per_channel else ''}")
+    record["ops"] = fused_op_counts(graph)
+    ctx.onnx, ctx.onnx_kind = graph, ", ".join(kind)
+    return record
+
+
+_register(StageHandler("quantize", TextQuantizeStage, _run_quantize))
+
+
+# ---- export ----------------------------------------------------------------------------------------------------
 
 class TextExportStage(StrictModel):
     """Extra files beside the artifact: ``onnx`` writes ``model.onnx`` (the graph ONNX Runtime runs)."""
