@@ -4,8 +4,10 @@ removed (heads and FFN neurons) with its accuracy kept by distillation from the 
 from __future__ import annotations
 
 import copy
+import importlib.util
 from pathlib import Path
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -71,3 +73,81 @@ def test_head_scores_match_the_hand_computed_mask_gradient_and_the_least_useful_
                         loss_fn=_linear_loss)
         removed[importance] = {l.name: l.removed for l in report.layers}["attn"]
     assert removed["output_taylor"] == (0,) and removed["l2"] != (0,)
+
+
+def _digits_transformer():
+    """The digits domain's Transformer classifier (domains/digits_transformer.py), its splits."""
+    from torchslim.data import load_splits
+    from torchslim.domain import DataSpec
+
+    spec = importlib.util.spec_from_file_location("digits_transformer", ROOT / "domains" / "digits_transformer.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.build_row_transformer, load_splits(DataSpec(source="digits"), input_shape=(1, 8, 8))
+
+
+@pytest.fixture
+def one_thread():
+    """Small matrices: one thread is fastest, and the numbers do not depend on the machine's core count."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_half_the_heads_and_ffn_neurons_go_and_distillation_keeps_the_accuracy(monkeypatch, one_thread):
+    from torchslim.train import TrainConfig, fit
+
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    build, splits = _digits_transformer()
+    torch.manual_seed(2)
+    model = build(layers=2)
+    fit(model, splits.train, splits.val, TrainConfig(epochs=30, lr=3e-3, batch_size=32), seed=2)
+    x, y = splits.test.tensors
+
+    def accuracy(m):
+        with torch.no_grad():
+            return 100 * (m.eval()(x).argmax(1) == y).float().mean().item()
+
+    before = accuracy(model)
+    assert before > 94  # a trained model: a drop from chance would say nothing
+    xs, ys = splits.train.tensors
+    calibration = [(xs[i * 64:(i + 1) * 64], ys[i * 64:(i + 1) * 64]) for i in range(8)]
+    config = StructuredConfig(sparsity=0.5, importance="output_taylor", schedule=Schedule("polynomial", 3),
+                              finetune=Finetune(epochs=10, lr=3e-3, batch_size=32, distill=Distill(4.0, 0.9)))
+    got_loss = []
+
+    def finetune(m, epochs, after_step, step, steps, loss_fn=None):
+        got_loss.append(loss_fn is not None)
+        fit(m, splits.train, splits.val, TrainConfig(epochs=epochs, lr=3e-3, batch_size=32), seed=3,
+            after_step=after_step, loss_fn=loss_fn)
+
+    torch.manual_seed(2)
+    prune_(model, config, calibration=calibration, finetune=finetune)
+    assert got_loss == [True, True, True]  # every step fine-tunes against the unpruned model
+    for layer in model.encoder.layers:
+        assert layer.self_attn.num_heads == 2 and layer.linear1.out_features == 32
+    assert before - accuracy(model) <= 1.0
+
+
+@pytest.mark.parametrize("distill, field", [({"temperature": 0}, "finetune.distill.temperature"),
+                                            ({"alpha": 1.5}, "finetune.distill.alpha"),
+                                            ({"tau": 2}, "finetune.distill.tau")])
+def test_a_bad_distill_key_is_named(distill, field):
+    from torchslim._errors import ConfigError
+    from torchslim.prune import config_from_mapping
+
+    with pytest.raises(ConfigError) as err:
+        config_from_mapping({"method": "structured", "sparsity": 0.5, "importance": "output_taylor",
+                             "finetune": {"epochs": 1, "lr": 1e-3, "distill": distill}})
+    assert str(err.value).startswith(field)
+
+
+def test_distill_defaults_and_round_trip():
+    from torchslim.prune import config_from_mapping
+
+    config = config_from_mapping({"method": "structured", "sparsity": 0.5,
+                                  "finetune": {"epochs": 1, "lr": 1e-3, "distill": {}}})
+    assert config.finetune.distill == Distill(temperature=4.0, alpha=0.9)
+    assert config_from_mapping({"method": "structured", "sparsity": 0.5,
+                                "finetune": {"epochs": 1, "lr": 1e-3}}).finetune.distill is None
