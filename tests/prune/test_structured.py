@@ -16,7 +16,7 @@ def _batches(shape=X8, classes=10, n=2):
     return [(torch.randn(*shape), torch.randint(0, classes, (shape[0],))) for _ in range(n)]
 
 
-@pytest.mark.parametrize("importance", ["l1", "l2", "activation", "taylor"])
+@pytest.mark.parametrize("importance", ["l1", "l2", "activation", "taylor", "output_taylor"])
 def test_lenet5_half_the_channels_drops_params_by_45_percent(importance):
     model = LeNet5()
     report = prune_(model, StructuredConfig(sparsity=0.5, importance=importance), calibration=_batches())
@@ -29,7 +29,8 @@ def test_lenet5_half_the_channels_drops_params_by_45_percent(importance):
     assert len(report.layer("conv1").removed) == 16 and report.layer("fc2").removed == ()
 
 
-def test_removing_zero_importance_channels_keeps_outputs():
+@pytest.mark.parametrize("importance", ["l1", "output_taylor"])
+def test_removing_zero_importance_channels_keeps_outputs(importance):
     model = LeNet5()
     dead = [1, 4, 9, 20]
     with torch.no_grad():  # these conv1 channels contribute nothing: zero in, zero out
@@ -39,9 +40,9 @@ def test_removing_zero_importance_channels_keeps_outputs():
     x = torch.randn(8, 1, 8, 8)
     with torch.no_grad():
         before = model(x)
-    report = prune_(model, StructuredConfig(sparsity=0.5, importance="l1",
+    report = prune_(model, StructuredConfig(sparsity=0.5, importance=importance,
                                             overrides={"conv1": 4 / 32, "conv2": 0.0, "fc1": 0.0}),
-                    example_inputs=x)
+                    example_inputs=x, calibration=[(x, torch.randint(0, 10, (8,)))])
     assert list(report.layer("conv1").removed) == dead
     with torch.no_grad():
         torch.testing.assert_close(model(x), before, rtol=0, atol=1e-6)

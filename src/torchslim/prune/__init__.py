@@ -6,6 +6,7 @@ from torchslim.prune.attention import PrunableMultiheadAttention, convert_attent
 from torchslim.prune.config import (
     ActivationConfig,
     Calibration,
+    Distill,
     Finetune,
     MagnitudeConfig,
     Schedule,
@@ -21,6 +22,7 @@ from torchslim.prune.sensitivity import SensitivityTable, overrides_from_sensiti
 __all__ = [
     "ActivationConfig",
     "Calibration",
+    "Distill",
     "Finetune",
     "LayerReport",
     "MagnitudeConfig",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -9,13 +10,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from torchslim.prune.config import ActivationConfig, MagnitudeConfig, StructuredConfig
+from torchslim.distill.losses import KDLoss
+from torchslim.prune.config import ActivationConfig, Distill, MagnitudeConfig, StructuredConfig
 from torchslim.prune.report import PruneReport
 from torchslim.prune.schedule import spread_epochs
 
 __all__ = ["prune_", "register_pruner"]
 
-Finetune = Callable[[nn.Module, int, Callable[[], None], int, int], Any]
+Finetune = Callable[..., Any]  # (model, epochs, after_step, step, steps[, loss_fn=...])
 _HANDLERS: dict[type, Callable[..., PruneReport]] = {}
 
 
@@ -39,17 +41,37 @@ class PruneContext:
     def run_schedule(self, model: nn.Module, config, step_fn: Callable[[int, int], None],
                      after_step: Callable[[], None]) -> None:
         """Prune step by step (``step_fn(t, n)`` for t = 1..n) and fine-tune after each step
-        (``finetune(model, epochs, after_step, t, n)``), spreading ``config.finetune.epochs`` over the steps."""
+        (``finetune(model, epochs, after_step, t, n)``), spreading ``config.finetune.epochs`` over the steps.
+        With ``config.finetune.distill``, ``finetune`` also gets ``loss_fn=`` (model, x, y) -> the loss against
+        a frozen copy of the model taken before the first step."""
         steps = getattr(config, "schedule", None)
         n = steps.steps if steps is not None else 1
         epochs = spread_epochs(config.finetune.epochs, n) if config.finetune is not None else [0] * n
         if any(epochs) and self.finetune is None:
             raise ValueError("the config asks for fine-tuning (finetune.epochs > 0) but no finetune callable "
                              "was given to prune_")
+        extra = {}
+        if any(epochs) and config.finetune.distill is not None:
+            extra["loss_fn"] = distill_loss(copy.deepcopy(model), config.finetune.distill)
         for t in range(1, n + 1):
             step_fn(t, n)
             if epochs[t - 1] > 0:
-                self.finetune(model, epochs[t - 1], after_step, t, n)
+                self.finetune(model, epochs[t - 1], after_step, t, n, **extra)
+
+
+def distill_loss(teacher: nn.Module, config: Distill) -> Callable[[nn.Module, torch.Tensor, torch.Tensor],
+                                                                  torch.Tensor]:
+    """``loss_fn(model, x, y)`` for the training loop: Hinton KD from ``teacher`` (frozen, eval mode, moved to
+    the inputs' device) at ``config.temperature`` with share ``config.alpha``."""
+    teacher = teacher.eval().requires_grad_(False)
+    kd = KDLoss(config.temperature, config.alpha)
+
+    def loss_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            target = teacher.to(x.device)(x)  # (N, K)
+        return kd(model(x), target, y)
+
+    return loss_fn
 
 
 def prune_(model: nn.Module, config: MagnitudeConfig | ActivationConfig | StructuredConfig, *,
@@ -68,7 +90,8 @@ def prune_(model: nn.Module, config: MagnitudeConfig | ActivationConfig | Struct
         loss_fn: ``loss_fn(outputs, targets)`` for the ``taylor`` importance; cross-entropy by default.
         finetune: ``finetune(model, epochs, after_step, step, steps)`` trains ``model`` for ``epochs`` epochs at
             ``config.finetune.lr``, calling ``after_step()`` after every optimizer step. Called after schedule
-            step ``step`` of ``steps`` (those given epochs) when ``config.finetune`` is set.
+            step ``step`` of ``steps`` (those given epochs) when ``config.finetune`` is set; with
+            ``config.finetune.distill`` it also gets ``loss_fn=``, the ``(model, x, y) -> loss`` to train on.
         example_inputs: one input batch for tracing the model (structured and activation methods), when no
             calibration data is given.
 

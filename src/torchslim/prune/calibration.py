@@ -90,3 +90,65 @@ def accumulate_gradients(model: nn.Module, batches, loss_fn: Callable | None) ->
                 loss_fn(model(to_device(x, device)), to_device(y, device)).backward()
     finally:
         model.train(was_training)
+
+
+def output_taylor(model: nn.Module, batches, loss_fn: Callable | None, points: dict[str, tuple[nn.Module, int]],
+                  heads: dict[str, tuple[nn.Module, int]] | None = None) -> dict[str, torch.Tensor]:
+    """First-order estimate of the loss change when a unit's output is masked to zero (Michel et al., 2019):
+    a mask m of ones multiplies each unit's output, and a unit scores the mean over samples of |∂L/∂m|, which
+    is |Σ_positions output · ∂L/∂output| for that sample (eval mode, gradients of the parameters untouched).
+
+    Args:
+        loss_fn: ``loss_fn(outputs, targets)``; cross-entropy when None.
+        points: name -> (module whose output is masked, channel dim of that output); the leading dim is the sample.
+        heads: name -> (module whose *input* (N, L, H * hd) is masked per head, H), e.g. an attention's out_proj.
+
+    Returns:
+        name -> (C,) or (H,) mean |∂L/∂m| per unit.
+    """
+    loss_fn = loss_fn or F.cross_entropy
+    masks, sums, count, hooks = {}, {}, [0], []
+
+    def mask_output(name, dim):
+        def hook(module, inputs, output):  # output (N, ..., C, ...): C at ``dim``
+            shape = [1] * output.dim()
+            shape[0], shape[dim] = output.shape[0], output.shape[dim]
+            masks[name] = torch.ones(shape, device=output.device, dtype=output.dtype, requires_grad=True)
+            return output * masks[name]
+        return hook
+
+    def mask_heads(name, h):
+        def hook(module, inputs):
+            x = inputs[0]  # (N, L, H * hd)
+            masks[name] = torch.ones(x.shape[0], 1, h, 1, device=x.device, dtype=x.dtype, requires_grad=True)
+            return ((x.unflatten(-1, (h, -1)) * masks[name]).flatten(-2),) + tuple(inputs[1:])
+        return hook
+
+    for name, (module, dim) in points.items():
+        hooks.append(module.register_forward_hook(mask_output(name, dim)))
+    for name, (module, h) in (heads or {}).items():
+        hooks.append(module.register_forward_pre_hook(mask_heads(name, h)))
+    was_training, device = model.training, module_device(model)
+    grads = [p.requires_grad for p in model.parameters()]
+    model.eval().requires_grad_(False)  # only the masks' gradients are wanted
+    try:
+        with torch.enable_grad():
+            for x, y in batches:
+                if y is None:
+                    raise ValueError("the output_taylor importance needs (inputs, targets) calibration batches")
+                loss = loss_fn(model(to_device(x, device)), to_device(y, device))
+                # the batch's sum: each sample's mask gets its own loss's gradient, not one divided by N
+                total = loss * len(y) if loss.dim() == 0 else loss.sum()
+                total.backward()
+                for name, m in masks.items():
+                    g = m.grad.reshape(m.shape[0], -1).abs().sum(0)  # (C,): Σ_n |∂L_n/∂m|
+                    sums[name] = sums.get(name, 0) + g.detach()
+                count[0] += len(y)
+                masks.clear()
+    finally:
+        for hook in hooks:
+            hook.remove()
+        for p, g in zip(model.parameters(), grads):
+            p.requires_grad_(g)
+        model.train(was_training)
+    return {n: s / count[0] for n, s in sums.items()}

@@ -19,6 +19,7 @@ from torchslim.train import AUGMENTATIONS  # the training loop applies them
 
 __all__ = [
     "Calibration",
+    "Distill",
     "Finetune",
     "Schedule",
     "MagnitudeConfig",
@@ -28,7 +29,7 @@ __all__ = [
     "config_from_mapping",
 ]
 
-IMPORTANCES = ("l1", "l2", "activation", "taylor")
+IMPORTANCES = ("l1", "l2", "activation", "taylor", "output_taylor")
 SCHEDULE_KINDS = ("oneshot", "polynomial")
 SCOPES = ("layer", "global")
 
@@ -120,15 +121,37 @@ class Calibration:
 
 
 @dataclass(frozen=True)
+class Distill:
+    """Fine-tune on the unpruned model's soft outputs (Hinton et al., 2015): the teacher is a frozen copy of the
+    model as it was before the first pruning step, the loss ``alpha * T**2 * KL(p_t || p_s) + (1 - alpha) * CE``.
+
+    Args:
+        temperature: T > 0.
+        alpha: share of the soft-target term, in [0, 1].
+    """
+
+    temperature: float = 4.0
+    alpha: float = 0.9
+
+    def __post_init__(self):
+        t, a = self.temperature, self.alpha
+        if finite_float(t) is None or not t > 0:
+            raise ConfigError("temperature", f"must be a finite number > 0, got {brief(t)}")
+        if finite_float(a) is None or not 0.0 <= a <= 1.0:
+            raise ConfigError("alpha", f"must be a number in [0, 1], got {brief(a)}")
+
+
+@dataclass(frozen=True)
 class Finetune:
     """Training after pruning: ``epochs`` in total, spread over the schedule's steps, at learning rate ``lr``, in
     batches of ``batch_size``, with the same ``augment`` choices as training (``none``, ``shift``, ``mixup``,
-    ``shift+mixup``)."""
+    ``shift+mixup``); with ``distill``, on the unpruned model's soft outputs as well as the labels."""
 
     epochs: int
     lr: float
     batch_size: int = 64
     augment: str = "none"
+    distill: Distill | None = None
 
     def __post_init__(self):
         _check_int("epochs", self.epochs, 0, MAX_EPOCHS)
@@ -137,6 +160,7 @@ class Finetune:
             raise ConfigError("lr", f"must be a finite positive number, got {lr!r}")
         _check_int("batch_size", self.batch_size, 1, MAX_BATCH_SIZE)
         _check_choice("augment", self.augment, AUGMENTATIONS)
+        object.__setattr__(self, "distill", value_object("distill", Distill, self.distill, optional=True))
 
 
 _VALUE_OBJECTS = {"schedule": Schedule, "calibration": Calibration, "finetune": Finetune}
@@ -214,8 +238,10 @@ class StructuredConfig:
 
     Args:
         sparsity: fraction of units removed per layer; in transformer blocks, of heads and FFN neurons.
-        importance: ``l1`` | ``l2`` (weight norms) | ``activation`` (mean |activation|) | ``taylor`` (|w·∂L/∂w|).
-        calibration: batches for the ``activation`` and ``taylor`` importances.
+        importance: ``l1`` | ``l2`` (weight norms) | ``activation`` (mean |activation|) | ``taylor`` (|w·∂L/∂w|) |
+            ``output_taylor`` (mean over samples of |∂L/∂m| for a mask m on the unit's output: Michel et al.,
+            2019, for heads; the same for neurons and channels; ranks transformer heads and FFN neurons best).
+        calibration: batches for the ``activation``, ``taylor`` and ``output_taylor`` importances.
         schedule: oneshot or polynomial.
         finetune: training between/after the schedule's steps, or None.
         ignore: layers whose units are kept.

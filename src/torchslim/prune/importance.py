@@ -18,8 +18,9 @@ def channel_scores(kind: str, unit: ChannelUnit, activations: dict[str, torch.Te
 
     Args:
         kind: ``l1`` | ``l2`` (norm of the coupled weights) | ``taylor`` (|w·∂L/∂w|; gradients must be filled) |
-            ``activation`` (mean |activation| of the producing layers).
-        activations: producer name -> (C,) mean |activation|, for ``activation``.
+            ``activation`` (mean |activation| of the producing layers) | ``output_taylor`` (mean |∂L/∂mask| of
+            the producers' outputs, from :func:`torchslim.prune.calibration.output_taylor`).
+        activations: producer name -> (C,) per-channel measure, for ``activation`` and ``output_taylor``.
     """
     if kind in ("l1", "l2"):
         return tp.importance.GroupMagnitudeImportance(p=int(kind[1]), normalizer=None)(unit.group).cpu()
@@ -27,6 +28,8 @@ def channel_scores(kind: str, unit: ChannelUnit, activations: dict[str, torch.Te
         return tp.importance.GroupTaylorImportance(normalizer=None)(unit.group).cpu()
     if kind == "activation":
         return producer_activation(unit, activations, normalise=False, reduce="mean")
+    if kind == "output_taylor":  # masking a coupled channel masks it in every producer: the estimates add up
+        return producer_activation(unit, activations, normalise=False, reduce="sum")
     raise ValueError(f"unknown importance {kind!r}")
 
 
@@ -50,6 +53,8 @@ def producer_activation(unit: ChannelUnit, activations: dict[str, torch.Tensor],
         per_layer.append(full)
         producers.discard(name)
     stacked = torch.stack(per_layer)  # (layers, size)
+    if reduce == "sum":
+        return stacked.sum(0)
     return stacked.max(0).values if reduce == "max" else stacked.mean(0)
 
 
@@ -58,11 +63,14 @@ def head_scores(kind: str, attn: PrunableMultiheadAttention, activation: torch.T
 
     Args:
         kind: as for :func:`channel_scores`.
-        activation: (num_heads * head_dim,) mean |input of out_proj|, for ``activation``.
+        activation: (num_heads * head_dim,) mean |input of out_proj|, for ``activation``; (num_heads,) mean
+            |∂L/∂mask| of each head's output, for ``output_taylor``.
     """
     h, hd = attn.num_heads, attn.head_dim
     if kind == "activation":
         return activation.cpu().view(h, hd).mean(1)
+    if kind == "output_taylor":
+        return activation.cpu().view(h)
 
     def per_head(w_in: torch.Tensor, w_out: torch.Tensor) -> torch.Tensor:
         # w_in: (3 * H * hd, E) rows q|k|v; w_out: (E, H * hd)

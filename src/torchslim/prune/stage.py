@@ -158,10 +158,11 @@ def _finetune_fn(ctx: "RunContext", config):
     if ft is None:
         return None
 
-    def finetune(model: nn.Module, epochs: int, after_step, step: int, steps: int) -> None:
+    def finetune(model: nn.Module, epochs: int, after_step, step: int, steps: int, loss_fn=None) -> None:
         train = TrainConfig(epochs=epochs, lr=ft.lr, batch_size=ft.batch_size, augment=ft.augment)
+        extra = {} if loss_fn is None else {"loss_fn": loss_fn}  # finetune.distill: the unpruned model teaches
         try:
-            ctx.fit(model, train, desc=f"prune finetune {step} of {steps}", after_step=after_step)
+            ctx.fit(model, train, desc=f"prune finetune {step} of {steps}", after_step=after_step, **extra)
         except ConfigError as exc:  # e.g. the loss diverged: name the fine-tune's lr
             raise exc.within("finetune") from None
 

@@ -13,7 +13,8 @@ from torchslim._errors import ConfigError
 from torchslim.prune._select import LayerSelector, count
 from torchslim.prune.attention import PrunableMultiheadAttention, convert_attention_, prune_heads_
 from torchslim.distributed import module_device
-from torchslim.prune.calibration import accumulate_gradients, mean_abs_activations, take_batches, to_device
+from torchslim.prune.calibration import (accumulate_gradients, mean_abs_activations, output_taylor, take_batches,
+                                         to_device)
 from torchslim.prune.config import ActivationConfig, StructuredConfig
 from torchslim.prune.graph import (HeadUnit, activation_point, build_graph, channel_units, head_units,
                                    prune_channels)
@@ -66,13 +67,25 @@ def _activations(model, graph, units, heads, batches):
     return mean_abs_activations(model, batches, points, inputs_of)
 
 
+def _output_taylor(model, graph, units, heads, batches, loss_fn):
+    """Mean |∂L/∂mask| of every producer's output of ``units`` (where it is active: after its BatchNorm) and of
+    every head's output."""
+    points = {}
+    for unit in units:
+        for name, module in unit.producers:
+            hook, _act, dim = activation_point(graph, module)  # relu/gelu/silu/tanh(0) = 0: masking before it removes the unit
+            points[name] = (hook, dim)
+    return output_taylor(model, batches, loss_fn, points, {h.name: (h.module.out_proj, h.module.num_heads)
+                                                          for h in heads})
+
+
 def prune_structured_(model: nn.Module, config: StructuredConfig, ctx) -> PruneReport:
     """Handler of :class:`StructuredConfig` for :func:`torchslim.prune.prune_`."""
     # names are checked before the model changes; the converted attention keeps its name and out_proj child
     selector = LayerSelector(model, config.sparsity, config.ignore, config.overrides)
     convert_attention_(model)  # heads become removable without touching d_model
     batches = take_batches(ctx.calibration, config.calibration.batches)
-    if config.importance in ("activation", "taylor") and not batches:
+    if config.importance in ("activation", "taylor", "output_taylor") and not batches:
         raise ValueError(f"importance {config.importance!r} needs calibration data: pass calibration= to prune_")
     example = _example_inputs(model, ctx, batches)
     layers = weight_layers(model)
@@ -83,6 +96,8 @@ def prune_structured_(model: nn.Module, config: StructuredConfig, ctx) -> PruneR
         graph = build_graph(model, example)
         units, heads = channel_units(model, graph, selector), head_units(model, selector)
         acts = _activations(model, graph, units, heads, batches) if config.importance == "activation" else {}
+        if config.importance == "output_taylor":
+            acts = _output_taylor(model, graph, units, heads, batches, ctx.loss_fn)
         if config.importance == "taylor":
             accumulate_gradients(model, batches, ctx.loss_fn)
         cuts = []  # decide every cut before making any: scores see one consistent model
