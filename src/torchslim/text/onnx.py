@@ -64,8 +64,9 @@ def fuse(onnx_bytes: bytes, encoder: SentenceEncoder) -> bytes:
 
     Args:
         onnx_bytes: what :func:`export_onnx` wrote for ``encoder``.
-        encoder: gives the hidden size and the heads; when layers differ in head count, ``num_heads=0`` makes
-            the fusion read each layer's heads from its Reshape constants.
+        encoder: gives the hidden size and the heads; when layers differ in head count or heads were pruned
+            (heads x head_dim != hidden), ``num_heads=0`` makes the fusion read each layer's heads from its
+            Reshape constants.
     Returns:
         The fused model; :func:`fused_op_counts` says which fusions happened.
     """
@@ -74,12 +75,14 @@ def fuse(onnx_bytes: bytes, encoder: SentenceEncoder) -> bytes:
 
     cfg = encoder.config
     heads = set(cfg["heads"])
-    num_heads = heads.pop() if len(heads) == 1 else 0
+    num_heads, hidden = 0, 0  # 0, 0: each layer's heads and width read from its Reshape constants
+    if len(heads) == 1 and heads.pop() * cfg["head_dim"] == cfg["hidden_size"]:
+        num_heads, hidden = cfg["heads"][0], cfg["hidden_size"]
     with tempfile.TemporaryDirectory(prefix="torchslim-fuse-") as tmp:
         path = Path(tmp) / "model.onnx"
         path.write_bytes(onnx_bytes)
         # opt_level=0: only the transformer fusions; ORT's own graph optimisations run when a session loads it
-        fused = optimize_model(str(path), model_type="bert", num_heads=num_heads, hidden_size=cfg["hidden_size"],
+        fused = optimize_model(str(path), model_type="bert", num_heads=num_heads, hidden_size=hidden,
                                opt_level=0, use_gpu=False)
     model = fused.model
     if not any(op.domain == "com.microsoft" for op in model.opset_import):
