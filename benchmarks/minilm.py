@@ -161,10 +161,9 @@ def build_engines(encoder: SentenceEncoder, calibration, *, verbose: bool = True
                ("ort dynamic per-channel", quantize_int8(plain, Int8Config(per_channel=True)))]
     points = {"fused dynamic per-channel": Int8Config(method="dynamic"),
               "fused dynamic per-channel, int8 embeddings": Int8Config(method="dynamic", embeddings=True),
-              "fused dynamic auto-fp32 (0.995)": Int8Config(method="dynamic", keep_fp32="auto", cosine_target=0.995),
               "fused static minmax": Int8Config(method="static"),
               "fused static minmax auto-fp32 (0.99)": Int8Config(method="static", keep_fp32="auto",
-                                                                 cosine_target=0.99, max_keep=6)}
+                                                                 cosine_target=0.99, max_keep=4)}
     for name, cfg in points.items():
         report: dict = {}
         engines.append((name, quantize_int8(fused, cfg, calibration, report=report)))

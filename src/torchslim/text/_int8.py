@@ -107,13 +107,16 @@ def _same_length(feeds: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarra
     return [{k: np.pad(v, ((0, 0), (0, width - v.shape[1]))) for k, v in f.items()} for f in feeds]
 
 
-def _quantize_once(onnx_bytes: bytes, config: Int8Config, exclude: Sequence[str], feeds, tmp: Path) -> bytes:
-    """One quantization with ``exclude`` left float; static ranges are computed once per ``tmp`` (a cache)."""
+def _quantize_once(typed, config: Int8Config, exclude: Sequence[str], feeds, tmp: Path) -> bytes:
+    """One quantization of ``typed`` (:func:`_typed`) with ``exclude`` left float; static ranges are computed once
+    per ``tmp`` (a cache)."""
+    import copy
+
     import onnx
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quantize_dynamic, quantize_static)
 
-    model = _typed(onnx_bytes)
+    model = copy.deepcopy(typed)  # the quantizer edits the graph it is given
     out = tmp / "int8.onnx"
     ops = _op_types(config)
     # embeddings: every Gather other than the word table (positions, shapes) stays float
@@ -182,6 +185,7 @@ class _Search:
         from torchslim.text.onnx import _session
 
         self.onnx_bytes, self.config = onnx_bytes, config
+        self.typed = _typed(onnx_bytes)  # once: shape inference costs more than quantizing
         self.feeds = _feeds(calibration)
         fp32 = _session(onnx_bytes, None)
         self.reference = [fp32.run(["embedding"], f)[0] for f in self.feeds]
@@ -196,7 +200,7 @@ class _Search:
 
     def quantize(self, keep: Sequence[str]) -> bytes:
         with _ort_quiet():
-            return _quantize_once(self.onnx_bytes, self.config, keep, self.feeds, self.tmp)
+            return _quantize_once(self.typed, self.config, keep, self.feeds, self.tmp)
 
     def score(self, keep: Sequence[str]) -> tuple[bytes, float]:
         from torchslim.text.onnx import _session
@@ -236,7 +240,7 @@ def quantize_int8(onnx_bytes: bytes, config: Int8Config | None = None, calibrati
                                            f"(known: {', '.join(sorted(known)[:6])}, ...)")
     if not calibration:
         with tempfile.TemporaryDirectory(prefix="torchslim-int8-") as tmp, _ort_quiet():
-            return _quantize_once(onnx_bytes, config, list(config.keep_fp32), [], Path(tmp))
+            return _quantize_once(_typed(onnx_bytes), config, list(config.keep_fp32), [], Path(tmp))
     with _Search(onnx_bytes, config, calibration) as search:
         keep: list[str] = [] if auto else list(config.keep_fp32)
         data, cosine = search.score(keep)
