@@ -73,8 +73,9 @@ def test_fusion_makes_bert_ops_and_changes_nothing(tiny):
         assert (a(ids, mask) - b(ids, mask)).abs().max().item() < 1e-4
 
 
-def test_layers_with_different_head_counts_fuse():
-    enc = _encoder(heads=(2, 1), ffn=(64, 24))
+@pytest.mark.parametrize("heads", [(2, 1), (1, 1)])
+def test_pruned_heads_fuse(heads):
+    enc = _encoder(heads=heads, ffn=(64, 24))  # heads x head_dim below the hidden size, the same or not by layer
     fused = fuse(export_onnx(enc), enc)
     assert fused_op_counts(fused).get("Attention") == 2
     ids, mask = _batches(1)[0]

@@ -102,10 +102,12 @@ def fused_op_counts(onnx_bytes: bytes) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
-def _session(onnx_bytes: bytes, intra_op_threads: int | None):
+def _session(onnx_bytes: bytes, intra_op_threads: int | None, spinning: bool = True):
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
+    if not spinning:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.log_severity_level = 3
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if intra_op_threads is not None:
@@ -120,12 +122,14 @@ class OrtEncoder:
     Args:
         onnx_bytes: any model with inputs input_ids/attention_mask and output embedding (fp32, fused or int8).
         intra_op_threads: threads for one operator (None: ORT's default, all cores).
+        spinning: ORT's worker threads busy-wait after each run (its default: lower latency). Off when something
+            else computes in the same process between runs (a side-by-side benchmark), which they would slow down.
     Example:
         >>> vectors = OrtEncoder(export_onnx(encoder), intra_op_threads=2)(ids, mask)  # (N, hidden) float32
     """
 
-    def __init__(self, onnx_bytes: bytes, intra_op_threads: int | None = None):
-        self.session = _session(onnx_bytes, intra_op_threads)
+    def __init__(self, onnx_bytes: bytes, intra_op_threads: int | None = None, spinning: bool = True):
+        self.session = _session(onnx_bytes, intra_op_threads, spinning)
 
     def run(self, input_ids, attention_mask) -> np.ndarray:
         """numpy in (or torch), numpy (N, hidden) float32 out."""
