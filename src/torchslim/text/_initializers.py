@@ -59,22 +59,28 @@ def _elements(init) -> int:
 
 
 def onnx_weight_map(onnx_bytes: bytes, encoder: torch.nn.Module) -> dict[str, dict]:
-    """Which initializer of an fp32 (fused or not) ONNX export holds each 2-D Linear weight of ``encoder``.
+    """Which initializer of an fp32 (fused or not) ONNX export holds each 2-D weight of ``encoder``.
 
     Returns:
-        {state-dict name: {"initializer": name, "columns": [start, stop]}}: the weight is
+        {state-dict name: {"initializer": name, "columns": [start, stop] or None}}: a Linear weight is
         ``initializer[:, start:stop].T`` (MatMul weights are (in, out); a fused Attention concatenates Q, K, V
-        along the columns). Quantizers keep the initializer's name as a prefix (``<name>_quantized``,
-        ``<name>_scale``), so the map holds for the int8 models made from this export.
+        along the columns); an embedding table (columns None) is the initializer as it is. Quantizers keep the
+        initializer's name as a prefix (``<name>_quantized``, ``<name>_scale``), so the map holds for the int8
+        models made from this export.
     """
     import onnx
     from onnx import numpy_helper
 
     model = onnx.load_from_string(onnx_bytes)
     inits = [(i.name, numpy_helper.to_array(i)) for i in model.graph.initializer if len(i.dims) == 2]
+    names = {name for name, _ in inits}
     found: dict[str, dict] = {}
     for key, tensor in encoder.state_dict().items():
-        if not key.endswith(".weight") or tensor.ndim != 2 or "embeddings" in key:
+        if not key.endswith(".weight") or tensor.ndim != 2:
+            continue
+        if "embeddings" in key:
+            if key in names:  # a Gather table keeps its state-dict name
+                found[key] = {"initializer": key, "columns": None}
             continue
         w_t = tensor.detach().cpu().numpy().T  # (in, out)
         for name, array in inits:
@@ -121,6 +127,9 @@ def dequantized_state_dict(onnx_bytes: bytes, weight_map: dict[str, dict]) -> di
             weight = arrays[name].astype(np.float32)
         else:
             raise KeyError(f"{key}: initializer {name} is not in the model")
+        if where["columns"] is None:
+            out[key] = torch.from_numpy(np.ascontiguousarray(weight))
+            continue
         start, stop = where["columns"]
         out[key] = torch.from_numpy(np.ascontiguousarray(weight[:, start:stop].T))
     return out
