@@ -107,6 +107,8 @@ def compare(engines: Sequence[tuple[str, Engine]], quality_batches, timing: dict
     """One row per engine: ms per batch (median over alternating rounds), speed-up vs the first engine, mean
     cosine and pair-Spearman vs the first engine's embeddings, ONNX bytes."""
     runners = [(name, _runner(e)) for name, e in engines]
+    print(f"# load average before timing: {os.getloadavg()[0]:.2f} (a busy machine slows torch's OpenMP far "
+          f"more than ONNX Runtime: compare only numbers measured with the machine otherwise idle)")
     ref = _embed(runners[0][1], quality_batches)
     half = len(ref) // 2
     ref_pairs = _cosine_rows(ref[:half], ref[half:2 * half])
@@ -117,6 +119,7 @@ def compare(engines: Sequence[tuple[str, Engine]], quality_batches, timing: dict
         for _ in range(rounds):
             for name, fn in runners:
                 times[(name, label)].append(_time(fn, batches))
+    print(f"# load average after timing: {os.getloadavg()[0]:.2f}")
     rows = []
     for name, fn in runners:
         emb = _embed(fn, quality_batches)
