@@ -166,12 +166,13 @@ def _decode_state(folder: Path, manifest: dict[str, Any], data: bytes) -> dict[s
 # ---- save ------------------------------------------------------------------------------------------------------
 
 def _artifact_files(model: nn.Module, architecture: dict[str, Any], extra: dict[str, Any] | None, compress: bool,
-                    entropy: bool, files: dict[str, bytes] | None = None) -> dict[str, bytes]:
+                    entropy: bool, files: dict[str, bytes] | None = None,
+                    state: dict[str, torch.Tensor] | None = None) -> dict[str, bytes]:
     """{file name: bytes} of ``model``'s artifact folder (see :func:`save_artifact` for the arguments)."""
     from torchslim.quantize._layout import (compact_onnx, describe_quantized_layers, describe_structure,
                                             int8_onnx_of, strip_int8_weights)
 
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    state = {k: v.detach().cpu().contiguous() for k, v in (model.state_dict() if state is None else state).items()}
     layers = describe_quantized_layers(model)
     onnx_model = int8_onnx_of(model) if layers else None
     table, data, whole = _encode_state(state, layers, compress, entropy)
@@ -206,7 +207,7 @@ def _artifact_files(model: nn.Module, architecture: dict[str, Any], extra: dict[
 
 def save_artifact(model: nn.Module, path: str | Path, *, architecture: dict[str, Any],
                   extra: dict[str, Any] | None = None, compress: bool = True, entropy: bool = True,
-                  files: dict[str, bytes] | None = None) -> Path:
+                  files: dict[str, bytes] | None = None, state: dict[str, torch.Tensor] | None = None) -> Path:
     """Write ``model`` as an artifact folder at ``path``, atomically (the old one or the new one, never half).
 
     Every tensor is stored in the smallest of its lossless encodings; the reloaded model computes exactly what
@@ -223,12 +224,14 @@ def save_artifact(model: nn.Module, path: str | Path, *, architecture: dict[str,
             coding (the report's "before entropy coding" size).
         files: further payload files {plain name: bytes} (a tokenizer, an ONNX model), sealed by their sha256 in
             the manifest like the tensors; ``_trust.read_file`` reads them back.
+        state: the tensors to store instead of ``model.state_dict()`` (an artifact whose weights live in the
+            int8 graph's form, see :mod:`torchslim.text.artifact`).
     Returns:
         the artifact path.
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    files = _artifact_files(model, architecture, extra, compress, entropy, files)
+    files = _artifact_files(model, architecture, extra, compress, entropy, files, state)
     tmp = fresh_dir(target)
     try:
         for name, data in files.items():
@@ -242,9 +245,11 @@ def save_artifact(model: nn.Module, path: str | Path, *, architecture: dict[str,
 
 
 def artifact_bytes(model: nn.Module, *, architecture: dict[str, Any], extra: dict[str, Any] | None = None,
-                   compress: bool = True, entropy: bool = True, files: dict[str, bytes] | None = None) -> int:
+                   compress: bool = True, entropy: bool = True, files: dict[str, bytes] | None = None,
+                   state: dict[str, torch.Tensor] | None = None) -> int:
     """The bytes :func:`save_artifact` would write for ``model`` with these arguments, without writing them."""
-    return sum(len(data) for data in _artifact_files(model, architecture, extra, compress, entropy, files).values())
+    return sum(len(data) for data in _artifact_files(model, architecture, extra, compress, entropy, files,
+                                                     state).values())
 
 
 # ---- read ------------------------------------------------------------------------------------------------------

@@ -4,8 +4,12 @@ ONNX Runtime, the model ORT runs, all sealed in one artifact folder; and the obj
 Extra files beside the standard two (see :mod:`torchslim.artifact._format`)::
 
     tokenizer.json     the model's own tokenizer (a data file for the ``tokenizers`` library; no code)
-    model.onnx.zst     (quantize / fuse stages) the graph ONNX Runtime runs, zstd-coded: exactly what was measured
+    model.onnx.zst     (quantize stage) the graph ONNX Runtime runs, zstd-coded, its large initializers taken out
 
+Every weight is stored once. The graph's large initializers (int8 weights, scales, fp32 tables) are tensors of the
+artifact (``onnx/<initializer name>``, through the tensor codecs) and are put back byte for byte at load, so ORT
+runs exactly the model that was measured; the encoder's own weights that the graph holds (``text.weight_map``) are
+not stored again: a torch reload computes with them dequantized from the int8 graph.
 Nothing from the source model directory is needed to use the artifact: it encodes on a machine without it.
 """
 
@@ -27,6 +31,7 @@ from torchslim.text.tokenizer import Tokenizer
 ARCHITECTURE = "sentence-encoder"
 TOKENIZER = "tokenizer.json"
 ONNX = "model.onnx.zst"
+ONNX_PREFIX = "onnx/"  # tensor-table names of the graph's initializers
 MAX_ENCODER_PARAMS = 2**30
 
 
@@ -56,25 +61,56 @@ class EncoderShape(StrictModel):
         return self
 
 
+def _text_files(encoder: SentenceEncoder, tokenizer_json: str, max_seq_length: int, onnx: Optional[bytes],
+                onnx_kind: Optional[str], weight_map: Optional[dict[str, dict]]
+                ) -> tuple[dict[str, bytes], dict[str, Any], dict[str, torch.Tensor]]:
+    """(payload files, the manifest's ``text`` entry, the tensors to store)."""
+    files = {TOKENIZER: tokenizer_json.encode()}
+    text: dict[str, Any] = {"tokenizer": TOKENIZER, "max_seq_length": int(max_seq_length)}
+    state = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
+    if onnx is not None:
+        from torchslim.text._initializers import split_initializers
+
+        graph, arrays = split_initializers(onnx)
+        mapped = {k: v for k, v in (weight_map or {}).items() if k in state}
+        for key in mapped:  # the graph holds these weights (int8 or fp32): stored there, once
+            del state[key]
+        state.update({ONNX_PREFIX + name: torch.from_numpy(array) for name, array in arrays.items()})
+        files[ONNX] = zstd_compress(graph, level=3 if len(graph) >= LARGE else 19)
+        text.update({"onnx": ONNX, "onnx_kind": onnx_kind or "onnx", "weight_map": mapped})
+    return files, text, state
+
+
 def save_text_artifact(encoder: SentenceEncoder, path: str | Path, *, tokenizer_json: str, max_seq_length: int,
                        onnx: Optional[bytes] = None, onnx_kind: Optional[str] = None,
-                       extra: Optional[dict[str, Any]] = None, compress: bool = True) -> Path:
+                       weight_map: Optional[dict[str, dict]] = None, extra: Optional[dict[str, Any]] = None,
+                       compress: bool = True) -> Path:
     """Write ``encoder`` (its current, possibly pruned shapes), its tokenizer and the ORT graph as one artifact.
 
     Args:
-        onnx: the ONNX model ORT runs (fused / int8), stored as it is, zstd-coded; None: an fp32 export is made
-            when ONNX Runtime is asked for.
+        onnx: the ONNX model ORT runs (fused / int8); its initializers are stored as tensors and put back byte
+            for byte at load. None: an fp32 export is made when ONNX Runtime is asked for.
         onnx_kind: what ``onnx`` is, for people and reports (e.g. ``int8 dynamic per-channel, fused``).
+        weight_map: which of ``onnx``'s initializers hold which encoder weights
+            (:func:`torchslim.text._initializers.onnx_weight_map` of the fp32 graph ``onnx`` was made from): those
+            weights are not stored twice.
         compress: False stores the tensors as they are (the uncompressed fp32 baseline file).
     """
-    files = {TOKENIZER: tokenizer_json.encode()}
-    text: dict[str, Any] = {"tokenizer": TOKENIZER, "max_seq_length": int(max_seq_length)}
-    if onnx is not None:
-        files[ONNX] = zstd_compress(onnx, level=3 if len(onnx) >= LARGE else 19)
-        text.update({"onnx": ONNX, "onnx_kind": onnx_kind or "onnx"})
+    files, text, state = _text_files(encoder, tokenizer_json, max_seq_length, onnx, onnx_kind, weight_map)
     return save_artifact(encoder, path, architecture={"name": ARCHITECTURE, "kwargs": encoder.config},
                          extra={"task": "sentence-embedding", "text": text, **(extra or {})}, compress=compress,
-                         files=files)
+                         files=files, state=state)
+
+
+def text_artifact_bytes(encoder: SentenceEncoder, *, tokenizer_json: str, max_seq_length: int,
+                        compress: bool = True) -> int:
+    """The bytes :func:`save_text_artifact` would write for a plain (no ONNX graph) artifact of ``encoder``."""
+    from torchslim.artifact import artifact_bytes
+
+    files, text, state = _text_files(encoder, tokenizer_json, max_seq_length, None, None, None)
+    return artifact_bytes(encoder, architecture={"name": ARCHITECTURE, "kwargs": encoder.config},
+                          extra={"task": "sentence-embedding", "text": text}, compress=compress, files=files,
+                          state=state)
 
 
 def is_text_manifest(manifest: dict[str, Any]) -> bool:
@@ -138,7 +174,7 @@ def load_text_artifact(path: str | Path, *, runtime: str = "torch", verify_key: 
 
         verify_artifact(folder, verify_key)
     manifest, data, _ = _open(folder)
-    encoder = rebuild_encoder(folder, manifest, data)
+    state = _decode_state(folder, manifest, data)
     text = manifest.get("text")
     if not isinstance(text, dict) or text.get("tokenizer") not in manifest["payloads"]:
         raise ArtifactError(folder, "a sentence-embedding artifact must record its tokenizer as a payload")
@@ -159,11 +195,36 @@ def load_text_artifact(path: str | Path, *, runtime: str = "torch", verify_key: 
             raise
         except Exception as exc:  # noqa: BLE001  (zstd's own errors)
             raise ArtifactError(folder, f"{text['onnx']} is not a zstd-coded ONNX model ({exc})") from None
+    onnx, state = _join_graph(folder, onnx, state, text.get("weight_map") or {})
+    encoder = rebuild_encoder(folder, manifest, state)
     return SentenceEmbedder(encoder, tokenizer, runtime=runtime, onnx=onnx, intra_op_threads=intra_op_threads,
                             manifest=manifest)
 
 
-def rebuild_encoder(folder: Path, manifest: dict[str, Any], data: bytes) -> SentenceEncoder:
+def _join_graph(folder: Path, graph: Optional[bytes], state: dict[str, torch.Tensor], weight_map: dict[str, dict]
+                ) -> tuple[Optional[bytes], dict[str, torch.Tensor]]:
+    """The stored graph with its initializers put back, and the encoder's state completed with the weights the
+    graph holds (dequantized from int8 where it quantized them)."""
+    arrays = {k[len(ONNX_PREFIX):]: v.numpy() for k, v in state.items() if k.startswith(ONNX_PREFIX)}
+    rest = {k: v for k, v in state.items() if not k.startswith(ONNX_PREFIX)}
+    if graph is None:
+        if arrays or weight_map:
+            raise ArtifactError(folder, "holds ONNX initializers but no ONNX graph")
+        return None, rest
+    from torchslim.text._initializers import dequantized_state_dict, join_initializers
+
+    try:
+        onnx = join_initializers(graph, arrays)
+        if not isinstance(weight_map, dict) or not all(isinstance(v, dict) for v in weight_map.values()):
+            raise ValueError("the weight map is not a mapping of names to locations")
+        rest.update(dequantized_state_dict(onnx, weight_map))
+    except Exception as exc:  # noqa: BLE001  (onnx's decode errors, a damaged map: whatever the bytes trip over)
+        raise ArtifactError(folder, f"its ONNX graph and tensors do not fit together: "
+                                    f"{' '.join(str(exc).split())[:200]}") from None
+    return onnx, rest
+
+
+def rebuild_encoder(folder: Path, manifest: dict[str, Any], state: dict[str, torch.Tensor]) -> SentenceEncoder:
     from torchslim._errors import ConfigError
 
     arch = manifest.get("architecture")
@@ -173,7 +234,6 @@ def rebuild_encoder(folder: Path, manifest: dict[str, Any], data: bytes) -> Sent
         shape = parse(EncoderShape, arch.get("kwargs"), prefix="architecture.kwargs")
     except ConfigError as exc:
         raise ArtifactError(folder, f"the recorded architecture is invalid: {exc.field}: {exc.message}") from None
-    state = _decode_state(folder, manifest, data)
     encoder = SentenceEncoder(**shape.model_dump())
     try:
         encoder.load_state_dict(state)

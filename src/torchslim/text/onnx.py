@@ -14,7 +14,9 @@ storage helpers (initializers apart from the graph) in :mod:`torchslim.text._ini
 
 from __future__ import annotations
 
+import contextlib
 import io
+import logging
 import tempfile
 import warnings
 from pathlib import Path
@@ -82,13 +84,29 @@ def fuse(onnx_bytes: bytes, encoder: SentenceEncoder) -> bytes:
         path = Path(tmp) / "model.onnx"
         path.write_bytes(onnx_bytes)
         # opt_level=0: only the transformer fusions; ORT's own graph optimisations run when a session loads it
-        fused = optimize_model(str(path), model_type="bert", num_heads=num_heads, hidden_size=hidden,
-                               opt_level=0, use_gpu=False)
+        with _quiet_loggers("onnxruntime", "fusion_base", "onnx_model", "fusion_attention"):
+            fused = optimize_model(str(path), model_type="bert", num_heads=num_heads, hidden_size=hidden,
+                                   opt_level=0, use_gpu=False)
     model = fused.model
     if not any(op.domain == "com.microsoft" for op in model.opset_import):
         # ORT's contrib ops live in this domain; shape inference (which the quantizer runs) wants it declared
         model.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
     return model.SerializeToString()
+
+
+@contextlib.contextmanager
+def _quiet_loggers(*names: str):
+    """ORT's transformer optimizer logs its fusion attempts (warnings when a pattern does not match, e.g. pruned
+    heads whose width differs from the hidden size): not the user's concern, since the counts say what fused."""
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
 
 
 def fused_op_counts(onnx_bytes: bytes) -> dict[str, int]:

@@ -20,12 +20,12 @@ from typing import Any, Callable, Optional
 import torch
 
 from torchslim._errors import ConfigError
-from torchslim.artifact import artifact_bytes, artifact_digest, artifact_size, fresh_dir, publish, sign_artifact
+from torchslim.artifact import artifact_digest, artifact_size, fresh_dir, publish, sign_artifact
 from torchslim.artifact import update_manifest, write_bytes_atomic
 from torchslim.domain import Domain
 from torchslim.evaluate import check_constraints, count_params
 from torchslim.recipe import Recipe
-from torchslim.text.artifact import ARCHITECTURE, TOKENIZER, load_text_artifact, save_text_artifact
+from torchslim.text.artifact import load_text_artifact, save_text_artifact, text_artifact_bytes
 from torchslim.text.data import SentenceSplits, load_sentence_splits
 from torchslim.text.encoder import SentenceEncoder
 from torchslim.text.measure import (embed_all, fidelity, ort_peak_memory_bytes, side_by_side_latency,
@@ -56,6 +56,7 @@ class TextRunContext:
     encoder: SentenceEncoder
     onnx: Optional[bytes] = None
     onnx_kind: Optional[str] = None
+    onnx_weight_map: Optional[dict[str, dict]] = None  # which graph initializers hold which encoder weights
     records: list[dict[str, Any]] = field(default_factory=list)
     formats: list[str] = field(default_factory=list)
     stage_index: int = 0
@@ -137,7 +138,8 @@ def finish_text(ctx: TextRunContext, out: Path, *, sign_key: str | Path | None =
         artifact = save_text_artifact(ctx.encoder.cpu().eval(), staging / "artifact",
                                       tokenizer_json=ctx.teacher.tokenizer_json,
                                       max_seq_length=ctx.teacher.max_seq_length, onnx=ctx.onnx,
-                                      onnx_kind=ctx.onnx_kind, extra=_manifest_extra(ctx))
+                                      onnx_kind=ctx.onnx_kind, weight_map=ctx.onnx_weight_map,
+                                      extra=_manifest_extra(ctx))
         metrics = measure_text_artifact(artifact, ctx.domain, ctx.splits, ctx.teacher, tokenizer=ctx.tokenizer,
                                         log=ctx.log)
         update_manifest(artifact, metrics={"metric": "cosine", "value": metrics["value"],
@@ -199,9 +201,9 @@ def measure_text_artifact(artifact: Path, domain: Domain, splits: SentenceSplits
         peak = ort_peak_memory_bytes(model.onnx, ids, mask, threads)
     else:
         peak = torch_peak_memory_bytes(model.encoder, ids, mask)
-    baseline_bytes = artifact_bytes(reference, architecture={"name": ARCHITECTURE, "kwargs": reference.config},
-                                    compress=False, files={TOKENIZER: teacher.tokenizer_json.encode()},
-                                    extra={"task": "sentence-embedding"})
+    # the uncompressed fp32 file: dense tensors, the tokenizer
+    baseline_bytes = text_artifact_bytes(reference, tokenizer_json=teacher.tokenizer_json,
+                                         max_seq_length=teacher.max_seq_length, compress=False)
     size = artifact_size(artifact)
     params, nonzero = count_params(model.encoder)
     metrics: dict[str, Any] = {

@@ -187,11 +187,13 @@ class TextQuantizeStage(StrictModel):
 
 
 def _run_quantize(ctx: "TextRunContext", cfg: TextQuantizeStage) -> dict[str, Any]:
+    from torchslim.text._initializers import onnx_weight_map
     from torchslim.text.onnx import Int8Config, export_onnx, fuse, fused_op_counts, quantize_int8
 
     graph = export_onnx(ctx.encoder)
     if cfg.fuse:
         graph = fuse(graph, ctx.encoder)
+    ctx.onnx_weight_map = onnx_weight_map(graph, ctx.encoder)
     record: dict[str, Any] = {"method": cfg.method, "fused": cfg.fuse}
     kind = ["fused" if cfg.fuse else "unfused"]
     if cfg.method != "none":
