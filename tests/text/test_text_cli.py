@@ -70,3 +70,49 @@ def test_unknown_text_stage_lists_the_known_ones(text_domain):
     write_recipe(folder, "  - train: {epochs: 1}\n")
     line = one_line_error(torchslim("check", "recipe.yaml", cwd=folder))
     assert "stages[0].train: unknown stage; known:" in line and "export" in line
+
+
+def test_every_stage_then_eval_remeasures_the_same_cosine(text_domain):
+    folder = text_domain.parent
+    with (folder / "sentences.txt").open("a") as f:
+        f.write("A very long sentence " + "that keeps going " * 40 + "until the end.\n")
+    text_domain.write_text(text_domain.read_text().replace("runtime: torch", "runtime: onnxruntime"))
+    write_recipe(folder, "  - prune: {heads: 0.25, ffn: 0.5, calibration_sentences: 64}\n"
+                         "  - drop_layers: {keep: [1]}\n"
+                         "  - distill: {epochs: 2, lr: 0.001}\n"
+                         "  - quantize: {method: dynamic, embeddings: true}\n"
+                         "  - export: {formats: [onnx]}\n")
+    proc = torchslim("run", "recipe.yaml", "--out", "out", cwd=folder)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.count("longer than the model's maximum length 64") == 1  # said once
+    metrics = json.loads((folder / "out" / "metrics.json").read_text())
+    assert metrics["encoder"]["heads"] == [3] and metrics["encoder"]["ffn"] == [32]
+    assert metrics["int8_kernels"] and metrics["onnx_kind"].startswith("int8 dynamic")
+    assert [s["stage"] for s in metrics["stages"]] == ["prune", "drop_layers", "distill", "quantize", "export"]
+    distill = metrics["stages"][2]
+    assert distill["history"][-1]["val_cosine"] > distill["history"][0]["val_cosine"] - 1e-9
+    assert 0.0 < metrics["value"] < 1.0 and metrics["baseline_value"] == pytest.approx(1.0)
+    assert metrics["size_bytes"] < metrics["baseline_size_bytes"] / 2  # int8 word table: the bulk of the model
+    assert (folder / "out" / "model.onnx").is_file()
+
+    again = torchslim("eval", "out/artifact", "--domain", "domain.yaml", "--json", cwd=folder)
+    assert again.returncode == 0, again.stderr
+    remeasured = json.loads(again.stdout)
+    assert remeasured["value"] == pytest.approx(metrics["value"], abs=1e-6)  # the same artifact, the same sentences
+    assert remeasured["recorded_value"] == pytest.approx(metrics["value"], abs=1e-9)
+
+    import torchslim as ts
+
+    model = ts.load(folder / "out" / "artifact", runtime="onnxruntime")
+    assert model.int8 and model.encode(["One sentence.", "And another one."]).shape == (2, 32)
+
+
+def test_same_recipe_same_artifact(text_domain):
+    folder = text_domain.parent
+    write_recipe(folder, "  - quantize: {method: static, calibration_sentences: 32}\n")
+    digests = []
+    for out in ("a", "b"):
+        proc = torchslim("run", "recipe.yaml", "--out", out, cwd=folder)
+        assert proc.returncode == 0, proc.stderr
+        digests.append(json.loads((folder / out / "metrics.json").read_text())["artifact_sha256"])
+    assert digests[0] == digests[1]

@@ -312,7 +312,7 @@ def distill_encoder(student: SentenceEncoder, teacher: SentenceEncoder, sentence
             e0 = time.perf_counter()
             student.train()
             batches = _length_batches(lengths, cfg.batch_size, gen)
-            bar = tqdm(batches, desc=f"distil {epoch + 1}/{cfg.epochs}", unit="batch", leave=False,
+            bar = tqdm(batches, desc=f"distill {epoch + 1}/{cfg.epochs}", unit="batch", leave=False,
                        disable=not cfg.progress or lines)
             total_loss, count = 0.0, 0
             for idx in bar:
@@ -340,7 +340,7 @@ def distill_encoder(student: SentenceEncoder, teacher: SentenceEncoder, sentence
             result.history.append({"epoch": epoch + 1, "train_loss": train_loss, "val_cosine": val_cos,
                                    "seconds": time.perf_counter() - e0})
             if lines:
-                print(f"distil epoch {epoch + 1}/{cfg.epochs}: loss {train_loss:.5f}, val cosine {val_cos:.4f}, "
+                print(f"distill epoch {epoch + 1}/{cfg.epochs}: loss {train_loss:.5f}, val cosine {val_cos:.4f}, "
                       f"{time.perf_counter() - e0:.0f} s", file=sys.stderr, flush=True)
             if not val_rows:
                 result.best_epoch = epoch + 1

@@ -10,6 +10,7 @@ model is measured on the artifact as reloaded from disk.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import shutil
 import sys
@@ -85,6 +86,9 @@ def prepare_text(recipe: Recipe, *, log: Callable[[str], None] = _log_stderr) ->
     ctx = TextRunContext(recipe, domain, splits, teacher, tokenizer, copy.deepcopy(teacher.encoder), log=log)
     from torchslim.text.stages import TEXT_STAGES
 
+    # Checks see a copy: a stage that changes the encoder's depth (drop_layers) applies itself to the copy, so the
+    # checks of later stages (a distillation layer map) see the encoder they will get.
+    checking = dataclasses.replace(ctx, encoder=copy.deepcopy(ctx.encoder), records=[])
     compiled = False
     for stage in recipe.stages:
         handler = TEXT_STAGES[stage.name]
@@ -95,7 +99,7 @@ def prepare_text(recipe: Recipe, *, log: Callable[[str], None] = _log_stderr) ->
         compiled = compiled or stage.name == "quantize"
         if handler.check is not None:
             try:
-                handler.check(ctx, stage.config)
+                handler.check(checking, stage.config)
             except ConfigError as exc:
                 raise exc.within(where, recipe.source) from None
     return ctx

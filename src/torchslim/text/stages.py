@@ -85,6 +85,9 @@ def _check_drop(ctx: "TextRunContext", cfg: DropLayersStage) -> None:
         raise ConfigError("keep", f"layer indices in increasing order without repeats, got {cfg.keep}")
     if cfg.keep[-1] >= depth:
         raise ConfigError("keep", f"the encoder has layers 0..{depth - 1}, got {cfg.keep[-1]}")
+    from torchslim.text.shrink import drop_layers_
+
+    ctx.encoder = drop_layers_(ctx.encoder, list(cfg.keep))  # (a copy) later checks see the shallower encoder
 
 
 def _run_drop(ctx: "TextRunContext", cfg: DropLayersStage) -> dict[str, Any]:
