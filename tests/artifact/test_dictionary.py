@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from torchslim.artifact._dictionary import MANIFEST_DICTIONARY
-from torchslim.artifact._vocabulary import choice_examples, manifest_dictionary, skeleton, stage_examples
+from torchslim.artifact._vocabulary import (choice_examples, manifest_dictionary, nested_examples, skeleton,
+                                            stage_examples)
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "recipes" / "digits" / "deep_compression.yaml"
@@ -75,7 +76,8 @@ def test_the_dictionary_holds_no_value_a_shipped_recipe_or_domain_chose():
         assert name not in text
     assert not re.search(r'"(train|val|test)":\d', text)  # no split size
     enumerated = set(choice_examples())
-    defaults = {pair for example in stage_examples() for pair in _pairs(example)} | set(_pairs(skeleton(Domain)))
+    defaults = {pair for example in [*stage_examples(), *nested_examples()] for pair in _pairs(example)} | set(
+        _pairs(skeleton(Domain)))
     recipes = _shipped_recipes()
     assert len(recipes) >= 10
     chosen = set()
