@@ -14,7 +14,9 @@ from torchslim.report._plots import layers_png, plots_available, sensitivity_png
 DASH = "—"
 
 
-def _fmt_bytes(n: float) -> str:
+def _fmt_bytes(n: Optional[float]) -> str:
+    if n is None:  # not measurable here (e.g. no /proc for ONNX Runtime's memory)
+        return DASH
     for unit in ("B", "KB", "MB", "GB"):
         if abs(n) < 1024 or unit == "GB":
             return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
