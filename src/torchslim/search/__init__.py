@@ -1,7 +1,8 @@
 """``torchslim auto``: a joint search over distillation, pruning and quantization that the domain's constraints
 drive. A search space (``space``), constraints as relative violations and the best / closest choice
-(``feasibility``), an Optuna study whose candidates are recipes run by ``runner.run_recipe`` (``study``), and the
-outputs rewritten after every candidate (``outputs``). Optuna is imported when a search starts."""
+(``feasibility``), an Optuna study whose candidates are recipes run by ``runner.run_recipe`` (``study``), each
+resumed after its first stage from the baseline the search trains once (``baseline``), and the outputs rewritten
+after every candidate (``outputs``). Optuna is imported when a search starts."""
 
 from torchslim.search.feasibility import choose_best, infeasible_line, is_feasible, relative_violation, violations
 from torchslim.search.space import SearchSettings, describe, recipe_from_params, suggest_params

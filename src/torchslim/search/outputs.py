@@ -38,7 +38,9 @@ def recipe_text(record: dict[str, Any], out: Path) -> str:
     head = (f"# torchslim run {out / 'best_recipe.yaml'} --out OUT --threads {record['threads']}\n"
             f"# trial {record['number']} of torchslim auto ({record['brief']}): {record['metric']} "
             f"{record['value']:.4f}, {record['size_bytes']:,} bytes; the same thread count reproduces both.\n"
-            f"# best/ artifact_sha256: {record['artifact_sha256']}\n")
+            f"# best/ artifact_sha256: {record['artifact_sha256']}\n"
+            f"# Its first stage trains the baseline (the search trained it once, in {out / 'baseline'}/, and every "
+            f"candidate resumed after that stage).\n")
     return head + yaml.safe_dump(record["recipe"], sort_keys=False)
 
 

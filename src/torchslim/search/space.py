@@ -24,8 +24,8 @@ class SearchSettings:
     """What is not searched: the baseline's training and the fine-tune budget's upper end.
 
     Args:
-        baseline_epochs: epochs of the baseline's ``train`` stage (every candidate trains the same baseline: same
-            seed, same stage, so the same weights).
+        baseline_epochs: epochs of the baseline's ``train`` stage, every candidate recipe's first (the same seed
+            and stage give the same weights: a search trains them once, see ``search.baseline``).
         max_epochs: most epochs of any fine-tune or distillation stage of a candidate.
         lr: the baseline's learning rate; fine-tuning uses a fraction of it.
         batch_size: batch size of every training stage.

@@ -20,6 +20,7 @@ import yaml
 from torchslim._errors import ConfigError
 from torchslim.artifact._atomic import process_alive
 from torchslim.domain import Domain
+from torchslim.search.baseline import ensure_baseline, start_from_baseline
 from torchslim.search.feasibility import OBJECTIVES, choose_best, infeasible_line, is_feasible, violations
 from torchslim.search.outputs import csv_row, write_outputs
 from torchslim.search.space import SearchSettings, describe, recipe_from_params, suggest_params
@@ -135,6 +136,7 @@ class AutoSearch:
     seed: int = 0
     settings: SearchSettings = SearchSettings()
     log: Callable[[str], None] = lambda _m: None
+    baseline: Optional[Path] = None  # the trained baseline's checkpoint every candidate resumes from (set by run)
 
     def __post_init__(self) -> None:
         if isinstance(self.trials, bool) or not isinstance(self.trials, int) or self.trials < 1:
@@ -216,7 +218,9 @@ class AutoSearch:
         (folder / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
         start = time.monotonic()
         try:
-            metrics = run_recipe(load_recipe(folder / "recipe.yaml"), folder, threads=self.threads,
+            # the recipe's first stage, the baseline's training, is done: the run resumes after it
+            start_from_baseline(self.ensure_baseline(), folder)
+            metrics = run_recipe(load_recipe(folder / "recipe.yaml"), folder, resume=True, threads=self.threads,
                                  log=lambda _m: None)
         except Exception as exc:
             trial.set_user_attr("error", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
@@ -229,6 +233,14 @@ class AutoSearch:
             for name, value in sorted(record["violations"].items()):
                 trial.set_constraint(name, value)
         return record.get("val_value", record["value"]), float(record["size_bytes"]), record["speedup_batch_64"]
+
+    def ensure_baseline(self) -> Path:
+        """The baseline, trained once for this search's domain, seed, training settings and thread count."""
+        if self.baseline is None:
+            first = recipe_from_params({"epochs": 1}, self.domain, domain_ref(self.domain), self.settings, self.seed)
+            self.baseline = ensure_baseline(self.domain, first, self.out, self.threads, lambda: _locked(self.out),
+                                            self.log)
+        return self.baseline
 
     def finished(self, study: Any) -> list[dict[str, Any]]:
         from optuna.trial import TrialState
@@ -280,6 +292,7 @@ class AutoSearch:
             if self.timeout is not None and time.monotonic() - start >= self.timeout:
                 self.log(f"timeout: {self.timeout:g}s passed; no new candidate is started")
                 break
+            self.ensure_baseline()  # before the first candidate: a baseline that cannot be trained stops the search
             ended = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
             before = {t.number for t in study.get_trials(deepcopy=False, states=ended)}
             study.optimize(self.objective_fn, n_trials=1, catch=(Exception,))
