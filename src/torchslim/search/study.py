@@ -57,7 +57,11 @@ def open_storage(url: str) -> Any:
 
 
 def check_domain(domain: Domain) -> None:
-    """``auto`` needs constraints: they are what it searches for."""
+    """``auto`` needs constraints: they are what it searches for; and a classifier (its space is the classifier
+    stages')."""
+    if domain.task == "sentence-embedding":
+        raise ConfigError("task", "auto searches classifiers; for a sentence-embedding domain run one of the "
+                                  "recipes in recipes/minilm (int8, distilled students)", domain.source)
     if not any(v is not None for v in domain.constraints.model_dump().values()):
         raise ConfigError("constraints", "auto needs at least one constraint (max_size_bytes, max_latency_ms, "
                                          "max_metric_drop, min_metric, min_speedup, min_compression_ratio)",
