@@ -55,7 +55,8 @@ def test_stage_is_registered_as_compressing_with_check_and_parser():
     ({"student": {"nam": "lenet5"}}, "r.yaml: stages[1].distill.student.nam: unknown key; did you mean 'name'?"),
     ({"student": {"name": "lenet5", "kwargs": [1]}}, "r.yaml: stages[1].distill.student.kwargs: must be a mapping"),
     ({"student": {"kwargs": {}}}, "r.yaml: stages[1].distill.student: give exactly one of 'name' (a built-in "
-                                  "model) or 'factory' ('module:function')"),
+                                  "model), 'factory' ('module:function') or 'path' (a sentence-transformers "
+                                  "model directory)"),
     ({"features": [{"student": "fc1"}]}, "r.yaml: stages[1].distill.features[0].teacher: is required"),
 ])
 def test_parse_errors_name_the_key(body, message):
