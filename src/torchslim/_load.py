@@ -37,18 +37,19 @@ def load(path: str | Path, *, runtime: Literal["torch", "onnxruntime"] = "torch"
         >>> logits = session(torch.rand(4, 1, 8, 8))
     """
     from torchslim._errors import ConfigError
-    from torchslim.artifact import load_artifact, read_manifest
+    from torchslim.artifact import load_artifact, verify_artifact
+    from torchslim.artifact._format import _open
+    from torchslim.text.artifact import is_text_manifest, load_text_artifact
 
     if runtime not in RUNTIMES:
         raise ConfigError("runtime", f"must be one of {list(RUNTIMES)}, got {runtime!r}")
-    from torchslim.text.artifact import is_text_manifest
-
-    if is_text_manifest(read_manifest(path)):
-        from torchslim.text.artifact import load_text_artifact
-
-        return load_text_artifact(path, runtime=runtime, verify_key=verify_key, intra_op_threads=intra_op_threads)
-    model, manifest = load_artifact(path, trust_code=trust_code, code_dir=code_dir, verify_key=verify_key,
-                                    model=model)
+    if verify_key is not None:  # before anything else is read
+        verify_artifact(path, verify_key)
+    manifest, data, _ = _open(path)  # read and checked once; the manifest says which kind of model it holds
+    if is_text_manifest(manifest):
+        return load_text_artifact(path, runtime=runtime, intra_op_threads=intra_op_threads, opened=(manifest, data))
+    model, manifest = load_artifact(path, trust_code=trust_code, code_dir=code_dir, model=model,
+                                    opened=(manifest, data))
     if runtime == "torch":
         from torchslim.quantize.deploy import decode_for_inference_
 

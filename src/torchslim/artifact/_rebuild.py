@@ -16,8 +16,8 @@ from torchslim.artifact._trust import ArtifactError, read_file, require_code_con
 
 
 def load_artifact(path: str | Path, *, trust_code: bool = False, code_dir: str | Path | None = None,
-                  verify_key: str | Path | None = None, model: nn.Module | None = None
-                  ) -> tuple[nn.Module, dict[str, Any]]:
+                  verify_key: str | Path | None = None, model: nn.Module | None = None,
+                  opened: tuple[dict[str, Any], bytes] | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the model an artifact describes, without unpickling anything.
 
     Args:
@@ -32,6 +32,8 @@ def load_artifact(path: str | Path, *, trust_code: bool = False, code_dir: str |
         model: a freshly built module of the artifact's architecture to restore the artifact into, in place,
             instead of building one (nothing is imported); needed for a model that was given in memory
             (``torchslim.compress``), whose manifest names only its class.
+        opened: ``(manifest, tensor data)`` the caller already read and verified from ``path`` (so a loader that
+            looked at the manifest first reads the files once).
     Returns:
         ``(model, manifest)``; the model is in eval mode on the CPU. A quantized model computes with its
         dequantized weights and simulates its activation quantization; the int8 ONNX model, when stored, stays
@@ -48,7 +50,7 @@ def load_artifact(path: str | Path, *, trust_code: bool = False, code_dir: str |
         from torchslim.artifact._signing import verify_artifact
 
         verify_artifact(folder, verify_key)
-    manifest, data, _ = _open(folder)
+    manifest, data = opened if opened is not None else _open(folder)[:2]
     architecture = manifest.get("architecture")
     if not isinstance(architecture, dict):
         raise ArtifactError(folder, "the manifest has no architecture to rebuild the model from")

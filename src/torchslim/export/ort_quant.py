@@ -118,7 +118,7 @@ def quantize_static_onnx(model, ranges: dict[str, tuple[float, float]], *, per_c
 
     data = {name: TensorData(lowest=np.array(lo, dtype=np.float32), highest=np.array(hi, dtype=np.float32))
             for name, (lo, hi) in ranges.items()}
-    with tempfile.TemporaryDirectory(prefix="torchslim-quant-") as tmp, _ort_quiet():
+    with tempfile.TemporaryDirectory(prefix="torchslim-quant-") as tmp, quiet_ort_logging():
         cache = Path(tmp) / "ranges.json"
         save_tensors_data(TensorsData(CalibrationMethod.MinMax, data), cache)
         out = Path(tmp) / "int8.onnx"
@@ -190,7 +190,7 @@ def quantize_dynamic_onnx(model, *, per_channel: bool = True, nodes_to_exclude: 
     model = copy.deepcopy(model)
     replaced = gemm_to_matmul(model)
     excluded = sorted({new for name in nodes_to_exclude for new in replaced.get(name, [name])})
-    with tempfile.TemporaryDirectory(prefix="torchslim-quant-") as tmp, _ort_quiet():
+    with tempfile.TemporaryDirectory(prefix="torchslim-quant-") as tmp, quiet_ort_logging():
         out = Path(tmp) / "int8.onnx"
         quantize_dynamic(model, out, per_channel=per_channel, weight_type=QuantType.QInt8,
                          op_types_to_quantize=["MatMul"], nodes_to_exclude=excluded,
@@ -198,8 +198,9 @@ def quantize_dynamic_onnx(model, *, per_channel: bool = True, nodes_to_exclude: 
         return strip_onnx_metadata(out.read_bytes())
 
 
-class _ort_quiet:
-    """ORT's quantizer logs a pre-processing suggestion at WARNING on the root logger."""
+class quiet_ort_logging:
+    """ORT's quantizer logs on the root logger (a pre-processing suggestion at WARNING, every node it skips at
+    INFO); silenced for the duration."""
 
     def __enter__(self):
         self.level = logging.getLogger().level

@@ -10,7 +10,6 @@ restores the most cosine to the fp32 embeddings are kept fp32, one by one, until
 
 from __future__ import annotations
 
-import logging
 import tempfile
 from pathlib import Path
 from typing import Literal, Sequence, Union
@@ -19,6 +18,7 @@ import numpy as np
 import pydantic
 
 from torchslim._validation import StrictModel
+from torchslim.export.ort_quant import quiet_ort_logging
 
 Batch = tuple  # (input_ids, attention_mask), torch or numpy, (N, T) each
 
@@ -199,7 +199,7 @@ class _Search:
         self._dir.cleanup()
 
     def quantize(self, keep: Sequence[str]) -> bytes:
-        with _ort_quiet():
+        with quiet_ort_logging():
             return _quantize_once(self.typed, self.config, keep, self.feeds, self.tmp)
 
     def score(self, keep: Sequence[str]) -> tuple[bytes, float]:
@@ -239,7 +239,7 @@ def quantize_int8(onnx_bytes: bytes, config: Int8Config | None = None, calibrati
             raise ConfigError("keep_fp32", f"no quantizable node named {unknown[0]!r} "
                                            f"(known: {', '.join(sorted(known)[:6])}, ...)")
     if not calibration:
-        with tempfile.TemporaryDirectory(prefix="torchslim-int8-") as tmp, _ort_quiet():
+        with tempfile.TemporaryDirectory(prefix="torchslim-int8-") as tmp, quiet_ort_logging():
             return _quantize_once(_typed(onnx_bytes), config, list(config.keep_fp32), [], Path(tmp))
     with _Search(onnx_bytes, config, calibration) as search:
         keep: list[str] = [] if auto else list(config.keep_fp32)
@@ -255,14 +255,3 @@ def quantize_int8(onnx_bytes: bytes, config: Int8Config | None = None, calibrati
         if report is not None:
             report.update(kept_fp32=keep, cosine=cosine, sensitivity=ranking)
         return data
-
-
-class _ort_quiet:
-    """ORT's quantizer logs every node it skips at INFO/WARNING; silence it for the duration."""
-
-    def __enter__(self):
-        self._level = logging.getLogger().level
-        logging.getLogger().setLevel(logging.ERROR)
-
-    def __exit__(self, *exc):
-        logging.getLogger().setLevel(self._level)

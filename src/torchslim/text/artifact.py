@@ -165,7 +165,8 @@ class SentenceEmbedder:
 
 
 def load_text_artifact(path: str | Path, *, runtime: str = "torch", verify_key: str | Path | None = None,
-                       intra_op_threads: Optional[int] = None) -> SentenceEmbedder:
+                       intra_op_threads: Optional[int] = None,
+                       opened: Optional[tuple[dict[str, Any], bytes]] = None) -> SentenceEmbedder:
     """A sentence-embedding artifact back as a :class:`SentenceEmbedder` (no code imported, nothing outside the
     folder read: the tokenizer and graph are the artifact's own sealed payloads)."""
     folder = Path(path)
@@ -173,7 +174,7 @@ def load_text_artifact(path: str | Path, *, runtime: str = "torch", verify_key: 
         from torchslim.artifact._signing import verify_artifact
 
         verify_artifact(folder, verify_key)
-    manifest, data, _ = _open(folder)
+    manifest, data = opened if opened is not None else _open(folder)[:2]
     state = _decode_state(folder, manifest, data)
     text = manifest.get("text")
     if not isinstance(text, dict) or text.get("tokenizer") not in manifest["payloads"]:

@@ -67,11 +67,6 @@ class TextRunContext:
     def seed(self) -> int:
         return self.recipe.seed + self.stage_index
 
-    def require_float(self, stage: str) -> None:
-        """Stages that change the torch encoder come before the graph is compiled for ONNX Runtime."""
-        if self.onnx is not None:
-            raise ConfigError(stage, "comes after quantize: prune, drop_layers and distill change the torch "
-                                     "encoder, so they must come before it")
 
 
 def prepare_text(recipe: Recipe, *, log: Callable[[str], None] = _log_stderr) -> TextRunContext:

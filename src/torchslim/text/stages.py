@@ -17,6 +17,7 @@ import pydantic
 from torchslim._errors import ConfigError
 from torchslim._validation import StrictModel
 from torchslim.stages import StageHandler
+from torchslim.text._int8 import Int8Config
 
 if TYPE_CHECKING:
     from torchslim.text.run import TextRunContext
@@ -165,33 +166,19 @@ _register(StageHandler("distill", TextDistillStage, _run_distill, check=_check_d
 
 
 
-class TextQuantizeStage(StrictModel):
-    """Compile the encoder for ONNX Runtime: export, ORT's transformer fusions (``fuse``), then int8.
-
-    ``method``: ``dynamic`` (activations quantized per batch at run time), ``static`` (calibrated ranges), or
-    ``none`` (fp32, fused). ``keep_fp32``: node names left in float, or ``auto`` (the nodes whose quantization
-    costs the most cosine on the calibration sentences are kept in float until ``cosine_target`` is met).
-    """
+class TextQuantizeStage(Int8Config):
+    """Compile the encoder for ONNX Runtime: export, ORT's transformer fusions (``fuse``), then int8 as
+    :class:`~torchslim.text.onnx.Int8Config` says, calibrated on ``calibration_sentences`` of the training split;
+    ``method: none`` keeps the (fused) graph in fp32."""
 
     method: Literal["dynamic", "static", "none"] = "dynamic"
     fuse: bool = True
-    per_channel: bool = True
-    keep_fp32: Union[Literal["auto"], list[str]] = pydantic.Field(default_factory=list)
-    cosine_target: float = pydantic.Field(0.99, gt=0.0, le=1.0)
-    max_keep: int = pydantic.Field(8, ge=0)
-    embeddings: bool = False
-    attention: bool = True
-    calibrate: Literal["minmax", "percentile", "entropy"] = "minmax"
-    percentile: float = pydantic.Field(99.999, gt=50.0, le=100.0)
-    moving_average: bool = False
-    reduce_range: bool = False
-    symmetric_activations: bool = False
     calibration_sentences: int = pydantic.Field(256, ge=1, le=100_000)
 
 
 def _run_quantize(ctx: "TextRunContext", cfg: TextQuantizeStage) -> dict[str, Any]:
     from torchslim.text._initializers import onnx_weight_map
-    from torchslim.text.onnx import Int8Config, export_onnx, fuse, fused_op_counts, quantize_int8
+    from torchslim.text.onnx import export_onnx, fuse, fused_op_counts, quantize_int8
 
     graph = export_onnx(ctx.encoder)
     if cfg.fuse:
@@ -202,12 +189,11 @@ def _run_quantize(ctx: "TextRunContext", cfg: TextQuantizeStage) -> dict[str, An
     if cfg.method != "none":
         sentences = ctx.splits.train[:cfg.calibration_sentences]
         calibration = [ctx.tokenizer(sentences[i:i + 32]) for i in range(0, len(sentences), 32)]
-        fields = cfg.model_dump(exclude={"method", "fuse", "keep_fp32", "calibration_sentences"})
-        keep = cfg.keep_fp32 if cfg.keep_fp32 == "auto" else tuple(cfg.keep_fp32)
         report: dict[str, Any] = {}
-        graph = quantize_int8(graph, Int8Config(method=cfg.method, keep_fp32=keep, **fields), calibration,
-                              report=report)
-        record.update(kept_fp32=report.get("kept_fp32", list(keep)), calibration_cosine=report.get("cosine"))
+        graph = quantize_int8(graph, Int8Config(**cfg.model_dump(exclude={"fuse", "calibration_sentences"})),
+                              calibration, report=report)
+        record.update(kept_fp32=report.get("kept_fp32", list(cfg.keep_fp32)),
+                      calibration_cosine=report.get("cosine"))
         kind.insert(0, f"int8 {cfg.method}{' per-channel' if cfg.per_channel else ''}")
     record["ops"] = fused_op_counts(graph)
     ctx.onnx, ctx.onnx_kind = graph, ", ".join(kind)
