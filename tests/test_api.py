@@ -87,3 +87,84 @@ def test_labels_must_be_integer_classes(trained):
     with pytest.raises(ConfigError, match="data.train: must hold float inputs and one integer class label"):
         torchslim.compress(model, (TensorDataset(x, y.float()), splits.val, splits.test),
                            [{"quantize": {"method": "kmeans", "bits": 4}}])
+
+
+FACTORY = """
+from torch import nn
+
+
+def build(input_shape, num_classes, hidden=32):
+    return nn.Sequential(nn.Linear(input_shape[0], hidden), nn.GELU(), nn.Linear(hidden, num_classes))
+"""
+
+DOMAIN = """
+name: table
+task: tabular-classification
+data: {source: "npz:table.npz", val_fraction: 0.1, seed: 0}
+model: {factory: "tablemodels:build", weights: weights.safetensors}
+metric: accuracy
+constraints: {max_metric_drop: 0.05}
+"""
+
+STAGES = [{"prune": {"method": "magnitude", "sparsity": 0.6, "finetune": {"epochs": 2, "lr": 0.001}}},
+          {"quantize": {"method": "kmeans", "bits": 4}}]
+
+
+def test_compress_writes_the_tensors_that_run_writes_for_the_equivalent_yaml(tmp_path, one_thread, monkeypatch):
+    """The same model, splits, stages, seed and threads through the API and through ``torchslim run``."""
+    import subprocess
+    import sys
+
+    import numpy as np
+    import yaml
+    from safetensors.torch import save_file
+    from sklearn.datasets import load_digits
+
+    from cli_support import cli_env
+    from torchslim.artifact import load_artifact
+
+    x, y = load_digits(return_X_y=True)
+    x = (x / 16).astype(np.float32)
+    np.savez(tmp_path / "table.npz", x=x[:1400], y=y[:1400], x_test=x[1400:], y_test=y[1400:])
+    (tmp_path / "tablemodels.py").write_text(FACTORY)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from tablemodels import build
+
+    model = build((64,), 10)
+    opt = torch.optim.Adam(model.parameters(), 3e-3)
+    xt, yt = torch.from_numpy(x[:1400]), torch.from_numpy(y[:1400])
+    for _ in range(5):
+        for i in range(0, len(xt), 64):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(xt[i:i + 64]), yt[i:i + 64]).backward()
+            opt.step()
+    save_file(model.state_dict(), tmp_path / "weights.safetensors")
+    (tmp_path / "domain.yaml").write_text(DOMAIN)
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump({"domain": "domain.yaml", "seed": 0, "stages": STAGES}))
+    proc = subprocess.run([sys.executable, "-m", "torchslim", "run", "recipe.yaml", "--out", "cli", "--threads", "1"],
+                          cwd=tmp_path, capture_output=True, text=True, env=cli_env(), timeout=600)
+    assert proc.returncode == 0, proc.stderr
+
+    splits = load_splits(DataSpec(source="npz:table.npz", val_fraction=0.1, seed=0), base_dir=tmp_path)
+    result = torchslim.compress(model, (splits.train, splits.val, splits.test), STAGES,
+                                constraints={"max_metric_drop": 0.05}, out=tmp_path / "api", threads=1, seed=0)
+    by_cli, by_api = read_manifest(tmp_path / "cli" / "artifact"), read_manifest(tmp_path / "api" / "artifact")
+    assert by_api["payloads"]["tensors"] == by_cli["payloads"]["tensors"]  # the tensor file, byte for byte
+    provenance = {"architecture", "baseline", "data", "domain", "preprocessing"}  # where model and data came from
+    assert {k for k in by_cli if by_cli[k] != by_api[k]} <= provenance
+    # the baseline differs only in its architecture record and so in its manifest's length
+    assert {k for k in by_cli["baseline"] if by_cli["baseline"][k] != by_api["baseline"][k]} <= {"architecture",
+                                                                                                 "size_bytes"}
+    assert [by_cli["data"][k] for k in ("train", "val", "test", "seed")] == \
+        [by_api["data"][k] for k in ("train", "val", "test", "seed")]
+    cli_metrics = json.loads((tmp_path / "cli" / "metrics.json").read_text())
+    assert result.metrics["value"] == cli_metrics["value"]
+
+    def decisions(metrics):  # what each stage did and measured, leaving out bytes (they include the manifest)
+        return [{k: v for k, v in stage.items() if "size" not in k and k != "compression_ratio"}
+                for stage in metrics["stages"]]
+
+    assert decisions(result.metrics) == decisions(cli_metrics)
+    reloaded, _ = load_artifact(tmp_path / "cli" / "artifact", trust_code=True, code_dir=tmp_path)
+    with torch.no_grad():
+        assert torch.equal(reloaded(splits.test.tensors[0]), result.model(splits.test.tensors[0]))

@@ -112,6 +112,13 @@ def test_missing_recipe_file(tmp_path, cli):
     assert proc.returncode == 2 and proc.stderr.strip() == "error: absent.yaml: file not found"
 
 
+def test_a_missing_required_flag_or_argument_is_named(tmp_path, cli):
+    proc = cli("eval", "artifact", cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.strip() == "error: --domain: is required and was not given"
+    proc = cli("run", cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.strip() == "error: RECIPE: is required and was not given"
+
+
 def test_resume_finishes_an_interrupted_run_with_the_same_artifact(tmp_path, cli):
     """Kill a run during training (SIGKILL from outside), resume it, compare with an uninterrupted run."""
     import os

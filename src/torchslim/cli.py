@@ -54,7 +54,8 @@ class _Group(click.Group):
                 param = exc.param
                 name = (max(param.opts, key=len) if isinstance(param, click.Option) else param.human_readable_name
                         ) if param is not None else ""
-                converted = ConfigError(name, exc.message)
+                message = "is required and was not given" if isinstance(exc, click.MissingParameter) else exc.message
+                converted = ConfigError(name, message)
             _fail(converted)
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise

@@ -313,20 +313,24 @@ def _portable_recipe(recipe: Recipe) -> dict[str, Any]:
 
 
 def summarize(measured: dict[str, Any], base: dict[str, Any], *, size: int, baseline_size: int,
-              domain: Domain, seed: int) -> dict[str, Any]:
-    """The ``metrics.json`` object (its keys are a public contract) from two measurements."""
+              domain: Domain, seed: int, spread: dict[str, Any]) -> dict[str, Any]:
+    """The ``metrics.json`` object (its keys are a public contract) from two measurements timed side by side
+    (``spread``: :func:`torchslim.evaluate.side_by_side_latency`'s)."""
+    from torchslim.evaluate import speedup
+
     metrics: dict[str, Any] = {
         "metric": domain.metric, "value": measured["value"], "baseline_value": base["value"],
         "size_bytes": size, "baseline_size_bytes": baseline_size, "compression_ratio": baseline_size / size,
         "params": measured["params"], "nonzero_params": measured["nonzero_params"],
         "baseline_params": base["params"],
         "latency_ms": measured["latency_ms"], "baseline_latency_ms": base["latency_ms"],
-        # baseline / compressed at batch 64, both measured in this run with the same thread count
-        "latency_ratio_batch_64": base["latency_ms"]["batch_64"] / measured["latency_ms"]["batch_64"],
+        "latency_spread": spread,
         "threads": measured["threads"], "runtime": domain.runtime, "seed": seed,
         "peak_memory_bytes": measured["peak_memory_bytes"],
         "baseline_peak_memory_bytes": base["peak_memory_bytes"],
     }
+    # baseline / compressed at batch 64, timed side by side in this run with the same thread count
+    metrics["latency_ratio_batch_64"] = speedup(metrics, "batch_64")
     metrics["constraints"] = check_constraints(domain.constraints, metrics)
     return metrics
 
@@ -383,8 +387,7 @@ def _write_outputs(ctx: RunContext, staging: Path) -> tuple[dict[str, Any], list
         write_bytes_atomic(staging / ONNX_FILE, data)
         names.append(ONNX_FILE)
     metrics = summarize(measured, base_measured, size=artifact_size(artifact), baseline_size=baseline_bytes,
-                        domain=ctx.domain, seed=ctx.seed)
-    metrics["latency_spread"] = spread
+                        domain=ctx.domain, seed=ctx.seed, spread=spread)
     metrics["size_bytes_no_entropy"] = artifact_bytes(model, architecture=ctx.architecture, extra={**extra, **recorded},
                                                       entropy=False)
     metrics.update({"int8_kernels": measured["int8_kernels"], "cpu_features": measured["cpu_features"],
@@ -505,8 +508,8 @@ def evaluate_artifact(path: str | Path, domain: Domain, *, trust_code: bool = Fa
     else:
         baseline_bytes = artifact_bytes(baseline, architecture=architecture_of(sized), compress=False)
     metrics = summarize(measured, base, size=artifact_size(path), baseline_size=baseline_bytes, domain=domain,
-                        seed=manifest.get("seed", 0))
+                        seed=manifest.get("seed", 0), spread=spread)
     metrics.update({"int8_kernels": measured["int8_kernels"], "cpu_features": measured["cpu_features"],
-                    "latency_spread": spread, "recorded_value": manifest.get("metrics", {}).get("value"),
+                    "recorded_value": manifest.get("metrics", {}).get("value"),
                     "artifact_sha256": artifact_digest(path)})
     return metrics

@@ -20,6 +20,7 @@ import yaml
 from torchslim._errors import ConfigError
 from torchslim.artifact._atomic import process_alive
 from torchslim.domain import Domain
+from torchslim.evaluate import speedup
 from torchslim.search.baseline import ensure_baseline, start_from_baseline
 from torchslim.search.feasibility import OBJECTIVES, choose_best, infeasible_line, is_feasible, violations
 from torchslim.search.outputs import csv_row, write_outputs
@@ -83,7 +84,7 @@ def record_of(number: int, metrics: dict[str, Any], params: dict[str, Any], reci
     record = {k: metrics[k] for k in keys}
     record.update({k: metrics[k] for k in ("val_value", "baseline_val_value", "val_constraints") if k in metrics})
     record.update(number=number, speedup_batch_64=metrics["latency_ratio_batch_64"],
-                  speedup_batch_1=metrics["baseline_latency_ms"]["batch_1"] / metrics["latency_ms"]["batch_1"],
+                  speedup_batch_1=speedup(metrics, "batch_1"),
                   violations=violations(metrics), brief=describe(params), params=params, recipe=recipe)
     return record
 

@@ -212,9 +212,8 @@ def measure_text_artifact(artifact: Path, domain: Domain, splits: SentenceSplits
         "params": params, "nonzero_params": nonzero, "baseline_params": count_params(reference)[0],
         "latency_ms": timed["latency_ms"], "baseline_latency_ms": timed["baseline_latency_ms"],
         "latency_spread": timed["latency_spread"],
-        "latency_ratio_batch_64": timed["baseline_latency_ms"]["batch_64"] / timed["latency_ms"]["batch_64"],
-        "latency_ratio_batch_32": timed["baseline_latency_ms"]["batch_32"] / timed["latency_ms"]["batch_32"],
-        "latency_ratio_batch_1": timed["baseline_latency_ms"]["batch_1"] / timed["latency_ms"]["batch_1"],
+        **{f"latency_ratio_{key}": timed["latency_spread"][key]["ratio"] for key in ("batch_64", "batch_32",
+                                                                                      "batch_1")},
         "threads": threads, "runtime": domain.runtime, "seed": int(model.manifest.get("seed", 0)),
         "peak_memory_bytes": peak, "baseline_peak_memory_bytes": torch_peak_memory_bytes(reference, ids, mask),
         "memory_method": ("ONNX Runtime: peak resident memory a fresh process gains loading the graph and "
