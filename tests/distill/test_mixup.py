@@ -17,7 +17,7 @@ class Recording(nn.Module):
 
     def forward(self, x):  # (N, 1, d_in) -> (N, classes)
         if self.always or self.training:
-            self.seen.append(x.detach().clone())
+            self.seen.append(x.detach().cpu().clone())
         return self.fc(x.flatten(1))
 
 

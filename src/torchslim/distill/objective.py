@@ -102,11 +102,13 @@ class DistillLossFn:
     def forward_both(self, model: nn.Module, x: torch.Tensor):
         """(student logits, teacher logits, student features, teacher features) for one input batch."""
         self.teacher.eval()  # the teacher is fixed: no dropout, no batch-norm statistics updates
+        if module_device(self.teacher, x.device) != x.device:
+            self.teacher.to(x.device)  # the training loop moved the student (to the GPU): the teacher follows
         with torch.no_grad():
             if self._teacher_rec:
                 self._teacher_rec.start()
             try:
-                t_out = _logits(self.teacher(x.to(module_device(self.teacher, x.device))), "teacher")
+                t_out = _logits(self.teacher(x), "teacher")
             finally:
                 t_feats = self._teacher_rec.stop() if self._teacher_rec else {}
         if self._student_rec:

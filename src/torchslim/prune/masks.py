@@ -22,7 +22,7 @@ def _drop_smallest(scores: torch.Tensor, k: int) -> torch.Tensor:
 def _scores(weight: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     # already-pruned weights rank first, so masks only grow from one schedule step to the next
     s = weight.detach().abs().flatten().float()
-    return s if mask is None else s.masked_fill(~mask.flatten(), -1.0)
+    return s if mask is None else s.masked_fill(~mask.flatten().to(s.device), -1.0)
 
 
 def magnitude_masks(weights: dict[str, torch.Tensor], counts: dict[str, int] | int,

@@ -170,7 +170,7 @@ def _layer_codes(model: nn.Module, name: str) -> torch.Tensor | None:
     centred = blocks - source.zero_point.to(torch.int16)[:, None]
     if centred.numel() == 0 or int(centred.min()) < -128 or int(centred.max()) > 127:
         return None
-    return from_blocks(centred, torch.Size(source.shape), source.granularity).to(torch.int8)
+    return from_blocks(centred, torch.Size(source.shape), source.granularity).to(torch.int8).cpu()
 
 
 def _initializer_codes(model: nn.Module, name: str, transpose: bool) -> torch.Tensor | None:

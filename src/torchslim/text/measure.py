@@ -66,7 +66,7 @@ def pair_spearman(reference: torch.Tensor, candidate: torch.Tensor, pairs: list[
     j = torch.tensor([p[1] for p in pairs])
 
     def sims(e: torch.Tensor) -> np.ndarray:
-        e = torch.nn.functional.normalize(e.double(), dim=1)
+        e = torch.nn.functional.normalize(e.detach().cpu().double(), dim=1)
         return (e[i] * e[j]).sum(1).numpy()
 
     return spearman(sims(reference), sims(candidate))
