@@ -53,7 +53,7 @@ def train_model(name: str, splits, seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     model = zoo_models.FACTORIES[name](**kwargs)
     fit(model, splits.train, splits.val, TrainConfig(epochs=epochs, lr=lr, batch_size=32), seed=seed)
-    return model.eval()
+    return model.cpu().eval()  # fit trains on the GPU when there is one; the tests compare on the CPU
 
 
 def calibration_batches(splits, n: int = 4, size: int = 64) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -78,4 +78,4 @@ def apply_method(model: nn.Module, method: str, splits, seed: int = 0):
         report = quantize_(model, config, calibration=batches, finetune=quant_finetune)
     else:
         report = prune_(model, config, calibration=batches, finetune=prune_finetune)
-    return report, model.eval()
+    return report, model.cpu().eval()
