@@ -33,7 +33,8 @@ import torch
 ZOO_DIR = Path(__file__).resolve().parents[1] / "tests" / "zoo"
 sys.path.insert(0, str(ZOO_DIR))
 
-from zoo_support import INPUT_SHAPE, INT8_ORT, MODELS, PRUNE, QUANT, apply_method, architecture, train_model  # noqa: E402
+from zoo_support import (INPUT_SHAPE, INT8_ORT, MODELS, PRUNE, QUANT, apply_method, architecture,  # noqa: E402
+                         train_model)
 
 # Why a compressed model can run slower than the fp32 torch baseline (footnotes under the table).
 WHY_SLOWER = {
