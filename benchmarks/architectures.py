@@ -1,17 +1,22 @@
 """Every compression method on every layer type: the method x model table, measured in one run.
 
     PYTHONPATH=src python benchmarks/architectures.py [--seeds 1] [--threads 1] [--models resnet,tokens]
+        [--methods dynamic,static]
 
 The models are tests/zoo/zoo_models.py (a residual CNN with BatchNorm, grouped and depthwise convs, a residual add
 and a concatenation; a Conv1d+BatchNorm1d+GELU model; a Transformer encoder; a pixel-token model with nn.Embedding
-and nn.MultiheadAttention), each trained on digits once per seed, and each method is the one the zoo tests run
-(tests/zoo/zoo_support.py). Every compressed model is saved as an artifact, reloaded through its factory and
-measured as ``torchslim run`` measures it: ``measure_in_runtime`` in ONNX Runtime on the stored int8 model for
-static/dynamic/qat, in torch otherwise; the baseline is the trained fp32 model in torch eager, its batch-64
-latency measured right before each compressed model's (same process, same threads).
+and nn.MultiheadAttention; the same Transformer encoder at BERT-mini's proportions, "encoder"), each trained on
+digits once per seed, and each method is the one the zoo tests run (tests/zoo/zoo_support.py). Every compressed
+model is saved as an artifact, reloaded through its factory and measured as ``torchslim run`` measures it:
+``measure_in_runtime`` in ONNX Runtime on the stored int8 model for static/dynamic/qat, in torch otherwise, its
+latency timed against the trained fp32 model in torch eager in alternating rounds (``side_by_side_latency``,
+same process, same threads; the speed-up is the median of the rounds' ratios). An int8 model is also timed so
+against the fp32 model exported to ONNX Runtime.
 
 A cell is "drop / xsize / xspeed": test-accuracy drop in points, fp32 artifact bytes / artifact bytes, and
-baseline batch-64 latency / compressed batch-64 latency (means over seeds). A method that fails says how.
+baseline batch-64 latency / compressed batch-64 latency (means over seeds; for int8 in ONNX Runtime, the speed-up
+against ONNX Runtime fp32 follows in brackets). With several seeds a second table gives the worst seed of each
+figure. A method that fails says how.
 """
 
 from __future__ import annotations
@@ -28,7 +33,8 @@ import torch
 ZOO_DIR = Path(__file__).resolve().parents[1] / "tests" / "zoo"
 sys.path.insert(0, str(ZOO_DIR))
 
-from zoo_support import INPUT_SHAPE, INT8_ORT, PRUNE, QUANT, ZOO, apply_method, architecture, train_model  # noqa: E402
+from zoo_support import (INPUT_SHAPE, INT8_ORT, MODELS, PRUNE, QUANT, apply_method, architecture,  # noqa: E402
+                         train_model)
 
 # Why a compressed model can run slower than the fp32 torch baseline (footnotes under the table).
 WHY_SLOWER = {
@@ -48,45 +54,54 @@ WHY_SLOWER = {
 }
 
 
+def _ort_fp32(base):
+    """The fp32 model exported to ONNX Runtime (as many threads as torch)."""
+    from torchslim.export.onnx_export import export_onnx
+    from torchslim.export.runtime import OrtSession
+
+    return OrtSession(export_onnx(base, torch.zeros(2, *INPUT_SHAPE)), intra_op_threads=torch.get_num_threads())
+
+
+def _speedup(baseline, compressed) -> float:
+    """baseline / compressed batch-64 latency, timed side by side as ``torchslim run`` times it."""
+    from torchslim.evaluate import side_by_side_latency, speedup
+
+    return speedup(side_by_side_latency(baseline, compressed, INPUT_SHAPE), "batch_64")
+
+
 def _measure_cell(name: str, method: str, base, base_value: float, fp32_bytes: int, splits, seed: int,
-                  folder: Path) -> tuple[float, float, float]:
-    """(drop in points, size ratio, batch-64 speed-up) of ``method`` on a copy of the trained ``base``."""
+                  folder: Path, ort_fp32) -> tuple[float, ...]:
+    """(drop in points, size ratio, batch-64 speed-up over torch eager[, over ONNX Runtime fp32 for int8 in ORT])
+    of ``method`` on a copy of the trained ``base``."""
     from torchslim.artifact import artifact_size, load_artifact, save_artifact
-    from torchslim.evaluate import latency_ms
-    from torchslim.export.measure import measure_in_runtime
+    from torchslim.export.measure import measure_in_runtime, runtime_predict
 
     _, model = apply_method(copy.deepcopy(base), method, splits, seed=seed)
     path = save_artifact(model, folder / f"{name}-{method}-{seed}", architecture=architecture(name),
                          extra={"input_shape": list(INPUT_SHAPE)})
     reloaded, manifest = load_artifact(path, trust_code=True, code_dir=ZOO_DIR)
     runtime = "onnxruntime" if method in INT8_ORT else "torch"
-    # the baseline side by side, as torchslim run measures it: just before and just after, averaged, so a burst of
-    # load from elsewhere on the machine does not land on one side only
-    before = latency_ms(base, INPUT_SHAPE, 64)
-    measured = measure_in_runtime(reloaded, manifest, splits.test, "accuracy", INPUT_SHAPE, runtime)
-    base_b64 = (before + latency_ms(base, INPUT_SHAPE, 64)) / 2
-    return (100 * (base_value - measured["value"]), fp32_bytes / artifact_size(path),
-            base_b64 / measured["latency_ms"]["batch_64"])
+    measured = measure_in_runtime(reloaded, manifest, splits.test, "accuracy", INPUT_SHAPE, runtime, latency=False)
+    predict, _ = runtime_predict(reloaded, manifest, runtime)
+    cell = (100 * (base_value - measured["value"]), fp32_bytes / artifact_size(path), _speedup(base, predict))
+    return cell + ((_speedup(ort_fp32, predict),) if runtime == "onnxruntime" else ())
 
 
-def _ort_fp32_speed(base) -> float:
-    """torch eager / ONNX Runtime batch-64 latency of the same fp32 model: what the runtime alone changes."""
-    from torchslim.evaluate import latency_ms
-    from torchslim.export.onnx_export import export_onnx
-    from torchslim.export.runtime import OrtSession
-
-    session = OrtSession(export_onnx(base, torch.zeros(2, *INPUT_SHAPE)), intra_op_threads=torch.get_num_threads())
-    return latency_ms(base, INPUT_SHAPE, 64) / latency_ms(session, INPUT_SHAPE, 64)
+def _show(cell: tuple[float, ...]) -> str:
+    text = "{:+.2f} / {:.2f}× / {:.2f}×".format(*cell[:3])
+    return text + (" ({:.2f}×)".format(cell[3]) if len(cell) > 3 else "")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 (each trains every model again)")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--models", default=",".join(ZOO), help=f"comma-separated subset of {','.join(ZOO)}")
+    parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated subset of {','.join(MODELS)}")
+    parser.add_argument("--methods", default=",".join(QUANT + PRUNE), help="comma-separated subset")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     models = [m for m in args.models.split(",") if m]
+    methods = [m for m in args.methods.split(",") if m]
 
     from torchslim.artifact import artifact_bytes
     from torchslim.data import load_splits
@@ -95,7 +110,6 @@ def main() -> None:
     from torchslim.export.cpu import cpu_int8_features
 
     splits = load_splits(DataSpec(source="digits"), input_shape=INPUT_SHAPE)
-    methods = QUANT + PRUNE
     cells: dict[tuple[str, str], list] = {}
     baselines: dict[str, list[float]] = {m: [] for m in models}
     ort_fp32: dict[str, list[float]] = {m: [] for m in models}  # torch eager / ORT fp32, batch-64 latency
@@ -105,18 +119,20 @@ def main() -> None:
                 base = train_model(name, splits, seed=seed)
                 base_value = measure(base, splits.test, "accuracy", INPUT_SHAPE)["value"]
                 baselines[name].append(base_value)
-                ort_fp32[name].append(_ort_fp32_speed(base))
+                session = _ort_fp32(base)
+                ort_fp32[name].append(_speedup(base, session))
                 fp32_bytes = artifact_bytes(base, architecture=architecture(name), compress=False,
                                             extra={"input_shape": list(INPUT_SHAPE)})
                 for method in methods:
                     try:
-                        cell = _measure_cell(name, method, base, base_value, fp32_bytes, splits, seed, Path(tmp))
+                        cell = _measure_cell(name, method, base, base_value, fp32_bytes, splits, seed, Path(tmp),
+                                             session)
                     except Exception as exc:  # noqa: BLE001  (the table says which method fails, and how)
                         cell = f"fails: {type(exc).__name__}"
                         print(f"{name} {method} seed {seed}: {type(exc).__name__}: "
                               f"{' '.join(str(exc).split())[:160]}", file=sys.stderr)
                     cells.setdefault((name, method), []).append(cell)
-                    shown = cell if isinstance(cell, str) else "{:+.2f} / {:.2f}x / {:.2f}x".format(*cell)
+                    shown = cell if isinstance(cell, str) else _show(cell)
                     print(f"{name} {method} seed {seed}: {shown}", file=sys.stderr, flush=True)
 
     flags = [k for k, v in cpu_int8_features().items() if v is True]
@@ -136,15 +152,27 @@ def main() -> None:
             if failed:
                 row.append(failed[0])
                 continue
-            drop, size, speed = (statistics.mean(v) for v in zip(*runs))
-            row.append(f"{drop:+.2f} / {size:.2f}× / {speed:.2f}×")
-            if round(speed, 2) < 1.0:
+            mean = tuple(statistics.mean(v) for v in zip(*runs))
+            row.append(_show(mean))
+            if round(mean[2], 2) < 1.0:
                 slower.setdefault(method, []).append(name)
         runtime = "ORT int8" if method in INT8_ORT else "torch"
         print(f"| {method} ({runtime}) | " + " | ".join(row) + " |")
+    if args.seeds > 1:  # the worst seed of each figure: largest drop, smallest ratios
+        print(f"\nworst of {args.seeds} seeds:\n")
+        print("| method | " + " | ".join(models) + " |")
+        print("|---|" + "---:|" * len(models))
+        for method in methods:
+            row = []
+            for name in models:
+                runs = [r for r in cells[(name, method)] if not isinstance(r, str)]
+                worst = tuple(f(v) for f, v in zip((max, min, min, min), zip(*runs))) if runs else None
+                row.append(_show(worst) if worst else "fails")
+            print(f"| {method} | " + " | ".join(row) + " |")
     print()
     print("drop: test-accuracy points lost (negative: gained); ×size: fp32 artifact bytes / artifact bytes; "
-          "×speed: torch fp32 eager batch-64 latency / the compressed model's in its runtime.")
+          "×speed: torch fp32 eager batch-64 latency / the compressed model's in its runtime (in brackets: ONNX "
+          "Runtime fp32's / the int8 model's).")
     for method, names in slower.items():
         print(f"- ×speed < 1 for {method} ({', '.join(names)}): {WHY_SLOWER[method]}.")
     print("- ×speed of the fp32 baseline itself exported to ONNX Runtime (same threads): " + ", ".join(

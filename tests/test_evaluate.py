@@ -153,3 +153,44 @@ def test_a_slowdown_within_noise_is_not_reported_as_one():
     assert slowdown_reason(m) is None
     m["latency_spread"]["batch_1"]["significant"] = True
     assert slowdown_reason(m).startswith("Slower than the baseline at batch 1")
+
+
+def test_measure_without_latency_times_nothing(monkeypatch):
+    import torchslim.evaluate as evaluate
+
+    def no_timing(*_args, **_kwargs):
+        raise AssertionError("latency timed")
+
+    monkeypatch.setattr(evaluate, "latency_ms", no_timing)
+    model = torch.nn.Linear(4, 3)
+    data = TensorDataset(torch.randn(8, 4), torch.zeros(8, dtype=torch.long))
+    out = evaluate.measure(model, data, "accuracy", (4,), latency=False)
+    assert "latency_ms" not in out and out["params"] == 15
+    with pytest.raises(AssertionError, match="latency timed"):
+        evaluate.measure(model, data, "accuracy", (4,))
+
+
+def test_a_run_times_latency_once_side_by_side(tmp_path, monkeypatch):
+    """``torchslim run`` and ``eval`` time both models only in the side-by-side rounds, and metrics.json still
+    has both latencies."""
+    import json
+
+    from click.testing import CliRunner
+
+    import torchslim.evaluate as evaluate
+    from cli_support import DIGITS_DOMAIN
+    from torchslim.cli import cli
+
+    def no_timing(*_args, **_kwargs):
+        raise AssertionError("latency timed outside the side-by-side rounds")
+
+    monkeypatch.setattr(evaluate, "latency_ms", no_timing)
+    (tmp_path / "domain.yaml").write_text(DIGITS_DOMAIN)
+    (tmp_path / "recipe.yaml").write_text("domain: domain.yaml\nseed: 0\nstages:\n  - train: {epochs: 1, lr: 0.003, batch_size: 64}\n")
+    result = CliRunner().invoke(cli, ["run", str(tmp_path / "recipe.yaml"), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert set(metrics["latency_ms"]) == set(metrics["baseline_latency_ms"]) == {"batch_1", "batch_64"}
+    result = CliRunner().invoke(cli, ["eval", str(tmp_path / "out" / "artifact"), "--domain",
+                                      str(tmp_path / "domain.yaml"), "--json"])
+    assert result.exit_code == 0, result.output

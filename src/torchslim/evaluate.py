@@ -216,12 +216,17 @@ def peak_memory_bytes(model: nn.Module, input_shape: tuple[int, ...], batch: int
 
 
 def measure(model: nn.Module | Predict, test: Dataset, metric: str, input_shape: tuple[int, ...], *,
-            module: Optional[nn.Module] = None, device: Optional[torch.device] = None) -> dict[str, Any]:
-    """Metric on the test split plus latency (batch 1 and 64) and thread count, measured the same way for all."""
+            module: Optional[nn.Module] = None, device: Optional[torch.device] = None,
+            latency: bool = True) -> dict[str, Any]:
+    """Metric on the test split plus latency (batch 1 and 64) and thread count, measured the same way for all.
+
+    ``latency=False`` leaves out ``latency_ms``, for a caller that times the model against its baseline with
+    :func:`side_by_side_latency` anyway (timing it here too would only be thrown away).
+    """
     out: dict[str, Any] = {"value": compute_metric(model, test, metric, device=device),
-                           "latency_ms": {k: latency_ms(model, input_shape, b, device=device)
-                                          for k, b in LATENCY_BATCHES.items()},
                            "threads": torch.get_num_threads()}
+    if latency:
+        out["latency_ms"] = {k: latency_ms(model, input_shape, b, device=device) for k, b in LATENCY_BATCHES.items()}
     counted = module if module is not None else (model if isinstance(model, nn.Module) else None)
     if counted is not None:
         out["params"], out["nonzero_params"] = count_params(counted)

@@ -370,8 +370,9 @@ def _write_outputs(ctx: RunContext, staging: Path) -> tuple[dict[str, Any], list
 
     artifact = save_artifact(model, staging / "artifact", architecture=ctx.architecture, extra=extra)
     reloaded, manifest = ctx.reload(artifact)
-    measured = measure_in_runtime(reloaded, manifest, test, metric, shape, ctx.domain.runtime)
-    base_measured = measure(baseline, test, metric, shape)
+    # latency only from the side-by-side timing below
+    measured = measure_in_runtime(reloaded, manifest, test, metric, shape, ctx.domain.runtime, latency=False)
+    base_measured = measure(baseline, test, metric, shape, latency=False)
     spread = _side_by_side(reloaded, manifest, baseline, measured, base_measured, shape, ctx.domain.runtime)
     # The baseline is the uncompressed fp32 file (dense tensors, same manifest keys), as compression ratios are
     # quoted against it.
@@ -406,7 +407,7 @@ def _write_outputs(ctx: RunContext, staging: Path) -> tuple[dict[str, Any], list
 def _side_by_side(model: nn.Module, manifest: dict[str, Any], baseline: nn.Module, measured: dict[str, Any],
                   base: dict[str, Any], shape: tuple[int, ...], runtime: str) -> dict[str, Any]:
     """Latency of both models timed in alternating rounds (see :func:`evaluate.side_by_side_latency`): the medians
-    replace each one's own latency, and the spread is returned for ``metrics.json``."""
+    become each one's ``latency_ms``, and the spread is returned for ``metrics.json``."""
     from torchslim.evaluate import side_by_side_latency
     from torchslim.export.measure import runtime_predict
 
@@ -484,7 +485,7 @@ def evaluate_artifact(path: str | Path, domain: Domain, *, trust_code: bool = Fa
     except ConfigError as exc:
         raise exc.within(source=domain.source) from None
     shape = splits.input_shape
-    measured = measure_in_runtime(model, manifest, splits.test, domain.metric, shape, domain.runtime)
+    measured = measure_in_runtime(model, manifest, splits.test, domain.metric, shape, domain.runtime, latency=False)
     # Latency and memory of the baseline do not depend on weight values: a fresh dense model of the recorded
     # architecture measures them. Its metric, params and bytes are the artifact's record, unless the domain
     # names trained baseline weights, whose metric is then re-measured.
@@ -499,7 +500,7 @@ def evaluate_artifact(path: str | Path, domain: Domain, *, trust_code: bool = Fa
         spec = parse(ModelSpec, {k: arch[k] for k in ("name", "factory", "kwargs") if k in arch},
                      prefix="baseline.architecture", source=str(path))
         baseline = build_model(spec, code_dir)
-    base = measure(baseline, splits.test, domain.metric, shape)
+    base = measure(baseline, splits.test, domain.metric, shape, latency=False)  # timed side by side next
     spread = _side_by_side(model, manifest, baseline, measured, base, shape, domain.runtime)
     if not trained:
         base["value"], base["params"] = record["value"], record["params"]

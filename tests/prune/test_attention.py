@@ -3,18 +3,25 @@ import torch
 from torch import nn
 
 from torchslim.prune.attention import PrunableMultiheadAttention, convert_attention_, prune_heads_
+from torchslim.quantize.attention import ProjectedMultiheadAttention
 
 from .models import TransformerClassifier
 
 
+# both replacements share one forward and differ in how q, k, v are projected (in_proj_weight blocks / a Linear)
+CONVERT = {"prunable": PrunableMultiheadAttention.from_multihead_attention,
+           "projected": ProjectedMultiheadAttention.from_attention}
+
+
+@pytest.mark.parametrize("kind", sorted(CONVERT))
 @pytest.mark.parametrize("batch_first", [True, False])
 @pytest.mark.parametrize("masks", ["none", "padding", "bool_causal", "float"])
-def test_equals_multihead_attention(batch_first, masks):
+def test_equals_multihead_attention(kind, batch_first, masks):
     mha = nn.MultiheadAttention(16, 4, batch_first=batch_first).eval()
     with torch.no_grad():
         mha.in_proj_bias.normal_()
         mha.out_proj.bias.normal_()
-    ours = PrunableMultiheadAttention.from_multihead_attention(mha).eval()
+    ours = CONVERT[kind](mha).eval()
     n, length = 3, 5
     x = torch.randn(n, length, 16) if batch_first else torch.randn(length, n, 16)
     kw = {}
@@ -30,6 +37,9 @@ def test_equals_multihead_attention(batch_first, masks):
     torch.testing.assert_close(w, ref_w, rtol=1e-5, atol=1e-6)
     out, none = ours(x, x, x, need_weights=False, **kw)
     assert none is None
+    # query, key and value as three tensors (each projected on its own) compute the same
+    out, _ = ours(x, x.clone(), x.clone(), **kw)
+    torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-6)
 
 
 def test_converted_encoder_is_numerically_identical():

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["ResidualCNN", "RowConv1d", "RowTransformer", "PixelTokenAttention", "build_resnet", "build_conv1d",
-           "build_transformer", "build_tokens", "FACTORIES"]
+           "build_transformer", "build_tokens", "build_encoder", "FACTORIES"]
 
 
 class ResidualCNN(nn.Module):
@@ -130,5 +130,12 @@ def build_tokens(num_classes: int = 10, d_model: int = 32, heads: int = 4, ffn: 
     return PixelTokenAttention(num_classes, d_model, heads, ffn)
 
 
+def build_encoder(num_classes: int = 10, d_model: int = 256, heads: int = 4, ffn: int = 1024,
+                  layers: int = 4) -> RowTransformer:
+    """The row transformer at BERT-mini's encoder proportions (d 256, 4 heads, FFN 4·d, 4 layers; 3.2 M
+    parameters): big enough that its matrix products, not per-op overhead, set the latency."""
+    return RowTransformer(num_classes, d_model, heads, ffn, layers)
+
+
 FACTORIES = {"resnet": build_resnet, "conv1d": build_conv1d, "transformer": build_transformer,
-             "tokens": build_tokens}
+             "tokens": build_tokens, "encoder": build_encoder}

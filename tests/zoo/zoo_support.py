@@ -23,6 +23,13 @@ ZOO = {
     "tokens": ({}, 8, 1e-2),
 }
 
+# models too big to run every method in the unit tests (tests/zoo/test_encoder_int8.py runs dynamic int8 on it;
+# benchmarks/architectures.py runs every method)
+LARGE = {
+    "encoder": ({}, 8, 5e-4),
+}
+MODELS = {**ZOO, **LARGE}
+
 QUANT = ("static", "dynamic", "weight", "kmeans", "qat")
 PRUNE = ("magnitude", "activation", "structured")
 INT8_ORT = ("static", "dynamic", "qat")  # methods that store an int8 model for ONNX Runtime
@@ -44,12 +51,12 @@ def method_config(method: str):
 
 def architecture(name: str) -> dict:
     """How an artifact rebuilds the model: the factory in zoo_models.py and its kwargs."""
-    return {"factory": f"zoo_models:build_{name}", "kwargs": ZOO[name][0]}
+    return {"factory": f"zoo_models:build_{name}", "kwargs": MODELS[name][0]}
 
 
 def train_model(name: str, splits, seed: int = 0) -> nn.Module:
     """The zoo model ``name`` trained on ``splits`` (best validation epoch), in eval mode."""
-    kwargs, epochs, lr = ZOO[name]
+    kwargs, epochs, lr = MODELS[name]
     torch.manual_seed(seed)
     model = zoo_models.FACTORIES[name](**kwargs)
     fit(model, splits.train, splits.val, TrainConfig(epochs=epochs, lr=lr, batch_size=32), seed=seed)

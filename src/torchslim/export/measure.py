@@ -10,7 +10,7 @@ from torch.utils.data import Dataset
 
 
 def measure_in_runtime(model: nn.Module, manifest: dict[str, Any], test: Dataset, metric: str,
-                       input_shape: tuple[int, ...], runtime: str) -> dict[str, Any]:
+                       input_shape: tuple[int, ...], runtime: str, *, latency: bool = True) -> dict[str, Any]:
     """``evaluate.measure`` of a model loaded by ``load_artifact``, run the way the domain deploys it.
 
     With ``runtime == "onnxruntime"`` metric and latency come from an ONNX Runtime session (as many intra-op
@@ -24,7 +24,8 @@ def measure_in_runtime(model: nn.Module, manifest: dict[str, Any], test: Dataset
     from torchslim.export.cpu import cpu_int8_features
 
     predict, kernels = runtime_predict(model, manifest, runtime)
-    measured = measure(predict, test, metric, input_shape, module=model if runtime == "onnxruntime" else None)
+    measured = measure(predict, test, metric, input_shape, module=model if runtime == "onnxruntime" else None,
+                       latency=latency)
     return {**measured, "int8_kernels": kernels, "cpu_features": cpu_int8_features()}
 
 

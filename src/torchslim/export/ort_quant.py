@@ -8,7 +8,9 @@ symmetric QInt8 weights — the layout ORT's x86 int8 kernels expect) and its gr
 into QLinearConv / QGemm / QLinearMatMul at session creation. Our observers therefore set the ranges of
 both the torch simulation and the ORT model.
 Dynamic: ``quantize_dynamic`` (MatMulInteger/DynamicQuantizeMatMul); Gemm nodes are first rewritten as
-MatMul + Add because ORT's dynamic quantizer only handles MatMul.
+MatMul + Add because ORT's dynamic quantizer only handles MatMul, and each unmasked self-attention's core
+becomes one ``MultiHeadAttention`` node (:mod:`torchslim.export.attention_fusion`; its projections stay MatMul
+nodes and are quantized like every other).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 import torch
 
+from torchslim.export.attention_fusion import fuse_attention_
 from torchslim.export.onnx_export import strip_onnx_metadata
 
 
@@ -189,6 +192,7 @@ def quantize_dynamic_onnx(model, *, per_channel: bool = True, nodes_to_exclude: 
 
     model = copy.deepcopy(model)
     replaced = gemm_to_matmul(model)
+    fuse_attention_(model)
     excluded = sorted({new for name in nodes_to_exclude for new in replaced.get(name, [name])})
     with tempfile.TemporaryDirectory(prefix="torchslim-quant-") as tmp, quiet_ort_logging():
         out = Path(tmp) / "int8.onnx"

@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["PrunableMultiheadAttention", "convert_attention_", "is_convertible", "prune_heads_", "replace_attention_"]
+__all__ = ["PrunableMultiheadAttention", "convert_attention_", "is_convertible", "multihead_forward", "prune_heads_",
+           "replace_attention_"]
 
 
 class PrunableMultiheadAttention(nn.Module):
@@ -63,6 +64,13 @@ class PrunableMultiheadAttention(nn.Module):
                 new.out_proj.bias.copy_(mha.out_proj.bias)
         return new
 
+    def project(self, query, key, value):
+        """(q, k, v), each (N, T, H·d), from batch-first inputs: the q, k and v blocks of ``in_proj_weight``."""
+        inner = self.num_heads * self.head_dim
+        w_q, w_k, w_v = self.in_proj_weight.split(inner)
+        b_q, b_k, b_v = self.in_proj_bias.split(inner) if self.in_proj_bias is not None else (None,) * 3
+        return F.linear(query, w_q, b_q), F.linear(key, w_k, b_k), F.linear(value, w_v, b_v)
+
     def forward(self, query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
                 average_attn_weights=True, is_causal=False):
         """Same call convention as ``nn.MultiheadAttention`` (self-attention: query, key, value alike in shape).
@@ -71,31 +79,45 @@ class PrunableMultiheadAttention(nn.Module):
             (output, weights): output like ``query``; weights (N, L, S) averaged over heads, or (N, H, L, S),
             when ``need_weights``, else None.
         """
-        if not self.batch_first:  # (L, N, E) -> (N, L, E)
+        return multihead_forward(self, query, key, value, key_padding_mask, need_weights, attn_mask,
+                                 average_attn_weights, is_causal)
+
+
+def multihead_forward(attn: nn.Module, query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
+                      average_attn_weights=True, is_causal=False):
+    """``nn.MultiheadAttention``'s forward for a module whose inner width ``num_heads * head_dim`` is its own.
+
+    ``attn`` has ``num_heads``, ``head_dim``, ``dropout``, ``batch_first``, ``out_proj`` and
+    ``project(query, key, value) -> (q, k, v)``, each (N, T, H·d) from batch-first inputs: only how q, k and v
+    are projected differs between :class:`PrunableMultiheadAttention` and the quantizable
+    ``ProjectedMultiheadAttention``.
+    """
+    if not attn.batch_first:  # (L, N, E) -> (N, L, E); self-attention stays one tensor (``project`` may check)
+        if query is key and key is value:
+            query = key = value = query.transpose(0, 1)
+        else:
             query, key, value = (t.transpose(0, 1) for t in (query, key, value))
-        n, tgt, _ = query.shape
-        src = key.shape[1]
-        inner = self.num_heads * self.head_dim
-        w_q, w_k, w_v = self.in_proj_weight.split(inner)
-        b_q, b_k, b_v = self.in_proj_bias.split(inner) if self.in_proj_bias is not None else (None,) * 3
+    n, tgt, _ = query.shape
+    src = key.shape[1]
+    h, d = attn.num_heads, attn.head_dim
 
-        def heads(x, w, b, length):  # (N, T, E) -> (N, H, T, head_dim)
-            return F.linear(x, w, b).view(n, length, self.num_heads, self.head_dim).transpose(1, 2)
+    def heads(x, length):  # (N, T, H*d) -> (N, H, T, d)
+        return x.reshape(n, length, h, d).transpose(1, 2)
 
-        q, k, v = heads(query, w_q, b_q, tgt), heads(key, w_k, b_k, src), heads(value, w_v, b_v, src)
-        mask = _additive_mask(attn_mask, key_padding_mask, is_causal, n, self.num_heads, tgt, src, q.dtype, q.device)
-        scores = q @ k.transpose(-2, -1) / self.head_dim ** 0.5  # (N, H, L, S)
-        if mask is not None:
-            scores = scores + mask
-        weights = scores.softmax(-1)
-        dropped = F.dropout(weights, self.dropout, self.training) if self.dropout > 0 else weights
-        out = (dropped @ v).transpose(1, 2).reshape(n, tgt, inner)  # (N, L, H * head_dim)
-        out = self.out_proj(out)  # (N, L, E)
-        if not self.batch_first:
-            out = out.transpose(0, 1)
-        if not need_weights:
-            return out, None
-        return out, (weights.mean(1) if average_attn_weights else weights)
+    q, k, v = attn.project(query, key, value)
+    q, k, v = heads(q, tgt), heads(k, src), heads(v, src)
+    mask = _additive_mask(attn_mask, key_padding_mask, is_causal, n, h, tgt, src, q.dtype, q.device)
+    scores = q @ k.transpose(-2, -1) / d ** 0.5  # (N, H, L, S)
+    if mask is not None:
+        scores = scores + mask
+    weights = scores.softmax(-1)
+    dropped = F.dropout(weights, attn.dropout, attn.training) if attn.dropout > 0 else weights
+    out = attn.out_proj((dropped @ v).transpose(1, 2).reshape(n, tgt, h * d))  # (N, L, E)
+    if not attn.batch_first:
+        out = out.transpose(0, 1)
+    if not need_weights:
+        return out, None
+    return out, (weights.mean(1) if average_attn_weights else weights)
 
 
 def _additive_mask(attn_mask, key_padding_mask, is_causal, n, h, tgt, src, dtype, device):

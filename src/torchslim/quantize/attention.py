@@ -11,10 +11,9 @@ where the shapes allow, so it runs torch's fused attention again.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from torchslim.prune.attention import PrunableMultiheadAttention, _additive_mask, is_convertible
+from torchslim.prune.attention import PrunableMultiheadAttention, is_convertible, multihead_forward
 
 __all__ = ["ProjectedMultiheadAttention", "project_attention_", "unproject_attention_"]
 
@@ -57,36 +56,19 @@ class ProjectedMultiheadAttention(nn.Module):
                 new.out_proj.bias.copy_(attn.out_proj.bias)
         return new
 
-    def forward(self, query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
-                average_attn_weights=True, is_causal=False):
-        if not self.batch_first:  # (L, N, E) -> (N, L, E)
-            query, key, value = (t.transpose(0, 1) for t in (query, key, value))
-        n, tgt, _ = query.shape
-        src = key.shape[1]
+    def project(self, query, key, value):
+        """(q, k, v), each (N, T, H·d), from batch-first inputs."""
         inner = self.num_heads * self.head_dim
         if query is key and key is value:  # self-attention: one projection, as the fused kernels do
-            q, k, v = self.in_proj(query).split(inner, dim=-1)
-        else:  # the third of each projection that belongs to it
-            q = self.in_proj(query)[..., :inner]
-            k = self.in_proj(key)[..., inner:2 * inner]
-            v = self.in_proj(value)[..., 2 * inner:]
+            return self.in_proj(query).split(inner, dim=-1)
+        # otherwise the third of each projection that belongs to it
+        return (self.in_proj(query)[..., :inner], self.in_proj(key)[..., inner:2 * inner],
+                self.in_proj(value)[..., 2 * inner:])
 
-        def heads(x, length):  # (N, T, H*d) -> (N, H, T, d)
-            return x.reshape(n, length, self.num_heads, self.head_dim).transpose(1, 2)
-
-        q, k, v = heads(q, tgt), heads(k, src), heads(v, src)
-        mask = _additive_mask(attn_mask, key_padding_mask, is_causal, n, self.num_heads, tgt, src, q.dtype, q.device)
-        scores = q @ k.transpose(-2, -1) / self.head_dim ** 0.5  # (N, H, L, S)
-        if mask is not None:
-            scores = scores + mask
-        weights = scores.softmax(-1)
-        dropped = F.dropout(weights, self.dropout, self.training) if self.dropout > 0 else weights
-        out = self.out_proj((dropped @ v).transpose(1, 2).reshape(n, tgt, inner))  # (N, L, E)
-        if not self.batch_first:
-            out = out.transpose(0, 1)
-        if not need_weights:
-            return out, None
-        return out, (weights.mean(1) if average_attn_weights else weights)
+    def forward(self, query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
+                average_attn_weights=True, is_causal=False):
+        return multihead_forward(self, query, key, value, key_padding_mask, need_weights, attn_mask,
+                                 average_attn_weights, is_causal)
 
 
 def _replace(model: nn.Module, convert, wanted) -> list[str]:

@@ -1,0 +1,66 @@
+"""Self-attention's core fused into one ONNX Runtime MultiHeadAttention node: same outputs, masked ones left alone."""
+
+import collections
+import importlib.util
+
+import pytest
+import torch
+from torch import nn
+
+from torchslim.export.attention_fusion import fuse_attention_
+from torchslim.export.onnx_export import to_onnx_proto
+from torchslim.quantize.attention import project_attention_
+
+requires_ort = pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None, reason="needs onnxruntime")
+
+
+class Encoder(nn.Module):
+    """Two post-norm encoder layers over (N, T, 16) with 4 heads; ``causal`` masks the attention."""
+
+    def __init__(self, causal: bool = False):
+        super().__init__()
+        layer = nn.TransformerEncoderLayer(16, 4, 32, dropout=0.0, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.causal = causal
+
+    def forward(self, x):  # (N, T, 16)
+        if self.causal:
+            mask = nn.Transformer.generate_square_subsequent_mask(x.shape[1])
+            return self.encoder(x, mask=mask, is_causal=True)
+        return self.encoder(x)
+
+
+def _proto(causal: bool):
+    torch.manual_seed(0)
+    model = Encoder(causal).eval()
+    project_attention_(model)  # the form every quantization method exports
+    return model, to_onnx_proto(model, torch.randn(2, 6, 16))
+
+
+def _run(proto, x):
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, {"input": x.numpy()})[0]
+
+
+@requires_ort
+def test_each_layer_becomes_one_node_with_the_same_outputs():
+    model, proto = _proto(causal=False)
+    before = collections.Counter(n.op_type for n in proto.graph.node)
+    assert fuse_attention_(proto) == 2
+    after = collections.Counter(n.op_type for n in proto.graph.node)
+    assert after["MultiHeadAttention"] == 2 and after["Softmax"] == 0 and after["Transpose"] == 0
+    assert after["MatMul"] == before["MatMul"] - 4  # q·kᵀ and ·v of two layers; the projections stay
+    x = torch.randn(5, 6, 16)
+    with torch.no_grad():
+        expected = model(x).numpy()
+    assert abs(_run(proto, x) - expected).max() < 1e-5
+
+
+@requires_ort
+def test_masked_attention_is_left_as_exported():
+    _, proto = _proto(causal=True)
+    data = proto.SerializeToString()
+    assert fuse_attention_(proto) == 0
+    assert proto.SerializeToString() == data
