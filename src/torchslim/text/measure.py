@@ -153,7 +153,8 @@ before = status("VmRSS")
 opts = ort.SessionOptions()
 opts.intra_op_num_threads = threads
 opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-session = ort.InferenceSession(folder + "/model.onnx", opts, providers=["CPUExecutionProvider"])
+session = ort.InferenceSession(folder + "/model.onnx", opts, providers=["CPUExecutionProvider"],
+                               disabled_optimizers=sys.argv[3].split(","))
 session.run(None, inputs)
 print(status("VmHWM") - before)
 """
@@ -175,7 +176,10 @@ def ort_peak_memory_bytes(onnx_bytes: bytes, ids: torch.Tensor, mask: torch.Tens
             f.write(onnx_bytes)
         np.savez(f"{tmp}/inputs.npz", input_ids=ids.numpy(), attention_mask=mask.numpy())
         try:
-            proc = subprocess.run([sys.executable, "-c", _ORT_MEMORY_SCRIPT, tmp, str(threads)],
+            from torchslim.export.runtime import DISABLED_FUSIONS
+
+            proc = subprocess.run([sys.executable, "-c", _ORT_MEMORY_SCRIPT, tmp, str(threads),
+                                   ",".join(DISABLED_FUSIONS)],
                                   capture_output=True, text=True, timeout=600)
             return int(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 else None
         except (OSError, ValueError, IndexError, subprocess.TimeoutExpired):
