@@ -26,7 +26,9 @@ def test_everything_on_gives_the_stages_in_order():
     train, student, structured, magnitude, kd, quant = (next(iter(s.values())) for s in recipe["stages"])
     assert train == {"epochs": 7, "lr": 0.001, "batch_size": 32}
     # the student's width multiplies the domain's own width: 0.5 * 0.5
-    assert student["student"] == {"name": "lenet300_100", "kwargs": {"width": 0.25}} and student["epochs"] == 8
+    assert student["student"] == {"name": "lenet300_100", "kwargs": {"width": 0.25}}
+    # the student gets the baseline's training length at 10x its rate, whatever the fine-tune budget
+    assert (student["epochs"], student["lr"]) == (7, 0.01)
     assert structured["method"] == "structured" and structured["sparsity"] == 0.3
     assert structured["finetune"] == {"epochs": 4, "lr": 0.001, "batch_size": 32}
     assert magnitude["sparsity"] == 0.9 and magnitude["schedule"] == {"kind": "polynomial", "steps": 3}

@@ -92,3 +92,22 @@ def infeasible_line(best: dict[str, Any]) -> str:
     the closest candidate (the one saved as ``best``) fails, with its limit and that candidate's value."""
     return "; ".join(f"{name}: limit {format_number(c['limit'])}, closest {format_number(c['measured'])}"
                      for name, c in best["constraints"].items() if not c["met"])
+
+
+def stop_floor(constraints: dict[str, Any], baseline_value: float, slack: float) -> float | None:
+    """The validation metric below which a candidate is stopped after an intermediate stage, or None (no metric
+    constraint, ``slack`` 0, or a floor above the baseline: nothing to judge by).
+
+    The floor is the lowest metric the constraints accept (``baseline - max_metric_drop``, ``min_metric``; the
+    higher if both); the candidate is stopped below ``floor - slack * (baseline - floor)``, i.e. when it has lost
+    ``1 + slack`` times the drop the constraints allow.
+    """
+    floors = [baseline_value - constraints["max_metric_drop"]] if constraints.get("max_metric_drop") is not None \
+        else []
+    if constraints.get("min_metric") is not None:
+        floors.append(constraints["min_metric"])
+    if not floors or slack <= 0:
+        return None
+    floor = max(floors)
+    allowed = baseline_value - floor
+    return floor - slack * allowed if allowed > 0 else None

@@ -22,9 +22,11 @@ from torchslim.artifact._atomic import process_alive
 from torchslim.domain import Domain
 from torchslim.evaluate import speedup
 from torchslim.search.baseline import ensure_baseline, start_from_baseline
-from torchslim.search.feasibility import OBJECTIVES, choose_best, infeasible_line, is_feasible, violations
-from torchslim.search.outputs import csv_row, write_outputs
-from torchslim.search.space import SearchSettings, describe, recipe_from_params, suggest_params
+from torchslim.search.feasibility import (OBJECTIVES, choose_best, infeasible_line, is_feasible, stop_floor,
+                                          violations)
+from torchslim.search.outputs import csv_row, stopped_text, write_outputs
+from torchslim.search.space import (SearchSettings, describe, recipe_from_params, shared_stages, starting_points,
+                                    suggest_params)
 
 # Optuna's RDB back-ends (SQLAlchemy dialects); ``postgresql+psycopg2://`` and the like name a driver too.
 STORAGE_SCHEMES = ("sqlite", "postgresql", "mysql", "oracle", "mssql")
@@ -97,6 +99,14 @@ def _constraints_func(trial: Any) -> list[float]:
     return [record["violations"][k] for k in sorted(record["violations"])]
 
 
+class CandidateStopped(Exception):
+    """Raised after an intermediate stage whose validation metric leaves the candidate no hope of feasibility."""
+
+    def __init__(self, info: dict[str, Any]):
+        super().__init__(stopped_text(info))
+        self.info = info
+
+
 @contextmanager
 def _locked(out: Path) -> Iterator[None]:
     """One writer of the outputs at a time among the processes sharing ``out``."""
@@ -142,6 +152,7 @@ class AutoSearch:
     settings: SearchSettings = SearchSettings()
     log: Callable[[str], None] = lambda _m: None
     baseline: Optional[Path] = None  # the trained baseline's checkpoint every candidate resumes from (set by run)
+    _baseline_val: Optional[float] = dataclasses.field(default=None, init=False, repr=False)  # its val metric
 
     def __post_init__(self) -> None:
         if isinstance(self.trials, bool) or not isinstance(self.trials, int) or self.trials < 1:
@@ -194,6 +205,9 @@ class AutoSearch:
                                     sampler=sampler, load_if_exists=True)
         if known is None:
             study.set_user_attr("identity", identity)
+            # standard compressions first (see space.starting_points): the sampler then starts from known points
+            for params in starting_points(self.domain, self.settings):
+                study.enqueue_trial(params, user_attrs={"starting_point": True})
         self._requeue_interrupted(study, storage)
         return study
 
@@ -223,10 +237,17 @@ class AutoSearch:
         (folder / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
         start = time.monotonic()
         try:
-            # the recipe's first stage, the baseline's training, is done: the run resumes after it
-            start_from_baseline(self.ensure_baseline(), folder)
+            # the recipe's first stages, shared with other candidates (the baseline, a student), are done: the
+            # run resumes after them
+            start_from_baseline(self.ensure_shared(params), folder)
             metrics = run_recipe(load_recipe(folder / "recipe.yaml"), folder, resume=True, threads=self.threads,
-                                 log=lambda _m: None)
+                                 log=lambda _m: None, after_stage=self._stop_rule(params, len(recipe["stages"])))
+        except CandidateStopped as stop:
+            import optuna
+
+            info = {**stop.info, "seconds": round(time.monotonic() - start, 1)}
+            trial.set_user_attr("stopped", info)
+            raise optuna.TrialPruned(str(stop)) from None
         except Exception as exc:
             trial.set_user_attr("error", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
             self.log(f"trial {trial.number}: {describe(params)}: failed: {trial.user_attrs['error']}")
@@ -238,6 +259,37 @@ class AutoSearch:
             for name, value in sorted(record["violations"].items()):
                 trial.set_constraint(name, value)
         return record.get("val_value", record["value"]), float(record["size_bytes"]), record["speedup_batch_64"]
+
+    def _stop_rule(self, params: dict[str, Any], stages: int) -> Callable[[Any, dict[str, Any]], None]:
+        """The check after each of a candidate's stages but its last: stop it when its validation metric (measured
+        on the stage's saved model) is below :func:`feasibility.stop_floor`."""
+
+        def check(ctx: Any, record: dict[str, Any]) -> None:
+            value = record.get("artifact_val_metric")
+            if value is None or record["index"] >= stages - 1 or ctx.baseline is None:
+                return
+            if self._baseline_val is None:  # the same figure the finished run reports as baseline_val_value
+                self._baseline_val = ctx.validate(ctx.baseline.to(ctx.device))
+                ctx.baseline.cpu()
+            floor = stop_floor(self.domain.constraints.model_dump(), self._baseline_val, self.settings.stop_slack)
+            if floor is not None and value < floor:
+                raise CandidateStopped({"stage": record["index"], "stage_name": record["stage"], "val_value": value,
+                                        "baseline_val_value": self._baseline_val, "floor": floor,
+                                        "brief": describe(params), "params": params})
+
+        return check
+
+    def ensure_shared(self, params: dict[str, Any]) -> Path:
+        """The checkpoint after the stages the candidate shares with others (see :func:`space.shared_stages`):
+        the baseline's, or a student's distilled once per width from it."""
+        baseline = self.ensure_baseline()
+        count = shared_stages(params)
+        if count == 1:
+            return baseline
+        recipe = recipe_from_params({**params, "epochs": 1}, self.domain, domain_ref(self.domain), self.settings,
+                                    self.seed)
+        return ensure_baseline(self.domain, recipe, self.out, self.threads, lambda: _locked(self.out), self.log,
+                               count=count, start=baseline, label=f"student w{params['width']:g}")
 
     def ensure_baseline(self) -> Path:
         """The baseline, trained once for this search's domain, seed, training settings and thread count."""
@@ -264,9 +316,11 @@ class AutoSearch:
         best = choose_best(records, self.objective)
         if best is None:
             return None
-        rows = [csv_row(t.number, t.state.name, t.user_attrs.get("record")) for t in study.get_trials(deepcopy=False)]
+        rows = [csv_row(t.number, t.state.name, t.user_attrs.get("record"), t.user_attrs.get("stopped"))
+                for t in study.get_trials(deepcopy=False)]
         feasible = sum(is_feasible(r) for r in records)
-        summary = (f"{len(records)} candidates finished, {feasible} feasible; best for {self.objective}: trial "
+        stopped = sum("stopped" in t.user_attrs for t in study.get_trials(deepcopy=False))
+        summary = (f"{len(records)} candidates finished, {feasible} feasible, {stopped} stopped early; best for {self.objective}: trial "
                    f"{best['number']} ({best['brief']}), {best['metric']} {best['value']:.4f} (baseline "
                    f"{best['baseline_value']:.4f}), {best['size_bytes']:,} bytes, speed-up at batch 64 "
                    f"{best['speedup_batch_64']:.2f}x" + ("" if is_feasible(best) else
@@ -282,8 +336,14 @@ class AutoSearch:
                 f"{record['seconds']:.0f}s | best: trial {best['number']} ({best['size_bytes']:,} B, "
                 f"{best['value']:.4f}{'' if is_feasible(best) else ', infeasible'})")
 
+    def stopped_line(self, info: dict[str, Any], number: int, best: Optional[dict[str, Any]]) -> str:
+        tail = "" if best is None else (f" | best: trial {best['number']} ({best['size_bytes']:,} B, "
+                                        f"{best['value']:.4f}{'' if is_feasible(best) else ', infeasible'})")
+        return (f"trial {number}: {info['brief']} | stopped {stopped_text(info)} | {info['seconds']:.0f}s" + tail)
+
     def run(self) -> SearchResult:
-        """Run candidates until the study holds ``trials`` finished ones (or ``timeout`` passes)."""
+        """Run candidates until the study holds ``trials`` ended ones, finished or stopped early (or ``timeout``
+        passes)."""
         from optuna.trial import TrialState
 
         self.check()
@@ -291,7 +351,7 @@ class AutoSearch:
         start = time.monotonic()
         failures = 0
         while True:
-            done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+            done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
             if done >= self.trials or failures >= self.trials:
                 break
             if self.timeout is not None and time.monotonic() - start >= self.timeout:
@@ -309,6 +369,8 @@ class AutoSearch:
             for t in mine:
                 if "record" in t.user_attrs and best is not None:
                     self.log(self.progress(t.user_attrs["record"], best))
+                elif "stopped" in t.user_attrs:
+                    self.log(self.stopped_line(t.user_attrs["stopped"], t.number, best))
         records = self.finished(study)
         best = self.write(study)
         feasible = best is not None and is_feasible(best)
