@@ -62,7 +62,9 @@ def main() -> None:
         if proc.returncode not in (0, 3):
             sys.exit(f"auto failed ({proc.returncode}): {proc.stderr}")
         with open(folder / "auto" / "trials.csv") as f:
-            rows = [r for r in csv.DictReader(f) if r["state"] == "COMPLETE"]
+            table = list(csv.DictReader(f))
+        rows = [r for r in table if r["state"] == "COMPLETE"]
+        stopped = sum(r["state"] == "PRUNED" for r in table)
         best_line = next(line for line in proc.stdout.splitlines() if line.startswith("best: "))
         best_number = int(best_line.split()[2])
         best = next(r for r in rows if int(r["number"]) == best_number)
@@ -70,7 +72,7 @@ def main() -> None:
     hand_drop = hand["baseline_value"] - hand["value"]
     auto_drop = float(best["baseline_value"]) - float(best["value"])
     print(f"constraints: max_size_bytes {args.max_bytes:,}, max_metric_drop {args.max_drop}; auto budget "
-          f"{args.budget:g} s, {len(rows)} candidates, exit code {proc.returncode}")
+          f"{args.budget:g} s, {len(rows)} candidates finished, {stopped} stopped early, exit code {proc.returncode}")
     label = f"auto: best ({best['candidate']})"
     width = max(len(label), 28)
     print(f"{'':<{width}} {'bytes':>8} {'test drop (points)':>19} {'wall (s)':>9}")

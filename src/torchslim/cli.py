@@ -364,7 +364,7 @@ def auto(domain_path: Path, out: Path, trials: int, timeout: float | None, stora
                         log=_silent if quiet else (lambda m: click.echo(m, err=True)))
     result = search.run()
     if result.best is None:
-        click.echo(f"error: no candidate finished; see {out / 'trials'}", err=True)
+        click.echo(f"error: no candidate finished; see {out / 'trials.csv'}", err=True)
         sys.exit(1)
     b = result.best
     click.echo(f"best: trial {b['number']} ({b['brief']}): {b['metric']} {b['value']:.4f} (baseline "

@@ -18,15 +18,16 @@ from typing import Any, Callable, Iterator, Optional
 import yaml
 
 from torchslim._errors import ConfigError
+from torchslim.artifact import write_bytes_atomic
 from torchslim.artifact._atomic import process_alive
 from torchslim.domain import Domain
 from torchslim.evaluate import speedup
 from torchslim.search.baseline import ensure_baseline, start_from_baseline
-from torchslim.search.feasibility import (OBJECTIVES, choose_best, infeasible_line, is_feasible, stop_floor,
-                                          violations)
-from torchslim.search.outputs import csv_row, stopped_text, write_outputs
-from torchslim.search.space import (SearchSettings, describe, recipe_from_params, shared_stages, starting_points,
-                                    suggest_params)
+from torchslim.search.feasibility import (OBJECTIVES, choose_best, infeasible_line, is_feasible, metric_violations,
+                                          stop_floor, violations)
+from torchslim.search.outputs import csv_row, stopped_text, trials_csv, write_outputs
+from torchslim.search.space import (SearchSettings, describe, recipe_from_params, settings_for_data, shared_stages,
+                                    starting_points, suggest_params)
 
 # Optuna's RDB back-ends (SQLAlchemy dialects); ``postgresql+psycopg2://`` and the like name a driver too.
 STORAGE_SCHEMES = ("sqlite", "postgresql", "mysql", "oracle", "mssql")
@@ -93,7 +94,7 @@ def record_of(number: int, metrics: dict[str, Any], params: dict[str, Any], reci
 
 def _constraints_func(trial: Any) -> list[float]:
     """Optuna's feasibility: one value per constraint, <= 0 when met (same order for every trial)."""
-    record = trial.user_attrs.get("record")
+    record = trial.user_attrs.get("record") or trial.user_attrs.get("stopped")
     if record is None:
         return [1.0]
     return [record["violations"][k] for k in sorted(record["violations"])]
@@ -177,7 +178,9 @@ class AutoSearch:
         first = recipe_from_params({"epochs": 1}, self.domain, domain_ref(self.domain), self.settings, self.seed)
         body = first["stages"][0]["train"]
         stage = Stage("train", STAGES["train"].parse(body, prefix="stages[0].train", source=None), 0)
-        prepare(Recipe(self.domain, self.seed, (stage,), first, None, self.domain.base_dir), log=lambda _m: None)
+        ctx = prepare(Recipe(self.domain, self.seed, (stage,), first, None, self.domain.base_dir),
+                      log=lambda _m: None)
+        self.settings = settings_for_data(self.settings, tuple(ctx.splits.input_shape))
 
     def open_study(self) -> Any:
         import optuna
@@ -247,6 +250,11 @@ class AutoSearch:
 
             info = {**stop.info, "seconds": round(time.monotonic() - start, 1)}
             trial.set_user_attr("stopped", info)
+            # Infeasible by what it is known to violate: the sampler ranks it with the infeasible candidates
+            # (a stopped trial without constraints would count as feasible, and be sampled around).
+            if hasattr(trial, "set_constraint"):
+                for name, value in sorted(info["violations"].items()):
+                    trial.set_constraint(name, value)
             raise optuna.TrialPruned(str(stop)) from None
         except Exception as exc:
             trial.set_user_attr("error", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
@@ -273,9 +281,10 @@ class AutoSearch:
                 ctx.baseline.cpu()
             floor = stop_floor(self.domain.constraints.model_dump(), self._baseline_val, self.settings.stop_slack)
             if floor is not None and value < floor:
+                known = metric_violations(self.domain.constraints.model_dump(), self._baseline_val, value)
                 raise CandidateStopped({"stage": record["index"], "stage_name": record["stage"], "val_value": value,
                                         "baseline_val_value": self._baseline_val, "floor": floor,
-                                        "brief": describe(params), "params": params})
+                                        "violations": known, "brief": describe(params), "params": params})
 
         return check
 
@@ -314,10 +323,12 @@ class AutoSearch:
     def _write(self, study: Any) -> Optional[dict[str, Any]]:
         records = [r for r in self.finished(study) if (self.out / "trials" / str(r["number"]) / "artifact").is_dir()]
         best = choose_best(records, self.objective)
-        if best is None:
-            return None
         rows = [csv_row(t.number, t.state.name, t.user_attrs.get("record"), t.user_attrs.get("stopped"))
                 for t in study.get_trials(deepcopy=False)]
+        if best is None:  # no candidate finished (each was stopped or failed): only the table says why
+            if rows:
+                write_bytes_atomic(self.out / "trials.csv", trials_csv(rows).encode())
+            return None
         feasible = sum(is_feasible(r) for r in records)
         stopped = sum("stopped" in t.user_attrs for t in study.get_trials(deepcopy=False))
         summary = (f"{len(records)} candidates finished, {feasible} feasible, {stopped} stopped early; best for {self.objective}: trial "
