@@ -88,9 +88,9 @@ def test_a_hopeless_candidate_is_stopped_after_its_first_stage_and_recorded(tmp_
     with open(tmp_path / "out" / "trials.csv") as f:
         rows = list(csv.DictReader(f))
     assert [r["state"] for r in rows] == ["PRUNED"]
-    stopped = rows[0]["stopped"]
-    assert stopped.startswith("after stage 1 (prune): val ") and "< stop floor " in stopped
-    value, floor = (float(x) for x in stopped.split("val ")[1].split(" < stop floor "))
+    note = rows[0]["note"]
+    assert note.startswith("stopped after stage 1 (prune): val ") and "< stop floor " in note
+    value, floor = (float(x) for x in note.split("val ")[1].split(" < stop floor "))
     baseline = float(rows[0]["baseline_val_value"])
     assert value < floor == pytest.approx(baseline - 0.002, abs=1e-4)  # floor - 1 x the 0.001 drop allowed
     assert not (tmp_path / "out" / "trials" / "0" / "metrics.json").exists()  # its later stages never ran
@@ -110,3 +110,27 @@ def test_without_slack_the_same_candidate_runs_to_the_end(tmp_path):
     result, _ = _stopping_search(tmp_path, slack=0.0)
     assert len(result.records) == 1 and not result.feasible
     assert (tmp_path / "out" / "trials" / "0" / "metrics.json").exists()
+
+
+@pytest.mark.slow
+def test_a_candidate_proposed_again_is_not_run_again(tmp_path, monkeypatch):
+    from torchslim.search import run_auto
+    from torchslim.search import study as study_module
+
+    point = {"width": 1.0, "structured": 0.0, "sparsity": 0.5, "kd": False, "quant": "none", "epochs": 1}
+    monkeypatch.setattr(study_module, "starting_points", lambda _d, _s: [point, dict(point)])
+    lines: list[str] = []
+    result = run_auto(_domain(tmp_path, {"max_size_bytes": 50}), tmp_path / "out", trials=2, threads=1,
+                      settings=SETTINGS, log=lines.append)
+    assert len(result.records) == 1 and result.trials == 1  # one record: the repeat is not a second candidate
+    assert not (tmp_path / "out" / "trials" / "1").exists()
+    with open(tmp_path / "out" / "trials.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["state"], r["note"], r["candidate"]) for r in rows] == [
+        ("COMPLETE", "", "sparse0.5 ft1"), ("COMPLETE", "same candidate as trial 0", "sparse0.5 ft1")]
+    assert any(line.startswith("trial 1: sparse0.5 ft1 | the same candidate as trial 0") for line in lines)
+    import optuna
+
+    first, again = optuna.load_study(study_name="auto-digits-auto",
+                                     storage=f"sqlite:///{tmp_path / 'out' / 'study.db'}").trials
+    assert again.values == first.values and again.constraints == first.constraints

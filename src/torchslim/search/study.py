@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
+import torch
 import yaml
 
 from torchslim._errors import ConfigError
@@ -25,6 +26,7 @@ from torchslim.evaluate import speedup
 from torchslim.search.baseline import ensure_baseline, start_from_baseline
 from torchslim.search.feasibility import (OBJECTIVES, choose_best, infeasible_line, is_feasible, metric_violations,
                                           stop_floor, violations)
+from torchslim.search.noise import correct_per_sample, paired_drop_stderr, with_margin
 from torchslim.search.outputs import csv_row, stopped_text, trials_csv, write_outputs
 from torchslim.search.space import (SearchSettings, describe, recipe_from_params, settings_for_data, shared_stages,
                                     starting_points, suggest_params)
@@ -95,6 +97,9 @@ def record_of(number: int, metrics: dict[str, Any], params: dict[str, Any], reci
 def _constraints_func(trial: Any) -> list[float]:
     """Optuna's feasibility: one value per constraint, <= 0 when met (same order for every trial)."""
     record = trial.user_attrs.get("record") or trial.user_attrs.get("stopped")
+    if record is None and "same_as" in trial.user_attrs:
+        earlier = trial.study.trials[trial.user_attrs["same_as"]] if hasattr(trial, "study") else None
+        record = earlier and (earlier.user_attrs.get("record") or earlier.user_attrs.get("stopped"))
     if record is None:
         return [1.0]
     return [record["violations"][k] for k in sorted(record["violations"])]
@@ -106,6 +111,16 @@ class CandidateStopped(Exception):
     def __init__(self, info: dict[str, Any]):
         super().__init__(stopped_text(info))
         self.info = info
+
+
+def _same_as(trials: list[Any], t: Any) -> Optional[dict[str, Any]]:
+    """For a trial that repeated an earlier candidate: ``{"number", "brief"}`` of the one it repeated."""
+    number = t.user_attrs.get("same_as")
+    if number is None:
+        return None
+    earlier = trials[number].user_attrs
+    done = earlier.get("record") or earlier.get("stopped") or {}
+    return {"number": number, "brief": done.get("brief", "")}
 
 
 @contextmanager
@@ -154,6 +169,8 @@ class AutoSearch:
     log: Callable[[str], None] = lambda _m: None
     baseline: Optional[Path] = None  # the trained baseline's checkpoint every candidate resumes from (set by run)
     _baseline_val: Optional[float] = dataclasses.field(default=None, init=False, repr=False)  # its val metric
+    _baseline_correct: Any = dataclasses.field(default=None, init=False, repr=False)  # (N_val,) bool
+    _val: Any = dataclasses.field(default=None, init=False, repr=False)  # the validation split
 
     def __post_init__(self) -> None:
         if isinstance(self.trials, bool) or not isinstance(self.trials, int) or self.trials < 1:
@@ -181,6 +198,7 @@ class AutoSearch:
         ctx = prepare(Recipe(self.domain, self.seed, (stage,), first, None, self.domain.base_dir),
                       log=lambda _m: None)
         self.settings = settings_for_data(self.settings, tuple(ctx.splits.input_shape))
+        self._val = ctx.splits.val
 
     def open_study(self) -> Any:
         import optuna
@@ -234,6 +252,9 @@ class AutoSearch:
         trial.set_user_attr("host", socket.gethostname())
         trial.set_user_attr("pid", os.getpid())
         params = suggest_params(trial, self.domain, self.settings)
+        earlier = self._same_candidate(trial, params)
+        if earlier is not None:
+            return self._repeat(trial, earlier)
         recipe = recipe_from_params(params, self.domain, domain_ref(self.domain), self.settings, self.seed)
         folder = self.out / "trials" / str(trial.number)
         folder.mkdir(parents=True, exist_ok=True)
@@ -260,13 +281,66 @@ class AutoSearch:
             trial.set_user_attr("error", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
             self.log(f"trial {trial.number}: {describe(params)}: failed: {trial.user_attrs['error']}")
             raise
+        # judged with the drop's standard error on the validation split (see search.noise)
+        stderr = self.drop_stderr(folder / "artifact")
+        if "val_constraints" in metrics:
+            metrics = {**metrics, "val_constraints": with_margin(metrics["val_constraints"], stderr)}
         record = record_of(trial.number, metrics, params, recipe)
+        record["val_drop_stderr"] = stderr
         record["seconds"] = round(time.monotonic() - start, 1)
         trial.set_user_attr("record", record)
         if hasattr(trial, "set_constraint"):
             for name, value in sorted(record["violations"].items()):
                 trial.set_constraint(name, value)
         return record.get("val_value", record["value"]), float(record["size_bytes"]), record["speedup_batch_64"]
+
+    def drop_stderr(self, artifact: Path) -> float:
+        """One standard error of the validation metric's drop from the baseline to the artifact, each run where
+        the run measured it (the baseline in torch, the artifact in the domain's runtime); 0 for a metric that is
+        not a per-sample hit rate."""
+        from torchslim.artifact import load_artifact
+        from torchslim.export.measure import runtime_predict
+
+        if self.domain.metric not in ("accuracy", "top5") or self._val is None:
+            return 0.0
+        before = torch.get_num_threads()
+        torch.set_num_threads(self.threads)
+        try:
+            if self._baseline_correct is None:
+                baseline, _ = load_artifact(self.ensure_baseline() / "current", trust_code=True,
+                                            code_dir=self.domain.base_dir)
+                self._baseline_correct = correct_per_sample(baseline, self._val, self.domain.metric)
+            model, manifest = load_artifact(artifact, trust_code=True, code_dir=self.domain.base_dir)
+            predict, _ = runtime_predict(model, manifest, self.domain.runtime)
+            candidate = correct_per_sample(predict, self._val, self.domain.metric)
+        finally:
+            torch.set_num_threads(before)
+        return paired_drop_stderr(self._baseline_correct, candidate)
+
+    def _same_candidate(self, trial: Any, params: dict[str, Any]) -> Any:
+        """An ended trial of the study with exactly these parameters, if any: its recipe and seed are this
+        candidate's, so its result is this candidate's (the sampler proposes a categorical point again often)."""
+        from optuna.trial import TrialState
+
+        for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+            if t.number != trial.number and ("record" in t.user_attrs or "stopped" in t.user_attrs) \
+                    and (t.user_attrs.get("record") or t.user_attrs.get("stopped"))["params"] == params:
+                return t
+        return None
+
+    def _repeat(self, trial: Any, earlier: Any) -> tuple[float, float, float]:
+        """End ``trial`` as ``earlier`` ended, without running it: the same values or the same stop, and the same
+        constraint values for the sampler."""
+        import optuna
+
+        trial.set_user_attr("same_as", earlier.number)
+        done = earlier.user_attrs.get("record") or earlier.user_attrs["stopped"]
+        if hasattr(trial, "set_constraint"):
+            for name, value in sorted(done["violations"].items()):
+                trial.set_constraint(name, value)
+        if "record" not in earlier.user_attrs:
+            raise optuna.TrialPruned(f"same candidate as trial {earlier.number}")
+        return tuple(earlier.values)
 
     def _stop_rule(self, params: dict[str, Any], stages: int) -> Callable[[Any, dict[str, Any]], None]:
         """The check after each of a candidate's stages but its last: stop it when its validation metric (measured
@@ -323,8 +397,9 @@ class AutoSearch:
     def _write(self, study: Any) -> Optional[dict[str, Any]]:
         records = [r for r in self.finished(study) if (self.out / "trials" / str(r["number"]) / "artifact").is_dir()]
         best = choose_best(records, self.objective)
-        rows = [csv_row(t.number, t.state.name, t.user_attrs.get("record"), t.user_attrs.get("stopped"))
-                for t in study.get_trials(deepcopy=False)]
+        trials = study.get_trials(deepcopy=False)
+        rows = [csv_row(t.number, t.state.name, t.user_attrs.get("record"), t.user_attrs.get("stopped"),
+                        _same_as(trials, t)) for t in trials]
         if best is None:  # no candidate finished (each was stopped or failed): only the table says why
             if rows:
                 write_bytes_atomic(self.out / "trials.csv", trials_csv(rows).encode())
@@ -382,6 +457,10 @@ class AutoSearch:
                     self.log(self.progress(t.user_attrs["record"], best))
                 elif "stopped" in t.user_attrs:
                     self.log(self.stopped_line(t.user_attrs["stopped"], t.number, best))
+                elif "same_as" in t.user_attrs:
+                    brief = (_same_as(study.get_trials(deepcopy=False), t) or {}).get("brief", "")
+                    self.log(f"trial {t.number}: {brief} | the same candidate as trial {t.user_attrs['same_as']}: "
+                             "its result, not run again")
         records = self.finished(study)
         best = self.write(study)
         feasible = best is not None and is_feasible(best)
