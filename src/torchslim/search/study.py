@@ -113,6 +113,41 @@ class CandidateStopped(Exception):
         self.info = info
 
 
+def _starting_points_first(base: Any, points: list[dict[str, Any]]) -> Any:
+    """A sampler that answers trial ``k`` of a study with ``points[k]`` (the standard compressions, see
+    ``space.starting_points``) and every later trial with ``base``. By trial number, which the storage gives out
+    once, so processes sharing a study run each point once (Optuna's queue of enqueued trials may hand one
+    waiting trial to two SQLite processes)."""
+    import optuna
+
+    class StartingPointsFirst(optuna.samplers.BaseSampler):
+        def _point(self, trial: Any) -> Optional[dict[str, Any]]:
+            return points[trial.number] if trial.number < len(points) else None
+
+        def infer_relative_search_space(self, study: Any, trial: Any) -> dict[str, Any]:
+            return {} if self._point(trial) is not None else base.infer_relative_search_space(study, trial)
+
+        def sample_relative(self, study: Any, trial: Any, search_space: dict[str, Any]) -> dict[str, Any]:
+            return {} if self._point(trial) is not None else base.sample_relative(study, trial, search_space)
+
+        def sample_independent(self, study: Any, trial: Any, name: str, distribution: Any) -> Any:
+            point = self._point(trial)
+            if point is not None and name in point:
+                return point[name]
+            return base.sample_independent(study, trial, name, distribution)
+
+        def before_trial(self, study: Any, trial: Any) -> None:
+            base.before_trial(study, trial)
+
+        def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
+            base.after_trial(study, trial, state, values)
+
+        def reseed_rng(self) -> None:
+            base.reseed_rng()
+
+    return StartingPointsFirst()
+
+
 def _same_as(trials: list[Any], t: Any) -> Optional[dict[str, Any]]:
     """For a trial that repeated an earlier candidate: ``{"number", "brief"}`` of the one it repeated."""
     number = t.user_attrs.get("same_as")
@@ -221,14 +256,12 @@ class AutoSearch:
         # propose the first process's candidates again. Optuna 5 records feasibility on the trial
         # (set_constraint); earlier versions ask a constraints_func.
         feasibility = {} if hasattr(optuna.trial.Trial, "set_constraint") else {"constraints_func": _constraints_func}
-        sampler = optuna.samplers.TPESampler(seed=self.seed + before, **feasibility)
+        sampler = _starting_points_first(optuna.samplers.TPESampler(seed=self.seed + before, **feasibility),
+                                         starting_points(self.domain, self.settings))
         study = optuna.create_study(storage=storage, study_name=self.study_name, directions=list(DIRECTIONS),
                                     sampler=sampler, load_if_exists=True)
         if known is None:
             study.set_user_attr("identity", identity)
-            # standard compressions first (see space.starting_points): the sampler then starts from known points
-            for params in starting_points(self.domain, self.settings):
-                study.enqueue_trial(params, user_attrs={"starting_point": True})
         self._requeue_interrupted(study, storage)
         return study
 
@@ -397,9 +430,12 @@ class AutoSearch:
     def _write(self, study: Any) -> Optional[dict[str, Any]]:
         records = [r for r in self.finished(study) if (self.out / "trials" / str(r["number"]) / "artifact").is_dir()]
         best = choose_best(records, self.objective)
+        from optuna.trial import TrialState
+
+        # not the starting points still queued: they are not candidates yet
         trials = study.get_trials(deepcopy=False)
         rows = [csv_row(t.number, t.state.name, t.user_attrs.get("record"), t.user_attrs.get("stopped"),
-                        _same_as(trials, t)) for t in trials]
+                        _same_as(trials, t)) for t in trials if t.state != TrialState.WAITING]
         if best is None:  # no candidate finished (each was stopped or failed): only the table says why
             if rows:
                 write_bytes_atomic(self.out / "trials.csv", trials_csv(rows).encode())
