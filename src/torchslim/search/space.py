@@ -120,7 +120,8 @@ def recipe_from_params(params: dict[str, Any], domain: Domain, domain_ref: Any, 
     """The recipe mapping (``domain``, ``seed``, ``stages``) a candidate's parameters describe.
 
     Stage order: train the baseline → distill into a narrower student → structured pruning → magnitude pruning →
-    distill from the baseline → quantize. Every stage that changes weights gets ``params["epochs"]`` of training.
+    distill from the baseline → quantize. Every stage that changes weights after the student's gets
+    ``params["epochs"]`` of training.
 
     Args:
         params: as returned by :func:`suggest_params`.

@@ -428,25 +428,25 @@ class AutoSearch:
             return self._write(study)
 
     def _write(self, study: Any) -> Optional[dict[str, Any]]:
-        records = [r for r in self.finished(study) if (self.out / "trials" / str(r["number"]) / "artifact").is_dir()]
-        best = choose_best(records, self.objective)
         from optuna.trial import TrialState
 
-        # not the starting points still queued: they are not candidates yet
+        records = [r for r in self.finished(study) if (self.out / "trials" / str(r["number"]) / "artifact").is_dir()]
+        best = choose_best(records, self.objective)
         trials = study.get_trials(deepcopy=False)
         rows = [csv_row(t.number, t.state.name, t.user_attrs.get("record"), t.user_attrs.get("stopped"),
-                        _same_as(trials, t)) for t in trials if t.state != TrialState.WAITING]
+                        _same_as(trials, t))
+                for t in trials if t.state != TrialState.WAITING]  # a queued rerun is not a candidate yet
         if best is None:  # no candidate finished (each was stopped or failed): only the table says why
             if rows:
                 write_bytes_atomic(self.out / "trials.csv", trials_csv(rows).encode())
             return None
         feasible = sum(is_feasible(r) for r in records)
-        stopped = sum("stopped" in t.user_attrs for t in study.get_trials(deepcopy=False))
-        summary = (f"{len(records)} candidates finished, {feasible} feasible, {stopped} stopped early; best for {self.objective}: trial "
-                   f"{best['number']} ({best['brief']}), {best['metric']} {best['value']:.4f} (baseline "
-                   f"{best['baseline_value']:.4f}), {best['size_bytes']:,} bytes, speed-up at batch 64 "
-                   f"{best['speedup_batch_64']:.2f}x" + ("" if is_feasible(best) else
-                                                          ", closest to the constraints (none is feasible)"))
+        stopped = sum("stopped" in t.user_attrs for t in trials)
+        summary = (f"{len(records)} candidates finished, {feasible} feasible, {stopped} stopped early; best for "
+                   f"{self.objective}: trial {best['number']} ({best['brief']}), {best['metric']} "
+                   f"{best['value']:.4f} (baseline {best['baseline_value']:.4f}), {best['size_bytes']:,} bytes, "
+                   f"speed-up at batch 64 {best['speedup_batch_64']:.2f}x"
+                   + ("" if is_feasible(best) else ", closest to the constraints (none is feasible)"))
         write_outputs(self.out, records, rows, best, f"torchslim auto: {self.domain.name}", summary)
         return best
 
