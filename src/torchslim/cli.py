@@ -323,7 +323,8 @@ def verify(artifact: Path, key: Path) -> None:
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Output folder: best/, best_recipe.yaml, trials.csv, report.html, trials/N/ (and study.db).")
 @click.option("--trials", type=int, default=20, show_default=True,
-              help="Finished candidates the study ends with; the same command resumes a stopped search.")
+              help="Candidates (finished or stopped early) the study ends with; the same command resumes a "
+                   "stopped search.")
 @click.option("--timeout", type=float, default=None, help="Seconds after which no new candidate is started.")
 @click.option("--storage", default=None, help="Optuna RDB URL (default: sqlite:///OUT/study.db); "
                                               "postgresql://… lets processes on several machines share the study.")
@@ -335,7 +336,8 @@ def verify(artifact: Path, key: Path) -> None:
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Seed of the sampler and of every candidate recipe.")
 @click.option("--baseline-epochs", type=int, default=40, show_default=True,
-              help="Epochs of the baseline's training (the same in every candidate).")
+              help="Epochs of the baseline's training (the same in every candidate); a student is distilled "
+                   "for twice as many.")
 @click.option("--max-epochs", type=int, default=20, show_default=True,
               help="Most fine-tune epochs of a candidate's stage (the searched budget is 1..this).")
 @_quiet_option
@@ -364,7 +366,7 @@ def auto(domain_path: Path, out: Path, trials: int, timeout: float | None, stora
                         log=_silent if quiet else (lambda m: click.echo(m, err=True)))
     result = search.run()
     if result.best is None:
-        click.echo(f"error: no candidate finished; see {out / 'trials'}", err=True)
+        click.echo(f"error: no candidate finished; see {out / 'trials.csv'}", err=True)
         sys.exit(1)
     b = result.best
     click.echo(f"best: trial {b['number']} ({b['brief']}): {b['metric']} {b['value']:.4f} (baseline "

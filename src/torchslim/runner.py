@@ -225,18 +225,21 @@ def _restore_progress(ctx: RunContext) -> int:
 
 def run_recipe(recipe: Recipe, out: str | Path, *, resume: bool = False, sign_key: str | Path | None = None,
                threads: int | None = None, log: Callable[[str], None] = _log_stderr,
-               model: Optional[nn.Module] = None, splits: Optional[Splits] = None) -> dict[str, Any]:
+               model: Optional[nn.Module] = None, splits: Optional[Splits] = None,
+               after_stage: Optional[Callable[[RunContext, dict[str, Any]], None]] = None) -> dict[str, Any]:
     """Run every stage of ``recipe`` and write ``out/metrics.json``, ``out/report.md``, ``out/report.html`` and
     ``out/artifact`` (signed with the EC private key ``sign_key`` when given, before it is published).
 
     Args:
         threads: CPU threads for training and measuring (None: torch's current setting); restored afterwards.
         model, splits: a model and data in memory instead of the domain's (see :func:`prepare`).
+        after_stage: called with the context and the stage's record after each stage is checkpointed; an
+            exception it raises stops the run there (a search stops a hopeless candidate this way).
     Returns:
         the metrics that were written to ``metrics.json``.
     """
     if recipe.domain.task == "sentence-embedding":
-        if resume or model is not None or splits is not None:
+        if resume or model is not None or splits is not None or after_stage is not None:
             raise ConfigError("--resume" if resume else "model", "a sentence-embedding recipe runs from its domain's "
                                                                  "model and corpus, from the start")
         from torchslim.text.run import run_text_recipe
@@ -246,13 +249,15 @@ def run_recipe(recipe: Recipe, out: str | Path, *, resume: bool = False, sign_ke
     if threads is not None:
         torch.set_num_threads(threads)
     try:
-        return _run_recipe(recipe, Path(out), resume=resume, sign_key=sign_key, log=log, model=model, splits=splits)
+        return _run_recipe(recipe, Path(out), resume=resume, sign_key=sign_key, log=log, model=model, splits=splits,
+                           after_stage=after_stage)
     finally:
         torch.set_num_threads(before)
 
 
 def _run_recipe(recipe: Recipe, out: Path, *, resume: bool, sign_key: str | Path | None,
-                log: Callable[[str], None], model: Optional[nn.Module], splits: Optional[Splits]) -> dict[str, Any]:
+                log: Callable[[str], None], model: Optional[nn.Module], splits: Optional[Splits],
+                after_stage: Optional[Callable[[RunContext, dict[str, Any]], None]] = None) -> dict[str, Any]:
     if not is_main():  # under torchrun only rank 0 speaks
         log = lambda _message: None  # noqa: E731
     ctx = prepare(recipe, log=log, model=model, splits=splits)
@@ -265,7 +270,7 @@ def _run_recipe(recipe: Recipe, out: Path, *, resume: bool, sign_key: str | Path
             shutil.rmtree(ctx.work_dir, ignore_errors=True)
         ctx.work_dir.mkdir(parents=True, exist_ok=True)
     try:
-        return _run_stages(ctx, recipe, out, sign_key)
+        return _run_stages(ctx, recipe, out, sign_key, after_stage)
     except ConfigError:
         # Bad input found while running (a training that diverges): nothing of this run stays behind; an
         # interrupted run (any other exception, or a kill) keeps its checkpoints for --resume.
@@ -276,28 +281,68 @@ def _run_recipe(recipe: Recipe, out: Path, *, resume: bool, sign_key: str | Path
         raise
 
 
-def _run_stages(ctx: RunContext, recipe: Recipe, out: Path, sign_key: str | Path | None) -> dict[str, Any]:
-    log = ctx.log
+def _run_stage(ctx: RunContext, stage: Any) -> None:
+    """One stage of the run: its handler, its record, and the checkpoint a resumed run starts after."""
+    handler = STAGES[stage.name]
+    ctx.stage_index = stage.index
+    if handler.compresses and ctx.baseline is None:
+        ctx.baseline, ctx.baseline_architecture = copy.deepcopy(ctx.model).cpu(), dict(ctx.architecture)
+    seed_everything(ctx.recipe.seed + stage.index)
+    ctx.log(f"stage {stage.index}: {stage.name}")
+    record = handler.run(ctx, stage.config)
+    if is_distributed():  # a collective: every rank's state digest; equal entries = the replicas agree
+        record["rank_digests"] = rank_digests(ctx.model)
+        if len(set(record["rank_digests"])) > 1:
+            ctx.log(f"stage {stage.index}: WARNING the replicas' weights differ: {record['rank_digests']}")
+    ctx.records.append({"stage": stage.name, "index": stage.index, **record})
+    _save_progress(ctx, stage.index + 1)
+
+
+def _run_stages(ctx: RunContext, recipe: Recipe, out: Path, sign_key: str | Path | None,
+                after_stage: Optional[Callable[[RunContext, dict[str, Any]], None]] = None) -> dict[str, Any]:
     done = _restore_progress(ctx) if ctx.resume else 0
     for stage in recipe.stages[done:]:
-        handler = STAGES[stage.name]
-        ctx.stage_index = stage.index
-        if handler.compresses and ctx.baseline is None:
-            ctx.baseline, ctx.baseline_architecture = copy.deepcopy(ctx.model).cpu(), dict(ctx.architecture)
-        seed_everything(recipe.seed + stage.index)
-        log(f"stage {stage.index}: {stage.name}")
-        record = handler.run(ctx, stage.config)
-        if is_distributed():  # a collective: every rank's state digest; equal entries = the replicas agree
-            record["rank_digests"] = rank_digests(ctx.model)
-            if len(set(record["rank_digests"])) > 1:
-                log(f"stage {stage.index}: WARNING the replicas' weights differ: {record['rank_digests']}")
-        ctx.records.append({"stage": stage.name, "index": stage.index, **record})
-        _save_progress(ctx, stage.index + 1)
+        _run_stage(ctx, stage)
+        if after_stage is not None:
+            after_stage(ctx, ctx.records[-1])
 
     metrics = finish(ctx, out, sign_key=sign_key) if is_main() else {}
     if is_main():
         shutil.rmtree(ctx.work_dir, ignore_errors=True)
     return metrics
+
+
+def work_folder(out: str | Path) -> Path:
+    """Where a run into ``out`` keeps its checkpoints: what ``run_recipe(..., resume=True)`` continues from."""
+    return Path(out) / WORK_DIR
+
+
+def checkpoint_stages(recipe: Recipe, folder: str | Path, count: int, *, start: str | Path | None = None,
+                      threads: int | None = None) -> None:
+    """Run the first ``count`` stages of ``recipe`` and leave in ``folder`` (a new folder) the checkpoint a run
+    keeps after them: a copy of it as :func:`work_folder` of a run's output folder makes
+    ``run_recipe(recipe, out, resume=True)`` continue after those stages, exactly as a run from the start would.
+    A search runs the stages its candidates share once this way.
+
+    Args:
+        start: a checkpoint of this recipe's first stages (made the same way) to continue from instead of the
+            start; it is copied, not changed.
+    """
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        ctx = prepare(recipe, log=lambda _m: None)
+        ctx.work_dir = Path(folder)
+        if start is not None:
+            shutil.copytree(start, ctx.work_dir)
+            ctx.resume = True
+        ctx.work_dir.mkdir(parents=True, exist_ok=start is not None)
+        done = _restore_progress(ctx) if start is not None else 0
+        for stage in recipe.stages[done:count]:
+            _run_stage(ctx, stage)
+    finally:
+        torch.set_num_threads(before)
 
 
 def _manifest_extra(ctx: RunContext) -> dict[str, Any]:

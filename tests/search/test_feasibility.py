@@ -15,8 +15,12 @@ def test_relative_violation_of_each_kind():
     assert relative_violation("min_speedup", 4.0, 3.0) == pytest.approx(0.25)
     assert relative_violation("min_compression_ratio", 10.0, 12.5) == pytest.approx(-0.25)
     assert relative_violation("min_metric", 0.9, 0.81) == pytest.approx(0.1)
-    # drop 0.05 against a limit of 0.01 from a 0.96 baseline: the floor is 0.95, the value 0.91: 0.04 / 0.95
-    assert relative_violation("max_metric_drop", 0.01, 0.05, baseline_value=0.96) == pytest.approx(0.04 / 0.95)
+    # a minimum of 0.9 below a 0.96 baseline allows 0.06: 0.81 is 0.09 under it, 1.5 times the allowance
+    assert relative_violation("min_metric", 0.9, 0.81, baseline_value=0.96) == pytest.approx(1.5)
+    # drop 0.05 against a limit of 0.01: 0.04 past it, four times the drop allowed
+    assert relative_violation("max_metric_drop", 0.01, 0.05, baseline_value=0.96) == pytest.approx(4.0)
+    # no drop allowed: the excess against the floor (0.96), not a division by zero
+    assert relative_violation("max_metric_drop", 0.0, 0.048, baseline_value=0.96) == pytest.approx(0.05)
 
 
 def _metrics(size, value, met_size, met_drop, baseline=0.96):
@@ -28,7 +32,7 @@ def _metrics(size, value, met_size, met_drop, baseline=0.96):
 def test_violations_are_zero_when_met_and_relative_when_not():
     assert violations(_metrics(900, 0.955, True, True)) == {"max_metric_drop": 0.0, "max_size_bytes": 0.0}
     v = violations(_metrics(3000, 0.91, False, False))
-    assert v["max_size_bytes"] == pytest.approx(2.0) and v["max_metric_drop"] == pytest.approx(0.04 / 0.95)
+    assert v["max_size_bytes"] == pytest.approx(2.0) and v["max_metric_drop"] == pytest.approx(4.0)
 
 
 def _record(number, size, value, speedup, met_size, met_drop):
@@ -46,19 +50,33 @@ def test_best_feasible_for_each_objective():
 
 
 def test_closest_is_the_smallest_summed_relative_violation():
-    # trial 0: size 2.0 over; trial 1: size 0.5 over + drop (0.955 - 0.91 - 0.01)... computed below; trial 2: both
-    records = [_record(0, 3000, 0.955, 1.0, False, True),   # 2.0
-               _record(1, 1500, 0.93, 1.0, False, False),   # 0.5 + 0.02 / 0.95 = 0.5211
-               _record(2, 1200, 0.90, 1.0, False, False)]   # 0.2 + 0.05 / 0.95 = 0.2526
+    # each constraint's excess in units of what it allows: bytes over 1,000, drop over the 1-point limit
+    records = [_record(0, 3000, 0.955, 1.0, False, True),   # 2.0 (the drop, 0.5 points, is met)
+               _record(1, 1500, 0.94, 1.0, False, False),   # 0.5 + (0.02 - 0.01) / 0.01 = 1.5
+               _record(2, 1200, 0.90, 1.0, False, False)]   # 0.2 + (0.06 - 0.01) / 0.01 = 5.2
     best = choose_best(records, "size")
-    assert best["number"] == 2
-    assert sum(best["violations"].values()) == pytest.approx(0.2 + 0.05 / 0.95)
+    assert best["number"] == 1
+    assert sum(best["violations"].values()) == pytest.approx(1.5)
     # each constraint the chosen one fails, with the chosen one's value (what best/ holds)
-    assert infeasible_line(best) == ("max_size_bytes: limit 1,000, closest 1,200; "
-                                     "max_metric_drop: limit 0.01, closest 0.06")
+    assert infeasible_line(best) == ("max_size_bytes: limit 1,000, closest 1,500; "
+                                     "max_metric_drop: limit 0.01, closest 0.02")
     assert choose_best([], "size") is None
 
 
 def test_numbers_in_messages():
     assert format_number(2911) == "2,911" and format_number(50) == "50" and format_number(0.0306) == "0.0306"
     assert format_number(3.14159) == "3.142"
+
+
+def test_stop_floor_is_the_constraint_floor_less_slack_times_the_allowed_drop():
+    from torchslim.search.feasibility import stop_floor
+
+    # baseline 0.96, drop 0.01 allowed: the floor is 0.95; with slack 1 a candidate is stopped below 0.94
+    assert stop_floor({"max_metric_drop": 0.01}, 0.96, 1.0) == pytest.approx(0.94)
+    assert stop_floor({"max_metric_drop": 0.01}, 0.96, 2.5) == pytest.approx(0.925)
+    # min_metric 0.9 from a 0.96 baseline allows 0.06: stopped below 0.84
+    assert stop_floor({"min_metric": 0.9, "max_metric_drop": None}, 0.96, 1.0) == pytest.approx(0.84)
+    # nothing to judge by: no metric constraint, slack 0, or a floor at or above the baseline
+    assert stop_floor({"max_size_bytes": 1000}, 0.96, 1.0) is None
+    assert stop_floor({"max_metric_drop": 0.01}, 0.96, 0.0) is None
+    assert stop_floor({"min_metric": 0.97}, 0.96, 1.0) is None

@@ -26,13 +26,28 @@ def test_everything_on_gives_the_stages_in_order():
     train, student, structured, magnitude, kd, quant = (next(iter(s.values())) for s in recipe["stages"])
     assert train == {"epochs": 7, "lr": 0.001, "batch_size": 32}
     # the student's width multiplies the domain's own width: 0.5 * 0.5
-    assert student["student"] == {"name": "lenet300_100", "kwargs": {"width": 0.25}} and student["epochs"] == 8
+    assert student["student"] == {"name": "lenet300_100", "kwargs": {"width": 0.25}}
+    # the student gets twice the baseline's training length at 10x its rate, whatever the fine-tune budget
+    assert (student["epochs"], student["lr"], student["augment"]) == (14, 0.01, "none")
     assert structured["method"] == "structured" and structured["sparsity"] == 0.3
     assert structured["finetune"] == {"epochs": 4, "lr": 0.001, "batch_size": 32}
     assert magnitude["sparsity"] == 0.9 and magnitude["schedule"] == {"kind": "polynomial", "steps": 3}
     assert kd["teacher"] == "baseline" and "student" not in kd
     assert quant == {"method": "kmeans", "bits": 3, "finetune": {"epochs": 4, "lr": 0.0001}}
     assert describe(params) == "w0.5 struct0.3 sparse0.9 kd kmeans3 ft4"
+
+
+def test_distillation_shifts_spatial_inputs_only():
+    from torchslim.search.space import settings_for_data
+
+    assert settings_for_data(SETTINGS, (1, 8, 8)).augment == "shift"
+    assert settings_for_data(SETTINGS, (1, 40)).augment == "shift"
+    assert settings_for_data(SETTINGS, (64,)).augment == "none"
+    given = SearchSettings(augment="mixup")
+    assert settings_for_data(given, (1, 8, 8)).augment == "mixup"  # a choice made is kept
+    params = {"width": 0.5, "kd": True, "sparsity": 0.5, "epochs": 2}
+    stages = recipe_from_params(params, _domain(), "d", settings_for_data(SETTINGS, (1, 8, 8)), 0)["stages"]
+    assert [s["distill"]["augment"] for s in stages if "distill" in s] == ["shift", "shift"]
 
 
 def test_everything_off_is_the_baseline_alone():

@@ -10,15 +10,20 @@ OBJECTIVES = ("size", "latency", "metric")
 
 
 def relative_violation(name: str, limit: float, measured: float, baseline_value: float | None = None) -> float:
-    """How far a measurement is past its limit, as a fraction of the limit (0 or less: met).
+    """How far a measurement is past its limit, as a fraction of what the limit allows (0 or less: met).
 
-    ``max_*`` limits: (measured - limit) / limit; ``min_*`` limits: (limit - measured) / limit.
-    ``max_metric_drop`` is the floor ``baseline - limit`` on the metric: (floor - value) / floor, which is
-    (drop - limit) / (baseline - limit).
+    ``max_*`` limits: (measured - limit) / limit; ``min_*`` limits: (limit - measured) / limit. The metric's
+    limits are measured in the drop they allow, as the others are in their own unit: ``max_metric_drop``:
+    (drop - limit) / limit (a 3-point drop against a 1-point limit is 2.0, as 3,000 bytes against 1,000 are);
+    ``min_metric``: (limit - value) / (baseline - limit). Measured against the metric's full scale instead, a
+    large drop looked cheap beside a few bytes too many, and a search drifted to small, broken models. A limit
+    that allows no drop (0, or a minimum at or above the baseline) falls back to the metric's scale.
     """
     if name == "max_metric_drop":
         floor = (baseline_value if baseline_value is not None else 1.0) - limit
-        return (measured - limit) / (floor if floor > 0 else 1.0)
+        return (measured - limit) / (limit if limit > 0 else floor if floor > 0 else 1.0)
+    if name == "min_metric" and baseline_value is not None and baseline_value > limit:
+        return (limit - measured) / (baseline_value - limit)
     if name.startswith("max_"):
         return (measured - limit) / limit
     if name.startswith("min_"):
@@ -92,3 +97,34 @@ def infeasible_line(best: dict[str, Any]) -> str:
     the closest candidate (the one saved as ``best``) fails, with its limit and that candidate's value."""
     return "; ".join(f"{name}: limit {format_number(c['limit'])}, closest {format_number(c['measured'])}"
                      for name, c in best["constraints"].items() if not c["met"])
+
+
+def stop_floor(constraints: dict[str, Any], baseline_value: float, slack: float) -> float | None:
+    """The validation metric below which a candidate is stopped after an intermediate stage, or None (no metric
+    constraint, ``slack`` 0, or a floor above the baseline: nothing to judge by).
+
+    The floor is the lowest metric the constraints accept (``baseline - max_metric_drop``, ``min_metric``; the
+    higher if both); the candidate is stopped below ``floor - slack * (baseline - floor)``, i.e. when it has lost
+    ``1 + slack`` times the drop the constraints allow.
+    """
+    floors = [baseline_value - constraints["max_metric_drop"]] if constraints.get("max_metric_drop") is not None \
+        else []
+    if constraints.get("min_metric") is not None:
+        floors.append(constraints["min_metric"])
+    if not floors or slack <= 0:
+        return None
+    floor = max(floors)
+    allowed = baseline_value - floor
+    return floor - slack * allowed if allowed > 0 else None
+
+
+def metric_violations(constraints: dict[str, Any], baseline_value: float, value: float) -> dict[str, float]:
+    """The metric constraints' violations (as :func:`violations` gives them) of a model with metric ``value``: what
+    a candidate stopped before its end is known to violate at least."""
+    out = {}
+    if constraints.get("max_metric_drop") is not None:
+        out["max_metric_drop"] = relative_violation("max_metric_drop", constraints["max_metric_drop"],
+                                                    baseline_value - value, baseline_value)
+    if constraints.get("min_metric") is not None:
+        out["min_metric"] = relative_violation("min_metric", constraints["min_metric"], value, baseline_value)
+    return {k: max(v, 1e-12) for k, v in out.items()}

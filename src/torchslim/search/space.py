@@ -7,8 +7,8 @@ is a pure function from parameters to the recipe mapping, so the mapping is test
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, Optional
 
 from torchslim.domain import Domain
 
@@ -25,16 +25,37 @@ class SearchSettings:
 
     Args:
         baseline_epochs: epochs of the baseline's ``train`` stage, every candidate recipe's first (the same seed
-            and stage give the same weights: a search trains them once, see ``search.baseline``).
-        max_epochs: most epochs of any fine-tune or distillation stage of a candidate.
+            and stage give the same weights: a search trains them once, see ``search.baseline``). A narrower
+            student, trained from scratch, is distilled for twice as many epochs: distillation with augmented
+            inputs keeps improving long after training from labels has converged ("patient and consistent"
+            teaching, Beyer et al. 2022); a search distils each width once, so the patience costs little.
+        max_epochs: most epochs of any fine-tune or distillation stage of a candidate after the student's.
         lr: the baseline's learning rate; fine-tuning uses a fraction of it.
         batch_size: batch size of every training stage.
+        student_lr_factor: the student's distillation runs at ``lr`` times this (soft targets from a trained
+            teacher tolerate a larger step than training from labels; ``recipes/digits/deep_compression.yaml``
+            distils at 10x its baseline's rate too).
+        stop_slack: a candidate is stopped after an intermediate stage when its validation metric is below the
+            floor its constraints set (``baseline - max_metric_drop`` or ``min_metric``) by more than this many
+            times the drop they allow: later stages seldom recover that much (0 turns stopping off).
     """
 
     baseline_epochs: int = 40
     max_epochs: int = 20
     lr: float = 0.001
     batch_size: int = 32
+    student_lr_factor: float = 10.0
+    stop_slack: float = 1.0
+    augment: Optional[str] = None  # of every distillation; None: ``shift`` for inputs with 1 or 2 spatial axes
+
+
+def settings_for_data(settings: SearchSettings, input_shape: tuple[int, ...]) -> SearchSettings:
+    """``settings`` with the distillation's augmentation chosen for the data when not given: ``shift`` (one step
+    along each spatial axis; teacher and student see the same shifted input) for (C, L) or (C, H, W) inputs,
+    ``none`` for flat feature vectors, which have no neighbours to shift into."""
+    if settings.augment is not None:
+        return settings
+    return replace(settings, augment="shift" if len(input_shape) in (2, 3) else "none")
 
 
 def quant_methods(domain: Domain) -> tuple[str, ...]:
@@ -64,12 +85,43 @@ def suggest_params(trial: Any, domain: Domain, settings: SearchSettings) -> dict
     return params
 
 
+# Standard compressions the search runs first, before its sampler proposes anything: Deep Compression (Han et
+# al. 2016: magnitude pruning to about 90 %, k-means weight sharing at 4-5 bits, fine-tuned) on the model and on
+# distilled students of half and a quarter of its width (sparsity stepping down as the width halves: a narrower
+# network has fewer redundant weights); and where ONNX Runtime runs the model, post-training static int8 (Jacob et
+# al. 2018) on the model, on distilled students of half and a quarter of its width, and after removing half the
+# channels. None is fitted to a data set.
+DEEP_COMPRESSION = ({"width": 1.0, "structured": 0.0, "sparsity": 0.9, "kd": True, "quant": "kmeans", "bits": 5},
+                    {"width": 0.5, "structured": 0.0, "sparsity": 0.8, "kd": True, "quant": "kmeans", "bits": 4},
+                    {"width": 0.25, "structured": 0.0, "sparsity": 0.7, "kd": True, "quant": "kmeans", "bits": 4})
+INT8 = ({"width": 1.0, "structured": 0.0, "sparsity": 0.0, "kd": False, "quant": "static"},
+        {"width": 0.5, "structured": 0.0, "sparsity": 0.0, "kd": True, "quant": "static"},
+        {"width": 0.25, "structured": 0.0, "sparsity": 0.0, "kd": True, "quant": "static"},
+        {"width": 1.0, "structured": 0.5, "sparsity": 0.0, "kd": True, "quant": "static"})
+
+
+def starting_points(domain: Domain, settings: SearchSettings) -> list[dict[str, Any]]:
+    """The parameters of the standard compressions a new search runs first (see ``DEEP_COMPRESSION``, ``INT8``),
+    with the most fine-tuning the search allows; a factory model (no ``width``) gets the full-width ones."""
+    points = [*DEEP_COMPRESSION, *(INT8 if domain.runtime == "onnxruntime" else ())]
+    if domain.model.name is None:
+        points = [{k: v for k, v in p.items() if k != "width"} for p in points if p["width"] == 1.0]
+    return [{**p, "epochs": settings.max_epochs} for p in points]
+
+
+def shared_stages(params: dict[str, Any]) -> int:
+    """How many first stages of the candidate's recipe every candidate with the same ``width`` has: the
+    baseline's training, and the student's distillation when there is one."""
+    return 2 if float(params.get("width", 1.0)) < 1.0 else 1
+
+
 def recipe_from_params(params: dict[str, Any], domain: Domain, domain_ref: Any, settings: SearchSettings,
                        seed: int) -> dict[str, Any]:
     """The recipe mapping (``domain``, ``seed``, ``stages``) a candidate's parameters describe.
 
     Stage order: train the baseline → distill into a narrower student → structured pruning → magnitude pruning →
-    distill from the baseline → quantize. Every stage that changes weights gets ``params["epochs"]`` of training.
+    distill from the baseline → quantize. Every stage that changes weights after the student's gets
+    ``params["epochs"]`` of training.
 
     Args:
         params: as returned by :func:`suggest_params`.
@@ -78,6 +130,7 @@ def recipe_from_params(params: dict[str, Any], domain: Domain, domain_ref: Any, 
         seed: the recipe's seed.
     """
     epochs, bs, lr = int(params["epochs"]), settings.batch_size, settings.lr
+    augment = settings.augment or "none"
     finetune = {"epochs": epochs, "lr": lr, "batch_size": bs}
     stages: list[dict[str, Any]] = [{"train": {"epochs": settings.baseline_epochs, "lr": lr, "batch_size": bs}}]
     width = float(params.get("width", 1.0))
@@ -86,10 +139,11 @@ def recipe_from_params(params: dict[str, Any], domain: Domain, domain_ref: Any, 
             raise ValueError("width: only built-in models take a width")
         kwargs = dict(domain.model.kwargs)
         kwargs["width"] = float(kwargs.get("width", 1.0)) * width
-        # the student starts from scratch: it gets twice the fine-tune budget
+        # The student starts from scratch: its budget depends on the baseline's, not on the candidate's fine-tune
+        # budget, so every candidate of one width shares it (a search distils it once).
         stages.append({"distill": {"teacher": "baseline", "student": {"name": domain.model.name, "kwargs": kwargs},
-                                   "temperature": 4.0, "alpha": 0.9, "epochs": 2 * epochs, "lr": 3 * lr,
-                                   "batch_size": bs}})
+                                   "temperature": 4.0, "alpha": 0.9, "epochs": 2 * settings.baseline_epochs,
+                                   "lr": settings.student_lr_factor * lr, "batch_size": bs, "augment": augment}})
     if params.get("structured", 0.0) > 0:
         stages.append({"prune": {"method": "structured", "sparsity": float(params["structured"]), "importance": "l2",
                                  "schedule": {"kind": "oneshot"}, "finetune": finetune}})
@@ -100,7 +154,7 @@ def recipe_from_params(params: dict[str, Any], domain: Domain, domain_ref: Any, 
                                  "schedule": schedule, "finetune": finetune}})
     if params.get("kd", False):
         stages.append({"distill": {"teacher": "baseline", "temperature": 4.0, "alpha": 0.9, "epochs": epochs,
-                                   "lr": lr, "batch_size": bs}})
+                                   "lr": lr, "batch_size": bs, "augment": augment}})
     quant = params.get("quant", "none")
     if quant == "kmeans":
         stages.append({"quantize": {"method": "kmeans", "bits": int(params["bits"]),

@@ -15,16 +15,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
+import torch
 import yaml
 
 from torchslim._errors import ConfigError
+from torchslim.artifact import write_bytes_atomic
 from torchslim.artifact._atomic import process_alive
 from torchslim.domain import Domain
 from torchslim.evaluate import speedup
 from torchslim.search.baseline import ensure_baseline, start_from_baseline
-from torchslim.search.feasibility import OBJECTIVES, choose_best, infeasible_line, is_feasible, violations
-from torchslim.search.outputs import csv_row, write_outputs
-from torchslim.search.space import SearchSettings, describe, recipe_from_params, suggest_params
+from torchslim.search.feasibility import (OBJECTIVES, choose_best, infeasible_line, is_feasible, metric_violations,
+                                          stop_floor, violations)
+from torchslim.search.noise import correct_per_sample, paired_drop_stderr, with_margin
+from torchslim.search.outputs import csv_row, stopped_text, trials_csv, write_outputs
+from torchslim.search.space import (SearchSettings, describe, recipe_from_params, settings_for_data, shared_stages,
+                                    starting_points, suggest_params)
 
 # Optuna's RDB back-ends (SQLAlchemy dialects); ``postgresql+psycopg2://`` and the like name a driver too.
 STORAGE_SCHEMES = ("sqlite", "postgresql", "mysql", "oracle", "mssql")
@@ -91,10 +96,66 @@ def record_of(number: int, metrics: dict[str, Any], params: dict[str, Any], reci
 
 def _constraints_func(trial: Any) -> list[float]:
     """Optuna's feasibility: one value per constraint, <= 0 when met (same order for every trial)."""
-    record = trial.user_attrs.get("record")
+    record = trial.user_attrs.get("record") or trial.user_attrs.get("stopped")
+    if record is None and "same_as" in trial.user_attrs:
+        earlier = trial.study.trials[trial.user_attrs["same_as"]] if hasattr(trial, "study") else None
+        record = earlier and (earlier.user_attrs.get("record") or earlier.user_attrs.get("stopped"))
     if record is None:
         return [1.0]
     return [record["violations"][k] for k in sorted(record["violations"])]
+
+
+class CandidateStopped(Exception):
+    """Raised after an intermediate stage whose validation metric leaves the candidate no hope of feasibility."""
+
+    def __init__(self, info: dict[str, Any]):
+        super().__init__(stopped_text(info))
+        self.info = info
+
+
+def _starting_points_first(base: Any, points: list[dict[str, Any]]) -> Any:
+    """A sampler that answers trial ``k`` of a study with ``points[k]`` (the standard compressions, see
+    ``space.starting_points``) and every later trial with ``base``. By trial number, which the storage gives out
+    once, so processes sharing a study run each point once (Optuna's queue of enqueued trials may hand one
+    waiting trial to two SQLite processes)."""
+    import optuna
+
+    class StartingPointsFirst(optuna.samplers.BaseSampler):
+        def _point(self, trial: Any) -> Optional[dict[str, Any]]:
+            return points[trial.number] if trial.number < len(points) else None
+
+        def infer_relative_search_space(self, study: Any, trial: Any) -> dict[str, Any]:
+            return {} if self._point(trial) is not None else base.infer_relative_search_space(study, trial)
+
+        def sample_relative(self, study: Any, trial: Any, search_space: dict[str, Any]) -> dict[str, Any]:
+            return {} if self._point(trial) is not None else base.sample_relative(study, trial, search_space)
+
+        def sample_independent(self, study: Any, trial: Any, name: str, distribution: Any) -> Any:
+            point = self._point(trial)
+            if point is not None and name in point:
+                return point[name]
+            return base.sample_independent(study, trial, name, distribution)
+
+        def before_trial(self, study: Any, trial: Any) -> None:
+            base.before_trial(study, trial)
+
+        def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
+            base.after_trial(study, trial, state, values)
+
+        def reseed_rng(self) -> None:
+            base.reseed_rng()
+
+    return StartingPointsFirst()
+
+
+def _same_as(trials: list[Any], t: Any) -> Optional[dict[str, Any]]:
+    """For a trial that repeated an earlier candidate: ``{"number", "brief"}`` of the one it repeated."""
+    number = t.user_attrs.get("same_as")
+    if number is None:
+        return None
+    earlier = trials[number].user_attrs
+    done = earlier.get("record") or earlier.get("stopped") or {}
+    return {"number": number, "brief": done.get("brief", "")}
 
 
 @contextmanager
@@ -142,6 +203,9 @@ class AutoSearch:
     settings: SearchSettings = SearchSettings()
     log: Callable[[str], None] = lambda _m: None
     baseline: Optional[Path] = None  # the trained baseline's checkpoint every candidate resumes from (set by run)
+    _baseline_val: Optional[float] = dataclasses.field(default=None, init=False, repr=False)  # its val metric
+    _baseline_correct: Any = dataclasses.field(default=None, init=False, repr=False)  # (N_val,) bool
+    _val: Any = dataclasses.field(default=None, init=False, repr=False)  # the validation split
 
     def __post_init__(self) -> None:
         if isinstance(self.trials, bool) or not isinstance(self.trials, int) or self.trials < 1:
@@ -166,7 +230,10 @@ class AutoSearch:
         first = recipe_from_params({"epochs": 1}, self.domain, domain_ref(self.domain), self.settings, self.seed)
         body = first["stages"][0]["train"]
         stage = Stage("train", STAGES["train"].parse(body, prefix="stages[0].train", source=None), 0)
-        prepare(Recipe(self.domain, self.seed, (stage,), first, None, self.domain.base_dir), log=lambda _m: None)
+        ctx = prepare(Recipe(self.domain, self.seed, (stage,), first, None, self.domain.base_dir),
+                      log=lambda _m: None)
+        self.settings = settings_for_data(self.settings, tuple(ctx.splits.input_shape))
+        self._val = ctx.splits.val
 
     def open_study(self) -> Any:
         import optuna
@@ -189,7 +256,8 @@ class AutoSearch:
         # propose the first process's candidates again. Optuna 5 records feasibility on the trial
         # (set_constraint); earlier versions ask a constraints_func.
         feasibility = {} if hasattr(optuna.trial.Trial, "set_constraint") else {"constraints_func": _constraints_func}
-        sampler = optuna.samplers.TPESampler(seed=self.seed + before, **feasibility)
+        sampler = _starting_points_first(optuna.samplers.TPESampler(seed=self.seed + before, **feasibility),
+                                         starting_points(self.domain, self.settings))
         study = optuna.create_study(storage=storage, study_name=self.study_name, directions=list(DIRECTIONS),
                                     sampler=sampler, load_if_exists=True)
         if known is None:
@@ -217,27 +285,127 @@ class AutoSearch:
         trial.set_user_attr("host", socket.gethostname())
         trial.set_user_attr("pid", os.getpid())
         params = suggest_params(trial, self.domain, self.settings)
+        earlier = self._same_candidate(trial, params)
+        if earlier is not None:
+            return self._repeat(trial, earlier)
         recipe = recipe_from_params(params, self.domain, domain_ref(self.domain), self.settings, self.seed)
         folder = self.out / "trials" / str(trial.number)
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
         start = time.monotonic()
         try:
-            # the recipe's first stage, the baseline's training, is done: the run resumes after it
-            start_from_baseline(self.ensure_baseline(), folder)
+            # the recipe's first stages, shared with other candidates (the baseline, a student), are done: the
+            # run resumes after them
+            start_from_baseline(self.ensure_shared(params), folder)
             metrics = run_recipe(load_recipe(folder / "recipe.yaml"), folder, resume=True, threads=self.threads,
-                                 log=lambda _m: None)
+                                 log=lambda _m: None, after_stage=self._stop_rule(params, len(recipe["stages"])))
+        except CandidateStopped as stop:
+            import optuna
+
+            info = {**stop.info, "seconds": round(time.monotonic() - start, 1)}
+            trial.set_user_attr("stopped", info)
+            # Infeasible by what it is known to violate: the sampler ranks it with the infeasible candidates
+            # (a stopped trial without constraints would count as feasible, and be sampled around).
+            if hasattr(trial, "set_constraint"):
+                for name, value in sorted(info["violations"].items()):
+                    trial.set_constraint(name, value)
+            raise optuna.TrialPruned(str(stop)) from None
         except Exception as exc:
             trial.set_user_attr("error", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
             self.log(f"trial {trial.number}: {describe(params)}: failed: {trial.user_attrs['error']}")
             raise
+        # judged with the drop's standard error on the validation split (see search.noise)
+        stderr = self.drop_stderr(folder / "artifact")
+        if "val_constraints" in metrics:
+            metrics = {**metrics, "val_constraints": with_margin(metrics["val_constraints"], stderr)}
         record = record_of(trial.number, metrics, params, recipe)
+        record["val_drop_stderr"] = stderr
         record["seconds"] = round(time.monotonic() - start, 1)
         trial.set_user_attr("record", record)
         if hasattr(trial, "set_constraint"):
             for name, value in sorted(record["violations"].items()):
                 trial.set_constraint(name, value)
         return record.get("val_value", record["value"]), float(record["size_bytes"]), record["speedup_batch_64"]
+
+    def drop_stderr(self, artifact: Path) -> float:
+        """One standard error of the validation metric's drop from the baseline to the artifact, each run where
+        the run measured it (the baseline in torch, the artifact in the domain's runtime); 0 for a metric that is
+        not a per-sample hit rate."""
+        from torchslim.artifact import load_artifact
+        from torchslim.export.measure import runtime_predict
+
+        if self.domain.metric not in ("accuracy", "top5") or self._val is None:
+            return 0.0
+        before = torch.get_num_threads()
+        torch.set_num_threads(self.threads)
+        try:
+            if self._baseline_correct is None:
+                baseline, _ = load_artifact(self.ensure_baseline() / "current", trust_code=True,
+                                            code_dir=self.domain.base_dir)
+                self._baseline_correct = correct_per_sample(baseline, self._val, self.domain.metric)
+            model, manifest = load_artifact(artifact, trust_code=True, code_dir=self.domain.base_dir)
+            predict, _ = runtime_predict(model, manifest, self.domain.runtime)
+            candidate = correct_per_sample(predict, self._val, self.domain.metric)
+        finally:
+            torch.set_num_threads(before)
+        return paired_drop_stderr(self._baseline_correct, candidate)
+
+    def _same_candidate(self, trial: Any, params: dict[str, Any]) -> Any:
+        """An ended trial of the study with exactly these parameters, if any: its recipe and seed are this
+        candidate's, so its result is this candidate's (the sampler proposes a categorical point again often)."""
+        from optuna.trial import TrialState
+
+        for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+            if t.number != trial.number and ("record" in t.user_attrs or "stopped" in t.user_attrs) \
+                    and (t.user_attrs.get("record") or t.user_attrs.get("stopped"))["params"] == params:
+                return t
+        return None
+
+    def _repeat(self, trial: Any, earlier: Any) -> tuple[float, float, float]:
+        """End ``trial`` as ``earlier`` ended, without running it: the same values or the same stop, and the same
+        constraint values for the sampler."""
+        import optuna
+
+        trial.set_user_attr("same_as", earlier.number)
+        done = earlier.user_attrs.get("record") or earlier.user_attrs["stopped"]
+        if hasattr(trial, "set_constraint"):
+            for name, value in sorted(done["violations"].items()):
+                trial.set_constraint(name, value)
+        if "record" not in earlier.user_attrs:
+            raise optuna.TrialPruned(f"same candidate as trial {earlier.number}")
+        return tuple(earlier.values)
+
+    def _stop_rule(self, params: dict[str, Any], stages: int) -> Callable[[Any, dict[str, Any]], None]:
+        """The check after each of a candidate's stages but its last: stop it when its validation metric (measured
+        on the stage's saved model) is below :func:`feasibility.stop_floor`."""
+
+        def check(ctx: Any, record: dict[str, Any]) -> None:
+            value = record.get("artifact_val_metric")
+            if value is None or record["index"] >= stages - 1 or ctx.baseline is None:
+                return
+            if self._baseline_val is None:  # the same figure the finished run reports as baseline_val_value
+                self._baseline_val = ctx.validate(ctx.baseline.to(ctx.device))
+                ctx.baseline.cpu()
+            floor = stop_floor(self.domain.constraints.model_dump(), self._baseline_val, self.settings.stop_slack)
+            if floor is not None and value < floor:
+                known = metric_violations(self.domain.constraints.model_dump(), self._baseline_val, value)
+                raise CandidateStopped({"stage": record["index"], "stage_name": record["stage"], "val_value": value,
+                                        "baseline_val_value": self._baseline_val, "floor": floor,
+                                        "violations": known, "brief": describe(params), "params": params})
+
+        return check
+
+    def ensure_shared(self, params: dict[str, Any]) -> Path:
+        """The checkpoint after the stages the candidate shares with others (see :func:`space.shared_stages`):
+        the baseline's, or a student's distilled once per width from it."""
+        baseline = self.ensure_baseline()
+        count = shared_stages(params)
+        if count == 1:
+            return baseline
+        recipe = recipe_from_params({**params, "epochs": 1}, self.domain, domain_ref(self.domain), self.settings,
+                                    self.seed)
+        return ensure_baseline(self.domain, recipe, self.out, self.threads, lambda: _locked(self.out), self.log,
+                               count=count, start=baseline, label=f"student w{params['width']:g}")
 
     def ensure_baseline(self) -> Path:
         """The baseline, trained once for this search's domain, seed, training settings and thread count."""
@@ -260,17 +428,25 @@ class AutoSearch:
             return self._write(study)
 
     def _write(self, study: Any) -> Optional[dict[str, Any]]:
+        from optuna.trial import TrialState
+
         records = [r for r in self.finished(study) if (self.out / "trials" / str(r["number"]) / "artifact").is_dir()]
         best = choose_best(records, self.objective)
-        if best is None:
+        trials = study.get_trials(deepcopy=False)
+        rows = [csv_row(t.number, t.state.name, t.user_attrs.get("record"), t.user_attrs.get("stopped"),
+                        _same_as(trials, t))
+                for t in trials if t.state != TrialState.WAITING]  # a queued rerun is not a candidate yet
+        if best is None:  # no candidate finished (each was stopped or failed): only the table says why
+            if rows:
+                write_bytes_atomic(self.out / "trials.csv", trials_csv(rows).encode())
             return None
-        rows = [csv_row(t.number, t.state.name, t.user_attrs.get("record")) for t in study.get_trials(deepcopy=False)]
         feasible = sum(is_feasible(r) for r in records)
-        summary = (f"{len(records)} candidates finished, {feasible} feasible; best for {self.objective}: trial "
-                   f"{best['number']} ({best['brief']}), {best['metric']} {best['value']:.4f} (baseline "
-                   f"{best['baseline_value']:.4f}), {best['size_bytes']:,} bytes, speed-up at batch 64 "
-                   f"{best['speedup_batch_64']:.2f}x" + ("" if is_feasible(best) else
-                                                          ", closest to the constraints (none is feasible)"))
+        stopped = sum("stopped" in t.user_attrs for t in trials)
+        summary = (f"{len(records)} candidates finished, {feasible} feasible, {stopped} stopped early; best for "
+                   f"{self.objective}: trial {best['number']} ({best['brief']}), {best['metric']} "
+                   f"{best['value']:.4f} (baseline {best['baseline_value']:.4f}), {best['size_bytes']:,} bytes, "
+                   f"speed-up at batch 64 {best['speedup_batch_64']:.2f}x"
+                   + ("" if is_feasible(best) else ", closest to the constraints (none is feasible)"))
         write_outputs(self.out, records, rows, best, f"torchslim auto: {self.domain.name}", summary)
         return best
 
@@ -282,8 +458,14 @@ class AutoSearch:
                 f"{record['seconds']:.0f}s | best: trial {best['number']} ({best['size_bytes']:,} B, "
                 f"{best['value']:.4f}{'' if is_feasible(best) else ', infeasible'})")
 
+    def stopped_line(self, info: dict[str, Any], number: int, best: Optional[dict[str, Any]]) -> str:
+        tail = "" if best is None else (f" | best: trial {best['number']} ({best['size_bytes']:,} B, "
+                                        f"{best['value']:.4f}{'' if is_feasible(best) else ', infeasible'})")
+        return (f"trial {number}: {info['brief']} | stopped {stopped_text(info)} | {info['seconds']:.0f}s" + tail)
+
     def run(self) -> SearchResult:
-        """Run candidates until the study holds ``trials`` finished ones (or ``timeout`` passes)."""
+        """Run candidates until the study holds ``trials`` ended ones, finished or stopped early (or ``timeout``
+        passes)."""
         from optuna.trial import TrialState
 
         self.check()
@@ -291,7 +473,7 @@ class AutoSearch:
         start = time.monotonic()
         failures = 0
         while True:
-            done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+            done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
             if done >= self.trials or failures >= self.trials:
                 break
             if self.timeout is not None and time.monotonic() - start >= self.timeout:
@@ -309,6 +491,12 @@ class AutoSearch:
             for t in mine:
                 if "record" in t.user_attrs and best is not None:
                     self.log(self.progress(t.user_attrs["record"], best))
+                elif "stopped" in t.user_attrs:
+                    self.log(self.stopped_line(t.user_attrs["stopped"], t.number, best))
+                elif "same_as" in t.user_attrs:
+                    brief = (_same_as(study.get_trials(deepcopy=False), t) or {}).get("brief", "")
+                    self.log(f"trial {t.number}: {brief} | the same candidate as trial {t.user_attrs['same_as']}: "
+                             "its result, not run again")
         records = self.finished(study)
         best = self.write(study)
         feasible = best is not None and is_feasible(best)

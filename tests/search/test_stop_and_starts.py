@@ -1,0 +1,136 @@
+"""A search's first candidates are the standard starting points; a candidate whose validation metric is hopeless
+after an intermediate stage is stopped there and recorded as such; a student is distilled once per width."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+
+import pytest
+
+from torchslim.domain import load_domain
+from torchslim.search.space import DEEP_COMPRESSION, SearchSettings, starting_points
+
+DOMAIN = {"name": "digits-auto", "task": "image-classification",
+          "data": {"source": "digits", "test_fraction": 0.2, "val_fraction": 0.1, "seed": 0},
+          "model": {"name": "lenet300_100", "kwargs": {"hidden1": 64, "hidden2": 32}}, "metric": "accuracy"}
+SETTINGS = SearchSettings(baseline_epochs=3, max_epochs=1)
+
+
+def _domain(tmp_path, constraints, runtime="torch"):
+    import yaml
+
+    (tmp_path / "domain.yaml").write_text(yaml.safe_dump({**DOMAIN, "constraints": constraints, "runtime": runtime}))
+    return load_domain(tmp_path / "domain.yaml")
+
+
+def test_starting_points_are_deep_compression_then_int8_where_onnxruntime_runs(tmp_path):
+    torch_points = starting_points(_domain(tmp_path, {"max_size_bytes": 100}), SETTINGS)
+    assert [p["quant"] for p in torch_points] == ["kmeans"] * 3
+    assert [p["width"] for p in torch_points] == [1.0, 0.5, 0.25] and {p["epochs"] for p in torch_points} == {1}
+    ort_points = starting_points(_domain(tmp_path, {"max_size_bytes": 100}, "onnxruntime"), SETTINGS)
+    assert ort_points[:3] == torch_points and [p["quant"] for p in ort_points[3:]] == ["static"] * 4
+    factory = load_domain({**DOMAIN, "model": {"factory": "m:build"}, "constraints": {"max_size_bytes": 100}})
+    assert starting_points(factory, SETTINGS) == [{k: v for k, v in {**DEEP_COMPRESSION[0], "epochs": 1}.items()
+                                                   if k != "width"}]
+
+
+@pytest.mark.slow
+def test_first_trials_are_the_starting_points_and_students_are_distilled_once_per_width(tmp_path, monkeypatch):
+    from torchslim.search import run_auto
+    from torchslim.stages import STAGES
+
+    students: list[float] = []  # the width of each student distillation that really ran
+    distill = STAGES["distill"]
+
+    def counting(ctx, cfg):
+        if cfg.student is not None:
+            students.append(cfg.student["kwargs"]["width"])
+        return distill.run(ctx, cfg)
+
+    monkeypatch.setitem(STAGES, "distill", dataclasses.replace(distill, run=counting))
+    domain = _domain(tmp_path, {"max_size_bytes": 50})  # impossible: nothing is stopped, every candidate finishes
+    lines: list[str] = []
+    result = run_auto(domain, tmp_path / "out", trials=4, threads=1, settings=SETTINGS, log=lines.append)
+    records = sorted(result.records, key=lambda r: r["number"])
+    assert [r["params"] for r in records[:3]] == starting_points(domain, SETTINGS)
+    assert [r["brief"] for r in records[:3]] == ["sparse0.9 kd kmeans5 ft1", "w0.5 sparse0.8 kd kmeans4 ft1",
+                                                 "w0.25 sparse0.7 kd kmeans4 ft1"]
+    widths = {r["params"].get("width", 1.0) for r in records} - {1.0}
+    assert sorted(students) == sorted(w * 1.0 for w in widths)  # once per width, however many candidates
+    assert sum(line.startswith("student w") for line in lines) == len(widths)
+
+
+def _stopping_search(tmp_path, slack):
+    """One structured-pruning candidate (80 % of neurons, one epoch of fine-tuning) under a 0.1-point drop limit,
+    then its distillation and quantization."""
+    from torchslim.search import study as study_module
+    from torchslim.search import run_auto
+
+    hopeless = {"width": 1.0, "structured": 0.8, "sparsity": 0.0, "kd": True, "quant": "weight", "bits": 2,
+                "epochs": 1}
+    domain = _domain(tmp_path, {"max_metric_drop": 0.001})
+    lines: list[str] = []
+    patched = pytest.MonkeyPatch()
+    patched.setattr(study_module, "starting_points", lambda _d, _s: [hopeless])
+    try:
+        result = run_auto(domain, tmp_path / "out", trials=1, threads=1, log=lines.append,
+                          settings=dataclasses.replace(SETTINGS, stop_slack=slack))
+    finally:
+        patched.undo()
+    return result, lines
+
+
+@pytest.mark.slow
+def test_a_hopeless_candidate_is_stopped_after_its_first_stage_and_recorded(tmp_path):
+    result, lines = _stopping_search(tmp_path, slack=1.0)
+    assert result.best is None and result.records == []
+    with open(tmp_path / "out" / "trials.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["state"] for r in rows] == ["PRUNED"]
+    note = rows[0]["note"]
+    assert note.startswith("stopped after stage 1 (prune): val ") and "< stop floor " in note
+    value, floor = (float(x) for x in note.split("val ")[1].split(" < stop floor "))
+    baseline = float(rows[0]["baseline_val_value"])
+    assert value < floor == pytest.approx(baseline - 0.002, abs=1e-4)  # floor - 1 x the 0.001 drop allowed
+    assert not (tmp_path / "out" / "trials" / "0" / "metrics.json").exists()  # its later stages never ran
+    progress = [line for line in lines if line.startswith("trial 0:")]
+    assert progress == [progress[0]] and "| stopped after stage 1 (prune)" in progress[0]
+    # the sampler sees it as infeasible by its drop, in units of the 0.001 allowed (not as a feasible trial)
+    import optuna
+
+    (trial,) = optuna.load_study(study_name="auto-digits-auto",
+                                 storage=f"sqlite:///{tmp_path / 'out' / 'study.db'}").trials
+    assert trial.state.name == "PRUNED"
+    assert trial.constraints == {"max_metric_drop": pytest.approx((baseline - value - 0.001) / 0.001)}
+
+
+@pytest.mark.slow
+def test_without_slack_the_same_candidate_runs_to_the_end(tmp_path):
+    result, _ = _stopping_search(tmp_path, slack=0.0)
+    assert len(result.records) == 1 and not result.feasible
+    assert (tmp_path / "out" / "trials" / "0" / "metrics.json").exists()
+
+
+@pytest.mark.slow
+def test_a_candidate_proposed_again_is_not_run_again(tmp_path, monkeypatch):
+    from torchslim.search import run_auto
+    from torchslim.search import study as study_module
+
+    point = {"width": 1.0, "structured": 0.0, "sparsity": 0.5, "kd": False, "quant": "none", "epochs": 1}
+    monkeypatch.setattr(study_module, "starting_points", lambda _d, _s: [point, dict(point)])
+    lines: list[str] = []
+    result = run_auto(_domain(tmp_path, {"max_size_bytes": 50}), tmp_path / "out", trials=2, threads=1,
+                      settings=SETTINGS, log=lines.append)
+    assert len(result.records) == 1 and result.trials == 1  # one record: the repeat is not a second candidate
+    assert not (tmp_path / "out" / "trials" / "1").exists()
+    with open(tmp_path / "out" / "trials.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["state"], r["note"], r["candidate"]) for r in rows] == [
+        ("COMPLETE", "", "sparse0.5 ft1"), ("COMPLETE", "same candidate as trial 0", "sparse0.5 ft1")]
+    assert any(line.startswith("trial 1: sparse0.5 ft1 | the same candidate as trial 0") for line in lines)
+    import optuna
+
+    first, again = optuna.load_study(study_name="auto-digits-auto",
+                                     storage=f"sqlite:///{tmp_path / 'out' / 'study.db'}").trials
+    assert again.values == first.values and again.constraints == first.constraints
