@@ -1,7 +1,8 @@
 """``torchslim auto``: a joint search over distillation, pruning and quantization that the domain's constraints
 drive. A search space and its standard starting points (``space``), constraints as relative violations, the stop
 floor and the best / closest choice (``feasibility``), the metric drop's uncertainty on the validation split
-(``noise``), an Optuna study whose candidates are recipes run by ``runner.run_recipe`` and stopped when hopeless
+(``noise``), the study's storage (``storage``) and sampler, standard points first (``sampler``), an Optuna study
+whose candidates are recipes run by ``runner.run_recipe`` and stopped when hopeless
 (``study``), each resumed after the stages it shares with others (the baseline, a student), run once per search
 (``baseline``), and the outputs rewritten after every candidate (``outputs``). Optuna is imported when a search
 starts."""

@@ -28,38 +28,13 @@ from torchslim.search.feasibility import (OBJECTIVES, choose_best, infeasible_li
                                           stop_floor, violations)
 from torchslim.search.noise import correct_per_sample, paired_drop_stderr, with_margin
 from torchslim.search.outputs import csv_row, stopped_text, trials_csv, write_outputs
+from torchslim.search.sampler import starting_points_first
 from torchslim.search.space import (SearchSettings, describe, recipe_from_params, settings_for_data, shared_stages,
                                     starting_points, suggest_params)
+from torchslim.search.storage import check_storage_url, default_storage, open_storage
 
-# Optuna's RDB back-ends (SQLAlchemy dialects); ``postgresql+psycopg2://`` and the like name a driver too.
-STORAGE_SCHEMES = ("sqlite", "postgresql", "mysql", "oracle", "mssql")
 # metric (higher is better), artifact bytes, speed-up at batch 64 (baseline / candidate, measured side by side)
 DIRECTIONS = ("maximize", "minimize", "maximize")
-
-
-def default_storage(out: Path) -> str:
-    return f"sqlite:///{(out / 'study.db').resolve()}"
-
-
-def check_storage_url(url: str) -> None:
-    scheme = url.split("://", 1)[0].split("+", 1)[0] if "://" in url else ""
-    if scheme not in STORAGE_SCHEMES:
-        raise ConfigError("--storage", f"unknown storage {url!r}; use an Optuna RDB URL: "
-                                       f"{', '.join(s + '://…' for s in STORAGE_SCHEMES)}")
-
-
-def open_storage(url: str) -> Any:
-    """An Optuna RDB storage; a database that cannot be reached is a ConfigError naming ``--storage``."""
-    import optuna
-
-    check_storage_url(url)
-    # SQLite: several processes share the file; a writer waits for the lock instead of failing at once.
-    kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
-    try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
-    except Exception as exc:  # driver missing, host unreachable, bad credentials, unwritable file
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError("--storage", f"cannot open {url}: {message}") from None
 
 
 def check_domain(domain: Domain) -> None:
@@ -111,41 +86,6 @@ class CandidateStopped(Exception):
     def __init__(self, info: dict[str, Any]):
         super().__init__(stopped_text(info))
         self.info = info
-
-
-def _starting_points_first(base: Any, points: list[dict[str, Any]]) -> Any:
-    """A sampler that answers trial ``k`` of a study with ``points[k]`` (the standard compressions, see
-    ``space.starting_points``) and every later trial with ``base``. By trial number, which the storage gives out
-    once, so processes sharing a study run each point once (Optuna's queue of enqueued trials may hand one
-    waiting trial to two SQLite processes)."""
-    import optuna
-
-    class StartingPointsFirst(optuna.samplers.BaseSampler):
-        def _point(self, trial: Any) -> Optional[dict[str, Any]]:
-            return points[trial.number] if trial.number < len(points) else None
-
-        def infer_relative_search_space(self, study: Any, trial: Any) -> dict[str, Any]:
-            return {} if self._point(trial) is not None else base.infer_relative_search_space(study, trial)
-
-        def sample_relative(self, study: Any, trial: Any, search_space: dict[str, Any]) -> dict[str, Any]:
-            return {} if self._point(trial) is not None else base.sample_relative(study, trial, search_space)
-
-        def sample_independent(self, study: Any, trial: Any, name: str, distribution: Any) -> Any:
-            point = self._point(trial)
-            if point is not None and name in point:
-                return point[name]
-            return base.sample_independent(study, trial, name, distribution)
-
-        def before_trial(self, study: Any, trial: Any) -> None:
-            base.before_trial(study, trial)
-
-        def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
-            base.after_trial(study, trial, state, values)
-
-        def reseed_rng(self) -> None:
-            base.reseed_rng()
-
-    return StartingPointsFirst()
 
 
 def _same_as(trials: list[Any], t: Any) -> Optional[dict[str, Any]]:
@@ -256,7 +196,7 @@ class AutoSearch:
         # propose the first process's candidates again. Optuna 5 records feasibility on the trial
         # (set_constraint); earlier versions ask a constraints_func.
         feasibility = {} if hasattr(optuna.trial.Trial, "set_constraint") else {"constraints_func": _constraints_func}
-        sampler = _starting_points_first(optuna.samplers.TPESampler(seed=self.seed + before, **feasibility),
+        sampler = starting_points_first(optuna.samplers.TPESampler(seed=self.seed + before, **feasibility),
                                          starting_points(self.domain, self.settings))
         study = optuna.create_study(storage=storage, study_name=self.study_name, directions=list(DIRECTIONS),
                                     sampler=sampler, load_if_exists=True)

@@ -1,0 +1,39 @@
+"""Where an ``auto`` study lives: an Optuna RDB storage (SQLite in the output folder by default, or any
+RDB URL that several processes and machines share)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from torchslim._errors import ConfigError
+
+__all__ = ["STORAGE_SCHEMES", "check_storage_url", "default_storage", "open_storage"]
+
+# Optuna's RDB back-ends (SQLAlchemy dialects); ``postgresql+psycopg2://`` and the like name a driver too.
+STORAGE_SCHEMES = ("sqlite", "postgresql", "mysql", "oracle", "mssql")
+
+
+def default_storage(out: Path) -> str:
+    return f"sqlite:///{(out / 'study.db').resolve()}"
+
+
+def check_storage_url(url: str) -> None:
+    scheme = url.split("://", 1)[0].split("+", 1)[0] if "://" in url else ""
+    if scheme not in STORAGE_SCHEMES:
+        raise ConfigError("--storage", f"unknown storage {url!r}; use an Optuna RDB URL: "
+                                       f"{', '.join(s + '://…' for s in STORAGE_SCHEMES)}")
+
+
+def open_storage(url: str) -> Any:
+    """An Optuna RDB storage; a database that cannot be reached is a ConfigError naming ``--storage``."""
+    import optuna
+
+    check_storage_url(url)
+    # SQLite: several processes share the file; a writer waits for the lock instead of failing at once.
+    kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+    try:
+        return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+    except Exception as exc:  # driver missing, host unreachable, bad credentials, unwritable file
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError("--storage", f"cannot open {url}: {message}") from None
