@@ -340,10 +340,13 @@ def verify(artifact: Path, key: Path) -> None:
                    "for twice as many.")
 @click.option("--max-epochs", type=int, default=20, show_default=True,
               help="Most fine-tune epochs of a candidate's stage (the searched budget is 1..this).")
+@click.option("--drop-margin", type=click.FloatRange(min=0, max=10), default=1.0, show_default=True,
+              help="Standard errors of the validation drop added to it when a metric constraint is judged "
+                   "(0: the measured drop, as run reports it).")
 @_quiet_option
 def auto(domain_path: Path, out: Path, trials: int, timeout: float | None, storage: str | None,
          study_name: str | None, objective: str, threads: int, seed: int, baseline_epochs: int, max_epochs: int,
-         quiet: bool) -> None:
+         drop_margin: float, quiet: bool) -> None:
     """Search pruning, quantization and distillation of DOMAIN's model for its constraints.
 
     After every finished candidate, OUT/best (the best feasible artifact, else the closest), best_recipe.yaml,
@@ -362,7 +365,8 @@ def auto(domain_path: Path, out: Path, trials: int, timeout: float | None, stora
     domain = load_domain(domain_path)
     search = AutoSearch(domain, out, trials=trials, timeout=timeout, storage=storage, study_name=study_name,
                         objective=objective, threads=threads, seed=seed,
-                        settings=SearchSettings(baseline_epochs=baseline_epochs, max_epochs=max_epochs),
+                        settings=SearchSettings(baseline_epochs=baseline_epochs, max_epochs=max_epochs,
+                                                drop_margin=drop_margin),
                         log=_silent if quiet else (lambda m: click.echo(m, err=True)))
     result = search.run()
     if result.best is None:

@@ -107,6 +107,7 @@ def test_the_same_command_with_more_trials_continues_the_study(search, tmp_path)
     ("", ["--storage", "postgresql://nobody@127.0.0.1:1/none"], "--storage"),
     ("", ["--trials", "0"], "--trials"),
     ("", ["--timeout", "0"], "--timeout"),
+    ("", ["--drop-margin", "-1"], "--drop-margin"),
 ])
 def test_bad_input_is_one_line_naming_the_field_and_writes_nothing(tmp_path, domain_patch, args, field):
     text = DOMAIN if not domain_patch else DOMAIN.replace(

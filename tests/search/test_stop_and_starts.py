@@ -134,3 +134,21 @@ def test_a_candidate_proposed_again_is_not_run_again(tmp_path, monkeypatch):
     first, again = optuna.load_study(study_name="auto-digits-auto",
                                      storage=f"sqlite:///{tmp_path / 'out' / 'study.db'}").trials
     assert again.values == first.values and again.constraints == first.constraints
+
+
+@pytest.mark.slow
+def test_the_drop_margin_is_how_many_standard_errors_the_metric_constraint_adds(tmp_path):
+    from torchslim.search import run_auto
+
+    domain = _domain(tmp_path, {"max_metric_drop": 0.5})  # nothing is stopped: the first candidate finishes
+    judged = {}
+    for margin in (0.0, 3.0):
+        settings = dataclasses.replace(SETTINGS, drop_margin=margin, stop_slack=0.0)
+        result = run_auto(domain, tmp_path / f"out{margin}", trials=1, threads=1, settings=settings,
+                          log=lambda _m: None)
+        record = result.records[0]
+        drop = record["baseline_val_value"] - record["val_value"]
+        judged[margin] = (record["val_constraints"]["max_metric_drop"]["measured"], drop, record["val_drop_stderr"])
+    (zero, drop0, se0), (three, drop3, se3) = judged[0.0], judged[3.0]
+    assert (drop0, se0) == (drop3, se3) and se0 > 0  # the same candidate, which disagrees with the baseline
+    assert zero == pytest.approx(drop0) and three == pytest.approx(drop0 + 3 * se0)

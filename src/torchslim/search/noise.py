@@ -46,8 +46,9 @@ def paired_drop_stderr(baseline: torch.Tensor, candidate: torch.Tensor) -> float
 
 
 def with_margin(constraints: dict[str, Any], stderr: float) -> dict[str, Any]:
-    """The metric constraints judged with the drop's standard error against the candidate: ``max_metric_drop`` on
-    ``drop + stderr``, ``min_metric`` on ``value - stderr``; the others as they are."""
+    """The metric constraints judged with a margin against the candidate (the drop's standard error, or a
+    multiple of it): ``max_metric_drop`` on ``drop + stderr``, ``min_metric`` on ``value - stderr``; the others as
+    they are."""
     out = {}
     for name, c in constraints.items():
         kind = name.split(".")[0]

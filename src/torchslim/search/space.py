@@ -38,6 +38,10 @@ class SearchSettings:
         stop_slack: a candidate is stopped after an intermediate stage when its validation metric is below the
             floor its constraints set (``baseline - max_metric_drop`` or ``min_metric``) by more than this many
             times the drop they allow: later stages seldom recover that much (0 turns stopping off).
+        drop_margin: metric constraints are judged on the validation drop plus this many of its standard errors
+            (``search.noise``); 0 judges the measured drop, as ``run`` reports it. One standard error guards
+            against picking the candidate a small split flatters most, but on a split of a few hundred samples a
+            single sample lost already costs about a point.
     """
 
     baseline_epochs: int = 40
@@ -46,6 +50,7 @@ class SearchSettings:
     batch_size: int = 32
     student_lr_factor: float = 10.0
     stop_slack: float = 1.0
+    drop_margin: float = 1.0
     augment: Optional[str] = None  # of every distillation; None: ``shift`` for inputs with 1 or 2 spatial axes
 
 

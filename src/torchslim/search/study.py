@@ -257,7 +257,8 @@ class AutoSearch:
         # judged with the drop's standard error on the validation split (see search.noise)
         stderr = self.drop_stderr(folder / "artifact")
         if "val_constraints" in metrics:
-            metrics = {**metrics, "val_constraints": with_margin(metrics["val_constraints"], stderr)}
+            margin = self.settings.drop_margin * stderr
+            metrics = {**metrics, "val_constraints": with_margin(metrics["val_constraints"], margin)}
         record = record_of(trial.number, metrics, params, recipe)
         record["val_drop_stderr"] = stderr
         record["seconds"] = round(time.monotonic() - start, 1)
