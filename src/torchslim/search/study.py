@@ -69,12 +69,18 @@ def record_of(number: int, metrics: dict[str, Any], params: dict[str, Any], reci
     return record
 
 
+def _outcome(attrs: dict[str, Any]) -> Optional[dict[str, Any]]:
+    """What an ended candidate left in its trial's user attributes: its record when it finished, the stop's
+    details when it was stopped early, else None."""
+    return attrs.get("record") or attrs.get("stopped")
+
+
 def _constraints_func(trial: Any) -> list[float]:
     """Optuna's feasibility: one value per constraint, <= 0 when met (same order for every trial)."""
-    record = trial.user_attrs.get("record") or trial.user_attrs.get("stopped")
+    record = _outcome(trial.user_attrs)
     if record is None and "same_as" in trial.user_attrs:
         earlier = trial.study.trials[trial.user_attrs["same_as"]] if hasattr(trial, "study") else None
-        record = earlier and (earlier.user_attrs.get("record") or earlier.user_attrs.get("stopped"))
+        record = earlier and _outcome(earlier.user_attrs)
     if record is None:
         return [1.0]
     return [record["violations"][k] for k in sorted(record["violations"])]
@@ -94,7 +100,7 @@ def _same_as(trials: list[Any], t: Any) -> Optional[dict[str, Any]]:
     if number is None:
         return None
     earlier = trials[number].user_attrs
-    done = earlier.get("record") or earlier.get("stopped") or {}
+    done = _outcome(earlier) or {}
     return {"number": number, "brief": done.get("brief", "")}
 
 
@@ -297,8 +303,8 @@ class AutoSearch:
         from optuna.trial import TrialState
 
         for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
-            if t.number != trial.number and ("record" in t.user_attrs or "stopped" in t.user_attrs) \
-                    and (t.user_attrs.get("record") or t.user_attrs.get("stopped"))["params"] == params:
+            done = _outcome(t.user_attrs)
+            if t.number != trial.number and done is not None and done["params"] == params:
                 return t
         return None
 
@@ -308,7 +314,7 @@ class AutoSearch:
         import optuna
 
         trial.set_user_attr("same_as", earlier.number)
-        done = earlier.user_attrs.get("record") or earlier.user_attrs["stopped"]
+        done = _outcome(earlier.user_attrs)
         if hasattr(trial, "set_constraint"):
             for name, value in sorted(done["violations"].items()):
                 trial.set_constraint(name, value)
