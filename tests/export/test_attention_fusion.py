@@ -64,3 +64,26 @@ def test_masked_attention_is_left_as_exported():
     data = proto.SerializeToString()
     assert fuse_attention_(proto) == 0
     assert proto.SerializeToString() == data
+
+
+@requires_ort
+def test_dynamic_int8_packed_projection_and_attention_become_one_qattention(monkeypatch):
+    """After dynamic quantization each layer's int8 in-projection, split and attention are one QAttention node
+    computing what the separate nodes computed (the same int8 weight, scales and zero points)."""
+    import onnx
+
+    import torchslim.export.ort_quant as ort_quant
+
+    model, proto = _proto(causal=False)
+    fused = onnx.load_from_string(ort_quant.quantize_dynamic_onnx(proto))
+    monkeypatch.setattr(ort_quant, "fuse_qattention_", lambda m: 0)
+    separate = onnx.load_from_string(ort_quant.quantize_dynamic_onnx(proto))
+    ops = collections.Counter(n.op_type for n in fused.graph.node)
+    apart = collections.Counter(n.op_type for n in separate.graph.node)
+    assert ops["QAttention"] == 2 and ops["MultiHeadAttention"] == ops["Split"] == 0
+    assert apart["MultiHeadAttention"] == 2 and ops["MatMulInteger"] == apart["MatMulInteger"] - 2
+    x = torch.randn(5, 6, 16)
+    with torch.no_grad():
+        expected = model(x).numpy()
+    assert abs(_run(fused, x) - _run(separate, x)).max() < 1e-4
+    assert abs(_run(fused, x) - expected).max() < 0.1  # int8 of a random model: near, not equal

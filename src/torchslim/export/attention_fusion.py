@@ -9,6 +9,12 @@ sequences those ops, not the projections, set the latency: for a 3-layer d = 128
 The projections stay MatMul nodes, so the int8 quantizer still reaches them; only unmasked attention
 (``need_weights=False``, no attention or padding mask) is matched, the pattern torch's export of
 :class:`torchslim.quantize.attention.ProjectedMultiheadAttention` and ``nn.TransformerEncoderLayer`` writes.
+
+After dynamic quantization, :func:`fuse_qattention_` goes one step further for self-attention whose q, k and v
+are the three thirds of one packed in-projection: the projection's int8 product, its bias add, the split and the
+``MultiHeadAttention`` become one ``com.microsoft.QAttention`` node, which multiplies the quantized input by the
+packed int8 weight and runs attention's core per head without writing q, k and v out. It reuses the quantizer's
+own int8 weight, scales and zero points, so the arithmetic is the one the separate nodes did.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["fuse_attention_"]
+__all__ = ["fuse_attention_", "fuse_qattention_"]
 
 _HEADS_FIRST = [0, 2, 1, 3]  # (N, T, H, d) <-> (N, H, T, d)
 _KEYS_LAST = [0, 2, 3, 1]  # (N, T, H, d) -> (N, H, d, T): k already transposed for q·kᵀ
@@ -109,6 +115,23 @@ def _match(g: _Graph, softmax) -> tuple[dict[str, Any], list] | None:
             "scale": default if scale is None else scale}, nodes
 
 
+def _replace_nodes(model, removed: set[int], inserted: dict[int, Any]) -> None:
+    """Drop the nodes whose id is in ``removed`` (and the shape records of what only they computed); put
+    ``inserted[id(anchor)]`` where ``anchor`` was: every input of the new node is computed by then."""
+    kept = []
+    for node in model.graph.node:
+        if id(node) in inserted:
+            kept.append(inserted[id(node)])
+        elif id(node) not in removed:
+            kept.append(node)
+    gone = ({out for n in model.graph.node if id(n) in removed for out in n.output}
+            - {out for n in inserted.values() for out in n.output})
+    del model.graph.node[:]
+    model.graph.node.extend(kept)
+    for info in [vi for vi in model.graph.value_info if vi.name in gone]:
+        model.graph.value_info.remove(info)
+
+
 def fuse_attention_(model) -> int:
     """Replace each unmasked scaled dot-product attention in ``model`` (an ``onnx.ModelProto``) by one
     ``com.microsoft.MultiHeadAttention`` node, in place; the q/k/v projections are left as they are.
@@ -132,18 +155,7 @@ def fuse_attention_(model) -> int:
         removed |= {id(n) for n in nodes}
     if not fused:
         return 0
-    after = {id(anchor): mha for anchor, mha in fused}
-    gone = {out for n in model.graph.node if id(n) in removed for out in n.output} - {m.output[0] for _, m in fused}
-    kept = []
-    for node in model.graph.node:
-        if id(node) not in removed:
-            kept.append(node)
-        if id(node) in after:
-            kept.append(after[id(node)])
-    del model.graph.node[:]
-    model.graph.node.extend(kept)
-    for info in [vi for vi in model.graph.value_info if vi.name in gone]:
-        model.graph.value_info.remove(info)
+    _replace_nodes(model, removed, {id(anchor): mha for anchor, mha in fused})
     used = {i for n in model.graph.node for i in n.input}
     unused = [i for i in model.graph.initializer if i.name not in used]
     for init in unused:
@@ -151,3 +163,72 @@ def fuse_attention_(model) -> int:
     if not any(op.domain == "com.microsoft" for op in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     return len(fused)
+
+
+
+def _packed_projection(g: _Graph, mha) -> tuple[list[str], list] | None:
+    """The dynamic int8 in-projection feeding ``mha``'s q, k and v through one Split into thirds:
+    (QAttention's inputs up to the weight zero point, the nodes it replaces), else None.
+
+    The quantizer writes ``MatMulInteger(xq, wq, xzp, wzp) -> Cast -> Mul(·, Mul(x_scale, w_scale)) -> Add(bias)``.
+    """
+    split = g.made_by(mha.input[0], "Split")
+    if split is None or list(split.output) != list(mha.input[:3]) or len(mha.input) > 3:
+        return None
+    if any(len(g.consumers.get(o, [])) != 1 for o in split.output) or len(split.input) > 1:
+        return None  # explicit split sizes (a second input) may be unequal
+    if _attr(split, "axis") not in (2, -1) or (_attr(split, "num_outputs") or 3) != 3:
+        return None
+    add = g.made_by(split.input[0], "Add")
+    if add is None or len(g.consumers[add.output[0]]) != 1:
+        return None
+    mul = next((g.made_by(i, "Mul") for i in add.input if g.made_by(i, "Mul") is not None), None)
+    bias = next((i for i in add.input if i in g.constants), None)
+    if mul is None or bias is None or g.constants[bias].ndim != 1 or len(g.consumers[mul.output[0]]) != 1:
+        return None
+    cast = next((g.made_by(i, "Cast") for i in mul.input if g.made_by(i, "Cast") is not None), None)
+    scales = next((g.made_by(i, "Mul") for i in mul.input if g.made_by(i, "Mul") is not None), None)
+    if cast is None or scales is None or len(g.consumers[cast.output[0]]) != 1:
+        return None
+    matmul = g.made_by(cast.input[0], "MatMulInteger")
+    if matmul is None or len(matmul.input) != 4 or len(g.consumers[matmul.output[0]]) != 1:
+        return None
+    xq, wq, xzp, wzp = matmul.input
+    quantize = g.made_by(xq, "DynamicQuantizeLinear")
+    weight = g.constants.get(wq)
+    if quantize is None or quantize.output[2] != xzp or weight is None or weight.ndim != 2:
+        return None
+    x_scale = quantize.output[1]
+    w_scale = next((i for i in scales.input if i != x_scale), None)
+    if sorted(scales.input) != sorted([x_scale, w_scale]) or w_scale not in g.constants:
+        return None
+    if len(g.consumers[scales.output[0]]) != 1 or weight.shape[1] % 3 or g.constants[bias].size != weight.shape[1]:
+        return None
+    return [xq, wq, bias, x_scale, w_scale, "", xzp, wzp], [scales, matmul, cast, mul, add, split, mha]
+
+
+def fuse_qattention_(model) -> int:
+    """Replace each dynamic int8 packed in-projection + Split + ``MultiHeadAttention`` in ``model`` (an
+    ``onnx.ModelProto`` from ORT's ``quantize_dynamic``, after :func:`fuse_attention_`) by one
+    ``com.microsoft.QAttention`` node, in place.
+
+    Returns:
+        the number of attentions fused (0 leaves the model unchanged).
+    """
+    from onnx import helper
+
+    g = _Graph(model.graph)
+    removed: set[int] = set()
+    inserted: dict[int, Any] = {}
+    for mha in [n for n in model.graph.node if n.op_type == "MultiHeadAttention" and n.domain == "com.microsoft"]:
+        found = _packed_projection(g, mha)
+        if found is None:
+            continue
+        inputs, nodes = found
+        scale = {} if _attr(mha, "scale") is None else {"scale": _attr(mha, "scale")}
+        inserted[id(mha)] = helper.make_node("QAttention", inputs, [mha.output[0]], name=f"{mha.name}_QAttention",
+                                             domain="com.microsoft", num_heads=_attr(mha, "num_heads"), **scale)
+        removed |= {id(n) for n in nodes}
+    if inserted:
+        _replace_nodes(model, removed, inserted)
+    return len(inserted)

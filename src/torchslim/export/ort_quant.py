@@ -10,7 +10,8 @@ both the torch simulation and the ORT model.
 Dynamic: ``quantize_dynamic`` (MatMulInteger/DynamicQuantizeMatMul); Gemm nodes are first rewritten as
 MatMul + Add because ORT's dynamic quantizer only handles MatMul, and each unmasked self-attention's core
 becomes one ``MultiHeadAttention`` node (:mod:`torchslim.export.attention_fusion`; its projections stay MatMul
-nodes and are quantized like every other).
+nodes and are quantized like every other); after quantization a packed in-projection and the attention it
+feeds become one ``QAttention`` node.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 import torch
 
-from torchslim.export.attention_fusion import fuse_attention_
+from torchslim.export.attention_fusion import fuse_attention_, fuse_qattention_
 from torchslim.export.onnx_export import strip_onnx_metadata
 
 
@@ -188,6 +189,7 @@ def quantize_dynamic_onnx(model, *, per_channel: bool = True, nodes_to_exclude: 
     """
     import copy
 
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     model = copy.deepcopy(model)
@@ -199,7 +201,9 @@ def quantize_dynamic_onnx(model, *, per_channel: bool = True, nodes_to_exclude: 
         quantize_dynamic(model, out, per_channel=per_channel, weight_type=QuantType.QInt8,
                          op_types_to_quantize=["MatMul"], nodes_to_exclude=excluded,
                          extra_options={"WeightSymmetric": True})
-        return strip_onnx_metadata(out.read_bytes())
+        quantized = onnx.load(out)
+    fuse_qattention_(quantized)
+    return strip_onnx_metadata(quantized.SerializeToString())
 
 
 class quiet_ort_logging:
