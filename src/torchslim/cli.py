@@ -341,8 +341,9 @@ def verify(artifact: Path, key: Path) -> None:
 @click.option("--max-epochs", type=int, default=20, show_default=True,
               help="Most fine-tune epochs of a candidate's stage (the searched budget is 1..this).")
 @click.option("--drop-margin", type=click.FloatRange(min=0, max=10), default=1.0, show_default=True,
-              help="Standard errors of the validation drop added to it when a metric constraint is judged "
-                   "(0: the measured drop, as run reports it).")
+              help="Standard errors of the validation drop a feasible candidate's drop must clear the limit by "
+                   "to be preferred (and what the sampler is told); feasibility itself is the measured drop, as "
+                   "run reports it.")
 @_quiet_option
 def auto(domain_path: Path, out: Path, trials: int, timeout: float | None, storage: str | None,
          study_name: str | None, objective: str, threads: int, seed: int, baseline_epochs: int, max_epochs: int,

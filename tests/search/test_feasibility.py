@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from torchslim.search.feasibility import choose_best, format_number, infeasible_line, relative_violation, violations
+from torchslim.search.feasibility import (choose_best, format_number, infeasible_line, is_feasible,
+                                          is_within_margin, relative_violation, violations)
 
 
 def test_relative_violation_of_each_kind():
@@ -47,6 +48,19 @@ def test_best_feasible_for_each_objective():
     assert choose_best(records, "size")["number"] == 1
     assert choose_best(records, "latency")["number"] == 1
     assert choose_best(records, "metric")["number"] == 3
+
+
+def test_candidates_within_the_drop_margin_come_first_then_the_feasible_ones():
+    # 700 bytes: feasible as measured, but its drop plus the margin is past the limit; 900 bytes: within both
+    shaky = {**_record(1, 700, 0.951, 3.0, True, True), "margin_violations": {"max_metric_drop": 0.4,
+                                                                                "max_size_bytes": 0.0}}
+    sure = {**_record(0, 900, 0.955, 1.0, True, True), "margin_violations": {"max_metric_drop": 0.0,
+                                                                               "max_size_bytes": 0.0}}
+    broken = _record(2, 500, 0.80, 9.0, True, False)
+    assert choose_best([shaky, sure, broken], "size")["number"] == 0
+    assert choose_best([shaky, broken], "size")["number"] == 1  # feasible as run reports it: still the best
+    assert is_feasible(shaky) and not is_within_margin(shaky) and is_within_margin(sure)
+    assert not is_within_margin(broken)
 
 
 def test_closest_is_the_smallest_summed_relative_violation():

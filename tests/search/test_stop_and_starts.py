@@ -148,7 +148,8 @@ def test_the_drop_margin_is_how_many_standard_errors_the_metric_constraint_adds(
                           log=lambda _m: None)
         record = result.records[0]
         drop = record["baseline_val_value"] - record["val_value"]
-        judged[margin] = (record["val_constraints"]["max_metric_drop"]["measured"], drop, record["val_drop_stderr"])
+        assert record["val_constraints"]["max_metric_drop"]["measured"] == pytest.approx(drop)  # as run reports
+        judged[margin] = (record["margin_constraints"]["max_metric_drop"]["measured"], drop, record["val_drop_stderr"])
     (zero, drop0, se0), (three, drop3, se3) = judged[0.0], judged[3.0]
     assert (drop0, se0) == (drop3, se3) and se0 > 0  # the same candidate, which disagrees with the baseline
     assert zero == pytest.approx(drop0) and three == pytest.approx(drop0 + 3 * se0)

@@ -50,7 +50,20 @@ def violations(metrics: dict[str, Any]) -> dict[str, float]:
 
 
 def is_feasible(record: dict[str, Any]) -> bool:
+    """Every constraint met as measured on the validation split: what ``torchslim run`` reports for the recipe."""
     return all(v <= 0 for v in record["violations"].values())
+
+
+def sampler_violations(record: dict[str, Any]) -> dict[str, float]:
+    """The violations the sampler is told: with the metric constraints judged with the drop's margin
+    (``margin_violations``, see ``search.noise``) where the record has them, so that it steers towards candidates
+    whose drop is within the limit beyond the validation split's noise."""
+    return record.get("margin_violations", record["violations"])
+
+
+def is_within_margin(record: dict[str, Any]) -> bool:
+    """Feasible with the metric constraints judged on the drop plus its margin (the preferred candidates)."""
+    return is_feasible(record) and all(v <= 0 for v in sampler_violations(record).values())
 
 
 def _objective_key(record: dict[str, Any], objective: str) -> tuple[float, ...]:
@@ -66,19 +79,26 @@ def _objective_key(record: dict[str, Any], objective: str) -> tuple[float, ...]:
 
 
 def choose_best(records: Iterable[dict[str, Any]], objective: str = "size") -> dict[str, Any] | None:
-    """The best feasible record for ``objective`` (ties: the other two objectives, then the earlier trial); when
-    none is feasible, the closest: the smallest summed relative violation (ties as before).
+    """The best record for ``objective`` (ties: the other two objectives, then the earlier trial) among the
+    feasible ones whose metric drop is within its limit by the margin (:func:`is_within_margin`); when none is,
+    among the feasible ones; when none is feasible, the closest: the smallest summed relative violation (ties as
+    before).
+
+    Preferring the candidates within the margin keeps the search from choosing, among many, the one a small
+    validation split flatters most; falling back to the feasible ones keeps a candidate that meets the
+    constraints as measured (as ``run`` reports them) from being called infeasible because the split is small.
 
     Args:
-        records: one per finished candidate, with ``number``, ``value``, ``size_bytes``, ``speedup_batch_64`` and
-            ``violations`` (see :func:`violations`).
+        records: one per finished candidate, with ``number``, ``value``, ``size_bytes``, ``speedup_batch_64``,
+            ``violations`` (see :func:`violations`) and optionally ``margin_violations``.
     Returns:
         the chosen record, or None when there are no records.
     """
     records = list(records)
-    feasible = [r for r in records if is_feasible(r)]
-    if feasible:
-        return min(feasible, key=lambda r: (*_objective_key(r, objective), r["number"]))
+    for tier in (is_within_margin, is_feasible):
+        chosen = [r for r in records if tier(r)]
+        if chosen:
+            return min(chosen, key=lambda r: (*_objective_key(r, objective), r["number"]))
     if not records:
         return None
     return min(records, key=lambda r: (math.fsum(r["violations"].values()), *_objective_key(r, objective),

@@ -13,12 +13,12 @@ import yaml
 
 from torchslim.artifact import fresh_dir, write_bytes_atomic
 from torchslim.artifact._atomic import replace_dir
-from torchslim.search.feasibility import is_feasible
+from torchslim.search.feasibility import is_feasible, is_within_margin
 
-CSV_COLUMNS = ("number", "state", "feasible", "candidate", "val_value", "baseline_val_value", "value", "baseline_value",
-               "size_bytes",
-               "compression_ratio", "speedup_batch_1", "speedup_batch_64", "latency_ms_batch_1",
-               "latency_ms_batch_64", "val_drop_stderr", "violation", "failed_constraints", "note")
+CSV_COLUMNS = ("number", "state", "feasible", "within_margin", "candidate", "val_value", "baseline_val_value",
+               "value", "baseline_value", "size_bytes", "compression_ratio", "speedup_batch_1", "speedup_batch_64",
+               "latency_ms_batch_1", "latency_ms_batch_64", "val_drop_stderr", "violation", "failed_constraints",
+               "note")
 
 
 def copy_artifact(src: Path, dst: Path) -> None:
@@ -60,7 +60,7 @@ def csv_row(number: int, state: str, record: dict[str, Any] | None, stopped: dic
     sampler proposed again, which trial it repeats (``same candidate as trial 7``: not run again)."""
     row: dict[str, Any] = {"number": number, "state": state}
     if stopped is not None:
-        row.update(candidate=stopped["brief"], feasible=False, val_value=stopped["val_value"],
+        row.update(candidate=stopped["brief"], feasible=False, within_margin=False, val_value=stopped["val_value"],
                    baseline_val_value=stopped["baseline_val_value"], note="stopped " + stopped_text(stopped))
     if same_as is not None:
         row.update(candidate=same_as["brief"], note=f"same candidate as trial {same_as['number']}")
@@ -68,7 +68,7 @@ def csv_row(number: int, state: str, record: dict[str, Any] | None, stopped: dic
         row.update({k: record[k] for k in ("value", "baseline_value", "size_bytes", "compression_ratio",
                                            "speedup_batch_1", "speedup_batch_64")})
         row.update({k: record.get(k) for k in ("val_value", "baseline_val_value", "val_drop_stderr")})
-        row.update(candidate=record["brief"], feasible=is_feasible(record),
+        row.update(candidate=record["brief"], feasible=is_feasible(record), within_margin=is_within_margin(record),
                    latency_ms_batch_1=record["latency_ms"]["batch_1"],
                    latency_ms_batch_64=record["latency_ms"]["batch_64"],
                    violation=sum(record["violations"].values()),
@@ -126,7 +126,8 @@ def report_html(records: list[dict[str, Any]], best: dict[str, Any], title: str,
                              "Candidates: filled = every constraint met; dashed = Pareto front; star = best."))
     rows = tuple((str(r["number"]), r["brief"], f"{100 * r['value']:.2f}", f"{r['size_bytes']:,}",
                   f"{r['compression_ratio']:.1f}x", f"{r['speedup_batch_64']:.2f}x",
-                  "yes" if is_feasible(r) else "no: " + ", ".join(k for k, v in r["violations"].items() if v > 0))
+                  ("yes" if is_within_margin(r) else "yes, not by the margin") if is_feasible(r)
+                  else "no: " + ", ".join(k for k, v in r["violations"].items() if v > 0))
                  for r in sorted(records, key=lambda r: r["number"]))
     blocks += [Heading(2, "Candidates"),
                Table(("trial", "candidate", f"{best['metric']} %", "bytes", "ratio", "speed-up b64", "feasible"),

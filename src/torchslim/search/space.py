@@ -38,10 +38,11 @@ class SearchSettings:
         stop_slack: a candidate is stopped after an intermediate stage when its validation metric is below the
             floor its constraints set (``baseline - max_metric_drop`` or ``min_metric``) by more than this many
             times the drop they allow: later stages seldom recover that much (0 turns stopping off).
-        drop_margin: metric constraints are judged on the validation drop plus this many of its standard errors
-            (``search.noise``); 0 judges the measured drop, as ``run`` reports it. One standard error guards
-            against picking the candidate a small split flatters most, but on a split of a few hundred samples a
-            single sample lost already costs about a point.
+        drop_margin: among feasible candidates (every constraint met as measured, as ``run`` reports it), those
+            whose validation drop plus this many of its standard errors (``search.noise``) is within the limit
+            are preferred, and the sampler is told the constraints so judged. One standard error guards against
+            picking the candidate a small split flatters most; it does not decide feasibility, because on a split
+            of a few hundred samples a single sample lost already costs about a point.
     """
 
     baseline_epochs: int = 40

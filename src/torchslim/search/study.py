@@ -24,8 +24,8 @@ from torchslim.artifact._atomic import process_alive
 from torchslim.domain import Domain
 from torchslim.evaluate import speedup
 from torchslim.search.baseline import ensure_baseline, start_from_baseline
-from torchslim.search.feasibility import (OBJECTIVES, choose_best, infeasible_line, is_feasible, metric_violations,
-                                          stop_floor, violations)
+from torchslim.search.feasibility import (OBJECTIVES, choose_best, infeasible_line, is_feasible, is_within_margin,
+                                          metric_violations, sampler_violations, stop_floor, violations)
 from torchslim.search.noise import correct_per_sample, paired_drop_stderr, with_margin
 from torchslim.search.outputs import csv_row, stopped_text, trials_csv, write_outputs
 from torchslim.search.sampler import starting_points_first
@@ -83,7 +83,8 @@ def _constraints_func(trial: Any) -> list[float]:
         record = earlier and _outcome(earlier.user_attrs)
     if record is None:
         return [1.0]
-    return [record["violations"][k] for k in sorted(record["violations"])]
+    told = sampler_violations(record)
+    return [told[k] for k in sorted(told)]
 
 
 class CandidateStopped(Exception):
@@ -260,17 +261,18 @@ class AutoSearch:
             trial.set_user_attr("error", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
             self.log(f"trial {trial.number}: {describe(params)}: failed: {trial.user_attrs['error']}")
             raise
-        # judged with the drop's standard error on the validation split (see search.noise)
+        record = record_of(trial.number, metrics, params, recipe)
+        # feasible as measured (as run reports it); preferred, and told the sampler, with the drop's margin: its
+        # standard error on the validation split times --drop-margin (see search.noise, feasibility.choose_best)
         stderr = self.drop_stderr(folder / "artifact")
         if "val_constraints" in metrics:
-            margin = self.settings.drop_margin * stderr
-            metrics = {**metrics, "val_constraints": with_margin(metrics["val_constraints"], margin)}
-        record = record_of(trial.number, metrics, params, recipe)
+            record["margin_constraints"] = with_margin(metrics["val_constraints"], self.settings.drop_margin * stderr)
+            record["margin_violations"] = violations({**metrics, "val_constraints": record["margin_constraints"]})
         record["val_drop_stderr"] = stderr
         record["seconds"] = round(time.monotonic() - start, 1)
         trial.set_user_attr("record", record)
         if hasattr(trial, "set_constraint"):
-            for name, value in sorted(record["violations"].items()):
+            for name, value in sorted(sampler_violations(record).items()):
                 trial.set_constraint(name, value)
         return record.get("val_value", record["value"]), float(record["size_bytes"]), record["speedup_batch_64"]
 
@@ -316,7 +318,7 @@ class AutoSearch:
         trial.set_user_attr("same_as", earlier.number)
         done = _outcome(earlier.user_attrs)
         if hasattr(trial, "set_constraint"):
-            for name, value in sorted(done["violations"].items()):
+            for name, value in sorted(sampler_violations(done).items()):
                 trial.set_constraint(name, value)
         if "record" not in earlier.user_attrs:
             raise optuna.TrialPruned(f"same candidate as trial {earlier.number}")
@@ -398,8 +400,8 @@ class AutoSearch:
         return best
 
     def progress(self, record: dict[str, Any], best: dict[str, Any]) -> str:
-        ok = "feasible" if is_feasible(record) else \
-            "infeasible (" + ", ".join(k for k, v in record["violations"].items() if v > 0) + ")"
+        ok = ("infeasible (" + ", ".join(k for k, v in record["violations"].items() if v > 0) + ")"
+              if not is_feasible(record) else "feasible" if is_within_margin(record) else "feasible (not by the margin)")
         return (f"trial {record['number']}: {record['brief']} | {record['metric']} {record['value']:.4f} | "
                 f"{record['size_bytes']:,} B | speed-up b64 {record['speedup_batch_64']:.2f}x | {ok} | "
                 f"{record['seconds']:.0f}s | best: trial {best['number']} ({best['size_bytes']:,} B, "
