@@ -5,15 +5,16 @@ from __future__ import annotations
 import pytest
 
 from torchslim.domain import load_domain
-from torchslim.search.space import SearchSettings, describe, quant_methods, recipe_from_params, suggest_params
+from torchslim.search.space import (DEEP_COMPRESSION, INT8, SearchSettings, describe, quant_methods,
+                                    recipe_from_params, starting_points, suggest_params)
 
 SETTINGS = SearchSettings(baseline_epochs=7, max_epochs=5, lr=0.001, batch_size=32)
 
 
-def _domain(runtime="torch", model=None):
+def _domain(runtime="torch", model=None, constraints=None):
     return load_domain({"name": "d", "task": "image-classification", "data": {"source": "digits"},
                         "model": model or {"name": "lenet300_100", "kwargs": {"width": 0.5}},
-                        "constraints": {"max_size_bytes": 1000}, "runtime": runtime})
+                        "constraints": constraints or {"max_size_bytes": 1000}, "runtime": runtime})
 
 
 def test_everything_on_gives_the_stages_in_order():
@@ -92,17 +93,114 @@ def test_a_factory_model_is_not_given_a_width():
         recipe_from_params({"width": 0.5, "epochs": 1}, domain, "d", SETTINGS, 0)
 
 
+def test_a_sensitivity_allocation_caps_each_pruning_stage_at_its_sparsity():
+    domain = _domain(constraints={"max_metric_drop": 0.02})
+    params = {"structured": 0.3, "sparsity": 0.9, "kd": False, "quant": "none", "epochs": 4}
+    stage = recipe_from_params({**params, "allocation": "stage"}, domain, "d", SETTINGS, 0)["stages"]
+    sens = recipe_from_params({**params, "allocation": "sensitivity"}, domain, "d", SETTINGS, 0)["stages"]
+    structured, magnitude = sens[1]["prune"], sens[2]["prune"]
+    # the grid: the method's choices up to the candidate's sparsity; the bound: half the domain's 0.02
+    assert structured.pop("sensitivity") == {"sparsities": [0.1, 0.2, 0.3], "max_drop": 0.01}
+    assert magnitude.pop("sensitivity") == {"sparsities": [0.5, 0.6, 0.7, 0.8, 0.9], "max_drop": 0.01}
+    assert sens == stage and "sensitivity" not in str(stage)  # otherwise the same stages as the stage's own
+    assert params == {"structured": 0.3, "sparsity": 0.9, "kd": False, "quant": "none", "epochs": 4}
+    # a cap between two choices is in the grid too; the smallest choice alone when it is the cap
+    odd = recipe_from_params({"sparsity": 0.65, "allocation": "sensitivity", "epochs": 1}, domain, "d", SETTINGS, 0)
+    assert odd["stages"][1]["prune"]["sensitivity"]["sparsities"] == [0.5, 0.6, 0.65]
+    low = recipe_from_params({"structured": 0.1, "allocation": "sensitivity", "epochs": 1}, domain, "d", SETTINGS, 0)
+    assert low["stages"][1]["prune"]["sensitivity"]["sparsities"] == [0.1]
+    assert describe({**params, "allocation": "sensitivity"}) == "struct0.3/sens sparse0.9/sens ft4"
+    assert describe({**params, "allocation": "stage"}) == "struct0.3 sparse0.9 ft4"
+
+
+class ScriptedTrial:
+    """A stand-in for an Optuna trial: answers from ``answers``, else the first choice; records what was asked."""
+
+    def __init__(self, **answers):
+        self.answers, self.asked = answers, []
+
+    def suggest_categorical(self, name, choices):
+        self.asked.append(name)
+        return self.answers.get(name, choices[0])
+
+    def suggest_int(self, name, low, high):
+        self.asked.append(name)
+        return self.answers.get(name, low)
+
+
+@pytest.mark.parametrize("constraints, structured, sparsity, asked", [
+    ({"max_metric_drop": 0.01}, 0.0, 0.9, True),
+    ({"max_metric_drop": 0.01}, 0.3, 0.0, True),
+    ({"max_metric_drop": 0.01}, 0.0, 0.0, False),  # nothing is pruned
+    ({"max_size_bytes": 1000}, 0.3, 0.9, False),  # no drop bound to take a share of
+    ({"min_metric": 0.9}, 0.3, 0.9, False),
+])
+def test_the_allocation_is_asked_only_when_pruning_under_a_drop_bound(constraints, structured, sparsity, asked):
+    domain = _domain(constraints=constraints)
+    trial = ScriptedTrial(structured=structured, sparsity=sparsity, allocation="sensitivity")
+    params = suggest_params(trial, domain, SETTINGS)
+    assert ("allocation" in trial.asked) == asked and params.get("allocation") == ("sensitivity" if asked else None)
+    if not asked and (structured or sparsity):
+        with pytest.raises(ValueError, match="allocation: sensitivity needs the domain's constraints.max_metric_drop"):
+            recipe_from_params({**params, "allocation": "sensitivity"}, domain, "d", SETTINGS, 0)
+    with pytest.raises(ValueError, match="allocation: must be one of stage, sensitivity"):
+        recipe_from_params({**params, "allocation": "uniform"}, domain, "d", SETTINGS, 0)
+
+
+def test_starting_points_prune_by_the_stage_and_are_the_parameters_their_trials_get():
+    domain = _domain("onnxruntime", constraints={"max_metric_drop": 0.01})
+    points = starting_points(domain, SETTINGS)
+    assert [p.get("allocation") for p in points] == ["stage"] * 3 + [None, None, None, "stage"]
+    assert [{k: v for k, v in p.items() if k not in ("allocation", "epochs")} for p in points] == \
+        [*DEEP_COMPRESSION, *INT8]
+    for point in points:  # the sampler answers a starting point's trial from the point: the same keys come back
+        assert suggest_params(ScriptedTrial(**point), domain, SETTINGS) == point
+    assert all("allocation" not in p for p in starting_points(_domain("onnxruntime"), SETTINGS))
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_a_sensitivity_candidate_runs_and_lowers_fragile_layers_below_its_cap(tmp_path):
+    """Through the runner on digits: each layer gets the largest grid sparsity whose one-layer drop on the
+    validation split is within half the domain's bound, and is pruned to exactly that."""
+    import yaml
+
+    from torchslim.prune.sensitivity import SensitivityTable, overrides_from_sensitivity
+    from torchslim.recipe import load_recipe
+    from torchslim.runner import run_recipe
+
+    domain = {"name": "digits-sens", "task": "image-classification",
+              "data": {"source": "digits", "test_fraction": 0.2, "val_fraction": 0.1, "seed": 0},
+              "model": {"name": "lenet300_100", "kwargs": {"hidden1": 64, "hidden2": 32}}, "metric": "accuracy",
+              "constraints": {"max_metric_drop": 0.1}}
+    (tmp_path / "d.yaml").write_text(yaml.safe_dump(domain))
+    params = {"sparsity": 0.95, "allocation": "sensitivity", "kd": False, "quant": "none", "epochs": 2}
+    settings = SearchSettings(baseline_epochs=5, max_epochs=2)
+    recipe = recipe_from_params(params, load_domain(tmp_path / "d.yaml"), str(tmp_path / "d.yaml"), settings, 0)
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    record = run_recipe(load_recipe(tmp_path / "r.yaml"), tmp_path / "out", log=lambda _m: None)["stages"][1]
+    rows = tuple((r["layer"], r["sparsity"], r["val_metric"]) for r in record["sensitivity"])
+    assert [r[:2] for r in rows] == [(n, s) for n in ("fc1", "fc2", "fc3") for s in (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)]
+    chosen = overrides_from_sensitivity(SensitivityTable(record["sensitivity_baseline"], rows), 0.05)
+    assert record["sensitivity_overrides"] == [f"{n} {chosen[n]:g}" for n in ("fc1", "fc2", "fc3")]
+    assert min(chosen.values()) < 0.95  # a fragile layer kept more of its weights than the cap allows
+    sizes = {"fc1": 64 * 64, "fc2": 32 * 64, "fc3": 10 * 32}
+    achieved = {n: float(s) for n, s in (item.split() for item in record["layer_sparsity"])}
+    assert achieved == {n: pytest.approx(round(chosen[n] * sizes[n]) / sizes[n], abs=1e-4) for n in sizes}
+
+
 def test_every_recipe_the_space_can_make_is_a_valid_recipe(tmp_path):
     """Each quantization method and pruning choice passes the recipe's own validation."""
     import yaml
 
     from torchslim.recipe import load_recipe
 
-    (tmp_path / "d.yaml").write_text(yaml.safe_dump(_domain("onnxruntime").to_dict()))
-    for quant, bits in (("kmeans", 2), ("weight", 8), ("static", None), ("dynamic", None), ("none", None)):
-        params = {"width": 0.75, "structured": 0.6, "sparsity": 0.95, "kd": True, "quant": quant, "bits": bits,
-                  "epochs": 2}
-        recipe = recipe_from_params(params, _domain("onnxruntime"), str(tmp_path / "d.yaml"), SETTINGS, 0)
+    domain = _domain("onnxruntime", constraints={"max_metric_drop": 0.01})
+    (tmp_path / "d.yaml").write_text(yaml.safe_dump(domain.to_dict()))
+    for quant, bits, allocation in (("kmeans", 2, "stage"), ("weight", 8, "sensitivity"), ("static", None, "stage"),
+                                    ("dynamic", None, "sensitivity"), ("none", None, "sensitivity")):
+        params = {"width": 0.75, "structured": 0.6, "sparsity": 0.95, "allocation": allocation, "kd": True,
+                  "quant": quant, "bits": bits, "epochs": 2}
+        recipe = recipe_from_params(params, domain, str(tmp_path / "d.yaml"), SETTINGS, 0)
         (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
         loaded = load_recipe(tmp_path / "r.yaml")
         assert len(loaded.stages) == len(recipe["stages"])

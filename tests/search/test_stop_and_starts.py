@@ -62,13 +62,13 @@ def test_first_trials_are_the_starting_points_and_students_are_distilled_once_pe
 
 
 def _stopping_search(tmp_path, slack):
-    """One structured-pruning candidate (80 % of neurons, one epoch of fine-tuning) under a 0.1-point drop limit,
-    then its distillation and quantization."""
+    """One structured-pruning candidate (80 % of every layer's neurons, one epoch of fine-tuning) under a 0.1-point
+    drop limit, then its distillation and quantization."""
     from torchslim.search import study as study_module
     from torchslim.search import run_auto
 
-    hopeless = {"width": 1.0, "structured": 0.8, "sparsity": 0.0, "kd": True, "quant": "weight", "bits": 2,
-                "epochs": 1}
+    hopeless = {"width": 1.0, "structured": 0.8, "sparsity": 0.0, "allocation": "stage", "kd": True,
+                "quant": "weight", "bits": 2, "epochs": 1}
     domain = _domain(tmp_path, {"max_metric_drop": 0.001})
     lines: list[str] = []
     patched = pytest.MonkeyPatch()

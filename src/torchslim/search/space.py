@@ -17,6 +17,14 @@ STRUCTURED = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)  # fractions of channels /
 SPARSITIES = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)  # fractions of weights zeroed by magnitude
 BITS = (2, 3, 4, 5, 6, 8)  # k-means and weight-only bits
 INT8_METHODS = ("static", "dynamic")  # run by ONNX Runtime's int8 kernels: offered for runtime onnxruntime only
+# How a pruning stage's sparsity is shared among layers: ``stage`` as the stage's keys say (one global magnitude
+# threshold; every layer's units at the same fraction), ``sensitivity`` each layer at most the stage's sparsity,
+# by what pruning it alone costs on the validation split (``prune: {sensitivity: ...}``).
+ALLOCATIONS = ("stage", "sensitivity")
+# The per-layer bound of a ``sensitivity`` allocation, as a share of the domain's max_metric_drop: a layer is
+# measured alone, pruned in one shot without fine-tuning, and several layers' losses add up when all are pruned,
+# so one layer may cost at most half of what the whole model may lose (fine-tuning recovers part of the sum).
+SENSITIVITY_DROP_SHARE = 0.5
 
 
 @dataclass(frozen=True)
@@ -70,19 +78,29 @@ def quant_methods(domain: Domain) -> tuple[str, ...]:
     return methods + INT8_METHODS if domain.runtime == "onnxruntime" else methods
 
 
+def asks_allocation(params: dict[str, Any], domain: Domain) -> bool:
+    """Whether a candidate chooses an ``allocation``: it prunes, and the domain bounds the metric's drop (the
+    per-layer bound is a share of that drop, a plain number in the recipe)."""
+    prunes = params.get("structured", 0.0) > 0 or params.get("sparsity", 0.0) > 0
+    return prunes and domain.constraints.max_metric_drop is not None
+
+
 def suggest_params(trial: Any, domain: Domain, settings: SearchSettings) -> dict[str, Any]:
     """Ask an Optuna trial for one candidate's parameters (define-by-run: bits only when a method needs them).
 
     Returns:
         ``width`` (1.0 for a factory model: only built-in models take ``width``), ``structured`` and
-        ``sparsity`` (0 = off), ``kd`` (a distillation stage from the baseline after pruning), ``quant``,
-        ``bits`` (for ``kmeans`` / ``weight``) and ``epochs``.
+        ``sparsity`` (0 = off), ``allocation`` (when :func:`asks_allocation`: one choice for both pruning
+        stages), ``kd`` (a distillation stage from the baseline after pruning), ``quant``, ``bits`` (for
+        ``kmeans`` / ``weight``) and ``epochs``.
     """
     params: dict[str, Any] = {"width": 1.0}
     if domain.model.name is not None:
         params["width"] = trial.suggest_categorical("width", WIDTHS)
     params["structured"] = trial.suggest_categorical("structured", (0.0, *STRUCTURED))
     params["sparsity"] = trial.suggest_categorical("sparsity", (0.0, *SPARSITIES))
+    if asks_allocation(params, domain):
+        params["allocation"] = trial.suggest_categorical("allocation", ALLOCATIONS)
     params["kd"] = trial.suggest_categorical("kd", (False, True))
     params["quant"] = trial.suggest_categorical("quant", quant_methods(domain))
     if params["quant"] in ("kmeans", "weight"):
@@ -108,10 +126,13 @@ INT8 = ({"width": 1.0, "structured": 0.0, "sparsity": 0.0, "kd": False, "quant":
 
 def starting_points(domain: Domain, settings: SearchSettings) -> list[dict[str, Any]]:
     """The parameters of the standard compressions a new search runs first (see ``DEEP_COMPRESSION``, ``INT8``),
-    with the most fine-tuning the search allows; a factory model (no ``width``) gets the full-width ones."""
+    with the most fine-tuning the search allows; a factory model (no ``width``) gets the full-width ones. Each
+    holds exactly the keys :func:`suggest_params` asks for it (``allocation: stage`` where asked), so its trial's
+    parameters equal it."""
     points = [*DEEP_COMPRESSION, *(INT8 if domain.runtime == "onnxruntime" else ())]
     if domain.model.name is None:
         points = [{k: v for k, v in p.items() if k != "width"} for p in points if p["width"] == 1.0]
+    points = [{**p, "allocation": "stage"} if asks_allocation(p, domain) else p for p in points]
     return [{**p, "epochs": settings.max_epochs} for p in points]
 
 
@@ -136,6 +157,7 @@ def recipe_from_params(params: dict[str, Any], domain: Domain, domain_ref: Any, 
         seed: the recipe's seed.
     """
     epochs, bs, lr = int(params["epochs"]), settings.batch_size, settings.lr
+    by_sensitivity = _by_sensitivity(params, domain)
     augment = settings.augment or "none"
     finetune = {"epochs": epochs, "lr": lr, "batch_size": bs}
     stages: list[dict[str, Any]] = [{"train": {"epochs": settings.baseline_epochs, "lr": lr, "batch_size": bs}}]
@@ -151,13 +173,20 @@ def recipe_from_params(params: dict[str, Any], domain: Domain, domain_ref: Any, 
                                    "temperature": 4.0, "alpha": 0.9, "epochs": 2 * settings.baseline_epochs,
                                    "lr": settings.student_lr_factor * lr, "batch_size": bs, "augment": augment}})
     if params.get("structured", 0.0) > 0:
-        stages.append({"prune": {"method": "structured", "sparsity": float(params["structured"]), "importance": "l2",
-                                 "schedule": {"kind": "oneshot"}, "finetune": finetune}})
+        structured = float(params["structured"])
+        stages.append({"prune": {"method": "structured", "sparsity": structured, "importance": "l2",
+                                 "schedule": {"kind": "oneshot"}, "finetune": finetune,
+                                 **(_sensitivity(structured, STRUCTURED, domain) if by_sensitivity else {})}})
     if params.get("sparsity", 0.0) > 0:
+        sparsity = float(params["sparsity"])
         steps = min(3, epochs)  # fine-tune epochs are spread over the steps: at least one each
         schedule = {"kind": "polynomial", "steps": steps} if steps > 1 else {"kind": "oneshot"}
-        stages.append({"prune": {"method": "magnitude", "sparsity": float(params["sparsity"]), "scope": "global",
-                                 "schedule": schedule, "finetune": finetune}})
+        # With a sensitivity allocation every layer gets an override, so none is left to the global threshold
+        # (each ramps to its own sparsity over the schedule's steps); ``global`` stays so that the check before
+        # training does not reject the cap for a layer the analysis would lower.
+        stages.append({"prune": {"method": "magnitude", "sparsity": sparsity, "scope": "global",
+                                 "schedule": schedule, "finetune": finetune,
+                                 **(_sensitivity(sparsity, SPARSITIES, domain) if by_sensitivity else {})}})
     if params.get("kd", False):
         stages.append({"distill": {"teacher": "baseline", "temperature": 4.0, "alpha": 0.9, "epochs": epochs,
                                    "lr": lr, "batch_size": bs, "augment": augment}})
@@ -177,15 +206,34 @@ def recipe_from_params(params: dict[str, Any], domain: Domain, domain_ref: Any, 
     return {"domain": domain_ref, "seed": seed, "stages": stages}
 
 
+def _by_sensitivity(params: dict[str, Any], domain: Domain) -> bool:
+    allocation = params.get("allocation", "stage")
+    if allocation not in ALLOCATIONS:
+        raise ValueError(f"allocation: must be one of {', '.join(ALLOCATIONS)}, got {allocation!r}")
+    if allocation == "sensitivity" and domain.constraints.max_metric_drop is None:
+        raise ValueError("allocation: sensitivity needs the domain's constraints.max_metric_drop")
+    return allocation == "sensitivity"
+
+
+def _sensitivity(cap: float, choices: tuple[float, ...], domain: Domain) -> dict[str, Any]:
+    """The ``sensitivity`` key of a pruning stage whose sparsity ``cap`` is each layer's most: the method's
+    choices up to the cap, and a per-layer drop bound of ``SENSITIVITY_DROP_SHARE`` of the domain's."""
+    grid = sorted({c for c in choices if c <= cap} | {cap})
+    max_drop = SENSITIVITY_DROP_SHARE * float(domain.constraints.max_metric_drop)
+    return {"sensitivity": {"sparsities": grid, "max_drop": max_drop}}
+
+
 def describe(params: dict[str, Any]) -> str:
-    """A candidate in brief, for progress lines and tables: ``w0.5 struct0.3 sparse0.9 kd kmeans4 ft5``."""
+    """A candidate in brief, for progress lines and tables: ``w0.5 struct0.3 sparse0.9 kd kmeans4 ft5``; a
+    sensitivity allocation marks the pruning stages: ``struct0.3/sens sparse0.9/sens``."""
     parts = []
+    sens = "/sens" if params.get("allocation") == "sensitivity" else ""
     if params.get("width", 1.0) < 1.0:
         parts.append(f"w{params['width']:g}")
     if params.get("structured", 0.0) > 0:
-        parts.append(f"struct{params['structured']:g}")
+        parts.append(f"struct{params['structured']:g}{sens}")
     if params.get("sparsity", 0.0) > 0:
-        parts.append(f"sparse{params['sparsity']:g}")
+        parts.append(f"sparse{params['sparsity']:g}{sens}")
     if params.get("kd"):
         parts.append("kd")
     quant = params.get("quant", "none")
