@@ -46,10 +46,14 @@ def main() -> None:
     parser.add_argument("--max-bytes", type=int, default=4000)
     parser.add_argument("--max-drop", type=float, default=0.01)
     parser.add_argument("--seed", type=int, default=0, help="auto's --seed (its sampler and candidate recipes)")
+    parser.add_argument("--keep", type=Path, default=None,
+                        help="write both runs into this new folder and keep it (default: a temporary folder)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
+        folder = Path(tmp) if args.keep is None else args.keep
+        if args.keep is not None:
+            folder.mkdir(parents=True)
         proc, hand_wall = _torchslim("run", str(HAND), "--out", str(folder / "hand"), "--threads", "1", "--quiet")
         if proc.returncode != 0:
             sys.exit(f"hand recipe failed: {proc.stderr}")
@@ -83,6 +87,11 @@ def main() -> None:
     print(f"{'hand: deep_compression.yaml':<{width}} {hand['size_bytes']:>8,} {100 * hand_drop:>19.2f} "
           f"{hand_wall:>9.0f}")
     print(f"{label:<{width}} {int(best['size_bytes']):>8,} {100 * auto_drop:>19.2f} {auto_wall:>9.0f}")
+    val_drop = float(best["baseline_val_value"]) - float(best["val_value"])
+    print(f"auto's best on the validation split: drop {100 * val_drop:.2f} points, standard error "
+          f"{100 * float(best['val_drop_stderr']):.2f}, within the margin: {best['within_margin']}; "
+          f"{sum(r['within_margin'] == 'True' for r in rows)} of {sum(r['feasible'] == 'True' for r in rows)} "
+          f"feasible candidates are within it")
     goal = int(best["size_bytes"]) <= hand["size_bytes"] and auto_drop <= hand_drop + 1e-12 and auto_wall <= 600
     print(f"goal (auto at most the hand recipe's bytes at no larger drop, within 10 minutes): "
           f"{'met' if goal else 'NOT met'}")

@@ -23,8 +23,8 @@ def test_everything_on_gives_the_stages_in_order():
     recipe = recipe_from_params(params, _domain(), "/abs/domain.yaml", SETTINGS, seed=11)
     assert recipe["domain"] == "/abs/domain.yaml" and recipe["seed"] == 11
     names = [next(iter(s)) for s in recipe["stages"]]
-    assert names == ["train", "distill", "prune", "prune", "distill", "quantize"]
-    train, student, structured, magnitude, kd, quant = (next(iter(s.values())) for s in recipe["stages"])
+    assert names == ["train", "distill", "prune", "prune", "distill", "quantize", "distill"]
+    train, student, structured, magnitude, kd, quant, kd_after = (next(iter(s.values())) for s in recipe["stages"])
     assert train == {"epochs": 7, "lr": 0.001, "batch_size": 32}
     # the student's width multiplies the domain's own width: 0.5 * 0.5
     assert student["student"] == {"name": "lenet300_100", "kwargs": {"width": 0.25}}
@@ -35,7 +35,12 @@ def test_everything_on_gives_the_stages_in_order():
     assert magnitude["sparsity"] == 0.9 and magnitude["schedule"] == {"kind": "polynomial", "steps": 3}
     assert kd["teacher"] == "baseline" and "student" not in kd
     assert quant == {"method": "kmeans", "bits": 3, "finetune": {"epochs": 4, "lr": 0.0001}}
+    # the centroids distilled too, at the k-means fine-tune's rate
+    assert kd_after == {"teacher": "baseline", "temperature": 4.0, "alpha": 0.9, "epochs": 4, "lr": 0.0001,
+                        "batch_size": 32, "augment": "none"}
     assert describe(params) == "w0.5 struct0.3 sparse0.9 kd kmeans3 ft4"
+    weight_only = recipe_from_params({**params, "quant": "weight"}, _domain(), "d", SETTINGS, seed=11)["stages"]
+    assert [next(iter(s)) for s in weight_only][-2:] == ["distill", "quantize"]  # no fine-tune after weight-only
 
 
 def test_distillation_shifts_spatial_inputs_only():

@@ -91,7 +91,7 @@ def suggest_params(trial: Any, domain: Domain, settings: SearchSettings) -> dict
     Returns:
         ``width`` (1.0 for a factory model: only built-in models take ``width``), ``structured`` and
         ``sparsity`` (0 = off), ``allocation`` (when :func:`asks_allocation`: one choice for both pruning
-        stages), ``kd`` (a distillation stage from the baseline after pruning), ``quant``, ``bits`` (for
+        stages), ``kd`` (distillation stages from the baseline after pruning and after k-means), ``quant``, ``bits`` (for
         ``kmeans`` / ``weight``) and ``epochs``.
     """
     params: dict[str, Any] = {"width": 1.0}
@@ -147,8 +147,8 @@ def recipe_from_params(params: dict[str, Any], domain: Domain, domain_ref: Any, 
     """The recipe mapping (``domain``, ``seed``, ``stages``) a candidate's parameters describe.
 
     Stage order: train the baseline → distill into a narrower student → structured pruning → magnitude pruning →
-    distill from the baseline → quantize. Every stage that changes weights after the student's gets
-    ``params["epochs"]`` of training.
+    distill from the baseline → quantize → (k-means) distill again, as ``recipes/digits/deep_compression.yaml``
+    does. Every stage that changes weights after the student's gets ``params["epochs"]`` of training.
 
     Args:
         params: as returned by :func:`suggest_params`.
@@ -194,6 +194,11 @@ def recipe_from_params(params: dict[str, Any], domain: Domain, domain_ref: Any, 
     if quant == "kmeans":
         stages.append({"quantize": {"method": "kmeans", "bits": int(params["bits"]),
                                     "finetune": {"epochs": epochs, "lr": lr / 10}}})
+        if params.get("kd", False):
+            # the centroids learn from the baseline's soft outputs too: k-means loses what pruning's fine-tune
+            # recovered, and soft targets recover more of it than the labels the k-means fine-tune uses
+            stages.append({"distill": {"teacher": "baseline", "temperature": 4.0, "alpha": 0.9, "epochs": epochs,
+                                       "lr": lr / 10, "batch_size": bs, "augment": augment}})
     elif quant == "weight":
         stages.append({"quantize": {"method": "weight", "bits": int(params["bits"]), "granularity": "channel"}})
     elif quant == "static":
