@@ -43,7 +43,8 @@ class PruneContext:
         """Prune step by step (``step_fn(t, n)`` for t = 1..n) and fine-tune after each step
         (``finetune(model, epochs, after_step, t, n)``), spreading ``config.finetune.epochs`` over the steps.
         With ``config.finetune.distill``, ``finetune`` also gets ``loss_fn=`` (model, x, y) -> the loss against
-        a frozen copy of the model taken before the first step."""
+        a frozen copy of the model taken before the first step. With ``config.finetune.ema``, ``after_step`` also
+        updates a moving average of the weights, which replaces them when each fine-tuning returns."""
         steps = getattr(config, "schedule", None)
         n = steps.steps if steps is not None else 1
         epochs = spread_epochs(config.finetune.epochs, n) if config.finetune is not None else [0] * n
@@ -53,10 +54,44 @@ class PruneContext:
         extra = {}
         if any(epochs) and config.finetune.distill is not None:
             extra["loss_fn"] = distill_loss(copy.deepcopy(model), config.finetune.distill)
+        ema = config.finetune.ema if config.finetune is not None else None
         for t in range(1, n + 1):
             step_fn(t, n)
             if epochs[t - 1] > 0:
-                self.finetune(model, epochs[t - 1], after_step, t, n, **extra)
+                if ema is None:
+                    self.finetune(model, epochs[t - 1], after_step, t, n, **extra)
+                    continue
+                average = WeightAverage(model, ema, after_step)  # a step's units are gone: a fresh average
+                self.finetune(model, epochs[t - 1], average.after_step, t, n, **extra)
+                average.load_into(model)
+
+
+class WeightAverage:
+    """Exponential moving average of a model's floating-point weights and buffers, updated by ``after_step``
+    (which first calls the wrapped hook, so masks hold in every averaged state); the first call starts it."""
+
+    def __init__(self, model: nn.Module, decay: float, after_step: Callable[[], None] | None = None):
+        self.model, self.decay, self.hook = model, decay, after_step
+        self.average: dict[str, torch.Tensor] = {}
+
+    @torch.no_grad()
+    def after_step(self) -> None:
+        if self.hook is not None:
+            self.hook()
+        for name, value in self.model.state_dict().items():
+            if not value.is_floating_point():
+                continue
+            if name not in self.average:
+                self.average[name] = value.detach().clone()
+            else:
+                self.average[name].mul_(self.decay).add_(value, alpha=1.0 - self.decay)
+
+    @torch.no_grad()
+    def load_into(self, model: nn.Module) -> None:
+        """Put the average into ``model`` (integer buffers keep their values); nothing if it never started."""
+        state = model.state_dict()
+        for name, value in self.average.items():
+            state[name].copy_(value.to(state[name].device))
 
 
 def distill_loss(teacher: nn.Module, config: Distill) -> Callable[[nn.Module, torch.Tensor, torch.Tensor],
