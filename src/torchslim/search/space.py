@@ -12,7 +12,9 @@ from typing import Any, Optional
 
 from torchslim.domain import Domain
 
-WIDTHS = (0.25, 0.5, 0.75, 1.0)  # student width multipliers; 1.0 keeps the baseline's width
+# student width multipliers, steps of about sqrt(2) (about 2x in the hidden layers' parameters); 1.0 keeps the
+# baseline's width
+WIDTHS = (0.25, 0.35, 0.5, 0.7, 1.0)
 STRUCTURED = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)  # fractions of channels / neurons removed
 SPARSITIES = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)  # fractions of weights zeroed by magnitude
 BITS = (2, 3, 4, 5, 6, 8)  # k-means and weight-only bits
