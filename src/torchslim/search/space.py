@@ -93,8 +93,8 @@ def suggest_params(trial: Any, domain: Domain, settings: SearchSettings) -> dict
     Returns:
         ``width`` (1.0 for a factory model: only built-in models take ``width``), ``structured`` and
         ``sparsity`` (0 = off), ``allocation`` (when :func:`asks_allocation`: one choice for both pruning
-        stages), ``kd`` (distillation stages from the baseline after pruning and after k-means), ``quant``, ``bits`` (for
-        ``kmeans`` / ``weight``) and ``epochs``.
+        stages), ``kd`` (distillation from the baseline after pruning, and after k-means), ``quant``, ``bits``
+        (for ``kmeans`` / ``weight``) and ``epochs``.
     """
     params: dict[str, Any] = {"width": 1.0}
     if domain.model.name is not None:

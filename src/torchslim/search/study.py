@@ -400,8 +400,9 @@ class AutoSearch:
         return best
 
     def progress(self, record: dict[str, Any], best: dict[str, Any]) -> str:
-        ok = ("infeasible (" + ", ".join(k for k, v in record["violations"].items() if v > 0) + ")"
-              if not is_feasible(record) else "feasible" if is_within_margin(record) else "feasible (not by the margin)")
+        failed = ", ".join(k for k, v in record["violations"].items() if v > 0)
+        ok = (f"infeasible ({failed})" if failed
+              else "feasible" if is_within_margin(record) else "feasible (not by the margin)")
         return (f"trial {record['number']}: {record['brief']} | {record['metric']} {record['value']:.4f} | "
                 f"{record['size_bytes']:,} B | speed-up b64 {record['speedup_batch_64']:.2f}x | {ok} | "
                 f"{record['seconds']:.0f}s | best: trial {best['number']} ({best['size_bytes']:,} B, "
