@@ -16,6 +16,7 @@ def rewrite_manifest(path, edit, *, reseal=True):
     from safetensors.numpy import load, save
 
     from torchslim.artifact._dictionary import MANIFEST_DICTIONARY
+    from torchslim.artifact._format import ARTIFACT_VERSION, _seal
 
     dictionary = zstandard.ZstdCompressionDict(MANIFEST_DICTIONARY, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
     blob = load((path / "model.safetensors").read_bytes())["artifact"].tobytes()
@@ -25,5 +26,5 @@ def rewrite_manifest(path, edit, *, reseal=True):
     edit(manifest)
     frame = zstandard.ZstdCompressor(level=19, dict_data=dictionary).compress(canonical(manifest))
     blob = frame + decoder.unused_data
-    blob = (hashlib.sha256(blob).digest() if reseal else digest) + blob
+    blob = (hashlib.sha256(_seal(ARTIFACT_VERSION) + blob).digest() if reseal else digest) + blob
     (path / "model.safetensors").write_bytes(save({"artifact": np.frombuffer(blob, np.uint8)}))

@@ -177,6 +177,34 @@ def test_manifest_dictionary_is_frozen_for_the_format_version():
     from torchslim.artifact import ARTIFACT_VERSION
     from torchslim.artifact._dictionary import MANIFEST_DICTIONARY
 
-    assert ARTIFACT_VERSION == 4
+    from torchslim.artifact._dictionary_v4 import MANIFEST_DICTIONARY as VERSION_4
+
+    assert ARTIFACT_VERSION == 5
     assert hashlib.sha256(MANIFEST_DICTIONARY).hexdigest() == \
-        "4c6235ee093b95ecd0536d4e8e3a42ca75c624fa8d8ab3f63ac0c90e344d9d5d"
+        "0a2e316f618605d2beac235771cd37c411f0d28c0112dc465e674c5f7ad0fe36"
+    # format 4's, kept for reading: never changes
+    assert hashlib.sha256(VERSION_4).hexdigest() == "4c6235ee093b95ecd0536d4e8e3a42ca75c624fa8d8ab3f63ac0c90e344d9d5d"
+
+
+def test_an_artifact_written_by_format_4_still_loads(tmp_path, monkeypatch):
+    """Format 4 differs only in the manifest's dictionary: its artifacts load, with their version, and compute
+    what they computed; a version no torchslim wrote is refused by name."""
+    from torchslim.artifact import _format
+
+    model = _lenet()
+    current = _format._manifest_dictionary
+    with monkeypatch.context() as m:  # what format 4's writer did: its header, its dictionary
+        m.setattr(_format, "_HEADER", _format._header(4))
+        m.setattr(_format, "_manifest_dictionary", lambda version: current(4))
+        path = save_artifact(model, tmp_path / "v4", architecture=ARCH)
+    assert json.loads((path / "manifest.json").read_text())["version"] == 4
+    reloaded, manifest = load_artifact(path)
+    assert manifest["version"] == 4
+    x = torch.randn(5, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(reloaded(x), model(x))
+    with pytest.raises(ArtifactError, match="modified"):  # a header turned from 4 into 5 (one bit) is refused
+        _format._read_payload(path, 5)
+    (path / "manifest.json").write_text(json.dumps({**_format._header(4), "version": 3}))
+    with pytest.raises(ArtifactError, match="artifact format version 3 is not supported .this torchslim reads 4, 5."):
+        load_artifact(path)

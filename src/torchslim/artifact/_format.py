@@ -5,7 +5,7 @@ from a manifest in ``_rebuild``.
 
 Layout of an artifact folder::
 
-    manifest.json      a plain header: {"format": "torchslim-artifact", "manifest": "model.safetensors", "version": 4}
+    manifest.json      a plain header: {"format": "torchslim-artifact", "manifest": "model.safetensors", "version": 5}
     model.safetensors  one uint8 tensor ``artifact``: a sha256 (32 bytes) of what follows, the manifest (canonical
                        JSON, one zstd frame primed with a fixed dictionary of manifest text), then the tensor data,
                        each tensor in the encoding chosen for it at save time (see ``_codec``): dense, bit-packed
@@ -40,13 +40,22 @@ from torchslim.artifact._trust import SIGNATURE, ArtifactError, check_files, is_
 from torchslim.artifact._codec import (LARGE, decode_tensor, dtype_name, encode_tensor, zstd_compress,
                                       zstd_decompress)
 
-ARTIFACT_VERSION = 4
+ARTIFACT_VERSION = 5
+# Versions this code reads: 4 differs from 5 only in the manifest's zstd dictionary (5 adds the fine-tune's ``ema``
+# key to the vocabulary), and its dictionary is kept.
+READABLE_VERSIONS = (4, 5)
 FORMAT = "torchslim-artifact"
 MANIFEST = "manifest.json"
 PAYLOAD = "model.safetensors"
 INT8_ONNX = "model.int8.onnx.zst"
 TENSORS = "tensors"  # the payload name of the tensor data inside PAYLOAD
-_HEADER = {"format": FORMAT, "manifest": PAYLOAD, "version": ARTIFACT_VERSION}
+
+
+def _header(version: int = ARTIFACT_VERSION) -> dict[str, Any]:
+    return {"format": FORMAT, "manifest": PAYLOAD, "version": version}
+
+
+_HEADER = _header()
 _BLOB = "artifact"  # the one tensor of PAYLOAD
 
 
@@ -71,10 +80,20 @@ def _versions() -> dict[str, str]:
 
 # ---- the payload: compressed manifest + tensor data ------------------------------------------------------------
 
-def _manifest_dictionary():
+def _seal(version: int) -> bytes:
+    """What the payload's sha256 covers before the stored bytes: from format 5 on, the format and its version, so a
+    header whose version was changed (one bit turns 5 into 4) is refused instead of read with another
+    dictionary; format 4 hashed the stored bytes alone."""
+    return b"" if version == 4 else f"{FORMAT} {version}\n".encode()
+
+
+def _manifest_dictionary(version: int = ARTIFACT_VERSION):
     import zstandard
 
-    from torchslim.artifact._dictionary import MANIFEST_DICTIONARY
+    if version == 4:
+        from torchslim.artifact._dictionary_v4 import MANIFEST_DICTIONARY
+    else:
+        from torchslim.artifact._dictionary import MANIFEST_DICTIONARY
 
     return zstandard.ZstdCompressionDict(MANIFEST_DICTIONARY, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
 
@@ -85,13 +104,15 @@ def _payload_bytes(manifest: dict[str, Any], data: bytes) -> bytes:
     from safetensors.numpy import save
 
     body = {k: v for k, v in manifest.items() if k not in ("format", "version")}  # those two: the header
-    sealed = zstd_compress(_canonical(body), _manifest_dictionary()) + data
-    blob = hashlib.sha256(sealed).digest() + sealed
+    version = _HEADER["version"]
+    sealed = zstd_compress(_canonical(body), _manifest_dictionary(version)) + data
+    blob = hashlib.sha256(_seal(version) + sealed).digest() + sealed
     return save({_BLOB: np.frombuffer(blob, np.uint8)})
 
 
-def _read_payload(folder: Path) -> tuple[dict[str, Any], bytes, int]:
-    """(manifest body, tensor data, stored bytes of the manifest) of ``folder``'s model.safetensors."""
+def _read_payload(folder: Path, version: int = ARTIFACT_VERSION) -> tuple[dict[str, Any], bytes, int]:
+    """(manifest body, tensor data, stored bytes of the manifest) of ``folder``'s model.safetensors, written by
+    format ``version``."""
     from safetensors.numpy import load
 
     raw = read_file(folder, PAYLOAD)
@@ -100,10 +121,10 @@ def _read_payload(folder: Path) -> tuple[dict[str, Any], bytes, int]:
     except Exception as exc:  # noqa: BLE001  (safetensors raises its own kinds)
         raise ArtifactError(folder, f"{PAYLOAD} is truncated or corrupted ({type(exc).__name__})") from None
     digest, sealed = blob[:32], blob[32:]
-    if hashlib.sha256(sealed).digest() != digest:  # covers every stored bit, so no damage goes unnoticed
+    if hashlib.sha256(_seal(version) + sealed).digest() != digest:  # every stored bit: no damage goes unnoticed
         raise ArtifactError(folder, f"{PAYLOAD} was modified after it was written (sha256 mismatch)")
     try:
-        text, data = zstd_decompress(sealed, _manifest_dictionary())
+        text, data = zstd_decompress(sealed, _manifest_dictionary(version))
         body = json.loads(text)
     except Exception as exc:  # noqa: BLE001  (zstd and json each raise their own kind)
         raise ArtifactError(folder, f"{PAYLOAD} holds no readable manifest ({type(exc).__name__})") from None
@@ -273,13 +294,14 @@ def _open(path: str | Path) -> tuple[dict[str, Any], bytes, int]:
         raise ArtifactError(folder, f"{MANIFEST} is not valid JSON (truncated or corrupted)") from None
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise ArtifactError(folder, f"{MANIFEST} is not a torchslim manifest")
-    if header.get("version") != ARTIFACT_VERSION:
-        raise ArtifactError(folder, f"artifact format version {str(header.get('version'))[:20]} is not supported "
-                                    f"(this torchslim reads {ARTIFACT_VERSION})")
-    if header != _HEADER:
+    version = header.get("version")
+    if isinstance(version, bool) or not isinstance(version, int) or version not in READABLE_VERSIONS:
+        raise ArtifactError(folder, f"artifact format version {str(version)[:20]} is not supported "
+                                    f"(this torchslim reads {', '.join(map(str, READABLE_VERSIONS))})")
+    if header != _header(version):
         raise ArtifactError(folder, f"{MANIFEST} was modified after it was written")
-    body, data, manifest_bytes = _read_payload(folder)
-    manifest = {"format": FORMAT, "version": ARTIFACT_VERSION, **body}
+    body, data, manifest_bytes = _read_payload(folder, version)
+    manifest = {"format": FORMAT, "version": version, **body}
     payloads = manifest.get("payloads")
     if not isinstance(payloads, dict) or TENSORS not in payloads:
         raise ArtifactError(folder, f"the manifest lists no payloads (it must name {TENSORS!r} and its sha256)")
