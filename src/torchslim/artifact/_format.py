@@ -6,8 +6,9 @@ from a manifest in ``_rebuild``.
 Layout of an artifact folder::
 
     manifest.json      a plain header: {"format": "torchslim-artifact", "manifest": "model.safetensors", "version": 5}
-    model.safetensors  one uint8 tensor ``artifact``: a sha256 (32 bytes) of what follows, the manifest (canonical
-                       JSON, one zstd frame primed with a fixed dictionary of manifest text), then the tensor data,
+    model.safetensors  one uint8 tensor ``artifact``: a sha256 (32 bytes) of the format and version (``_seal``)
+                       and what follows, the manifest (canonical JSON, one zstd frame primed with a fixed
+                       dictionary of manifest text), then the tensor data,
                        each tensor in the encoding chosen for it at save time (see ``_codec``): dense, bit-packed
                        codes, Deep Compression's sparse entries (relative index + value), entropy-coded with zstd
                        when that is smaller

@@ -165,7 +165,6 @@ def fuse_attention_(model) -> int:
     return len(fused)
 
 
-
 def _packed_projection(g: _Graph, mha) -> tuple[list[str], list] | None:
     """The dynamic int8 in-projection feeding ``mha``'s q, k and v through one Split into thirds:
     (QAttention's inputs up to the weight zero point, the nodes it replaces), else None.
