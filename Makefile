@@ -18,8 +18,10 @@ install: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(PY) -m torchslim run recipes/digits/deep_compression.yaml --out runs/demo --threads 1 --overwrite
 
+# Two workers (this project's machines have two cores); a test file's tests stay on one worker, so a module's
+# trained fixture is built once.
 test: $(VENV)/.installed
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist loadfile
 
 test-fast: $(VENV)/.installed
 	$(PY) -m pytest -m "not slow"
