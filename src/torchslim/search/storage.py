@@ -3,6 +3,7 @@ RDB URL that several processes and machines share)."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,10 @@ __all__ = ["STORAGE_SCHEMES", "check_storage_url", "default_storage", "open_stor
 
 # Optuna's RDB back-ends (SQLAlchemy dialects); ``postgresql+psycopg2://`` and the like name a driver too.
 STORAGE_SCHEMES = ("sqlite", "postgresql", "mysql", "oracle", "mssql")
+_SCHEMA_ATTEMPTS = 5
+# What a database says when another process created its tables (or recorded their version) at the same moment:
+# SQLite and PostgreSQL wordings.
+_CREATED_MEANWHILE = ("already exists", "UNIQUE constraint failed", "duplicate key value")
 
 
 def default_storage(out: Path) -> str:
@@ -32,8 +37,15 @@ def open_storage(url: str) -> Any:
     check_storage_url(url)
     # SQLite: several processes share the file; a writer waits for the lock instead of failing at once.
     kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
-    try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
-    except Exception as exc:  # driver missing, host unreachable, bad credentials, unwritable file
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError("--storage", f"cannot open {url}: {message}") from None
+    attempt = 0
+    while True:
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+        except Exception as exc:  # driver missing, host unreachable, bad credentials, unwritable file
+            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            attempt += 1
+            if not any(m in message for m in _CREATED_MEANWHILE) or attempt == _SCHEMA_ATTEMPTS:
+                raise ConfigError("--storage", f"cannot open {url}: {message}") from None
+            # Two processes opened a new database at once and both created its tables: the other one's are
+            # there now, and opening it again finds them.
+            time.sleep(0.1 * attempt)
