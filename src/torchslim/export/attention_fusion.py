@@ -165,6 +165,11 @@ def fuse_attention_(model) -> int:
     return len(fused)
 
 
+def _input_made_by(g: _Graph, node, op_type: str):
+    """The first node of type ``op_type`` that computes one of ``node``'s inputs, or None."""
+    return next((p for p in (g.made_by(i, op_type) for i in node.input) if p is not None), None)
+
+
 def _packed_projection(g: _Graph, mha) -> tuple[list[str], list] | None:
     """The dynamic int8 in-projection feeding ``mha``'s q, k and v through one Split into thirds:
     (QAttention's inputs up to the weight zero point, the nodes it replaces), else None.
@@ -181,12 +186,11 @@ def _packed_projection(g: _Graph, mha) -> tuple[list[str], list] | None:
     add = g.made_by(split.input[0], "Add")
     if add is None or len(g.consumers[add.output[0]]) != 1:
         return None
-    mul = next((g.made_by(i, "Mul") for i in add.input if g.made_by(i, "Mul") is not None), None)
+    mul = _input_made_by(g, add, "Mul")
     bias = next((i for i in add.input if i in g.constants), None)
     if mul is None or bias is None or g.constants[bias].ndim != 1 or len(g.consumers[mul.output[0]]) != 1:
         return None
-    cast = next((g.made_by(i, "Cast") for i in mul.input if g.made_by(i, "Cast") is not None), None)
-    scales = next((g.made_by(i, "Mul") for i in mul.input if g.made_by(i, "Mul") is not None), None)
+    cast, scales = _input_made_by(g, mul, "Cast"), _input_made_by(g, mul, "Mul")
     if cast is None or scales is None or len(g.consumers[cast.output[0]]) != 1:
         return None
     matmul = g.made_by(cast.input[0], "MatMulInteger")

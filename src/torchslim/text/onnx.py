@@ -26,7 +26,6 @@ import numpy as np
 import torch
 
 from torchslim.export.runtime import DISABLED_FUSIONS
-
 from torchslim.text._initializers import join_initializers, split_initializers
 from torchslim.text._int8 import Int8Config, quantize_int8
 from torchslim.text.encoder import SentenceEncoder
