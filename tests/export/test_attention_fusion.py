@@ -67,23 +67,28 @@ def test_masked_attention_is_left_as_exported():
 
 
 @requires_ort
-def test_dynamic_int8_packed_projection_and_attention_become_one_qattention(monkeypatch):
-    """After dynamic quantization each layer's int8 in-projection, split and attention are one QAttention node
-    computing what the separate nodes computed (the same int8 weight, scales and zero points)."""
+def test_dynamic_int8_packed_in_projection_becomes_three_int8_products(monkeypatch):
+    """After dynamic quantization each layer's packed int8 q/k/v in-projection and its Split become three int8
+    products of the one quantized input with the weight's thirds (Split nodes on constants, which ONNX Runtime
+    folds at load): the same outputs as the packed graph, nothing split at run time, the packed weight kept."""
     import onnx
 
     import torchslim.export.ort_quant as ort_quant
+    from torchslim.export.runtime import optimized_op_counts
 
     model, proto = _proto(causal=False)
-    fused = onnx.load_from_string(ort_quant.quantize_dynamic_onnx(proto))
-    monkeypatch.setattr(ort_quant, "fuse_qattention_", lambda m: 0)
-    separate = onnx.load_from_string(ort_quant.quantize_dynamic_onnx(proto))
-    ops = collections.Counter(n.op_type for n in fused.graph.node)
-    apart = collections.Counter(n.op_type for n in separate.graph.node)
-    assert ops["QAttention"] == 2 and ops["MultiHeadAttention"] == ops["Split"] == 0
-    assert apart["MultiHeadAttention"] == 2 and ops["MatMulInteger"] == apart["MatMulInteger"] - 2
+    split = onnx.load_from_string(ort_quant.quantize_dynamic_onnx(proto))
+    monkeypatch.setattr(ort_quant, "split_qkv_projection_", lambda m: 0)
+    packed = onnx.load_from_string(ort_quant.quantize_dynamic_onnx(proto))
+    ops = collections.Counter(n.op_type for n in split.graph.node)
+    before = collections.Counter(n.op_type for n in packed.graph.node)
+    assert ops["MultiHeadAttention"] == before["MultiHeadAttention"] == 2
+    assert ops["MatMulInteger"] == before["MatMulInteger"] + 2 * 2  # one packed product -> three, per layer
+    assert before["Split"] == 2 and ops["Split"] == 2 * 4  # on the constants: weight, bias, scales, zero points
+    assert optimized_op_counts(split.SerializeToString())["Split"] == 0  # folded when the session loads
+    assert {i.name for i in split.graph.initializer} == {i.name for i in packed.graph.initializer}
     x = torch.randn(5, 6, 16)
     with torch.no_grad():
         expected = model(x).numpy()
-    assert abs(_run(fused, x) - _run(separate, x)).max() < 1e-4
-    assert abs(_run(fused, x) - expected).max() < 0.1  # int8 of a random model: near, not equal
+    assert abs(_run(split, x) - _run(packed, x)).max() < 1e-5
+    assert abs(_run(split, x) - expected).max() < 0.1  # int8 of a random model: near, not equal

@@ -10,8 +10,8 @@ both the torch simulation and the ORT model.
 Dynamic: ``quantize_dynamic`` (MatMulInteger/DynamicQuantizeMatMul); Gemm nodes are first rewritten as
 MatMul + Add because ORT's dynamic quantizer only handles MatMul, and each unmasked self-attention's core
 becomes one ``MultiHeadAttention`` node (:mod:`torchslim.export.attention_fusion`; its projections stay MatMul
-nodes and are quantized like every other); after quantization a packed in-projection and the attention it
-feeds become one ``QAttention`` node.
+nodes and are quantized like every other); after quantization a packed q/k/v in-projection becomes three int8
+products sharing one quantized input, so no packed output is split.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 import torch
 
-from torchslim.export.attention_fusion import fuse_attention_, fuse_qattention_
+from torchslim.export.attention_fusion import fuse_attention_, split_qkv_projection_
 from torchslim.export.onnx_export import strip_onnx_metadata
 
 
@@ -202,7 +202,7 @@ def quantize_dynamic_onnx(model, *, per_channel: bool = True, nodes_to_exclude: 
                          op_types_to_quantize=["MatMul"], nodes_to_exclude=excluded,
                          extra_options={"WeightSymmetric": True})
         quantized = onnx.load(out)
-    fuse_qattention_(quantized)
+    split_qkv_projection_(quantized)
     return strip_onnx_metadata(quantized.SerializeToString())
 
 

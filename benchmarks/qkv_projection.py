@@ -1,12 +1,12 @@
-"""Dynamic int8 of a Transformer encoder: attention's in-projection and core as one QAttention node, against the
-same int8 graph with them as separate nodes, side by side.
+"""Dynamic int8 of a Transformer encoder: attention's q/k/v in-projection as three int8 products of one quantized
+input, against the same int8 graph with one packed product and a Split, side by side.
 
-    PYTHONPATH=src python benchmarks/qattention.py [--seed 0] [--threads 1] [--rounds 25]
+    PYTHONPATH=src python benchmarks/qkv_projection.py [--seed 0] [--threads 1] [--rounds 25]
 
 The model is tests/zoo/zoo_models.py's ``build_encoder`` (d 256, 4 heads, FFN 1024, 4 layers, 8 tokens), trained on
 digits as the zoo trains it. Both graphs come from ``export.ort_quant.quantize_dynamic_onnx`` on the same export:
-one as shipped, one with ``fuse_qattention_`` turned off (each packed in-projection a DynamicQuantizeMatMul, its
-split, and a MultiHeadAttention). In each round, torch fp32 eager and the two ONNX Runtime sessions are timed one
+one as shipped, one with ``split_qkv_projection_`` turned off (each packed in-projection a DynamicQuantizeMatMul
+and its split; the attention core is one MultiHeadAttention in both). In each round, torch fp32 eager and the two ONNX Runtime sessions are timed one
 after the other on one batch of 64 test images (median of 30 calls each); printed: the medians over the rounds
 and the median of the rounds' speed-ups over torch, with their range, and the largest output difference.
 """
@@ -29,18 +29,19 @@ from zoo_support import INPUT_SHAPE, apply_method, train_model  # noqa: E402
 
 
 def _graphs(model, splits) -> dict[str, bytes]:
-    """The int8 graph of ``model`` with and without the QAttention fusion (the same quantized weights)."""
+    """The int8 graph of ``model`` with three q/k/v products and with one packed product (the same quantized
+    weights)."""
     import torchslim.export.ort_quant as ort_quant
     from torchslim.quantize._layout import int8_onnx_of
 
     graphs = {}
-    original = ort_quant.fuse_qattention_
-    for name, fuse in (("QAttention", original), ("separate nodes", lambda _m: 0)):
-        ort_quant.fuse_qattention_ = fuse
+    original = ort_quant.split_qkv_projection_
+    for name, rewrite in (("three products", original), ("packed + Split", lambda _m: 0)):
+        ort_quant.split_qkv_projection_ = rewrite
         try:
             _, quantized = apply_method(copy.deepcopy(model), "dynamic", splits)
         finally:
-            ort_quant.fuse_qattention_ = original
+            ort_quant.split_qkv_projection_ = original
         graphs[name] = int8_onnx_of(quantized)
     return graphs
 
@@ -83,16 +84,17 @@ def main() -> None:
     print(f"encoder seed {args.seed}, {args.threads} thread(s), batch 64, {args.rounds} rounds")
     for name, data in graphs.items():
         ops = optimized_op_counts(data)
-        print(f"  {name}: QAttention {ops.get('QAttention', 0)}, MultiHeadAttention "
-              f"{ops.get('MultiHeadAttention', 0)}, DynamicQuantizeMatMul {ops.get('DynamicQuantizeMatMul', 0)}")
+        print(f"  {name}: MatMulIntegerToFloat {ops.get('MatMulIntegerToFloat', 0)}, DynamicQuantizeMatMul "
+              f"{ops.get('DynamicQuantizeMatMul', 0)}, Split {ops.get('Split', 0)}, MultiHeadAttention "
+              f"{ops.get('MultiHeadAttention', 0)}")
     base = times["torch fp32 eager"]
     print(f"{'':<18} {'ms (median)':>12} {'x torch (median of rounds)':>27} {'range':>14}")
     for name, ms in times.items():
         ratios = [b / t for b, t in zip(base, ms)]
         print(f"{name:<18} {statistics.median(ms):>12.2f} {statistics.median(ratios):>27.2f} "
               f"{min(ratios):>6.2f}-{max(ratios):<6.2f}")
-    fused, separate = outputs["QAttention"], outputs["separate nodes"]
-    print(f"largest output difference between the two int8 graphs: {float(np.abs(fused - separate).max()):.2e}")
+    three, packed = outputs["three products"], outputs["packed + Split"]
+    print(f"largest output difference between the two int8 graphs: {float(np.abs(three - packed).max()):.2e}")
 
 
 if __name__ == "__main__":
