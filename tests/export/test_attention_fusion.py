@@ -1,4 +1,4 @@
-"""Self-attention's core fused into one ONNX Runtime MultiHeadAttention node: same outputs, masked ones left alone."""
+"""Self-attention's core fused into one attention node: same outputs, masked ones left alone; int8 q/k/v products."""
 
 import collections
 import importlib.util
@@ -50,12 +50,36 @@ def test_each_layer_becomes_one_node_with_the_same_outputs():
     before = collections.Counter(n.op_type for n in proto.graph.node)
     assert fuse_attention_(proto) == 2
     after = collections.Counter(n.op_type for n in proto.graph.node)
-    assert after["MultiHeadAttention"] == 2 and after["Softmax"] == 0 and after["Transpose"] == 0
+    assert after["Attention"] == 2 and after["Softmax"] == 0 and after["Transpose"] == 0  # the standard op
+    assert next(op.version for op in proto.opset_import if op.domain == "") == 23
     assert after["MatMul"] == before["MatMul"] - 4  # q·kᵀ and ·v of two layers; the projections stay
     x = torch.randn(5, 6, 16)
     with torch.no_grad():
         expected = model(x).numpy()
     assert abs(_run(proto, x) - expected).max() < 1e-5
+
+
+@requires_ort
+def test_without_the_standard_op_the_contrib_node_computes_the_same(monkeypatch):
+    """A graph that cannot move to opset 23 (here: the runtime is said to lack the op; the same for a graph holding
+    GroupNormalization, whose meaning changed) gets ORT's MultiHeadAttention and keeps its opset."""
+    import torchslim.export.attention_fusion as fusion
+
+    model, proto = _proto(causal=False)
+    opset = next(op.version for op in proto.opset_import if op.domain == "")
+    monkeypatch.setattr(fusion, "runtime_has_onnx_attention", lambda: False)
+    assert fuse_attention_(proto) == 2
+    after = collections.Counter(n.op_type for n in proto.graph.node)
+    assert after["MultiHeadAttention"] == 2 and after["Attention"] == 0
+    assert next(op.version for op in proto.opset_import if op.domain == "") == opset < 23
+    x = torch.randn(5, 6, 16)
+    with torch.no_grad():
+        expected = model(x).numpy()
+    assert abs(_run(proto, x) - expected).max() < 1e-5
+    _, proto = _proto(causal=False)
+    monkeypatch.undo()
+    proto.graph.node[0].op_type = "GroupNormalization"  # only looked at, never run
+    assert not fusion._can_use_onnx_attention(proto)
 
 
 @requires_ort
@@ -82,7 +106,7 @@ def test_dynamic_int8_packed_in_projection_becomes_three_int8_products(monkeypat
     packed = onnx.load_from_string(ort_quant.quantize_dynamic_onnx(proto))
     ops = collections.Counter(n.op_type for n in split.graph.node)
     before = collections.Counter(n.op_type for n in packed.graph.node)
-    assert ops["MultiHeadAttention"] == before["MultiHeadAttention"] == 2
+    assert ops["Attention"] == before["Attention"] == 2
     assert ops["MatMulInteger"] == before["MatMulInteger"] + 2 * 2  # one packed product -> three, per layer
     assert before["Split"] == 2 and ops["Split"] == 2 * 4  # on the constants: weight, bias, scales, zero points
     assert optimized_op_counts(split.SerializeToString())["Split"] == 0  # folded when the session loads
