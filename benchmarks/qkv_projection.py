@@ -85,8 +85,8 @@ def main() -> None:
     for name, data in graphs.items():
         ops = optimized_op_counts(data)
         print(f"  {name}: MatMulIntegerToFloat {ops.get('MatMulIntegerToFloat', 0)}, DynamicQuantizeMatMul "
-              f"{ops.get('DynamicQuantizeMatMul', 0)}, Split {ops.get('Split', 0)}, MultiHeadAttention "
-              f"{ops.get('MultiHeadAttention', 0)}")
+              f"{ops.get('DynamicQuantizeMatMul', 0)}, Split {ops.get('Split', 0)}, Attention "
+              f"{ops.get('Attention', 0) + ops.get('MultiHeadAttention', 0)}")
     base = times["torch fp32 eager"]
     print(f"{'':<18} {'ms (median)':>12} {'x torch (median of rounds)':>27} {'range':>14}")
     for name, ms in times.items():
