@@ -148,9 +148,9 @@ def runtime_has_onnx_attention() -> bool:
         x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 4])
         y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 4])
         node = helper.make_node("Attention", ["x", "x", "x"], ["y"], q_num_heads=2, kv_num_heads=2)
-        model = helper.make_model(helper.make_graph([node], "probe", [x], [y]),
-                                  opset_imports=[helper.make_opsetid("", ONNX_ATTENTION_OPSET)])
-        model.ir_version = 10
+        opset = [helper.make_opsetid("", ONNX_ATTENTION_OPSET)]
+        model = helper.make_model(helper.make_graph([node], "probe", [x], [y]), opset_imports=opset,
+                                  ir_version=helper.find_min_ir_version_for(opset))
         session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
         session.run(None, {"x": np.ones((1, 2, 4), np.float32)})
         return True
@@ -219,7 +219,8 @@ def fuse_attention_(model) -> int:
         for op in model.opset_import:
             if op.domain in ("", "ai.onnx"):
                 op.version = max(op.version, ONNX_ATTENTION_OPSET)
-        model.ir_version = max(model.ir_version, 10)
+        model.ir_version = max(model.ir_version,
+                               helper.find_min_ir_version_for([helper.make_opsetid("", ONNX_ATTENTION_OPSET)]))
     elif not any(op.domain == "com.microsoft" for op in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     return len(fused)
