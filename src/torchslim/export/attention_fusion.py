@@ -323,6 +323,8 @@ def split_qkv_projection_(model) -> int:
     Returns:
         the number of attentions rewritten (0 leaves the model unchanged).
     """
+    if _onnx_opset(model) < 13:  # Split's sizes as an input (the thirds) need opset 13
+        return 0
     g = _Graph(model.graph)
     removed: set[int] = set()
     inserted: dict[int, list] = {}
