@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Union
@@ -46,6 +47,26 @@ def _model_arg(model: ModelSource):
     return model if isinstance(model, bytes) else str(model)
 
 
+def _load_error(model: ModelSource, exc: Exception):
+    """The one-line error for an ONNX model this ONNX Runtime cannot load, with the opset it asks for (an int8
+    graph made by a newer runtime can use ops an older one lacks, e.g. the standard Attention of opset 23)."""
+    import onnxruntime as ort
+
+    from torchslim._errors import ConfigError
+
+    try:
+        import onnx
+
+        proto = onnx.load_from_string(model) if isinstance(model, bytes) else onnx.load(str(model))
+        opset = next((f" (opset {op.version})" for op in proto.opset_import if op.domain in ("", "ai.onnx")), "")
+    except Exception:
+        opset = ""
+    detail = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", " ".join(str(exc).split()))
+    detail = re.sub(r"^/\S+:\d+ .*?\) (?=[A-Z])", "", detail)  # ORT's source file and C++ signature
+    return ConfigError("onnx model", f"ONNX Runtime {ort.__version__} cannot load it{opset} (a model made with a "
+                                     f"newer onnxruntime needs that version or later): {detail}")
+
+
 class OrtSession:
     """Run an ONNX model in ONNX Runtime (CPU) like a torch module: tensors in, tensors out.
 
@@ -61,9 +82,12 @@ class OrtSession:
         import onnxruntime as ort
 
         self.model = model
-        self.session = ort.InferenceSession(_model_arg(model), _session_options(intra_op_threads),
-                                            providers=["CPUExecutionProvider"],
-                                            disabled_optimizers=list(DISABLED_FUSIONS))
+        try:
+            self.session = ort.InferenceSession(_model_arg(model), _session_options(intra_op_threads),
+                                                providers=["CPUExecutionProvider"],
+                                                disabled_optimizers=list(DISABLED_FUSIONS))
+        except Exception as exc:  # ORT's own error types; an artifact's int8 graph may come from a newer runtime
+            raise _load_error(model, exc) from None
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
 
