@@ -70,6 +70,11 @@ def test_every_matrix_product_runs_in_int8_and_attention_in_one_kernel(encoder_i
     no SkipLayerNormalization (left out: slower than the Add + LayerNormalization it replaces)."""
     _, _, path = encoder_int8
     data, _ = module_onnx(*load_artifact(path, trust_code=True, code_dir=CODE_DIR))
+    import onnx
+
+    stored = onnx.load_from_string(data)  # standard ONNX only: any opset-23 runtime can run it
+    assert {n.domain for n in stored.graph.node} <= {"", "ai.onnx"}
+    assert {(op.domain, op.version) for op in stored.opset_import if op.domain in ("", "ai.onnx")} == {("", 23)}
     ops = optimized_op_counts(data)
     assert ops["MatMulIntegerToFloat"] == 3 * LAYERS and ops["Attention"] == LAYERS
     assert ops["DynamicQuantizeMatMul"] == 3 * LAYERS + 2  # out_proj, linear1, linear2; embed, head
