@@ -38,6 +38,26 @@ def test_reload_encodes_exactly_like_the_source_model(saved, tiny):
     assert read_manifest(saved)["task"] == "sentence-embedding"
 
 
+def test_encode_batches_similar_lengths_and_returns_the_given_order(saved):
+    """Sorted by length, the batches pad fewer positions; the embeddings come back in the caller's order, the
+    same as unsorted (fp32)."""
+    model = load_text_artifact(saved)
+    sentences = [s * (1 + i % 5) for i, s in enumerate(toy_sentences(30))]  # lengths that vary, shuffled
+    tokenize, padded = model.tokenizer, []
+
+    def counting(batch):
+        ids, mask = tokenize(batch)
+        padded.append(ids.numel())
+        return ids, mask
+
+    model.tokenizer = counting
+    by_length = model.encode(sentences, batch_size=8)
+    sorted_positions, padded[:] = sum(padded), []
+    as_given = model.encode(sentences, batch_size=8, sort_by_length=False)
+    assert sorted_positions < sum(padded)
+    assert (by_length - as_given).abs().max().item() < 1e-5
+
+
 def test_encodes_without_the_source_directory(tmp_path, tiny_model_dir, tiny):
     copy = tmp_path / "copy"
     shutil.copytree(tiny_model_dir, copy)
