@@ -2,6 +2,8 @@
 
 import importlib.util
 
+import numpy as np
+
 import pytest
 
 from torchslim._errors import ConfigError
@@ -23,3 +25,29 @@ def test_a_model_from_a_newer_opset_is_a_one_line_error_naming_the_runtime_and_t
         OrtSession(model.SerializeToString())
     message = str(err.value)
     assert "\n" not in message and f"ONNX Runtime {ort.__version__}" in message and "(opset 99)" in message
+
+
+@pytest.mark.parametrize("caller_flushes", [False, True])
+def test_runs_flush_denormals_and_leave_the_callers_mode_as_it_was(caller_flushes):
+    """Denormals are flushed to zero while ONNX Runtime computes (a denormal times one comes out zero), and the
+    calling thread's own mode is the same after creating the session and after each run."""
+    import torch
+    from onnx import TensorProto, helper, numpy_helper
+
+    from torchslim.export.runtime import OrtSession, flushes_denormals
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])
+    one = numpy_helper.from_array(np.ones(2, np.float32), "one")
+    graph = helper.make_graph([helper.make_node("Mul", ["x", "one"], ["y"])], "g", [x],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])], [one])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    torch.set_flush_denormal(caller_flushes)
+    try:
+        session = OrtSession(model.SerializeToString(), intra_op_threads=1)
+        assert flushes_denormals() == caller_flushes
+        out = session(np.array([1e-39, 2.0], np.float32))
+        assert out.tolist() == [0.0, 2.0]
+        assert flushes_denormals() == caller_flushes
+        assert (np.float32(1e-39) * np.float32(1.0) == 0) == caller_flushes
+    finally:
+        torch.set_flush_denormal(False)

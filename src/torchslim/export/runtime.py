@@ -43,6 +43,49 @@ def _session_options(intra_op_threads: int | None):
     return opts
 
 
+_TINY, _ONE = None, None  # float32 1e-39 (a denormal) and 1.0, made on first use
+
+
+def flushes_denormals() -> bool:
+    """Whether the calling thread flushes denormal floats to zero (x86 FTZ/DAZ): a denormal times one is zero."""
+    import numpy as np
+
+    global _TINY, _ONE
+    if _TINY is None:
+        _TINY, _ONE = np.float32(1e-39), np.float32(1.0)
+    return bool(_TINY * _ONE == 0)
+
+
+def new_session(model: ModelSource, opts):
+    """An ONNX Runtime CPU session with denormal floats flushed to zero in its own threads, and the calling thread's
+    floating-point mode left as it was (ORT sets it on the thread that creates a session).
+
+    Why: a masked softmax's exponentials of very negative scores pass through denormals, which x86 computes far
+    more slowly: ORT's Softmax over (32, 12, 46, 46) scores with padded keys at -1e4 took 2.5 ms against 0.6 ms with
+    denormals flushed (2 threads), and MiniLM's int8 graph at batch 32 ran ~18 % faster (same embeddings).
+    """
+    import onnxruntime as ort
+
+    opts.add_session_config_entry("session.set_denormal_as_zero", "1")
+    caller = flushes_denormals()
+    try:
+        return ort.InferenceSession(_model_arg(model), opts, providers=["CPUExecutionProvider"],
+                                    disabled_optimizers=list(DISABLED_FUSIONS))
+    finally:
+        torch.set_flush_denormal(caller)
+
+
+def run_flushing_denormals(session, outputs, feed: dict):
+    """``session.run``, with the calling thread (which computes a share of each run) flushing denormals too, then
+    back to its own mode."""
+    caller = flushes_denormals()
+    torch.set_flush_denormal(True)
+    try:
+        return session.run(outputs, feed)
+    finally:
+        torch.set_flush_denormal(caller)
+
+
 def _model_arg(model: ModelSource):
     return model if isinstance(model, bytes) else str(model)
 
@@ -79,13 +122,9 @@ class OrtSession:
     """
 
     def __init__(self, model: ModelSource, intra_op_threads: int | None = None):
-        import onnxruntime as ort
-
         self.model = model
         try:
-            self.session = ort.InferenceSession(_model_arg(model), _session_options(intra_op_threads),
-                                                providers=["CPUExecutionProvider"],
-                                                disabled_optimizers=list(DISABLED_FUSIONS))
+            self.session = new_session(model, _session_options(intra_op_threads))
         except Exception as exc:  # ORT's own error types; an artifact's int8 graph may come from a newer runtime
             raise _load_error(model, exc) from None
         self.input_names = [i.name for i in self.session.get_inputs()]
@@ -101,7 +140,7 @@ class OrtSession:
         arrays = all(not isinstance(t, torch.Tensor) for t in inputs)
         feed = {name: (t.detach().cpu().numpy() if isinstance(t, torch.Tensor) else np.asarray(t, np.float32))
                 for name, t in zip(self.input_names, inputs)}
-        outs = self.session.run(self.output_names, feed)
+        outs = run_flushing_denormals(self.session, self.output_names, feed)
         if not arrays:
             outs = [torch.from_numpy(o) for o in outs]
         return outs[0] if len(outs) == 1 else tuple(outs)

@@ -25,7 +25,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from torchslim.export.runtime import DISABLED_FUSIONS
+from torchslim.export.runtime import new_session, run_flushing_denormals
 from torchslim.text._initializers import join_initializers, split_initializers
 from torchslim.text._int8 import Int8Config, quantize_int8
 from torchslim.text.encoder import SentenceEncoder
@@ -140,8 +140,7 @@ def _session(onnx_bytes: bytes, intra_op_threads: int | None, spinning: bool = T
     if intra_op_threads is not None:
         opts.intra_op_num_threads = int(intra_op_threads)
         opts.inter_op_num_threads = 1
-    return ort.InferenceSession(onnx_bytes, opts, providers=["CPUExecutionProvider"],
-                                disabled_optimizers=list(DISABLED_FUSIONS))
+    return new_session(onnx_bytes, opts)
 
 
 class OrtEncoder:
@@ -163,7 +162,7 @@ class OrtEncoder:
         """numpy in (or torch), numpy (N, hidden) float32 out."""
         feed = {name: (t.detach().cpu().numpy() if isinstance(t, torch.Tensor) else np.asarray(t)).astype(np.int64)
                 for name, t in zip(INPUTS, (input_ids, attention_mask))}
-        return self.session.run([OUTPUT], feed)[0]
+        return run_flushing_denormals(self.session, [OUTPUT], feed)[0]
 
     def __call__(self, input_ids, attention_mask) -> torch.Tensor:
         return torch.from_numpy(self.run(input_ids, attention_mask))
