@@ -43,17 +43,11 @@ def _session_options(intra_op_threads: int | None):
     return opts
 
 
-_TINY, _ONE = None, None  # float32 1e-39 (a denormal) and 1.0, made on first use
-
-
 def flushes_denormals() -> bool:
     """Whether the calling thread flushes denormal floats to zero (x86 FTZ/DAZ): a denormal times one is zero."""
     import numpy as np
 
-    global _TINY, _ONE
-    if _TINY is None:
-        _TINY, _ONE = np.float32(1e-39), np.float32(1.0)
-    return bool(_TINY * _ONE == 0)
+    return bool(np.float32(1e-39) * np.float32(1.0) == 0)
 
 
 def new_session(model: ModelSource, opts):
