@@ -6,9 +6,10 @@ input, against the same int8 graph with one packed product and a Split, side by 
 The model is tests/zoo/zoo_models.py's ``build_encoder`` (d 256, 4 heads, FFN 1024, 4 layers, 8 tokens), trained on
 digits as the zoo trains it. Both graphs come from ``export.ort_quant.quantize_dynamic_onnx`` on the same export:
 one as shipped, one with ``split_qkv_projection_`` turned off (each packed in-projection a DynamicQuantizeMatMul
-and its split; the attention core is one MultiHeadAttention in both). In each round, torch fp32 eager and the two ONNX Runtime sessions are timed one
-after the other on one batch of 64 test images (median of 30 calls each); printed: the medians over the rounds
-and the median of the rounds' speed-ups over torch, with their range, and the largest output difference.
+and its split; the attention core is the same node in both). In each round, torch fp32 eager and the two ONNX
+Runtime sessions are timed one after the other on one batch of 64 test images (median of 30 calls each); printed:
+the medians over the rounds and the median of the rounds' speed-ups over torch, with their range, and the largest
+output difference.
 """
 
 from __future__ import annotations
