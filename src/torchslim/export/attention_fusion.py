@@ -138,6 +138,13 @@ _CHANGED_BY_OPSET_23 = {"DFT", "GridSample", "GroupNormalization"}
 ONNX_ATTENTION_OPSET = 23
 
 
+def _attention_ir_version() -> int:
+    """The ONNX IR version a graph at opset 23 needs (onnx's own table)."""
+    from onnx import helper
+
+    return helper.find_min_ir_version_for([helper.make_opsetid("", ONNX_ATTENTION_OPSET)])
+
+
 @functools.lru_cache(maxsize=None)
 def runtime_has_onnx_attention() -> bool:
     """Whether the installed ONNX Runtime runs the standard ``Attention`` op (opset 23) on CPU."""
@@ -148,9 +155,8 @@ def runtime_has_onnx_attention() -> bool:
         x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 4])
         y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 4])
         node = helper.make_node("Attention", ["x", "x", "x"], ["y"], q_num_heads=2, kv_num_heads=2)
-        opset = [helper.make_opsetid("", ONNX_ATTENTION_OPSET)]
-        model = helper.make_model(helper.make_graph([node], "probe", [x], [y]), opset_imports=opset,
-                                  ir_version=helper.find_min_ir_version_for(opset))
+        model = helper.make_model(helper.make_graph([node], "probe", [x], [y]), ir_version=_attention_ir_version(),
+                                  opset_imports=[helper.make_opsetid("", ONNX_ATTENTION_OPSET)])
         session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
         session.run(None, {"x": np.ones((1, 2, 4), np.float32)})
         return True
@@ -219,8 +225,7 @@ def fuse_attention_(model) -> int:
         for op in model.opset_import:
             if op.domain in ("", "ai.onnx"):
                 op.version = max(op.version, ONNX_ATTENTION_OPSET)
-        model.ir_version = max(model.ir_version,
-                               helper.find_min_ir_version_for([helper.make_opsetid("", ONNX_ATTENTION_OPSET)]))
+        model.ir_version = max(model.ir_version, _attention_ir_version())
     elif not any(op.domain == "com.microsoft" for op in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     return len(fused)
@@ -229,8 +234,6 @@ def fuse_attention_(model) -> int:
 def _input_made_by(g: _Graph, node, op_type: str):
     """The first node of type ``op_type`` that computes one of ``node``'s inputs, or None."""
     return next((p for p in (g.made_by(i, op_type) for i in node.input) if p is not None), None)
-
-
 
 
 def _packed_projection(g: _Graph, core) -> tuple[dict[str, str], list] | None:

@@ -19,6 +19,7 @@ import pydantic
 
 from torchslim._validation import StrictModel
 from torchslim.export.ort_quant import quiet_ort_logging
+from torchslim.export.runtime import run_flushing_denormals
 
 Batch = tuple  # (input_ids, attention_mask), torch or numpy, (N, T) each
 
@@ -155,7 +156,7 @@ def _quantize_once(typed, config: Int8Config, exclude: Sequence[str], feeds, tmp
 def _mean_cosine(session, feeds, reference: list[np.ndarray]) -> float:
     cos = []
     for feed, ref in zip(feeds, reference):
-        got = session.run(["embedding"], feed)[0]
+        got = run_flushing_denormals(session, ["embedding"], feed)[0]
         num = (got * ref).sum(1)
         den = np.linalg.norm(got, axis=1) * np.linalg.norm(ref, axis=1) + 1e-12
         cos.append(num / den)
@@ -168,7 +169,8 @@ def embedding_cosine(candidate: bytes, reference: bytes, batches: Sequence[Batch
 
     feeds = _feeds(batches)
     ref = _session(reference, threads)
-    return _mean_cosine(_session(candidate, threads), feeds, [ref.run(["embedding"], f)[0] for f in feeds])
+    return _mean_cosine(_session(candidate, threads), feeds,
+                        [run_flushing_denormals(ref, ["embedding"], f)[0] for f in feeds])
 
 
 def sensitivity(onnx_bytes: bytes, config: Int8Config, calibration: Sequence[Batch]) -> list[tuple[str, float]]:
@@ -188,7 +190,7 @@ class _Search:
         self.typed = _typed(onnx_bytes)  # once: shape inference costs more than quantizing
         self.feeds = _feeds(calibration)
         fp32 = _session(onnx_bytes, None)
-        self.reference = [fp32.run(["embedding"], f)[0] for f in self.feeds]
+        self.reference = [run_flushing_denormals(fp32, ["embedding"], f)[0] for f in self.feeds]
         self._dir = tempfile.TemporaryDirectory(prefix="torchslim-int8-")
         self.tmp = Path(self._dir.name)
 
