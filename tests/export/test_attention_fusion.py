@@ -82,7 +82,7 @@ def test_without_the_standard_op_the_contrib_node_computes_the_same(monkeypatch)
     _, proto = _proto(causal=False)
     monkeypatch.undo()
     proto.graph.node[0].op_type = "GroupNormalization"  # only looked at, never run
-    assert not fusion._can_use_onnx_attention(proto)
+    assert not fusion.can_use_onnx_attention(proto)
 
 
 @requires_ort

@@ -23,7 +23,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["fuse_attention_", "is_attention_core", "runtime_has_onnx_attention", "split_qkv_projection_"]
+__all__ = ["can_use_onnx_attention", "fuse_attention_", "is_attention_core", "raise_to_attention_opset_",
+           "runtime_has_onnx_attention", "split_qkv_projection_"]
 
 _HEADS_FIRST = [0, 2, 1, 3]  # (N, T, H, d) <-> (N, H, T, d)
 _KEYS_LAST = [0, 2, 3, 1]  # (N, T, H, d) -> (N, H, d, T): k already transposed for q·kᵀ
@@ -168,14 +169,41 @@ def _onnx_opset(model) -> int:
     return next((op.version for op in model.opset_import if op.domain in ("", "ai.onnx")), 0)
 
 
-def _can_use_onnx_attention(model) -> bool:
-    """The standard op needs the graph at opset 23: allowed when the graph is at 18 or later (the reductions'
-    and Split's current forms), holds no op whose meaning changed since and no subgraph, and the runtime has it."""
+# reductions whose ``axes`` moved from an attribute to an input at opset 18 (ReduceSum's at 13)
+_AXES_BECAME_INPUT_AT_18 = {"ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceMax", "ReduceMean",
+                            "ReduceMin", "ReduceProd", "ReduceSumSquare"}
+
+
+def can_use_onnx_attention(model) -> bool:
+    """The standard op needs the graph at opset 23: allowed when the graph is at 17 or later (opset 17's
+    reductions are rewritten to their current form by :func:`raise_to_attention_opset_`), holds no op whose
+    meaning changed since and no subgraph, and the runtime has it."""
     opset = _onnx_opset(model)
-    if opset < 18 or any(n.op_type in _CHANGED_BY_OPSET_23 or any(a.HasField("g") or a.graphs for a in n.attribute)
+    if opset < 17 or any(n.op_type in _CHANGED_BY_OPSET_23 or any(a.HasField("g") or a.graphs for a in n.attribute)
                          for n in model.graph.node):
         return False
     return opset >= ONNX_ATTENTION_OPSET or runtime_has_onnx_attention()
+
+
+def raise_to_attention_opset_(model) -> None:
+    """Put ``model`` (where :func:`can_use_onnx_attention` allows it) at opset 23, in place: the reductions'
+    ``axes`` attributes of an opset-17 graph become constant inputs, as opset 18 wants them."""
+    from onnx import helper, numpy_helper
+
+    if _onnx_opset(model) < 18:
+        for node in model.graph.node:
+            axes = next((a for a in node.attribute if a.name == "axes"), None)
+            if node.op_type in _AXES_BECAME_INPUT_AT_18 and axes is not None:
+                name = f"{node.name or node.output[0]}_axes"
+                model.graph.initializer.append(numpy_helper.from_array(np.array(list(axes.ints), np.int64), name))
+                node.attribute.remove(axes)
+                node.input.insert(1, name)  # (data, axes)
+    for op in model.opset_import:
+        if op.domain in ("", "ai.onnx"):
+            op.version = max(op.version, ONNX_ATTENTION_OPSET)
+    model.ir_version = max(model.ir_version, _attention_ir_version())
+    if not any(op.domain in ("", "ai.onnx") for op in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("", ONNX_ATTENTION_OPSET))
 
 
 def is_attention_core(node) -> bool:
@@ -188,7 +216,7 @@ def fuse_attention_(model) -> int:
     """Replace each unmasked scaled dot-product attention in ``model`` (an ``onnx.ModelProto``) by one node, in
     place; the q/k/v projections are left as they are.
 
-    The node is the standard ``Attention`` (the graph's opset raised to 23) where :func:`_can_use_onnx_attention`
+    The node is the standard ``Attention`` (the graph's opset raised to 23) where :func:`can_use_onnx_attention`
     allows it: ONNX Runtime's CPU kernel for it ran a d 256, 4-head, 8-token attention 30 % faster than its
     ``com.microsoft.MultiHeadAttention`` (one thread, batch 64), the node used otherwise.
 
@@ -198,7 +226,7 @@ def fuse_attention_(model) -> int:
     from onnx import helper
 
     g = _Graph(model.graph)
-    standard = _can_use_onnx_attention(model)
+    standard = can_use_onnx_attention(model)
     fused, removed = [], set()
     for softmax in [n for n in model.graph.node if n.op_type == "Softmax"]:
         found = _match(g, softmax)
@@ -222,10 +250,7 @@ def fuse_attention_(model) -> int:
     for init in unused:
         model.graph.initializer.remove(init)
     if standard:
-        for op in model.opset_import:
-            if op.domain in ("", "ai.onnx"):
-                op.version = max(op.version, ONNX_ATTENTION_OPSET)
-        model.ir_version = max(model.ir_version, _attention_ir_version())
+        raise_to_attention_opset_(model)
     elif not any(op.domain == "com.microsoft" for op in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     return len(fused)

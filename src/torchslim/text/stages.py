@@ -169,7 +169,8 @@ _register(StageHandler("distill", TextDistillStage, _run_distill, check=_check_d
 class TextQuantizeStage(Int8Config):
     """Compile the encoder for ONNX Runtime: export, ORT's transformer fusions (``fuse``), then int8 as
     :class:`~torchslim.text.onnx.Int8Config` says, calibrated on ``calibration_sentences`` of the training split;
-    ``method: none`` keeps the (fused) graph in fp32."""
+    ``method: none`` keeps the (fused) graph in fp32. A fused graph then computes on real tokens only
+    (:mod:`torchslim.text.token_packing`)."""
 
     method: Literal["dynamic", "static", "none"] = "dynamic"
     fuse: bool = True
@@ -179,6 +180,7 @@ class TextQuantizeStage(Int8Config):
 def _run_quantize(ctx: "TextRunContext", cfg: TextQuantizeStage) -> dict[str, Any]:
     from torchslim.text._initializers import onnx_weight_map
     from torchslim.text.onnx import export_onnx, fuse, fused_op_counts, quantize_int8
+    from torchslim.text.token_packing import pack_tokens
 
     graph = export_onnx(ctx.encoder)
     if cfg.fuse:
@@ -195,6 +197,9 @@ def _run_quantize(ctx: "TextRunContext", cfg: TextQuantizeStage) -> dict[str, An
         record.update(kept_fp32=report.get("kept_fp32", list(cfg.keep_fp32)),
                       calibration_cosine=report.get("cosine"))
         kind.insert(0, f"int8 {cfg.method}{' per-channel' if cfg.per_channel else ''}")
+    graph, record["packed_layers"] = pack_tokens(graph)  # padding computed only in attention's core
+    if record["packed_layers"]:
+        kind.append("real tokens only")
     record["ops"] = fused_op_counts(graph)
     ctx.onnx, ctx.onnx_kind = graph, ", ".join(kind)
     return record
