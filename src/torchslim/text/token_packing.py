@@ -24,8 +24,6 @@ from __future__ import annotations
 
 from typing import Optional
 
-import numpy as np
-
 __all__ = ["pack_tokens", "pack_tokens_"]
 
 MASK = "attention_mask"
@@ -219,9 +217,9 @@ def _rewrite(model, plan: _Plan, start) -> None:
     minus_one, zero, one = const("minus_one", [-1]), const("zero", [0]), const("one", [1])
     prelude += [
         make("Reshape", [MASK, minus_one], [f"{p}/mask_flat"], name=f"{p}/mask_flat"),  # (N*L,)
-        make("NonZero", [f"{p}/mask_flat"], [f"{p}/real_2d"], name=f"{p}/real"),  # (1, T)
+        make("NonZero", [f"{p}/mask_flat"], [f"{p}/real_2d"], name=f"{p}/real_2d"),  # (1, T)
         make("Squeeze", [f"{p}/real_2d", zero], [f"{p}/real"], name=f"{p}/real_1d"),  # (T,)
-        make("Cast", [f"{p}/mask_flat"], [f"{p}/mask_i64"], name=f"{p}/mask_i64", to=TensorProto.INT64),
+        make("Cast", [f"{p}/mask_flat"], [f"{p}/mask_i64"], name=f"{p}/mask_i64", to=TensorProto.INT64),  # any int
         make("CumSum", [f"{p}/mask_i64", zero], [f"{p}/count"], name=f"{p}/count"),
         make("Sub", [f"{p}/count", one], [f"{p}/row_or_minus"], name=f"{p}/row_or_minus"),
         make("Max", [f"{p}/row_or_minus", zero], [f"{p}/row"], name=f"{p}/row"),  # (N*L,) into 0..T-1
