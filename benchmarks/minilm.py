@@ -1,10 +1,11 @@
 """all-MiniLM-L6-v2 on CPU, side by side in one process: torch fp32 eager vs ONNX Runtime fp32 / fused / int8.
 
-    HF_HUB_OFFLINE=1 PYTHONPATH=src python benchmarks/minilm.py [--rounds 7] [--structure]
+    HF_HUB_OFFLINE=1 PYTHONPATH=src python benchmarks/minilm.py [--rounds 7] [--threads 2] [--structure]
+        [--artifacts DIR ...]
 
 Every engine gets the same token batches (held-out sentences, padded to the longest of each batch: batches of 32
 in the order given, "b32", and the same 128 sentences sorted by length first, "b32 sorted", as ``encode`` batches
-them; single sentences, "b1"), 2 threads;
+them; single sentences, "b1"), 2 threads (``--threads``);
 rounds alternate over the engines (torch, a, b, ..., torch, a, b, ...) and the table gives medians. Quality: mean
 cosine to the torch fp32 embeddings, and the Spearman correlation of cosine similarities over fixed sentence pairs
 (fp32 pairs vs the engine's pairs). Sentences: ``domains/corpus/sentences.txt`` when the repository has it (the
@@ -35,7 +36,7 @@ from torchslim.text.onnx import (Int8Config, OrtEncoder, export_onnx, fuse, fuse
                                  quantize_int8)
 from torchslim.text.token_packing import pack_tokens  # noqa: E402
 
-THREADS = 2
+THREADS = 2  # --threads sets it
 CORPUS = Path(__file__).resolve().parents[1] / "domains" / "corpus" / "sentences.txt"
 DOMAIN = Path(__file__).resolve().parents[1] / "domains" / "minilm.yaml"
 Engine = Union[bytes, Callable]  # ONNX bytes (run in ORT) or callable(ids, mask) -> (N, hidden)
@@ -264,9 +265,11 @@ def run(extra: Sequence[tuple[str, Engine]] = (), rounds: int = 5, structure: bo
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=THREADS, help="torch and ONNX Runtime threads (default 2)")
     parser.add_argument("--structure", action="store_true", help="latency of pruned shapes (random weights)")
     parser.add_argument("--artifacts", nargs="*", default=[], metavar="DIR",
                         help="artifacts (or run folders) of recipes/minilm, added as rows: their ONNX Runtime "
                              "graph, as stored; bytes are the whole artifact's")
     args = parser.parse_args()
+    THREADS = args.threads
     run(extra=artifact_engines(args.artifacts), rounds=args.rounds, structure=args.structure)

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["can_use_onnx_attention", "fuse_attention_", "is_attention_core", "raise_to_attention_opset_",
+__all__ = ["can_use_onnx_attention", "declare_attention_opsets_", "fuse_attention_", "is_attention_core",
            "runtime_has_onnx_attention", "split_qkv_projection_"]
 
 _HEADS_FIRST = [0, 2, 1, 3]  # (N, T, H, d) <-> (N, H, T, d)
@@ -176,7 +176,7 @@ _AXES_BECAME_INPUT_AT_18 = {"ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSu
 
 def can_use_onnx_attention(model) -> bool:
     """The standard op needs the graph at opset 23: allowed when the graph is at 17 or later (opset 17's
-    reductions are rewritten to their current form by :func:`raise_to_attention_opset_`), holds no op whose
+    reductions are rewritten to their current form by :func:`declare_attention_opsets_`), holds no op whose
     meaning changed since and no subgraph, and the runtime has it."""
     opset = _onnx_opset(model)
     if opset < 17 or any(n.op_type in _CHANGED_BY_OPSET_23 or any(a.HasField("g") or a.graphs for a in n.attribute)
@@ -185,11 +185,16 @@ def can_use_onnx_attention(model) -> bool:
     return opset >= ONNX_ATTENTION_OPSET or runtime_has_onnx_attention()
 
 
-def raise_to_attention_opset_(model) -> None:
-    """Put ``model`` (where :func:`can_use_onnx_attention` allows it) at opset 23, in place: the reductions'
-    ``axes`` attributes of an opset-17 graph become constant inputs, as opset 18 wants them."""
+def declare_attention_opsets_(model, standard: bool) -> None:
+    """The opsets the attention core needs, in place: with ``standard`` (where :func:`can_use_onnx_attention`
+    allows it) the graph at opset 23, the reductions' ``axes`` attributes of an opset-17 graph made constant inputs
+    as opset 18 wants them; else ORT's contrib domain declared (for ``MultiHeadAttention``)."""
     from onnx import helper, numpy_helper
 
+    if not standard:
+        if not any(op.domain == "com.microsoft" for op in model.opset_import):
+            model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+        return
     if _onnx_opset(model) < 18:
         for node in model.graph.node:
             axes = next((a for a in node.attribute if a.name == "axes"), None)
@@ -249,10 +254,7 @@ def fuse_attention_(model) -> int:
     unused = [i for i in model.graph.initializer if i.name not in used]
     for init in unused:
         model.graph.initializer.remove(init)
-    if standard:
-        raise_to_attention_opset_(model)
-    elif not any(op.domain == "com.microsoft" for op in model.opset_import):
-        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    declare_attention_opsets_(model, standard)
     return len(fused)
 
 

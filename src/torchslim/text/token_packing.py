@@ -201,7 +201,7 @@ def pack_tokens_(model) -> int:
 def _rewrite(model, plan: _Plan, start) -> None:
     from onnx import TensorProto, helper
 
-    from torchslim.export.attention_fusion import can_use_onnx_attention, raise_to_attention_opset_
+    from torchslim.export.attention_fusion import can_use_onnx_attention, declare_attention_opsets_
 
     standard = can_use_onnx_attention(model)
     make = helper.make_node
@@ -279,10 +279,7 @@ def _rewrite(model, plan: _Plan, start) -> None:
     stale = [vi for vi in model.graph.value_info if vi.name in plan.tokens]
     for vi in stale:
         model.graph.value_info.remove(vi)
-    if standard:
-        raise_to_attention_opset_(model)
-    elif not any(op.domain == "com.microsoft" for op in model.opset_import):
-        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    declare_attention_opsets_(model, standard)
 
 
 def _attention(node, plan: _Plan, standard: bool, restore, pack) -> list:
