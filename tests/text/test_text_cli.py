@@ -89,6 +89,8 @@ def test_every_stage_then_eval_remeasures_the_same_cosine(text_domain):
     assert metrics["encoder"]["heads"] == [3] and metrics["encoder"]["ffn"] == [32]
     assert metrics["int8_kernels"] and metrics["onnx_kind"].startswith("int8 dynamic")
     assert [s["stage"] for s in metrics["stages"]] == ["prune", "drop_layers", "distill", "quantize", "export"]
+    # the shipped graph computes on real tokens only: its one attention layer rewritten
+    assert metrics["stages"][3]["packed_layers"] == 1 and metrics["onnx_kind"].endswith("real tokens only")
     distill = metrics["stages"][2]
     assert distill["history"][-1]["val_cosine"] > distill["history"][0]["val_cosine"] - 1e-9
     assert 0.0 < metrics["value"] < 1.0 and metrics["baseline_value"] == pytest.approx(1.0)
