@@ -52,17 +52,13 @@ class _Plan:
     """What the rewrite of one graph decides, before anything changes: which tensors hold one row per token."""
 
     def __init__(self, model):
-        from onnx import numpy_helper
-
         graph = model.graph
-        self.graph = graph
         self.producer = {out: node for node in graph.node for out in node.output}
-        self.rank: dict[str, int] = {i.name: len(i.dims) for i in graph.initializer}
-        self.constant = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+        self._tensors = {i.name: i for i in graph.initializer}  # TensorProto of each constant, read when needed
         for node in graph.node:
             if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
-                self.rank[node.output[0]] = len(node.attribute[0].t.dims)
-                self.constant[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+                self._tensors[node.output[0]] = node.attribute[0].t
+        self.rank: dict[str, int] = {name: len(t.dims) for name, t in self._tensors.items()}
         self.static = set(self.rank)  # computed from constants only
         self.small: dict[str, int] = {}  # the same for every token: rank <= 1 (constant or computed per batch)
         self.tokens: set[str] = set()  # one row per token (packed after the rewrite)
@@ -70,7 +66,13 @@ class _Plan:
         self.restored: set[str] = set()  # token tensors some op needs as (N, L, ...)
         self.padded_readers: set[int] = set()  # ids of the nodes that read them so
 
-    def derived_from(self, name: str, source: str, depth: int = 64) -> bool:
+    def constant(self, name: str):
+        """The value of a constant tensor (initializer or Constant node), else None."""
+        from onnx import numpy_helper
+
+        return numpy_helper.to_array(self._tensors[name]) if name in self._tensors else None
+
+    def derived_from(self, name: str, source: str) -> bool:
         """Whether ``source`` (a graph input) is among ``name``'s ancestors."""
         seen, todo = set(), [name]
         while todo and len(seen) < 10_000:
@@ -130,12 +132,12 @@ class _Plan:
         inputs = list(node.input)
         mask = inputs[5] if node.op_type == "QAttention" else (inputs[3] if len(inputs) > 3 else "")
         rest = inputs[8:] if node.op_type == "QAttention" else inputs[4:]
-        weight = self.constant.get(inputs[1])
+        weight = self.constant(inputs[1])
         if weight is None or weight.ndim != 2 or weight.shape[1] % 3 or any(rest):
             return False
         if not mask or not self.derived_from(mask, MASK):  # no mask: the padding is attended to, keep it so
             return False
-        bias = self.constant.get(inputs[2]) if len(inputs) > 2 and inputs[2] else None
+        bias = self.constant(inputs[2]) if len(inputs) > 2 and inputs[2] else None
         return bias is None or bias.shape == (weight.shape[1],)
 
 
@@ -290,7 +292,7 @@ def _attention(node, plan: _Plan, standard: bool, restore, pack) -> list:
     make = helper.make_node
     name = node.name or node.output[0]
     inputs = list(node.input) + [""] * 8
-    weight = plan.constant[inputs[1]]
+    weight = plan.constant(inputs[1])
     width = weight.shape[1] // 3
     nodes = [make("Constant", [], [f"{name}/thirds"], name=f"{name}/thirds",
                   value=helper.make_tensor(f"{name}/thirds", TensorProto.INT64, [3], [width] * 3))]
@@ -299,7 +301,8 @@ def _attention(node, plan: _Plan, standard: bool, restore, pack) -> list:
         """The q, k and v parts of a packed constant (a per-tensor scalar is shared)."""
         if not tensor:
             return ["", "", ""]
-        if plan.constant.get(tensor) is None or plan.constant[tensor].size == 1:
+        value = plan.constant(tensor)
+        if value is None or value.size == 1:
             return [tensor] * 3
         parts = [f"{name}/{tensor}/{c}" for c in "qkv"]
         nodes.append(make("Split", [tensor, f"{name}/thirds"], parts, name=f"{name}/{tensor}/split", axis=axis))
