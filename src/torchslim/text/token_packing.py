@@ -249,13 +249,14 @@ def _rewrite(model, plan: _Plan, start) -> None:
     def restore(packed: str, padded: str) -> list:  # (T, W) -> (N, L, W): row of each position
         return [make("Gather", [packed, f"{p}/rows"], [padded], name=padded, axis=0)]
 
+    rewritten = {id(a) for a in plan.attentions}
     nodes = []
     for node in model.graph.node:
         if node is start:
             out = node.output[0]
             node.output[0] = f"{out}/embedded"
             nodes += prelude + [node] + pack(f"{out}/embedded", out)
-        elif any(node is a for a in plan.attentions):
+        elif id(node) in rewritten:
             nodes += _attention(node, plan, standard, restore, pack)
         elif id(node) in plan.padded_readers:
             for k, name in enumerate(node.input):
@@ -276,12 +277,25 @@ def _rewrite(model, plan: _Plan, start) -> None:
             if out in plan.restored:
                 ordered += restore(out, f"{out}/padded")
     del model.graph.node[:]
-    model.graph.node.extend(ordered)
+    model.graph.node.extend(_without_unused(ordered, {o.name for o in model.graph.output}))
+    read = {i for n in model.graph.node for i in n.input}
+    for init in [i for i in model.graph.initializer if i.name not in read]:
+        model.graph.initializer.remove(init)
     # shape records of tensors that now have one row per token are wrong: drop them
     stale = [vi for vi in model.graph.value_info if vi.name in plan.tokens]
     for vi in stale:
         model.graph.value_info.remove(vi)
     declare_attention_opsets_(model, standard)
+
+
+def _without_unused(nodes: list, graph_outputs: set[str]) -> list:
+    """``nodes`` less those whose outputs nothing reads (what computed the fused nodes' own padding mask)."""
+    while True:
+        read = graph_outputs | {i for n in nodes for i in n.input}
+        kept = [n for n in nodes if any(o in read for o in n.output)]
+        if len(kept) == len(nodes):
+            return kept
+        nodes = kept
 
 
 def _attention(node, plan: _Plan, standard: bool, restore, pack) -> list:
