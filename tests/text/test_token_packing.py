@@ -121,6 +121,26 @@ def test_pruned_heads_and_uneven_layers(monkeypatch):
     assert (OrtEncoder(packed, 1)(ids, mask) - expected).abs().max().item() < 1e-5
 
 
+@pytest.mark.parametrize("method", ["static", "keep_fp32"])
+def test_other_int8_graphs_pack_to_the_same_embeddings(fused, method):
+    """Static int8 (fixed ranges: per token exactly as before) and dynamic int8 with MatMuls kept in fp32."""
+    enc, graph = fused
+    if method == "static":
+        config, calibration = Int8Config(method="static"), [_batch(LENGTHS, seed=s) for s in (2, 3)]
+    else:
+        matmuls = [n.name for n in onnx.load_from_string(graph).graph.node if n.op_type == "MatMul"]
+        config, calibration = Int8Config(method="dynamic", keep_fp32=tuple(matmuls[:2])), ()
+    int8 = quantize_int8(graph, config, calibration)
+    packed, layers = pack_tokens(int8)
+    assert layers == 2
+    ids, mask = _batch(LENGTHS)
+    got, want = OrtEncoder(packed, 1)(ids, mask), OrtEncoder(int8, 1)(ids, mask)
+    if method == "static":
+        assert (got - want).abs().max().item() < 1e-5
+    else:
+        assert torch.nn.functional.cosine_similarity(got, want).min().item() > 0.995
+
+
 def test_graphs_it_cannot_pack_come_back_unchanged(fused):
     enc, graph = fused
     plain = export_onnx(enc)  # unfused: no attention node that projects q/k/v itself
