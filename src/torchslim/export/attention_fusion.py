@@ -19,12 +19,12 @@ three int8 products of the one quantized input with the weight's thirds, so q, k
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 __all__ = ["can_use_onnx_attention", "declare_attention_opsets_", "fuse_attention_", "is_attention_core",
-           "runtime_has_onnx_attention", "split_qkv_projection_"]
+           "node_attr", "qkv_products", "runtime_has_onnx_attention", "split_qkv_projection_"]
 
 _HEADS_FIRST = [0, 2, 1, 3]  # (N, T, H, d) <-> (N, H, T, d)
 _KEYS_LAST = [0, 2, 3, 1]  # (N, T, H, d) -> (N, H, d, T): k already transposed for q·kᵀ
@@ -59,19 +59,20 @@ class _Graph:
         return node if node is not None and node.op_type == op_type else None
 
 
-def _attr(node, key: str) -> Any:
+def node_attr(node, key: str, default: Any = None) -> Any:
+    """The value of ``node``'s attribute ``key``, else ``default``."""
     from onnx import helper
 
     for a in node.attribute:
         if a.name == key:
             return helper.get_attribute_value(a)
-    return None
+    return default
 
 
 def _heads_input(g: _Graph, name: str, perm: list[int]) -> tuple[str, int, int, list] | None:
     """``name`` = Transpose(perm)(Reshape(x, [.., .., H, d])) used once: (x, H, d, the two nodes), else None."""
     transpose = g.made_by(name, "Transpose")
-    if transpose is None or list(_attr(transpose, "perm") or []) != perm or len(g.consumers[name]) != 1:
+    if transpose is None or list(node_attr(transpose, "perm") or []) != perm or len(g.consumers[name]) != 1:
         return None
     reshape = g.made_by(transpose.input[0], "Reshape")
     if reshape is None or len(g.consumers[reshape.output[0]]) != 1:
@@ -84,7 +85,7 @@ def _heads_input(g: _Graph, name: str, perm: list[int]) -> tuple[str, int, int, 
 
 def _match(g: _Graph, softmax) -> tuple[dict[str, Any], list] | None:
     """The attention around one Softmax: ({q, k, v, out, heads, scale}, nodes it replaces) or None."""
-    if (_attr(softmax, "axis") if _attr(softmax, "axis") is not None else -1) not in (-1, 3):
+    if node_attr(softmax, "axis", -1) not in (-1, 3):
         return None
     scores, scale, nodes = softmax.input[0], None, [softmax]
     scaling = g.producer.get(scores)
@@ -103,7 +104,7 @@ def _match(g: _Graph, softmax) -> tuple[dict[str, Any], list] | None:
     if q is None or k is None or v is None or len({q[1], k[1], v[1]}) != 1 or len({q[2], k[2], v[2]}) != 1:
         return None
     back = g.only_consumer(pv.output[0], "Transpose")
-    if back is None or list(_attr(back, "perm") or []) != _HEADS_FIRST:
+    if back is None or list(node_attr(back, "perm") or []) != _HEADS_FIRST:
         return None
     merge = g.only_consumer(back.output[0], "Reshape")
     shape = None if merge is None else g.constants.get(merge.input[1])
@@ -274,7 +275,7 @@ def _packed_projection(g: _Graph, core) -> tuple[dict[str, str], list] | None:
         return None
     if any(len(g.consumers.get(o, [])) != 1 for o in split.output) or len(split.input) > 1:
         return None  # explicit split sizes (a second input) may be unequal
-    if _attr(split, "axis") not in (2, -1) or (_attr(split, "num_outputs") or 3) != 3:
+    if node_attr(split, "axis") not in (2, -1) or (node_attr(split, "num_outputs") or 3) != 3:
         return None
     add = g.made_by(split.input[0], "Add")
     if add is None or len(g.consumers[add.output[0]]) != 1:
@@ -301,41 +302,63 @@ def _packed_projection(g: _Graph, core) -> tuple[dict[str, str], list] | None:
     return parts, [scales, matmul, cast, mul, add, split]
 
 
-def _three_products(g: _Graph, parts: dict[str, str], outputs: list[str], prefix: str) -> list | None:
-    """Nodes computing q, k and v (``outputs``) as three int8 products of the quantized input with the thirds of
-    the packed weight, each with its own scales, zero points and bias: the q/k/v projection without a packed
+def qkv_products(constant: Callable[[str], Any], parts: dict[str, str], outputs: list[str],
+                 prefix: str) -> list | None:
+    """Nodes computing q, k and v (``outputs``) as three products of one input with the thirds of a packed q/k/v
+    weight, each with its own bias (and, int8, its own scales and zero points): the projection without a packed
     output to split. The thirds are ``Split`` nodes on the packed constants, which ONNX Runtime folds when the
-    session loads; the stored graph keeps the packed tensors (the artifact matches them to the layer's codes)."""
+    session loads; the stored graph keeps the packed tensors (the artifact matches them to the layer's codes).
+
+    Args:
+        constant: a tensor's constant value (numpy) by name, else None.
+        parts: int8 (dynamic): ``xq, x_scale, xzp, w, w_scale, wzp, bias`` as the quantizer writes them; float:
+            ``x, w, bias``. An empty ``bias`` or ``wzp`` is none.
+        outputs: names of q, k and v; prefix: of every name added.
+    Returns:
+        the nodes, or None when the weight is not a constant (in, 3 x out) or a scale, zero point or bias is not
+        per tensor or per q/k/v column.
+    """
     from onnx import TensorProto, helper
 
-    weight = g.constants.get(parts["w"])
+    weight = constant(parts["w"])
     if weight is None or weight.ndim != 2 or weight.shape[1] % 3:
         return None
     width = weight.shape[1] // 3
-    for name in ("bias", "w_scale", "wzp"):
-        c = g.constants.get(parts[name])
-        if c is None or c.size not in ((1, weight.shape[1]) if name != "bias" else (weight.shape[1],)):
+    int8 = "xq" in parts
+    for name in ("bias", "w_scale", "wzp") if int8 else ("bias",):
+        c = constant(parts[name]) if parts[name] else None
+        if (c is None and (name == "w_scale" or parts[name])) or (c is not None and c.size not in (
+                (1, weight.shape[1]) if name != "bias" else (weight.shape[1],))):
             return None
     sizes = helper.make_tensor(f"{prefix}_thirds", TensorProto.INT64, [3], [width] * 3)
     nodes = [helper.make_node("Constant", [], [sizes.name], name=f"{prefix}_thirds", value=sizes)]
 
     def thirds(name: str, axis: int) -> list[str]:
-        if g.constants[parts[name]].size == 1:  # per-tensor scale or zero point: shared
+        if not parts[name] or constant(parts[name]).size == 1:  # none, or per tensor: shared
             return [parts[name]] * 3
         out = [f"{prefix}_{name}_{j}" for j in range(3)]
         nodes.append(helper.make_node("Split", [parts[name], sizes.name], out, name=f"{prefix}_{name}_split",
                                       axis=axis))
         return out
 
-    w, bias, w_scale, wzp = thirds("w", 1), thirds("bias", 0), thirds("w_scale", 0), thirds("wzp", 0)
+    w, bias = thirds("w", 1), thirds("bias", 0)
+    if int8:
+        w_scale, wzp = thirds("w_scale", 0), thirds("wzp", 0)
     for j, out in enumerate(outputs):
         p = f"{prefix}_{'qkv'[j]}"
-        nodes += [helper.make_node("Mul", [parts["x_scale"], w_scale[j]], [f"{p}_scale"], name=f"{p}_scale"),
-                  helper.make_node("MatMulInteger", [parts["xq"], w[j], parts["xzp"], wzp[j]], [f"{p}_int32"],
-                                   name=f"{p}_MatMulInteger"),
-                  helper.make_node("Cast", [f"{p}_int32"], [f"{p}_float"], name=f"{p}_cast", to=TensorProto.FLOAT),
-                  helper.make_node("Mul", [f"{p}_float", f"{p}_scale"], [f"{p}_scaled"], name=f"{p}_rescale"),
-                  helper.make_node("Add", [f"{p}_scaled", bias[j]], [out], name=f"{p}_bias")]
+        unbiased = out if not bias[j] else f"{p}_unbiased"
+        if int8:  # the quantizer's pattern, which ONNX Runtime fuses into one MatMulIntegerToFloat
+            product = [parts["xq"], w[j], parts["xzp"], wzp[j]]
+            nodes += [helper.make_node("Mul", [parts["x_scale"], w_scale[j]], [f"{p}_scale"], name=f"{p}_scale"),
+                      helper.make_node("MatMulInteger", product[:4 if wzp[j] else 3], [f"{p}_int32"],
+                                       name=f"{p}_MatMulInteger"),
+                      helper.make_node("Cast", [f"{p}_int32"], [f"{p}_float"], name=f"{p}_cast",
+                                       to=TensorProto.FLOAT),
+                      helper.make_node("Mul", [f"{p}_float", f"{p}_scale"], [unbiased], name=f"{p}_rescale")]
+        else:
+            nodes.append(helper.make_node("MatMul", [parts["x"], w[j]], [unbiased], name=f"{p}_MatMul"))
+        if bias[j]:
+            nodes.append(helper.make_node("Add", [unbiased, bias[j]], [out], name=f"{p}_bias"))
     return nodes
 
 
@@ -360,7 +383,8 @@ def split_qkv_projection_(model) -> int:
     inserted: dict[int, list] = {}
     for core in [n for n in model.graph.node if is_attention_core(n)]:
         found = _packed_projection(g, core)
-        nodes = None if found is None else _three_products(g, found[0], list(core.input[:3]), core.name)
+        nodes = None if found is None else qkv_products(g.constants.get, found[0], list(core.input[:3]),
+                                                        core.name)
         if nodes is not None:
             removed |= {id(n) for n in found[1]}
             inserted[id(found[1][-1])] = nodes  # where the split was: the attention comes after it

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 from typing import Optional
 
+from torchslim.export.attention_fusion import node_attr
+
 __all__ = ["pack_tokens", "pack_tokens_"]
 
 MASK = "attention_mask"
@@ -62,7 +64,7 @@ class _Plan:
         self.static = set(self.rank)  # computed from constants only
         self.small: dict[str, int] = {}  # the same for every token: rank <= 1 (constant or computed per batch)
         self.tokens: set[str] = set()  # one row per token (packed after the rewrite)
-        self.attentions: list = []  # fused attention nodes rewritten
+        self.attentions: dict[int, tuple] = {}  # id of each fused attention rewritten: (it, its q/k/v products)
         self.restored: set[str] = set()  # token tensors some op needs as (N, L, ...)
         self.padded_readers: set[int] = set()  # ids of the nodes that read them so
 
@@ -113,41 +115,37 @@ class _Plan:
                     and all(not i or self._small_rank(i) is not None for i in inputs[2:]))
         if node.op_type not in _PER_TOKEN:
             return False
-        if node.op_type == "LayerNormalization" and _attr(node, "axis", -1) not in (-1, 2):
+        if node.op_type == "LayerNormalization" and node_attr(node, "axis", -1) not in (-1, 2):
             return False
         if node.op_type in ("QuantizeLinear", "DequantizeLinear"):  # per-tensor only (an axis would be wrong)
             return inputs[0] in self.tokens and all(self._small_rank(i) == 0 for i in inputs[1:] if i)
         return all(not i or i in self.tokens or self._small_rank(i) is not None for i in inputs)
 
-    def rewritable_attention(self, node) -> bool:
-        """A fused self-attention over the encoder's padding mask, without past state, rotary embedding or a
-        causal mask, whose packed q/k/v weight splits into equal thirds."""
+    def attention_products(self, node) -> Optional[list]:
+        """For a fused self-attention over the encoder's padding mask (no past state, rotary embedding or causal
+        mask, a packed q/k/v weight in equal thirds): the nodes computing its q, k and v from the packed rows
+        (``<name>/q/packed``, ...), else None."""
+        from torchslim.export.attention_fusion import qkv_products
+
         if node.domain != "com.microsoft" or node.op_type not in _ATTENTION or node.input[0] not in self.tokens:
-            return False
-        if any(_attr(node, key, 0) for key in ("unidirectional", "do_rotary")):
-            return False
-        sizes = _attr(node, "qkv_hidden_sizes", None)
+            return None
+        if any(node_attr(node, key, 0) for key in ("unidirectional", "do_rotary")):
+            return None
+        sizes = node_attr(node, "qkv_hidden_sizes")
         if sizes and len(set(sizes)) != 1:
-            return False
-        inputs = list(node.input)
-        mask = inputs[5] if node.op_type == "QAttention" else (inputs[3] if len(inputs) > 3 else "")
-        rest = inputs[8:] if node.op_type == "QAttention" else inputs[4:]
-        weight = self.constant(inputs[1])
-        if weight is None or weight.ndim != 2 or weight.shape[1] % 3 or any(rest):
-            return False
-        if not mask or not self.derived_from(mask, MASK):  # no mask: the padding is attended to, keep it so
-            return False
-        bias = self.constant(inputs[2]) if len(inputs) > 2 and inputs[2] else None
-        return bias is None or bias.shape == (weight.shape[1],)
-
-
-def _attr(node, key: str, default):
-    from onnx import helper
-
-    for a in node.attribute:
-        if a.name == key:
-            return helper.get_attribute_value(a)
-    return default
+            return None
+        inputs = list(node.input) + [""] * 9
+        if node.op_type == "QAttention":  # xq, w, bias, x_scale, w_scale, mask, x_zero_point, w_zero_point, past
+            mask, rest = inputs[5], inputs[8:]
+            parts = {"xq": inputs[0], "w": inputs[1], "bias": inputs[2], "x_scale": inputs[3], "w_scale": inputs[4],
+                     "xzp": inputs[6], "wzp": inputs[7]}
+        else:  # x, w, bias, mask, past, attention bias, past length
+            mask, rest = inputs[3], inputs[4:]
+            parts = {"x": inputs[0], "w": inputs[1], "bias": inputs[2]}
+        if any(rest) or not mask or not self.derived_from(mask, MASK):  # no mask: padding attended to, keep it so
+            return None
+        name = node.name or node.output[0]
+        return qkv_products(self.constant, parts, [f"{name}/{c}/packed" for c in "qkv"], name)
 
 
 def _first_layer_norm(model, plan: _Plan):
@@ -155,7 +153,7 @@ def _first_layer_norm(model, plan: _Plan):
     ids = [i.name for i in model.graph.input if i.name != MASK]
     for node in model.graph.node:
         if node.op_type == "LayerNormalization":
-            ok = _attr(node, "axis", -1) in (-1, 2) and any(plan.derived_from(node.input[0], i) for i in ids)
+            ok = node_attr(node, "axis", -1) in (-1, 2) and any(plan.derived_from(node.input[0], i) for i in ids)
             return node if ok else None
     return None
 
@@ -183,8 +181,9 @@ def pack_tokens_(model) -> int:
         if not began or not any(i in plan.tokens for i in node.input):
             plan.note_constant_or_small(node)
             continue
-        if plan.rewritable_attention(node):
-            plan.attentions.append(node)
+        products = plan.attention_products(node)
+        if products is not None:
+            plan.attentions[id(node)] = (node, products)
             plan.tokens.add(node.output[0])
         elif plan.runs_per_token(node):
             outputs = node.output[:1] if node.op_type == "DynamicQuantizeLinear" else node.output
@@ -249,15 +248,14 @@ def _rewrite(model, plan: _Plan, start) -> None:
     def restore(packed: str, padded: str) -> list:  # (T, W) -> (N, L, W): row of each position
         return [make("Gather", [packed, f"{p}/rows"], [padded], name=padded, axis=0)]
 
-    rewritten = {id(a) for a in plan.attentions}
     nodes = []
     for node in model.graph.node:
         if node is start:
             out = node.output[0]
             node.output[0] = f"{out}/embedded"
             nodes += prelude + [node] + pack(f"{out}/embedded", out)
-        elif id(node) in rewritten:
-            nodes += _attention(node, plan, standard, restore, pack)
+        elif id(node) in plan.attentions:
+            nodes += _attention(node, plan.attentions[id(node)][1], standard, restore, pack)
         elif id(node) in plan.padded_readers:
             for k, name in enumerate(node.input):
                 if name in plan.restored:
@@ -298,61 +296,25 @@ def _without_unused(nodes: list, graph_outputs: set[str]) -> list:
         nodes = kept
 
 
-def _attention(node, plan: _Plan, standard: bool, restore, pack) -> list:
-    """One fused attention as q/k/v products on the packed rows, restored to (N, L, W) for the core, whose output
-    is packed again under the node's output name."""
-    from onnx import TensorProto, helper
+def _attention(node, products: list, standard: bool, restore, pack) -> list:
+    """One fused attention as its q/k/v ``products`` on the packed rows, restored to (N, L, W) for the core, whose
+    output is packed again under the node's output name."""
+    from onnx import helper
 
-    make = helper.make_node
     name = node.name or node.output[0]
-    inputs = list(node.input) + [""] * 8
-    weight = plan.constant(inputs[1])
-    width = weight.shape[1] // 3
-    nodes = [make("Constant", [], [f"{name}/thirds"], name=f"{name}/thirds",
-                  value=helper.make_tensor(f"{name}/thirds", TensorProto.INT64, [3], [width] * 3))]
-
-    def thirds(tensor: str, axis: int) -> list[str]:
-        """The q, k and v parts of a packed constant (a per-tensor scalar is shared)."""
-        if not tensor:
-            return ["", "", ""]
-        value = plan.constant(tensor)
-        if value is None or value.size == 1:
-            return [tensor] * 3
-        parts = [f"{name}/{tensor}/{c}" for c in "qkv"]
-        nodes.append(make("Split", [tensor, f"{name}/thirds"], parts, name=f"{name}/{tensor}/split", axis=axis))
-        return parts
-
-    weights, biases = thirds(inputs[1], 1), thirds(inputs[2], 0)
-    if node.op_type == "QAttention":  # xq, w, bias, x_scale, w_scale, mask, x_zero_point, w_zero_point
-        w_scales, w_zeros = thirds(inputs[4], 0), thirds(inputs[7], 0)
-    padded = []
-    for j, c in enumerate("qkv"):
-        part = f"{name}/{c}"
-        if node.op_type == "QAttention":
-            product = [inputs[0], weights[j], inputs[6], w_zeros[j]]
-            while product and not product[-1]:
-                product.pop()
-            # the quantizer's pattern, which ONNX Runtime fuses into one MatMulIntegerToFloat per part
-            nodes += [make("MatMulInteger", product, [f"{part}/int32"], name=f"{part}/MatMulInteger"),
-                      make("Mul", [inputs[3], w_scales[j]], [f"{part}/scale"], name=f"{part}/scale"),
-                      make("Cast", [f"{part}/int32"], [f"{part}/float"], name=f"{part}/float", to=TensorProto.FLOAT),
-                      make("Mul", [f"{part}/float", f"{part}/scale"], [f"{part}/unbiased"], name=f"{part}/rescale")]
-        else:  # fp32 Attention: x, w, bias, mask
-            nodes.append(make("MatMul", [inputs[0], weights[j]], [f"{part}/unbiased"], name=f"{part}/MatMul"))
-        if biases[j]:
-            nodes.append(make("Add", [f"{part}/unbiased", biases[j]], [f"{part}/packed"], name=f"{part}/bias"))
-        else:
-            nodes.append(make("Identity", [f"{part}/unbiased"], [f"{part}/packed"], name=f"{part}/packed"))
-        nodes += restore(f"{part}/packed", f"{part}/padded")
-        padded.append(f"{part}/padded")
-    heads = _attr(node, "num_heads", 0)
-    scale = _attr(node, "scale", 0.0)
+    padded = [f"{name}/{c}/padded" for c in "qkv"]
+    nodes = list(products)
+    for c, rows in zip("qkv", padded):
+        nodes += restore(f"{name}/{c}/packed", rows)
+    heads = node_attr(node, "num_heads", 0)
+    scale = node_attr(node, "scale", 0.0)
     extra = {"scale": float(scale)} if scale else {}
     out = node.output[0]
     if standard:
-        nodes.append(make("Attention", padded + ["tokens/attn_mask"], [f"{out}/padded"], name=f"{name}/core",
-                          q_num_heads=heads, kv_num_heads=heads, **extra))
+        nodes.append(helper.make_node("Attention", padded + ["tokens/attn_mask"], [f"{out}/padded"],
+                                      name=f"{name}/core", q_num_heads=heads, kv_num_heads=heads, **extra))
     else:
-        nodes.append(make("MultiHeadAttention", padded + ["", "tokens/key_padding_mask"], [f"{out}/padded"],
-                          name=f"{name}/core", domain="com.microsoft", num_heads=heads, **extra))
+        nodes.append(helper.make_node("MultiHeadAttention", padded + ["", "tokens/key_padding_mask"],
+                                      [f"{out}/padded"], name=f"{name}/core", domain="com.microsoft",
+                                      num_heads=heads, **extra))
     return nodes + pack(f"{out}/padded", out)
