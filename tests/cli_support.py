@@ -11,8 +11,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def cli_env() -> dict[str, str]:
-    """Environment for a ``python -m torchslim`` subprocess: quiet progress, this checkout's sources."""
-    return dict(os.environ, TQDM_DISABLE="1", PYTHONPATH=str(ROOT / "src"))
+    """Environment for a ``python -m torchslim`` subprocess: quiet progress, this checkout's sources first (then
+    whatever ``PYTHONPATH`` already held: dependencies installed outside the interpreter's own site-packages)."""
+    return dict(os.environ, TQDM_DISABLE="1", PYTHONPATH=python_path())
+
+
+def python_path() -> str:
+    """This checkout's sources, then the inherited ``PYTHONPATH``."""
+    return os.pathsep.join(p for p in (str(ROOT / "src"), os.environ.get("PYTHONPATH", "")) if p)
 
 
 def run_recipe_in(folder: Path, domain: str, recipe: str) -> subprocess.CompletedProcess:

@@ -56,12 +56,12 @@ def test_without_a_terminal_progress_is_one_line_per_epoch(tmp_path):
     import subprocess
     import sys
 
-    from cli_support import ROOT
+    from cli_support import python_path
 
     (tmp_path / "domain.yaml").write_text(DIGITS_DOMAIN)
     (tmp_path / "recipe.yaml").write_text(RECIPE)
     env = {k: v for k, v in os.environ.items() if k != "TQDM_DISABLE"}
-    env["PYTHONPATH"] = str(ROOT / "src")
+    env["PYTHONPATH"] = python_path()
     proc = subprocess.run([sys.executable, "-m", "torchslim", "run", "recipe.yaml", "--out", "out", "--threads", "1"],
                           cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr

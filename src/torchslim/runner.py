@@ -110,11 +110,13 @@ class RunContext:
         return load_artifact(path, trust_code=True, code_dir=self.domain.base_dir)
 
     def validate(self, model: Optional[nn.Module] = None) -> float:
-        """The metric on the validation split (decisions never look at the test split)."""
+        """The metric on the validation split (decisions never look at the test split), on the run's device: the
+        model moves there first (a model given in memory or loaded from weights starts on the CPU, and no train
+        stage may have moved it)."""
         from torchslim.evaluate import compute_metric
 
-        return compute_metric(model if model is not None else self.model, self.splits.val, self.metric,
-                              device=self.device)
+        model = (model if model is not None else self.model).to(self.device)
+        return compute_metric(model, self.splits.val, self.metric, device=self.device)
 
 
 def prepare(recipe: Recipe, *, log: Callable[[str], None] = _log_stderr, model: Optional[nn.Module] = None,

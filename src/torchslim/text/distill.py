@@ -244,7 +244,8 @@ def distill_encoder(student: SentenceEncoder, teacher: SentenceEncoder, sentence
     """Train ``student`` (in place) to reproduce ``teacher``'s embeddings on unlabelled ``sentences``.
 
     ``config.val_fraction`` of the sentences (a seeded choice) is held out; the student of the epoch with the best
-    mean cosine to the teacher there is returned.
+    mean cosine to the teacher there is returned. Training runs on ``device`` (a GPU when present); both models
+    are handed back on the device they came on.
 
     Example::
 
@@ -271,6 +272,8 @@ def distill_encoder(student: SentenceEncoder, teacher: SentenceEncoder, sentence
     if device is None:
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     t0, c0 = time.perf_counter(), time.process_time()
+    # Both models go back where they came from: the caller measures, prunes and exports on its own device.
+    homes = [(m, next(m.parameters()).device) for m in (student, teacher)]
     student.to(device)
     teacher.to(device).eval()
     for p in teacher.parameters():
@@ -357,6 +360,8 @@ def distill_encoder(student: SentenceEncoder, teacher: SentenceEncoder, sentence
     finally:
         word.requires_grad_(frozen)
         student.eval()
+        for model, home in homes:
+            model.to(home)
     result.seconds = time.perf_counter() - t0
     result.cpu_seconds = time.process_time() - c0
     return result
