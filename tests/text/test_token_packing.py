@@ -13,7 +13,7 @@ import onnx  # noqa: E402
 from torchslim.export import attention_fusion  # noqa: E402
 from torchslim.text import SentenceEncoder  # noqa: E402
 from torchslim.text.onnx import Int8Config, OrtEncoder, export_onnx, fuse, quantize_int8  # noqa: E402
-from torchslim.text.token_packing import pack_tokens  # noqa: E402
+from torchslim.text.token_packing import GROUPS, pack_tokens  # noqa: E402
 
 
 def _encoder(heads=(2, 2), ffn=(64, 48)) -> SentenceEncoder:
@@ -59,7 +59,8 @@ def test_fp32_graph_gives_the_same_embeddings(fused):
     ops = _ops(packed)
     assert ops[("com.microsoft", "Attention")] == 0  # ORT's fused node, which projects every padded position
     core = ops[("ai.onnx", "Attention")] + ops[("com.microsoft", "MultiHeadAttention")]
-    assert core == 2 and ops[("ai.onnx", "MatMul")] == 2 * 3 + 2 * 3  # q, k, v, out, FFN in, FFN out a layer
+    assert core == 2 * GROUPS  # a layer's core runs once per group of sentences
+    assert ops[("ai.onnx", "MatMul")] == 2 * 3 + 2 * 3  # q, k, v, out, FFN in, FFN out a layer
     ids, mask = _batch(LENGTHS)
     with torch.inference_mode():
         expected = enc(ids, mask)
@@ -91,7 +92,8 @@ def test_multi_head_attention_where_the_standard_op_is_missing(fused, monkeypatc
     monkeypatch.setattr(attention_fusion, "runtime_has_onnx_attention", lambda: False)
     packed, layers = pack_tokens(graph)
     ops = _ops(packed)
-    assert layers == 2 and ops[("com.microsoft", "MultiHeadAttention")] == 2 and ops[("ai.onnx", "Attention")] == 0
+    assert layers == 2 and ops[("ai.onnx", "Attention")] == 0
+    assert ops[("com.microsoft", "MultiHeadAttention")] == 2 * GROUPS
     assert next(op.version for op in onnx.load_from_string(packed).opset_import if op.domain == "") == 17
     ids, mask = _batch(LENGTHS)
     with torch.inference_mode():
@@ -160,3 +162,40 @@ def test_a_sentence_without_tokens_in_a_batch(fused):
     got = OrtEncoder(pack_tokens(graph)[0], 1)(ids, mask).numpy()
     want = OrtEncoder(graph, 1)(ids, mask).numpy()
     assert np.abs(got - want).max() < 1e-5 and np.abs(got[1]).max() == 0
+
+
+@pytest.mark.parametrize("groups", [1, 2, 3, 5])
+@pytest.mark.parametrize("lengths", [LENGTHS, [6], [2, 8], [3, 3, 3], [1, 9, 2, 8, 3, 7, 4]])
+def test_the_core_by_groups_of_sentences_gives_the_same_embeddings(fused, groups, lengths):
+    """Sentences sorted by length and cut into groups, each padded to its own longest: the same numbers for any
+    number of groups, batches with fewer sentences than groups (a group left empty) and sentences of equal
+    length."""
+    enc, graph = fused
+    packed, layers = pack_tokens(graph, groups=groups)
+    assert layers == 2
+    assert _ops(packed)[("ai.onnx", "Attention")] + _ops(packed)[("com.microsoft", "MultiHeadAttention")] == 2 * groups
+    ids, mask = _batch(lengths)
+    with torch.inference_mode():
+        expected = enc(ids, mask)
+    assert (OrtEncoder(packed, 1)(ids, mask) - expected).abs().max().item() < 1e-5
+
+
+def test_left_padding_and_a_gap_in_the_mask(fused):
+    """A sentence's real tokens need not come first: the groups read them wherever the mask puts them."""
+    enc, graph = fused
+    ids, mask = _batch([5, 9, 3], extra_padding=2)
+    left_ids, left_mask = torch.zeros_like(ids), torch.zeros_like(mask)
+    for row in range(len(ids)):  # the same tokens, padding first
+        n = int(mask[row].sum())
+        left_ids[row, -n:], left_mask[row, -n:] = ids[row, :n], 1
+    left_mask[1, 4] = 0  # and one masked position inside a sentence
+    packed = OrtEncoder(pack_tokens(graph)[0], 1)
+    with torch.inference_mode():
+        for batch in ((left_ids, left_mask), (ids, mask)):
+            assert (packed(*batch) - enc(*batch)).abs().max().item() < 1e-5
+
+
+def test_the_number_of_groups_is_checked(fused):
+    _, graph = fused
+    with pytest.raises(ValueError, match="groups"):
+        pack_tokens(graph, groups=0)
