@@ -12,8 +12,8 @@ attention's core and for what follows the encoder (pooling):
 
 Attention's core is the one op that needs sentences laid out with padding, and its cost grows with the square of
 the padded length; the batch's sentences are sorted by length and cut into ``groups`` groups, each padded only to
-its own longest sentence. Two groups made MiniLM's int8 graph 1.10-1.19x faster on batches of 32 sentences in the
-order given than one (1.01-1.05x once sorted by length), and 7-10 % slower on a sentence alone, whose graph gains
+its own longest sentence. Two groups made MiniLM's int8 graph 1.06-1.19x faster on batches of 32 sentences in the
+order given than one (about the same once sorted by length), and 7-11 % slower on a sentence alone, whose graph gains
 nothing and runs the extra nodes (``benchmarks/minilm.py``'s batches, 1 and 2 threads).
 
 ORT's fused attention node (``QAttention`` for int8, ``com.microsoft.Attention`` for fp32) projects q, k and v
