@@ -343,7 +343,7 @@ def _group_prelude(groups: int, standard: bool, const) -> list:
         make("Max", [f"{p}/index_high", zero], [f"{p}/index"], name=f"{p}/index"),  # (N, L)
         make("Less", [f"{p}/j_row", f"{p}/lengths_col"], [f"{p}/valid"], name=f"{p}/valid"),  # (N, L)
         # group g: sorted sentences [a, b), a = min(g*N // G, N-1), b = max((g+1)*N // G, a+1), padded to L_g,
-        # its first sentence's length; all groups' bounds at once, as (G, 2) slice starts and ends
+        # its first sentence's length; all groups' bounds at once, as (G, 3) slice starts and ends
         make("Mul", [f"{p}/n", first_g], [f"{p}/a_n"], name=f"{p}/a_n"),
         make("Div", [f"{p}/a_n", const("groups", [groups])], [f"{p}/a_floor"], name=f"{p}/a_floor"),
         make("Mul", [f"{p}/n", next_g], [f"{p}/b_n"], name=f"{p}/b_n"),
