@@ -184,7 +184,7 @@ def _measure_stage(ctx: RunContext, current: Path, baseline: Path, extra: dict[s
     size = size_bytes(current)
     plain = artifact_bytes(ctx.model, architecture=ctx.architecture, extra=extra, entropy=False)
     return {"size_bytes": size, "size_bytes_no_entropy": plain, "compression_ratio": size_bytes(baseline) / size,
-            "params": params, "nonzero_params": nonzero, "artifact_val_metric": ctx.validate(model.to(ctx.device))}
+            "params": params, "nonzero_params": nonzero, "artifact_val_metric": ctx.validate(model)}
 
 
 def _save_progress(ctx: RunContext, completed: int) -> None:

@@ -333,7 +333,7 @@ class AutoSearch:
             if value is None or record["index"] >= stages - 1 or ctx.baseline is None:
                 return
             if self._baseline_val is None:  # the same figure the finished run reports as baseline_val_value
-                self._baseline_val = ctx.validate(ctx.baseline.to(ctx.device))
+                self._baseline_val = ctx.validate(ctx.baseline)
                 ctx.baseline.cpu()
             floor = stop_floor(self.domain.constraints.model_dump(), self._baseline_val, self.settings.stop_slack)
             if floor is not None and value < floor:

@@ -235,11 +235,10 @@ def _rewrite(model, plan: _Plan, start, groups: int) -> None:
     minus_one, zero, one = const("minus_one", [-1]), const("zero", [0]), const("one", [1])
     const("zero_0d", [0], []), const("one_0d", [1], [])
     prelude += [
-        make("Cast", [MASK], [f"{p}/mask_i64_2d"], name=f"{p}/mask_i64_2d", to=TensorProto.INT64),  # (N, L)
-        make("Reshape", [MASK, minus_one], [f"{p}/mask_flat"], name=f"{p}/mask_flat"),  # (N*L,)
-        make("NonZero", [f"{p}/mask_flat"], [f"{p}/real_2d"], name=f"{p}/real_2d"),  # (1, T)
+        make("Cast", [MASK], [f"{p}/mask_i64_2d"], name=f"{p}/mask_i64_2d", to=TensorProto.INT64),  # (N, L), any int
+        make("Reshape", [f"{p}/mask_i64_2d", minus_one], [f"{p}/mask_i64"], name=f"{p}/mask_i64"),  # (N*L,)
+        make("NonZero", [f"{p}/mask_i64"], [f"{p}/real_2d"], name=f"{p}/real_2d"),  # (1, T)
         make("Squeeze", [f"{p}/real_2d", zero], [f"{p}/real"], name=f"{p}/real_1d"),  # (T,)
-        make("Cast", [f"{p}/mask_flat"], [f"{p}/mask_i64"], name=f"{p}/mask_i64", to=TensorProto.INT64),  # any int
         make("CumSum", [f"{p}/mask_i64", zero], [f"{p}/count"], name=f"{p}/count"),
         make("Sub", [f"{p}/count", one], [f"{p}/row_or_minus"], name=f"{p}/row_or_minus"),
         make("Max", [f"{p}/row_or_minus", zero], [f"{p}/row"], name=f"{p}/row"),  # (N*L,) into 0..T-1
@@ -376,19 +375,17 @@ def _group_prelude(groups: int, standard: bool, const) -> list:
         ]
     flat_index, flat_valid = [], []
     for g in range(groups):
-        q, k = f"{p}/g{g}", const(f"g{g}", [g])
+        q, k = f"{p}/g{g}", const(f"g{g}", [g], [])  # a scalar index: Gather drops the group axis
         nodes += [
-            make("Gather", [f"{p}/slice_starts", k], [f"{q}/starts_3"], name=f"{q}/starts_3", axis=0),  # (1, 3)
-            make("Gather", [f"{p}/slice_ends", k], [f"{q}/ends_3"], name=f"{q}/ends_3", axis=0),
-            make("Reshape", [f"{q}/starts_3", minus_one], [f"{q}/starts"], name=f"{q}/starts"),  # (3,)
-            make("Reshape", [f"{q}/ends_3", minus_one], [f"{q}/ends"], name=f"{q}/ends"),
+            make("Gather", [f"{p}/slice_starts", k], [f"{q}/starts"], name=f"{q}/starts", axis=0),  # (3,)
+            make("Gather", [f"{p}/slice_ends", k], [f"{q}/ends"], name=f"{q}/ends", axis=0),
             make("Slice", [f"{q}/starts", zero, const("two", [2]), zero], [f"{q}/starts_2"], name=f"{q}/starts_2"),
             make("Slice", [f"{q}/ends", zero, f"{p}/two", zero], [f"{q}/ends_2"], name=f"{q}/ends_2"),
             make("Slice", [f"{p}/index", f"{q}/starts_2", f"{q}/ends_2", const("axes_0_1", [0, 1])],
                  [f"{q}/index"], name=f"{q}/index"),  # (N_g, L_g)
             make("Slice", [f"{p}/valid", f"{q}/starts_2", f"{q}/ends_2", f"{p}/axes_0_1"], [f"{q}/valid_given"],
                  name=f"{q}/valid_given"),
-            make("Gather", [f"{p}/filled", k], [f"{q}/filled"], name=f"{q}/filled", axis=0),  # (1,)
+            make("Gather", [f"{p}/filled", k], [f"{q}/filled"], name=f"{q}/filled", axis=0),  # a scalar
             make("And", [f"{q}/valid_given", f"{q}/filled"], [f"{q}/valid"], name=f"{q}/valid"),
             make("Reshape", [f"{q}/index", minus_one], [f"{q}/index_flat"], name=f"{q}/index_flat"),
             make("Reshape", [f"{q}/valid", minus_one], [f"{q}/valid_flat"], name=f"{q}/valid_flat"),
@@ -397,11 +394,9 @@ def _group_prelude(groups: int, standard: bool, const) -> list:
         flat_valid.append(f"{q}/valid_flat")
         if standard:  # the batch's mask cut to the group (a query or key past a sentence's end is padding)
             nodes += [
-                make("Unsqueeze", [f"{q}/filled", const("axes_1_2_3", [1, 2, 3])], [f"{q}/filled_4d"],
-                     name=f"{q}/filled_4d"),
                 make("Slice", [f"{p}/attn_mask", f"{q}/starts", f"{q}/ends", const("axes_0_2_3", [0, 2, 3])],
                      [f"{q}/attn_mask_given"], name=f"{q}/attn_mask_given"),
-                make("And", [f"{q}/attn_mask_given", f"{q}/filled_4d"], [f"{q}/attn_mask"], name=f"{q}/attn_mask"),
+                make("And", [f"{q}/attn_mask_given", f"{q}/filled"], [f"{q}/attn_mask"], name=f"{q}/attn_mask"),
             ]
         else:  # (N_g, L_g) int32
             nodes.append(make("Cast", [f"{q}/valid"], [f"{q}/key_padding_mask"], name=f"{q}/key_padding_mask",
