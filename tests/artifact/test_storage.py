@@ -178,33 +178,37 @@ def test_manifest_dictionary_is_frozen_for_the_format_version():
     from torchslim.artifact._dictionary import MANIFEST_DICTIONARY
 
     from torchslim.artifact._dictionary_v4 import MANIFEST_DICTIONARY as VERSION_4
+    from torchslim.artifact._dictionary_v5 import MANIFEST_DICTIONARY as VERSION_5
 
-    assert ARTIFACT_VERSION == 5
+    assert ARTIFACT_VERSION == 6
     assert hashlib.sha256(MANIFEST_DICTIONARY).hexdigest() == \
-        "0a2e316f618605d2beac235771cd37c411f0d28c0112dc465e674c5f7ad0fe36"
-    # format 4's, kept for reading: never changes
+        "f57ac7b632621e91f7106ec2300e6a2f49e15f2b97fbe4d94d0c6c09b68c28d9"
+    # formats 4's and 5's, kept for reading: never change
     assert hashlib.sha256(VERSION_4).hexdigest() == "4c6235ee093b95ecd0536d4e8e3a42ca75c624fa8d8ab3f63ac0c90e344d9d5d"
+    assert hashlib.sha256(VERSION_5).hexdigest() == "0a2e316f618605d2beac235771cd37c411f0d28c0112dc465e674c5f7ad0fe36"
 
 
-def test_an_artifact_written_by_format_4_still_loads(tmp_path, monkeypatch):
-    """Format 4 differs only in the manifest's dictionary: its artifacts load, with their version, and compute
-    what they computed; a version no torchslim wrote is refused by name."""
+@pytest.mark.parametrize("old, other", [(4, 5), (5, 4), (5, 6)])
+def test_an_artifact_written_by_an_older_format_still_loads(tmp_path, monkeypatch, old, other):
+    """Formats 4 and 5 differ only in the manifest's dictionary: their artifacts load, with their version, and
+    compute what they computed; a header whose version was changed, or a version no torchslim wrote, is refused."""
     from torchslim.artifact import _format
 
     model = _lenet()
     current = _format._manifest_dictionary
-    with monkeypatch.context() as m:  # what format 4's writer did: its header, its dictionary
-        m.setattr(_format, "_HEADER", _format._header(4))
-        m.setattr(_format, "_manifest_dictionary", lambda version: current(4))
-        path = save_artifact(model, tmp_path / "v4", architecture=ARCH)
-    assert json.loads((path / "manifest.json").read_text())["version"] == 4
+    with monkeypatch.context() as m:  # what the old format's writer did: its header, its dictionary
+        m.setattr(_format, "_HEADER", _format._header(old))
+        m.setattr(_format, "_manifest_dictionary", lambda version: current(old))
+        path = save_artifact(model, tmp_path / f"v{old}", architecture=ARCH)
+    assert json.loads((path / "manifest.json").read_text())["version"] == old
     reloaded, manifest = load_artifact(path)
-    assert manifest["version"] == 4
+    assert manifest["version"] == old
     x = torch.randn(5, 1, 8, 8)
     with torch.no_grad():
         assert torch.equal(reloaded(x), model(x))
-    with pytest.raises(ArtifactError, match="modified"):  # a header turned from 4 into 5 (one bit) is refused
-        _format._read_payload(path, 5)
-    (path / "manifest.json").write_text(json.dumps({**_format._header(4), "version": 3}))
-    with pytest.raises(ArtifactError, match="artifact format version 3 is not supported .this torchslim reads 4, 5."):
+    with pytest.raises(ArtifactError, match="modified"):  # a header turned into another version is refused
+        _format._read_payload(path, other)
+    (path / "manifest.json").write_text(json.dumps({**_format._header(old), "version": 3}))
+    with pytest.raises(ArtifactError,
+                       match="artifact format version 3 is not supported .this torchslim reads 4, 5, 6."):
         load_artifact(path)

@@ -41,10 +41,10 @@ from torchslim.artifact._trust import SIGNATURE, ArtifactError, check_files, is_
 from torchslim.artifact._codec import (LARGE, decode_tensor, dtype_name, encode_tensor, zstd_compress,
                                       zstd_decompress)
 
-ARTIFACT_VERSION = 5
-# Versions this code reads: 4 differs from 5 only in the manifest's zstd dictionary (5 adds the fine-tune's ``ema``
-# key to the vocabulary), and its dictionary is kept.
-READABLE_VERSIONS = (4, 5)
+ARTIFACT_VERSION = 6
+# Versions this code reads: 4 and 5 differ from 6 only in the manifest's zstd dictionary (5 added the fine-tune's
+# ``ema`` key to the vocabulary, 6 structured pruning's ``reconstruct``), and their dictionaries are kept.
+READABLE_VERSIONS = (4, 5, 6)
 FORMAT = "torchslim-artifact"
 MANIFEST = "manifest.json"
 PAYLOAD = "model.safetensors"
@@ -93,6 +93,8 @@ def _manifest_dictionary(version: int = ARTIFACT_VERSION):
 
     if version == 4:
         from torchslim.artifact._dictionary_v4 import MANIFEST_DICTIONARY
+    elif version == 5:
+        from torchslim.artifact._dictionary_v5 import MANIFEST_DICTIONARY
     else:
         from torchslim.artifact._dictionary import MANIFEST_DICTIONARY
 

@@ -253,6 +253,8 @@ class StructuredConfig:
         finetune: training between/after the schedule's steps, or None.
         ignore: layers whose units are kept.
         overrides: per-layer sparsity by name or pattern.
+        reconstruct: after each cut, refit every layer that lost inputs by least squares on the calibration
+            batches, so that it reproduces its unpruned output (see :mod:`torchslim.prune.reconstruct`).
     """
 
     sparsity: float
@@ -262,10 +264,13 @@ class StructuredConfig:
     finetune: Finetune | None = None
     ignore: tuple[str, ...] = ()
     overrides: Mapping[str, float] = field(default_factory=dict)
+    reconstruct: bool = False
 
     def __post_init__(self):
         _check_shared_fields(self)
         _check_choice("importance", self.importance, IMPORTANCES)
+        if not isinstance(self.reconstruct, bool):
+            raise ConfigError("reconstruct", f"must be true or false, got {self.reconstruct!r}")
 
 
 METHODS: dict[str, type] = {

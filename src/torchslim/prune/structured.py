@@ -6,6 +6,8 @@ Two policies share the mechanics: :class:`StructuredConfig` removes the lowest-i
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
@@ -19,6 +21,7 @@ from torchslim.prune.config import ActivationConfig, StructuredConfig
 from torchslim.prune.graph import (HeadUnit, activation_point, build_graph, channel_units, head_units,
                                    prune_channels)
 from torchslim.prune.importance import channel_scores, head_scores, producer_activation
+from torchslim.prune.reconstruct import reconstruct_
 from torchslim.prune.report import PruneReport, build_report, model_size, snapshot, weight_layers
 from torchslim.prune.schedule import sparsity_at
 
@@ -43,6 +46,11 @@ class _Tracker:
         gone = set(int(i) for i in idxs)
         self.removed[name] += [o for i, o in enumerate(self.kept[name]) if i in gone]
         self.kept[name] = [o for i, o in enumerate(self.kept[name]) if i not in gone]
+
+    def positions(self, before: dict[str, list[int]]) -> dict[str, list[int]]:
+        """Per layer, where each output kept now sat among the outputs it had at ``before``."""
+        where = {n: {o: i for i, o in enumerate(b)} for n, b in before.items()}
+        return {n: [where[n][o] for o in kept] for n, kept in self.kept.items()}
 
 
 def _outputs(m: nn.Module) -> int:
@@ -87,6 +95,8 @@ def prune_structured_(model: nn.Module, config: StructuredConfig, ctx) -> PruneR
     batches = take_batches(ctx.calibration, config.calibration.batches)
     if config.importance in ("activation", "taylor", "output_taylor") and not batches:
         raise ValueError(f"importance {config.importance!r} needs calibration data: pass calibration= to prune_")
+    if config.reconstruct and not batches:
+        raise ValueError("reconstruct needs calibration data: pass calibration= to prune_")
     example = _example_inputs(model, ctx, batches)
     layers = weight_layers(model)
     before, size_before, tracker = snapshot(layers), model_size(model), _Tracker(layers)
@@ -100,6 +110,8 @@ def prune_structured_(model: nn.Module, config: StructuredConfig, ctx) -> PruneR
             acts = _output_taylor(model, graph, units, heads, batches, ctx.loss_fn)
         if config.importance == "taylor":
             accumulate_gradients(model, batches, ctx.loss_fn)
+        if config.reconstruct:  # the model as this step found it: what the refit layers reproduce
+            reference, kept_before = copy.deepcopy(model), {n: list(k) for n, k in tracker.kept.items()}
         cuts = []  # decide every cut before making any: scores see one consistent model
         for unit in units + heads:
             n0 = original.setdefault(unit.name, unit.size)
@@ -125,6 +137,8 @@ def prune_structured_(model: nn.Module, config: StructuredConfig, ctx) -> PruneR
                 for name, gone in prune_channels(graph, unit, idxs).items():
                     tracker.remove(name, gone)
         model.zero_grad(set_to_none=True)
+        if config.reconstruct:
+            reconstruct_(model, reference, batches, tracker.positions(kept_before))
 
     ctx.run_schedule(model, config, step_fn, lambda: None)
     return build_report("structured", list(layers), before, weight_layers(model), size_before, model,

@@ -1,0 +1,158 @@
+"""Least-squares reconstruction after structured pruning.
+
+Removing a unit takes its contribution out of every layer that read it. Instead of leaving those *consumer*
+layers to fine-tuning, each is refit on calibration data so that, fed the pruned model's inputs, it reproduces
+what it computed in the unpruned model: the closed-form least-squares step of channel pruning (He et al., 2017)
+and of post-training transformer pruning (Kwon et al., 2022). Consumers are refit in the order the forward pass
+reaches them, so each one also corrects what the pruning changed upstream of it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from torchslim.distributed import module_device
+from torchslim.prune.calibration import to_device
+
+__all__ = ["RIDGE", "consumers", "reconstruct_"]
+
+# The ridge added to the normal equations, relative to their mean diagonal: enough to keep a refit stable where
+# calibration data barely moves an input, far below what would shrink the weights.
+RIDGE = 1e-3
+
+
+def _inputs_of(module: nn.Module) -> int | None:
+    """Input width of a layer reconstruction can refit (Linear; Conv1d/2d without groups, zero padding), else None."""
+    if isinstance(module, nn.Linear):
+        return module.in_features
+    if isinstance(module, (nn.Conv1d, nn.Conv2d)) and module.groups == 1 and module.padding_mode == "zeros" \
+            and not isinstance(module.padding, str):
+        return module.in_channels
+    return None
+
+
+def consumers(model: nn.Module, reference: nn.Module) -> list[str]:
+    """Names of ``model``'s refittable layers that read fewer inputs than the same-named layer of ``reference``."""
+    found = []
+    for name, module in model.named_modules():
+        width = _inputs_of(module)
+        if width is None:
+            continue
+        try:
+            before = reference.get_submodule(name)
+        except AttributeError:
+            continue
+        if type(before) is type(module) and _inputs_of(before) is not None and width < _inputs_of(before):
+            found.append(name)
+    return found
+
+
+def _rows(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The layer's input as rows of what each output element multiplies: (..., in) or im2col patches."""
+    if isinstance(module, nn.Linear):
+        return x.reshape(-1, x.shape[-1])
+    if isinstance(module, nn.Conv1d):
+        x = x.unsqueeze(2)
+        kernel, dilation = (1, module.kernel_size[0]), (1, module.dilation[0])
+        padding, stride = (0, module.padding[0]), (1, module.stride[0])
+    else:
+        kernel, dilation, padding, stride = module.kernel_size, module.dilation, module.padding, module.stride
+    patches = F.unfold(x, kernel, dilation=dilation, padding=padding, stride=stride)  # (N, C·k, L)
+    return patches.transpose(1, 2).reshape(-1, patches.shape[1])
+
+
+def _targets(module: nn.Module, y: torch.Tensor) -> torch.Tensor:
+    """The reference layer's output as rows (one per output position), each row its output channels."""
+    if isinstance(module, nn.Linear):
+        return y.reshape(-1, y.shape[-1])
+    return y.movedim(1, -1).reshape(-1, y.shape[1])
+
+
+def _call_order(model: nn.Module, names: Sequence[str], x) -> list[str]:
+    """``names`` in the order one forward pass first calls them."""
+    order, hooks = [], []
+    for name in names:
+        hooks.append(model.get_submodule(name).register_forward_hook(
+            lambda m, i, o, name=name: order.append(name) if name not in order else None))
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return order + [n for n in names if n not in order]
+
+
+@torch.no_grad()
+def _refit(model: nn.Module, reference: nn.Module, name: str, batches, kept_outputs: Sequence[int] | None,
+           ridge: float) -> None:
+    module, before = model.get_submodule(name), reference.get_submodule(name)
+    inputs, outputs, hooks = [], [], []
+    hooks.append(module.register_forward_hook(lambda m, i, o: inputs.append(i[0].detach())))
+    hooks.append(before.register_forward_hook(lambda m, i, o: outputs.append(o.detach())))
+    device, has_bias = module_device(model), module.bias is not None
+    gram = cross = None
+    try:
+        for x, _ in batches:
+            x = to_device(x, device)
+            model(x)
+            reference(x)
+            for a, y in zip(inputs, outputs):  # a layer called more than once: its calls pair in order
+                rows = _rows(module, a).double()
+                if has_bias:
+                    rows = torch.cat([rows, rows.new_ones(len(rows), 1)], 1)
+                target = _targets(module, y).double()
+                if kept_outputs is not None:
+                    target = target[:, list(kept_outputs)]
+                gram = rows.T @ rows if gram is None else gram + rows.T @ rows
+                cross = rows.T @ target if cross is None else cross + rows.T @ target
+            inputs.clear()
+            outputs.clear()
+    finally:
+        for h in hooks:
+            h.remove()
+    if gram is None:
+        return  # the layer never ran on the calibration data: nothing to fit it to
+    gram += ridge * gram.diagonal().mean().clamp_min(1e-12) * torch.eye(len(gram), dtype=gram.dtype,
+                                                                            device=gram.device)
+    solution = torch.linalg.solve(gram, cross)  # (inputs [+ 1], outputs)
+    weight = solution[:-1] if has_bias else solution
+    module.weight.copy_(weight.T.reshape(module.weight.shape).to(module.weight.dtype))
+    if has_bias:
+        module.bias.copy_(solution[-1].to(module.bias.dtype))
+
+
+def reconstruct_(model: nn.Module, reference: nn.Module, batches,
+                 kept_outputs: Mapping[str, Sequence[int]] | None = None, ridge: float = RIDGE) -> list[str]:
+    """Refit every layer of ``model`` that lost inputs to reproduce ``reference``'s same-named layer.
+
+    Args:
+        model: the pruned model (changed in place).
+        reference: the model before the cut, the same module names; not changed.
+        batches: calibration (inputs, targets) pairs; only the inputs are used.
+        kept_outputs: layer name -> which of the reference layer's outputs the pruned layer still has
+            (positions), for consumers whose own outputs were cut too; absent: all of them.
+        ridge: the normal equations' ridge, relative to their mean diagonal.
+
+    Returns:
+        the names refit, in the order they were.
+    """
+    names = consumers(model, reference)
+    if not names or not batches:
+        return []
+    was_training, ref_training = model.training, reference.training
+    model.eval()
+    reference.eval()
+    try:
+        order = _call_order(model, names, to_device(batches[0][0], module_device(model)))
+        for name in order:
+            kept = (kept_outputs or {}).get(name)
+            _refit(model, reference, name, batches, kept, ridge)
+    finally:
+        model.train(was_training)
+        reference.train(ref_training)
+    return order
