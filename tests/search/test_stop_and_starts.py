@@ -102,7 +102,8 @@ def test_a_hopeless_candidate_is_stopped_after_its_first_stage_and_recorded(tmp_
     (trial,) = optuna.load_study(study_name="auto-digits-auto",
                                  storage=f"sqlite:///{tmp_path / 'out' / 'study.db'}").trials
     assert trial.state.name == "PRUNED"
-    assert trial.constraints == {"max_metric_drop": pytest.approx((baseline - value - 0.001) / 0.001)}
+    # the note gives val to 4 decimals: the drop in units of 0.001 to within 0.05 of one
+    assert trial.constraints == {"max_metric_drop": pytest.approx((baseline - value - 0.001) / 0.001, abs=0.051)}
 
 
 @pytest.mark.slow

@@ -125,7 +125,8 @@ def _dry_run_config(config):
     if hasattr(config, "schedule"):
         changes["schedule"] = Schedule()
     if isinstance(config, StructuredConfig):
-        changes["importance"] = "l2"  # how many units go does not depend on the importance
+        # how many units go depends on neither the importance nor the refit after the cut
+        changes.update(importance="l2", reconstruct=False)
     if isinstance(config, MagnitudeConfig) and config.scope == "global":
         # which layers a global threshold empties depends on the trained weights (initial scales differ per
         # layer); only the overridden layers, pruned on their own, can be checked now

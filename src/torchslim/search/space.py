@@ -177,7 +177,7 @@ def recipe_from_params(params: dict[str, Any], domain: Domain, domain_ref: Any, 
     if params.get("structured", 0.0) > 0:
         structured = float(params["structured"])
         stages.append({"prune": {"method": "structured", "sparsity": structured, "importance": "l2",
-                                 "schedule": {"kind": "oneshot"}, "finetune": finetune,
+                                 "reconstruct": True, "schedule": {"kind": "oneshot"}, "finetune": finetune,
                                  **(_sensitivity(structured, STRUCTURED, domain) if by_sensitivity else {})}})
     if params.get("sparsity", 0.0) > 0:
         sparsity = float(params["sparsity"])
