@@ -87,6 +87,24 @@ def test_the_ridge_is_the_one_that_predicts_held_out_batches_best():
     torch.testing.assert_close(model.fc[1].weight.double(), expected[:-1].T, atol=1e-6, rtol=1e-5)
 
 
+def test_one_calibration_batch_is_cross_validated_over_its_two_halves():
+    torch.manual_seed(5)
+    reference = MLP([6, 16, 3])
+    model = copy.deepcopy(reference)
+    keep = list(range(0, 16, 2))
+    model.fc[0] = _keep_linear(reference.fc[0], rows=keep)
+    model.fc[1] = _keep_linear(reference.fc[1], cols=keep)
+    x = torch.randn(200, 6)
+
+    def error():
+        with torch.no_grad():
+            return float(((model(x) - reference(x)) ** 2).mean())
+
+    plain = error()
+    assert reconstruct_(model, reference, [(torch.randn(64, 6), None)]) == ["fc.1"]
+    assert error() < 0.5 * plain  # on samples it was not fit to
+
+
 def test_a_layer_whose_cut_lost_nothing_keeps_its_weights():
     """The removed units never fire (ReLU of a large negative bias): the cut weights are already exact, no refit
     predicts held-out batches better, and the layer is left as it is."""
