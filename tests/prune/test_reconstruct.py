@@ -25,6 +25,14 @@ def _keep_linear(layer: nn.Linear, rows=None, cols=None) -> nn.Linear:
     return new
 
 
+def _without_hidden_units(reference: "MLP", keep) -> "MLP":
+    """A copy of a two-layer ``reference`` that keeps only the hidden units ``keep`` (the cut, not refit)."""
+    model = copy.deepcopy(reference)
+    model.fc[0] = _keep_linear(reference.fc[0], rows=keep)
+    model.fc[1] = _keep_linear(reference.fc[1], cols=keep)
+    return model
+
+
 class MLP(nn.Module):
     def __init__(self, sizes):
         super().__init__()
@@ -39,10 +47,8 @@ class MLP(nn.Module):
 def test_the_refit_is_the_least_squares_solution_computed_by_hand():
     torch.manual_seed(0)
     reference = MLP([6, 8, 3])
-    model = copy.deepcopy(reference)
     keep = [0, 2, 3, 5, 7]
-    model.fc[0] = _keep_linear(reference.fc[0], rows=keep)
-    model.fc[1] = _keep_linear(reference.fc[1], cols=keep)
+    model = _without_hidden_units(reference, keep)
     batches = [(torch.randn(50, 6), None) for _ in range(3)]
     assert consumers(model, reference) == ["fc.1"]
     assert reconstruct_(model, reference, batches, ridge=0.0) == ["fc.1"]
@@ -64,10 +70,8 @@ def test_the_ridge_is_the_one_that_predicts_held_out_batches_best():
     hand here from the rows themselves; the layer gets the best ridge's refit on all four."""
     torch.manual_seed(3)
     reference = MLP([12, 40, 5])
-    model = copy.deepcopy(reference)
     keep = list(range(0, 40, 2))
-    model.fc[0] = _keep_linear(reference.fc[0], rows=keep)
-    model.fc[1] = _keep_linear(reference.fc[1], cols=keep)
+    model = _without_hidden_units(reference, keep)
     batches = [(torch.randn(12, 12), None) for _ in range(4)]
     with torch.no_grad():
         hs = [F.relu(reference.fc[0](x)) for x, _ in batches]
@@ -90,10 +94,8 @@ def test_the_ridge_is_the_one_that_predicts_held_out_batches_best():
 def test_one_calibration_batch_is_cross_validated_over_its_two_halves():
     torch.manual_seed(5)
     reference = MLP([6, 16, 3])
-    model = copy.deepcopy(reference)
     keep = list(range(0, 16, 2))
-    model.fc[0] = _keep_linear(reference.fc[0], rows=keep)
-    model.fc[1] = _keep_linear(reference.fc[1], cols=keep)
+    model = _without_hidden_units(reference, keep)
     x = torch.randn(200, 6)
 
     def error():
@@ -113,9 +115,7 @@ def test_a_layer_whose_cut_lost_nothing_keeps_its_weights():
     with torch.no_grad():
         reference.fc[0].bias[[1, 4, 6]] = -100.0
     keep = [0, 2, 3, 5, 7]
-    model = copy.deepcopy(reference)
-    model.fc[0] = _keep_linear(reference.fc[0], rows=keep)
-    model.fc[1] = _keep_linear(reference.fc[1], cols=keep)
+    model = _without_hidden_units(reference, keep)
     before = model.fc[1].weight.detach().clone()
     assert reconstruct_(model, reference, [(torch.randn(30, 6), None) for _ in range(4)]) == []
     assert torch.equal(model.fc[1].weight, before)
