@@ -105,26 +105,24 @@ class _NormalEquations:
         self.cross[fold] = self.cross[fold] + rows.T @ target
         self.yy[fold] += float((target * target).sum())
 
-    @property
-    def seen(self) -> bool:
-        return any(isinstance(g, torch.Tensor) for g in self.gram)
+    def folds(self, leave_out: int | None = None) -> list[int]:
+        """The folds that got rows, but ``leave_out``."""
+        return [f for f, g in enumerate(self.gram) if f != leave_out and isinstance(g, torch.Tensor)]
 
     def solve(self, ridge: float, leave_out: int | None = None) -> torch.Tensor:
-        folds = [f for f in range(len(self.gram)) if f != leave_out and isinstance(self.gram[f], torch.Tensor)]
+        folds = self.folds(leave_out)
         gram, cross = sum(self.gram[f] for f in folds), sum(self.cross[f] for f in folds)
         scale = gram.diagonal().mean().clamp_min(1e-12)
         return torch.linalg.solve(gram + ridge * scale * torch.eye(len(gram), dtype=gram.dtype,
                                                                     device=gram.device), cross)
 
-    def error(self, w: torch.Tensor, fold: int | None = None) -> float:
-        folds = range(len(self.gram)) if fold is None else [fold]
+    def error(self, w: torch.Tensor, folds: Sequence[int]) -> float:
         return sum(self.yy[f] - 2 * float((w * self.cross[f]).sum()) + float((w * (self.gram[f] @ w)).sum())
-                   for f in folds if isinstance(self.gram[f], torch.Tensor))
+                   for f in folds)
 
     def cross_validated(self, ridge: float) -> float:
         """Summed error of each fold under the solution fit to the others."""
-        return sum(self.error(self.solve(ridge, leave_out=f), f) for f in range(len(self.gram))
-                   if isinstance(self.gram[f], torch.Tensor))
+        return sum(self.error(self.solve(ridge, leave_out=f), [f]) for f in self.folds())
 
 
 def _as_solution(module: nn.Module) -> torch.Tensor:
@@ -166,12 +164,12 @@ def _refit(model: nn.Module, reference: nn.Module, name: str, batches, kept_outp
     finally:
         for h in hooks:
             h.remove()
-    if not normal.seen:
+    if not normal.folds():
         return False  # the layer never ran on the calibration data: nothing to fit it to
     if ridge is None:  # the ridge whose refit predicts held-out calibration data best, if any beats the layer as cut
         held_out = {r: normal.cross_validated(r) for r in RIDGES}
         ridge = min(held_out, key=held_out.get)
-        if held_out[ridge] >= normal.error(_as_solution(module)):
+        if held_out[ridge] >= normal.error(_as_solution(module), normal.folds()):
             return False
     solution = normal.solve(ridge)  # (inputs [+ 1], outputs)
     weight = solution[:-1] if has_bias else solution
