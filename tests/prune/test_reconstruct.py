@@ -202,9 +202,11 @@ def test_a_transformer_pruned_by_half_without_finetuning_keeps_its_accuracy(monk
         before, drops = accuracy(model), {}
         for reconstruct in (False, True):
             pruned = copy.deepcopy(model)
-            prune_(pruned, StructuredConfig(0.5, importance="output_taylor", reconstruct=reconstruct),
-                   calibration=calibration)
+            report = prune_(pruned, StructuredConfig(0.5, importance="output_taylor", reconstruct=reconstruct),
+                            calibration=calibration)
             assert [layer.linear2.in_features for layer in pruned.encoder.layers] == [32, 32]
+            consumers = [f"encoder.layers.{i}.{name}" for i in (0, 1) for name in ("self_attn.out_proj", "linear2")]
+            assert report.refit == (tuple(consumers) if reconstruct else ())
             drops[reconstruct] = before - accuracy(pruned)
     finally:
         torch.set_num_threads(threads)

@@ -82,6 +82,7 @@ class PruneReport:
         sparsity: fraction of the listed layers' weights that are now zero or gone.
         masks: for magnitude pruning, layer name -> bool keep-mask of its weight; else empty.
         after_step: call after every optimizer step of later training to keep pruned weights at zero.
+        refit: for structured pruning with ``reconstruct``, the layers refit after a cut, in forward order.
     """
 
     method: str
@@ -94,6 +95,7 @@ class PruneReport:
     bytes_after: int
     masks: dict[str, torch.Tensor] = field(default_factory=dict)
     after_step: Callable[[], None] = lambda: None
+    refit: tuple[str, ...] = ()
 
     @property
     def sparsity(self) -> float:
@@ -112,7 +114,7 @@ class PruneReport:
 def build_report(method: str, names: Iterable[str], before: dict[str, _Snapshot], after_modules: dict[str, nn.Module],
                  size_before: tuple[int, int, int], model: nn.Module, removed: dict[str, list[int]],
                  masks: dict[str, torch.Tensor] | None = None,
-                 after_step: Callable[[], None] | None = None) -> PruneReport:
+                 after_step: Callable[[], None] | None = None, refit: Iterable[str] = ()) -> PruneReport:
     """Assemble a :class:`PruneReport` from the snapshot taken before pruning and the model now."""
     after = snapshot({n: after_modules[n] for n in names})
     layers = tuple(
@@ -121,7 +123,7 @@ def build_report(method: str, names: Iterable[str], before: dict[str, _Snapshot]
         for n in names)
     params, nonzero, nbytes = model_size(model)
     return PruneReport(method, layers, size_before[0], params, size_before[1], nonzero, size_before[2], nbytes,
-                       masks or {}, after_step or (lambda: None))
+                       masks or {}, after_step or (lambda: None), tuple(refit))
 
 
 def _numel(shape: tuple[int, ...]) -> int:

@@ -242,8 +242,9 @@ def run_stage(ctx: "RunContext", stage: PruneStage) -> dict[str, Any]:
         out["mask_digests"] = rank_digests(report.masks)  # equal entries: the ranks' masks agree
         if len(set(out["mask_digests"])) > 1:
             ctx.log("prune: WARNING the replicas' masks differ")
+    refit = f", refit {', '.join(report.refit) or 'none'}" if getattr(config, "reconstruct", False) else ""
     ctx.log(f"prune: {report.method}, sparsity {report.sparsity:.4f}, params {report.params_before} -> "
-            f"{report.params_after}, val {out['val_metric']:.4f}")
+            f"{report.params_after}{refit}, val {out['val_metric']:.4f}")
     return out
 
 

@@ -101,6 +101,7 @@ def prune_structured_(model: nn.Module, config: StructuredConfig, ctx) -> PruneR
     layers = weight_layers(model)
     before, size_before, tracker = snapshot(layers), model_size(model), _Tracker(layers)
     original: dict[str, int] = {}
+    refit: dict[str, None] = {}  # every step's refit layers, in order, once
 
     def step_fn(step: int, steps: int) -> None:
         graph = build_graph(model, example)
@@ -138,11 +139,11 @@ def prune_structured_(model: nn.Module, config: StructuredConfig, ctx) -> PruneR
                     tracker.remove(name, gone)
         model.zero_grad(set_to_none=True)
         if config.reconstruct:
-            reconstruct_(model, reference, batches, tracker.positions(kept_before))
+            refit.update(dict.fromkeys(reconstruct_(model, reference, batches, tracker.positions(kept_before))))
 
     ctx.run_schedule(model, config, step_fn, lambda: None)
     return build_report("structured", list(layers), before, weight_layers(model), size_before, model,
-                        tracker.removed)
+                        tracker.removed, refit=refit)
 
 
 def prune_activation_(model: nn.Module, config: ActivationConfig, ctx) -> PruneReport:
