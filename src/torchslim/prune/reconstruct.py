@@ -50,7 +50,8 @@ def consumers(model: nn.Module, reference: nn.Module) -> list[str]:
             before = reference.get_submodule(name)
         except AttributeError:
             continue
-        if type(before) is type(module) and _inputs_of(before) is not None and width < _inputs_of(before):
+        width_before = _inputs_of(before) if type(before) is type(module) else None
+        if width_before is not None and width < width_before:
             found.append(name)
     return found
 
@@ -96,18 +97,19 @@ class _NormalEquations:
     errors come from them without keeping a row: err(W) = ΣY² − 2⟨W, XᵀY⟩ + ⟨W, XᵀX W⟩."""
 
     def __init__(self, folds: int):
-        self.gram: list = [0] * folds
-        self.cross: list = [0] * folds
+        self.gram: list[torch.Tensor | None] = [None] * folds
+        self.cross: list[torch.Tensor | None] = [None] * folds
         self.yy = [0.0] * folds
 
     def add(self, fold: int, rows: torch.Tensor, target: torch.Tensor) -> None:
-        self.gram[fold] = self.gram[fold] + rows.T @ rows
-        self.cross[fold] = self.cross[fold] + rows.T @ target
+        gram, cross = rows.T @ rows, rows.T @ target
+        self.gram[fold] = gram if self.gram[fold] is None else self.gram[fold] + gram
+        self.cross[fold] = cross if self.cross[fold] is None else self.cross[fold] + cross
         self.yy[fold] += float((target * target).sum())
 
     def folds(self, leave_out: int | None = None) -> list[int]:
         """The folds that got rows, but ``leave_out``."""
-        return [f for f, g in enumerate(self.gram) if f != leave_out and isinstance(g, torch.Tensor)]
+        return [f for f, g in enumerate(self.gram) if f != leave_out and g is not None]
 
     def solve(self, ridge: float, leave_out: int | None = None) -> torch.Tensor:
         folds = self.folds(leave_out)
@@ -142,17 +144,19 @@ def _refit(model: nn.Module, reference: nn.Module, name: str, batches, kept_outp
     device, has_bias = module_device(model), module.bias is not None
     split = len(batches) == 1  # one batch: its two halves are the folds
     normal = _NormalEquations(2 if split else min(FOLDS, len(batches)))
+    kept = None if kept_outputs is None else torch.as_tensor(list(kept_outputs), dtype=torch.long, device=device)
     try:
         for b, (x, _) in enumerate(batches):
-            model(to_device(x, device))
-            reference(to_device(x, device))
+            x = to_device(x, device)
+            model(x)
+            reference(x)  # the same every call: recomputed rather than kept, calibration activations can be large
             for a, y in zip(inputs, outputs):  # a layer called more than once: its calls pair in order
                 rows = _rows(module, a).double()
                 if has_bias:
                     rows = torch.cat([rows, rows.new_ones(len(rows), 1)], 1)
                 target = _targets(module, y).double()
-                if kept_outputs is not None:
-                    target = target[:, list(kept_outputs)]
+                if kept is not None:
+                    target = target[:, kept]
                 if split:  # rows run sample by sample: the halves are two sets of samples
                     half = len(rows) // 2
                     normal.add(0, rows[:half], target[:half])
