@@ -85,7 +85,7 @@ def split_sentences(seed: int = 0) -> tuple[list[str], list[str]]:
 
 def _runner(engine: Engine) -> Callable:
     if isinstance(engine, (bytes, bytearray)):
-        # no spinning: ORT's idle workers would otherwise busy-wait into the next engine's timing
+        # workers sleep when a run returns: spinning idle ones would busy-wait into the next engine's timing
         return OrtEncoder(bytes(engine), intra_op_threads=THREADS, spinning=False).run
     return engine
 

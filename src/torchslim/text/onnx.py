@@ -25,7 +25,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from torchslim.export.runtime import new_session, run_flushing_denormals
+from torchslim.export.runtime import new_session, run_flushing_denormals, stop_spinning_between_runs
 from torchslim.text._initializers import join_initializers, split_initializers
 from torchslim.text._int8 import Int8Config, quantize_int8
 from torchslim.text.encoder import SentenceEncoder
@@ -134,7 +134,7 @@ def _session(onnx_bytes: bytes, intra_op_threads: int | None, spinning: bool = T
 
     opts = ort.SessionOptions()
     if not spinning:
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        stop_spinning_between_runs(opts)
     opts.log_severity_level = 3
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if intra_op_threads is not None:
@@ -149,8 +149,9 @@ class OrtEncoder:
     Args:
         onnx_bytes: any model with inputs input_ids/attention_mask and output embedding (fp32, fused or int8).
         intra_op_threads: threads for one operator (None: ORT's default, all cores).
-        spinning: ORT's worker threads busy-wait after each run (its default: lower latency). Off when something
-            else computes in the same process between runs (a side-by-side benchmark), which they would slow down.
+        spinning: ORT's worker threads keep busy-waiting after each run (its default: the lowest latency for
+            back-to-back calls). False: they spin within a run and sleep when it returns, for when something else
+            computes in the same process between runs (a side-by-side benchmark), which they would slow down.
     Example:
         >>> vectors = OrtEncoder(export_onnx(encoder), intra_op_threads=2)(ids, mask)  # (N, hidden) float32
     """
