@@ -8,7 +8,7 @@ shapes itself), while the graph the quantize stage made in memory has the export
 them back at load (``onnx.shape_inference``) would be worth it: for each model of tests/zoo (untrained: latency only)
 and each graph (the fp32 export, dynamic int8 and static int8, built as the quantize stage builds them), the graph
 with every ``value_info`` removed ("bare") and the same graph with shapes inferred ("annotated") are timed one after
-the other on one batch (median of 20 calls each) in alternating rounds. Printed: the medians over the rounds
+the other (median of 20 calls on a random batch each) in alternating rounds. Printed: the medians over the rounds
 and the median of the rounds' ratios (bare / annotated: above 1, the annotations make it faster) with their range,
 at batch 64 and batch 1.
 """
@@ -19,10 +19,8 @@ import argparse
 import copy
 import statistics
 import sys
-import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "zoo"))
@@ -63,15 +61,6 @@ def _bare(data: bytes) -> bytes:
     return proto.SerializeToString()
 
 
-def _median_ms(fn, calls: int = 20) -> float:
-    times = []
-    for _ in range(calls):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1)
@@ -80,6 +69,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
+    from torchslim.evaluate import latency_ms
     from torchslim.export.runtime import OrtSession
 
     print(f"{args.threads} thread(s), {args.rounds} rounds; ms per batch, bare / annotated (ratio, its range)")
@@ -92,19 +82,16 @@ def main() -> None:
             sessions = {"bare": OrtSession(bare, args.threads), "annotated": OrtSession(_annotated(bare), args.threads)}
             cells = []
             for batch in (64, 1):
-                x = torch.rand(batch, *INPUT_SHAPE).numpy()
-                for s in sessions.values():
-                    for _ in range(5):
-                        s(x)
                 times = {k: [] for k in sessions}
                 for r in range(args.rounds):
                     for k in (("bare", "annotated") if r % 2 == 0 else ("annotated", "bare")):
-                        times[k].append(_median_ms(lambda: sessions[k](x)))
+                        times[k].append(latency_ms(sessions[k], INPUT_SHAPE, batch, runs=20, warmup=5 if r < 2 else 0))
                 ratios = sorted(b / a for b, a in zip(times["bare"], times["annotated"]))
                 cells.append(f"{statistics.median(times['bare']):7.3f} / {statistics.median(times['annotated']):7.3f}"
                              f" ({statistics.median(ratios):.2f}, {ratios[0]:.2f}-{ratios[-1]:.2f})")
             print(f"{name:>12} {graph:>8} | {cells[0]:>32} | {cells[1]:>32}", flush=True)
-            assert np.allclose(sessions["bare"](x), sessions["annotated"](x), atol=1e-5)
+            x = torch.rand(64, *INPUT_SHAPE)
+            assert torch.allclose(sessions["bare"](x), sessions["annotated"](x), atol=1e-5)
 
 
 if __name__ == "__main__":
