@@ -28,7 +28,17 @@ QUANTIZED_OPS = frozenset({
 DISABLED_FUSIONS = ("SkipLayerNormFusion",)
 
 
-def _session_options(intra_op_threads: int | None):
+def session_options(intra_op_threads: int | None, *, spin_after_runs: bool = False):
+    """ONNX Runtime session options: every graph optimisation, ``intra_op_threads`` per operator (None: ORT's
+    default, all cores), one inter-op thread (operators run in sequence).
+
+    Worker threads busy-wait for the next operator within a run; with ``spin_after_runs`` False they sleep as soon
+    as the run returns. Why: a pool that sleeps between operators pays a wake-up per operator (a d 256, 4-layer int8
+    encoder at batch 64 on two threads took 6.8 ms with sleeping workers, 5.3 ms spinning; one thread: no
+    difference), and a pool that keeps spinning after the run (ORT's default, the lowest latency for back-to-back
+    calls) steals the cores of whatever runs next: the torch baseline in a side-by-side measurement, the user's
+    own work.
+    """
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -37,20 +47,9 @@ def _session_options(intra_op_threads: int | None):
         opts.intra_op_num_threads = int(intra_op_threads)
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
-    stop_spinning_between_runs(opts)
-    return opts
-
-
-def stop_spinning_between_runs(opts) -> None:
-    """Worker threads busy-wait for the next operator within a run and sleep as soon as the run returns.
-
-    Why: a pool that sleeps between operators pays a wake-up per operator: a d 256, 4-layer int8 encoder at batch
-    64 on two threads took 6.8 ms with sleeping workers, 5.3 ms spinning (one thread: no difference). A pool that
-    keeps spinning after the run (ORT's default) steals the cores of whatever runs next: the torch baseline in a
-    side-by-side measurement, the user's own work.
-    """
     opts.add_session_config_entry("session.intra_op.allow_spinning", "1")
-    opts.add_session_config_entry("session.force_spinning_stop", "1")
+    opts.add_session_config_entry("session.force_spinning_stop", "0" if spin_after_runs else "1")
+    return opts
 
 
 def flushes_denormals() -> bool:
@@ -128,7 +127,7 @@ class OrtSession:
     def __init__(self, model: ModelSource, intra_op_threads: int | None = None):
         self.model = model
         try:
-            self.session = new_session(model, _session_options(intra_op_threads))
+            self.session = new_session(model, session_options(intra_op_threads))
         except Exception as exc:  # ORT's own error types; an artifact's int8 graph may come from a newer runtime
             raise _load_error(model, exc) from None
         self.input_names = [i.name for i in self.session.get_inputs()]
@@ -160,7 +159,7 @@ def optimized_op_counts(model: ModelSource) -> collections.Counter:
     import onnxruntime as ort
 
     with tempfile.TemporaryDirectory(prefix="torchslim-ort-") as tmp:
-        opts = _session_options(1)
+        opts = session_options(1)
         opts.optimized_model_filepath = os.path.join(tmp, "optimized.onnx")
         ort.InferenceSession(_model_arg(model), opts, providers=["CPUExecutionProvider"],
                              disabled_optimizers=list(DISABLED_FUSIONS))

@@ -25,7 +25,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from torchslim.export.runtime import new_session, run_flushing_denormals, stop_spinning_between_runs
+from torchslim.export.runtime import new_session, run_flushing_denormals, session_options
 from torchslim.text._initializers import join_initializers, split_initializers
 from torchslim.text._int8 import Int8Config, quantize_int8
 from torchslim.text.encoder import SentenceEncoder
@@ -130,17 +130,7 @@ def fused_op_counts(onnx_bytes: bytes) -> dict[str, int]:
 
 
 def _session(onnx_bytes: bytes, intra_op_threads: int | None, spinning: bool = True):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    if not spinning:
-        stop_spinning_between_runs(opts)
-    opts.log_severity_level = 3
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if intra_op_threads is not None:
-        opts.intra_op_num_threads = int(intra_op_threads)
-        opts.inter_op_num_threads = 1
-    return new_session(onnx_bytes, opts)
+    return new_session(onnx_bytes, session_options(intra_op_threads, spin_after_runs=spinning))
 
 
 class OrtEncoder:
