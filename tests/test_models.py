@@ -82,3 +82,29 @@ def test_user_factory_with_safetensors_weights(tmp_path):
         build_model(ModelSpec(factory="mymodels:tiny", kwargs={"hidden": 9}, weights="w.safetensors"), tmp_path)
     with pytest.raises(ConfigError, match="model.factory: module 'mymodels' has no callable 'nope'"):
         build_model(ModelSpec(factory="mymodels:nope"), tmp_path)
+
+
+def test_a_factory_asking_only_for_num_classes_gets_it_from_the_data_and_its_weights(tmp_path):
+    """Its input shape comes from a probe built before the data is read: the probe needs a class count and must
+    not load weights sized for the real one."""
+    import numpy as np
+
+    from torchslim.recipe import load_recipe
+    from torchslim.runner import prepare
+
+    (tmp_path / "clsmodels.py").write_text(
+        "import torch\n"
+        "def build(num_classes):\n"
+        "    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, num_classes))\n")
+    rng = np.random.default_rng(0)
+    x, y = rng.random((90, 12), dtype=np.float32), np.arange(90) % 3
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    weights = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3)).state_dict()
+    save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp_path / "w.safetensors"))
+    (tmp_path / "domain.yaml").write_text(
+        "name: three\ntask: tabular-classification\ndata: {source: 'npz:d.npz', seed: 0}\n"
+        "model: {factory: 'clsmodels:build', weights: w.safetensors}\nmetric: accuracy\n")
+    (tmp_path / "recipe.yaml").write_text("domain: domain.yaml\nstages:\n  - quantize: {method: kmeans, bits: 4}\n")
+    ctx = prepare(load_recipe(tmp_path / "recipe.yaml"), log=lambda _: None)
+    assert ctx.architecture["kwargs"] == {"num_classes": 3}
+    assert torch.equal(ctx.model[1].weight, weights["1.weight"])

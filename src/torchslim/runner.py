@@ -160,12 +160,17 @@ def _model_and_data(domain: Domain, splits: Optional[Splits]) -> tuple[nn.Module
     built first (images are resized to it); one whose constructor asks for ``input_shape`` is built after the
     data, from it, and ``num_classes`` is filled in from the data wherever the constructor takes it."""
     spec = domain.model
-    if "input_shape" in data_kwargs_asked(spec, domain.base_dir):
+    asked = data_kwargs_asked(spec, domain.base_dir)
+    if "input_shape" in asked:
         splits = splits or load_splits(domain.data, base_dir=domain.base_dir)
         spec = with_data_kwargs(spec, domain.base_dir, splits.input_shape, splits.num_classes)
         return build_model(spec, domain.base_dir), architecture_of(spec), splits
-    with torch.random.fork_rng(devices=[]):  # a probe for its declared input shape: the real build draws the init
-        declared = input_shape_of(build_model(spec, domain.base_dir))
+    # A probe for its declared input shape, before the data is read: no weights, and a placeholder class count
+    # where the constructor asks for one (the real build, from the data, draws the initialisation).
+    probe = spec.model_copy(update={"weights": None,
+                                    "kwargs": {**spec.kwargs, **({"num_classes": 2} if "num_classes" in asked else {})}})
+    with torch.random.fork_rng(devices=[]):
+        declared = input_shape_of(build_model(probe, domain.base_dir))
     splits = splits or load_splits(domain.data, base_dir=domain.base_dir, input_shape=declared)
     spec = with_data_kwargs(spec, domain.base_dir, splits.input_shape, splits.num_classes)
     return build_model(spec, domain.base_dir), architecture_of(spec), splits
