@@ -19,6 +19,23 @@ def test_accuracy_and_top5_on_a_fixed_predictor():
     assert compute_metric(predict, data, "top5") == 0.75
 
 
+
+def test_tied_logits_go_to_the_lower_class_as_argmax_breaks_them():
+    """Quantized logits tie: the metric must count what ``argmax`` on the same outputs predicts."""
+    from torchslim.search.noise import correct_per_sample
+
+    logits = torch.tensor([[0.0, 2.0, 2.0, 2.0, -1.0, 0.0, 0.0],   # tie of classes 1, 2, 3
+                           [1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0],    # all tied
+                           [0.0, 0.5, 3.0, 3.0, 0.5, 0.5, 0.5]])   # tie of 2 and 3
+    y = torch.tensor([1, 0, 3])
+    data = TensorDataset(torch.arange(3), y)
+    predict = lambda idx: logits[idx]  # noqa: E731
+    assert torch.equal(logits.argmax(1) == y, torch.tensor([True, True, False]))
+    assert compute_metric(predict, data, "accuracy") == pytest.approx(2 / 3)
+    assert correct_per_sample(predict, data, "accuracy").tolist() == [True, True, False]
+    # top5 of the all-tied row: classes 0-4, so class 5 or 6 would miss
+    assert compute_metric(predict, TensorDataset(torch.tensor([1, 1]), torch.tensor([4, 5])), "top5") == 0.5
+
 def test_params_size_and_latency(tmp_path):
     model = torch.nn.Linear(4, 3)
     with torch.no_grad():

@@ -31,6 +31,13 @@ def _as_predict(model: nn.Module | Predict, device: Optional[torch.device]) -> P
     return model
 
 
+def top_classes(logits: torch.Tensor, k: int = 1) -> torch.Tensor:
+    """(N, k) indices of each row's ``k`` highest logits, a tie going to the lower class index as ``argmax`` breaks
+    it. Why: an int8 graph's quantized logits tie often, and ``topk`` breaks ties its own way, so a metric
+    computed with it need not be what the user's own ``argmax`` gets from the same file."""
+    return torch.sort(logits, dim=1, descending=True, stable=True).indices[:, :min(k, logits.shape[1])]
+
+
 @torch.no_grad()
 def compute_metric(model: nn.Module | Predict, data: Dataset, metric: str = "accuracy", *,
                    batch_size: int = 256, device: Optional[torch.device] = None) -> float:
@@ -47,7 +54,7 @@ def compute_metric(model: nn.Module | Predict, data: Dataset, metric: str = "acc
     correct, total = 0, 0
     for x, y in DataLoader(data, batch_size=batch_size):
         logits = predict(x).float().cpu()
-        top = logits.topk(min(k, logits.shape[1]), dim=1).indices  # (N, k)
+        top = top_classes(logits, k)  # (N, k)
         correct += int((top == y[:, None]).any(dim=1).sum())
         total += len(y)
     if was_training:

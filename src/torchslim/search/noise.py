@@ -18,6 +18,8 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from torchslim.evaluate import top_classes
+
 
 @torch.no_grad()
 def correct_per_sample(predict: Any, data: Dataset, metric: str) -> torch.Tensor:
@@ -29,7 +31,7 @@ def correct_per_sample(predict: Any, data: Dataset, metric: str) -> torch.Tensor
     out = []
     for x, y in DataLoader(data, batch_size=256):
         logits = predict(x).float().cpu()  # (B, classes)
-        top = logits.topk(min(k, logits.shape[1]), dim=1).indices  # (B, k)
+        top = top_classes(logits, k)  # (B, k)
         out.append((top == y[:, None]).any(dim=1))
     return torch.cat(out)
 
