@@ -81,6 +81,16 @@ def test_yaml_errors_are_one_line_with_line_and_column(tmp_path):
         "recipe.yaml: seed: must be a non-negative integer")  # a date stays a string
 
 
+def test_a_key_twice_in_one_mapping(tmp_path):
+    assert rejected(tmp_path, recipe=RECIPE + "seed: 1\n") == (
+        "recipe.yaml: invalid YAML at line 5, column 1: key 'seed' appears twice in one mapping (first at line 2)")
+    assert rejected(tmp_path, domain=DOMAIN + "name: other\n").startswith(
+        "domain.yaml: invalid YAML at line 5, column 1: key 'name' appears twice")
+    # a merge key may repeat what it merges: that is how YAML overrides a shared block
+    assert rejected(tmp_path, recipe="base: &b {epochs: 1, lr: 0.01}\n" + RECIPE.replace(
+        "{epochs: 1, lr: 0.01}", "{<<: *b, epochs: 0}")) == "recipe.yaml: base: unknown key (expected domain, seed, stages)"
+
+
 def test_deep_nesting_and_alias_bombs(tmp_path):
     assert rejected(tmp_path, recipe="seed: " + "[" * 100 + "]" * 100 + "\n") == (
         "recipe.yaml: the YAML nests deeper than 64 levels")

@@ -166,9 +166,9 @@ def _model_and_data(domain: Domain, splits: Optional[Splits]) -> tuple[nn.Module
         spec = with_data_kwargs(spec, domain.base_dir, splits.input_shape, splits.num_classes)
         return build_model(spec, domain.base_dir), architecture_of(spec), splits
     # A probe for its declared input shape, before the data is read: no weights, and a placeholder class count
-    # where the constructor asks for one (the real build, from the data, draws the initialisation).
-    probe = spec.model_copy(update={"weights": None,
-                                    "kwargs": {**spec.kwargs, **({"num_classes": 2} if "num_classes" in asked else {})}})
+    # where the constructor requires one (the real build, from the data, draws the initialisation).
+    placeholder = {"num_classes": 2} if "num_classes" in data_kwargs_asked(spec, domain.base_dir, required=True) else {}
+    probe = spec.model_copy(update={"weights": None, "kwargs": {**spec.kwargs, **placeholder}})
     with torch.random.fork_rng(devices=[]):
         declared = input_shape_of(build_model(probe, domain.base_dir))
     splits = splits or load_splits(domain.data, base_dir=domain.base_dir, input_shape=declared)

@@ -78,8 +78,9 @@ def _check_size(ctor: Any, kwargs: dict[str, Any], field: str) -> None:
                                      f"{MAX_PARAMS:,} are allowed")
 
 
-def data_kwargs_asked(spec: Any, base_dir: str | Path = ".") -> set[str]:
-    """Which of ``input_shape`` / ``num_classes`` the spec's constructor takes and its kwargs do not give."""
+def data_kwargs_asked(spec: Any, base_dir: str | Path = ".", *, required: bool = False) -> set[str]:
+    """Which of ``input_shape`` / ``num_classes`` the spec's constructor takes and its kwargs do not give (with
+    ``required``: only those without a default)."""
     if spec.name is not None:
         if spec.name not in BUILTIN_MODELS:
             return set()
@@ -93,7 +94,8 @@ def data_kwargs_asked(spec: Any, base_dir: str | Path = ".") -> set[str]:
         params = inspect.signature(ctor).parameters
     except (TypeError, ValueError):
         return set()
-    return {name for name in DATA_KWARGS if name in params and name not in spec.kwargs}
+    return {name for name in DATA_KWARGS if name in params and name not in spec.kwargs
+            and not (required and params[name].default is not inspect.Parameter.empty)}
 
 
 def with_data_kwargs(spec: Any, base_dir: str | Path, input_shape: tuple[int, ...], num_classes: int) -> Any:
