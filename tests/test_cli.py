@@ -75,7 +75,7 @@ def test_threads_option_sets_the_thread_count_the_run_measures_with(trained, cli
     assert json.loads((folder / "one" / "metrics.json").read_text())["threads"] == 1
     proc = cli("run", "recipe.yaml", "--out", "none", "--threads", "0", cwd=folder)
     assert proc.returncode == 2 and not (folder / "none").exists()
-    assert proc.stderr == "error: --threads: 0 is not in the range x>=1.\n"  # one line, like every bad input
+    assert proc.stderr == "error: --threads: 0 is not in the range 1<=x<=4096.\n"  # one line, like every bad input
 
 
 def test_check_and_help(trained, cli):

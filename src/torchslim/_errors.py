@@ -22,7 +22,10 @@ def _clip(text: str, limit: int, *, keep_end: bool = False) -> str:
 
 
 def brief(value: Any, limit: int = 60) -> str:
-    """``repr(value)``, shortened for an error message (a value may be a 4,000-digit integer or a long list)."""
+    """``repr(value)``, shortened for an error message (a value may be a 4,000-digit integer or a long list);
+    true, false and null as YAML spells them."""
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
     try:
         text = repr(value)
     except ValueError:  # an integer too long to print

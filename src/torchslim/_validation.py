@@ -9,15 +9,34 @@ from typing import Any, TypeVar
 
 import pydantic
 
-from torchslim._errors import ConfigError
+from torchslim._errors import ConfigError, brief
 
 M = TypeVar("M", bound=pydantic.BaseModel)
 
 
+def _admits_bool(annotation: Any) -> bool:
+    if annotation is bool or annotation is Any:
+        return True
+    return any(_admits_bool(arg) for arg in typing.get_args(annotation))
+
+
 class StrictModel(pydantic.BaseModel):
-    """Base of every user-facing config: unknown keys are rejected, values are immutable, numbers are finite."""
+    """Base of every user-facing config: unknown keys are rejected, values are immutable, numbers are finite, and
+    true/false is no number (pydantic's lax mode reads ``epochs: true`` as 1)."""
 
     model_config = pydantic.ConfigDict(extra="forbid", frozen=True, strict=False, allow_inf_nan=False)
+
+    @pydantic.field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_a_number(cls, value: Any, info: pydantic.ValidationInfo) -> Any:
+        if isinstance(value, bool) and not _admits_bool(cls.model_fields[info.field_name].annotation):
+            raise ConfigError("", f"must be {_EXPECTED.get(cls.model_fields[info.field_name].annotation, 'a value')}"
+                                  f", not {str(value).lower()}")
+        return value
+
+
+_EXPECTED = {int: "an integer", float: "a number", str: "a string", typing.Optional[int]: "an integer",
+             typing.Optional[float]: "a number", typing.Optional[str]: "a string"}
 
 
 def finite_float(value: Any) -> float | None:
@@ -30,6 +49,17 @@ def finite_float(value: Any) -> float | None:
     except OverflowError:
         return None
     return number if math.isfinite(number) else None
+
+
+MAX_LR = 10.0  # a step larger than this diverges any model; far larger ones overflow the optimizer's float32 state
+
+
+def learning_rate(field: str, value: Any) -> float:
+    """``value`` as a learning rate in (0, MAX_LR], else a ConfigError naming ``field``."""
+    number = finite_float(value)
+    if number is None or not 0 < number <= MAX_LR:
+        raise ConfigError(field, f"must be a positive number at most {MAX_LR:g}, got {brief(value)}")
+    return number
 
 
 def field_path(loc: tuple[Any, ...]) -> str:

@@ -11,6 +11,10 @@ import click
 
 from torchslim._errors import ConfigError
 
+from torchslim.domain import MAX_SEED
+
+MAX_THREADS = 4096  # torch and ONNX Runtime take a C int; no machine this runs on has more cores
+
 
 def _fail(exc: ConfigError) -> None:
     click.echo(f"error: {exc}", err=True)
@@ -57,6 +61,8 @@ class _Group(click.Group):
                 message = "is required and was not given" if isinstance(exc, click.MissingParameter) else exc.message
                 converted = ConfigError(name, message)
             _fail(converted)
+        except click.UsageError as exc:  # an unknown flag or command: one line, not click's usage block
+            _fail(ConfigError("", exc.format_message().replace("\n", " ")))
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
         except OSError as exc:  # the file system refused: --out under a file, a name too long, a full disk
@@ -109,6 +115,16 @@ def _quiet_option(fn: Any) -> Any:
                         help="No progress bars or stage messages on stderr; results and errors are still printed.")(fn)
 
 
+def _check_out(out: Path) -> None:
+    """--out must be, or be creatable as, a folder: its nearest existing ancestor must be one."""
+    for folder in (out, *out.parents):
+        if folder.exists() or folder.is_symlink():
+            if not folder.is_dir():
+                raise ConfigError("--out", f"{out}: {folder} is not a folder" if folder != out else
+                                           f"{out} is not a folder")
+            return
+
+
 def _warn_if_metrics_differ(artifact: Path) -> None:
     from torchslim.runner import metrics_mismatch
 
@@ -145,7 +161,7 @@ def _print_summary(metrics: dict[str, Any], out: Path | None = None) -> None:
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in the same --out folder.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a recipe value, e.g. --set stages.0.train.epochs=5 (repeatable).")
-@click.option("--threads", type=click.IntRange(min=1), default=None,
+@click.option("--threads", type=click.IntRange(min=1, max=MAX_THREADS), default=None,
               help="CPU threads for training and measuring (default: torch's, one per core). Small models run "
                    "fastest on 1: their kernels are too short to share, and a busy core stalls the others.")
 @click.option("--sign-key", type=click.Path(path_type=Path), default=None,
@@ -156,6 +172,10 @@ def _print_summary(metrics: dict[str, Any], out: Path | None = None) -> None:
 def run(recipe: Path, out: Path, resume: bool, overrides: tuple[str, ...], threads: int | None,
         sign_key: Path | None, overwrite: bool, quiet: bool) -> None:
     """Run RECIPE's stages and write the compressed model and its measurements to --out."""
+    _check_out(out)
+    if resume and overwrite:
+        raise ConfigError("--overwrite", "cannot be given with --resume: --resume continues the run --out holds, "
+                                         "--overwrite replaces it")
     if not (resume or overwrite) and (out / "metrics.json").exists():
         raise ConfigError("--out", f"{out} holds an earlier run (metrics.json): pass --overwrite to replace it, or "
                                    f"--resume to continue an interrupted one")
@@ -216,7 +236,7 @@ def check(recipe: Path, overrides: tuple[str, ...]) -> None:
 @click.option("--domain", "domain_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Domain file whose data (test split) the model is measured on.")
 @click.option("--json", "as_json", is_flag=True, help="Print only the metrics JSON object on stdout.")
-@click.option("--threads", type=click.IntRange(min=1), default=None,
+@click.option("--threads", type=click.IntRange(min=1, max=MAX_THREADS), default=None,
               help="CPU threads to measure with (default: torch's, one per core). Latencies compare only at the "
                    "same thread count: the run's is in its metrics.json.")
 @_trust_options
@@ -331,9 +351,9 @@ def verify(artifact: Path, key: Path) -> None:
 @click.option("--study", "study_name", default=None, help="Study name (default: auto-DOMAINNAME).")
 @click.option("--objective", type=click.Choice(["size", "latency", "metric"]), default="size", show_default=True,
               help="What 'best' minimises among feasible candidates: bytes, batch-64 latency, or metric loss.")
-@click.option("--threads", type=int, default=1, show_default=True,
+@click.option("--threads", type=click.IntRange(min=1, max=MAX_THREADS), default=1, show_default=True,
               help="CPU threads per candidate; best_recipe.yaml reproduces best/ at the same count.")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+@click.option("--seed", type=click.IntRange(min=0, max=MAX_SEED), default=0, show_default=True,
               help="Seed of the sampler and of every candidate recipe.")
 @click.option("--baseline-epochs", type=int, default=40, show_default=True,
               help="Epochs of the baseline's training (the same in every candidate); a student is distilled "
@@ -362,6 +382,11 @@ def auto(domain_path: Path, out: Path, trials: int, timeout: float | None, stora
                         ("--max-epochs", max_epochs)):
         if value < 1:
             raise ConfigError(flag, f"must be a positive integer, got {value}")
+    _check_out(out)
+    if drop_margin != drop_margin:  # click's FloatRange lets nan through: no comparison with it is false
+        raise ConfigError("--drop-margin", "must be a number in [0, 10], got nan")
+    if study_name is not None and not study_name.strip():
+        raise ConfigError("--study", "must be a non-empty name")
     os.environ["TQDM_DISABLE"] = "1"  # one progress line per candidate, not one bar per epoch
     domain = load_domain(domain_path)
     search = AutoSearch(domain, out, trials=trials, timeout=timeout, storage=storage, study_name=study_name,

@@ -72,7 +72,8 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
     data = apply_overrides(data, list(overrides), source)
     unknown = sorted(set(data) - {"domain", "seed", "stages"}, key=str)  # a YAML key may be a number
     if unknown:
-        raise ConfigError(unknown[0], "unknown key (expected domain, seed, stages)", source)
+        key = "null" if unknown[0] is None else unknown[0]  # ``null: 1`` has a key, spelt null
+        raise ConfigError(key, "unknown key (expected domain, seed, stages)", source)
     if "domain" not in data:
         raise ConfigError("domain", "required key is missing", source)
     seed = data.get("seed", 0)
@@ -84,8 +85,11 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
     if isinstance(data["domain"], str) and data["domain"].strip():
         named = Path(data["domain"]).expanduser()
         named = named if named.is_absolute() else base / named
-        if file_problem(named) == "file not found":  # other problems: load_domain names the file and the reason
+        problem = file_problem(named)
+        if problem == "file not found":
             raise ConfigError("domain", f"file not found: {named}", source)
+        if problem:  # a directory, a device, a name too long: the recipe's key is where to fix it
+            raise ConfigError("domain", f"{problem}: {named}", source)
         domain = load_domain(data["domain"], base_dir=base)
     elif isinstance(data["domain"], dict):
         domain = load_domain(data["domain"], base_dir=base, source=source, prefix="domain")

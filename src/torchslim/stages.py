@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Callable, Literal, Optional
 import pydantic
 
 from torchslim._errors import ConfigError
-from torchslim._validation import StrictModel, parse
+from torchslim._validation import MAX_LR, StrictModel, parse
 from torchslim.train import AUGMENTATIONS
 
 if TYPE_CHECKING:
@@ -61,7 +61,7 @@ class TrainStage(StrictModel):
     """``- train: {epochs: 60, lr: 0.001, batch_size: 64}``"""
 
     epochs: int = pydantic.Field(gt=0, le=MAX_EPOCHS)
-    lr: float = pydantic.Field(gt=0)
+    lr: float = pydantic.Field(gt=0, le=MAX_LR)
     batch_size: int = pydantic.Field(64, gt=0, le=MAX_BATCH_SIZE)
     weight_decay: float = pydantic.Field(0.0, ge=0)
     optimizer: Literal["adam", "sgd"] = "adam"

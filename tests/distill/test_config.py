@@ -55,7 +55,7 @@ def test_defaults():
         ({"features": "fc1"}, "features", "list"),
         ({"epochs": 0}, "epochs", "positive integer"),
         ({"batch_size": 2.5}, "batch_size", "positive integer"),
-        ({"lr": 0}, "lr", "> 0"),
+        ({"lr": 0}, "lr", "a positive number at most 10"), ({"lr": 1e3}, "lr", "at most 10"),
         ({"teacher": ""}, "teacher", "baseline"),
         ({"student": 3}, "student", "model spec"),
         ({"temprature": 4}, "temprature", "unknown key"),

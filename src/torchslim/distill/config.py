@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from torchslim._errors import ConfigError, brief
-from torchslim._validation import finite_float
+from torchslim._validation import finite_float, learning_rate
 from torchslim.train import AUGMENTATIONS  # the training loop applies them
 
 __all__ = ["FeatureMatch", "Regularization", "KDConfig", "config_from_mapping"]
@@ -159,10 +159,7 @@ class KDConfig:
             raise ConfigError("regularization", f"must be a Regularization, got {self.regularization!r}")
         _positive_int("epochs", self.epochs, MAX_EPOCHS)
         _positive_int("batch_size", self.batch_size, MAX_BATCH_SIZE)
-        lr = _number("lr", self.lr)
-        if lr <= 0:
-            raise ConfigError("lr", f"must be > 0, got {self.lr!r}")
-        object.__setattr__(self, "lr", lr)
+        object.__setattr__(self, "lr", learning_rate("lr", self.lr))
         if self.augment not in AUGMENTATIONS:
             raise ConfigError("augment", f"must be one of {', '.join(AUGMENTATIONS)}, got {self.augment!r}")
 

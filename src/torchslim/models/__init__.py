@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from torchslim._errors import ConfigError, brief, did_you_mean
+from torchslim._validation import finite_float
 from torchslim._yaml import file_problem
 from torchslim.models._reference import BUILTIN_MODELS, MLP, LeNet5, LeNet300100, MNIST1DCNN, MNIST1DMLP
 
@@ -141,6 +142,8 @@ def build_model(spec: Any, base_dir: str | Path = ".") -> nn.Module:
         raise ConfigError(field, f"{exc}") from None
     except ValueError:  # builtins without a signature: let the call decide
         pass
+    if spec.name is not None:
+        _check_builtin_sizes(ctor, spec.kwargs)
     _check_size(ctor, spec.kwargs, field)
     model = _call(ctor, spec.kwargs, field)
     if not isinstance(model, nn.Module):
@@ -148,6 +151,20 @@ def build_model(spec: Any, base_dir: str | Path = ".") -> nn.Module:
     if spec.weights is not None:
         load_weights_(model, Path(base_dir) / spec.weights if not Path(spec.weights).is_absolute() else spec.weights)
     return model.eval()
+
+
+def _check_builtin_sizes(ctor: Any, kwargs: dict[str, Any]) -> None:
+    """A built-in model's sizes (an integer default) must be positive integers and its ``width`` (a float
+    default) a positive finite number: width 0 would build one unit per layer, and true/false is no size."""
+    for name, param in inspect.signature(ctor).parameters.items():
+        if name not in kwargs or isinstance(param.default, bool):
+            continue
+        value = kwargs[name]
+        if isinstance(param.default, int) and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+            raise ConfigError(f"model.kwargs.{name}", f"must be a positive integer, got {brief(value)}")
+        number = finite_float(value)
+        if isinstance(param.default, float) and (number is None or number <= 0):
+            raise ConfigError(f"model.kwargs.{name}", f"must be a positive number, got {brief(value)}")
 
 
 def load_weights_(model: nn.Module, path: str | Path) -> nn.Module:
@@ -162,6 +179,9 @@ def load_weights_(model: nn.Module, path: str | Path) -> nn.Module:
         state = load_file(str(p))
     except Exception as exc:  # safetensors raises its own error types for corrupt headers
         raise ConfigError("model.weights", f"not a readable safetensors file ({exc})") from None
+    for key, tensor in state.items():  # a diverged training run saves NaNs; nothing trained on them is meaningful
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise ConfigError("model.weights", f"{p.name}: tensor {brief(key)} holds NaN or infinite values")
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:

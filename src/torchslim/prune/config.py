@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from torchslim._errors import ConfigError, brief, did_you_mean
-from torchslim._validation import finite_float
+from torchslim._validation import finite_float, learning_rate
 from torchslim.train import AUGMENTATIONS  # the training loop applies them
 
 __all__ = [
@@ -159,9 +159,7 @@ class Finetune:
 
     def __post_init__(self):
         _check_int("epochs", self.epochs, 0, MAX_EPOCHS)
-        lr = self.lr
-        if finite_float(lr) is None or not lr > 0:
-            raise ConfigError("lr", f"must be a finite positive number, got {lr!r}")
+        learning_rate("lr", self.lr)
         _check_int("batch_size", self.batch_size, 1, MAX_BATCH_SIZE)
         _check_choice("augment", self.augment, AUGMENTATIONS)
         object.__setattr__(self, "distill", value_object("distill", Distill, self.distill, optional=True))

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from torchslim._errors import ConfigError, did_you_mean
-from torchslim._validation import finite_float
+from torchslim._validation import finite_float, learning_rate
 from torchslim.quantize.granularity import (Granularity, PerChannel, PerGroup, PerTensor, granularity_from_key,
                                            granularity_key)
 from torchslim.quantize.observers import OBSERVERS
@@ -53,8 +53,7 @@ class FinetuneConfig:
             raise ConfigError("finetune.epochs", f"must be a non-negative integer, got {self.epochs!r}")
         if self.epochs > MAX_EPOCHS:
             raise ConfigError("finetune.epochs", f"must be at most {MAX_EPOCHS}, got {self.epochs!r}")
-        if finite_float(self.lr) is None or not self.lr > 0:
-            raise ConfigError("finetune.lr", f"must be a positive number, got {self.lr!r}")
+        learning_rate("finetune.lr", self.lr)
 
 
 def _is_number(value: Any) -> bool:
