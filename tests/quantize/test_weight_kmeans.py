@@ -46,6 +46,12 @@ def test_weight_only_conv_and_group_size_error(lenet):
         quantize_(torch.nn.Sequential(torch.nn.Linear(30, 4)), WeightOnlyConfig(bits=4, granularity="group",
                                                                                  group_size=8))
     assert err.value.field == "group_size"
+    three = torch.nn.Sequential(torch.nn.Linear(30, 4), torch.nn.Linear(4, 18), torch.nn.Linear(18, 8),
+                                torch.nn.Linear(8, 3))  # rows of 8 fit
+    with pytest.raises(ConfigError) as err:  # every layer it does not fit, in one message
+        quantize_(three, WeightOnlyConfig(bits=4, granularity="group", group_size=8))
+    assert err.value.message == ("must divide the row length of every quantized layer, got 8: 0 has rows of 30, "
+                                 "1 has rows of 4, 2 has rows of 18 (or ignore them)")
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4])
@@ -138,6 +144,22 @@ def test_circular_padding_conv_is_left_float():
     report = quantize_(model, WeightOnlyConfig(bits=4))
     assert report.layers == {"1": 4} and report.kept_fp32 == ()  # kept_fp32 lists quantizable layers only
     assert isinstance(model[0], torch.nn.Conv2d)
+
+
+class _RowGRU(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.gru, self.head = torch.nn.GRU(8, 16, batch_first=True), torch.nn.Linear(16, 10)
+
+    def forward(self, x):  # (N, 8, 8): 8 rows of 8 pixels
+        return self.head(self.gru(x)[0][:, -1])
+
+
+def test_a_recurrent_layer_is_named_as_left_float():
+    model = _RowGRU().eval()
+    report = quantize_(model, KMeansConfig(bits=4))
+    assert report.layers == {"head": 4}
+    assert report.float_layers == {"gru": "a recurrent layer: no method here quantizes its gates"}
 
 
 def _cached_layer():

@@ -49,12 +49,14 @@ def check_layers(model: nn.Module, config: Any) -> dict[str, int]:
     """
     bits = layer_bits(model, config.bits, config.ignore, getattr(config, "overrides", None))
     size = getattr(getattr(config, "granularity", None), "size", None)  # PerGroup only
-    if size is not None:
-        for name in bits:
-            row = model.get_submodule(name).weight[0].numel()
-            if row % size:
-                raise ConfigError("group_size", f"must divide the row length of every quantized layer; {name} "
-                                                f"has rows of {row} weights, got {size} (or ignore {name})")
+    if size is not None:  # every layer it does not fit, at once: a user fixes them in one edit
+        rows = {name: model.get_submodule(name).weight[0].numel() for name in bits}
+        misfits = [name for name, row in rows.items() if row % size]
+        if misfits:
+            shown = ", ".join(f"{name} has rows of {rows[name]}" for name in misfits[:4])
+            more = f" and {len(misfits) - 4} more" if len(misfits) > 4 else ""
+            raise ConfigError("group_size", f"must divide the row length of every quantized layer, got {size}: "
+                                            f"{shown}{more} (or ignore {'them' if len(misfits) > 1 else 'it'})")
     return bits
 
 
