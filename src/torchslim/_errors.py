@@ -33,6 +33,17 @@ def brief(value: Any, limit: int = 60) -> str:
     return _clip(_one_line(text), limit)
 
 
+def by_reason(what: str, reasons: dict[str, str], shown: int = 8) -> list[str]:
+    """One line per distinct reason naming its layers (``what (why): a, b and 3 more``), for stage logs that
+    say which layers a method left alone and why."""
+    lines = []
+    for why in sorted(set(reasons.values())):
+        names = [n for n, w in reasons.items() if w == why]
+        more = f" and {len(names) - shown} more" if len(names) > shown else ""
+        lines.append(f"{what} ({why}): {', '.join(names[:shown])}{more}")
+    return lines
+
+
 def did_you_mean(value: Any, known: Any) -> str:
     """``"did you mean 'static'? "`` when ``value`` is a near miss of one of ``known``, else ``""``: the start of
     an unknown-name message, before the list of known names."""

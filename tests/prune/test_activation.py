@@ -111,3 +111,39 @@ def test_ignored_layer_keeps_its_units():
 def test_needs_calibration_data():
     with pytest.raises(ValueError, match="calibration"):
         prune_(MLP(), ActivationConfig(threshold=0.1))
+
+
+def test_a_threshold_below_every_unit_says_why_nothing_was_removed():
+    model, batches = MLP(), _batches()
+    lowest = min((v, n) for n, v in ((n, min(r)) for n, r in _normalised(model, batches).items()))
+    report = prune_(model, ActivationConfig(threshold=lowest[0] / 2), calibration=batches)
+    assert report.params_after == report.params_before
+    assert report.notes == (f"nothing removed: no unit's normalised mean |activation| is below threshold "
+                            f"{lowest[0] / 2:g} (the lowest: {lowest[0]:.4g}, in {lowest[1]})",)
+    assert prune_(MLP(), ActivationConfig(threshold=0.3), calibration=batches).notes == ()
+
+
+def _normalised(model, batches):
+    """Each hidden layer's mean |ReLU output| per unit over the layer's largest, as floats."""
+    with torch.no_grad():
+        x = torch.cat([b[0] for b in batches])
+        a1 = F.relu(model.fc1(x))
+        a2 = F.relu(model.fc2(a1))
+    return {name: (a.abs().mean(0) / a.abs().mean(0).max()).tolist() for name, a in (("fc1", a1), ("fc2", a2))}
+
+
+def test_layers_no_method_prunes_are_named():
+    class WithGRU(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed, self.gru = nn.Embedding(10, 8), nn.GRU(8, 8, batch_first=True)
+            self.norm, self.head = nn.LayerNorm(8), nn.Linear(8, 3)
+
+        def forward(self, x):
+            return self.head(self.norm(self.gru(self.embed(x))[0][:, -1]))
+
+    from torchslim.prune import MagnitudeConfig
+
+    report = prune_(WithGRU(), MagnitudeConfig(sparsity=0.5))
+    assert [layer.name for layer in report.layers] == ["head"]
+    assert report.unpruned == {"embed": "an embedding table", "gru": "a recurrent layer: its gates are not pruned"}

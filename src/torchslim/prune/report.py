@@ -21,6 +21,26 @@ def weight_layers(model: nn.Module) -> dict[str, nn.Module]:
     return {n: m for n, m in model.named_modules() if isinstance(m, WEIGHT_LAYERS)}
 
 
+_NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)  # scales and shifts: no weights to prune
+
+
+def unpruned_layers(model: nn.Module) -> dict[str, str]:
+    """{module: why} for the modules holding weights of their own that no pruning method acts on (recurrent
+    layers, embedding tables, attention that could not be made prunable), so a report can name them rather than
+    count only what it touched. Normalization layers are not listed: they scale, they hold no weights to prune."""
+    out = {}
+    for name, module in model.named_modules():
+        if isinstance(module, WEIGHT_LAYERS + _NORMS) or not any(True for _ in module.parameters(recurse=False)):
+            continue
+        if isinstance(module, nn.RNNBase):
+            out[name] = "a recurrent layer: its gates are not pruned"
+        elif isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
+            out[name] = "an embedding table"
+        else:
+            out[name] = f"a {type(module).__name__}: no pruning method acts on its weights"
+    return out
+
+
 def _weights(module: nn.Module) -> torch.Tensor:
     # attention: the q/k/v projection; its out_proj is reported as a Linear of its own
     return module.in_proj_weight if isinstance(module, PrunableMultiheadAttention) else module.weight
@@ -83,6 +103,8 @@ class PruneReport:
         masks: for magnitude pruning, layer name -> bool keep-mask of its weight; else empty.
         after_step: call after every optimizer step of later training to keep pruned weights at zero.
         refit: for structured pruning with ``reconstruct``, the layers refit after a cut, in forward order.
+        unpruned: {module: why} for modules with weights of their own that no method prunes (a GRU, an embedding).
+        notes: what the method has to say about this model (e.g. why activation pruning removed nothing).
     """
 
     method: str
@@ -96,6 +118,8 @@ class PruneReport:
     masks: dict[str, torch.Tensor] = field(default_factory=dict)
     after_step: Callable[[], None] = lambda: None
     refit: tuple[str, ...] = ()
+    unpruned: dict[str, str] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
 
     @property
     def sparsity(self) -> float:
@@ -123,7 +147,7 @@ def build_report(method: str, names: Iterable[str], before: dict[str, _Snapshot]
         for n in names)
     params, nonzero, nbytes = model_size(model)
     return PruneReport(method, layers, size_before[0], params, size_before[1], nonzero, size_before[2], nbytes,
-                       masks or {}, after_step or (lambda: None), tuple(refit))
+                       masks or {}, after_step or (lambda: None), tuple(refit), unpruned_layers(model))
 
 
 def _numel(shape: tuple[int, ...]) -> int:

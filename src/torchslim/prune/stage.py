@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from torchslim._errors import ConfigError
+from torchslim._errors import ConfigError, by_reason
 from torchslim._validation import finite_float
 from torchslim.distributed import is_distributed, module_device, rank_digests
 from torchslim.prune._select import LayerSelector, check_names
@@ -243,8 +243,12 @@ def run_stage(ctx: "RunContext", stage: PruneStage) -> dict[str, Any]:
         if len(set(out["mask_digests"])) > 1:
             ctx.log("prune: WARNING the replicas' masks differ")
     refit = f", refit {', '.join(report.refit) or 'none'}" if getattr(config, "reconstruct", False) else ""
-    ctx.log(f"prune: {report.method}, sparsity {report.sparsity:.4f}, params {report.params_before} -> "
-            f"{report.params_after}{refit}, val {out['val_metric']:.4f}")
+    ctx.log(f"prune: {report.method}, sparsity {report.sparsity:.4f} of {len(report.layers)} layer(s)' weights, "
+            f"params {report.params_before} -> {report.params_after}{refit}, val {out['val_metric']:.4f}")
+    for line in by_reason("prune: not pruned", report.unpruned) + [f"prune: {note}" for note in report.notes]:
+        ctx.log(line)
+    if report.unpruned:
+        out["unpruned"] = report.unpruned
     return out
 
 

@@ -162,6 +162,8 @@ def prune_activation_(model: nn.Module, config: ActivationConfig, ctx) -> PruneR
     layers = weight_layers(model)
     before, size_before, tracker = snapshot(layers), model_size(model), _Tracker(layers)
 
+    lowest: list[tuple[float, str]] = []  # each unit's lowest score: what the threshold was compared with
+
     def step_fn(step: int, steps: int) -> None:
         graph = build_graph(model, example)
         units = channel_units(model, graph, selector)
@@ -169,6 +171,7 @@ def prune_activation_(model: nn.Module, config: ActivationConfig, ctx) -> PruneR
         cuts = []
         for unit in units:
             score = producer_activation(unit, acts, normalise=True, reduce="max")  # (size,) in [0, 1]
+            lowest.append((float(score.min()), unit.name))
             below = score < config.threshold
             if bool(below.all()):
                 raise ConfigError("threshold", f"would remove every unit of {unit.name!r}; lower it or ignore "
@@ -184,5 +187,10 @@ def prune_activation_(model: nn.Module, config: ActivationConfig, ctx) -> PruneR
                 tracker.remove(name, gone)
 
     ctx.run_schedule(model, config, step_fn, lambda: None)
-    return build_report("activation", list(layers), before, weight_layers(model), size_before, model,
-                        tracker.removed)
+    report = build_report("activation", list(layers), before, weight_layers(model), size_before, model,
+                          tracker.removed)
+    if lowest and not any(tracker.removed.values()):  # say why, and what threshold would remove something
+        value, name = min(lowest)
+        report.notes += (f"nothing removed: no unit's normalised mean |activation| is below threshold "
+                         f"{config.threshold:g} (the lowest: {value:.4g}, in {name})",)
+    return report

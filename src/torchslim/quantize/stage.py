@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Optional
 import torch
 from torch.utils.data import DataLoader
 
-from torchslim._errors import ConfigError
+from torchslim._errors import ConfigError, by_reason
 from torchslim.quantize._select import check_layers
 from torchslim.quantize.api import quantize_
 from torchslim.quantize.config import config_from_mapping, config_to_mapping, method_of
@@ -147,10 +147,8 @@ def _run_quantize(ctx: "RunContext", stage: QuantizeStage) -> dict[str, Any]:
     after = report.metric if report.metric is not None else ctx.validate()
     names = sorted(report.layers)
     ctx.log(f"quantize: {method}, {len(names)} layer(s) quantized, {len(report.float_layers)} kept in float")
-    for why in sorted(set(report.float_layers.values())):  # once per reason, naming its layers
-        layers = [n for n, w in report.float_layers.items() if w == why]
-        ctx.log(f"quantize: kept in float ({why}): {', '.join(layers[:8])}"
-                + (f" and {len(layers) - 8} more" if len(layers) > 8 else ""))
+    for line in by_reason("quantize: kept in float", report.float_layers):
+        ctx.log(line)
     return {"method": method, "bits": cfg.bits, "layers_quantized": names,
             "layer_bits": [report.layers[n] for n in names], "kept_fp32": list(report.kept_fp32),
             "fallback": list(report.fallback), "float_layers": report.float_layers, "max_metric_drop": budget,
