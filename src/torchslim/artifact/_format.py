@@ -1,7 +1,7 @@
 """The artifact's bytes: the manifest and the encoded tensors, sealed, saved and read back.
 
-Atomic writes live in ``_atomic``, what opening an artifact may read or import in ``_trust``, the model rebuilt
-from a manifest in ``_rebuild``.
+Atomic writes live in ``_atomic``, what opening an artifact may read or import in ``_trust``, what its manifest's
+fields may hold in ``_manifest``, the model rebuilt from a manifest in ``_rebuild``.
 
 Layout of an artifact folder::
 
@@ -38,6 +38,7 @@ from torch import nn
 
 from torchslim.artifact._atomic import fresh_dir, fsync_dir, replace_dir, write_bytes_atomic, write_file
 from torchslim.artifact._trust import SIGNATURE, ArtifactError, check_files, is_plain_name, read_file
+from torchslim.artifact._manifest import check_manifest
 from torchslim.artifact._codec import (LARGE, decode_tensor, dtype_name, encode_tensor, zstd_compress,
                                       zstd_decompress)
 
@@ -295,6 +296,9 @@ def _open(path: str | Path) -> tuple[dict[str, Any], bytes, int]:
         header = json.loads(read_file(folder, MANIFEST))
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
         raise ArtifactError(folder, f"{MANIFEST} is not valid JSON (truncated or corrupted)") from None
+    except ValueError:  # valid JSON Python will not read: an integer of more than 4,300 digits
+        raise ArtifactError(folder, f"{MANIFEST} is not a torchslim manifest (it holds a number too long to read)"
+                            ) from None
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise ArtifactError(folder, f"{MANIFEST} is not a torchslim manifest")
     version = header.get("version")
@@ -304,6 +308,8 @@ def _open(path: str | Path) -> tuple[dict[str, Any], bytes, int]:
     if header != _header(version):
         raise ArtifactError(folder, f"{MANIFEST} was modified after it was written")
     body, data, manifest_bytes = _read_payload(folder, version)
+    if "format" in body or "version" in body:  # the header's alone: a sealed copy would contradict it
+        raise ArtifactError(folder, f"{PAYLOAD} repeats the header's format or version (refused)")
     manifest = {"format": FORMAT, "version": version, **body}
     payloads = manifest.get("payloads")
     if not isinstance(payloads, dict) or TENSORS not in payloads:
@@ -317,6 +323,7 @@ def _open(path: str | Path) -> tuple[dict[str, Any], bytes, int]:
         content = data if name == TENSORS else read_file(folder, name)
         if _sha256(content) != digest:
             raise ArtifactError(folder, f"payload {name} is corrupted (sha256 mismatch)")
+    check_manifest(folder, manifest)  # every reader gets well-formed fields or one line naming the bad one
     return manifest, data, manifest_bytes
 
 

@@ -72,7 +72,7 @@ def describe_artifact(path: str | Path) -> dict[str, Any]:
     for owner, keys in sorted(groups.items(), key=lambda item: _natural(item[0])):
         try:
             weight_key, weight = _layer_weight(owner, keys, state, layers)
-        except (KeyError, ValueError, RuntimeError, TypeError) as exc:
+        except (KeyError, ValueError, RuntimeError, TypeError, IndexError) as exc:
             raise ArtifactError(folder, f"layer {owner}: the stored tensors do not fit its description "
                                         f"({' '.join(str(exc).split())[:120]})") from None
         entry = table[weight_key]

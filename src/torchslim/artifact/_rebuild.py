@@ -80,7 +80,7 @@ def load_artifact(path: str | Path, *, trust_code: bool = False, code_dir: str |
         model.load_state_dict(state)
     except KeyError as exc:
         raise ArtifactError(folder, f"the manifest lacks the key {exc} needed to rebuild the model") from None
-    except (ValueError, RuntimeError, AttributeError, TypeError) as exc:
+    except (ValueError, RuntimeError, AttributeError, TypeError, IndexError) as exc:
         raise ArtifactError(folder, f"the stored tensors do not fit the recorded model: "
                                     f"{' '.join(str(exc).split())[:200]}") from None
     int8_onnx = quantization.get("int8_onnx")
