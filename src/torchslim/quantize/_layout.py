@@ -182,12 +182,46 @@ def _initializer_codes(model: nn.Module, name: str, transpose: bool) -> torch.Te
 
 _MIN_SHARED = 16  # elements: smaller initializers (shape constants, scalars) are not worth a record
 
+# ONNX's GRU and LSTM hold their gates in another order than torch: GRU (z, r, h) for torch's (r, z, n), LSTM
+# (i, o, f, c) for torch's (i, f, g, o); and each layer's W, R and B stack the directions, B both biases.
+_ONNX_GATES = {nn.GRU: (1, 0, 2), nn.LSTM: (0, 3, 1, 2)}
+
+
+def _rnn_tensor(rnn: nn.RNNBase, layer: int, part: str) -> torch.Tensor:
+    """Layer ``layer``'s ``W``, ``R`` or ``B`` initializer as ONNX's GRU/LSTM operator holds it, from ``rnn``'s
+    parameters: the exporter folds the gate reordering into constants that repeat the state dict's weights."""
+    order = _ONNX_GATES[type(rnn)]
+
+    def gates(t: torch.Tensor) -> torch.Tensor:
+        blocks = t.detach().cpu().chunk(len(order))
+        return torch.cat([blocks[i] for i in order])
+
+    directions = ("", "_reverse") if rnn.bidirectional else ("",)
+    per_direction = []
+    for suffix in directions:
+        if part == "B":
+            per_direction.append(torch.cat([gates(getattr(rnn, f"bias_{w}_l{layer}{suffix}")) for w in ("ih", "hh")]))
+        else:
+            per_direction.append(gates(getattr(rnn, f"weight_{'ih' if part == 'W' else 'hh'}_l{layer}{suffix}")))
+    return torch.stack(per_direction).contiguous()
+
+
+def _rnn_parts(model: nn.Module):
+    """(module name, layer, part, tensor) of every GRU/LSTM layer's ONNX initializers that ``model`` determines."""
+    for name, module in model.named_modules():
+        if type(module) in _ONNX_GATES and module.weight_ih_l0.dtype == torch.float32 \
+                and not getattr(module, "proj_size", 0):
+            for layer in range(module.num_layers):
+                for part in ("W", "R", "B") if module.bias else ("W", "R"):
+                    yield name, layer, part, _rnn_tensor(module, layer, part)
+
 
 def _tensors_by_content(model: nn.Module) -> dict[tuple[int, tuple[int, ...], bytes], dict[str, Any]]:
     """{(ONNX data type, shape, bytes): how to rebuild it from ``model``} for every tensor an int8 ONNX model may
-    repeat: each layer's 8-bit codes as int8 (``{"layer", "transpose"}``), and each float32 tensor of the state
-    dict, float layers' weights, biases, norms and scales (``{"tensor", "transpose"}``); 2-D ones also transposed
-    (MatMul's right side).
+    repeat: each layer's 8-bit codes as int8 (``{"layer", "transpose"}``), each GRU/LSTM layer's gate weights and
+    biases in ONNX's layout (``{"rnn", "rnn_layer", "part"}``), and each float32 tensor of the state dict, float
+    layers' weights, biases, norms and scales (``{"tensor", "transpose"}``); 2-D ones also transposed (MatMul's
+    right side).
     """
     import onnx
 
@@ -199,6 +233,9 @@ def _tensors_by_content(model: nn.Module) -> dict[tuple[int, tuple[int, ...], by
                 if codes is not None:
                     key = (onnx.TensorProto.INT8, tuple(codes.shape), codes.numpy().tobytes())
                     table.setdefault(key, {"layer": name, "transpose": transpose})
+    for name, layer, part, t in _rnn_parts(model):
+        entry = (onnx.TensorProto.FLOAT, tuple(t.shape), t.numpy().tobytes())
+        table.setdefault(entry, {"rnn": name, "rnn_layer": layer, "part": part})
     for key, tensor in model.state_dict().items():  # any shape: a float conv weight is repeated as it is
         if tensor.dtype != torch.float32 or tensor.numel() < _MIN_SHARED:
             continue
@@ -211,6 +248,15 @@ def _tensors_by_content(model: nn.Module) -> dict[tuple[int, tuple[int, ...], by
 
 def _shared_bytes(model: nn.Module, spec: dict[str, Any]) -> bytes:
     """The bytes an initializer recorded by :func:`strip_int8_weights` held, from ``model``'s tensors."""
+    if "rnn" in spec:
+        try:
+            rnn = model.get_submodule(spec["rnn"])
+        except AttributeError:
+            rnn = None
+        if type(rnn) not in _ONNX_GATES or spec["part"] not in ("W", "R", "B") \
+                or not 0 <= spec["rnn_layer"] < rnn.num_layers:
+            raise ValueError(f"the model has no recurrent layer {spec['rnn']} for the ONNX model")
+        return _rnn_tensor(rnn, spec["rnn_layer"], spec["part"]).numpy().tobytes()
     transpose = bool(spec["transpose"])
     if "layer" in spec:
         codes = _initializer_codes(model, spec["layer"], transpose)
