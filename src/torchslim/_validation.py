@@ -93,6 +93,10 @@ def _message(err: dict[str, Any]) -> str:
         return "must be a mapping"
     if kind in ("list_type", "tuple_type"):
         return "must be a list"
+    if kind == "too_short":
+        return f"must hold at least {ctx.get('min_length')} item(s)"
+    if kind == "too_long":
+        return f"must hold at most {ctx.get('max_length')} item(s)"
     if kind == "literal_error":
         return f"must be one of {ctx.get('expected', '')}"
     if kind == "greater_than":

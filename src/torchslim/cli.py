@@ -310,8 +310,9 @@ def inspect_(artifact: Path, as_json: bool, verify_key: Path | None) -> None:
                f"{b['container']:,}" + "".join(f", {k} {v:,}" for k, v in b["files"].items()
                                               if k not in ("manifest.json", "model.safetensors")))
     m = info["manifest"]
+    measured = m.get("metrics") or {}
     click.echo(f"format {m['format']} v{m['version']}, architecture {json.dumps(m['architecture'])}"
-               + (f", {m['metrics']['metric']} {m['metrics']['value']:.4f}" if "metrics" in m else ""))
+               + (f", {measured['metric']} {measured['value']:.4f}" if {"metric", "value"} <= set(measured) else ""))
 
 
 @cli.command()

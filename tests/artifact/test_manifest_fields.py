@@ -80,7 +80,7 @@ def _tensor_shape(value):
                                           "granularity": {"type": "channel", "axis": 5}}}}},
      "manifest field quantization.layers.fc1: granularity.axis 5 is no axis of a weight of shape [16, 64]"),
     ({"quantization": {"layers": {"fc1": {"shape": [], "bits": 4}}}},
-     "manifest field quantization.layers.fc1.shape: "),
+     "manifest field quantization.layers.fc1.shape: must hold at least 2 item(s)"),
     ({"quantization": {"layers": {}, "int8_onnx_weights": {"initializers": {"w": {"transpose": False}},
                                                            "sha256": ""}}},
      "manifest field quantization.int8_onnx_weights.initializers.w: must give exactly one of 'layer', 'tensor' or "
@@ -134,3 +134,37 @@ def test_a_well_formed_manifest_is_handed_on_as_it_was_written(artifact):
     # further keys a caller records pass, as do metrics beyond metric and value (the text runs' spearman)
     update_manifest(artifact, notes={"by": "me"}, metrics={"metric": "cosine", "value": 0.99, "spearman": 0.9})
     assert read_manifest(artifact)["notes"] == {"by": "me"}
+
+
+def test_well_formed_fields_that_do_not_fit_the_model_are_one_line(artifact, tmp_path):
+    """An input shape the model cannot take, and int8 weights that do not rebuild the sealed graph: export and
+    ONNX Runtime refuse them in one line; inspect shows a metrics record without a value."""
+    from torchslim.export.artifact import artifact_onnx
+
+    runner = CliRunner()
+    update_manifest(artifact, metrics={"value": 0.5})  # a caller's record: no metric name
+    result = runner.invoke(cli, ["inspect", str(artifact)])
+    assert result.exit_code == 0 and "v7, architecture" in result.output
+    update_manifest(artifact, input_shape=[3, 8, 8])  # LeNet-300-100 takes 64 values
+    with pytest.raises(ArtifactError, match=r"its recorded input_shape \[3, 8, 8\] does not fit the model: Runtime"):
+        artifact_onnx(artifact)
+    result = runner.invoke(cli, ["export", str(artifact), "--out", str(tmp_path / "m.onnx")])
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_shared_int8_weights_that_do_not_rebuild_the_graph_are_one_line(tmp_path):
+    from torchslim.export.artifact import artifact_onnx
+    from torchslim.models import LeNet300100
+    from torchslim.quantize import DynamicConfig, quantize_
+
+    torch.manual_seed(0)
+    model = LeNet300100(hidden1=16, hidden2=8).eval()
+    quantize_(model, DynamicConfig(), calibration=[(torch.rand(4, 1, 8, 8), torch.zeros(4, dtype=torch.long))])
+    path = save_artifact(model, tmp_path / "q", architecture=ARCH, extra={"input_shape": [1, 8, 8]})
+    quantization = read_manifest(path)["quantization"]
+    first = next(iter(quantization["int8_onnx_weights"]["initializers"]))
+    quantization["int8_onnx_weights"]["initializers"][first] = {"tensor": "fc3.bias", "transpose": False}
+    update_manifest(path, quantization=quantization)
+    with pytest.raises(ArtifactError, match="its int8 model cannot be rebuilt from the stored tensors"):
+        artifact_onnx(path)

@@ -23,13 +23,25 @@ def example_input(manifest: dict[str, Any], model: nn.Module) -> torch.Tensor:
 
 def module_onnx(model: nn.Module, manifest: dict[str, Any]) -> tuple[bytes, bool]:
     """(ONNX bytes, whether they are the stored int8 model) for a model loaded by ``load_artifact``."""
+    from torchslim.artifact import ArtifactError
     from torchslim.export.onnx_export import export_onnx
     from torchslim.quantize._layout import int8_onnx_of
 
-    stored = int8_onnx_of(model)
+    try:
+        stored = int8_onnx_of(model)
+    except ValueError as exc:  # its record of the shared weights does not rebuild the graph it sealed
+        raise ArtifactError("", f"its int8 model cannot be rebuilt from the stored tensors: {exc}") from None
     if stored is not None:
         return stored, True
-    return export_onnx(model, example_input(manifest, model)), False
+    example = example_input(manifest, model)
+    try:
+        with torch.no_grad():
+            model.eval()(example)
+    except Exception as exc:  # noqa: BLE001  (whatever the model raises: the recorded shape is what is wrong)
+        detail = " ".join(str(exc).split())[:120]
+        raise ArtifactError("", f"its recorded input_shape {list(example.shape[1:])} does not fit the model: "
+                                f"{type(exc).__name__}: {detail}") from None
+    return export_onnx(model, example), False
 
 
 def artifact_onnx(path: str | Path, **trust: Any) -> tuple[bytes, bool]:
