@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from artifact_support import rewrite_manifest
-from torchslim.artifact import ArtifactError, load_artifact, read_manifest, save_artifact
-from torchslim.evaluate import size_bytes
+from torchslim.artifact import ArtifactError, describe_artifact, load_artifact, read_manifest, save_artifact
+from torchslim.evaluate import count_params, size_bytes
 from torchslim.models import LeNet300100, LeNet5
 from torchslim.quantize import (CalibrationConfig, DynamicConfig, FinetuneConfig, KMeansConfig, QATConfig,
                                 StaticConfig, WeightOnlyConfig, quantize_)
@@ -81,6 +81,8 @@ def test_round_trip_is_exact_and_resave_is_byte_identical(tmp_path, method):
     has_int8 = METHODS[method][1]
     assert ("model.int8.onnx.zst" in manifest["payloads"]) == has_int8 == (path / "model.int8.onnx.zst").is_file()
     assert size_bytes(path) == sum(len(b) for b in _files(path).values())
+    # inspect counts parameters as the run does: not an activation quantizer's observed range
+    assert describe_artifact(path)["totals"]["params"] == count_params(loaded)[0]
 
 
 def test_packed_bits_are_what_is_stored(tmp_path):

@@ -31,7 +31,10 @@ def _natural(name: str) -> list[Any]:
 
 
 def _is_parameter(key: str, tensor: torch.Tensor) -> bool:
-    return tensor.is_floating_point() and key.rpartition(".")[2] not in _STATISTICS
+    """Counted as the run counts parameters: not BatchNorm's statistics, nor an activation quantizer's observed
+    range (``input_quant.lo``/``hi``: buffers, as the statistics are)."""
+    owner, _, leaf = key.rpartition(".")
+    return tensor.is_floating_point() and leaf not in _STATISTICS and not owner.endswith("input_quant")
 
 
 def _layer_weight(owner: str, keys: list[str], state: dict[str, torch.Tensor],
