@@ -127,6 +127,33 @@ def test_infinities_and_nan(tmp_path):
         .startswith("recipe.yaml: stages[1].quantize.finetune.lr: must be a positive number")
 
 
+
+def test_true_and_false_are_no_numbers_and_sizes_are_positive(tmp_path):
+    assert rejected(tmp_path, recipe=RECIPE.replace("epochs: 1", "epochs: true")) == (
+        "recipe.yaml: stages[0].train.epochs: must be an integer, not true")
+    assert rejected(tmp_path, domain=DOMAIN + "constraints: {max_size_bytes: false}\n") == (
+        "domain.yaml: constraints.max_size_bytes: must be an integer, not false")
+    assert rejected(tmp_path, domain=with_model(name="lenet5", kwargs="{width: true}")) == (
+        "domain.yaml: model.kwargs.width: must be a positive number, got true")
+    assert rejected(tmp_path, recipe=with_stage("distill: {student: {name: lenet5, kwargs: {width: 0}}}")) == (
+        "recipe.yaml: stages[1].distill.student.kwargs.width: must be a positive number, got 0")
+    assert rejected(tmp_path, recipe=RECIPE.replace("lr: 0.01", "lr: 1.0e+308")) == (
+        "recipe.yaml: stages[0].train.lr: must be <= 10.0")
+
+
+def test_weights_holding_nan_are_refused(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    from torchslim.domain import ModelSpec
+    from torchslim.models import build_model
+
+    state = build_model(ModelSpec(name="lenet300_100", kwargs={"hidden1": 8, "hidden2": 8})).state_dict()
+    state["fc2.bias"][3] = float("nan")
+    save_file(state, str(tmp_path / "w.safetensors"))
+    assert rejected(tmp_path, domain=DOMAIN.replace("hidden2: 8}}", "hidden2: 8}, weights: w.safetensors}")) == (
+        "domain.yaml: model.weights: w.safetensors: tensor 'fc2.bias' holds NaN or infinite values")
+
 def test_absurd_model_sizes_are_refused_before_allocating(tmp_path):
     line = rejected(tmp_path, domain=with_model(name="lenet300_100", kwargs="{width: 1000000}"))
     assert line.startswith("domain.yaml: model.kwargs: would build a model of 30,000,020,600,000,010 parameters")
@@ -373,3 +400,23 @@ def test_misspelt_names_get_a_suggestion(tmp_path):
     with pytest.raises(ConfigError, match=r"unknown stage; known:"):  # nothing close: only the list
         (tmp_path / "r.yaml").write_text((tmp_path / "r.yaml").read_text().replace("quantise", "zzz"))
         load_recipe(tmp_path / "r.yaml")
+
+
+def test_flags_out_of_range_or_in_conflict_are_one_line_and_write_nothing(tmp_path):
+    (tmp_path / "domain.yaml").write_text(DOMAIN)
+    (tmp_path / "recipe.yaml").write_text(RECIPE)
+    (tmp_path / "file").write_text("")
+    cases = [
+        (("run", "recipe.yaml", "--out", "out", "--bogus"), "No such option '--bogus'"),
+        (("bogus",), "No such command 'bogus'"),
+        (("run", "recipe.yaml", "--out", "out", "--threads", "100000000000"), "--threads: 100000000000 is not in "),
+        (("run", "recipe.yaml", "--out", "out", "--resume", "--overwrite"), "--overwrite: cannot be given with"),
+        (("run", "recipe.yaml", "--out", "file/sub"), "--out: file/sub: file is not a folder"),
+        (("auto", "domain.yaml", "--out", "out", "--drop-margin", "nan"), "--drop-margin: must be a number in"),
+        (("auto", "domain.yaml", "--out", "out", "--study", " "), "--study: must be a non-empty name"),
+        (("auto", "domain.yaml", "--out", "out", "--seed", "4294967296"), "--seed: 4294967296 is not in the range"),
+    ]
+    for args, message in cases:
+        code, lines = run_cli(tmp_path, *args)
+        assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], (args, lines)
+        assert not (tmp_path / "out").exists()

@@ -20,6 +20,13 @@ def _admits_bool(annotation: Any) -> bool:
     return any(_admits_bool(arg) for arg in typing.get_args(annotation))
 
 
+def _expected(annotation: Any) -> str:
+    """What a field typed ``annotation`` holds, for an error message (``Optional[int]`` -> an integer)."""
+    kinds = {annotation, *typing.get_args(annotation)}
+    return next((text for kind, text in ((int, "an integer"), (float, "a number"), (str, "a string"))
+                 if kind in kinds), "a value")
+
+
 class StrictModel(pydantic.BaseModel):
     """Base of every user-facing config: unknown keys are rejected, values are immutable, numbers are finite, and
     true/false is no number (pydantic's lax mode reads ``epochs: true`` as 1)."""
@@ -29,14 +36,10 @@ class StrictModel(pydantic.BaseModel):
     @pydantic.field_validator("*", mode="before")
     @classmethod
     def _no_bool_for_a_number(cls, value: Any, info: pydantic.ValidationInfo) -> Any:
-        if isinstance(value, bool) and not _admits_bool(cls.model_fields[info.field_name].annotation):
-            raise ConfigError("", f"must be {_EXPECTED.get(cls.model_fields[info.field_name].annotation, 'a value')}"
-                                  f", not {str(value).lower()}")
+        annotation = cls.model_fields[info.field_name].annotation
+        if isinstance(value, bool) and not _admits_bool(annotation):
+            raise ConfigError("", f"must be {_expected(annotation)}, not {str(value).lower()}")
         return value
-
-
-_EXPECTED = {int: "an integer", float: "a number", str: "a string", typing.Optional[int]: "an integer",
-             typing.Optional[float]: "a number", typing.Optional[str]: "a string"}
 
 
 def finite_float(value: Any) -> float | None:
