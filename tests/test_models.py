@@ -108,3 +108,30 @@ def test_a_factory_asking_only_for_num_classes_gets_it_from_the_data_and_its_wei
     ctx = prepare(load_recipe(tmp_path / "recipe.yaml"), log=lambda _: None)
     assert ctx.architecture["kwargs"] == {"num_classes": 3}
     assert torch.equal(ctx.model[1].weight, weights["1.weight"])
+
+
+def test_an_image_folder_takes_the_input_shape_a_factory_is_given(tmp_path):
+    """A model that does not keep ``input_shape`` as an attribute: the shape in its kwargs sizes the images."""
+    import numpy as np
+    from PIL import Image
+
+    from torchslim.recipe import load_recipe
+    from torchslim.runner import prepare
+
+    rng = np.random.default_rng(0)
+    for label in ("a", "b", "c"):
+        (tmp_path / "imgs" / label).mkdir(parents=True)
+        for i in range(12):
+            pixels = rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "imgs" / label / f"{i}.png")
+    (tmp_path / "convmodels.py").write_text(
+        "import torch\n"
+        "def build(input_shape, num_classes):\n"
+        "    c, h, w = input_shape\n"
+        "    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(c * h * w, num_classes))\n")
+    (tmp_path / "domain.yaml").write_text(
+        "name: img\ntask: image-classification\ndata: {source: 'imagefolder:imgs', seed: 0}\n"
+        "model: {factory: 'convmodels:build', kwargs: {input_shape: [3, 12, 12]}}\nmetric: accuracy\n")
+    (tmp_path / "recipe.yaml").write_text("domain: domain.yaml\nstages:\n  - train: {epochs: 1, lr: 0.01}\n")
+    ctx = prepare(load_recipe(tmp_path / "recipe.yaml"), log=lambda _: None)
+    assert ctx.splits.input_shape == (3, 12, 12) and ctx.architecture["kwargs"]["num_classes"] == 3

@@ -155,6 +155,15 @@ def prepare(recipe: Recipe, *, log: Callable[[str], None] = _log_stderr, model: 
     return ctx
 
 
+def _given_input_shape(kwargs: dict[str, Any]) -> tuple[int, ...] | None:
+    """``input_shape`` as a model's kwargs give it (the model itself may not keep it), or None."""
+    shape = kwargs.get("input_shape")
+    if isinstance(shape, (list, tuple)) and shape and all(isinstance(d, int) and not isinstance(d, bool) and d > 0
+                                                          for d in shape):
+        return tuple(shape)
+    return None
+
+
 def _model_and_data(domain: Domain, splits: Optional[Splits]) -> tuple[nn.Module, dict[str, Any], Splits]:
     """The domain's model, its manifest architecture and the data. A model that declares its input shape is
     built first (images are resized to it); one whose constructor asks for ``input_shape`` is built after the
@@ -170,7 +179,7 @@ def _model_and_data(domain: Domain, splits: Optional[Splits]) -> tuple[nn.Module
     placeholder = {"num_classes": 2} if "num_classes" in data_kwargs_asked(spec, domain.base_dir, required=True) else {}
     probe = spec.model_copy(update={"weights": None, "kwargs": {**spec.kwargs, **placeholder}})
     with torch.random.fork_rng(devices=[]):
-        declared = input_shape_of(build_model(probe, domain.base_dir))
+        declared = input_shape_of(build_model(probe, domain.base_dir)) or _given_input_shape(spec.kwargs)
     splits = splits or load_splits(domain.data, base_dir=domain.base_dir, input_shape=declared)
     spec = with_data_kwargs(spec, domain.base_dir, splits.input_shape, splits.num_classes)
     return build_model(spec, domain.base_dir), architecture_of(spec), splits
@@ -532,7 +541,8 @@ def evaluate_artifact(path: str | Path, domain: Domain, *, trust_code: bool = Fa
     code_dir = domain.base_dir if code_dir is None else code_dir
     model, manifest = load_artifact(path, trust_code=trust_code, code_dir=code_dir, verify_key=verify_key)
     try:
-        splits = load_splits(domain.data, base_dir=domain.base_dir, input_shape=input_shape_of(model))
+        declared = input_shape_of(model) or _given_input_shape(manifest["architecture"].get("kwargs", {}))
+        splits = load_splits(domain.data, base_dir=domain.base_dir, input_shape=declared)
         check_fits(model, splits.test.tensors[0][:2], splits.num_classes)
     except ConfigError as exc:
         raise exc.within(source=domain.source) from None

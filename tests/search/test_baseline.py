@@ -38,7 +38,7 @@ def test_a_search_trains_the_baseline_once_and_its_recipes_still_train_it(tmp_pa
     lines: list[str] = []
     result = run_auto(domain, out, trials=3, log=lines.append, **kwargs)
     assert result.trials == 3 and len(trained) == 1
-    assert [line.split(" in ")[0] for line in lines if line.startswith("baseline:")] == ["baseline: trained"]
+    assert [line.split(" in ")[0] for line in lines if line.startswith("baseline:")] == ["baseline: ready"]
     records = sorted(result.records, key=lambda r: r["number"])
     # every candidate reports the one trained baseline's figures (its bytes are the fp32 file with the candidate's
     # own manifest, which records the candidate's recipe: they are compared with a run from scratch below)
@@ -58,5 +58,5 @@ def test_a_search_trains_the_baseline_once_and_its_recipes_still_train_it(tmp_pa
     lines.clear()
     again = run_auto(domain, out, trials=4, log=lines.append, **kwargs)
     assert again.trials == 4 and len(trained) == 2
-    assert any(line.startswith("baseline: trained earlier") for line in lines)
+    assert any(line.startswith("baseline: ready from earlier") for line in lines)
     assert len({r["baseline_value"] for r in again.records}) == 1

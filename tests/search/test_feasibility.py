@@ -74,6 +74,11 @@ def test_closest_is_the_smallest_summed_relative_violation():
     # each constraint the chosen one fails, with the chosen one's value (what best/ holds)
     assert infeasible_line(best) == ("max_size_bytes: limit 1,000, closest 1,500; "
                                      "max_metric_drop: limit 0.01, closest 0.02")
+    # where the run reports validation figures, those decided: the line gives them, not the test split's
+    judged = {**best, "val_constraints": {"max_size_bytes": best["constraints"]["max_size_bytes"],
+                                          "max_metric_drop": {"limit": 0.01, "measured": 0.0233, "met": False}}}
+    assert infeasible_line(judged) == ("max_size_bytes: limit 1,000, closest 1,500; "
+                                       "max_metric_drop: limit 0.01, closest 0.0233")
     assert choose_best([], "size") is None
 
 

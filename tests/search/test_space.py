@@ -33,6 +33,10 @@ def test_everything_on_gives_the_stages_in_order():
     assert structured["method"] == "structured" and structured["sparsity"] == 0.3
     assert structured["finetune"] == {"epochs": 4, "lr": 0.001, "batch_size": 32}
     assert magnitude["sparsity"] == 0.9 and magnitude["schedule"] == {"kind": "polynomial", "steps": 3}
+    # after structured pruning a global threshold could empty a layer (which the stage refuses): per layer
+    assert magnitude["scope"] == "layer"
+    alone = recipe_from_params({**params, "structured": 0.0}, _domain(), "d", SETTINGS, seed=11)["stages"]
+    assert [s["prune"]["scope"] for s in alone if "prune" in s] == ["global"]
     assert kd["teacher"] == "baseline" and "student" not in kd
     assert quant == {"method": "kmeans", "bits": 3, "finetune": {"epochs": 4, "lr": 0.0001}}
     # the centroids distilled too, at the k-means fine-tune's rate
@@ -220,3 +224,19 @@ def test_importing_the_search_does_not_import_optuna():
     code = "import sys, torchslim, torchslim.cli, torchslim.search; print('optuna' in sys.modules)"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=cli_env())
     assert proc.stdout.strip() == "False", proc.stderr
+
+
+def test_recipes_are_written_without_anchors_and_a_failed_trial_says_why():
+    """One fine-tune mapping shared by two stages is written out twice, as a user would; trials.csv gives a
+    failed candidate's error."""
+    import yaml
+
+    from torchslim.search.outputs import csv_row, recipe_yaml
+
+    params = {"width": 1.0, "structured": 0.5, "sparsity": 0.9, "kd": False, "quant": "none", "epochs": 2}
+    recipe = recipe_from_params(params, _domain(), "d", SETTINGS, seed=0)
+    text = recipe_yaml(recipe)
+    assert "&" not in text and "*" not in text and yaml.safe_load(text) == recipe
+    row = csv_row(3, "FAIL", None, error="stages[2].prune.sparsity: would zero every weight of layer(s) fc1")
+    assert row == {"number": 3, "state": "FAIL",
+                   "note": "failed: stages[2].prune.sparsity: would zero every weight of layer(s) fc1"}

@@ -161,7 +161,8 @@ def _imagefolder(path: Path, input_shape: tuple[int, ...] | None) -> _Arrays:
     if len(classes) < 2:
         raise ConfigError("data.source", f"{path} must hold one sub-folder per class (found {len(classes)})")
     if input_shape is None or len(input_shape) != 3:
-        raise ConfigError("model", "an image folder needs a model that declares an input shape (C, H, W)")
+        raise ConfigError("model", "an image folder needs a model that declares an input shape (C, H, W): an "
+                                   "input_shape attribute on the model, or input_shape in model.kwargs")
     channels, height, width = input_shape
     mode = "L" if channels == 1 else "RGB"
     xs, ys = [], []

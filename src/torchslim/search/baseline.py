@@ -20,9 +20,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-import yaml
-
 from torchslim.domain import Domain
+from torchslim.search.outputs import recipe_yaml
 
 BASELINE_DIR = "baseline"
 CHECKPOINT = "checkpoint"  # the runner's work folder after the shared stages
@@ -65,7 +64,7 @@ def train_baseline(recipe: dict[str, Any], folder: Path, identity: dict[str, Any
     staging.mkdir(parents=True)
     try:
         first = {**recipe, "stages": recipe["stages"][:count]}
-        (staging / "recipe.yaml").write_text(yaml.safe_dump(first, sort_keys=False))
+        (staging / "recipe.yaml").write_text(recipe_yaml(first))
         checkpoint_stages(load_recipe(staging / "recipe.yaml"), staging / CHECKPOINT, count, start=start,
                           threads=threads)
         (staging / IDENTITY).write_text(json.dumps(identity, indent=1, sort_keys=True))
@@ -94,11 +93,11 @@ def ensure_baseline(domain: Domain, recipe: dict[str, Any], out: Path, threads: 
             if not find_baseline(folder, identity):
                 begin = time.monotonic()
                 train_baseline(recipe, folder, identity, threads, count, start)
-                log(f"{label}: trained in {time.monotonic() - begin:.0f}s into {folder}; every candidate "
+                log(f"{label}: ready in {time.monotonic() - begin:.0f}s in {folder}; every candidate "
                     f"{'' if count == 1 else 'with it '}starts from it")
                 return folder / CHECKPOINT
     if count == 1:
-        log(f"{label}: trained earlier, in {folder}; every candidate starts from it")
+        log(f"{label}: ready from earlier, in {folder}; every candidate starts from it")
     return folder / CHECKPOINT
 
 

@@ -114,9 +114,11 @@ def format_number(x: float) -> str:
 
 def infeasible_line(best: dict[str, Any]) -> str:
     """``max_size_bytes: limit 50, closest 2,911; max_metric_drop: limit 0.01, closest 0.0306``: each constraint
-    the closest candidate (the one saved as ``best``) fails, with its limit and that candidate's value."""
+    the closest candidate (the one saved as ``best``) fails, with its limit and that candidate's value, as
+    feasibility judged them (the metric's on the validation split, see :func:`violations`)."""
+    judged = best.get("val_constraints", best["constraints"])
     return "; ".join(f"{name}: limit {format_number(c['limit'])}, closest {format_number(c['measured'])}"
-                     for name, c in best["constraints"].items() if not c["met"])
+                     for name, c in judged.items() if not c["met"])
 
 
 def stop_floor(constraints: dict[str, Any], baseline_value: float, slack: float) -> float | None:

@@ -33,15 +33,27 @@ def copy_artifact(src: Path, dst: Path) -> None:
         raise
 
 
+class _PlainDumper(yaml.SafeDumper):
+    """Writes a value used twice (one fine-tune mapping shared by two stages) twice, not as an &anchor/*alias."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def recipe_yaml(recipe: dict[str, Any]) -> str:
+    """A recipe as the YAML a user would write: keys in their order, no anchors."""
+    return yaml.dump(recipe, Dumper=_PlainDumper, sort_keys=False)
+
+
 def recipe_text(record: dict[str, Any], out: Path) -> str:
     """``best_recipe.yaml``: the chosen candidate's recipe, with the command that reproduces it."""
     head = (f"# torchslim run {out / 'best_recipe.yaml'} --out OUT --threads {record['threads']}\n"
             f"# trial {record['number']} of torchslim auto ({record['brief']}): {record['metric']} "
             f"{record['value']:.4f}, {record['size_bytes']:,} bytes; the same thread count reproduces both.\n"
             f"# best/ artifact_sha256: {record['artifact_sha256']}\n"
-            f"# Its first stage trains the baseline (the search trained it once, in {out / 'baseline'}/, and every "
-            f"candidate resumed after that stage).\n")
-    return head + yaml.safe_dump(record["recipe"], sort_keys=False)
+            f"# Its first stage trains the baseline, or is skipped where the domain names trained weights (the "
+            f"search did it once, in {out / 'baseline'}/, and every candidate resumed after that stage).\n")
+    return head + recipe_yaml(record["recipe"])
 
 
 def trials_csv(rows: list[dict[str, Any]]) -> str:
@@ -54,11 +66,14 @@ def trials_csv(rows: list[dict[str, Any]]) -> str:
 
 
 def csv_row(number: int, state: str, record: dict[str, Any] | None, stopped: dict[str, Any] | None = None,
-            same_as: dict[str, Any] | None = None) -> dict[str, Any]:
+            same_as: dict[str, Any] | None = None, error: str | None = None) -> dict[str, Any]:
     """One line of ``trials.csv``: a finished candidate's figures; for one stopped early (state ``PRUNED``), in
     ``note``, where and why (``stopped after stage 2 (prune): val 0.8611 < stop floor 0.9389``); for one the
-    sampler proposed again, which trial it repeats (``same candidate as trial 7``: not run again)."""
+    sampler proposed again, which trial it repeats (``same candidate as trial 7``: not run again); for one that
+    failed (state ``FAIL``), its error."""
     row: dict[str, Any] = {"number": number, "state": state}
+    if error is not None:
+        row.update(note=f"failed: {error}")
     if stopped is not None:
         row.update(candidate=stopped["brief"], feasible=False, within_margin=False, val_value=stopped["val_value"],
                    baseline_val_value=stopped["baseline_val_value"], note="stopped " + stopped_text(stopped))

@@ -186,7 +186,11 @@ def recipe_from_params(params: dict[str, Any], domain: Domain, domain_ref: Any, 
         # With a sensitivity allocation every layer gets an override, so none is left to the global threshold
         # (each ramps to its own sparsity over the schedule's steps); ``global`` stays so that the check before
         # training does not reject the cap for a layer the analysis would lower.
-        stages.append({"prune": {"method": "magnitude", "sparsity": sparsity, "scope": "global",
+        # After structured pruning (and its least-squares refit), one layer's weights can all fall below the
+        # global threshold, which the stage refuses (a layer of zeros): each layer is then pruned to the sparsity
+        # on its own.
+        scope = "layer" if params.get("structured", 0.0) > 0 else "global"
+        stages.append({"prune": {"method": "magnitude", "sparsity": sparsity, "scope": scope,
                                  "schedule": schedule, "finetune": finetune,
                                  **(_sensitivity(sparsity, SPARSITIES, domain) if by_sensitivity else {})}})
     if params.get("kd", False):

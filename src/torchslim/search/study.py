@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
 import torch
-import yaml
 
 from torchslim._errors import ConfigError
 from torchslim.artifact import write_bytes_atomic
@@ -27,7 +26,7 @@ from torchslim.search.baseline import ensure_baseline, start_from_baseline
 from torchslim.search.feasibility import (OBJECTIVES, choose_best, infeasible_line, is_feasible, is_within_margin,
                                           metric_violations, sampler_violations, stop_floor, violations)
 from torchslim.search.noise import correct_per_sample, paired_drop_stderr, with_margin
-from torchslim.search.outputs import csv_row, stopped_text, trials_csv, write_outputs
+from torchslim.search.outputs import csv_row, recipe_yaml, stopped_text, trials_csv, write_outputs
 from torchslim.search.sampler import starting_points_first
 from torchslim.search.space import (SearchSettings, describe, recipe_from_params, settings_for_data, shared_stages,
                                     starting_points, suggest_params)
@@ -238,7 +237,7 @@ class AutoSearch:
         recipe = recipe_from_params(params, self.domain, domain_ref(self.domain), self.settings, self.seed)
         folder = self.out / "trials" / str(trial.number)
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
+        (folder / "recipe.yaml").write_text(recipe_yaml(recipe))
         start = time.monotonic()
         try:
             # the recipe's first stages, shared with other candidates (the baseline, a student), are done: the
@@ -383,7 +382,7 @@ class AutoSearch:
         best = choose_best(records, self.objective)
         trials = study.get_trials(deepcopy=False)
         rows = [csv_row(t.number, t.state.name, t.user_attrs.get("record"), t.user_attrs.get("stopped"),
-                        _same_as(trials, t))
+                        _same_as(trials, t), t.user_attrs.get("error"))
                 for t in trials if t.state != TrialState.WAITING]  # a queued rerun is not a candidate yet
         if best is None:  # no candidate finished (each was stopped or failed): only the table says why
             if rows:
