@@ -43,6 +43,16 @@ def test_run_writes_metrics_report_and_artifact(trained):
     assert "accuracy" in proc.stdout and "compression ratio" in proc.stdout
 
 
+def test_a_constraint_line_gives_the_validation_verdict_where_it_differs():
+    from torchslim.cli import constraint_line
+
+    test = {"limit": 0.02, "measured": 0.0233333, "met": False}
+    assert constraint_line("max_metric_drop", test, {"limit": 0.02, "measured": 0.0133333, "met": True}) == (
+        "constraint max_metric_drop: NOT met (limit 0.02, measured 0.0233333; validation: met, 0.0133333)")
+    assert constraint_line("max_metric_drop", test, test) == constraint_line("max_metric_drop", test) == (
+        "constraint max_metric_drop: NOT met (limit 0.02, measured 0.0233333)")
+
+
 def test_eval_json_reproduces_the_recorded_metric(trained, cli):
     folder, _ = trained
     proc = cli("eval", "out/artifact", "--domain", "domain.yaml", "--json", cwd=folder)

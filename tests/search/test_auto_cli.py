@@ -66,6 +66,7 @@ def test_impossible_constraint_exits_3_with_the_closest_model_saved(search):
     assert "data:image/png;base64," in (out / "report.html").read_text()
     progress = [line for line in proc.stderr.splitlines() if line.startswith("trial ")]
     assert len(progress) == 2 and "infeasible (max_size_bytes)" in progress[0]
+    assert "| accuracy val 0." in progress[0] and ", test 0." in progress[0]  # the split that decides, first
     assert _completed(out) == 2
 
 

@@ -402,7 +402,8 @@ class AutoSearch:
         failed = ", ".join(k for k, v in record["violations"].items() if v > 0)
         ok = (f"infeasible ({failed})" if failed
               else "feasible" if is_within_margin(record) else "feasible (not by the margin)")
-        return (f"trial {record['number']}: {record['brief']} | {record['metric']} {record['value']:.4f} | "
+        judged = f"val {record['val_value']:.4f}, test " if "val_value" in record else ""  # val decides
+        return (f"trial {record['number']}: {record['brief']} | {record['metric']} {judged}{record['value']:.4f} | "
                 f"{record['size_bytes']:,} B | speed-up b64 {record['speedup_batch_64']:.2f}x | {ok} | "
                 f"{record['seconds']:.0f}s | best: trial {best['number']} ({best['size_bytes']:,} B, "
                 f"{best['value']:.4f}{'' if is_feasible(best) else ', infeasible'})")
