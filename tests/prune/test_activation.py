@@ -138,12 +138,14 @@ def test_layers_no_method_prunes_are_named():
             super().__init__()
             self.embed, self.gru = nn.Embedding(10, 8), nn.GRU(8, 8, batch_first=True)
             self.norm, self.head = nn.LayerNorm(8), nn.Linear(8, 3)
+            self.position = nn.Parameter(torch.zeros(8))  # held by the model itself
 
         def forward(self, x):
-            return self.head(self.norm(self.gru(self.embed(x))[0][:, -1]))
+            return self.head(self.norm(self.gru(self.embed(x) + self.position)[0][:, -1]))
 
     from torchslim.prune import MagnitudeConfig
 
     report = prune_(WithGRU(), MagnitudeConfig(sparsity=0.5))
     assert [layer.name for layer in report.layers] == ["head"]
-    assert report.unpruned == {"embed": "an embedding table", "gru": "a recurrent layer: its gates are not pruned"}
+    assert report.unpruned == {"embed": "an embedding table", "gru": "a recurrent layer: its gates are not pruned",
+                               "(the model itself)": "a WithGRU: no pruning method acts on its weights"}

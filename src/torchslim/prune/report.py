@@ -36,8 +36,8 @@ def unpruned_layers(model: nn.Module) -> dict[str, str]:
             out[name] = "a recurrent layer: its gates are not pruned"
         elif isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
             out[name] = "an embedding table"
-        else:
-            out[name] = f"a {type(module).__name__}: no pruning method acts on its weights"
+        else:  # e.g. learned positions held by the model itself, or a custom layer's own parameters
+            out[name or "(the model itself)"] = f"a {type(module).__name__}: no pruning method acts on its weights"
     return out
 
 
