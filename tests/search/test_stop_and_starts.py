@@ -154,3 +154,27 @@ def test_the_drop_margin_is_how_many_standard_errors_the_metric_constraint_adds(
     (zero, drop0, se0), (three, drop3, se3) = judged[0.0], judged[3.0]
     assert (drop0, se0) == (drop3, se3) and se0 > 0  # the same candidate, which disagrees with the baseline
     assert zero == pytest.approx(drop0) and three == pytest.approx(drop0 + 3 * se0)
+
+
+def test_processes_sampling_at_the_same_moment_draw_different_candidates():
+    """Each trial's sampler is seeded by the trial's number: two processes asking at once (same history, same
+    --seed) propose different candidates, and one process proposes the same sequence for the same seed."""
+    import optuna
+
+    from torchslim.search.sampler import starting_points_first
+
+    def sampler():
+        return starting_points_first(lambda n: optuna.samplers.TPESampler(seed=3 + n), [{"x": 0.5}])
+
+    def draws(study, trials):
+        return [study.ask().suggest_float("x", 0.0, 1.0) for _ in range(trials)]
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = optuna.storages.InMemoryStorage()
+    first = optuna.create_study(storage=storage, study_name="s", sampler=sampler())
+    second = optuna.load_study(storage=storage, study_name="s", sampler=sampler())
+    assert draws(first, 1) == [0.5]  # trial 0: the starting point, once
+    a, b = draws(first, 1), draws(second, 1)  # trials 1 and 2, neither finished
+    assert a != b
+    alone = optuna.create_study(sampler=sampler())
+    assert draws(alone, 3) == draws(optuna.create_study(sampler=sampler()), 3)

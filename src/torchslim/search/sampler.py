@@ -2,41 +2,53 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 __all__ = ["starting_points_first"]
 
 
-def starting_points_first(base: Any, points: list[dict[str, Any]]) -> Any:
+def starting_points_first(make_base: Callable[[int], Any], points: list[dict[str, Any]]) -> Any:
     """A sampler that answers trial ``k`` of a study with ``points[k]`` (the standard compressions, see
-    ``space.starting_points``) and every later trial with ``base``. By trial number, which the storage gives out
-    once, so processes sharing a study run each point once (Optuna's queue of enqueued trials may hand one
-    waiting trial to two SQLite processes)."""
+    ``space.starting_points``) and every later trial with ``make_base(k)``, a sampler seeded by the trial's number.
+    By trial number, which the storage gives out once, so processes sharing a study run each point once (Optuna's
+    queue of enqueued trials may hand one waiting trial to two SQLite processes), and two processes that sample
+    at the same moment draw from different seeds (one seeded sampler per process proposed the same candidate in
+    both); one process still draws the same sequence for the same ``--seed``."""
     import optuna
 
     class StartingPointsFirst(optuna.samplers.BaseSampler):
+        def __init__(self) -> None:
+            self._number, self._sampler = -1, None
+
+        def _base(self, trial: Any) -> Any:
+            if trial.number != self._number:
+                self._number, self._sampler = trial.number, make_base(trial.number)
+            return self._sampler
+
         def _point(self, trial: Any) -> Optional[dict[str, Any]]:
             return points[trial.number] if trial.number < len(points) else None
 
         def infer_relative_search_space(self, study: Any, trial: Any) -> dict[str, Any]:
-            return {} if self._point(trial) is not None else base.infer_relative_search_space(study, trial)
+            return {} if self._point(trial) is not None else self._base(trial).infer_relative_search_space(study,
+                                                                                                           trial)
 
         def sample_relative(self, study: Any, trial: Any, search_space: dict[str, Any]) -> dict[str, Any]:
-            return {} if self._point(trial) is not None else base.sample_relative(study, trial, search_space)
+            return {} if self._point(trial) is not None else self._base(trial).sample_relative(study, trial,
+                                                                                               search_space)
 
         def sample_independent(self, study: Any, trial: Any, name: str, distribution: Any) -> Any:
             point = self._point(trial)
             if point is not None and name in point:
                 return point[name]
-            return base.sample_independent(study, trial, name, distribution)
+            return self._base(trial).sample_independent(study, trial, name, distribution)
 
         def before_trial(self, study: Any, trial: Any) -> None:
-            base.before_trial(study, trial)
+            self._base(trial).before_trial(study, trial)
 
         def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
-            base.after_trial(study, trial, state, values)
+            self._base(trial).after_trial(study, trial, state, values)
 
-        def reseed_rng(self) -> None:
-            base.reseed_rng()
+        def reseed_rng(self) -> None:  # each trial's sampler is seeded by its number: nothing to reseed
+            pass
 
     return StartingPointsFirst()

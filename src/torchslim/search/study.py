@@ -197,13 +197,13 @@ class AutoSearch:
         if known is not None and known.user_attrs.get("identity") not in (None, identity):
             raise ConfigError("--study", f"study {self.study_name!r} in this storage searched another domain, seed "
                                          "or budget; name a new study")
-        before = 0 if known is None else known.n_trials
-        # Seeded, and offset by the trials already in the study so that a resumed or second process does not
-        # propose the first process's candidates again. Optuna 5 records feasibility on the trial
+        # Each trial's sampler is seeded by --seed plus the trial's number, so that a resumed or second process
+        # does not propose another's candidates again. Optuna 5 records feasibility on the trial
         # (set_constraint); earlier versions ask a constraints_func.
         feasibility = {} if hasattr(optuna.trial.Trial, "set_constraint") else {"constraints_func": _constraints_func}
-        sampler = starting_points_first(optuna.samplers.TPESampler(seed=self.seed + before, **feasibility),
-                                         starting_points(self.domain, self.settings))
+        sampler = starting_points_first(lambda number: optuna.samplers.TPESampler(seed=self.seed + number,
+                                                                                  **feasibility),
+                                        starting_points(self.domain, self.settings))
         study = optuna.create_study(storage=storage, study_name=self.study_name, directions=list(DIRECTIONS),
                                     sampler=sampler, load_if_exists=True)
         if known is None:
