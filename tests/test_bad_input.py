@@ -88,7 +88,8 @@ def test_a_key_twice_in_one_mapping(tmp_path):
         "domain.yaml: invalid YAML at line 5, column 1: key 'name' appears twice")
     # a merge key may repeat what it merges: that is how YAML overrides a shared block
     assert rejected(tmp_path, recipe="base: &b {epochs: 1, lr: 0.01}\n" + RECIPE.replace(
-        "{epochs: 1, lr: 0.01}", "{<<: *b, epochs: 0}")) == "recipe.yaml: base: unknown key (expected domain, seed, stages)"
+        "{epochs: 1, lr: 0.01}", "{<<: *b, epochs: 0}")) == (
+        "recipe.yaml: base: unknown key (expected domain, seed, stages)")
 
 
 def test_deep_nesting_and_alias_bombs(tmp_path):

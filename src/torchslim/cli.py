@@ -380,6 +380,7 @@ def auto(domain_path: Path, out: Path, trials: int, timeout: float | None, stora
     After every finished candidate, OUT/best (the best feasible artifact, else the closest), best_recipe.yaml,
     trials.csv and report.html are rewritten. Exit 0: a feasible model was found; 3: none was (the last line
     names each failed constraint); 2: bad input."""
+    import math
     import os
 
     from torchslim.domain import MAX_SEED, load_domain
@@ -393,7 +394,7 @@ def auto(domain_path: Path, out: Path, trials: int, timeout: float | None, stora
         if value < 1:
             raise ConfigError(flag, f"must be a positive integer, got {value}")
     _check_out(out)
-    if drop_margin != drop_margin:  # click's FloatRange lets nan through: no comparison with it is false
+    if math.isnan(drop_margin):  # click's FloatRange lets nan through: no comparison with it is false
         raise ConfigError("--drop-margin", "must be a number in [0, 10], got nan")
     if study_name is not None and not study_name.strip():
         raise ConfigError("--study", "must be a non-empty name")

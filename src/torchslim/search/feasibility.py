@@ -31,14 +31,19 @@ def relative_violation(name: str, limit: float, measured: float, baseline_value:
     raise ValueError(f"unknown constraint {name!r}")
 
 
+def judged_constraints(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The constraints as every decision judges them: on the validation split (``val_constraints``) where the run
+    reports it; the test split only reports the figures of the model the search chose."""
+    return metrics.get("val_constraints", metrics["constraints"])
+
+
 def violations(metrics: dict[str, Any]) -> dict[str, float]:
     """Each constraint of a run's metrics → its violation: 0.0 when met, else the (positive) relative violation.
 
-    Judged on the validation split (``val_constraints``) where the run reports it, as every decision is: the test
-    split only reports the figures of the model the search chose.
+    Judged as every decision is (:func:`judged_constraints`).
     """
     out = {}
-    judged = metrics.get("val_constraints", metrics["constraints"])
+    judged = judged_constraints(metrics)
     baseline = metrics.get("baseline_val_value", metrics.get("baseline_value"))
     for name, c in sorted(judged.items()):
         if c["met"]:
@@ -115,10 +120,9 @@ def format_number(x: float) -> str:
 def infeasible_line(best: dict[str, Any]) -> str:
     """``max_size_bytes: limit 50, closest 2,911; max_metric_drop: limit 0.01, closest 0.0306``: each constraint
     the closest candidate (the one saved as ``best``) fails, with its limit and that candidate's value, as
-    feasibility judged them (the metric's on the validation split, see :func:`violations`)."""
-    judged = best.get("val_constraints", best["constraints"])
+    feasibility judged them (:func:`judged_constraints`)."""
     return "; ".join(f"{name}: limit {format_number(c['limit'])}, closest {format_number(c['measured'])}"
-                     for name, c in judged.items() if not c["met"])
+                     for name, c in judged_constraints(best).items() if not c["met"])
 
 
 def stop_floor(constraints: dict[str, Any], baseline_value: float, slack: float) -> float | None:
