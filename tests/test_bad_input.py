@@ -180,6 +180,19 @@ def test_a_factory_module_that_fails_to_import_or_build(tmp_path):
     assert str(tmp_path.resolve()) not in sys.path  # the import put it there only while it ran
 
 
+def test_a_factory_given_a_class_count_or_input_shape_no_data_has(tmp_path):
+    # torch builds a zero-width Linear with only a warning; the error is one line, with no warning before it
+    (tmp_path / "classes_mod.py").write_text(
+        "import torch.nn as nn\n"
+        "def build(num_classes, input_shape=(1, 8, 8)):\n"
+        "    return nn.Sequential(nn.Flatten(), nn.Linear(64, num_classes))\n")
+    assert rejected(tmp_path, domain=with_model(factory="classes_mod:build", kwargs="{num_classes: 0}")) == (
+        "domain.yaml: model.kwargs.num_classes: must be a positive integer, got 0")
+    assert rejected(tmp_path, domain=with_model(factory="classes_mod:build",
+                                                kwargs="{num_classes: 10, input_shape: [1, 0, 8]}")) == (
+        "domain.yaml: model.kwargs.input_shape: must be a list of positive integers, got [1, 0, 8]")
+
+
 # --- paths ------------------------------------------------------------------------------------------------------
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -68,7 +69,8 @@ def _check_size(ctor: Any, kwargs: dict[str, Any], field: str) -> None:
     A constructor that cannot run on ``meta`` is left to the real build.
     """
     try:
-        with torch.device("meta"):
+        with torch.device("meta"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the real build says the same once
             probe = ctor(**kwargs)
     except (Exception, SystemExit):  # the real build reports the error, or succeeds where meta could not
         return
@@ -144,6 +146,7 @@ def build_model(spec: Any, base_dir: str | Path = ".") -> nn.Module:
         pass
     if spec.name is not None:
         _check_builtin_sizes(ctor, spec.kwargs)
+    _check_data_kwargs(spec.kwargs)
     _check_size(ctor, spec.kwargs, field)
     model = _call(ctor, spec.kwargs, field)
     if not isinstance(model, nn.Module):
@@ -165,6 +168,19 @@ def _check_builtin_sizes(ctor: Any, kwargs: dict[str, Any]) -> None:
         number = finite_float(value)
         if isinstance(param.default, float) and (number is None or number <= 0):
             raise ConfigError(f"model.kwargs.{name}", f"must be a positive number, got {brief(value)}")
+
+
+def _check_data_kwargs(kwargs: dict[str, Any]) -> None:
+    """``num_classes`` and a list ``input_shape``, given by hand, must be what the data's would be: a positive class
+    count and positive sizes (a factory built with ``num_classes: 0`` makes zero-width layers, and torch only
+    warns). ``null`` is left to the factory, as is an ``input_shape`` that is not a list."""
+    value = kwargs.get("num_classes")
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+        raise ConfigError("model.kwargs.num_classes", f"must be a positive integer, got {brief(value)}")
+    shape = kwargs.get("input_shape")
+    if isinstance(shape, (list, tuple)) and (not shape or any(isinstance(d, bool) or not isinstance(d, int) or d <= 0
+                                                              for d in shape)):
+        raise ConfigError("model.kwargs.input_shape", f"must be a list of positive integers, got {brief(shape)}")
 
 
 def load_weights_(model: nn.Module, path: str | Path) -> nn.Module:
