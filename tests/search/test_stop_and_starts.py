@@ -61,20 +61,24 @@ def test_first_trials_are_the_starting_points_and_students_are_distilled_once_pe
     assert sum(line.startswith("student w") for line in lines) == len(widths)
 
 
-def _stopping_search(tmp_path, slack):
-    """One structured-pruning candidate (80 % of every layer's neurons, one epoch of fine-tuning) under a 0.1-point
-    drop limit, then its distillation and quantization."""
+HOPELESS = {"width": 1.0, "structured": 0.8, "sparsity": 0.0, "allocation": "stage", "kd": True, "quant": "weight",
+            "bits": 2, "epochs": 1}
+QUICK = {"width": 1.0, "structured": 0.0, "sparsity": 0.0, "kd": False, "quant": "weight", "bits": 8, "epochs": 1}
+
+
+def _stopping_search(tmp_path, slack, points=(QUICK, HOPELESS)):
+    """``points`` as the candidates (by default one that finishes quickly, then a structured-pruning one removing
+    80 % of every layer's neurons with one epoch of fine-tuning, then its distillation and quantization) under a
+    0.1-point drop limit."""
     from torchslim.search import study as study_module
     from torchslim.search import run_auto
 
-    hopeless = {"width": 1.0, "structured": 0.8, "sparsity": 0.0, "allocation": "stage", "kd": True,
-                "quant": "weight", "bits": 2, "epochs": 1}
     domain = _domain(tmp_path, {"max_metric_drop": 0.001})
     lines: list[str] = []
     patched = pytest.MonkeyPatch()
-    patched.setattr(study_module, "starting_points", lambda _d, _s: [hopeless])
+    patched.setattr(study_module, "starting_points", lambda _d, _s: [dict(p) for p in points])
     try:
-        result = run_auto(domain, tmp_path / "out", trials=1, threads=1, log=lines.append,
+        result = run_auto(domain, tmp_path / "out", trials=len(points), threads=1, log=lines.append,
                           settings=dataclasses.replace(SETTINGS, stop_slack=slack))
     finally:
         patched.undo()
@@ -84,22 +88,22 @@ def _stopping_search(tmp_path, slack):
 @pytest.mark.slow
 def test_a_hopeless_candidate_is_stopped_after_its_first_stage_and_recorded(tmp_path):
     result, lines = _stopping_search(tmp_path, slack=1.0)
-    assert result.best is None and result.records == []
+    assert [r["number"] for r in result.records] == [0]
     with open(tmp_path / "out" / "trials.csv") as f:
         rows = list(csv.DictReader(f))
-    assert [r["state"] for r in rows] == ["PRUNED"]
-    note = rows[0]["note"]
+    assert [r["state"] for r in rows] == ["COMPLETE", "PRUNED"]
+    note = rows[1]["note"]
     assert note.startswith("stopped after stage 1 (prune): val ") and "< stop floor " in note
     value, floor = (float(x) for x in note.split("val ")[1].split(" < stop floor "))
-    baseline = float(rows[0]["baseline_val_value"])
+    baseline = float(rows[1]["baseline_val_value"])
     assert value < floor == pytest.approx(baseline - 0.002, abs=1e-4)  # floor - 1 x the 0.001 drop allowed
-    assert not (tmp_path / "out" / "trials" / "0" / "metrics.json").exists()  # its later stages never ran
-    progress = [line for line in lines if line.startswith("trial 0:")]
+    assert not (tmp_path / "out" / "trials" / "1" / "metrics.json").exists()  # its later stages never ran
+    progress = [line for line in lines if line.startswith("trial 1:")]
     assert progress == [progress[0]] and "| stopped after stage 1 (prune)" in progress[0]
     # the sampler sees it as infeasible by its drop, in units of the 0.001 allowed (not as a feasible trial)
     import optuna
 
-    (trial,) = optuna.load_study(study_name="auto-digits-auto",
+    _, trial = optuna.load_study(study_name="auto-digits-auto",
                                  storage=f"sqlite:///{tmp_path / 'out' / 'study.db'}").trials
     assert trial.state.name == "PRUNED"
     # the note gives val to 4 decimals: the drop in units of 0.001 to within 0.05 of one
@@ -109,8 +113,16 @@ def test_a_hopeless_candidate_is_stopped_after_its_first_stage_and_recorded(tmp_
 @pytest.mark.slow
 def test_without_slack_the_same_candidate_runs_to_the_end(tmp_path):
     result, _ = _stopping_search(tmp_path, slack=0.0)
-    assert len(result.records) == 1 and not result.feasible
-    assert (tmp_path / "out" / "trials" / "0" / "metrics.json").exists()
+    assert len(result.records) == 2
+    assert (tmp_path / "out" / "trials" / "1" / "metrics.json").exists()
+
+
+@pytest.mark.slow
+def test_until_a_candidate_has_finished_none_is_stopped(tmp_path):
+    # the hopeless candidate alone: stopping it would leave the search with no model to save
+    result, _ = _stopping_search(tmp_path, slack=1.0, points=(HOPELESS,))
+    assert [r["number"] for r in result.records] == [0] and not result.feasible
+    assert (tmp_path / "out" / "best" / "manifest.json").is_file()
 
 
 @pytest.mark.slow

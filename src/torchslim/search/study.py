@@ -152,6 +152,7 @@ class AutoSearch:
     _baseline_val: Optional[float] = dataclasses.field(default=None, init=False, repr=False)  # its val metric
     _baseline_correct: Any = dataclasses.field(default=None, init=False, repr=False)  # (N_val,) bool
     _val: Any = dataclasses.field(default=None, init=False, repr=False)  # the validation split
+    _any_finished: bool = dataclasses.field(default=False, init=False, repr=False)  # some candidate has finished
 
     def __post_init__(self) -> None:
         if isinstance(self.trials, bool) or not isinstance(self.trials, int) or self.trials < 1:
@@ -244,7 +245,8 @@ class AutoSearch:
             # run resumes after them
             start_from_baseline(self.ensure_shared(params), folder)
             metrics = run_recipe(load_recipe(folder / "recipe.yaml"), folder, resume=True, threads=self.threads,
-                                 log=lambda _m: None, after_stage=self._stop_rule(params, len(recipe["stages"])))
+                                 log=lambda _m: None,
+                                 after_stage=self._stop_rule(trial.study, params, len(recipe["stages"])))
         except CandidateStopped as stop:
             import optuna
 
@@ -323,14 +325,20 @@ class AutoSearch:
             raise optuna.TrialPruned(f"same candidate as trial {earlier.number}")
         return tuple(earlier.values)
 
-    def _stop_rule(self, params: dict[str, Any], stages: int) -> Callable[[Any, dict[str, Any]], None]:
+    def _stop_rule(self, study: Any, params: dict[str, Any], stages: int) -> Callable[[Any, dict[str, Any]], None]:
         """The check after each of a candidate's stages but its last: stop it when its validation metric (measured
-        on the stage's saved model) is below :func:`feasibility.stop_floor`."""
+        on the stage's saved model) is below :func:`feasibility.stop_floor`, once some candidate of the study has
+        finished: until then none is stopped, so that a search always has a model to save as ``best``."""
 
         def check(ctx: Any, record: dict[str, Any]) -> None:
             value = record.get("artifact_val_metric")
             if value is None or record["index"] >= stages - 1 or ctx.baseline is None:
                 return
+            if not self._any_finished:
+                self._any_finished = any((self.out / "trials" / str(r["number"]) / "artifact").is_dir()
+                                         for r in self.finished(study))
+                if not self._any_finished:
+                    return
             if self._baseline_val is None:  # the same figure the finished run reports as baseline_val_value
                 self._baseline_val = ctx.validate(ctx.baseline)
                 ctx.baseline.cpu()
