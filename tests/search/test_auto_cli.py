@@ -97,6 +97,20 @@ def test_the_same_command_with_more_trials_continues_the_study(search, tmp_path)
     assert len((tmp_path / "copy" / "out" / "trials.csv").read_text().splitlines()) == 4
 
 
+@pytest.mark.slow
+def test_another_study_in_the_same_folder_is_refused(search, tmp_path):
+    folder, _ = search
+    shutil.copytree(folder, tmp_path / "copy")
+    out = tmp_path / "copy" / "out"
+    before = {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    proc = _auto("domain.yaml", "--out", "out", "--trials", "3", "--study", "other", *FAST, cwd=tmp_path / "copy")
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "error: --study: out holds the search of study 'auto-digits-auto': resume it with --study auto-digits-auto, "
+        "or search study 'other' into another --out"]
+    assert {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()} == before  # its trials, best, table
+
+
 @pytest.mark.parametrize("domain_patch, args, field", [
     ("constraints: {}", [], "constraints"),
     ("constraints: {max_size_bytes: 0}", [], "constraints.max_size_bytes"),

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import fcntl
+import json
 import math
 import os
 import socket
@@ -34,6 +35,9 @@ from torchslim.search.storage import check_storage_url, default_storage, open_st
 
 # metric (higher is better), artifact bytes, speed-up at batch 64 (baseline / candidate, measured side by side)
 DIRECTIONS = ("maximize", "minimize", "maximize")
+
+
+STUDY_MARKER = "study.json"  # which study an output folder's trials belong to
 
 
 def check_domain(domain: Domain) -> None:
@@ -182,10 +186,26 @@ class AutoSearch:
         self.settings = settings_for_data(self.settings, tuple(ctx.splits.input_shape))
         self._val = ctx.splits.val
 
+    def _check_out_holds_this_study(self) -> None:
+        """``DIR/trials/N``, ``best`` and ``trials.csv`` belong to one study: a search under another study name in
+        the same folder would write over them."""
+        marker = self.out / STUDY_MARKER
+        if not marker.is_file():
+            return
+        try:
+            held = json.loads(marker.read_text()).get("study")
+        except (ValueError, OSError, AttributeError):
+            raise ConfigError("--out", f"{marker}: not a study record this tool wrote; search into another --out") \
+                from None
+        if held != self.study_name:
+            raise ConfigError("--study", f"{self.out} holds the search of study {held!r}: resume it with --study "
+                                         f"{held}, or search study {self.study_name!r} into another --out")
+
     def open_study(self) -> Any:
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.ERROR)
+        self._check_out_holds_this_study()
         if self.storage is None:  # the default SQLite file lives in the output folder
             self.out.mkdir(parents=True, exist_ok=True)
             storage = open_storage(default_storage(self.out))
@@ -209,6 +229,8 @@ class AutoSearch:
                                     sampler=sampler, load_if_exists=True)
         if known is None:
             study.set_user_attr("identity", identity)
+        if not (self.out / STUDY_MARKER).is_file():
+            write_bytes_atomic(self.out / STUDY_MARKER, json.dumps({"study": self.study_name}).encode())
         self._requeue_interrupted(study, storage)
         return study
 
