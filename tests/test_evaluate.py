@@ -170,6 +170,9 @@ def test_a_slowdown_within_noise_is_not_reported_as_one():
     assert slowdown_reason(m) is None
     m["latency_spread"]["batch_1"]["significant"] = True
     assert slowdown_reason(m).startswith("Slower than the baseline at batch 1")
+    # the medians say slower, the rounds' paired ratio (the speed-up the summary shows) says faster: not slower
+    m["latency_spread"]["batch_1"]["ratio"] = 1.0022
+    assert slowdown_reason(m) is None
 
 
 def test_measure_without_latency_times_nothing(monkeypatch):

@@ -141,6 +141,9 @@ def test_a_slower_compressed_model_is_explained_by_what_made_it_slower():
     assert "the same dense arithmetic" in slowdown_reason(_latency_metrics("torch", "kmeans"))
     assert "fp32 export" in slowdown_reason(_latency_metrics("onnxruntime", "kmeans"))
     assert "per-call overhead" in slowdown_reason(_latency_metrics("torch", "kmeans", params=50))
+    # eval has no stage records: the methods come from the artifact's recorded recipe
+    evaluated = {**_latency_metrics("torch", "static"), "stages": [], "quantize_methods": ["static"]}
+    assert "runtime `torch` simulates int8" in slowdown_reason(evaluated)
     faster = _latency_metrics("onnxruntime", "static", int8_kernels={"QGemm": 2})
     faster["latency_ms"]["batch_1"] = 0.05
     assert slowdown_reason(faster) is None

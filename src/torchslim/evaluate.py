@@ -158,7 +158,7 @@ def speedup(metrics: dict[str, Any], key: str) -> float:
     were timed so (a round slowed by load slows both, so pairing rounds steadies the figure), else the ratio of
     the two medians."""
     paired = (metrics.get("latency_spread") or {}).get(key)
-    if paired is not None:
+    if paired is not None and "ratio" in paired:
         return paired["ratio"]
     return metrics["baseline_latency_ms"][key] / metrics["latency_ms"][key]
 

@@ -574,5 +574,13 @@ def evaluate_artifact(path: str | Path, domain: Domain, *, trust_code: bool = Fa
                         seed=manifest.get("seed", 0), spread=spread)
     metrics.update({"int8_kernels": measured["int8_kernels"], "cpu_features": measured["cpu_features"],
                     "recorded_value": manifest.get("metrics", {}).get("value"),
-                    "artifact_sha256": artifact_digest(path)})
+                    "artifact_sha256": artifact_digest(path),
+                    "quantize_methods": _quantize_methods(manifest.get("recipe"))})
     return metrics
+
+
+def _quantize_methods(recipe: Any) -> list[str]:
+    """The quantization methods a recorded recipe ran (what explains an int8 model's speed in ``eval``)."""
+    stages = recipe.get("stages") if isinstance(recipe, dict) else None
+    return sorted({s["quantize"]["method"] for s in stages or () if isinstance(s, dict)
+                   and isinstance(s.get("quantize"), dict) and isinstance(s["quantize"].get("method"), str)})

@@ -66,12 +66,17 @@ def test_ema_ends_the_finetuning_with_the_moving_average_of_masked_weights():
     model = MLP()
     config = MagnitudeConfig(sparsity=0.5, finetune=Finetune(epochs=1, lr=1e-3, ema=0.75))
     report = prune_(model, config, finetune=finetune)
-    # 0 -> 0.75 * 0 + 0.25 * 1 = 0.25 -> 0.75 * 0.25 + 0.25 * 2 = 0.6875 -> 0.75 * 0.6875 + 0.25 * 4 = 1.515625
+    # update n (from 0) decays by min(0.75, (1 + n) / (10 + n)): 1/10, 2/11, 3/12 (early states fade fast)
+    expected = 0.0
+    for n, value in enumerate((1.0, 2.0, 4.0)):
+        decay = min(0.75, (1 + n) / (10 + n))
+        expected = decay * expected + (1 - decay) * value
+    assert abs(expected - 3.45) < 1e-9  # 0.9, 1.8, 3.45
     for name in ("fc1", "fc2", "fc3"):
         layer, mask = getattr(model, name), report.masks[name]
-        torch.testing.assert_close(layer.weight[mask], torch.full_like(layer.weight[mask], 1.515625))
+        torch.testing.assert_close(layer.weight[mask], torch.full_like(layer.weight[mask], expected))
         assert bool((layer.weight[~mask] == 0).all())  # averaged after the mask: pruned weights stay zero
-        torch.testing.assert_close(layer.bias, torch.full_like(layer.bias, 1.515625))
+        torch.testing.assert_close(layer.bias, torch.full_like(layer.bias, expected))
 
 
 def test_a_bad_ema_is_named():
