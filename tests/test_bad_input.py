@@ -103,6 +103,19 @@ def test_deep_nesting_and_alias_bombs(tmp_path):
         "recipe.yaml: the YAML an alias refers to a mapping or list that contains it")
 
 
+def test_a_domain_given_for_a_recipe_and_a_recipe_for_a_domain(tmp_path):
+    (tmp_path / "domain.yaml").write_text(DOMAIN)
+    code, lines = run_cli(tmp_path, "run", "domain.yaml", "--out", "out")
+    assert code == 2 and lines == ["error: domain.yaml: a domain (task, data, model), not a recipe: a recipe names "
+                                   "its domain under 'domain:' and lists 'stages:' (`torchslim auto` searches a "
+                                   "domain)"]
+    (tmp_path / "recipe.yaml").write_text(RECIPE)
+    code, lines = run_cli(tmp_path, "auto", "recipe.yaml", "--out", "out")
+    assert code == 2 and lines == ["error: recipe.yaml: a recipe (domain, stages), not a domain: `torchslim run` "
+                                   "runs a recipe; `torchslim auto` takes the domain file it names"]
+    assert not (tmp_path / "out").exists()
+
+
 def test_huge_integers(tmp_path):
     assert rejected(tmp_path, recipe=RECIPE.replace("seed: 0", "seed: " + "9" * 5000)) == (
         "recipe.yaml: invalid YAML at line 2, column 7: an integer of 5,000 digits is too large (at most 1,000)")

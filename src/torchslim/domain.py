@@ -139,6 +139,9 @@ def load_domain(spec: str | Path | dict[str, Any], *, base_dir: str | Path = "."
         data, base = spec, Path(base_dir)
     if not isinstance(data, dict):
         raise ConfigError(prefix, "a domain must be a mapping of keys", source)
+    if not prefix and "stages" in data and "task" not in data:
+        raise ConfigError("", "a recipe (domain, stages), not a domain: `torchslim run` runs a recipe; "
+                              "`torchslim auto` takes the domain file it names", source)
     if data.get("task") == "sentence-embedding" and "metric" not in data:
         data = {**data, "metric": "cosine"}
     domain = parse(Domain, data, prefix=prefix, source=source)

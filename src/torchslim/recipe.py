@@ -70,6 +70,9 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
     if not isinstance(data, dict):
         raise ConfigError("", "a recipe must be a mapping with keys domain, seed, stages", source)
     data = apply_overrides(data, list(overrides), source)
+    if not {"domain", "stages"} & set(data) and {"task", "data", "model"} & set(data):
+        raise ConfigError("", "a domain (task, data, model), not a recipe: a recipe names its domain under "
+                              "'domain:' and lists 'stages:' (`torchslim auto` searches a domain)", source)
     unknown = sorted(set(data) - {"domain", "seed", "stages"}, key=str)  # a YAML key may be a number
     if unknown:
         key = "null" if unknown[0] is None else unknown[0]  # ``null: 1`` has a key, spelt null
