@@ -158,3 +158,10 @@ def test_resume_finishes_an_interrupted_run_with_the_same_artifact(tmp_path, cli
     assert resumed.returncode == 0, resumed.stderr
     assert (tmp_path / "full" / "artifact" / "model.safetensors").read_bytes() == \
         (tmp_path / "cut" / "artifact" / "model.safetensors").read_bytes()
+    # a finished run has nothing to resume: said, and left as it is (it used to run every stage again)
+    finished = (tmp_path / "cut" / "metrics.json").read_bytes()
+    again = cli("run", "recipe.yaml", "--out", "cut", "--resume", cwd=tmp_path)
+    assert again.returncode == 2 and again.stderr.strip().splitlines() == [
+        "error: --resume: cut holds a finished run (metrics.json): nothing to resume; pass --overwrite to run it "
+        "again"]
+    assert (tmp_path / "cut" / "metrics.json").read_bytes() == finished

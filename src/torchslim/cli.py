@@ -185,6 +185,11 @@ def run(recipe: Path, out: Path, resume: bool, overrides: tuple[str, ...], threa
     if not (resume or overwrite) and (out / "metrics.json").exists():
         raise ConfigError("--out", f"{out} holds an earlier run (metrics.json): pass --overwrite to replace it, or "
                                    f"--resume to continue an interrupted one")
+    from torchslim.runner import WORK_DIR
+
+    if resume and (out / "metrics.json").exists() and not (out / WORK_DIR).exists():
+        raise ConfigError("--resume", f"{out} holds a finished run (metrics.json): nothing to resume; pass "
+                                      f"--overwrite to run it again")
     from torchslim.artifact import SIGNATURE, ArtifactError, check_signing_key
     from torchslim.distributed import init_from_env, is_main, shutdown
     from torchslim.recipe import load_recipe

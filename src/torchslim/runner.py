@@ -224,6 +224,8 @@ def _restore_progress(ctx: RunContext) -> int:
     """The number of stages already finished in an interrupted run, with the model and baseline restored."""
     progress = ctx.work_dir / "progress.json"
     if not progress.is_file():
+        if any(ctx.work_dir.glob("stage*.safetensors")):
+            ctx.log("resume: no stage had finished; the first continues from its last epoch's checkpoint")
         return 0
     state = json.loads(progress.read_text())
     ctx.model, _ = ctx.reload(ctx.work_dir / "current")
