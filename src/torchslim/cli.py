@@ -63,6 +63,11 @@ class _Group(click.Group):
             _fail(ConfigError("", exc.format_message().replace("\n", " ")))
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
+        except BrokenPipeError:  # `torchslim inspect A | head` closed the pipe: the reader has what it wanted
+            import os
+
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
+            sys.exit(0)
         except OSError as exc:  # the file system refused: --out under a file, a name too long, a full disk
             from torchslim._yaml import os_reason
 
@@ -355,7 +360,7 @@ def verify(artifact: Path, key: Path) -> None:
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Output folder: best/, best_recipe.yaml, trials.csv, report.html, trials/N/ (and study.db).")
 @click.option("--trials", type=int, default=20, show_default=True,
-              help="Candidates (finished or stopped early) the study ends with; the same command resumes a "
+              help="Candidates (finished, stopped early or repeated) the study ends with; the same command resumes a "
                    "stopped search.")
 @click.option("--timeout", type=float, default=None, help="Seconds after which no new candidate is started.")
 @click.option("--storage", default=None, help="Optuna RDB URL (default: sqlite:///OUT/study.db); "
@@ -417,7 +422,7 @@ def auto(domain_path: Path, out: Path, trials: int, timeout: float | None, stora
     b = result.best
     click.echo(f"best: trial {b['number']} ({b['brief']}): {b['metric']} {b['value']:.4f} (baseline "
                f"{b['baseline_value']:.4f}), {b['size_bytes']:,} bytes ({b['compression_ratio']:.1f}x), speed-up "
-               f"b64 {b['speedup_batch_64']:.2f}x; {result.trials} candidates")
+               f"b64 {b['speedup_batch_64']:.2f}x; {result.trials} candidate{'s' if result.trials != 1 else ''}")
     click.echo("wrote " + ", ".join(str(out / n) for n in ("best", "best_recipe.yaml", "trials.csv", "report.html")))
     if not result.feasible:
         click.echo(f"no candidate meets every constraint: {result.infeasible}")
