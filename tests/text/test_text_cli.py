@@ -107,6 +107,11 @@ def test_every_stage_then_eval_remeasures_the_same_cosine(text_domain):
 
     model = ts.load(folder / "out" / "artifact", runtime="onnxruntime")
     assert model.int8 and model.encode(["One sentence.", "And another one."]).shape == (2, 32)
+    # export writes the artifact's own int8 graph, the one the run wrote beside it
+    exported = torchslim("export", "out/artifact", "--out", "again.onnx", cwd=folder)
+    assert exported.returncode == 0, exported.stderr
+    assert exported.stdout.startswith("wrote again.onnx (int8 model, ")
+    assert (folder / "again.onnx").read_bytes() == model.onnx
 
 
 def test_same_recipe_same_artifact(text_domain):

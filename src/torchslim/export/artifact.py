@@ -52,10 +52,23 @@ def artifact_onnx(path: str | Path, **trust: Any) -> tuple[bytes, bool]:
     Returns:
         (serialized ONNX, True when it is the stored int8 model).
     """
-    from torchslim.artifact import load_artifact
+    from torchslim.artifact import load_artifact, read_manifest
+    from torchslim.text.artifact import is_text_manifest
 
+    if is_text_manifest(read_manifest(path)):  # a sentence encoder: its stored graph (token ids in), else an export
+        return _text_onnx(path, trust.get("verify_key"))
     model, manifest = load_artifact(path, **trust)
     return module_onnx(model, manifest)
+
+
+def _text_onnx(path: str | Path, verify_key: Any) -> tuple[bytes, bool]:
+    from torchslim.text.artifact import load_text_artifact
+    from torchslim.text.onnx import export_onnx
+
+    embedder = load_text_artifact(path, verify_key=verify_key)
+    if embedder.onnx is not None:
+        return embedder.onnx, embedder.int8
+    return export_onnx(embedder.encoder), False
 
 
 def export_artifact(path: str | Path, out: str | Path, **trust: Any) -> tuple[Path, bool]:
