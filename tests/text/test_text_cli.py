@@ -107,6 +107,11 @@ def test_every_stage_then_eval_remeasures_the_same_cosine(text_domain):
 
     model = ts.load(folder / "out" / "artifact", runtime="onnxruntime")
     assert model.int8 and model.encode(["One sentence.", "And another one."]).shape == (2, 32)
+    # inspect counts the encoder's parameters as the run did (its int8 weights are in the graph)
+    inspected = torchslim("inspect", "out/artifact", "--json", cwd=folder)
+    assert inspected.returncode == 0, inspected.stderr
+    totals = json.loads(inspected.stdout)["totals"]
+    assert (totals["params"], totals["nonzero"]) == (metrics["params"], metrics["nonzero_params"])
     # export writes the artifact's own int8 graph, the one the run wrote beside it
     exported = torchslim("export", "out/artifact", "--out", "again.onnx", cwd=folder)
     assert exported.returncode == 0, exported.stderr

@@ -94,7 +94,18 @@ def describe_artifact(path: str | Path) -> dict[str, Any]:
                      "bytes": sum(int(table[k]["bytes"]) for k in keys)})
     files = {name: (folder / name).stat().st_size for name in stored_files(manifest)}
     blob = manifest_bytes + len(data)
+    if manifest.get("text") is not None:  # a sentence encoder's int8 weights live in its graph: count the encoder
+        total, total_nonzero = _text_params(folder, (manifest, data))
     totals = {"params": total, "nonzero": total_nonzero,
               "bytes": {"total": sum(files.values()), "manifest": manifest_bytes + files[MANIFEST],
                         "tensors": len(data), "container": files[PAYLOAD] - blob, "files": files}}
     return {"layers": rows, "totals": totals, "manifest": manifest}
+
+
+def _text_params(folder: Path, opened: tuple[dict[str, Any], bytes]) -> tuple[int, int]:
+    """(parameters, non-zero) of a sentence-embedding artifact's encoder as its run counts them: rebuilt from the
+    artifact's own tensors and graph (nothing imported, nothing outside the folder read)."""
+    from torchslim.evaluate import count_params
+    from torchslim.text.artifact import load_text_artifact
+
+    return count_params(load_text_artifact(folder, opened=opened).encoder)
