@@ -96,6 +96,9 @@ def test_every_stage_then_eval_remeasures_the_same_cosine(text_domain):
     assert 0.0 < metrics["value"] < 1.0 and metrics["baseline_value"] == pytest.approx(1.0)
     assert metrics["size_bytes"] < metrics["baseline_size_bytes"] / 2  # int8 word table: the bulk of the model
     assert (folder / "out" / "model.onnx").is_file()
+    page = (folder / "out" / "report.html").read_text()  # the same report as report.md, as a page
+    assert "<h1>torchslim report: " in page and "latency batch 32" in page and "<li>0: <strong>prune</strong>" in page
+    assert "latency batch 32" in (folder / "out" / "report.md").read_text()
 
     again = torchslim("eval", "out/artifact", "--domain", "domain.yaml", "--json", cwd=folder)
     assert again.returncode == 0, again.stderr

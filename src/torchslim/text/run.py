@@ -156,9 +156,11 @@ def finish_text(ctx: TextRunContext, out: Path, *, sign_key: str | Path | None =
             names.append("model.onnx")
         if sign_key is not None:
             sign_artifact(artifact, sign_key)
-        write_bytes_atomic(staging / "report.md", render_text_report(metrics, ctx.domain.name).encode())
+        markdown, page = render_text_report(metrics, ctx.domain.name)
+        write_bytes_atomic(staging / "report.md", markdown.encode())
+        write_bytes_atomic(staging / "report.html", page.encode())
         write_bytes_atomic(staging / METRICS, (json.dumps(metrics, indent=2) + "\n").encode())
-        publish(staging, out, [*names, "report.md", METRICS], commit=METRICS, outputs=OUTPUTS)
+        publish(staging, out, [*names, "report.md", "report.html", METRICS], commit=METRICS, outputs=OUTPUTS)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -232,28 +234,40 @@ def measure_text_artifact(artifact: Path, domain: Domain, splits: SentenceSplits
     return metrics
 
 
-def render_text_report(m: dict[str, Any], name: str) -> str:
-    """A short Markdown report: fidelity, size, speed, memory and what each stage did."""
+def text_report_blocks(m: dict[str, Any], name: str) -> list:
+    """The report's blocks (one source for report.md and report.html): fidelity, size, speed, memory and what each
+    stage did."""
+    from torchslim.report._document import Heading, Items, Paragraph, Table
     from torchslim.report._sections import summary_rows
 
-    lines = [f"# torchslim report: {name} (sentence embeddings)", "",
-             f"Reference: the fp32 model ({m['reference_model']}) in torch eager, measured side by side in the "
-             f"same process with {m['threads']} thread(s); the compressed model runs in `{m['runtime']}`"
-             + (f" ({m['onnx_kind']})" if m.get("onnx_kind") else "") + ".", "",
-             "| | baseline | compressed |", "|---|---|---|"]
-    lines += [f"| {q} | {b} | {c} |" for q, b, c in summary_rows(m)]
-    lines += [f"| latency batch 32 | {m['baseline_latency_ms']['batch_32']:.1f} ms | "
-              f"{m['latency_ms']['batch_32']:.1f} ms (speed-up {m['latency_ratio_batch_32']:.2f}x) |", "",
-              f"Memory: {m['memory_method']}.", "", "## Stages", ""]
+    rows = [tuple(r) for r in summary_rows(m)]
+    rows.append(("latency batch 32", f"{m['baseline_latency_ms']['batch_32']:.1f} ms",
+                 f"{m['latency_ms']['batch_32']:.1f} ms (speed-up {m['latency_ratio_batch_32']:.2f}x)"))
+    blocks = [Heading(1, f"torchslim report: {name} (sentence embeddings)"),
+              Paragraph(f"Reference: the fp32 model ({m['reference_model']}) in torch eager, measured side by side "
+                        f"in the same process with {m['threads']} thread(s); the compressed model runs in "
+                        f"`{m['runtime']}`" + (f" ({m['onnx_kind']})" if m.get("onnx_kind") else "") + "."),
+              Table(("", "baseline", "compressed"), tuple(rows)),
+              Paragraph(f"Memory: {m['memory_method']}."), Heading(2, "Stages")]
+    stages = []
     for r in m.get("stages", []):
         detail = ", ".join(f"{k}={v}" for k, v in r.items() if k not in ("stage", "index") and not isinstance(v, (
             dict, list)))
-        lines.append(f"- {r['index']}: **{r['stage']}** {detail}")
+        stages.append(f"{r['index']}: **{r['stage']}** {detail}")
+    blocks.append(Items(tuple(stages)))
     if m.get("constraints"):
-        lines += ["", "## Constraints", ""]
-        lines += [f"- {k}: {'met' if c['met'] else 'NOT met'} (limit {c['limit']}, measured {c['measured']:.6g})"
-                  for k, c in m["constraints"].items()]
-    return "\n".join(lines) + "\n"
+        blocks += [Heading(2, "Constraints"),
+                   Items(tuple(f"{k}: {'met' if c['met'] else 'NOT met'} (limit {c['limit']}, measured "
+                               f"{c['measured']:.6g})" for k, c in m["constraints"].items()))]
+    return blocks
+
+
+def render_text_report(m: dict[str, Any], name: str) -> tuple[str, str]:
+    """(report.md, report.html) of a sentence-embedding run."""
+    from torchslim.report._document import to_html, to_markdown
+
+    blocks = text_report_blocks(m, name)
+    return to_markdown(blocks), to_html(f"torchslim report: {name}", blocks)
 
 
 def evaluate_text_artifact(path: str | Path, domain: Domain, *, verify_key: str | Path | None = None,
