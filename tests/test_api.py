@@ -46,8 +46,11 @@ def test_compress_runs_a_recipe_on_a_module_in_memory_and_reloads_into_a_fresh_o
     before = {k: v.clone() for k, v in model.state_dict().items()}
     data = (splits.train, DataLoader(splits.val, batch_size=50), splits.test)  # datasets or loaders
     recipe = [{"prune": {"method": "magnitude", "sparsity": 0.6}}, {"quantize": {"method": "kmeans", "bits": 4}}]
-    result = torchslim.compress(model, data, recipe, constraints={"max_metric_drop": 0.05}, out=tmp_path / "run",
-                                threads=1)
+    # a constraint no 4-bit model meets (10 bytes) is said, as run says it, and listed
+    with pytest.warns(UserWarning, match=r"^constraints not met: .*max_size_bytes: limit 10, measured \d+"):
+        result = torchslim.compress(model, data, recipe, constraints={"max_metric_drop": 0.5, "max_size_bytes": 10},
+                                    out=tmp_path / "run", threads=1)
+    assert list(result.unmet) == ["max_size_bytes"] and result.unmet["max_size_bytes"]["measured"] > 10
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # the given model is untouched
     on_disk = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert result.metrics == on_disk

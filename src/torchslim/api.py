@@ -32,6 +32,12 @@ class CompressResult:
     metrics: dict[str, Any]
     out: Path
 
+    @property
+    def unmet(self) -> dict[str, dict[str, Any]]:
+        """The constraints the compressed model does not meet on the test split (as ``run`` reports them): name →
+        ``{limit, measured, met}``; empty when every one is met (``compress`` also warns of each)."""
+        return {k: c for k, c in self.metrics.get("constraints", {}).items() if not c["met"]}
+
     def save(self, path: str | Path) -> Path:
         """Write the artifact (the one ``torchslim run`` writes) to the folder ``path``, atomically."""
         from torchslim.artifact import fresh_dir
@@ -170,4 +176,10 @@ def compress(model: nn.Module, data: Sequence[Dataset | DataLoader], recipe: str
         reloaded, _ = load_artifact(artifact, model=given)
     else:  # a stage replaced the model by a built-in or factory student the recipe names
         reloaded, _ = load_artifact(artifact, trust_code=True)
-    return CompressResult(reloaded, metrics, folder)
+    result = CompressResult(reloaded, metrics, folder)
+    if result.unmet:  # run prints these lines; in Python they would pass unnoticed
+        import warnings
+
+        warnings.warn("constraints not met: " + "; ".join(f"{k}: limit {c['limit']:g}, measured {c['measured']:.6g}"
+                                                          for k, c in result.unmet.items()), stacklevel=2)
+    return result
