@@ -536,6 +536,17 @@ def evaluate_artifact(path: str | Path, domain: Domain, *, trust_code: bool = Fa
     from torchslim.domain import ModelSpec
     from torchslim.export.measure import measure_in_runtime
 
+    from torchslim.artifact import ArtifactError, read_manifest
+    from torchslim.text.artifact import is_text_manifest
+
+    try:
+        text_artifact = is_text_manifest(read_manifest(path))
+    except ArtifactError:
+        text_artifact = None  # not readable: loading it says why
+    if text_artifact is not None and text_artifact != (domain.task == "sentence-embedding"):
+        kind = "a sentence-embedding model" if text_artifact else "a classifier"
+        raise ConfigError("task", f"{path} holds {kind}, which a {domain.task!r} domain does not measure",
+                          domain.source)
     if domain.task == "sentence-embedding":
         from torchslim.text.run import evaluate_text_artifact
 

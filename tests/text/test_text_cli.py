@@ -110,6 +110,13 @@ def test_every_stage_then_eval_remeasures_the_same_cosine(text_domain):
 
     model = ts.load(folder / "out" / "artifact", runtime="onnxruntime")
     assert model.int8 and model.encode(["One sentence.", "And another one."]).shape == (2, 32)
+    # measured against a classification domain: one line saying what does not fit, not a missing model name
+    (folder / "digits.yaml").write_text("name: d\ntask: image-classification\ndata: {source: digits}\n"
+                                        "model: {name: lenet300_100}\n")
+    wrong = torchslim("eval", "out/artifact", "--domain", "digits.yaml", cwd=folder)
+    assert wrong.returncode == 2 and wrong.stderr.strip().splitlines() == [
+        "error: digits.yaml: task: out/artifact holds a sentence-embedding model, which a 'image-classification' "
+        "domain does not measure"]
     # inspect counts the encoder's parameters as the run did (its int8 weights are in the graph)
     inspected = torchslim("inspect", "out/artifact", "--json", cwd=folder)
     assert inspected.returncode == 0, inspected.stderr
