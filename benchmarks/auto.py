@@ -41,7 +41,7 @@ def _torchslim(*args: str) -> tuple[subprocess.CompletedProcess, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--budget", type=float, default=600.0, help="seconds auto may start candidates in")
     parser.add_argument("--max-bytes", type=int, default=4000)
     parser.add_argument("--max-drop", type=float, default=0.01)

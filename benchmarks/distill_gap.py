@@ -128,7 +128,7 @@ def capacity(splits, samples: int, seeds: list[int], epochs: int = 30) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--tune", action="store_true", help="print the validation grid instead")
     parser.add_argument("--capacity", type=int, metavar="N",

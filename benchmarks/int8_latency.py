@@ -21,7 +21,7 @@ RECIPES = Path(__file__).resolve().parents[1] / "recipes" / "digits"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--runs", type=int, default=300)
     args = parser.parse_args()

@@ -263,7 +263,7 @@ def run(extra: Sequence[tuple[str, Engine]] = (), rounds: int = 5, structure: bo
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=THREADS, help="torch and ONNX Runtime threads (default 2)")
     parser.add_argument("--structure", action="store_true", help="latency of pruned shapes (random weights)")

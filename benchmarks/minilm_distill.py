@@ -33,7 +33,7 @@ def params(enc) -> float:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sentences", default="domains/corpus/sentences.txt", help="one sentence per line")
     ap.add_argument("--train", type=int, default=16000, help="training sentences for the full recipe")
     ap.add_argument("--test", type=int, default=1000, help="held-out sentences the cosine is measured on")

@@ -54,7 +54,7 @@ def onnx_sessions(models: dict[str, torch.nn.Module]) -> dict[str, object]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="runs/bench-structured-lenet5")
     parser.add_argument("--reuse", action="store_true")
     args = parser.parse_args()

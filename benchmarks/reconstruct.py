@@ -68,7 +68,7 @@ def drops(name: str, splits, seed: int) -> tuple[float, list[float]]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default=",".join(BUILDERS))
     parser.add_argument("--seeds", default="0,1")
     parser.add_argument("--threads", type=int, default=1)
