@@ -79,5 +79,9 @@ def test_check_warns_when_an_int8_method_cannot_be_faster_on_the_runtime(tmp_pat
         "warning: recipe.yaml: stages[1].quantize: method static runs int8 kernels only under runtime: onnxruntime; "
         "under runtime: torch it is simulated and will measure slower than its baseline (set the domain's runtime: "
         "onnxruntime)"]
+    # run says it too, first, before any training
+    proc = cli("run", "recipe.yaml", "--out", "out", "--quiet", cwd=tmp_path)
+    assert proc.returncode == 0 and proc.stderr.splitlines()[0].startswith(
+        "warning: recipe.yaml: stages[1].quantize: method static runs int8 kernels only under runtime: onnxruntime")
     (tmp_path / "domain.yaml").write_text(DIGITS_DOMAIN + "runtime: onnxruntime\n")
     assert cli("check", "recipe.yaml", cwd=tmp_path).stderr == ""

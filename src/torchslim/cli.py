@@ -128,6 +128,16 @@ def _check_out(out: Path) -> None:
             return
 
 
+def _warn_runtime(recipe: Path, loaded: Any) -> None:
+    """Say which quantize stages the domain's runtime will run slower than their int8 promises."""
+    from torchslim.quantize.stage import runtime_warning
+
+    for stage in loaded.stages:
+        warning = runtime_warning(stage.config, loaded.domain.runtime) if stage.name == "quantize" else None
+        if warning:
+            click.echo(f"warning: {recipe}: stages[{stage.index}].quantize: {warning}", err=True)
+
+
 def _warn_if_metrics_differ(artifact: Path) -> None:
     from torchslim.runner import metrics_mismatch
 
@@ -208,6 +218,8 @@ def run(recipe: Path, out: Path, resume: bool, overrides: tuple[str, ...], threa
     init_from_env()  # under torchrun: join the process group (gloo on CPU, nccl on GPU)
     try:
         loaded = load_recipe(recipe, list(overrides))
+        if is_main():
+            _warn_runtime(recipe, loaded)  # before hours of training, not only in `check`
         metrics = run_recipe(loaded, out, resume=resume, sign_key=sign_key, threads=threads,
                              **({"log": _silent} if quiet else {}))
         if is_main():
@@ -236,12 +248,7 @@ def check(recipe: Path, overrides: tuple[str, ...]) -> None:
                    f"train/val/test sentences")
         return
     ctx = prepare(loaded)
-    from torchslim.quantize.stage import runtime_warning
-
-    for stage in loaded.stages:
-        warning = runtime_warning(stage.config, loaded.domain.runtime) if stage.name == "quantize" else None
-        if warning:
-            click.echo(f"warning: {recipe}: stages[{stage.index}].quantize: {warning}", err=True)
+    _warn_runtime(recipe, loaded)
     click.echo(f"ok: {recipe}: domain {loaded.domain.name!r}, {len(loaded.stages)} stage(s) "
                f"({', '.join(s.name for s in loaded.stages)}), data {ctx.splits.info['train']}/"
                f"{ctx.splits.info['val']}/{ctx.splits.info['test']} train/val/test")
