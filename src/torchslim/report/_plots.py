@@ -27,14 +27,14 @@ def _figure(width: float, height: float) -> Any:
 
 def stages_png(labels: list[str], sizes: list[int], val: list[Optional[float]], test: Optional[float],
                metric: str) -> bytes:
-    """Bars: size on disk after each stage (KB); points: the validation metric after it, and the shipped
+    """Bars: size on disk after each stage (KiB); points: the validation metric after it, and the shipped
     artifact's test metric (the metric axis starts at 0, so a small change looks small)."""
     fig = _figure(max(4.0, 1.3 * len(labels)), 3.2)
     ax = fig.subplots()
     x = list(range(len(labels)))
     ax.bar(x, [s / 1024 for s in sizes], color="#4c72b0")
     ax.set_xticks(x, labels, rotation=20, ha="right", fontsize=8)
-    ax.set_ylabel("size on disk (KB)")
+    ax.set_ylabel("size on disk (KiB)")
     twin = ax.twinx()
     points = [(i, v) for i, v in zip(x, val) if v is not None]
     twin.plot([p[0] for p in points], [100 * p[1] for p in points], "o-", color="#dd8452", label="validation")

@@ -18,8 +18,8 @@ DASH = "—"
 def _fmt_bytes(n: Optional[float]) -> str:
     if n is None:  # not measurable here (e.g. no /proc for ONNX Runtime's memory)
         return DASH
-    for unit in ("B", "KB", "MB", "GB"):
-        if abs(n) < 1024 or unit == "GB":
+    for unit in ("B", "KiB", "MiB", "GiB"):  # powers of 1024, named so
+        if abs(n) < 1024 or unit == "GiB":
             return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
         n /= 1024
     return str(n)
