@@ -18,8 +18,9 @@ import torch
 from torch import nn
 
 from torchslim._errors import ConfigError
-from torchslim.artifact import (artifact_bytes, artifact_digest, artifact_size, fresh_dir, load_artifact, publish,
-                                read_manifest, save_artifact, sign_artifact, update_manifest, write_bytes_atomic)
+from torchslim.artifact import (ArtifactError, artifact_bytes, artifact_digest, artifact_size, fresh_dir,
+                                load_artifact, publish, read_manifest, save_artifact, sign_artifact, update_manifest,
+                                write_bytes_atomic)
 from torchslim.data import Splits, load_splits
 from torchslim.distributed import is_distributed, is_main, local_device, rank_digests
 from torchslim.domain import Domain
@@ -535,8 +536,6 @@ def evaluate_artifact(path: str | Path, domain: Domain, *, trust_code: bool = Fa
     from torchslim.artifact._trust import require_code_consent
     from torchslim.domain import ModelSpec
     from torchslim.export.measure import measure_in_runtime
-
-    from torchslim.artifact import ArtifactError, read_manifest
     from torchslim.text.artifact import is_text_manifest
 
     try:
