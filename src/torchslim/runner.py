@@ -544,7 +544,7 @@ def evaluate_artifact(path: str | Path, domain: Domain, *, trust_code: bool = Fa
         text_artifact = None  # not readable: loading it says why
     if text_artifact is not None and text_artifact != (domain.task == "sentence-embedding"):
         kind = "a sentence-embedding model" if text_artifact else "a classifier"
-        raise ConfigError("task", f"{path} holds {kind}, which a {domain.task!r} domain does not measure",
+        raise ConfigError("task", f"{path} holds {kind}, which the domain's task {domain.task!r} does not measure",
                           domain.source)
     if domain.task == "sentence-embedding":
         from torchslim.text.run import evaluate_text_artifact

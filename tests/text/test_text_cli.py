@@ -115,14 +115,14 @@ def test_every_stage_then_eval_remeasures_the_same_cosine(text_domain):
                                         "model: {name: lenet300_100}\n")
     wrong = torchslim("eval", "out/artifact", "--domain", "digits.yaml", cwd=folder)
     assert wrong.returncode == 2 and wrong.stderr.strip().splitlines() == [
-        "error: digits.yaml: task: out/artifact holds a sentence-embedding model, which a 'image-classification' "
-        "domain does not measure"]
+        "error: digits.yaml: task: out/artifact holds a sentence-embedding model, which the domain's task "
+        "'image-classification' does not measure"]
     # inspect counts the encoder's parameters as the run did (its int8 weights are in the graph)
     inspected = torchslim("inspect", "out/artifact", "--json", cwd=folder)
     assert inspected.returncode == 0, inspected.stderr
     totals = json.loads(inspected.stdout)["totals"]
     assert (totals["params"], totals["nonzero"]) == (metrics["params"], metrics["nonzero_params"])
-    # export writes the artifact's own int8 graph, the one the run wrote beside it
+    # export writes the artifact's own int8 graph, the one ONNX Runtime serves
     exported = torchslim("export", "out/artifact", "--out", "again.onnx", cwd=folder)
     assert exported.returncode == 0, exported.stderr
     assert exported.stdout.startswith("wrote again.onnx (int8 model, ")
