@@ -30,7 +30,7 @@ def test_minimal_domain_fills_defaults():
     ({"model": {"factory": "nocolon"}}, "model.factory", "package.module:function"),
     ({"model": {"factory": ".relative:build"}}, "model.factory", "no leading dots"),
     ({"data": {"source": "digits", "seed": 2**32}}, "data.seed", "must be <="),
-    ({"metric": "f1"}, "metric", "must be one of"),
+    ({"metric": "f1"}, "metric", "must be one of accuracy, top5, cosine, got 'f1'"),
     ({"constraints": {"max_metric_drop": 0.01, "min_metric": 0.9}}, "constraints", "not both"),
     ({"constraints": {"max_size_bytes": -3}}, "constraints.max_size_bytes", "positive"),
     ({"constraints": {"max_latency_ms": {"batch_8": 1.0}}}, "constraints.max_latency_ms.batch_8", "unknown key"),

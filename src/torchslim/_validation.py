@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import math
 import difflib
+import math
+import re
 import typing
 from typing import Any, TypeVar
 
@@ -100,8 +101,10 @@ def _message(err: dict[str, Any]) -> str:
         return f"must hold at least {ctx.get('min_length')} item(s)"
     if kind == "too_long":
         return f"must hold at most {ctx.get('max_length')} item(s)"
-    if kind == "literal_error":
-        return f"must be one of {ctx.get('expected', '')}"
+    if kind == "literal_error":  # as the stage configs say it: ``must be one of a, b, got 'c'``
+        expected = str(ctx.get("expected", ""))
+        names = re.findall(r"'([^']*)'", expected)
+        return f"must be one of {', '.join(names) if names else expected}, got {brief(err.get('input'))}"
     if kind == "greater_than":
         if ctx["gt"] == 0:
             return "must be a positive integer" if isinstance(err.get("input"), int) else "must be positive"

@@ -62,7 +62,7 @@ def _tensor_shape(value):
     ({"versions": [1, 2]}, "manifest field versions: must be a mapping"),
     ({"structure": {"fold": "../../x"}}, "manifest field structure.fold: unknown key"),
     ({"structure": {"folded_batchnorm": ["bn"]}}, "manifest field structure.folded_batchnorm: must be a mapping"),
-    ({"entropy": "lzma"}, "manifest field entropy: must be one of 'payload'"),
+    ({"entropy": "lzma"}, "manifest field entropy: must be one of payload, got 'lzma'"),
     ({"seed": True}, "manifest field seed: must be an integer"),
     ({"recipe": {"seed": 0, "stages": "train"}}, "manifest field recipe.stages: must be a list"),
     ({"architecture": "lenet300_100"}, "manifest field architecture: must be a mapping"),
