@@ -132,6 +132,8 @@ def _warn_runtime(recipe: Path, loaded: Any) -> None:
     """Say which quantize stages the domain's runtime will run slower than their int8 promises."""
     from torchslim.quantize.stage import runtime_warning
 
+    if loaded.domain.task == "sentence-embedding":  # its quantize stage always runs in ONNX Runtime
+        return
     for stage in loaded.stages:
         warning = runtime_warning(stage.config, loaded.domain.runtime) if stage.name == "quantize" else None
         if warning:
