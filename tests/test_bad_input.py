@@ -193,6 +193,21 @@ def test_a_factory_module_that_fails_to_import_or_build(tmp_path):
     assert str(tmp_path.resolve()) not in sys.path  # the import put it there only while it ran
 
 
+def test_a_model_that_returns_a_tuple(tmp_path):
+    (tmp_path / "tuple_mod.py").write_text(
+        "import torch.nn as nn\n"
+        "class Net(nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.fc = nn.Linear(64, 10)\n"
+        "    def forward(self, x):\n"
+        "        return self.fc(x.flatten(1)), x\n"
+        "def build():\n"
+        "    return Net()\n")
+    assert rejected(tmp_path, domain=with_model(factory="tuple_mod:build")) == (
+        "domain.yaml: model: must return one tensor of logits (N, classes); it returned a tuple")
+
+
 def test_a_factory_given_a_class_count_or_input_shape_no_data_has(tmp_path):
     # torch builds a zero-width Linear with only a warning; the error is one line, with no warning before it
     (tmp_path / "classes_mod.py").write_text(

@@ -66,6 +66,27 @@ def test_imagefolder_reads_resizes_and_labels_by_folder(tmp_path):
     assert 0.0 <= float(s.train.tensors[0].min()) and float(s.train.tensors[0].max()) <= 1.0
 
 
+def test_an_image_folder_shape_that_cannot_be_right_is_refused_before_decoding(tmp_path, monkeypatch):
+    from torchslim.data import _sources
+
+    for label in ("a", "b"):
+        (tmp_path / "imgs" / label).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "imgs" / label / f"{i}.png")
+    with pytest.raises(ConfigError, match=r"^model.kwargs.input_shape: an image folder is read as \(C, H, W\) .*"
+                                          r"got \[8, 8\]$"):
+        load_splits(DataSpec(source="imagefolder:imgs"), base_dir=tmp_path, input_shape=(8, 8))
+    with pytest.raises(ConfigError, match=r"got \[8, 8, 3\]$"):  # channels last
+        load_splits(DataSpec(source="imagefolder:imgs"), base_dir=tmp_path, input_shape=(8, 8, 3))
+    decoded = []
+    monkeypatch.setattr(_sources, "_read_image", lambda *a: decoded.append(a) or np.zeros((3, 4000, 4000)))
+    with pytest.raises(ConfigError, match=r"^model.kwargs.input_shape: 6 images resized to 3x4000x4000 would take "
+                                          r"2.1 GiB to decode \(at most 1 GiB\): is the shape right\?$"):
+        monkeypatch.setattr(_sources, "MAX_DECODED_BYTES", 2**30)
+        load_splits(DataSpec(source="imagefolder:imgs"), base_dir=tmp_path, input_shape=(3, 4000, 4000))
+    assert decoded == []  # refused before any image was read
+
+
 def test_unknown_source():
     with pytest.raises(ConfigError, match="data.source: unknown data source 'cifar'"):
         load_splits(DataSpec(source="cifar"))

@@ -149,6 +149,9 @@ def _read_image(f: Path, mode: str, size: tuple[int, int], root: Path) -> np.nda
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)  # (C, H, W)
 
 
+MAX_DECODED_BYTES = 4 * 2**30  # an image folder larger than this once decoded is refused before decoding
+
+
 def _imagefolder(path: Path, input_shape: tuple[int, ...] | None) -> _Arrays:
     try:
         if not path.is_dir():
@@ -160,10 +163,19 @@ def _imagefolder(path: Path, input_shape: tuple[int, ...] | None) -> _Arrays:
         raise ConfigError("data.source", f"cannot read image folder {path}: {os_reason(exc)}") from None
     if len(classes) < 2:
         raise ConfigError("data.source", f"{path} must hold one sub-folder per class (found {len(classes)})")
-    if input_shape is None or len(input_shape) != 3:
+    if input_shape is None:
         raise ConfigError("model", "an image folder needs a model that declares an input shape (C, H, W): an "
                                    "input_shape attribute on the model, or input_shape in model.kwargs")
+    if len(input_shape) != 3 or input_shape[0] not in (1, 3):
+        raise ConfigError("model.kwargs.input_shape", f"an image folder is read as (C, H, W) with C 1 (grayscale) or "
+                                                      f"3 (RGB), channels first; got {list(input_shape)}")
     channels, height, width = input_shape
+    count = sum(len(f) for f in files.values())
+    decoded = count * channels * height * width * 8  # float64 while decoding
+    if decoded > MAX_DECODED_BYTES:
+        raise ConfigError("model.kwargs.input_shape", f"{count:,} images resized to {channels}x{height}x{width} "
+                                                      f"would take {decoded / 2**30:,.1f} GiB to decode (at most "
+                                                      f"{MAX_DECODED_BYTES / 2**30:g} GiB): is the shape right?")
     mode = "L" if channels == 1 else "RGB"
     xs, ys = [], []
     for label, name in enumerate(classes):

@@ -226,5 +226,8 @@ def check_fits(model: nn.Module, sample: torch.Tensor, num_classes: int) -> None
     except Exception as exc:  # any failure here means the model does not accept this data
         raise ConfigError("model", f"forward pass on data of shape {tuple(sample.shape)} failed: "
                                    f"{str(exc).splitlines()[0]}") from None
+    if not isinstance(out, torch.Tensor):
+        raise ConfigError("model", f"must return one tensor of logits (N, classes); it returned a "
+                                   f"{type(out).__name__}")
     if out.ndim != 2 or out.shape[1] < num_classes:
         raise ConfigError("model", f"outputs shape {tuple(out.shape)} but the data has {num_classes} classes")
