@@ -386,6 +386,9 @@ def verify(artifact: Path, key: Path) -> None:
                    "for twice as many.")
 @click.option("--max-epochs", type=int, default=20, show_default=True,
               help="Most fine-tune epochs of a candidate's stage (the searched budget is 1..this).")
+@click.option("--lr", type=float, default=0.001, show_default=True,
+              help="Learning rate of the baseline's training and of pruning's fine-tuning; k-means fine-tunes at "
+                   "a tenth of it, a student distils at 10x.")
 @click.option("--drop-margin", type=click.FloatRange(min=0, max=10), default=1.0, show_default=True,
               help="Standard errors of the validation drop a feasible candidate's drop must clear the limit by "
                    "to be preferred (and what the sampler is told); feasibility itself is the measured drop, as "
@@ -393,7 +396,7 @@ def verify(artifact: Path, key: Path) -> None:
 @_quiet_option
 def auto(domain_path: Path, out: Path, trials: int, timeout: float | None, storage: str | None,
          study_name: str | None, objective: str, threads: int, seed: int, baseline_epochs: int, max_epochs: int,
-         drop_margin: float, quiet: bool) -> None:
+         drop_margin: float, lr: float, quiet: bool) -> None:
     """Search pruning, quantization and distillation of DOMAIN's model for its constraints.
 
     After every finished candidate, OUT/best (the best feasible artifact, else the closest), best_recipe.yaml,
@@ -415,6 +418,9 @@ def auto(domain_path: Path, out: Path, trials: int, timeout: float | None, stora
     _check_out(out)
     if math.isnan(drop_margin):  # click's FloatRange lets nan through: no comparison with it is false
         raise ConfigError("--drop-margin", "must be a number in [0, 10], got nan")
+    from torchslim._validation import learning_rate
+
+    learning_rate("--lr", lr)
     if study_name is not None and not study_name.strip():
         raise ConfigError("--study", "must be a non-empty name")
     os.environ["TQDM_DISABLE"] = "1"  # one progress line per candidate, not one bar per epoch
@@ -422,16 +428,19 @@ def auto(domain_path: Path, out: Path, trials: int, timeout: float | None, stora
     search = AutoSearch(domain, out, trials=trials, timeout=timeout, storage=storage, study_name=study_name,
                         objective=objective, threads=threads, seed=seed,
                         settings=SearchSettings(baseline_epochs=baseline_epochs, max_epochs=max_epochs,
-                                                drop_margin=drop_margin),
+                                                drop_margin=drop_margin, lr=lr),
                         log=_silent if quiet else (lambda m: click.echo(m, err=True)))
     result = search.run()
     if result.best is None:
         click.echo(f"error: no candidate finished; see {out / 'trials.csv'}", err=True)
         sys.exit(1)
     b = result.best
+    for warning in result.warnings:
+        click.echo(f"warning: {warning}", err=True)
     click.echo(f"best: trial {b['number']} ({b['brief']}): {b['metric']} {b['value']:.4f} (baseline "
                f"{b['baseline_value']:.4f}), {b['size_bytes']:,} bytes ({b['compression_ratio']:.1f}x), speed-up "
-               f"b64 {b['speedup_batch_64']:.2f}x; {result.trials} candidate{'s' if result.trials != 1 else ''}")
+               f"b64 {b['speedup_batch_64']:.2f}x; {result.trials} candidate{'s' if result.trials != 1 else ''} "
+               f"finished")
     click.echo("wrote " + ", ".join(str(out / n) for n in ("best", "best_recipe.yaml", "trials.csv", "report.html")))
     if not result.feasible:
         click.echo(f"no candidate meets every constraint: {result.infeasible}")

@@ -115,6 +115,7 @@ def test_another_study_in_the_same_folder_is_refused(search, tmp_path):
     ("constraints: {}", [], "constraints"),
     ("constraints: {max_size_bytes: 0}", [], "constraints.max_size_bytes"),
     ("constraints: {max_size_bytes: -5}", [], "constraints.max_size_bytes"),
+    ("constraints: {max_metric_drop: 0}", [], "constraints.max_metric_drop"),
     ("constraints: {min_speedup: {batch_64: 0.5}}", [], "constraints.min_speedup.batch_64"),
     ("constraints: {min_compression_ratio: 0.9}", [], "constraints.min_compression_ratio"),
     ("", ["--storage", "redis://localhost/0"], "--storage"),
@@ -123,6 +124,7 @@ def test_another_study_in_the_same_folder_is_refused(search, tmp_path):
     ("", ["--trials", "0"], "--trials"),
     ("", ["--timeout", "0"], "--timeout"),
     ("", ["--drop-margin", "-1"], "--drop-margin"),
+    ("", ["--lr", "0"], "--lr"),
 ])
 def test_bad_input_is_one_line_naming_the_field_and_writes_nothing(tmp_path, domain_patch, args, field):
     text = DOMAIN if not domain_patch else DOMAIN.replace(

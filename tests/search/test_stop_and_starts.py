@@ -190,3 +190,14 @@ def test_processes_sampling_at_the_same_moment_draw_different_candidates():
     assert a != b
     alone = optuna.create_study(sampler=sampler())
     assert draws(alone, 3) == draws(optuna.create_study(sampler=sampler()), 3)
+
+
+def test_a_baseline_at_chance_is_warned_of(tmp_path):
+    from torchslim.search import AutoSearch
+
+    search = AutoSearch(_domain(tmp_path, {"max_metric_drop": 0.05}), tmp_path / "out")
+    search._num_classes = 3
+    (line,) = search._baseline_warnings({"baseline_val_value": 0.357, "baseline_value": 0.333})
+    assert line.startswith("the baseline scores 0.3570 on the validation split, about chance (0.3333 for 3 classes)")
+    assert search._baseline_warnings({"baseline_val_value": 0.41, "baseline_value": 0.4}) == []  # 1/10 of the way
+    assert search._baseline_warnings(None) == []

@@ -50,6 +50,10 @@ def check_domain(domain: Domain) -> None:
         raise ConfigError("constraints", "auto needs at least one constraint (max_size_bytes, max_latency_ms, "
                                          "max_metric_drop, min_metric, min_speedup, min_compression_ratio)",
                           domain.source)
+    if domain.constraints.max_metric_drop == 0:  # nothing to rank by: every lost sample would weigh the same
+        raise ConfigError("constraints.max_metric_drop", "must be positive for auto: a search needs a drop it may "
+                                                         "spend (0 allows none; give the smallest you accept)",
+                          domain.source)
 
 
 def domain_ref(domain: Domain) -> Any:
@@ -126,6 +130,7 @@ class SearchResult:
     feasible: bool
     infeasible: str  # each constraint the best fails, with its limit and the best's value ("" if feasible)
     trials: int  # finished candidates in the study
+    warnings: list[str] = dataclasses.field(default_factory=list)  # what the user should know about the result
 
 
 @dataclass
@@ -157,6 +162,7 @@ class AutoSearch:
     _baseline_correct: Any = dataclasses.field(default=None, init=False, repr=False)  # (N_val,) bool
     _val: Any = dataclasses.field(default=None, init=False, repr=False)  # the validation split
     _any_finished: bool = dataclasses.field(default=False, init=False, repr=False)  # some candidate has finished
+    _num_classes: int = dataclasses.field(default=0, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if isinstance(self.trials, bool) or not isinstance(self.trials, int) or self.trials < 1:
@@ -184,7 +190,7 @@ class AutoSearch:
         ctx = prepare(Recipe(self.domain, self.seed, (stage,), first, None, self.domain.base_dir),
                       log=lambda _m: None)
         self.settings = settings_for_data(self.settings, tuple(ctx.splits.input_shape))
-        self._val = ctx.splits.val
+        self._val, self._num_classes = ctx.splits.val, ctx.splits.num_classes
 
     def _check_out_holds_this_study(self) -> None:
         """``DIR/trials/N``, ``best`` and ``trials.csv`` belong to one study: a search under another study name in
@@ -481,7 +487,19 @@ class AutoSearch:
         best = self.write(study)
         feasible = best is not None and is_feasible(best)
         line = "" if best is None or feasible else infeasible_line(best)
-        return SearchResult(best, records, feasible, line, len(records))
+        return SearchResult(best, records, feasible, line, len(records), self._baseline_warnings(best))
+
+    def _baseline_warnings(self, best: Optional[dict[str, Any]]) -> list[str]:
+        """A baseline no better than chance makes every drop meaningless: say so, and what to change."""
+        if best is None or self.domain.metric not in ("accuracy", "top5") or self._num_classes < 2:
+            return []
+        chance = min(1.0, (5 if self.domain.metric == "top5" else 1) / self._num_classes)
+        value = best.get("baseline_val_value", best["baseline_value"])
+        if value > chance + 0.1 * (1 - chance):  # more than a tenth of the way from chance to perfect
+            return []
+        return [f"the baseline scores {value:.4f} on the validation split, about chance ({chance:.4f} for "
+                f"{self._num_classes} classes): every candidate's drop is measured from it; train it longer "
+                f"(--baseline-epochs, --lr) or give the domain trained weights (model.weights)"]
 
 
 def run_auto(domain: Domain, out: str | Path, **kwargs: Any) -> SearchResult:
