@@ -237,6 +237,7 @@ def test_recipes_are_written_without_anchors_and_a_failed_trial_says_why():
     recipe = recipe_from_params(params, _domain(), "d", SETTINGS, seed=0)
     text = recipe_yaml(recipe)
     assert "&" not in text and "*" not in text and yaml.safe_load(text) == recipe
-    row = csv_row(3, "FAIL", None, error="stages[2].prune.sparsity: would zero every weight of layer(s) fc1")
-    assert row == {"number": 3, "state": "FAIL",
+    row = csv_row(3, "FAIL", None, error="stages[2].prune.sparsity: would zero every weight of layer(s) fc1",
+                  brief=describe(params))
+    assert row == {"number": 3, "state": "FAIL", "candidate": "struct0.5 sparse0.9 ft2",
                    "note": "failed: stages[2].prune.sparsity: would zero every weight of layer(s) fc1"}

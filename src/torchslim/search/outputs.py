@@ -66,14 +66,15 @@ def trials_csv(rows: list[dict[str, Any]]) -> str:
 
 
 def csv_row(number: int, state: str, record: dict[str, Any] | None, stopped: dict[str, Any] | None = None,
-            same_as: dict[str, Any] | None = None, error: str | None = None) -> dict[str, Any]:
+            same_as: dict[str, Any] | None = None, error: str | None = None,
+            brief: str | None = None) -> dict[str, Any]:
     """One line of ``trials.csv``: a finished candidate's figures; for one stopped early (state ``PRUNED``), in
     ``note``, where and why (``stopped after stage 2 (prune): val 0.8611 < stop floor 0.9389``); for one the
     sampler proposed again, which trial it repeats (``same candidate as trial 7``: not run again); for one that
-    failed (state ``FAIL``), its error."""
+    failed (state ``FAIL``), its error and, as ``brief``, the candidate it was."""
     row: dict[str, Any] = {"number": number, "state": state}
     if error is not None:
-        row.update(note=f"failed: {error}")
+        row.update(note=f"failed: {error}", candidate=brief or "")
     if stopped is not None:
         row.update(candidate=stopped["brief"], feasible=False, within_margin=False, val_value=stopped["val_value"],
                    baseline_val_value=stopped["baseline_val_value"], note="stopped " + stopped_text(stopped))

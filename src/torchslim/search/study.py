@@ -288,6 +288,7 @@ class AutoSearch:
             raise optuna.TrialPruned(str(stop)) from None
         except Exception as exc:
             trial.set_user_attr("error", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            trial.set_user_attr("brief", describe(params))
             self.log(f"trial {trial.number}: {describe(params)}: failed: {trial.user_attrs['error']}")
             raise
         record = record_of(trial.number, metrics, params, recipe)
@@ -418,7 +419,7 @@ class AutoSearch:
         best = choose_best(records, self.objective)
         trials = study.get_trials(deepcopy=False)
         rows = [csv_row(t.number, t.state.name, t.user_attrs.get("record"), t.user_attrs.get("stopped"),
-                        _same_as(trials, t), t.user_attrs.get("error"))
+                        _same_as(trials, t), t.user_attrs.get("error"), t.user_attrs.get("brief"))
                 for t in trials if t.state != TrialState.WAITING]  # a queued rerun is not a candidate yet
         if best is None:  # no candidate finished (each was stopped or failed): only the table says why
             if rows:
