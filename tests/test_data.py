@@ -52,6 +52,14 @@ def test_npz_errors_name_the_problem(tmp_path):
     np.savez(tmp_path / "d.npz", x=np.full((20, 2), np.nan), y=np.arange(20) % 2)
     with pytest.raises(ConfigError, match="NaN or Inf"):
         load_splits(DataSpec(source="npz:d.npz"), base_dir=tmp_path)
+    np.savez(tmp_path / "one.npz", x=np.zeros((20, 2)), y=np.zeros(20, np.int64))  # any model scores 100 %
+    with pytest.raises(ConfigError, match="^data.source: every label is 0: a classifier needs at "
+                                          "least two classes$"):
+        load_splits(DataSpec(source="npz:one.npz"), base_dir=tmp_path)
+    np.savez(tmp_path / "unseen.npz", x=np.zeros((20, 2)), y=np.arange(20) % 2, x_test=np.zeros((6, 2)),
+             y_test=np.arange(6) % 3)
+    with pytest.raises(ConfigError, match=r"^data.source: y_test has label\(s\) \[2\] that no training sample has"):
+        load_splits(DataSpec(source="npz:unseen.npz"), base_dir=tmp_path)
 
 
 def test_imagefolder_reads_resizes_and_labels_by_folder(tmp_path):

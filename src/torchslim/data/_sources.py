@@ -250,6 +250,13 @@ def load_splits(data: Any, *, base_dir: str | Path = ".", input_shape: tuple[int
             raise ConfigError("data.source", f"array {name} contains NaN or Inf")
     if arrays.y.min() < 0:
         raise ConfigError("data.source", "labels must be integers >= 0")
+    if len(np.unique(arrays.y)) < 2:  # accuracy would be 100 % whatever the model does
+        raise ConfigError("data.source", f"every label is {int(arrays.y[0])}: a classifier needs "
+                                         f"at least two classes")
+    if arrays.y_test is not None and not set(np.unique(arrays.y_test).tolist()) <= set(np.unique(arrays.y).tolist()):
+        unseen = sorted(set(np.unique(arrays.y_test).tolist()) - set(np.unique(arrays.y).tolist()))
+        raise ConfigError("data.source", f"y_test has label(s) {unseen[:10]} that no training sample has: no model "
+                                         f"trained on these data can get them right")
 
     stratified = True
     if arrays.x_test is None:
