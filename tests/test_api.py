@@ -75,6 +75,7 @@ def test_compress_runs_a_recipe_on_a_module_in_memory_and_reloads_into_a_fresh_o
     ("not three splits", [{"train": {"epochs": 1, "lr": 0.1}}], "data"),
     (None, [{"prune": {"method": "magnitude", "sparsity": 1.5}}], "stages[0].prune.sparsity"),
     (None, [], "stages"),
+    (None, {"quantize": {"method": "kmeans", "bits": 4}}, "recipe"),  # one stage, not in a list
 ])
 def test_bad_input_names_the_field(trained, data, recipe, field):
     model, splits = trained

@@ -128,6 +128,9 @@ def _recipe(recipe: str | Path | Iterable[dict[str, Any]], domain: Any, seed: in
         if not isinstance(raw, dict) or "stages" not in raw:
             raise ConfigError("stages", "a recipe file must hold a stages list", source)
         stages = raw["stages"]
+    elif isinstance(recipe, dict):  # list(a mapping) would be its keys
+        raise ConfigError("recipe", "must be a list of stages, e.g. [{\"quantize\": {...}}]; got one mapping: "
+                                    "put it in a list")
     else:
         stages = list(recipe)
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
