@@ -418,6 +418,9 @@ def test_a_misspelt_key_gets_a_suggestion_and_a_missing_domain_names_the_recipe(
     assert rejected(tmp_path, recipe=RECIPE.replace("lr: 0.01", "lr: 0.01, zzz: 8")) == (
         "recipe.yaml: stages[0].train.zzz: unknown key (expected epochs, lr, batch_size, weight_decay, optimizer, "
         "schedule, augment)")
+    assert rejected(tmp_path, recipe=with_stage("prune: {method: structured, sparsity: 0.5, zzz: 1}")) == (
+        "recipe.yaml: stages[1].prune.zzz: unknown key (expected method, sparsity, importance, calibration, "
+        "schedule, finetune, ignore, overrides, reconstruct, sensitivity)")  # the stage's own key too
     assert rejected(tmp_path, recipe=RECIPE.replace("domain.yaml", "elsewhere.yaml")) == \
         "recipe.yaml: domain: file not found: elsewhere.yaml"
 

@@ -303,11 +303,12 @@ def value_object(key: str, cls: type, raw: Any, *, optional: bool = False) -> An
         raise ConfigError(f"{key}.{missing[0]}", "required key is missing") from None
 
 
-def config_from_mapping(data: Mapping[str, Any]):
+def config_from_mapping(data: Mapping[str, Any], stage_keys: tuple[str, ...] = ()):
     """Build the config for one recipe ``prune`` stage.
 
     Args:
         data: the stage's mapping, e.g. ``{"method": "magnitude", "sparsity": 0.9, "scope": "global"}``.
+        stage_keys: keys the stage itself takes besides the config's (named among the expected ones).
 
     Returns:
         a MagnitudeConfig, ActivationConfig or StructuredConfig.
@@ -331,7 +332,7 @@ def config_from_mapping(data: Mapping[str, Any]):
         if key not in fields:
             if key in all_keys:
                 raise ConfigError(key, f"does not apply to method {method}")
-            raise ConfigError(key, f"unknown key (expected method, {', '.join(fields)})")
+            raise ConfigError(key, f"unknown key (expected method, {', '.join([*fields, *stage_keys])})")
         if key in _VALUE_OBJECTS:
             value = value_object(key, _VALUE_OBJECTS[key], value, optional=fields[key].default is None)
         kwargs[key] = value

@@ -100,7 +100,7 @@ def parse_stage(body: Any, *, prefix: str = "", source: str | None = None) -> Pr
             raise ConfigError("", f"must be a mapping such as {{method: magnitude, sparsity: 0.9}}, got {body!r}")
         body = dict(body)
         spec = value_object("sensitivity", SensitivitySpec, body.pop("sensitivity", None), optional=True)
-        config = config_from_mapping(body)
+        config = config_from_mapping(body, stage_keys=("sensitivity",) if body.get("method") != "activation" else ())
         if spec is not None and isinstance(config, ActivationConfig):
             raise ConfigError("sensitivity", "applies to the methods magnitude and structured, not activation")
         return PruneStage(config, spec)
