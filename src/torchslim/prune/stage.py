@@ -243,8 +243,10 @@ def run_stage(ctx: "RunContext", stage: PruneStage) -> dict[str, Any]:
         if len(set(out["mask_digests"])) > 1:
             ctx.log("prune: WARNING the replicas' masks differ")
     refit = f", refit {', '.join(report.refit) or 'none'}" if getattr(config, "reconstruct", False) else ""
-    ctx.log(f"prune: {report.method}, sparsity {report.sparsity:.4f} of {len(report.layers)} layer(s)' weights, "
-            f"params {report.params_before} -> {report.params_after}{refit}, val {out['val_metric']:.4f}")
+    # structured: the stage's sparsity is a share of units; removing a unit also removes its consumers' inputs
+    units = (f"{config.sparsity:g} of units removed, " if report.method == "structured" else "")
+    ctx.log(f"prune: {report.method}, {units}{report.sparsity:.4f} of {len(report.layers)} layer(s)' weights "
+            f"gone, params {report.params_before} -> {report.params_after}{refit}, val {out['val_metric']:.4f}")
     for line in by_reason("prune: not pruned", report.unpruned) + [f"prune: {note}" for note in report.notes]:
         ctx.log(line)
     if report.unpruned:
