@@ -65,6 +65,19 @@ def test_eval_json_reproduces_the_recorded_metric(trained, cli):
     assert evaluated["baseline_size_bytes"] == recorded["baseline_size_bytes"]
 
 
+def test_eval_on_data_of_other_classes_is_refused(trained, cli, tmp_path):
+    import numpy as np
+
+    folder, _ = trained
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "three.npz", x=rng.random((60, 1, 8, 8)).astype(np.float32), y=np.arange(60) % 3)
+    (tmp_path / "three.yaml").write_text(DIGITS_DOMAIN.replace("source: digits", "source: 'npz:three.npz'"))
+    proc = cli("eval", str(folder / "out" / "artifact"), "--domain", "three.yaml", cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        "error: three.yaml: data: the artifact's classes are [0, 1, 2, 3, 4, 5, ...] (10), this domain's data has "
+        "[0, 1, 2] (3): it was trained on other data"]
+
+
 def test_same_recipe_and_seed_give_the_same_artifact(trained, cli):
     folder, _ = trained
     proc = cli("run", "recipe.yaml", "--out", "again", cwd=folder)

@@ -558,6 +558,10 @@ def evaluate_artifact(path: str | Path, domain: Domain, *, trust_code: bool = Fa
         check_fits(model, splits.test.tensors[0][:2], splits.num_classes)
     except ConfigError as exc:
         raise exc.within(source=domain.source) from None
+    recorded = manifest.get("labels")
+    if isinstance(recorded, list) and recorded and list(splits.labels) != recorded:
+        raise ConfigError("data", f"the artifact's classes are {_few(recorded)}, this domain's data has "
+                                  f"{_few(list(splits.labels))}: it was trained on other data", domain.source)
     shape = splits.input_shape
     measured = measure_in_runtime(model, manifest, splits.test, domain.metric, shape, domain.runtime, latency=False)
     # Latency and memory of the baseline do not depend on weight values: a fresh dense model of the recorded
@@ -589,6 +593,11 @@ def evaluate_artifact(path: str | Path, domain: Domain, *, trust_code: bool = Fa
                     "artifact_sha256": artifact_digest(path),
                     "quantize_methods": _quantize_methods(manifest.get("recipe"))})
     return metrics
+
+
+def _few(names: list[Any], most: int = 6) -> str:
+    shown = ", ".join(str(n) for n in names[:most])
+    return f"[{shown}{', ...' if len(names) > most else ''}] ({len(names)})"
 
 
 def _quantize_methods(recipe: Any) -> list[str]:
