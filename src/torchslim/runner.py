@@ -22,6 +22,7 @@ from torchslim.artifact import (ArtifactError, artifact_bytes, artifact_digest, 
                                 load_artifact, publish, read_manifest, save_artifact, sign_artifact, update_manifest,
                                 write_bytes_atomic)
 from torchslim.data import Splits, load_splits
+from torchslim.data._sources import unnamed_labels
 from torchslim.distributed import is_distributed, is_main, local_device, rank_digests
 from torchslim.domain import Domain
 from torchslim.evaluate import check_constraints, count_params, measure, size_bytes
@@ -558,8 +559,10 @@ def evaluate_artifact(path: str | Path, domain: Domain, *, trust_code: bool = Fa
         check_fits(model, splits.test.tensors[0][:2], splits.num_classes)
     except ConfigError as exc:
         raise exc.within(source=domain.source) from None
-    recorded = manifest.get("labels")
-    if isinstance(recorded, list) and recorded and list(splits.labels) != recorded:
+    recorded, given = manifest.get("labels"), list(splits.labels)
+    named = isinstance(recorded, list) and recorded != unnamed_labels(len(recorded)) and given != unnamed_labels(
+        len(given))  # data in memory and npz files have numbered classes only: then the counts must agree
+    if isinstance(recorded, list) and recorded and (given != recorded if named else len(given) != len(recorded)):
         raise ConfigError("data", f"the artifact's classes are {_few(recorded)}, this domain's data has "
                                   f"{_few(list(splits.labels))}: it was trained on other data", domain.source)
     shape = splits.input_shape
