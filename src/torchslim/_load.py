@@ -28,8 +28,9 @@ def load(path: str | Path, *, runtime: Literal["torch", "onnxruntime"] = "torch"
         intra_op_threads: ONNX Runtime threads per operator (None: ORT's default).
     Returns:
         ``nn.Module`` in eval mode, or a :class:`torchslim.export.OrtSession` (tensors in, tensors out) whose
-        ``int8`` attribute says whether it runs the stored int8 model. A sentence-embedding artifact loads as a
-        :class:`torchslim.text.SentenceEmbedder`: ``encode(list_of_sentences) -> (N, hidden)`` in either runtime,
+        ``int8`` attribute says whether it runs the stored int8 model; both carry ``labels`` (the class names,
+        in output order) and ``preprocessing`` (how the inputs were made) from the artifact. A sentence-embedding
+        artifact loads as a :class:`torchslim.text.SentenceEmbedder`: ``encode(list_of_sentences) -> (N, hidden)`` in either runtime,
         with the artifact's own tokenizer, pooling and normalisation.
     Example:
         >>> model = torchslim.load("runs/digits/artifact")
@@ -53,8 +54,17 @@ def load(path: str | Path, *, runtime: Literal["torch", "onnxruntime"] = "torch"
     if runtime == "torch":
         from torchslim.quantize.deploy import decode_for_inference_
 
-        return decode_for_inference_(model)
-    return ort_session_of(model, manifest, intra_op_threads)
+        return _with_data_facts(decode_for_inference_(model), manifest)
+    return _with_data_facts(ort_session_of(model, manifest, intra_op_threads), manifest)
+
+
+def _with_data_facts(served: Any, manifest: dict[str, Any]) -> Any:
+    """``served.labels`` (class names, index = output column) and ``served.preprocessing`` (how inputs were
+    made from the raw data), from the manifest; a module's own attributes of those names are left as they are."""
+    for name, value in (("labels", manifest.get("labels")), ("preprocessing", manifest.get("preprocessing"))):
+        if value is not None and not hasattr(served, name):
+            setattr(served, name, list(value) if isinstance(value, list) else value)
+    return served
 
 
 def ort_session_of(model: Any, manifest: dict[str, Any], intra_op_threads: int | None = None) -> Any:

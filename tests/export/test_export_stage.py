@@ -50,6 +50,10 @@ def test_weight_only_run_exports_fp32_onnx_that_matches_the_artifact(tmp_path):
     x = torch.rand(7, 1, 8, 8)
     module = torchslim.load(tmp_path / "run" / "artifact")
     assert float((OrtSession(onnx_file)(x) - module(x).detach()).abs().max()) < 1e-4
+    # what the outputs and inputs mean travels with the model, in either runtime
+    session = torchslim.load(tmp_path / "run" / "artifact", runtime="onnxruntime")
+    assert module.labels == session.labels == [str(k) for k in range(10)]
+    assert module.preprocessing == session.preprocessing and "digits" in module.preprocessing
     result = CliRunner().invoke(cli, ["export", str(tmp_path / "run" / "artifact"), "--out", str(tmp_path / "b.onnx")])
     assert result.exit_code == 0 and "fp32 export" in result.output
     assert (tmp_path / "b.onnx").read_bytes() == onnx_file.read_bytes()  # the export is deterministic
