@@ -86,10 +86,19 @@ def test_bad_input_names_the_field(trained, data, recipe, field):
 
 
 def test_labels_must_be_integer_classes(trained):
+    from torchslim.api import _tensors
+
     model, splits = trained
     x, y = splits.train.tensors
     with pytest.raises(ConfigError, match="data.train: must hold float inputs and one integer class label"):
-        torchslim.compress(model, (TensorDataset(x, y.float()), splits.val, splits.test),
+        torchslim.compress(model, (TensorDataset(x, y.float() + 0.5), splits.val, splits.test),
+                           [{"quantize": {"method": "kmeans", "bits": 4}}])
+    # whole-valued float labels are classes, as an npz file's are
+    assert torch.equal(_tensors(TensorDataset(x, y.float()), "train").tensors[1], y.long())
+    with pytest.raises(ConfigError, match="^data.val: is empty$"):
+        _tensors(TensorDataset(x[:0], y[:0]), "val")
+    with pytest.raises(ConfigError, match=r"^data.test: must be a dataset or DataLoader .* got a pair of arrays"):
+        torchslim.compress(model, (splits.train, splits.val, (x.numpy(), y.numpy())),
                            [{"quantize": {"method": "kmeans", "bits": 4}}])
 
 

@@ -59,6 +59,10 @@ def _tensors(split: Any, name: str) -> TensorDataset:
     """A TensorDataset (inputs float, labels int64) from a dataset of (x, y) pairs or a DataLoader of batches."""
     if isinstance(split, TensorDataset) and len(split.tensors) >= 2:
         x, y = split.tensors[:2]
+    elif isinstance(split, (tuple, list)) and len(split) == 2 and all(hasattr(a, "shape") for a in split):
+        raise ConfigError(f"data.{name}", "must be a dataset or DataLoader of (input, label) samples, got a pair of "
+                                          "arrays: wrap them, e.g. TensorDataset(torch.as_tensor(x), "
+                                          "torch.as_tensor(y))")
     else:
         batches = split if isinstance(split, DataLoader) else DataLoader(split, batch_size=256)
         xs, ys = [], []
@@ -75,10 +79,13 @@ def _tensors(split: Any, name: str) -> TensorDataset:
         if not xs:
             raise ConfigError(f"data.{name}", "is empty")
         x, y = torch.cat(xs), torch.cat(ys)
-    if not torch.is_floating_point(x) or y.dtype.is_floating_point or y.dim() != 1:
+    if len(x) == 0:
+        raise ConfigError(f"data.{name}", "is empty")
+    whole = y.dtype.is_floating_point and bool(torch.isfinite(y).all()) and bool((y == y.round()).all())
+    if not torch.is_floating_point(x) or (y.dtype.is_floating_point and not whole) or y.dim() != 1:
         raise ConfigError(f"data.{name}", "must hold float inputs and one integer class label per sample, "
                                           f"got inputs {x.dtype} and labels {y.dtype} of shape {tuple(y.shape)}")
-    if len(x) == 0 or int(y.min()) < 0:
+    if int(y.min()) < 0:  # whole-valued float labels are classes, as in an npz file
         raise ConfigError(f"data.{name}", "must hold samples with labels >= 0")
     return TensorDataset(x.float().contiguous(), y.long())
 
