@@ -141,7 +141,6 @@ def test_infinities_and_nan(tmp_path):
         .startswith("recipe.yaml: stages[1].quantize.finetune.lr: must be a positive number")
 
 
-
 def test_true_and_false_are_no_numbers_and_sizes_are_positive(tmp_path):
     assert rejected(tmp_path, recipe=RECIPE.replace("epochs: 1", "epochs: true")) == (
         "recipe.yaml: stages[0].train.epochs: must be an integer, not true")

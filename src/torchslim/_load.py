@@ -30,8 +30,8 @@ def load(path: str | Path, *, runtime: Literal["torch", "onnxruntime"] = "torch"
         ``nn.Module`` in eval mode, or a :class:`torchslim.export.OrtSession` (tensors in, tensors out) whose
         ``int8`` attribute says whether it runs the stored int8 model; both carry ``labels`` (the class names,
         in output order) and ``preprocessing`` (how the inputs were made) from the artifact. A sentence-embedding
-        artifact loads as a :class:`torchslim.text.SentenceEmbedder`: ``encode(list_of_sentences) -> (N, hidden)`` in either runtime,
-        with the artifact's own tokenizer, pooling and normalisation.
+        artifact loads as a :class:`torchslim.text.SentenceEmbedder`: ``encode(list_of_sentences) -> (N, hidden)``
+        in either runtime, with the artifact's own tokenizer, pooling and normalisation.
     Example:
         >>> model = torchslim.load("runs/digits/artifact")
         >>> session = torchslim.load("runs/digits/artifact", runtime="onnxruntime")

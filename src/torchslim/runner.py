@@ -18,9 +18,8 @@ import torch
 from torch import nn
 
 from torchslim._errors import ConfigError
-from torchslim.artifact import (ArtifactError, artifact_bytes, artifact_digest, artifact_size, fresh_dir,
-                                load_artifact, publish, read_manifest, save_artifact, sign_artifact, update_manifest,
-                                write_bytes_atomic)
+from torchslim.artifact import (artifact_bytes, artifact_digest, artifact_size, fresh_dir, load_artifact, publish,
+                                read_manifest, save_artifact, sign_artifact, update_manifest, write_bytes_atomic)
 from torchslim.data import Splits, load_splits
 from torchslim.data._sources import unnamed_labels
 from torchslim.distributed import is_distributed, is_main, local_device, rank_digests
@@ -537,22 +536,23 @@ def evaluate_artifact(path: str | Path, domain: Domain, *, trust_code: bool = Fa
     from torchslim.artifact._trust import require_code_consent
     from torchslim.domain import ModelSpec
     from torchslim.export.measure import measure_in_runtime
+    from torchslim.artifact import verify_artifact
+    from torchslim.artifact._format import _open
     from torchslim.text.artifact import is_text_manifest
 
-    try:
-        text_artifact = is_text_manifest(read_manifest(path))
-    except ArtifactError:
-        text_artifact = None  # not readable: loading it says why
-    if text_artifact is not None and text_artifact != (domain.task == "sentence-embedding"):
-        kind = "a sentence-embedding model" if text_artifact else "a classifier"
+    if verify_key is not None:  # before anything else is read
+        verify_artifact(path, verify_key)
+    opened = _open(path)[:2]  # read and checked once; the manifest says which kind of model it holds
+    if is_text_manifest(opened[0]) != (domain.task == "sentence-embedding"):
+        kind = "a sentence-embedding model" if is_text_manifest(opened[0]) else "a classifier"
         raise ConfigError("task", f"{path} holds {kind}, which the domain's task {domain.task!r} does not measure",
                           domain.source)
     if domain.task == "sentence-embedding":
         from torchslim.text.run import evaluate_text_artifact
 
-        return evaluate_text_artifact(path, domain, verify_key=verify_key)
+        return evaluate_text_artifact(path, domain)
     code_dir = domain.base_dir if code_dir is None else code_dir
-    model, manifest = load_artifact(path, trust_code=trust_code, code_dir=code_dir, verify_key=verify_key)
+    model, manifest = load_artifact(path, trust_code=trust_code, code_dir=code_dir, opened=opened)
     try:
         declared = input_shape_of(model) or _given_input_shape(manifest["architecture"].get("kwargs", {}))
         splits = load_splits(domain.data, base_dir=domain.base_dir, input_shape=declared)
@@ -560,11 +560,9 @@ def evaluate_artifact(path: str | Path, domain: Domain, *, trust_code: bool = Fa
     except ConfigError as exc:
         raise exc.within(source=domain.source) from None
     recorded, given = manifest.get("labels"), list(splits.labels)
-    named = isinstance(recorded, list) and recorded != unnamed_labels(len(recorded)) and given != unnamed_labels(
-        len(given))  # data in memory and npz files have numbered classes only: then the counts must agree
-    if isinstance(recorded, list) and recorded and (given != recorded if named else len(given) != len(recorded)):
+    if isinstance(recorded, list) and recorded and _other_classes(recorded, given):
         raise ConfigError("data", f"the artifact's classes are {_few(recorded)}, this domain's data has "
-                                  f"{_few(list(splits.labels))}: it was trained on other data", domain.source)
+                                  f"{_few(given)}: it was trained on other data", domain.source)
     shape = splits.input_shape
     measured = measure_in_runtime(model, manifest, splits.test, domain.metric, shape, domain.runtime, latency=False)
     # Latency and memory of the baseline do not depend on weight values: a fresh dense model of the recorded
@@ -596,6 +594,13 @@ def evaluate_artifact(path: str | Path, domain: Domain, *, trust_code: bool = Fa
                     "artifact_sha256": artifact_digest(path),
                     "quantize_methods": _quantize_methods(manifest.get("recipe"))})
     return metrics
+
+
+def _other_classes(recorded: list[Any], given: list[str]) -> bool:
+    """Whether data with classes ``given`` are not those an artifact recorded: by name where both name them, else
+    by number (data in memory and npz files number their classes only)."""
+    numbered = recorded == unnamed_labels(len(recorded)) or given == unnamed_labels(len(given))
+    return len(recorded) != len(given) if numbered else recorded != given
 
 
 def _few(names: list[Any], most: int = 6) -> str:

@@ -52,20 +52,25 @@ def artifact_onnx(path: str | Path, **trust: Any) -> tuple[bytes, bool]:
     Returns:
         (serialized ONNX, True when it is the stored int8 model).
     """
-    from torchslim.artifact import load_artifact, read_manifest
+    from torchslim.artifact import load_artifact, verify_artifact
+    from torchslim.artifact._format import _open
     from torchslim.text.artifact import is_text_manifest
 
-    if is_text_manifest(read_manifest(path)):  # a sentence encoder: its stored graph (token ids in), else an export
-        return _text_onnx(path, trust.get("verify_key"))
-    model, manifest = load_artifact(path, **trust)
+    verify_key = trust.pop("verify_key", None)
+    if verify_key is not None:  # before anything else is read
+        verify_artifact(path, verify_key)
+    opened = _open(path)[:2]  # read and checked once; the manifest says which kind of model it holds
+    if is_text_manifest(opened[0]):  # a sentence encoder: its stored graph (token ids in), else an export
+        return _text_onnx(path, opened)
+    model, manifest = load_artifact(path, **trust, opened=opened)
     return module_onnx(model, manifest)
 
 
-def _text_onnx(path: str | Path, verify_key: Any) -> tuple[bytes, bool]:
+def _text_onnx(path: str | Path, opened: tuple[dict[str, Any], bytes]) -> tuple[bytes, bool]:
     from torchslim.text.artifact import load_text_artifact
     from torchslim.text.onnx import export_onnx
 
-    embedder = load_text_artifact(path, verify_key=verify_key)
+    embedder = load_text_artifact(path, opened=opened)
     if embedder.onnx is not None:
         return embedder.onnx, embedder.int8
     return export_onnx(embedder.encoder), False

@@ -234,7 +234,7 @@ def measure_text_artifact(artifact: Path, domain: Domain, splits: SentenceSplits
     return metrics
 
 
-def text_report_blocks(m: dict[str, Any], name: str) -> list:
+def text_report_blocks(m: dict[str, Any], name: str) -> list[Any]:
     """The report's blocks (one source for report.md and report.html): fidelity, size, speed, memory and what each
     stage did."""
     from torchslim.report._document import Heading, Items, Paragraph, Table
