@@ -38,15 +38,12 @@ def load(path: str | Path, *, runtime: Literal["torch", "onnxruntime"] = "torch"
         >>> logits = session(torch.rand(4, 1, 8, 8))
     """
     from torchslim._errors import ConfigError
-    from torchslim.artifact import load_artifact, verify_artifact
-    from torchslim.artifact._format import _open
+    from torchslim.artifact import load_artifact
     from torchslim.text.artifact import is_text_manifest, load_text_artifact
 
     if runtime not in RUNTIMES:
         raise ConfigError("runtime", f"must be one of {list(RUNTIMES)}, got {runtime!r}")
-    if verify_key is not None:  # before anything else is read
-        verify_artifact(path, verify_key)
-    manifest, data, _ = _open(path)  # read and checked once; the manifest says which kind of model it holds
+    manifest, data = open_verified(path, verify_key)
     if is_text_manifest(manifest):
         return load_text_artifact(path, runtime=runtime, intra_op_threads=intra_op_threads, opened=(manifest, data))
     model, manifest = load_artifact(path, trust_code=trust_code, code_dir=code_dir, model=model,
@@ -65,6 +62,17 @@ def _with_data_facts(served: Any, manifest: dict[str, Any]) -> Any:
         if value is not None and not hasattr(served, name):
             setattr(served, name, list(value) if isinstance(value, list) else value)
     return served
+
+
+def open_verified(path: str | Path, verify_key: str | Path | None = None) -> tuple[dict[str, Any], bytes]:
+    """``(manifest, tensor data)`` of an artifact, read and checked once, its signature verified first when
+    ``verify_key`` is given; the manifest says which kind of model it holds (pass both on as ``opened=``)."""
+    from torchslim.artifact import verify_artifact
+    from torchslim.artifact._format import _open
+
+    if verify_key is not None:  # before anything else is read
+        verify_artifact(path, verify_key)
+    return _open(path)[:2]
 
 
 def ort_session_of(model: Any, manifest: dict[str, Any], intra_op_threads: int | None = None) -> Any:

@@ -536,13 +536,10 @@ def evaluate_artifact(path: str | Path, domain: Domain, *, trust_code: bool = Fa
     from torchslim.artifact._trust import require_code_consent
     from torchslim.domain import ModelSpec
     from torchslim.export.measure import measure_in_runtime
-    from torchslim.artifact import verify_artifact
-    from torchslim.artifact._format import _open
+    from torchslim._load import open_verified
     from torchslim.text.artifact import is_text_manifest
 
-    if verify_key is not None:  # before anything else is read
-        verify_artifact(path, verify_key)
-    opened = _open(path)[:2]  # read and checked once; the manifest says which kind of model it holds
+    opened = open_verified(path, verify_key)
     if is_text_manifest(opened[0]) != (domain.task == "sentence-embedding"):
         kind = "a sentence-embedding model" if is_text_manifest(opened[0]) else "a classifier"
         raise ConfigError("task", f"{path} holds {kind}, which the domain's task {domain.task!r} does not measure",

@@ -52,14 +52,11 @@ def artifact_onnx(path: str | Path, **trust: Any) -> tuple[bytes, bool]:
     Returns:
         (serialized ONNX, True when it is the stored int8 model).
     """
-    from torchslim.artifact import load_artifact, verify_artifact
-    from torchslim.artifact._format import _open
+    from torchslim._load import open_verified
+    from torchslim.artifact import load_artifact
     from torchslim.text.artifact import is_text_manifest
 
-    verify_key = trust.pop("verify_key", None)
-    if verify_key is not None:  # before anything else is read
-        verify_artifact(path, verify_key)
-    opened = _open(path)[:2]  # read and checked once; the manifest says which kind of model it holds
+    opened = open_verified(path, trust.pop("verify_key", None))
     if is_text_manifest(opened[0]):  # a sentence encoder: its stored graph (token ids in), else an export
         return _text_onnx(path, opened)
     model, manifest = load_artifact(path, **trust, opened=opened)
