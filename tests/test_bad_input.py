@@ -207,6 +207,35 @@ def test_a_model_that_returns_a_tuple(tmp_path):
         "domain.yaml: model: must return one tensor of logits (N, classes); it returned a tuple")
 
 
+def test_outputs_that_fit_but_will_not_train_as_meant_are_warned_of(tmp_path):
+    # a trailing Softmax, and 12 outputs for 10 classes: checked, each said once, and the check still passes
+    (tmp_path / "odd_mod.py").write_text(
+        "import torch.nn as nn\n"
+        "def build(outputs=10, softmax=False):\n"
+        "    layers = [nn.Flatten(), nn.Linear(64, outputs)]\n"
+        "    return nn.Sequential(*layers, *([nn.Softmax(dim=1)] if softmax else []))\n")
+    (tmp_path / "recipe.yaml").write_text(RECIPE)
+    for kwargs, expected in (("{softmax: true}", ["look like probabilities"]),
+                             ("{outputs: 12}", ["outputs 12 scores per sample but the data has 10 classes"]),
+                             ("{}", [])):
+        (tmp_path / "domain.yaml").write_text(with_model(factory="odd_mod:build", kwargs=kwargs))
+        code, lines = run_cli(tmp_path, "check", "recipe.yaml")
+        assert code == 0 and len(lines) == len(expected), lines
+        for line, words in zip(lines, expected):
+            assert line.startswith("warning: domain.yaml: the model") and words in line
+
+
+def test_labels_no_sample_has_are_warned_of(tmp_path):
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "gaps.npz", x=rng.random((60, 1, 8, 8), dtype=np.float32), y=np.repeat([0, 2, 5], 20))
+    (tmp_path / "domain.yaml").write_text(DOMAIN.replace("source: digits", "source: 'npz:gaps.npz'"))
+    (tmp_path / "recipe.yaml").write_text(RECIPE)
+    code, lines = run_cli(tmp_path, "check", "recipe.yaml")
+    assert code == 0 and len(lines) == 1, lines
+    assert lines[0] == ("warning: domain.yaml: data.source: no sample has any of the labels [1, 3, 4] (3); classes "
+                        "are numbered 0 to 5, so the model gets 6 outputs and no sample trains 3 of them")
+
+
 def test_a_factory_given_a_class_count_or_input_shape_no_data_has(tmp_path):
     # torch builds a zero-width Linear with only a warning; the error is one line, with no warning before it
     (tmp_path / "classes_mod.py").write_text(

@@ -139,9 +139,12 @@ def prepare(recipe: Recipe, *, log: Callable[[str], None] = _log_stderr, model: 
             architecture = {"module": f"{type(model).__module__}.{type(model).__qualname__}"}
         if splits is None:
             splits = load_splits(domain.data, base_dir=domain.base_dir, input_shape=input_shape_of(model))
-        check_fits(model, splits.train.tensors[0][:2], splits.num_classes)
+        warnings = check_fits(model, splits.train.tensors[0][:2], splits.num_classes)
     except ConfigError as exc:
         raise exc.within(source=domain.source) from None
+    where = f"{domain.source}: " if domain.source else ""
+    for warning in [*_label_warnings(splits), *warnings]:
+        log(f"warning: {where}{warning}")
     ctx = RunContext(recipe, domain, splits, model, architecture, local_device(), log=log, template=template)
     # Checks see a copy of the context: a stage that will replace the model (a distilled student) puts the model
     # later stages will see into it, so their names are checked against the right network.
@@ -154,6 +157,17 @@ def prepare(recipe: Recipe, *, log: Callable[[str], None] = _log_stderr, model: 
             except ConfigError as exc:
                 raise exc.within(f"stages[{stage.index}].{stage.name}", recipe.source) from None
     return ctx
+
+
+def _label_warnings(splits: Splits) -> list[str]:
+    """Class numbers no sample has: the model gets an output for each, which nothing trains to be right."""
+    present = set(torch.cat([split.tensors[1] for split in (splits.train, splits.val, splits.test)]).tolist())
+    missing = [c for c in range(splits.num_classes) if c not in present]
+    if not missing:
+        return []
+    return [f"data.source: no sample has any of the labels {_few(missing)}; classes are numbered 0 to "
+            f"{splits.num_classes - 1}, so the model gets {splits.num_classes} outputs and no sample trains "
+            f"{len(missing)} of them"]
 
 
 def _given_input_shape(kwargs: dict[str, Any]) -> tuple[int, ...] | None:

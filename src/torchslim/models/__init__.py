@@ -214,8 +214,12 @@ def input_shape_of(model: nn.Module) -> tuple[int, ...] | None:
 
 
 @torch.no_grad()
-def check_fits(model: nn.Module, sample: torch.Tensor, num_classes: int) -> None:
-    """Refuse data that the model cannot take, before any training: declared shape, then a real forward."""
+def check_fits(model: nn.Module, sample: torch.Tensor, num_classes: int) -> list[str]:
+    """Refuse data that the model cannot take, before any training: declared shape, then a real forward.
+
+    Returns:
+        warnings about outputs that fit but will not train as the user expects (see :func:`output_warnings`).
+    """
     declared = input_shape_of(model)
     got = tuple(sample.shape[1:])
     if declared is not None and declared != got:
@@ -231,3 +235,20 @@ def check_fits(model: nn.Module, sample: torch.Tensor, num_classes: int) -> None
                                    f"{type(out).__name__}")
     if out.ndim != 2 or out.shape[1] < num_classes:
         raise ConfigError("model", f"outputs shape {tuple(out.shape)} but the data has {num_classes} classes")
+    return output_warnings(out, num_classes)
+
+
+def output_warnings(out: torch.Tensor, num_classes: int) -> list[str]:
+    """What is odd about a model's (N, K) outputs that still fit the data: scores for classes the data does not
+    have (never right, yet counted when highest), and probabilities where logits are expected (a trailing
+    Softmax: cross-entropy and distillation apply their own softmax, so the gradients all but vanish)."""
+    warnings = []
+    if out.shape[1] > num_classes:
+        warnings.append(f"the model outputs {out.shape[1]} scores per sample but the data has {num_classes} "
+                        f"classes: a sample whose highest score is one of the last {out.shape[1] - num_classes} "
+                        f"counts as wrong")
+    if len(out) and bool((out >= 0).all()) and torch.allclose(out.sum(1), torch.ones(len(out)), atol=1e-4):
+        warnings.append("the model's outputs look like probabilities (each row is non-negative and sums to 1): "
+                        "training and distillation treat them as logits and apply their own softmax, so they "
+                        "learn slowly if at all; end the model on its last Linear layer instead of a Softmax")
+    return warnings
