@@ -161,6 +161,26 @@ def test_side_by_side_latency_alternates_and_marks_what_noise_cannot_explain():
         assert s["baseline_iqr_ms"][0] <= timed["baseline_latency_ms"][batch] <= s["baseline_iqr_ms"][1]
 
 
+def test_side_by_side_latency_splits_the_speed_up_between_runtime_and_compression():
+    import time as _time
+
+    from torchslim.evaluate import side_by_side_latency
+
+    def sleeper(ms):
+        return lambda x: _time.sleep(ms / 1e3)
+
+    # torch baseline 6 ms, the baseline in the runtime 3 ms, the compressed model 1 ms: 2x from the runtime, 3x
+    # from the compression, 6x in all; every model takes every place in the rounds' order in turn
+    timed = side_by_side_latency(sleeper(6), sleeper(1), (1, 8, 8), runtime_baseline=sleeper(3), rounds=6, runs=2,
+                                 warmup=1)
+    for batch in ("batch_1", "batch_64"):
+        s = timed["latency_spread"][batch]
+        assert 2.6 <= timed["runtime_baseline_latency_ms"][batch] < 4.0
+        assert 1.5 < s["runtime_ratio"] < 2.2 and 2.0 < s["compression_ratio"] < 3.2 and 4.0 < s["ratio"] < 6.5
+    assert "runtime_baseline_latency_ms" not in side_by_side_latency(sleeper(1), sleeper(1), (1, 8, 8), rounds=2,
+                                                                      runs=1, warmup=0)
+
+
 def test_a_slowdown_within_noise_is_not_reported_as_one():
     from torchslim.report import slowdown_reason
 

@@ -114,27 +114,36 @@ def latency_ms(model: nn.Module | Predict, input_shape: tuple[int, ...], batch: 
 
 @torch.no_grad()
 def side_by_side_latency(baseline: nn.Module | Predict, compressed: nn.Module | Predict,
-                         input_shape: tuple[int, ...], *, rounds: int = 11, runs: int = 10, warmup: int = 5,
-                         device: Optional[torch.device] = None) -> dict[str, Any]:
+                         input_shape: tuple[int, ...], *, runtime_baseline: Predict | None = None, rounds: int = 11,
+                         runs: int = 10, warmup: int = 5, device: Optional[torch.device] = None) -> dict[str, Any]:
     """Baseline and compressed latency measured in alternating rounds, so a burst of load on a shared machine
-    slows both alike; each round is the median of ``runs`` calls, and the order flips every round.
+    slows both alike; each round is the median of ``runs`` calls, and the order turns every round.
+
+    Args:
+        runtime_baseline: the baseline as the compressed model's runtime serves it (ONNX Runtime fp32), timed in
+            the same rounds: how much of the speed-up the runtime alone gives.
 
     Returns:
         ``baseline_latency_ms`` and ``latency_ms`` ({batch: median over rounds, ms}) and ``latency_spread``
         ({batch: {baseline_iqr_ms, compressed_iqr_ms, ratio (baseline / compressed, median of the rounds'),
-        ratio_iqr, significant}}); a ratio whose interquartile range includes 1.0 is not significant.
+        ratio_iqr, significant}}); a ratio whose interquartile range includes 1.0 is not significant. With
+        ``runtime_baseline``, also ``runtime_baseline_latency_ms`` and, per batch, ``runtime_ratio`` (baseline /
+        runtime baseline) and ``compression_ratio`` (runtime baseline / compressed), medians of the rounds'.
     """
     models = {"baseline": _as_predict(baseline, device), "compressed": _as_predict(compressed, device)}
-    medians: dict[str, dict[str, float]] = {"baseline": {}, "compressed": {}}
+    if runtime_baseline is not None:
+        models["runtime_baseline"] = runtime_baseline
+    names = list(models)
+    medians: dict[str, dict[str, float]] = {name: {} for name in names}
     spread: dict[str, dict[str, Any]] = {}
     for key, batch in LATENCY_BATCHES.items():
         x = torch.rand(batch, *input_shape)
         for predict in models.values():
             for _ in range(warmup):
                 predict(x)
-        times: dict[str, list[float]] = {"baseline": [], "compressed": []}
+        times: dict[str, list[float]] = {name: [] for name in names}
         for r in range(rounds):
-            for name in (("baseline", "compressed") if r % 2 == 0 else ("compressed", "baseline")):
+            for name in names[r % len(names):] + names[:r % len(names)]:  # each takes each place in turn
                 calls = []
                 for _ in range(runs):
                     t0 = time.perf_counter()
@@ -144,13 +153,21 @@ def side_by_side_latency(baseline: nn.Module | Predict, compressed: nn.Module | 
         ratios = [b / c for b, c in zip(times["baseline"], times["compressed"])]
         q = {name: statistics.quantiles(values, n=4) for name, values in times.items()}
         rq = statistics.quantiles(ratios, n=4)
-        for name in times:
+        for name in names:
             medians[name][key] = statistics.median(times[name])
         spread[key] = {"baseline_iqr_ms": [q["baseline"][0], q["baseline"][2]],
                        "compressed_iqr_ms": [q["compressed"][0], q["compressed"][2]],
                        "ratio": statistics.median(ratios), "ratio_iqr": [rq[0], rq[2]],
                        "significant": not rq[0] <= 1.0 <= rq[2]}
-    return {"baseline_latency_ms": medians["baseline"], "latency_ms": medians["compressed"], "latency_spread": spread}
+        if runtime_baseline is not None:
+            runtime = times["runtime_baseline"]
+            spread[key]["runtime_ratio"] = statistics.median(b / o for b, o in zip(times["baseline"], runtime))
+            spread[key]["compression_ratio"] = statistics.median(o / c for o, c in zip(runtime, times["compressed"]))
+    timed = {"baseline_latency_ms": medians["baseline"], "latency_ms": medians["compressed"],
+             "latency_spread": spread}
+    if runtime_baseline is not None:
+        timed["runtime_baseline_latency_ms"] = medians["runtime_baseline"]
+    return timed
 
 
 def speedup(metrics: dict[str, Any], key: str) -> float:

@@ -403,6 +403,7 @@ def summarize(measured: dict[str, Any], base: dict[str, Any], *, size: int, base
         "baseline_params": base["params"],
         "latency_ms": measured["latency_ms"], "baseline_latency_ms": base["latency_ms"],
         "latency_spread": spread,
+        **({"baseline_runtime_latency_ms": base["runtime_latency_ms"]} if "runtime_latency_ms" in base else {}),
         "threads": measured["threads"], "runtime": domain.runtime, "seed": seed,
         "peak_memory_bytes": measured["peak_memory_bytes"],
         "baseline_peak_memory_bytes": base["peak_memory_bytes"],
@@ -485,13 +486,18 @@ def _write_outputs(ctx: RunContext, staging: Path) -> tuple[dict[str, Any], list
 def _side_by_side(model: nn.Module, manifest: dict[str, Any], baseline: nn.Module, measured: dict[str, Any],
                   base: dict[str, Any], shape: tuple[int, ...], runtime: str) -> dict[str, Any]:
     """Latency of both models timed in alternating rounds (see :func:`evaluate.side_by_side_latency`): the medians
-    become each one's ``latency_ms``, and the spread is returned for ``metrics.json``."""
+    become each one's ``latency_ms``, and the spread is returned for ``metrics.json``. In ONNX Runtime the
+    baseline's fp32 export is timed in the same rounds (``base["runtime_latency_ms"]``): what the runtime alone
+    gives of the speed-up over torch."""
     from torchslim.evaluate import side_by_side_latency
-    from torchslim.export.measure import runtime_predict
+    from torchslim.export.measure import runtime_baseline, runtime_predict
 
     predict, _ = runtime_predict(model, manifest, runtime)
-    timed = side_by_side_latency(baseline, predict, shape)
+    reference = runtime_baseline(baseline, shape) if runtime == "onnxruntime" else None
+    timed = side_by_side_latency(baseline, predict, shape, runtime_baseline=reference)
     measured["latency_ms"], base["latency_ms"] = timed["latency_ms"], timed["baseline_latency_ms"]
+    if "runtime_baseline_latency_ms" in timed:
+        base["runtime_latency_ms"] = timed["runtime_baseline_latency_ms"]
     return timed["latency_spread"]
 
 

@@ -105,6 +105,12 @@ def test_static_int8_run_measures_ort_and_exports_the_int8_graph(tmp_path):
     assert metrics["params"] == metrics["baseline_params"]  # int8 codes still count one parameter per weight
     assert record["weight_bytes_quantized"] < 0.27 * record["weight_bytes_fp32"]
     assert "ONNX Runtime ran integer kernels: QGemm ×" in (out / "report.md").read_text()
+    # the baseline's fp32 export was timed in ORT in the same rounds: the speed-up over torch splits into the
+    # runtime's share and the compression's (each a median of the rounds' ratios, so their product is near it)
+    paired = metrics["latency_spread"]["batch_64"]
+    assert set(metrics["baseline_runtime_latency_ms"]) == {"batch_1", "batch_64"}
+    assert 0.7 < paired["runtime_ratio"] * paired["compression_ratio"] / paired["ratio"] < 1.4
+    assert "| baseline in ONNX Runtime fp32, batch 64 |" in (out / "report.md").read_text()
 
     # the artifact stores the int8 weights once (its codes); the int8 graph is stored without them, the exported
     # file is that graph with the weights put back, and `torchslim export` writes the same bytes
@@ -125,6 +131,7 @@ def test_static_int8_run_measures_ort_and_exports_the_int8_graph(tmp_path):
     in_ort = evaluate_artifact(out / "artifact", domain)
     in_torch = evaluate_artifact(out / "artifact", domain.model_copy(update={"runtime": "torch"}))
     assert in_ort["value"] == metrics["value"] and in_torch["int8_kernels"] is None
+    assert "baseline_runtime_latency_ms" in in_ort and "baseline_runtime_latency_ms" not in in_torch
     assert abs(in_ort["value"] - in_torch["value"]) <= 0.003, (in_ort["value"], in_torch["value"])
     assert metrics["value"] >= 0.9
 

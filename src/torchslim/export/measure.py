@@ -47,3 +47,16 @@ def runtime_predict(model: nn.Module, manifest: dict[str, Any], runtime: str) ->
     from torchslim.quantize.deploy import decode_for_inference_
 
     return decode_for_inference_(copy.deepcopy(model)), None
+
+
+def runtime_baseline(baseline: nn.Module, input_shape: tuple[int, ...]) -> Any:
+    """The fp32 baseline as an ONNX Runtime session (as many intra-op threads as torch uses), or None when it does
+    not export: the speed-up over torch then cannot be split into the runtime's and the compression's shares."""
+    from torchslim.export.onnx_export import export_onnx
+    from torchslim.export.runtime import OrtSession
+
+    try:
+        data = export_onnx(baseline.eval(), torch.rand(1, *input_shape))
+        return OrtSession(data, torch.get_num_threads())
+    except Exception:  # noqa: BLE001  (the compressed model's own export says what fails, if it does)
+        return None
