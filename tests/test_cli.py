@@ -28,6 +28,7 @@ def test_run_writes_metrics_report_and_artifact(trained):
     assert metrics["value"] == metrics["baseline_value"]  # no compressing stage: the baseline is the model
     assert set(metrics["latency_ms"]) == {"batch_1", "batch_64"} and metrics["threads"] >= 1
     assert metrics["latency_ratio_batch_64"] == metrics["latency_spread"]["batch_64"]["ratio"]  # paired rounds
+    assert metrics["cores"] >= 1 and metrics["others_running"] >= 0  # the machine's load while timing
     assert metrics["params"] == 64 * 64 + 64 + 64 * 32 + 32 + 32 * 10 + 10
     # the baseline is the uncompressed fp32 file: every weight takes its 4 bytes
     assert 4 * metrics["params"] < metrics["baseline_size_bytes"] < 4 * metrics["params"] + 4096

@@ -158,6 +158,7 @@ def constraint_line(key: str, test: dict[str, Any], validation: dict[str, Any] |
 
 
 def _print_summary(metrics: dict[str, Any], out: Path | None = None) -> None:
+    from torchslim.evaluate import busy_timing
     from torchslim.report import slowdown_reason, summary_rows
 
     rows = summary_rows(metrics)
@@ -166,9 +167,9 @@ def _print_summary(metrics: dict[str, Any], out: Path | None = None) -> None:
     click.echo(f"{'':<{w0}}  {'baseline':>{w1}}  compressed")
     for q, b, c in rows:
         click.echo(f"{q:<{w0}}  {b:>{w1}}  {c}")
-    reason = slowdown_reason(metrics)
-    if reason:
-        click.echo(reason)
+    for note in (slowdown_reason(metrics), busy_timing(metrics)):
+        if note:
+            click.echo(note)
     for key, c in metrics["constraints"].items():
         click.echo(constraint_line(key, c, metrics.get("val_constraints", {}).get(key)))
     if out is not None:

@@ -129,6 +129,8 @@ def side_by_side_latency(baseline: nn.Module | Predict, compressed: nn.Module | 
         ratio_iqr, significant}}); a ratio whose interquartile range includes 1.0 is not significant. With
         ``runtime_baseline``, also ``runtime_baseline_latency_ms`` and, per batch, ``runtime_ratio`` (baseline /
         runtime baseline) and ``compression_ratio`` (runtime baseline / compressed), medians of the rounds'.
+        ``others_running``: the median over rounds of :func:`others_running` (None off Linux), with ``threads``
+        (torch's) and ``cores`` (this process may use): see :func:`busy_timing`.
     """
     models = {"baseline": _as_predict(baseline, device), "compressed": _as_predict(compressed, device)}
     if runtime_baseline is not None:
@@ -136,6 +138,7 @@ def side_by_side_latency(baseline: nn.Module | Predict, compressed: nn.Module | 
     names = list(models)
     medians: dict[str, dict[str, float]] = {name: {} for name in names}
     spread: dict[str, dict[str, Any]] = {}
+    others: list[int] = []  # other processes' running threads, sampled before each round
     for key, batch in LATENCY_BATCHES.items():
         x = torch.rand(batch, *input_shape)
         for predict in models.values():
@@ -143,6 +146,9 @@ def side_by_side_latency(baseline: nn.Module | Predict, compressed: nn.Module | 
                 predict(x)
         times: dict[str, list[float]] = {name: [] for name in names}
         for r in range(rounds):
+            sample = others_running()
+            if sample is not None:
+                others.append(sample)
             for name in names[r % len(names):] + names[:r % len(names)]:  # each takes each place in turn
                 calls = []
                 for _ in range(runs):
@@ -164,10 +170,52 @@ def side_by_side_latency(baseline: nn.Module | Predict, compressed: nn.Module | 
             spread[key]["runtime_ratio"] = statistics.median(b / o for b, o in zip(times["baseline"], runtime))
             spread[key]["compression_ratio"] = statistics.median(o / c for o, c in zip(runtime, times["compressed"]))
     timed = {"baseline_latency_ms": medians["baseline"], "latency_ms": medians["compressed"],
-             "latency_spread": spread}
+             "latency_spread": spread, "cores": usable_cores(), "threads": torch.get_num_threads(),
+             "others_running": statistics.median(others) if others else None}
     if runtime_baseline is not None:
         timed["runtime_baseline_latency_ms"] = medians["runtime_baseline"]
     return timed
+
+
+def others_running() -> int | None:
+    """Threads of other processes running or waiting for a core right now (Linux's /proc), None where it cannot
+    be read. Why: when they take cores that torch's intra-op threads count on, a torch forward pass waits for its
+    descheduled threads (a LeNet-5 call at batch 1 took 32 ms on two threads beside one busy process, 0.13 ms on
+    one), while ONNX Runtime's workers stop spinning after each run: a speed-up over torch measured so is
+    overstated, and alternating rounds cannot even it out."""
+    import glob
+
+    mine = f"/proc/{os.getpid()}/"
+    tasks = glob.glob("/proc/[0-9]*/task/[0-9]*/stat")
+    if not tasks:
+        return None
+    running = 0
+    for path in tasks:
+        if path.startswith(mine):
+            continue
+        try:
+            with open(path, "rb") as f:
+                stat = f.read()
+        except OSError:  # the thread ended
+            continue
+        running += stat[stat.rfind(b")") + 2:stat.rfind(b")") + 3] == b"R"
+    return running
+
+
+def usable_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def busy_timing(timed: dict[str, Any]) -> str | None:
+    """A sentence when other processes took the cores the timing needed (``timed``: metrics or
+    :func:`side_by_side_latency`'s result), else None."""
+    others, threads, cores = timed.get("others_running"), timed.get("threads"), timed.get("cores")
+    if others is None or threads is None or cores is None or others + threads <= cores:
+        return None
+    return (f"Timed on a busy machine: other processes kept {others:g} thread(s) running beside this one's "
+            f"{threads} on {cores} core(s), and torch's threads wait for each other when a core is taken: the "
+            f"latencies, and the speed-ups over torch most, are not this machine's; time again when it is idle, "
+            f"or with --threads {max(1, cores - int(others + 0.5))}.")
 
 
 def speedup(metrics: dict[str, Any], key: str) -> float:

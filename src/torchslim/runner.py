@@ -391,9 +391,10 @@ def _portable_recipe(recipe: Recipe) -> dict[str, Any]:
 
 
 def summarize(measured: dict[str, Any], base: dict[str, Any], *, size: int, baseline_size: int,
-              domain: Domain, seed: int, spread: dict[str, Any]) -> dict[str, Any]:
+              domain: Domain, seed: int, timing: dict[str, Any]) -> dict[str, Any]:
     """The ``metrics.json`` object (its keys are a public contract) from two measurements timed side by side
-    (``spread``: :func:`torchslim.evaluate.side_by_side_latency`'s)."""
+    (``timing``: :func:`torchslim.evaluate.side_by_side_latency`'s spread and machine load, as ``_side_by_side``
+    returns them)."""
     from torchslim.evaluate import speedup
 
     metrics: dict[str, Any] = {
@@ -402,7 +403,7 @@ def summarize(measured: dict[str, Any], base: dict[str, Any], *, size: int, base
         "params": measured["params"], "nonzero_params": measured["nonzero_params"],
         "baseline_params": base["params"],
         "latency_ms": measured["latency_ms"], "baseline_latency_ms": base["latency_ms"],
-        "latency_spread": spread,
+        **timing,
         **({"baseline_runtime_latency_ms": base["runtime_latency_ms"]} if "runtime_latency_ms" in base else {}),
         "threads": measured["threads"], "runtime": domain.runtime, "seed": seed,
         "peak_memory_bytes": measured["peak_memory_bytes"],
@@ -452,7 +453,7 @@ def _write_outputs(ctx: RunContext, staging: Path) -> tuple[dict[str, Any], list
     # latency only from the side-by-side timing below
     measured = measure_in_runtime(reloaded, manifest, test, metric, shape, ctx.domain.runtime, latency=False)
     base_measured = measure(baseline, test, metric, shape, latency=False)
-    spread = _side_by_side(reloaded, manifest, baseline, measured, base_measured, shape, ctx.domain.runtime)
+    timing = _side_by_side(reloaded, manifest, baseline, measured, base_measured, shape, ctx.domain.runtime)
     # The baseline is the uncompressed fp32 file (dense tensors, same manifest keys), as compression ratios are
     # quoted against it.
     baseline_bytes = artifact_bytes(baseline, architecture=baseline_arch, compress=False,
@@ -467,7 +468,7 @@ def _write_outputs(ctx: RunContext, staging: Path) -> tuple[dict[str, Any], list
         write_bytes_atomic(staging / ONNX_FILE, data)
         names.append(ONNX_FILE)
     metrics = summarize(measured, base_measured, size=artifact_size(artifact), baseline_size=baseline_bytes,
-                        domain=ctx.domain, seed=ctx.seed, spread=spread)
+                        domain=ctx.domain, seed=ctx.seed, timing=timing)
     metrics["size_bytes_no_entropy"] = artifact_bytes(model, architecture=ctx.architecture, extra={**extra, **recorded},
                                                       entropy=False)
     metrics.update({"int8_kernels": measured["int8_kernels"], "cpu_features": measured["cpu_features"],
@@ -486,7 +487,8 @@ def _write_outputs(ctx: RunContext, staging: Path) -> tuple[dict[str, Any], list
 def _side_by_side(model: nn.Module, manifest: dict[str, Any], baseline: nn.Module, measured: dict[str, Any],
                   base: dict[str, Any], shape: tuple[int, ...], runtime: str) -> dict[str, Any]:
     """Latency of both models timed in alternating rounds (see :func:`evaluate.side_by_side_latency`): the medians
-    become each one's ``latency_ms``, and the spread is returned for ``metrics.json``. In ONNX Runtime the
+    become each one's ``latency_ms``; the spread and the machine's load are returned for ``metrics.json``
+    (``latency_spread``, ``others_running``, ``cores``). In ONNX Runtime the
     baseline's fp32 export is timed in the same rounds (``base["runtime_latency_ms"]``): what the runtime alone
     gives of the speed-up over torch."""
     from torchslim.evaluate import side_by_side_latency
@@ -498,7 +500,7 @@ def _side_by_side(model: nn.Module, manifest: dict[str, Any], baseline: nn.Modul
     measured["latency_ms"], base["latency_ms"] = timed["latency_ms"], timed["baseline_latency_ms"]
     if "runtime_baseline_latency_ms" in timed:
         base["runtime_latency_ms"] = timed["runtime_baseline_latency_ms"]
-    return timed["latency_spread"]
+    return {key: timed[key] for key in ("latency_spread", "others_running", "cores")}
 
 
 def _validation_figures(ctx: RunContext, reloaded: nn.Module, manifest: dict[str, Any], baseline: nn.Module,
@@ -597,7 +599,7 @@ def evaluate_artifact(path: str | Path, domain: Domain, *, trust_code: bool = Fa
                      prefix="baseline.architecture", source=str(path))
         baseline = build_model(spec, code_dir)
     base = measure(baseline, splits.test, domain.metric, shape, latency=False)  # timed side by side next
-    spread = _side_by_side(model, manifest, baseline, measured, base, shape, domain.runtime)
+    timing = _side_by_side(model, manifest, baseline, measured, base, shape, domain.runtime)
     if not trained:
         base["value"], base["params"] = record["value"], record["params"]
     if record is not None:
@@ -605,7 +607,7 @@ def evaluate_artifact(path: str | Path, domain: Domain, *, trust_code: bool = Fa
     else:
         baseline_bytes = artifact_bytes(baseline, architecture=architecture_of(sized), compress=False)
     metrics = summarize(measured, base, size=artifact_size(path), baseline_size=baseline_bytes, domain=domain,
-                        seed=manifest.get("seed", 0), spread=spread)
+                        seed=manifest.get("seed", 0), timing=timing)
     metrics.update({"int8_kernels": measured["int8_kernels"], "cpu_features": measured["cpu_features"],
                     "recorded_value": manifest.get("metrics", {}).get("value"),
                     "artifact_sha256": artifact_digest(path),

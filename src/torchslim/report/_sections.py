@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from torchslim.evaluate import speedup
+from torchslim.evaluate import busy_timing, speedup
 from torchslim.report._document import Block, Figure, Heading, Items, Paragraph, Table, to_html, to_markdown
 from torchslim.report._plots import layers_png, plots_available, sensitivity_png, stages_png
 
@@ -96,13 +96,13 @@ def slowdown_reason(m: dict[str, Any]) -> str | None:
 
 
 def _summary(m: dict[str, Any], name: str) -> list[Block]:
-    reason = slowdown_reason(m)
+    notes = [note for note in (slowdown_reason(m), busy_timing(m)) if note]
     return [Heading(1, f"torchslim report: {name}"),
             Paragraph(f"Runtime `{m['runtime']}`, {m['threads']} thread(s), seed {m['seed']}. Every number of the "
                       "compressed model was measured on the artifact reloaded from disk; metrics on the test split."
                       + (f" Artifact sha256 `{m['artifact_sha256']}`." if "artifact_sha256" in m else "")),
-            Table(("", "baseline", "compressed"), tuple(summary_rows(m)), frozenset({1, 2}))] + (
-                [Paragraph(reason)] if reason else [])
+            Table(("", "baseline", "compressed"), tuple(summary_rows(m)), frozenset({1, 2}))] + [
+                Paragraph(note) for note in notes]
 
 
 def _stage_label(rec: dict[str, Any], first: bool) -> str:
