@@ -488,9 +488,8 @@ def _side_by_side(model: nn.Module, manifest: dict[str, Any], baseline: nn.Modul
                   base: dict[str, Any], shape: tuple[int, ...], runtime: str) -> dict[str, Any]:
     """Latency of both models timed in alternating rounds (see :func:`evaluate.side_by_side_latency`): the medians
     become each one's ``latency_ms``; the spread and the machine's load are returned for ``metrics.json``
-    (``latency_spread``, ``others_running``, ``cores``). In ONNX Runtime the
-    baseline's fp32 export is timed in the same rounds (``base["runtime_latency_ms"]``): what the runtime alone
-    gives of the speed-up over torch."""
+    (``latency_spread``, ``others_running``, ``cores``). In ONNX Runtime the baseline's fp32 export is timed in
+    the same rounds (``base["runtime_latency_ms"]``): what the runtime alone gives of the speed-up over torch."""
     from torchslim.evaluate import side_by_side_latency
     from torchslim.export.measure import runtime_baseline, runtime_predict
 
