@@ -192,6 +192,24 @@ def test_processes_sampling_at_the_same_moment_draw_different_candidates():
     assert draws(alone, 3) == draws(optuna.create_study(sampler=sampler()), 3)
 
 
+def test_a_rerun_of_an_interrupted_candidate_takes_no_starting_point():
+    """A resumed search enqueues the interrupted candidate again (a new trial number): every starting point still
+    runs, in order, as in a search never interrupted."""
+    import optuna
+
+    from torchslim.search.sampler import starting_points_first
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(sampler=starting_points_first(lambda n: optuna.samplers.RandomSampler(seed=n),
+                                                              [{"x": 0.1}, {"x": 0.2}, {"x": 0.3}]))
+    first = study.ask()
+    assert first.suggest_float("x", 0.0, 1.0) == 0.1
+    study.tell(first, state=optuna.trial.TrialState.FAIL)  # its process died
+    study.enqueue_trial({"x": 0.1}, user_attrs={"rerun_of": 0})  # as the resumed search does
+    xs = [study.ask().suggest_float("x", 0.0, 1.0) for _ in range(4)]
+    assert xs[:3] == [0.1, 0.2, 0.3] and xs[3] not in (0.1, 0.2, 0.3)
+
+
 def test_a_baseline_at_chance_is_warned_of(tmp_path):
     from torchslim.search import AutoSearch
 

@@ -9,7 +9,8 @@ __all__ = ["starting_points_first"]
 
 def starting_points_first(make_base: Callable[[int], Any], points: list[dict[str, Any]]) -> Any:
     """A sampler that answers trial ``k`` of a study with ``points[k]`` (the standard compressions, see
-    ``space.starting_points``) and every later trial with ``make_base(k)``, a sampler seeded by the trial's number.
+    ``space.starting_points``; k counts no rerun of an interrupted candidate, so a resumed search runs every
+    point) and every later trial with ``make_base(k)``, a sampler seeded by the trial's number.
     By trial number, which the storage gives out once, so processes sharing a study run each point once (Optuna's
     queue of enqueued trials may hand one waiting trial to two SQLite processes), and two processes that sample
     at the same moment draw from different seeds (one seeded sampler per process proposed the same candidate in
@@ -25,19 +26,23 @@ def starting_points_first(make_base: Callable[[int], Any], points: list[dict[str
                 self._number, self._sampler = trial.number, make_base(trial.number)
             return self._sampler
 
-        def _point(self, trial: Any) -> Optional[dict[str, Any]]:
-            return points[trial.number] if trial.number < len(points) else None
+        def _point(self, study: Any, trial: Any) -> Optional[dict[str, Any]]:
+            # a rerun of an interrupted candidate (enqueued with its parameters) takes a number but no point
+            reruns = sum(t.number < trial.number and "rerun_of" in t.user_attrs
+                         for t in study.get_trials(deepcopy=False))
+            index = trial.number - reruns
+            return points[index] if index < len(points) else None
 
         def infer_relative_search_space(self, study: Any, trial: Any) -> dict[str, Any]:
-            return {} if self._point(trial) is not None else self._base(trial).infer_relative_search_space(study,
-                                                                                                           trial)
+            return {} if self._point(study, trial) is not None else self._base(trial).infer_relative_search_space(
+                study, trial)
 
         def sample_relative(self, study: Any, trial: Any, search_space: dict[str, Any]) -> dict[str, Any]:
-            return {} if self._point(trial) is not None else self._base(trial).sample_relative(study, trial,
-                                                                                               search_space)
+            return {} if self._point(study, trial) is not None else self._base(trial).sample_relative(
+                study, trial, search_space)
 
         def sample_independent(self, study: Any, trial: Any, name: str, distribution: Any) -> Any:
-            point = self._point(trial)
+            point = self._point(study, trial)
             if point is not None and name in point:
                 return point[name]
             return self._base(trial).sample_independent(study, trial, name, distribution)
