@@ -71,14 +71,18 @@ def test_closest_is_the_smallest_summed_relative_violation():
     best = choose_best(records, "size")
     assert best["number"] == 1
     assert sum(best["violations"].values()) == pytest.approx(1.5)
-    # each constraint the chosen one fails, with the chosen one's value (what best/ holds)
+    # each constraint the chosen one fails, with the closest value any candidate reached: which one, and the
+    # chosen one's (what best/ holds), where another came closer
     assert infeasible_line(best) == ("max_size_bytes: limit 1,000, closest 1,500; "
                                      "max_metric_drop: limit 0.01, closest 0.02")
-    # where the run reports validation figures, those decided: the line gives them, not the test split's
+    assert infeasible_line(best, records) == ("max_size_bytes: limit 1,000, closest 1,200 (trial 2), best 1,500; "
+                                              "max_metric_drop: limit 0.01, closest 0.005 (trial 0), best 0.02")
+    # where the run reports validation figures, those decided: the line gives them, not the test split's, and
+    # says so for the metric's constraints
     judged = {**best, "val_constraints": {"max_size_bytes": best["constraints"]["max_size_bytes"],
                                           "max_metric_drop": {"limit": 0.01, "measured": 0.0233, "met": False}}}
     assert infeasible_line(judged) == ("max_size_bytes: limit 1,000, closest 1,500; "
-                                       "max_metric_drop: limit 0.01, closest 0.0233")
+                                       "max_metric_drop on validation: limit 0.01, closest 0.0233")
     assert choose_best([], "size") is None
 
 

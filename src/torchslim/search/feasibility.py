@@ -7,6 +7,7 @@ import math
 from typing import Any, Iterable
 
 OBJECTIVES = ("size", "latency", "metric")
+METRIC_CONSTRAINTS = ("max_metric_drop", "min_metric")  # judged on the validation split where a run reports it
 
 
 def relative_violation(name: str, limit: float, measured: float, baseline_value: float | None = None) -> float:
@@ -117,12 +118,25 @@ def format_number(x: float) -> str:
     return f"{x:.4g}"
 
 
-def infeasible_line(best: dict[str, Any]) -> str:
-    """``max_size_bytes: limit 50, closest 2,911; max_metric_drop: limit 0.01, closest 0.0306``: each constraint
-    the closest candidate (the one saved as ``best``) fails, with its limit and that candidate's value, as
-    feasibility judged them (:func:`judged_constraints`)."""
-    return "; ".join(f"{name}: limit {format_number(c['limit'])}, closest {format_number(c['measured'])}"
-                     for name, c in judged_constraints(best).items() if not c["met"])
+def infeasible_line(best: dict[str, Any], records: Iterable[dict[str, Any]] = ()) -> str:
+    """``max_size_bytes: limit 50, closest 2,911; max_metric_drop on validation: limit 0.01, closest 0 (trial 3),
+    best 0.0306``: each constraint the closest candidate (the one saved as ``best``) fails, with its limit and the
+    closest value any finished candidate reached (which one, and best's own value, where another did better), as
+    feasibility judged them (:func:`judged_constraints`: the metric's on the validation split, where the run
+    reports it)."""
+    records = [r for r in records if r is not best] + [best]
+    parts = []
+    for name, c in judged_constraints(best).items():
+        if c["met"]:
+            continue
+        reached = [(judged_constraints(r)[name]["measured"], r["number"]) for r in records
+                   if name in judged_constraints(r)]
+        closest = (min if name.startswith("max_") else max)(reached, key=lambda m: (m[0], m[1] != best["number"]))
+        split = " on validation" if "val_constraints" in best and name.split(".")[0] in METRIC_CONSTRAINTS else ""
+        other = (f" (trial {closest[1]}), best {format_number(c['measured'])}" if closest[1] != best["number"]
+                 else "")
+        parts.append(f"{name}{split}: limit {format_number(c['limit'])}, closest {format_number(closest[0])}{other}")
+    return "; ".join(parts)
 
 
 def stop_floor(constraints: dict[str, Any], baseline_value: float, slack: float) -> float | None:

@@ -489,7 +489,7 @@ class AutoSearch:
         records = self.finished(study)
         best = self.write(study)
         feasible = best is not None and is_feasible(best)
-        line = "" if best is None or feasible else infeasible_line(best)
+        line = "" if best is None or feasible else infeasible_line(best, records)
         return SearchResult(best, records, feasible, line, len(records), self._baseline_warnings(best))
 
     def _baseline_warnings(self, best: Optional[dict[str, Any]]) -> list[str]:
