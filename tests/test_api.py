@@ -85,6 +85,15 @@ def test_bad_input_names_the_field(trained, data, recipe, field):
     assert err.value.field == field
 
 
+def test_a_search_folder_is_not_compressed_into(trained, tmp_path):
+    model, splits = trained
+    (tmp_path / "study.json").write_text('{"study": "s"}')
+    with pytest.raises(ConfigError, match=r"^out: .* holds a search \(study.json\): compress into another folder$"):
+        torchslim.compress(model, (splits.train, splits.val, splits.test), [{"quantize": {"method": "kmeans"}}],
+                           out=tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == ["study.json"]
+
+
 def test_labels_must_be_integer_classes(trained):
     from torchslim.api import _tensors
 

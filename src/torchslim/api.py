@@ -178,6 +178,10 @@ def compress(model: nn.Module, data: Sequence[Dataset | DataLoader], recipe: str
         raise ConfigError("model", f"must be a torch.nn.Module, got {type(model).__name__}")
     splits = _splits(data, seed)
     run = _recipe(recipe, _domain(metric, constraints, runtime), seed)
+    from torchslim.search.study import STUDY_MARKER
+
+    if out is not None and (Path(out) / STUDY_MARKER).exists():
+        raise ConfigError("out", f"{out} holds a search ({STUDY_MARKER}): compress into another folder")
     folder = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="torchslim-"))
     given = copy.deepcopy(model).cpu().eval()
     metrics = run_recipe(run, folder, threads=threads, model=copy.deepcopy(given), splits=splits)

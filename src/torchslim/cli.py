@@ -200,6 +200,10 @@ def run(recipe: Path, out: Path, resume: bool, overrides: tuple[str, ...], threa
     if resume and overwrite:
         raise ConfigError("--overwrite", "cannot be given with --resume: --resume continues the run --out holds, "
                                          "--overwrite replaces it")
+    from torchslim.search.study import STUDY_MARKER
+
+    if (out / STUDY_MARKER).exists():  # its report.html, best/ and trials.csv are not a run's to replace
+        raise ConfigError("--out", f"{out} holds a search ({STUDY_MARKER}): run into another --out")
     if not (resume or overwrite) and (out / "metrics.json").exists():
         raise ConfigError("--out", f"{out} holds an earlier run (metrics.json): pass --overwrite to replace it, or "
                                    f"--resume to continue an interrupted one")

@@ -109,6 +109,25 @@ def test_another_study_in_the_same_folder_is_refused(search, tmp_path):
         "error: --study: out holds the search of study 'auto-digits-auto': resume it with --study auto-digits-auto, "
         "or search study 'other' into another --out"]
     assert {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()} == before  # its trials, best, table
+    # the same study with other settings: what changed is named
+    proc = _auto("domain.yaml", "--out", "out", "--trials", "3", "--baseline-epochs", "3", "--max-epochs", "2",
+                 "--threads", "1", "--seed", "4", cwd=tmp_path / "copy")
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        "error: --study: study 'auto-digits-auto' in this storage searched with --seed 0 (now 4), --baseline-epochs "
+        "2 (now 3): give the same to resume it, or search into another --out"], proc.stderr
+    # a run into the search's folder (its report.html) and a search into a run's folder are refused
+    (tmp_path / "copy" / "recipe.yaml").write_text("domain: domain.yaml\nstages:\n  - train: {epochs: 1}\n")
+    ran = subprocess.run([sys.executable, "-m", "torchslim", "run", "recipe.yaml", "--out", "out", "--overwrite"],
+                         capture_output=True, text=True, env=cli_env(), cwd=tmp_path / "copy", timeout=300)
+    assert ran.returncode == 2 and ran.stderr.strip() == (
+        "error: --out: out holds a search (study.json): run into another --out")
+    (tmp_path / "copy" / "run").mkdir()
+    (tmp_path / "copy" / "run" / "metrics.json").write_text("{}")
+    proc = _auto("domain.yaml", "--out", "run", *FAST, cwd=tmp_path / "copy")
+    assert proc.returncode == 2 and proc.stderr.strip() == (
+        "error: --out: run holds a run (metrics.json): search into another --out")
+    assert {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()} == before
+    assert sorted(p.name for p in (tmp_path / "copy" / "run").iterdir()) == ["metrics.json"]
 
 
 @pytest.mark.parametrize("domain_patch, args, field", [

@@ -63,6 +63,21 @@ def domain_ref(domain: Domain) -> Any:
     return domain.to_dict()
 
 
+def _identity_changes(recorded: dict[str, Any], now: dict[str, Any]) -> str:
+    """``--baseline-epochs 10 (now 40), --seed 0 (now 1)``: what a study was searched with that this command
+    changes; the domain as a whole (its file's content)."""
+    flags = {"baseline_epochs": "--baseline-epochs", "max_epochs": "--max-epochs", "lr": "--lr",
+             "drop_margin": "--drop-margin"}
+    changes = ["another domain"] if recorded.get("domain") != now["domain"] else []
+    if recorded.get("seed") != now["seed"]:
+        changes.append(f"--seed {recorded.get('seed')} (now {now['seed']})")
+    old, new = recorded.get("settings") or {}, now["settings"]
+    for key in sorted(set(old) | set(new)):
+        if old.get(key) != new.get(key):
+            changes.append(f"{flags.get(key, key)} {old.get(key)} (now {new.get(key)})")
+    return ", ".join(changes) or "other settings"
+
+
 def record_of(number: int, metrics: dict[str, Any], params: dict[str, Any], recipe: dict[str, Any]) -> dict[str, Any]:
     """One finished candidate as the search keeps it (an Optuna user attribute): its measured metrics, as
     ``run`` reports them, and its recipe."""
@@ -195,9 +210,11 @@ class AutoSearch:
 
     def _check_out_holds_this_study(self) -> None:
         """``DIR/trials/N``, ``best`` and ``trials.csv`` belong to one study: a search under another study name in
-        the same folder would write over them."""
+        the same folder would write over them (as it would over a run's report)."""
         marker = self.out / STUDY_MARKER
         if not marker.is_file():
+            if (self.out / "metrics.json").exists():  # a run's report.html would be replaced by the search's
+                raise ConfigError("--out", f"{self.out} holds a run (metrics.json): search into another --out")
             return
         try:
             held = json.loads(marker.read_text()).get("study")
@@ -222,9 +239,12 @@ class AutoSearch:
         identity = {"domain": self.domain.to_dict(), "seed": self.seed, "settings": dataclasses.asdict(self.settings)}
         existing = optuna.study.get_all_study_summaries(storage)
         known = next((s for s in existing if s.study_name == self.study_name), None)
-        if known is not None and known.user_attrs.get("identity") not in (None, identity):
-            raise ConfigError("--study", f"study {self.study_name!r} in this storage searched another domain, seed "
-                                         "or budget; name a new study")
+        recorded = known.user_attrs.get("identity") if known is not None else None
+        if recorded not in (None, identity):
+            raise ConfigError("--study", f"study {self.study_name!r} in this storage searched with "
+                                         f"{_identity_changes(recorded, identity)}: give the same to resume it, or "
+                                         f"search into another --out" + (" under another --study" if self.storage
+                                                                          else ""))
         # Each trial's sampler is seeded by --seed plus the trial's number, so that a resumed or second process
         # does not propose another's candidates again. Optuna 5 records feasibility on the trial
         # (set_constraint); earlier versions ask a constraints_func.
