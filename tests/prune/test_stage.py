@@ -246,3 +246,19 @@ def test_masks_survive_a_resume_into_a_later_training_stage(tmp_path, monkeypatc
         weight = state[f"{name}.weight"]
         assert int((weight == 0).sum()) == round(0.8 * weight.numel()), name
     assert metrics["nonzero_params"] < 0.25 * metrics["params"]
+
+
+def test_the_log_line_gives_the_units_removed_not_the_asked_sparsity():
+    from types import SimpleNamespace
+
+    from torch import nn
+
+    from torchslim.prune.stage import _units_removed
+
+    model = nn.Sequential(nn.Linear(4, 13), nn.Linear(13, 8), nn.Linear(8, 2))  # as left: 13 and 8 units kept
+    layer = lambda name, removed: SimpleNamespace(name=name, removed=tuple(range(removed)))  # noqa: E731
+    # per-layer caps (sensitivity) kept the first layer at 3 of 16 units, the second at 8 of 16
+    assert _units_removed(SimpleNamespace(layers=[layer("0", 3), layer("1", 8), layer("2", 0)]), model) == (
+        "0.19-0.5 of units removed per layer")
+    assert _units_removed(SimpleNamespace(layers=[layer("1", 8)]), model) == "0.5 of units removed"
+    assert _units_removed(SimpleNamespace(layers=[layer("2", 0)]), model) == "no unit removed"

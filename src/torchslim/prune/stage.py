@@ -197,6 +197,18 @@ def _layer_summary(report: PruneReport, model: nn.Module) -> dict[str, list[str]
                               for l in report.layers if l.removed]}
 
 
+def _units_removed(report: PruneReport, model: nn.Module) -> str:
+    """``0.5 of units removed`` or ``0.19-0.62 of units removed per layer``: what the stage did, which per-layer
+    caps (sensitivity, overrides) keep apart from the asked ``sparsity``."""
+    modules = dict(model.named_modules())
+    shares = [len(l.removed) / (len(l.removed) + _outputs(modules[l.name])) for l in report.layers
+              if l.removed and l.name in modules]
+    if not shares:
+        return "no unit removed"
+    low, high = min(shares), max(shares)
+    return f"{low:.2g} of units removed" if high - low < 0.01 else f"{low:.2g}-{high:.2g} of units removed per layer"
+
+
 def _keep_masked(ctx: "RunContext", masks: dict[str, torch.Tensor]) -> None:
     """Keep the pruned weights at zero after every later optimizer step of the run, on whatever model it holds
     then (one reloaded on resume; layers a later stage replaced are skipped)."""
@@ -243,8 +255,9 @@ def run_stage(ctx: "RunContext", stage: PruneStage) -> dict[str, Any]:
         if len(set(out["mask_digests"])) > 1:
             ctx.log("prune: WARNING the replicas' masks differ")
     refit = f", refit {', '.join(report.refit) or 'none'}" if getattr(config, "reconstruct", False) else ""
-    # structured: the stage's sparsity is a share of units; removing a unit also removes its consumers' inputs
-    units = (f"{config.sparsity:g} of units removed, " if report.method == "structured" else "")
+    # structured: the stage's sparsity is a share of units (a cap per layer where sensitivity or overrides set
+    # it); removing a unit also removes its consumers' inputs
+    units = f"{_units_removed(report, ctx.model)}, " if report.method == "structured" else ""
     ctx.log(f"prune: {report.method}, {units}{report.sparsity:.4f} of {len(report.layers)} layer(s)' weights "
             f"gone, params {report.params_before} -> {report.params_after}{refit}, val {out['val_metric']:.4f}")
     for line in by_reason("prune: not pruned", report.unpruned) + [f"prune: {note}" for note in report.notes]:
