@@ -179,3 +179,7 @@ def test_resume_finishes_an_interrupted_run_with_the_same_artifact(tmp_path, cli
         "error: --resume: cut holds a finished run (metrics.json): nothing to resume; pass --overwrite to run it "
         "again"]
     assert (tmp_path / "cut" / "metrics.json").read_bytes() == finished
+    # --resume into a folder holding no run (a script that always passes it) starts afresh and says so
+    fresh = cli("run", "recipe.yaml", "--out", "new", "--resume", "--set", "stages.0.train.epochs=1", cwd=tmp_path)
+    assert fresh.returncode == 0 and "resume: new holds no interrupted run; starting from the first stage" in \
+        fresh.stderr

@@ -36,6 +36,8 @@ def test_minimal_domain_fills_defaults():
     ({"constraints": {"max_latency_ms": {"batch_8": 1.0}}}, "constraints.max_latency_ms.batch_8", "unknown key"),
     ({"constraints": {"min_speedup": {"batch_64": 0.5}}}, "constraints.min_speedup.batch_64", ">= 1"),
     ({"constraints": {"min_speedup": {"batch_2": 2}}}, "constraints.min_speedup.batch_2", "unknown key"),
+    ({"constraints": {"min_speedup": {"batch_32": 2}}}, "constraints.min_speedup.batch_32",
+     "did you mean 'batch_1' or 'batch_64'?"),  # two near misses: both named
     ({"constraints": {"min_speedup": {"batch_1": float("inf")}}}, "constraints.min_speedup.batch_1", "finite"),
     ({"constraints": {"min_compression_ratio": 0.9}}, "constraints.min_compression_ratio", ">= 1"),
     ({"constraints": {"min_compression_ratio": 0}}, "constraints.min_compression_ratio", ">= 1"),

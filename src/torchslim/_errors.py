@@ -45,14 +45,14 @@ def by_reason(what: str, reasons: dict[str, str], shown: int = 8) -> list[str]:
 
 
 def did_you_mean(value: Any, known: Any) -> str:
-    """``"did you mean 'static'? "`` when ``value`` is a near miss of one of ``known``, else ``""``: the start of
-    an unknown-name message, before the list of known names."""
+    """``"did you mean 'static'? "`` when ``value`` is a near miss of one of ``known`` (of two: both, the closer
+    first), else ``""``: the start of an unknown-name message, before the list of known names."""
     import difflib
 
     if not isinstance(value, str):
         return ""
-    close = difflib.get_close_matches(value, [str(k) for k in known], n=1, cutoff=0.75)
-    return f"did you mean {close[0]!r}? " if close else ""
+    close = difflib.get_close_matches(value, [str(k) for k in known], n=2, cutoff=0.75)  # batch_32: _1 or _64
+    return f"did you mean {' or '.join(map(repr, close))}? " if close else ""
 
 
 class ConfigError(ValueError):

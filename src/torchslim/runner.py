@@ -242,6 +242,8 @@ def _restore_progress(ctx: RunContext) -> int:
     if not progress.is_file():
         if any(ctx.work_dir.glob("stage*.safetensors")):
             ctx.log("resume: no stage had finished; the first continues from its last epoch's checkpoint")
+        else:  # e.g. a script that always passes --resume: say that this is a fresh start
+            ctx.log(f"resume: {ctx.work_dir.parent} holds no interrupted run; starting from the first stage")
         return 0
     state = json.loads(progress.read_text())
     ctx.model, _ = ctx.reload(ctx.work_dir / "current")

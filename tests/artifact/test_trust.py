@@ -181,6 +181,9 @@ def test_a_run_folder_given_for_its_artifact_says_where_the_artifact_is(tmp_path
     save_artifact(nn.Linear(2, 2), tmp_path / "run" / "artifact", architecture=ARCH)
     with pytest.raises(ArtifactError, match=r"is a run folder; its artifact is .*run/artifact"):
         read_manifest(tmp_path / "run")
+    save_artifact(nn.Linear(2, 2), tmp_path / "search" / "best", architecture=ARCH)
+    with pytest.raises(ArtifactError, match=r"is a search folder; its best artifact is .*search/best"):
+        read_manifest(tmp_path / "search")
 
 
 def test_inspect_counts_what_the_model_would_count(tmp_path):

@@ -293,6 +293,8 @@ def _open(path: str | Path) -> tuple[dict[str, Any], bytes, int]:
         raise ArtifactError(folder, "not a torchslim artifact (no such folder)")
     if not (folder / MANIFEST).exists() and (folder / "artifact" / MANIFEST).exists():
         raise ArtifactError(folder, f"is a run folder; its artifact is {folder / 'artifact'}")
+    if not (folder / MANIFEST).exists() and (folder / "best" / MANIFEST).exists():
+        raise ArtifactError(folder, f"is a search folder; its best artifact is {folder / 'best'}")
     if not (folder / MANIFEST).exists():
         raise ArtifactError(folder, f"not a torchslim artifact (no {MANIFEST})")
     try:
