@@ -44,14 +44,14 @@ def by_reason(what: str, reasons: dict[str, str], shown: int = 8) -> list[str]:
     return lines
 
 
-def did_you_mean(value: Any, known: Any) -> str:
+def did_you_mean(value: Any, known: Any, cutoff: float = 0.75) -> str:
     """``"did you mean 'static'? "`` when ``value`` is a near miss of one of ``known`` (of two: both, the closer
     first), else ``""``: the start of an unknown-name message, before the list of known names."""
     import difflib
 
     if not isinstance(value, str):
         return ""
-    close = difflib.get_close_matches(value, [str(k) for k in known], n=2, cutoff=0.75)  # batch_32: _1 or _64
+    close = difflib.get_close_matches(value, [str(k) for k in known], n=2, cutoff=cutoff)  # batch_32: _1 or _64
     return f"did you mean {' or '.join(map(repr, close))}? " if close else ""
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import math
 import re
 import typing
@@ -10,7 +9,7 @@ from typing import Any, TypeVar
 
 import pydantic
 
-from torchslim._errors import ConfigError, brief
+from torchslim._errors import ConfigError, brief, did_you_mean
 
 M = TypeVar("M", bound=pydantic.BaseModel)
 
@@ -171,7 +170,7 @@ def _keys_at(model: type[pydantic.BaseModel], loc: tuple[Any, ...]) -> list[str]
 
 def _suggestion(key: str, known: list[str]) -> str:
     """``; did you mean 'metric'?`` for a misspelt key, else the keys expected there."""
-    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    close = did_you_mean(key, known, cutoff=0.6)
     if close:
-        return f"; did you mean {close[0]!r}?"
+        return "; " + close.rstrip()
     return f" (expected {', '.join(known)})" if known else ""
