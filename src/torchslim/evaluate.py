@@ -214,8 +214,8 @@ def busy_timing(timed: dict[str, Any]) -> str | None:
         return None
     return (f"Timed on a busy machine: other processes kept {others:g} thread(s) running beside this one's "
             f"{threads} on {cores} core(s), and torch's threads wait for each other when a core is taken: the "
-            f"latencies, and the speed-ups over torch most, are not this machine's; time again when it is idle, "
-            f"or with --threads {max(1, cores - int(others + 0.5))}.")
+            f"latencies, and the speed-ups over torch most, may be far off; time again when it is idle, or with "
+            f"--threads {max(1, cores - int(others + 0.5))}.")
 
 
 def speedup(metrics: dict[str, Any], key: str) -> float:
