@@ -58,6 +58,24 @@ def test_split_is_seeded_disjoint_and_sized(tmp_path):
     assert sorted(a.train + a.val + a.test) == sorted(f"Sentence number {i}." for i in range(100))
 
 
+def test_a_corpus_too_small_or_too_repetitive_to_rank_pairs_is_refused(tmp_path):
+    # three lines split 1/1/1 used to run a whole stage and then fail on the one-sentence splits' pairs
+    def splits(name, lines):
+        (tmp_path / name).write_text("\n".join(lines) + "\n")
+        domain = load_domain({**BASE, "data": {"source": f"text:{name}"}}, base_dir=tmp_path)
+        return load_sentence_splits(domain.data, base_dir=tmp_path)
+
+    with pytest.raises(ConfigError, match=r"three.txt: 3 sentence\(s\) give 1 for validation and 1 for test; each "
+                                          r"needs at least 3 .*: give at least 26$"):
+        splits("three.txt", ["a.", "b.", "c."])
+    enough = splits("enough.txt", [f"s {i}." for i in range(26)])
+    assert (len(enough.val), len(enough.test)) == (3, 5)
+    with pytest.raises(ConfigError, match=r"400 usable line\(s\) but 1 distinct sentence\(s\)"):
+        splits("same.txt", ["same line"] * 400)
+    with pytest.raises(ConfigError, match=r"the (validation|test) split repeats one sentence"):
+        splits("mostly.txt", ["same line"] * 400 + ["other one", "a third"])
+
+
 def test_spearman_matches_a_hand_ranking_with_ties():
     # ranks of a: [1, 2.5, 2.5, 4]; of b: [4, 3, 2, 1] -> rho computed by hand = -0.9486832980505138
     assert spearman(np.array([1.0, 2.0, 2.0, 5.0]), np.array([9.0, 7.0, 3.0, 1.0])) == pytest.approx(

@@ -5,6 +5,7 @@ The corpus is unlabelled: the fp32 model's embeddings are the targets (distillat
 
 from __future__ import annotations
 
+import itertools
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +48,13 @@ def read_sentences(path: str | Path, field: str = "data.source") -> list[str]:
     return sentences
 
 
+MIN_SPLIT_SENTENCES = 3  # of the validation and test splits: three pairs of similarities to rank
+
+
+def _split_sizes(n: int, val_fraction: float, test_fraction: float) -> tuple[int, int]:
+    return max(1, round(n * val_fraction)), max(1, round(n * test_fraction))
+
+
 def load_sentence_splits(data: Any, *, base_dir: str | Path = ".") -> SentenceSplits:
     """``data.source`` (``text:FILE``, relative to ``base_dir``) read and split with ``data.seed``.
 
@@ -58,15 +66,25 @@ def load_sentence_splits(data: Any, *, base_dir: str | Path = ".") -> SentenceSp
     path = Path(arg).expanduser()
     path = path if path.is_absolute() else Path(base_dir) / path
     sentences = read_sentences(path)
+    distinct = len(set(sentences))
+    if distinct < MIN_SPLIT_SENTENCES:
+        raise ConfigError("data.source", f"{path}: {len(sentences)} usable line(s) but {distinct} distinct "
+                                         f"sentence(s); similarities need at least {MIN_SPLIT_SENTENCES}")
+    n_val, n_test = _split_sizes(len(sentences), data.val_fraction, data.test_fraction)
+    if min(n_val, n_test) < MIN_SPLIT_SENTENCES or len(sentences) - n_val - n_test < 1:
+        least = next(n for n in itertools.count(len(sentences) + 1)
+                     if min(_split_sizes(n, data.val_fraction, data.test_fraction)) >= MIN_SPLIT_SENTENCES)
+        raise ConfigError("data.source", f"{path}: {len(sentences)} sentence(s) give {n_val} for validation and "
+                                         f"{n_test} for test; each needs at least {MIN_SPLIT_SENTENCES} (the "
+                                         f"Spearman compares pairs of them): give at least {least}")
     order = list(range(len(sentences)))
     random.Random(data.seed).shuffle(order)
-    n_test = max(1, round(len(order) * data.test_fraction))
-    n_val = max(1, round(len(order) * data.val_fraction))
-    if len(order) - n_test - n_val < 1:
-        raise ConfigError("data.source", f"{path}: {len(order)} sentence(s) cannot be split into train, val and "
-                                         f"test; give at least 3")
     pick = [sentences[i] for i in order]
     train, val, test = pick[:-n_test - n_val], pick[-n_test - n_val:-n_test], pick[-n_test:]
+    for name, split in (("validation", val), ("test", test)):
+        if len(set(split)) < 2:  # every similarity the same: nothing to rank
+            raise ConfigError("data.source", f"{path}: the {name} split repeats one sentence {len(split)} times; "
+                                             f"give a corpus of more distinct sentences")
     info = {"source": data.source, "sentences": len(sentences), "train": len(train), "val": len(val),
             "test": len(test), "seed": data.seed, "preprocessing": "one sentence per line, stripped; empty lines "
                                                                     "skipped; seeded shuffle split"}

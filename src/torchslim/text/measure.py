@@ -62,8 +62,8 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
 
 def pair_spearman(reference: torch.Tensor, candidate: torch.Tensor, pairs: list[tuple[int, int]]) -> float:
     """Spearman between the reference's and the candidate's cosine similarities over ``pairs``."""
-    i = torch.tensor([p[0] for p in pairs])
-    j = torch.tensor([p[1] for p in pairs])
+    i = torch.tensor([p[0] for p in pairs], dtype=torch.long)
+    j = torch.tensor([p[1] for p in pairs], dtype=torch.long)
 
     def sims(e: torch.Tensor) -> np.ndarray:
         e = torch.nn.functional.normalize(e.detach().cpu().double(), dim=1)
