@@ -31,7 +31,8 @@ def load(path: str | Path, *, runtime: Literal["torch", "onnxruntime"] = "torch"
         ``int8`` attribute says whether it runs the stored int8 model; both carry ``labels`` (the class names,
         in output order) and ``preprocessing`` (how the inputs were made) from the artifact. A sentence-embedding
         artifact loads as a :class:`torchslim.text.SentenceEmbedder`: ``encode(list_of_sentences) -> (N, hidden)``
-        in either runtime, with the artifact's own tokenizer, pooling and normalisation.
+        in either runtime, with the artifact's own tokenizer, pooling and normalisation (an int8 one runs its
+        int8 graph in ONNX Runtime only; in torch the encoder computes in float with the dequantized weights).
     Example:
         >>> model = torchslim.load("runs/digits/artifact")
         >>> session = torchslim.load("runs/digits/artifact", runtime="onnxruntime")

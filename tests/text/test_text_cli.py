@@ -105,6 +105,13 @@ def test_every_stage_then_eval_remeasures_the_same_cosine(text_domain):
     remeasured = json.loads(again.stdout)
     assert remeasured["value"] == pytest.approx(metrics["value"], abs=1e-6)  # the same artifact, the same sentences
     assert remeasured["recorded_value"] == pytest.approx(metrics["value"], abs=1e-9)
+    # a domain whose runtime is torch measures the int8 graph too (in ONNX Runtime, said), not the dequantized
+    # weights in float: the same figure
+    text_domain.write_text(text_domain.read_text().replace("runtime: onnxruntime", "runtime: torch"))
+    in_torch = torchslim("eval", "out/artifact", "--domain", "domain.yaml", "--json", cwd=folder)
+    assert in_torch.returncode == 0 and "it is measured there, not in the domain's runtime torch" in in_torch.stderr
+    assert json.loads(in_torch.stdout)["value"] == pytest.approx(metrics["value"], abs=1e-6)
+    assert json.loads(in_torch.stdout)["runtime"] == "onnxruntime"
 
     import torchslim as ts
 

@@ -26,7 +26,7 @@ from torchslim.artifact import update_manifest, write_bytes_atomic
 from torchslim.domain import Domain
 from torchslim.evaluate import check_constraints, count_params
 from torchslim.recipe import Recipe
-from torchslim.text.artifact import load_text_artifact, save_text_artifact, text_artifact_bytes
+from torchslim.text.artifact import SentenceEmbedder, load_text_artifact, save_text_artifact, text_artifact_bytes
 from torchslim.text.data import SentenceSplits, load_sentence_splits
 from torchslim.text.encoder import SentenceEncoder
 from torchslim.text.measure import (embed_all, fidelity, ort_peak_memory_bytes, side_by_side_latency,
@@ -170,11 +170,19 @@ def finish_text(ctx: TextRunContext, out: Path, *, sign_key: str | Path | None =
 def measure_text_artifact(artifact: Path, domain: Domain, splits: SentenceSplits, teacher: TextModel, *,
                           verify_key: str | Path | None = None, tokenizer: Optional[Tokenizer] = None,
                           log: Callable[[str], None] = _log_stderr) -> dict[str, Any]:
-    """The artifact, reloaded in the domain's runtime, against the fp32 model (torch eager) on the test sentences:
+    """The artifact, reloaded in the domain's runtime (an int8 graph always in ONNX Runtime), against the fp32
+    model (torch eager) on the test sentences:
     mean cosine, Spearman of pair similarities, bytes, parameters, latency side by side, memory. The constraints
     are judged on the test split and, for decisions, on the validation split (``val_constraints``)."""
     threads = torch.get_num_threads()
-    model = load_text_artifact(artifact, runtime=domain.runtime, verify_key=verify_key, intra_op_threads=threads)
+    runtime = domain.runtime
+    model = load_text_artifact(artifact, runtime=runtime, verify_key=verify_key, intra_op_threads=threads)
+    if model.int8 and runtime == "torch":  # torch would compute with the dequantized weights: another model
+        runtime = "onnxruntime"
+        log("note: the artifact is an int8 ONNX graph, which only ONNX Runtime executes; it is measured there, "
+            "not in the domain's runtime torch")
+        model = SentenceEmbedder(model.encoder, model.tokenizer, runtime=runtime, onnx=model.onnx,
+                                 intra_op_threads=threads, manifest=model.manifest)
     tokenizer = tokenizer or Tokenizer(teacher.tokenizer_json, teacher.max_seq_length, notify=log)
     model.tokenizer.notify = lambda _message: None  # the reference's tokenizer says it once
     reference = teacher.encoder.eval()
@@ -216,7 +224,7 @@ def measure_text_artifact(artifact: Path, domain: Domain, splits: SentenceSplits
         "latency_spread": timed["latency_spread"],
         **{f"latency_ratio_{key}": timed["latency_spread"][key]["ratio"] for key in ("batch_64", "batch_32",
                                                                                       "batch_1")},
-        "threads": threads, "runtime": domain.runtime, "seed": int(model.manifest.get("seed", 0)),
+        "threads": threads, "runtime": runtime, "seed": int(model.manifest.get("seed", 0)),
         "peak_memory_bytes": peak, "baseline_peak_memory_bytes": torch_peak_memory_bytes(reference, ids, mask),
         "memory_method": ("ONNX Runtime: peak resident memory a fresh process gains loading the graph and "
                           "running one batch of 64"
