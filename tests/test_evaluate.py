@@ -219,11 +219,11 @@ def test_timing_beside_other_work_is_taken_again_and_the_least_busy_kept(monkeyp
                 "others_running": next(busy)}
 
     monkeypatch.setattr(evaluate, "side_by_side_latency", fake_timing)
-    monkeypatch.setattr(runner, "BUSY_WAIT_S", 0.0)
+    monkeypatch.setattr(evaluate, "BUSY_WAIT_S", 0.0)
     model = torch.nn.Linear(4, 2)
     measured, base = {}, {}
     timing = runner._side_by_side(model, {}, model, measured, base, (4,), "torch")
-    assert len(calls) == 1 + runner.BUSY_RETRIES and timing["others_running"] == 1
+    assert len(calls) == 1 + evaluate.BUSY_RETRIES and timing["others_running"] == 1
     assert measured["latency_ms"]["batch_1"] == 2.0  # the second timing: the first least busy one
     busy, calls[:] = iter([0]), []
     assert runner._side_by_side(model, {}, model, {}, {}, (4,), "torch")["others_running"] == 0 and len(calls) == 1

@@ -218,6 +218,21 @@ def busy_timing(timed: dict[str, Any]) -> str | None:
             f"--threads {max(1, cores - int(others + 0.5))}.")
 
 
+BUSY_RETRIES, BUSY_WAIT_S = 2, 2.0  # timings taken beside other work: how often to time again, after how long
+
+
+def timed_when_idle(time_once: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """``time_once()`` (a side-by-side timing with ``others_running``), taken again after a pause while other
+    processes took the cores it needed (:func:`busy_timing`), up to ``BUSY_RETRIES`` times: the least busy."""
+    timed = time_once()
+    for _ in range(BUSY_RETRIES):
+        if busy_timing(timed) is None:
+            break
+        time.sleep(BUSY_WAIT_S)
+        timed = min(timed, time_once(), key=lambda t: t["others_running"])
+    return timed
+
+
 def speedup(metrics: dict[str, Any], key: str) -> float:
     """Baseline / compressed latency at one batch size: the median of the side-by-side rounds' ratios when they
     were timed so (a round slowed by load slows both, so pairing rounds steadies the figure), else the ratio of

@@ -10,7 +10,6 @@ import dataclasses
 import json
 import shutil
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -487,29 +486,19 @@ def _write_outputs(ctx: RunContext, staging: Path) -> tuple[dict[str, Any], list
     return metrics, [*names, "report.md", "report.html", METRICS]
 
 
-BUSY_RETRIES, BUSY_WAIT_S = 2, 2.0  # timings taken beside other work: how often to time again, after how long
-
-
 def _side_by_side(model: nn.Module, manifest: dict[str, Any], baseline: nn.Module, measured: dict[str, Any],
                   base: dict[str, Any], shape: tuple[int, ...], runtime: str) -> dict[str, Any]:
     """Latency of both models timed in alternating rounds (see :func:`evaluate.side_by_side_latency`): the medians
     become each one's ``latency_ms``; the spread and the machine's load are returned for ``metrics.json``
     (``latency_spread``, ``others_running``, ``cores``). In ONNX Runtime the baseline's fp32 export is timed in
     the same rounds (``base["runtime_latency_ms"]``): what the runtime alone gives of the speed-up over torch.
-    Timed while other processes took the cores (:func:`evaluate.busy_timing`), it is timed again after a pause,
-    up to ``BUSY_RETRIES`` times, and the least busy timing kept."""
-    from torchslim.evaluate import busy_timing, side_by_side_latency
+    Timed while other processes took the cores, it is timed again (:func:`evaluate.timed_when_idle`)."""
+    from torchslim.evaluate import side_by_side_latency, timed_when_idle
     from torchslim.export.measure import runtime_baseline, runtime_predict
 
     predict, _ = runtime_predict(model, manifest, runtime)
     reference = runtime_baseline(baseline, shape) if runtime == "onnxruntime" else None
-    timed = side_by_side_latency(baseline, predict, shape, runtime_baseline=reference)
-    for _ in range(BUSY_RETRIES):  # other work took the cores torch's threads need: wait, then time again
-        if busy_timing(timed) is None:
-            break
-        time.sleep(BUSY_WAIT_S)
-        again = side_by_side_latency(baseline, predict, shape, runtime_baseline=reference)
-        timed = min(timed, again, key=lambda t: t["others_running"])
+    timed = timed_when_idle(lambda: side_by_side_latency(baseline, predict, shape, runtime_baseline=reference))
     measured["latency_ms"], base["latency_ms"] = timed["latency_ms"], timed["baseline_latency_ms"]
     if "runtime_baseline_latency_ms" in timed:
         base["runtime_latency_ms"] = timed["runtime_baseline_latency_ms"]

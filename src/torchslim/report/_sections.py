@@ -46,10 +46,10 @@ def summary_rows(m: dict[str, Any]) -> list[tuple[str, str, str]]:
         ("params", f"{m['baseline_params']:,}", f"{m['params']:,}"),
         ("nonzero params", "", f"{m['nonzero_params']:,}"),
         ("latency batch 1", f"{m['baseline_latency_ms']['batch_1']:.3f} ms", f"{m['latency_ms']['batch_1']:.3f} ms"),
-        ("latency batch 64", f"{m['baseline_latency_ms']['batch_64']:.3f} ms",
-         f"{m['latency_ms']['batch_64']:.3f} ms (speed-up {m['latency_ratio_batch_64']:.2f}x"
-         + ("" if m.get("latency_spread", {}).get("batch_64", {}).get("significant", True)
-            else ", within noise") + ")"),
+        *[(f"latency batch {key.removeprefix('batch_')}", f"{m['baseline_latency_ms'][key]:.3f} ms",
+           f"{m['latency_ms'][key]:.3f} ms (speed-up {speedup(m, key):.2f}x"
+           + ("" if m.get("latency_spread", {}).get(key, {}).get("significant", True) else ", within noise") + ")")
+          for key in ("batch_32", "batch_64") if key in m["latency_ms"]],  # batch 32: sentence embeddings
         *_runtime_rows(m),
         ("peak memory (batch 64)", _fmt_bytes(m["baseline_peak_memory_bytes"]), _fmt_bytes(m["peak_memory_bytes"])),
     ]

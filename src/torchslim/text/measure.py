@@ -99,17 +99,24 @@ def side_by_side_latency(baseline: Forward, compressed: Forward, batches: dict[s
 
     Returns:
         ``baseline_latency_ms``, ``latency_ms`` ({batch: median ms}) and ``latency_spread`` ({batch: ratio,
-        its interquartile range, whether 1.0 lies outside it}).
+        its interquartile range, whether 1.0 lies outside it}); ``others_running``, ``cores`` and ``threads``:
+        the machine's load while timing (see :func:`torchslim.evaluate.busy_timing`).
     """
+    from torchslim.evaluate import others_running, usable_cores
+
     engines = {"baseline": baseline, "compressed": compressed}
     medians: dict[str, dict[str, float]] = {"baseline": {}, "compressed": {}}
     spread: dict[str, dict[str, Any]] = {}
+    others: list[int] = []
     for key, (ids, mask) in batches.items():
         for engine in engines.values():
             for _ in range(warmup):
                 engine(ids, mask)
         times: dict[str, list[float]] = {"baseline": [], "compressed": []}
         for r in range(rounds):
+            sample = others_running()
+            if sample is not None:
+                others.append(sample)
             for name in (("baseline", "compressed") if r % 2 == 0 else ("compressed", "baseline")):
                 calls = []
                 for _ in range(5 if len(ids) == 1 else 1):  # a batch of 32 sentences is long enough to time once
@@ -123,7 +130,9 @@ def side_by_side_latency(baseline: Forward, compressed: Forward, batches: dict[s
             medians[name][key] = statistics.median(times[name])
         spread[key] = {"ratio": statistics.median(ratios), "ratio_iqr": [rq[0], rq[2]],
                        "significant": not rq[0] <= 1.0 <= rq[2]}
-    return {"baseline_latency_ms": medians["baseline"], "latency_ms": medians["compressed"], "latency_spread": spread}
+    return {"baseline_latency_ms": medians["baseline"], "latency_ms": medians["compressed"], "latency_spread": spread,
+            "others_running": statistics.median(others) if others else None, "cores": usable_cores(),
+            "threads": torch.get_num_threads()}
 
 
 @torch.inference_mode()

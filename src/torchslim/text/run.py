@@ -24,7 +24,7 @@ from torchslim._errors import ConfigError
 from torchslim.artifact import artifact_digest, artifact_size, fresh_dir, publish, sign_artifact
 from torchslim.artifact import update_manifest, write_bytes_atomic
 from torchslim.domain import Domain
-from torchslim.evaluate import check_constraints, count_params
+from torchslim.evaluate import check_constraints, count_params, timed_when_idle
 from torchslim.recipe import Recipe
 from torchslim.text.artifact import SentenceEmbedder, load_text_artifact, save_text_artifact, text_artifact_bytes
 from torchslim.text.data import SentenceSplits, load_sentence_splits
@@ -204,7 +204,7 @@ def measure_text_artifact(artifact: Path, domain: Domain, splits: SentenceSplits
         from torchslim.text.onnx import OrtEncoder
 
         candidate = OrtEncoder(model.onnx, threads, spinning=False)
-    timed = side_by_side_latency(reference, candidate, batches)
+    timed = timed_when_idle(lambda: side_by_side_latency(reference, candidate, batches))
     ids, mask = batches["batch_64"]
     if model.session is not None:
         peak = ort_peak_memory_bytes(model.onnx, ids, mask, threads)
@@ -221,7 +221,7 @@ def measure_text_artifact(artifact: Path, domain: Domain, splits: SentenceSplits
         "size_bytes": size, "baseline_size_bytes": baseline_bytes, "compression_ratio": baseline_bytes / size,
         "params": params, "nonzero_params": nonzero, "baseline_params": count_params(reference)[0],
         "latency_ms": timed["latency_ms"], "baseline_latency_ms": timed["baseline_latency_ms"],
-        "latency_spread": timed["latency_spread"],
+        "latency_spread": timed["latency_spread"], "others_running": timed["others_running"], "cores": timed["cores"],
         **{f"latency_ratio_{key}": timed["latency_spread"][key]["ratio"] for key in ("batch_64", "batch_32",
                                                                                       "batch_1")},
         "threads": threads, "runtime": runtime, "seed": int(model.manifest.get("seed", 0)),
@@ -245,17 +245,17 @@ def measure_text_artifact(artifact: Path, domain: Domain, splits: SentenceSplits
 def text_report_blocks(m: dict[str, Any], name: str) -> list[Any]:
     """The report's blocks (one source for report.md and report.html): fidelity, size, speed, memory and what each
     stage did."""
+    from torchslim.evaluate import busy_timing
     from torchslim.report._document import Heading, Items, Paragraph, Table
     from torchslim.report._sections import summary_rows
 
-    rows = [tuple(r) for r in summary_rows(m)]
-    rows.append(("latency batch 32", f"{m['baseline_latency_ms']['batch_32']:.1f} ms",
-                 f"{m['latency_ms']['batch_32']:.1f} ms (speed-up {m['latency_ratio_batch_32']:.2f}x)"))
+    busy = busy_timing(m)
     blocks = [Heading(1, f"torchslim report: {name} (sentence embeddings)"),
               Paragraph(f"Reference: the fp32 model ({m['reference_model']}) in torch eager, measured side by side "
                         f"in the same process with {m['threads']} thread(s); the compressed model runs in "
                         f"`{m['runtime']}`" + (f" ({m['onnx_kind']})" if m.get("onnx_kind") else "") + "."),
-              Table(("", "baseline", "compressed"), tuple(rows)),
+              Table(("", "baseline", "compressed"), tuple(tuple(r) for r in summary_rows(m))),
+              *([Paragraph(busy)] if busy else []),
               Paragraph(f"Memory: {m['memory_method']}."), Heading(2, "Stages")]
     stages = []
     for r in m.get("stages", []):
