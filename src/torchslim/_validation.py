@@ -76,7 +76,9 @@ def field_path(loc: tuple[Any, ...]) -> str:
     return out
 
 
-def _message(err: dict[str, Any]) -> str:
+def _message(err: dict[str, Any], integer: bool = False) -> str:
+    """The one-line wording of a pydantic error; ``integer``: the field holds whole numbers (``epochs``), not
+    fractions (``test_fraction: 0`` is not asked to be a positive integer)."""
     kind, ctx = err["type"], err.get("ctx") or {}
     if kind == "extra_forbidden":
         return "unknown key"
@@ -106,7 +108,7 @@ def _message(err: dict[str, Any]) -> str:
         return f"must be one of {', '.join(names) if names else expected}, got {brief(err.get('input'))}"
     if kind == "greater_than":
         if ctx["gt"] == 0:
-            return "must be a positive integer" if isinstance(err.get("input"), int) else "must be positive"
+            return "must be a positive integer" if integer else "must be positive"
         return f"must be > {ctx['gt']}"
     if kind == "greater_than_equal":
         return f"must be >= {ctx['ge']}"
@@ -138,7 +140,9 @@ def parse(model: type[M], data: Any, *, prefix: str = "", source: str | None = N
             path = ".".join(p for p in (prefix, field_path(loc), cause.field) if p).replace(".[", "[")
             raise ConfigError(path, cause.message, source) from None
         path = ".".join(p for p in (prefix, field_path(loc)) if p).replace(".[", "[")
-        message = _message(err)
+        field = _field_at(model, loc)
+        message = _message(err, integer=field is not None and _holds(field.annotation, int)
+                            and not _holds(field.annotation, float))
         if err["type"] == "extra_forbidden" and loc:
             message += _suggestion(str(loc[-1]), _keys_at(model, loc[:-1]))
         raise ConfigError(path, message, source) from None
@@ -153,6 +157,25 @@ def _model_in(annotation: Any) -> type[pydantic.BaseModel] | None:
         if found is not None:
             return found
     return None
+
+
+def _holds(annotation: Any, kind: type) -> bool:
+    """Whether an annotation is or holds ``kind`` (``Optional[int]`` holds int)."""
+    return annotation is kind or any(_holds(arg, kind) for arg in typing.get_args(annotation))
+
+
+def _field_at(model: type[pydantic.BaseModel], loc: tuple[Any, ...]) -> Any:
+    """The pydantic field at ``loc`` inside ``model`` (list indices skipped), or None."""
+    current: type[pydantic.BaseModel] | None = model
+    field = None
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = current.model_fields.get(str(part)) if current is not None else None
+        if field is None:
+            return None
+        current = _model_in(field.annotation)
+    return field
 
 
 def _keys_at(model: type[pydantic.BaseModel], loc: tuple[Any, ...]) -> list[str]:
