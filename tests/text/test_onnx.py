@@ -135,6 +135,21 @@ def test_bad_config_names_the_field(tiny):
         quantize_int8(fused, Int8Config(method="static"))
 
 
+@pytest.mark.parametrize("stage, field, words", [
+    ({"method": "dynamic", "calibrate": "entropy"}, "calibrate", "does not apply to method dynamic (only to static)"),
+    ({"method": "static", "attention": False}, "attention", "does not apply to method static (only to dynamic)"),
+    ({"method": "none", "per_channel": False}, "per_channel", "does not apply to method none (nothing is quantized)"),
+])
+def test_a_key_another_method_reads_is_refused(stage, field, words):
+    from torchslim._validation import parse
+    from torchslim.text.stages import TextQuantizeStage
+
+    with pytest.raises(ConfigError) as err:
+        parse(TextQuantizeStage, stage, prefix="stages[0].quantize")
+    assert (err.value.field, err.value.message) == (f"stages[0].quantize.{field}", words)
+    assert parse(TextQuantizeStage, {"method": "static", "calibrate": "entropy"}).calibrate == "entropy"
+
+
 def test_split_join_round_trip_and_dequantized_weights(tiny):
     enc, _, fused = tiny
     q = quantize_int8(fused, Int8Config(embeddings=True), ())

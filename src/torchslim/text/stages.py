@@ -176,6 +176,22 @@ class TextQuantizeStage(Int8Config):
     fuse: bool = True
     calibration_sentences: int = pydantic.Field(256, ge=1, le=100_000)
 
+    @pydantic.model_validator(mode="after")
+    def _keys_of_the_method(self) -> "TextQuantizeStage":
+        """A key another method reads would be ignored without a word: refused, naming it."""
+        only = {"static": STATIC_ONLY, "dynamic": DYNAMIC_ONLY}
+        given = self.model_fields_set - {"method", "fuse"}
+        for key in sorted(given):
+            owner = next((m for m, keys in only.items() if key in keys), None)
+            if self.method == "none" or (owner is not None and owner != self.method):
+                raise ConfigError(key, f"does not apply to method {self.method}" + (
+                    f" (only to {owner})" if owner is not None else " (nothing is quantized)"))
+        return self
+
+
+STATIC_ONLY = frozenset({"calibrate", "percentile", "moving_average", "symmetric_activations"})
+DYNAMIC_ONLY = frozenset({"attention"})  # ORT has no static QAttention
+
 
 def _run_quantize(ctx: "TextRunContext", cfg: TextQuantizeStage) -> dict[str, Any]:
     from torchslim.text._initializers import onnx_weight_map
