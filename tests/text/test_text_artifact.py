@@ -75,6 +75,11 @@ def test_torchslim_load_gives_the_embedder(saved):
     assert model.encode(["One.", "Two."]).shape == (2, 32)
     with pytest.raises(TypeError, match="list of sentences"):
         model.encode("One.")
+    with pytest.raises(TypeError, match="^encode takes a list of sentences, not NoneType$"):
+        model.encode(None)
+    with pytest.raises(TypeError, match=r"^encode takes a list of sentences \(strings\); item 1 is int$"):
+        model.encode(["ok", 3])
+    assert model.encode(("One.", "Two.")).shape == (2, 32)  # any sequence of strings
 
 
 def test_edited_tokenizer_is_refused(saved):

@@ -47,7 +47,7 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, text_domain):
         if name == "not a model dir":
             text = original.replace(original[original.index("model:"):].splitlines()[0],
                                     "model: {path: 'sentences.txt'}")
-            expected = "model.path: sentences.txt: no such directory"
+            expected = "model.path: sentences.txt is a file, not a sentence-transformers model directory"
         text_domain.write_text(text)
         line = one_line_error(torchslim("run", "recipe.yaml", "--out", "out", cwd=folder))
         assert "domain.yaml" in line and expected in line, (name, line)

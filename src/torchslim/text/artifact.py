@@ -165,7 +165,14 @@ class SentenceEmbedder:
         """
         if isinstance(sentences, str):
             raise TypeError("encode takes a list of sentences, not one string")
-        sentences = list(sentences)
+        try:
+            sentences = list(sentences)
+        except TypeError:
+            raise TypeError(f"encode takes a list of sentences, not {type(sentences).__name__}") from None
+        odd = next((i for i, s in enumerate(sentences) if not isinstance(s, str)), None)
+        if odd is not None:
+            raise TypeError(f"encode takes a list of sentences (strings); item {odd} is "
+                            f"{type(sentences[odd]).__name__}")
         order = list(range(len(sentences)))
         if sort_by_length:
             order.sort(key=lambda i: -len(sentences[i]))

@@ -59,7 +59,8 @@ def load_text_model(folder: str | Path, *, field: str = "model.path", name: str 
     """
     folder = Path(folder)
     if not folder.is_dir():
-        raise ConfigError(field, f"{folder}: no such directory")
+        raise ConfigError(field, f"{folder} is a file, not a sentence-transformers model directory"
+                          if folder.exists() else f"{folder}: no such directory")
     missing = [n for n in REQUIRED_FILES if not (folder / n).is_file()]
     if missing:
         raise ConfigError(field, f"{folder} is not a sentence-transformers model directory (no {missing[0]})")
