@@ -192,17 +192,19 @@ def default_layer_map(student_depth: int, teacher_depth: int) -> list[int]:
 
 @torch.no_grad()
 def embed(encoder: SentenceEncoder, rows: Sequence[torch.Tensor], batch_size: int = 128,
-          layers: Sequence[int] = (), tokens: bool = False) -> tuple[torch.Tensor, list]:
+          layers: Sequence[int] = (), tokens: bool = False, desc: str | None = None) -> tuple[torch.Tensor, list]:
     """Embeddings (N, H) of tokenized sentences, and the pooled normalised hidden states of ``layers`` (1-based)
     -- or with ``tokens`` each sentence's (T_i, H) token states in float16 -- on the CPU, in the order of ``rows``
-    (batched by length internally)."""
+    (batched by length internally). ``desc``: a progress bar with this label (minutes for a corpus on a CPU)."""
+    from tqdm.auto import tqdm
+
     device = next(encoder.parameters()).device
     was = encoder.training
     encoder.eval()
     order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
     out = torch.empty(len(rows), encoder.config["hidden_size"])
     hid = [[None] * len(rows) if tokens else torch.empty_like(out) for _ in layers]
-    for start in range(0, len(order), batch_size):
+    for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", leave=False, disable=desc is None):
         idx = order[start:start + batch_size]
         ids, mask = pad_rows([rows[i] for i in idx], device)
         states = encoder.hidden_states(ids, mask)
@@ -288,7 +290,11 @@ def distill_encoder(student: SentenceEncoder, teacher: SentenceEncoder, sentence
     # is the embedding itself, so it needs no separate hidden target when the map ends at the teacher's last.
     hid_layers = [(i + 1, m) for i, m in enumerate(layer_map)] if cfg.hidden else []
     # The teacher is frozen: its targets once, here, rather than every step.
-    t_emb, t_hid = embed(teacher, train_rows, layers=[m for _, m in hid_layers], tokens=cfg.hidden_tokens)
+    lines = cfg.progress and not sys.stderr.isatty()  # a log file gets lines, a terminal bars
+    if lines:
+        print(f"distill: the teacher's targets for {len(train_rows):,} sentences", file=sys.stderr, flush=True)
+    t_emb, t_hid = embed(teacher, train_rows, layers=[m for _, m in hid_layers], tokens=cfg.hidden_tokens,
+                         desc="teacher targets" if cfg.progress and not lines else None)
     t_val = embed(teacher, val_rows)[0] if val_rows else None
 
     word = student.embeddings.word_embeddings.weight
@@ -309,7 +315,6 @@ def distill_encoder(student: SentenceEncoder, teacher: SentenceEncoder, sentence
     lengths = [len(r) for r in train_rows]
     result = DistillResult(student=student)
     best_val, best_state, bad_epochs = -float("inf"), None, 0
-    lines = cfg.progress and not sys.stderr.isatty()
     try:
         for epoch in range(cfg.epochs):
             e0 = time.perf_counter()
