@@ -103,3 +103,20 @@ def test_stop_floor_is_the_constraint_floor_less_slack_times_the_allowed_drop():
     assert stop_floor({"max_size_bytes": 1000}, 0.96, 1.0) is None
     assert stop_floor({"max_metric_drop": 0.01}, 0.96, 0.0) is None
     assert stop_floor({"min_metric": 0.97}, 0.96, 1.0) is None
+
+
+def test_a_candidate_timed_on_a_busy_machine_says_so_in_its_line_and_row():
+    from torchslim.search.outputs import csv_row
+    from torchslim.search.study import record_of
+
+    metrics = {**_metrics(900, 0.955, True, True), "metric": "accuracy", "value": 0.955, "size_bytes": 900,
+               "baseline_size_bytes": 4000,
+               "compression_ratio": 4.4, "latency_ms": {"batch_1": 0.1, "batch_64": 1.0},
+               "baseline_latency_ms": {"batch_1": 0.2, "batch_64": 2.0}, "latency_ratio_batch_64": 2.0,
+               "latency_spread": {}, "threads": 2, "cores": 2, "artifact_sha256": "x"}
+    params = {"width": 1.0, "structured": 0.0, "sparsity": 0.9, "kd": False, "quant": "none", "epochs": 2}
+    quiet = record_of(0, {**metrics, "others_running": 0}, params, {})
+    busy = record_of(1, {**metrics, "others_running": 1}, params, {})
+    assert not quiet["busy"] and busy["busy"]
+    assert "note" not in csv_row(0, "COMPLETE", quiet)
+    assert csv_row(1, "COMPLETE", busy)["note"] == "timed on a busy machine: its latencies may be far off"

@@ -89,6 +89,8 @@ def csv_row(number: int, state: str, record: dict[str, Any] | None, stopped: dic
                    latency_ms_batch_64=record["latency_ms"]["batch_64"],
                    violation=sum(record["violations"].values()),
                    failed_constraints=" ".join(k for k, v in record["violations"].items() if v > 0))
+        if record.get("busy"):
+            row.update(note="timed on a busy machine: its latencies may be far off")
     return row
 
 
