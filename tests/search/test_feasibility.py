@@ -110,8 +110,7 @@ def test_a_candidate_timed_on_a_busy_machine_says_so_in_its_line_and_row():
     from torchslim.search.study import record_of
 
     metrics = {**_metrics(900, 0.955, True, True), "metric": "accuracy", "value": 0.955, "size_bytes": 900,
-               "baseline_size_bytes": 4000,
-               "compression_ratio": 4.4, "latency_ms": {"batch_1": 0.1, "batch_64": 1.0},
+               "baseline_size_bytes": 4000, "compression_ratio": 4.4, "latency_ms": {"batch_1": 0.1, "batch_64": 1.0},
                "baseline_latency_ms": {"batch_1": 0.2, "batch_64": 2.0}, "latency_ratio_batch_64": 2.0,
                "latency_spread": {}, "threads": 2, "cores": 2, "artifact_sha256": "x"}
     params = {"width": 1.0, "structured": 0.0, "sparsity": 0.9, "kd": False, "quant": "none", "epochs": 2}
