@@ -171,9 +171,9 @@ def measure_text_artifact(artifact: Path, domain: Domain, splits: SentenceSplits
                           verify_key: str | Path | None = None, tokenizer: Optional[Tokenizer] = None,
                           log: Callable[[str], None] = _log_stderr) -> dict[str, Any]:
     """The artifact, reloaded in the domain's runtime (an int8 graph always in ONNX Runtime), against the fp32
-    model (torch eager) on the test sentences:
-    mean cosine, Spearman of pair similarities, bytes, parameters, latency side by side, memory. The constraints
-    are judged on the test split and, for decisions, on the validation split (``val_constraints``)."""
+    model (torch eager) on the test sentences: mean cosine, Spearman of pair similarities, bytes, parameters,
+    latency side by side, memory. The constraints are judged on the test split and, for decisions, on the
+    validation split (``val_constraints``)."""
     threads = torch.get_num_threads()
     runtime = domain.runtime
     model = load_text_artifact(artifact, runtime=runtime, verify_key=verify_key, intra_op_threads=threads)
