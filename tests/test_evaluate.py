@@ -220,6 +220,7 @@ def test_timing_beside_other_work_is_taken_again_and_the_least_busy_kept(monkeyp
 
     monkeypatch.setattr(evaluate, "side_by_side_latency", fake_timing)
     monkeypatch.setattr(evaluate, "BUSY_WAIT_S", 0.0)
+    monkeypatch.delenv(evaluate.RETRIES_ENV, raising=False)
     model = torch.nn.Linear(4, 2)
     measured, base = {}, {}
     timing = runner._side_by_side(model, {}, model, measured, base, (4,), "torch")
@@ -227,6 +228,12 @@ def test_timing_beside_other_work_is_taken_again_and_the_least_busy_kept(monkeyp
     assert measured["latency_ms"]["batch_1"] == 2.0  # the second timing: the first least busy one
     busy, calls[:] = iter([0]), []
     assert runner._side_by_side(model, {}, model, {}, {}, (4,), "torch")["others_running"] == 0 and len(calls) == 1
+    # TORCHSLIM_TIMING_RETRIES: how often (0: never, as this suite sets it); a value that is no count is ignored
+    monkeypatch.setenv(evaluate.RETRIES_ENV, "0")
+    busy, calls[:] = iter([2]), []
+    assert runner._side_by_side(model, {}, model, {}, {}, (4,), "torch")["others_running"] == 2 and len(calls) == 1
+    monkeypatch.setenv(evaluate.RETRIES_ENV, "-1")
+    assert evaluate.busy_retries() == evaluate.BUSY_RETRIES
 
 
 def test_a_slowdown_within_noise_is_not_reported_as_one():

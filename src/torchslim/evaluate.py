@@ -219,13 +219,20 @@ def busy_timing(timed: dict[str, Any]) -> str | None:
 
 
 BUSY_RETRIES, BUSY_WAIT_S = 2, 2.0  # timings taken beside other work: how often to time again, after how long
+RETRIES_ENV = "TORCHSLIM_TIMING_RETRIES"  # e.g. 0 where the machine is known to be shared (a parallel test run)
+
+
+def busy_retries() -> int:
+    """``BUSY_RETRIES``, or the whole number ``TORCHSLIM_TIMING_RETRIES`` gives (anything else is ignored)."""
+    value = os.environ.get(RETRIES_ENV, "")
+    return int(value) if value.isdigit() else BUSY_RETRIES
 
 
 def timed_when_idle(time_once: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     """``time_once()`` (a side-by-side timing with ``others_running``), taken again after a pause while other
-    processes took the cores it needed (:func:`busy_timing`), up to ``BUSY_RETRIES`` times: the least busy."""
+    processes took the cores it needed (:func:`busy_timing`), up to :func:`busy_retries` times: the least busy."""
     timed = time_once()
-    for _ in range(BUSY_RETRIES):
+    for _ in range(busy_retries()):
         if busy_timing(timed) is None:
             break
         time.sleep(BUSY_WAIT_S)
