@@ -20,6 +20,7 @@ def starting_points_first(make_base: Callable[[int], Any], points: list[dict[str
     class StartingPointsFirst(optuna.samplers.BaseSampler):
         def __init__(self) -> None:
             self._number, self._sampler = -1, None
+            self._asked: tuple[int, Optional[dict[str, Any]]] = (-1, None)
 
         def _base(self, trial: Any) -> Any:
             if trial.number != self._number:
@@ -27,11 +28,13 @@ def starting_points_first(make_base: Callable[[int], Any], points: list[dict[str
             return self._sampler
 
         def _point(self, study: Any, trial: Any) -> Optional[dict[str, Any]]:
-            # a rerun of an interrupted candidate (enqueued with its parameters) takes a number but no point
-            reruns = sum(t.number < trial.number and "rerun_of" in t.user_attrs
-                         for t in study.get_trials(deepcopy=False))
-            index = trial.number - reruns
-            return points[index] if index < len(points) else None
+            if self._asked[0] != trial.number:  # asked once per parameter: the study's trials read once per trial
+                # a rerun of an interrupted candidate (enqueued with its parameters) takes a number but no point
+                reruns = sum(t.number < trial.number and "rerun_of" in t.user_attrs
+                             for t in study.get_trials(deepcopy=False))
+                index = trial.number - reruns
+                self._asked = (trial.number, points[index] if index < len(points) else None)
+            return self._asked[1]
 
         def infer_relative_search_space(self, study: Any, trial: Any) -> dict[str, Any]:
             return {} if self._point(study, trial) is not None else self._base(trial).infer_relative_search_space(
