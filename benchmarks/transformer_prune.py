@@ -39,6 +39,7 @@ import zoo_models  # noqa: E402
 from torchslim.data import load_splits  # noqa: E402
 from torchslim.domain import DataSpec  # noqa: E402
 from torchslim.prune import Distill, Finetune, StructuredConfig, prune_  # noqa: E402
+from torchslim.prune.config import Schedule  # noqa: E402
 from torchslim.train import TrainConfig, fit  # noqa: E402
 
 METHODS = {
@@ -47,6 +48,15 @@ METHODS = {
                             finetune=Finetune(epochs=10, lr=3e-3, batch_size=32, distill=Distill(4.0, 0.9), ema=0.99)),
 }
 METHODS["refit"] = dataclasses.replace(METHODS["new"], reconstruct=True)
+_FT = METHODS["refit"].finetune
+# one change each to refit, tried and not adopted (--methods to run them; the default runs old, new, refit)
+VARIANTS = {
+    "refit-T2": dataclasses.replace(METHODS["refit"], finetune=dataclasses.replace(_FT, distill=Distill(2.0, 0.9))),
+    "refit-alpha1": dataclasses.replace(METHODS["refit"], finetune=dataclasses.replace(_FT, distill=Distill(4.0, 1.0))),
+    "refit-poly2": dataclasses.replace(METHODS["refit"], schedule=Schedule("polynomial", 2)),
+    "refit-lr2e-3": dataclasses.replace(METHODS["refit"], finetune=dataclasses.replace(_FT, lr=2e-3)),
+    "refit-ema0.995": dataclasses.replace(METHODS["refit"], finetune=dataclasses.replace(_FT, ema=0.995)),
+}
 CALIBRATION_BATCHES = 8
 
 
@@ -84,18 +94,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", default="0,1,2,3,4")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--methods", default="old,new,refit",
+                        help=f"comma-separated, of {', '.join([*METHODS, *VARIANTS])}")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     os.environ.setdefault("TQDM_DISABLE", "1")
+    known = {**METHODS, **VARIANTS}
+    methods = {name: known[name] for name in args.methods.split(",") if name in known}
+    if not methods or len(methods) != len(args.methods.split(",")):
+        parser.error(f"--methods: each of {', '.join(known)}")
     splits = load_splits(DataSpec(source="digits"), input_shape=(1, 8, 8))
-    drops: dict[str, dict[str, list[float]]] = {m: {"val": [], "test": []} for m in METHODS}
+    drops: dict[str, dict[str, list[float]]] = {m: {"val": [], "test": []} for m in methods}
     print(f"{'seed':>4} {'val':>6} {'test':>6} | "
-          + " | ".join(f"{m + ' drop val':>13} {'test':>6}" for m in METHODS))
+          + " | ".join(f"{m + ' drop val':>13} {'test':>6}" for m in methods))
     for seed in (int(s) for s in args.seeds.split(",")):
         model = trained_model(splits, seed)
         before = {split: 100 * accuracy(model, getattr(splits, split)) for split in ("val", "test")}
         cells = []
-        for name, config in METHODS.items():
+        for name, config in methods.items():
             pruned = prune_copy(model, config, splits, seed)
             for split in ("val", "test"):
                 drops[name][split].append(before[split] - 100 * accuracy(pruned, getattr(splits, split)))
