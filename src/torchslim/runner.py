@@ -490,19 +490,23 @@ def _side_by_side(model: nn.Module, manifest: dict[str, Any], baseline: nn.Modul
                   base: dict[str, Any], shape: tuple[int, ...], runtime: str) -> dict[str, Any]:
     """Latency of both models timed in alternating rounds (see :func:`evaluate.side_by_side_latency`): the medians
     become each one's ``latency_ms``; the spread and the machine's load are returned for ``metrics.json``
-    (``latency_spread``, ``others_running``, ``cores``). In ONNX Runtime the baseline's fp32 export is timed in
-    the same rounds (``base["runtime_latency_ms"]``): what the runtime alone gives of the speed-up over torch.
+    (``latency_spread``, ``others_running``, ``cores``, ``ort_threads``). In ONNX Runtime the baseline's fp32 export
+    is timed in the same rounds (``base["runtime_latency_ms"]``): what the runtime alone gives of the speed-up over
+    torch; each session on the thread count it runs fastest on.
     Timed while other processes took the cores, it is timed again (:func:`evaluate.timed_when_idle`)."""
     from torchslim.evaluate import side_by_side_latency, timed_when_idle
     from torchslim.export.measure import runtime_baseline, runtime_predict
 
-    predict, _ = runtime_predict(model, manifest, runtime)
+    predict, _ = runtime_predict(model, manifest, runtime, fastest=True)
     reference = runtime_baseline(baseline, shape) if runtime == "onnxruntime" else None
     timed = timed_when_idle(lambda: side_by_side_latency(baseline, predict, shape, runtime_baseline=reference))
+    if runtime == "onnxruntime":  # the intra-op threads each ORT session chose (fastest_session)
+        timed["ort_threads"] = {"compressed": predict.threads,
+                                **({"baseline": reference.threads} if reference is not None else {})}
     measured["latency_ms"], base["latency_ms"] = timed["latency_ms"], timed["baseline_latency_ms"]
     if "runtime_baseline_latency_ms" in timed:
         base["runtime_latency_ms"] = timed["runtime_baseline_latency_ms"]
-    return {key: timed[key] for key in ("latency_spread", "others_running", "cores")}
+    return {key: timed[key] for key in ("latency_spread", "others_running", "cores", "ort_threads") if key in timed}
 
 
 def _validation_figures(ctx: RunContext, reloaded: nn.Module, manifest: dict[str, Any], baseline: nn.Module,

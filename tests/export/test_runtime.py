@@ -87,3 +87,27 @@ def test_worker_threads_stop_spinning_when_a_run_returns():
     default = cpu_seconds_after_a_run(ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"]))
     ours = cpu_seconds_after_a_run(OrtSession(model, intra_op_threads=2).session)
     assert ours < 0.005 < default
+
+
+@pytest.mark.parametrize("per_thread_ms, chosen", [(lambda n: 2.0 * n, 1), (lambda n: 4.0 / n, 4)])
+def test_the_session_timed_is_the_faster_of_one_thread_and_all(monkeypatch, per_thread_ms, chosen):
+    """A small int8 model runs slower when ORT splits its operators across threads, a large one faster: each
+    session keeps the thread count it runs fastest on (here made by a stand-in session whose call sleeps)."""
+    import time
+
+    import torch
+
+    import torchslim.export.runtime as runtime
+
+    class Sleeper:
+        def __init__(self, model, intra_op_threads=None):
+            self.model, self.threads = model, intra_op_threads
+
+        def __call__(self, x):
+            time.sleep(per_thread_ms(self.threads) / 1e3)
+            return x
+
+    monkeypatch.setattr(runtime, "OrtSession", Sleeper)
+    session = runtime.fastest_session(b"graph", 4, torch.zeros(2, 3), rounds=2, runs=2)
+    assert (session.threads, session.model) == (chosen, b"graph")
+    assert runtime.fastest_session(b"graph", 1, torch.zeros(2, 3)).threads == 1  # one core: nothing to choose

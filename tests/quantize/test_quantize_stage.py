@@ -111,6 +111,10 @@ def test_static_int8_run_measures_ort_and_exports_the_int8_graph(tmp_path):
     assert set(metrics["baseline_runtime_latency_ms"]) == {"batch_1", "batch_64"}
     assert 0.7 < paired["runtime_ratio"] * paired["compression_ratio"] / paired["ratio"] < 1.4
     assert "| baseline in ONNX Runtime fp32, batch 64 |" in (out / "report.md").read_text()
+    # each ORT session was timed on the thread count it runs fastest on: one, or all torch uses
+    assert set(metrics["ort_threads"]) == {"compressed", "baseline"}
+    assert set(metrics["ort_threads"].values()) <= {1, metrics["threads"]}
+    assert f"Timed on {metrics['ort_threads']['compressed']} intra-op thread(s)" in (out / "report.md").read_text()
 
     # the artifact stores the int8 weights once (its codes); the int8 graph is stored without them, the exported
     # file is that graph with the weights put back, and `torchslim export` writes the same bytes

@@ -29,18 +29,29 @@ def measure_in_runtime(model: nn.Module, manifest: dict[str, Any], test: Dataset
     return {**measured, "int8_kernels": kernels, "cpu_features": cpu_int8_features()}
 
 
-def runtime_predict(model: nn.Module, manifest: dict[str, Any], runtime: str) -> tuple[Any, dict[str, int] | None]:
+def runtime_predict(model: nn.Module, manifest: dict[str, Any], runtime: str, *,
+                    fastest: bool = False) -> tuple[Any, dict[str, int] | None]:
     """(what serves the model in ``runtime``, ONNX Runtime's integer kernels by op type or None).
 
     ``onnxruntime``: a session over the stored int8 model, or an fp32 export, with as many intra-op threads as torch
-    uses (both sides get the same cores); ``torch``: the module as ``torchslim.load`` serves it (weight-only and
-    k-means layers decoded into plain ones).
+    uses, or with ``fastest`` (for timing) on one thread or that many, whichever is faster
+    (:func:`~torchslim.export.runtime.fastest_session`: both sides within the same cores); ``torch``: the module as
+    ``torchslim.load`` serves it (weight-only and k-means layers decoded into plain ones).
     """
-    if runtime == "onnxruntime":
+    if runtime == "onnxruntime" and not fastest:
         from torchslim._load import ort_session_of
         from torchslim.export.runtime import quantized_kernels
 
         session = ort_session_of(model, manifest, intra_op_threads=torch.get_num_threads())
+        return session, quantized_kernels(session.model)
+    if runtime == "onnxruntime":
+        from torchslim.export.artifact import example_input, module_onnx
+        from torchslim.export.runtime import fastest_session, quantized_kernels
+
+        data, int8 = module_onnx(model, manifest)
+        shape = tuple(example_input(manifest, model).shape[1:])
+        session = fastest_session(data, torch.get_num_threads(), torch.rand(64, *shape))
+        session.int8 = int8
         return session, quantized_kernels(session.model)
     import copy
 
@@ -50,13 +61,14 @@ def runtime_predict(model: nn.Module, manifest: dict[str, Any], runtime: str) ->
 
 
 def runtime_baseline(baseline: nn.Module, input_shape: tuple[int, ...]) -> Any:
-    """The fp32 baseline as an ONNX Runtime session (as many intra-op threads as torch uses), or None when it does
-    not export: the speed-up over torch then cannot be split into the runtime's and the compression's shares."""
+    """The fp32 baseline as an ONNX Runtime session (threads chosen as for the compressed model), or None when it
+    does not export: the speed-up over torch then cannot be split into the runtime's and the compression's
+    shares."""
     from torchslim.export.onnx_export import export_onnx
-    from torchslim.export.runtime import OrtSession
+    from torchslim.export.runtime import fastest_session
 
     try:
         data = export_onnx(baseline.eval(), torch.rand(1, *input_shape))
-        return OrtSession(data, torch.get_num_threads())
+        return fastest_session(data, torch.get_num_threads(), torch.rand(64, *input_shape))
     except Exception:  # noqa: BLE001  (the compressed model's own export says what fails, if it does)
         return None

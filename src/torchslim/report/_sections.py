@@ -224,6 +224,12 @@ def _runtime(metrics: dict[str, Any]) -> list[Block]:
         ran = "ONNX Runtime ran integer kernels: " + ", ".join(f"{op} ×{n}" for op, n in kernels.items()) + "."
     else:
         ran = "ONNX Runtime ran float kernels only (the artifact holds no int8 model)."
+    threads = metrics.get("ort_threads")
+    if threads:
+        ran += (f" Timed on {threads['compressed']} intra-op thread(s)"
+                + (f", the baseline's fp32 export on {threads['baseline']}" if "baseline" in threads else "")
+                + f", each the faster of one and {metrics['threads']} (torch keeps small operators on one thread "
+                  "by itself; ONNX Runtime splits each one it can).")
     cpu = metrics.get("cpu_features", {})
     flags = [k for k, v in cpu.items() if v is True]
     return [Heading(2, "Runtime"),
