@@ -38,20 +38,11 @@ def runtime_predict(model: nn.Module, manifest: dict[str, Any], runtime: str, *,
     (:func:`~torchslim.export.runtime.fastest_session`: both sides within the same cores); ``torch``: the module as
     ``torchslim.load`` serves it (weight-only and k-means layers decoded into plain ones).
     """
-    if runtime == "onnxruntime" and not fastest:
+    if runtime == "onnxruntime":
         from torchslim._load import ort_session_of
         from torchslim.export.runtime import quantized_kernels
 
-        session = ort_session_of(model, manifest, intra_op_threads=torch.get_num_threads())
-        return session, quantized_kernels(session.model)
-    if runtime == "onnxruntime":
-        from torchslim.export.artifact import example_input, module_onnx
-        from torchslim.export.runtime import fastest_session, quantized_kernels
-
-        data, int8 = module_onnx(model, manifest)
-        shape = tuple(example_input(manifest, model).shape[1:])
-        session = fastest_session(data, torch.get_num_threads(), torch.rand(64, *shape))
-        session.int8 = int8
+        session = ort_session_of(model, manifest, intra_op_threads=torch.get_num_threads(), fastest=fastest)
         return session, quantized_kernels(session.model)
     import copy
 
