@@ -144,7 +144,7 @@ class SearchResult:
     best: Optional[dict[str, Any]]
     records: list[dict[str, Any]]
     feasible: bool
-    infeasible: str  # each constraint the best fails, with its limit and the best's value ("" if feasible)
+    infeasible: str  # each constraint the best fails, its limit and the closest value reached ("" if feasible)
     trials: int  # finished candidates in the study
     warnings: list[str] = dataclasses.field(default_factory=list)  # what the user should know about the result
 
