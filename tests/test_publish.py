@@ -99,6 +99,23 @@ def _check_run_folder(out):
     return digest
 
 
+def _stat(path):
+    """Which file ``path`` is, None when absent: a publish first takes the old metrics.json away (the folder then
+    records no run), and ends by putting the new one in place (another inode and mtime)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_mtime_ns
+
+
+def _wait_until(condition, timeout):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
 @pytest.mark.slow
 def test_sigkill_at_12_random_moments_leaves_a_consistent_run_folder(tmp_path):
     (tmp_path / "domain.yaml").write_text(DIGITS_DOMAIN)
@@ -114,16 +131,20 @@ def test_sigkill_at_12_random_moments_leaves_a_consistent_run_folder(tmp_path):
     began = time.monotonic()
     assert start("a").wait(timeout=300) == 0
     full = time.monotonic() - began
-    assert _check_run_folder(tmp_path / "out") is not None
+    first = _check_run_folder(tmp_path / "out")
+    assert first is not None
     rng, seen = random.Random(0), []
     for i in range(12):
+        before = _stat(tmp_path / "out" / "metrics.json")
         proc = start("ab"[i % 2])
-        # the second half of a run (saving, measuring, publishing) is where the outputs change
-        time.sleep(rng.uniform(0.3, 1.1) * full)
+        if i in (3, 7):  # killed the moment it has published (while it clears its work folder, or just after)
+            _wait_until(lambda: _stat(tmp_path / "out" / "metrics.json") not in (before, None), timeout=300)
+        else:  # the second half of a run (saving, measuring, publishing) is where the outputs change
+            time.sleep(rng.uniform(0.3, 1.1) * full)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         seen.append(_check_run_folder(tmp_path / "out"))
-    assert len(set(seen) - {None}) >= 2  # some runs published before their kill: the folder changed hands
+    assert None not in (seen[3], seen[7]) and first not in (seen[3], seen[7])  # recipe b's runs took the folder over
     proc = start("b")
     assert proc.wait(timeout=300) == 0
     assert _check_run_folder(tmp_path / "out") is not None

@@ -213,7 +213,7 @@ def run(recipe: Path, out: Path, resume: bool, overrides: tuple[str, ...], threa
         raise ConfigError("--resume", f"{out} holds a finished run (metrics.json): nothing to resume; pass "
                                       f"--overwrite to run it again")
     from torchslim.artifact import SIGNATURE, ArtifactError, check_signing_key
-    from torchslim.distributed import init_from_env, is_main, shutdown
+    from torchslim.distributed import end_finished_worker, init_from_env, is_main, shutdown
     from torchslim.recipe import load_recipe
     from torchslim.runner import run_recipe
 
@@ -223,6 +223,7 @@ def run(recipe: Path, out: Path, resume: bool, overrides: tuple[str, ...], threa
         except ArtifactError as exc:
             raise ConfigError("--sign-key", exc.message, exc.source) from None
     init_from_env()  # under torchrun: join the process group (gloo on CPU, nccl on GPU)
+    worker = not is_main()  # a rank other than 0 (after shutdown() every process reads as rank 0)
     try:
         loaded = load_recipe(recipe, list(overrides))
         if is_main():
@@ -235,6 +236,8 @@ def run(recipe: Path, out: Path, resume: bool, overrides: tuple[str, ...], threa
                 click.echo(f"signed {out / 'artifact'} ({SIGNATURE})")
     finally:
         shutdown()
+    if worker:
+        end_finished_worker()
 
 
 @cli.command()

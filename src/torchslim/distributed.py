@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 from collections.abc import Mapping
+from typing import NoReturn
 
 import torch
 import torch.distributed as dist
@@ -19,6 +21,7 @@ from torch.utils.data import Dataset, DistributedSampler
 __all__ = [
     "init_from_env",
     "shutdown",
+    "end_finished_worker",
     "is_distributed",
     "rank",
     "world_size",
@@ -55,6 +58,18 @@ def shutdown() -> None:
     if is_distributed():
         dist.barrier()
         dist.destroy_process_group()
+
+
+def end_finished_worker() -> NoReturn:
+    """End a rank other than 0 at once, after ``shutdown()`` of a run that finished: exit status 0, no teardown.
+
+    Such a rank has written nothing and has nothing left to do, while the interpreter's exit still tears down the
+    process group's threads: that once aborted a finished rank ("terminate called without an active exception",
+    SIGABRT), and torchrun then failed a run whose outputs were complete.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def is_distributed() -> bool:
