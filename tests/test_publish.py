@@ -117,7 +117,7 @@ def _wait_until(condition, timeout):
 
 
 @pytest.mark.slow
-def test_sigkill_at_12_random_moments_leaves_a_consistent_run_folder(tmp_path):
+def test_sigkill_at_12_moments_leaves_a_consistent_run_folder(tmp_path):
     (tmp_path / "domain.yaml").write_text(DIGITS_DOMAIN)
     for name, text in RECIPES.items():
         (tmp_path / f"{name}.yaml").write_text(text)
