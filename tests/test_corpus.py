@@ -1,4 +1,4 @@
-"""The shipped sentence corpus: its shape, its filters, and that build_corpus.py regenerates it exactly."""
+"""The shipped sentence corpus: its shape, its sources and filters, and that build_corpus.py regenerates it exactly."""
 
 import importlib.util
 import re
@@ -12,6 +12,7 @@ CORPUS = Path(__file__).resolve().parents[1] / "domains" / "corpus"
 SENTENCES = CORPUS / "sentences.txt"
 BUILT_WITH = re.search(r"Built with Python (\d+\.\d+\.\d+)", (CORPUS / "README.md").read_text()).group(1)
 RUNNING = ".".join(map(str, sys.version_info[:3]))
+WORDNET = Path("/usr/share/wordnet")
 
 
 def load_builder():
@@ -53,8 +54,31 @@ def test_filters_keep_prose_and_drop_code():
         "Use it, e.g. twice.", "Then stop!", "Done?", "Yes."]
 
 
+def test_wordnet_examples_are_the_quoted_parts_of_glosses_made_sentences(tmp_path):
+    builder = load_builder()
+    for name in builder.WORDNET_FILES:
+        (tmp_path / name).write_text("  1 This software and database is being provided to you | not a gloss\n")
+    (tmp_path / "data.noun").write_text(
+        '  1 licence line | "a quoted licence line"\n'
+        '00001740 03 n 01 entity 0 000 | that which is perceived; "the children played in the park"; '
+        '"Is it raining?"; "cut it; twice"\n'
+        '00002137 03 n 01 thing 0 000 | an entity; "it happened" - Someone\n', encoding="utf-8")
+    assert builder.wordnet_examples(tmp_path) == ["The children played in the park.", "Is it raining?"]
+
+
+def test_corpus_holds_both_kinds_of_english(lines):
+    """The everyday examples (WordNet) and the technical prose (the standard library) each make a large share."""
+    builder = load_builder()
+    if not all((WORDNET / name).is_file() for name in builder.WORDNET_FILES):
+        pytest.skip(f"WordNet's data files are not installed under {WORDNET}")
+    everyday = {s.casefold() for s in builder.wordnet_examples(WORDNET)}
+    share = sum(line.casefold() in everyday for line in lines) / len(lines)
+    assert 0.3 < share < 0.7, share
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(RUNNING != BUILT_WITH, reason=f"corpus built with Python {BUILT_WITH}, running {RUNNING}")
+@pytest.mark.skipif(not (WORDNET / "data.noun").is_file(), reason=f"WordNet's data files are not under {WORDNET}")
 def test_build_regenerates_identical_file(tmp_path):
     out = tmp_path / "sentences.txt"
     subprocess.run([sys.executable, str(CORPUS / "build_corpus.py"), "--out", str(out)], check=True,

@@ -1,11 +1,18 @@
-"""Build ``sentences.txt``: English prose sentences from the running Python's standard library.
+"""Build ``sentences.txt``: English prose sentences from the running Python's standard library and WordNet.
 
-All text is part of CPython, under the PSF License: the docstrings (modules, classes, functions) and ``#``
-comments of every standard-library ``.py`` file, test suites included, and the pydoc help topics
-(``pydoc_data/topics.py``, the language reference as plain text). Only the standard library of the interpreter
-that runs this script is read, so the same Python version regenerates the same bytes; another version gives
-different text. Sentences that look like code are dropped (see ``is_prose``), repeats are dropped ignoring case,
-and the rest is ordered by the sha256 of each sentence: shuffled, but the same order on every run.
+Two sources, so that a model distilled on the corpus meets both technical and everyday English:
+- CPython's standard library, under the PSF License: the docstrings (modules, classes, functions) and ``#``
+  comments of every standard-library ``.py`` file, test suites included, and the pydoc help topics
+  (``pydoc_data/topics.py``, the language reference as plain text). Only the standard library of the interpreter
+  that runs this script is read, so the same Python version regenerates the same bytes; another version gives
+  different text.
+- WordNet 3.0's usage examples (Princeton University, under the WordNet 3.0 licence, which allows redistribution
+  with its notice): the quoted examples in the glosses of ``data.noun``, ``data.verb``, ``data.adj`` and
+  ``data.adv`` (Debian's ``wordnet-base`` package installs them under ``/usr/share/wordnet``), each given a
+  capital letter and a full stop when it has none.
+
+Sentences that look like code are dropped (see ``is_prose``), repeats are dropped ignoring case, and the rest is
+ordered by the sha256 of each sentence: shuffled, but the same order on every run.
 
 Run from the repository root:  python domains/corpus/build_corpus.py
 """
@@ -26,6 +33,8 @@ import tokenize
 from pathlib import Path
 
 OUT = Path(__file__).with_name("sentences.txt")
+WORDNET = Path("/usr/share/wordnet")
+WORDNET_FILES = ("data.noun", "data.verb", "data.adj", "data.adv")
 MIN_WORDS, MAX_WORDS = 4, 60
 MAX_SENTENCES = 40_000
 MIN_LETTER_FRACTION = 0.85  # of the non-space characters
@@ -99,6 +108,26 @@ def help_topics(root: Path) -> list[str]:
             for v in node.values if isinstance(v, ast.Constant) and isinstance(v.value, str)]
 
 
+def wordnet_examples(folder: Path) -> list[str]:
+    """The quoted usage examples of WordNet's glosses, as sentences: capitalised, ending in ``.`` when bare.
+
+    A data line reads ``offset ... | gloss; "example"; "example"``; lines starting with spaces are the licence.
+    """
+    found = []
+    for name in WORDNET_FILES:
+        for line in (folder / name).read_text(encoding="utf-8").splitlines():
+            if line.startswith(" ") or " | " not in line:
+                continue
+            for part in line.split(" | ", 1)[1].split(";"):
+                part = part.strip()
+                if len(part) > 2 and part[0] == part[-1] == '"':
+                    example = part[1:-1].strip()
+                    if example:
+                        example = example[0].upper() + example[1:]
+                        found.append(example if example[-1] in ".!?" else example + ".")
+    return found
+
+
 def paragraphs(text: str) -> list[str]:
     """Blank-line separated paragraphs as single lines; code blocks, lists and headings dropped.
 
@@ -154,13 +183,14 @@ def is_prose(s: str) -> bool:
     return sum(c.isalpha() for c in chars) >= MIN_LETTER_FRACTION * len(chars)
 
 
-def collect(root: Path) -> list[str]:
-    """Every prose sentence found under ``root`` (with repeats)."""
+def collect(root: Path, wordnet: Path) -> list[str]:
+    """Every prose sentence of the standard library under ``root`` and of WordNet's examples (with repeats)."""
     texts = help_topics(root)
     for path in stdlib_files(root):
         source = read_source(path)
         texts += docstrings(source) + comments(source)
-    return [s for text in texts for para in paragraphs(text) for s in sentences(para) if is_prose(s)]
+    found = [s for text in texts for para in paragraphs(text) for s in sentences(para) if is_prose(s)]
+    return found + [s for s in wordnet_examples(wordnet) if is_prose(s)]
 
 
 def dedupe_and_order(found: list[str]) -> list[str]:
@@ -177,12 +207,18 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=OUT,
                         help=f"file to write (default: {OUT.name} beside this script)")
-    out = parser.parse_args(argv).out
+    parser.add_argument("--wordnet", type=Path, default=WORDNET,
+                        help=f"folder holding WordNet 3.0's data.* files (default: {WORDNET})")
+    args = parser.parse_args(argv)
+    out, wordnet = args.out, args.wordnet
+    missing = [name for name in WORDNET_FILES if not (wordnet / name).is_file()]
+    if missing:
+        parser.error(f"{wordnet} lacks WordNet's {', '.join(missing)} (Debian: apt-get install wordnet-base)")
     root = Path(sysconfig.get_paths()["stdlib"])
-    kept = dedupe_and_order(collect(root))
+    kept = dedupe_and_order(collect(root, wordnet))
     out.write_bytes("".join(s + "\n" for s in kept).encode("utf-8"))
     lengths = [len(s.split()) for s in kept]
-    print(f"Python {sys.version.split()[0]} stdlib {root}")
+    print(f"Python {sys.version.split()[0]} stdlib {root}, WordNet {wordnet}")
     print(f"{len(kept)} sentences, {out.stat().st_size} bytes, words per sentence: "
           f"mean {statistics.mean(lengths):.2f}, median {statistics.median(lengths)}")
 
