@@ -56,6 +56,7 @@ VARIANTS = {
     "refit-poly2": dataclasses.replace(METHODS["refit"], schedule=Schedule("polynomial", 2)),
     "refit-lr2e-3": dataclasses.replace(METHODS["refit"], finetune=dataclasses.replace(_FT, lr=2e-3)),
     "refit-ema0.995": dataclasses.replace(METHODS["refit"], finetune=dataclasses.replace(_FT, ema=0.995)),
+    "refit-ep20": dataclasses.replace(METHODS["refit"], finetune=dataclasses.replace(_FT, epochs=20)),
 }
 CALIBRATION_BATCHES = 8
 
