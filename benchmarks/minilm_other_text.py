@@ -147,7 +147,8 @@ def main() -> None:
                                        str(Path(tmp) / f"{name}.yaml"), "--json", "--threads", str(args.threads)],
                                       capture_output=True, text=True, env=env)
                 if proc.returncode:
-                    sys.exit(f"error: {artifact} on {name}: {proc.stderr.strip().splitlines()[-1]}")
+                    last = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
+                    sys.exit(f"error: {artifact} on {name}: {last}")
                 m = json.loads(proc.stdout)
                 cells.append(f"{m['value']:.4f} / {m['spearman']:.4f}")
             print(f"{str(artifact):<40} " + " ".join(f"{c:>26}" for c in cells))
