@@ -19,6 +19,7 @@ would: mean cosine to the fp32 model's embeddings and the Spearman correlation o
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import importlib.util
 import json
@@ -39,7 +40,9 @@ FORTUNE_FILES = ("fortunes", "literature", "people", "wisdom", "work", "love", "
 MAX_FORTUNES = 500
 
 
+@functools.cache
 def _builder():
+    """``domains/corpus/build_corpus.py`` as a module (loaded once)."""
     spec = importlib.util.spec_from_file_location("build_corpus", ROOT / "domains" / "corpus" / "build_corpus.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
