@@ -33,6 +33,7 @@ import tokenize
 from pathlib import Path
 
 OUT = Path(__file__).with_name("sentences.txt")
+EXTRA = Path(__file__).with_name("extra_sentences.txt")
 WORDNET = Path("/usr/share/wordnet")
 WORDNET_FILES = ("data.noun", "data.verb", "data.adj", "data.adv")
 MIN_WORDS, MAX_WORDS = 4, 60
@@ -128,6 +129,21 @@ def wordnet_examples(folder: Path) -> list[str]:
     return found
 
 
+def wordnet_definitions(folder: Path) -> list[str]:
+    """The definitions of WordNet's glosses (the unquoted parts before the examples), as sentences."""
+    found = []
+    for name in WORDNET_FILES:
+        for line in (folder / name).read_text(encoding="utf-8").splitlines():
+            if line.startswith(" ") or " | " not in line:
+                continue
+            parts = [p.strip() for p in line.split(" | ", 1)[1].split(";")]
+            definition = "; ".join(p for p in parts if p and not p.startswith('"'))
+            if definition:
+                definition = definition[0].upper() + definition[1:]
+                found.append(definition if definition[-1] in ".!?" else definition + ".")
+    return found
+
+
 def paragraphs(text: str) -> list[str]:
     """Blank-line separated paragraphs as single lines; code blocks, lists and headings dropped.
 
@@ -193,20 +209,33 @@ def collect(root: Path, wordnet: Path) -> list[str]:
     return found + [s for s in wordnet_examples(wordnet) if is_prose(s)]
 
 
-def dedupe_and_order(found: list[str]) -> list[str]:
-    """One sentence per case-insensitive key (the smallest spelling), shuffled by sha256, first MAX_SENTENCES."""
+def dedupe_and_order(found: list[str], taken: frozenset[str] = frozenset()) -> list[str]:
+    """One sentence per case-insensitive key (the smallest spelling), shuffled by sha256; keys in ``taken`` are
+    left out."""
     by_key: dict[str, str] = {}
     for s in found:
         key = s.casefold()
-        by_key[key] = min(s, by_key.get(key, s))
-    ordered = sorted(by_key.values(), key=lambda s: (hashlib.sha256(s.encode("utf-8")).hexdigest(), s))
-    return ordered[:MAX_SENTENCES]
+        if key not in taken:
+            by_key[key] = min(s, by_key.get(key, s))
+    return sorted(by_key.values(), key=lambda s: (hashlib.sha256(s.encode("utf-8")).hexdigest(), s))
+
+
+def build(root: Path, wordnet: Path) -> tuple[list[str], list[str]]:
+    """The corpus (the first MAX_SENTENCES prose sentences in the fixed shuffle) and the extra sentences: the
+    prose sentences past the cap and WordNet's definitions, none of them in the corpus, ignoring case."""
+    ordered = dedupe_and_order(collect(root, wordnet))
+    corpus = ordered[:MAX_SENTENCES]
+    definitions = [s for s in wordnet_definitions(wordnet) if is_prose(s)]
+    extra = dedupe_and_order(ordered[MAX_SENTENCES:] + definitions, frozenset(s.casefold() for s in corpus))
+    return corpus, extra
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=OUT,
                         help=f"file to write (default: {OUT.name} beside this script)")
+    parser.add_argument("--extra-out", type=Path, default=None,
+                        help=f"file for the extra sentences (default: {EXTRA.name} beside --out)")
     parser.add_argument("--wordnet", type=Path, default=WORDNET,
                         help=f"folder holding WordNet 3.0's data.* files (default: {WORDNET})")
     args = parser.parse_args(argv)
@@ -215,12 +244,14 @@ def main(argv: list[str] | None = None) -> None:
     if missing:
         parser.error(f"{wordnet} lacks WordNet's {', '.join(missing)} (Debian: apt-get install wordnet-base)")
     root = Path(sysconfig.get_paths()["stdlib"])
-    kept = dedupe_and_order(collect(root, wordnet))
-    out.write_bytes("".join(s + "\n" for s in kept).encode("utf-8"))
-    lengths = [len(s.split()) for s in kept]
+    kept, extra = build(root, wordnet)
+    extra_out = out.with_name(EXTRA.name) if args.extra_out is None else args.extra_out
     print(f"Python {sys.version.split()[0]} stdlib {root}, WordNet {wordnet}")
-    print(f"{len(kept)} sentences, {out.stat().st_size} bytes, words per sentence: "
-          f"mean {statistics.mean(lengths):.2f}, median {statistics.median(lengths)}")
+    for path, lines in ((out, kept), (extra_out, extra)):
+        path.write_bytes("".join(s + "\n" for s in lines).encode("utf-8"))
+        lengths = [len(s.split()) for s in lines]
+        print(f"{path.name}: {len(lines)} sentences, {path.stat().st_size} bytes, words per sentence: "
+              f"mean {statistics.mean(lengths):.2f}, median {statistics.median(lengths)}")
 
 
 if __name__ == "__main__":

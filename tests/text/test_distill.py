@@ -67,6 +67,22 @@ def test_the_best_validation_epoch_is_returned():
     assert abs(held_out_cosine(student, teacher, val) - best) < 1e-5
 
 
+def test_extra_sentences_are_learned_from_but_never_validated_on():
+    sents, extra, test = toy_sentences(24, seed=5), toy_sentences(240, seed=6), toy_sentences(120, seed=7)
+    cfg = DistillConfig(epochs=2, batch_size=16, lr=1e-3, hidden=1.0, val_fraction=0.25, patience=0,
+                        progress=False, seed=2)
+    results, cosines = [], []
+    for more in ((), extra):
+        teacher, student = teacher_and_student()
+        results.append(distill_encoder(student, teacher, sents, ToyTokenizer(), cfg, extra_sentences=more))
+        cosines.append(held_out_cosine(student, teacher, test))
+        val = split_sentences(sents, [0.75, 0.25], seed=2)[1]  # the same six sentences with or without extra
+        best = results[-1].history[results[-1].best_epoch - 1]["val_cosine"]
+        assert abs(held_out_cosine(student, teacher, val) - best) < 1e-5
+    alone, with_extra = cosines
+    assert (1 - with_extra) < 0.5 * (1 - alone), cosines  # ten times the text to learn from (0.24 measured)
+
+
 def test_same_seed_same_student():
     runs = []
     for seed in (0, 0, 1):

@@ -136,6 +136,30 @@ def test_every_stage_then_eval_remeasures_the_same_cosine(text_domain):
     assert (folder / "again.onnx").read_bytes() == model.onnx
 
 
+def test_extra_text_trains_without_the_held_out_sentences(text_domain):
+    folder = text_domain.parent
+    extra = [f"Extra sentence number {i} about the garden." for i in range(40)]
+    corpus = (folder / "sentences.txt").read_text().splitlines()
+    (folder / "extra.txt").write_text("\n".join(extra + corpus) + "\n")  # the whole corpus, held-out part too
+    write_recipe(folder, "  - drop_layers: {keep: [1]}\n"
+                         "  - distill: {epochs: 1, lr: 0.001, extra_text: 'text:extra.txt'}\n")
+    proc = torchslim("run", "recipe.yaml", "--out", "out", cwd=folder)
+    assert proc.returncode == 0, proc.stderr
+    metrics = json.loads((folder / "out" / "metrics.json").read_text())
+    distill = metrics["stages"][1]
+    n_val, n_test = round(0.1 * len(corpus)), round(0.2 * len(corpus))  # the domain's validation and test splits
+    assert distill["extra_sentences"] == len(extra) + len(corpus) - n_val - n_test
+    assert f"({n_val + n_test:,} left out: they are in the validation or test split)" in proc.stderr
+
+    (folder / "extra.txt").unlink()
+    line = one_line_error(torchslim("run", "recipe.yaml", "--out", "out2", cwd=folder))
+    assert "recipe.yaml" in line and "stages[1].distill.extra_text: file not found" in line, line
+    assert not (folder / "out2").exists()
+    write_recipe(folder, "  - distill: {epochs: 1, extra_text: 'extra.txt'}\n")
+    line = one_line_error(torchslim("check", "recipe.yaml", cwd=folder))
+    assert "stages[0].distill.extra_text" in line, line
+
+
 def test_same_recipe_same_artifact(text_domain):
     folder = text_domain.parent
     write_recipe(folder, "  - quantize: {method: static, calibration_sentences: 32}\n")

@@ -241,12 +241,13 @@ def _lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
 # ------------------------------------------------------------------------------------------------------- verb
 
 def distill_encoder(student: SentenceEncoder, teacher: SentenceEncoder, sentences: Sequence[str], tokenizer,
-                    config: DistillConfig = DistillConfig(), *, device: Optional[torch.device] = None
-                    ) -> DistillResult:
+                    config: DistillConfig = DistillConfig(), *, extra_sentences: Sequence[str] = (),
+                    device: Optional[torch.device] = None) -> DistillResult:
     """Train ``student`` (in place) to reproduce ``teacher``'s embeddings on unlabelled ``sentences``.
 
     ``config.val_fraction`` of the sentences (a seeded choice) is held out; the student of the epoch with the best
-    mean cosine to the teacher there is returned. Training runs on ``device`` (a GPU when present); both models
+    mean cosine to the teacher there is returned. ``extra_sentences`` only add to the training part: more text to
+    learn from, while the epoch is still chosen on sentences like the caller's. Training runs on ``device`` (a GPU when present); both models
     are handed back on the device they came on.
 
     Example::
@@ -284,7 +285,7 @@ def distill_encoder(student: SentenceEncoder, teacher: SentenceEncoder, sentence
     n_val = int(round(cfg.val_fraction * len(sentences))) if cfg.val_fraction > 0 else 0
     train_s, val_s = split_sentences(sentences, [1 - n_val / len(sentences), n_val / len(sentences)], cfg.seed) \
         if n_val else (list(sentences), [])
-    train_rows = tokenize_all(train_s, tokenizer, cfg.max_length)
+    train_rows = tokenize_all(list(train_s) + list(extra_sentences), tokenizer, cfg.max_length)
     val_rows = tokenize_all(val_s, tokenizer, 10 ** 9) if val_s else []
     # Student layer i (1-based) is matched to teacher layer layer_map[i-1]; the last student layer's pooled output
     # is the embedding itself, so it needs no separate hidden target when the map ends at the teacher's last.

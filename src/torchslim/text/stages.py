@@ -10,6 +10,7 @@ the run's student encoder (see :mod:`torchslim.text.run`).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Optional, Union
 
 import pydantic
@@ -128,6 +129,9 @@ class TextDistillStage(StrictModel):
     freeze_word_embeddings: bool = True
     patience: int = pydantic.Field(2, ge=0)
     sentences: Optional[int] = pydantic.Field(None, ge=2, description="use at most this many training sentences")
+    extra_text: Optional[str] = pydantic.Field(
+        None, pattern=r"^text:.+", description="text:FILE (relative to the recipe), more unlabelled sentences to "
+                                               "train on; never validated or measured on")
 
     @pydantic.model_validator(mode="after")
     def _some_loss(self) -> "TextDistillStage":
@@ -136,7 +140,23 @@ class TextDistillStage(StrictModel):
         return self
 
 
+def _extra_sentences(ctx: "TextRunContext", cfg: TextDistillStage) -> tuple[list[str], int]:
+    """The extra text's sentences, without those of the domain's validation and test splits (which are held out:
+    training on them would inflate the figures measured there), and how many were left out."""
+    from torchslim.text.data import read_sentences
+
+    if cfg.extra_text is None:
+        return [], 0
+    path = Path(cfg.extra_text.partition(":")[2]).expanduser()
+    path = path if path.is_absolute() else Path(ctx.recipe.base_dir) / path
+    held_out = set(ctx.splits.val) | set(ctx.splits.test)
+    found = read_sentences(path, field="extra_text")
+    kept = [s for s in found if s not in held_out]
+    return kept, len(found) - len(kept)
+
+
 def _check_distill(ctx: "TextRunContext", cfg: TextDistillStage) -> None:
+    _extra_sentences(ctx, cfg)
     if cfg.layer_map is not None:
         depth = len(ctx.encoder.encoder.layer)
         teacher_depth = len(ctx.teacher.encoder.encoder.layer)
@@ -148,13 +168,18 @@ def _check_distill(ctx: "TextRunContext", cfg: TextDistillStage) -> None:
 def _run_distill(ctx: "TextRunContext", cfg: TextDistillStage) -> dict[str, Any]:
     from torchslim.text.distill import DistillConfig, distill_encoder
 
-    fields = cfg.model_dump(exclude={"sentences", "layer_map"})
+    fields = cfg.model_dump(exclude={"sentences", "layer_map", "extra_text"})
     config = DistillConfig(**fields, layer_map=tuple(cfg.layer_map) if cfg.layer_map is not None else None,
                            seed=ctx.seed)
     sentences = ctx.splits.train[:cfg.sentences] if cfg.sentences else ctx.splits.train
-    result = distill_encoder(ctx.encoder, ctx.teacher.encoder, sentences, ctx.tokenizer, config)
+    extra, left_out = _extra_sentences(ctx, cfg)
+    if cfg.extra_text is not None:
+        ctx.log(f"distill: {len(extra):,} extra sentences from {cfg.extra_text}"
+                + (f" ({left_out:,} left out: they are in the validation or test split)" if left_out else ""))
+    result = distill_encoder(ctx.encoder, ctx.teacher.encoder, sentences, ctx.tokenizer, config,
+                             extra_sentences=extra)
     last = result.history[-1] if result.history else {}
-    return {"sentences": len(sentences), "epochs_run": len(result.history), "best_epoch": result.best_epoch,
+    return {"sentences": len(sentences), "extra_sentences": len(extra), "epochs_run": len(result.history), "best_epoch": result.best_epoch,
             "val_cosine": last.get("val_cosine"), "seconds": round(result.seconds, 1),
             "history": result.history}
 
