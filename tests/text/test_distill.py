@@ -74,9 +74,12 @@ def test_extra_sentences_are_learned_from_but_never_validated_on():
     results, cosines = [], []
     for more in ((), extra):
         teacher, student = teacher_and_student()
+        # the validation sentences among the extra ones too: they must not be trained on
+        val = split_sentences(sents, [0.75, 0.25], seed=2)[1]  # the same six sentences with or without extra
+        more = list(more) + val if more else []
         results.append(distill_encoder(student, teacher, sents, ToyTokenizer(), cfg, extra_sentences=more))
         cosines.append(held_out_cosine(student, teacher, test))
-        val = split_sentences(sents, [0.75, 0.25], seed=2)[1]  # the same six sentences with or without extra
+        assert results[-1].train_sentences == 18 + (len(extra) if more else 0)
         best = results[-1].history[results[-1].best_epoch - 1]["val_cosine"]
         assert abs(held_out_cosine(student, teacher, val) - best) < 1e-5
     alone, with_extra = cosines

@@ -150,6 +150,9 @@ def test_extra_text_trains_without_the_held_out_sentences(text_domain):
     n_val, n_test = round(0.1 * len(corpus)), round(0.2 * len(corpus))  # the domain's validation and test splits
     assert distill["extra_sentences"] == len(extra) + len(corpus) - n_val - n_test
     assert f"({n_val + n_test:,} left out: they are in the validation or test split)" in proc.stderr
+    # nor does it train on the sentences the stage holds out to choose its epoch (every one is in extra.txt)
+    inner_val = round(0.1 * distill["sentences"])
+    assert distill["trained_on"] == distill["sentences"] - inner_val + distill["extra_sentences"] - inner_val
 
     (folder / "extra.txt").unlink()
     line = one_line_error(torchslim("run", "recipe.yaml", "--out", "out2", cwd=folder))

@@ -101,6 +101,7 @@ class DistillResult:
     student: SentenceEncoder
     history: list[dict] = field(default_factory=list)  # per epoch: train_loss, val_cosine, seconds
     best_epoch: int = -1
+    train_sentences: int = 0  # trained on: the training part and the extra sentences not held out
     seconds: float = 0.0  # wall clock
     cpu_seconds: float = 0.0  # this process's CPU time (what a busy machine does not inflate)
 
@@ -246,9 +247,10 @@ def distill_encoder(student: SentenceEncoder, teacher: SentenceEncoder, sentence
     """Train ``student`` (in place) to reproduce ``teacher``'s embeddings on unlabelled ``sentences``.
 
     ``config.val_fraction`` of the sentences (a seeded choice) is held out; the student of the epoch with the best
-    mean cosine to the teacher there is returned. ``extra_sentences`` only add to the training part: more text to
-    learn from, while the epoch is still chosen on sentences like the caller's. Training runs on ``device`` (a GPU when present); both models
-    are handed back on the device they came on.
+    mean cosine to the teacher there is returned. ``extra_sentences`` only add to the training part (those among
+    the held-out ones are left out): more text to learn from, while the epoch is still chosen on sentences like the
+    caller's. Training runs on ``device`` (a GPU when present); both models are handed back on the device they
+    came on.
 
     Example::
 
@@ -285,7 +287,9 @@ def distill_encoder(student: SentenceEncoder, teacher: SentenceEncoder, sentence
     n_val = int(round(cfg.val_fraction * len(sentences))) if cfg.val_fraction > 0 else 0
     train_s, val_s = split_sentences(sentences, [1 - n_val / len(sentences), n_val / len(sentences)], cfg.seed) \
         if n_val else (list(sentences), [])
-    train_rows = tokenize_all(list(train_s) + list(extra_sentences), tokenizer, cfg.max_length)
+    held_out = set(val_s)
+    extra = [s for s in extra_sentences if s not in held_out]
+    train_rows = tokenize_all(list(train_s) + extra, tokenizer, cfg.max_length)
     val_rows = tokenize_all(val_s, tokenizer, 10 ** 9) if val_s else []
     # Student layer i (1-based) is matched to teacher layer layer_map[i-1]; the last student layer's pooled output
     # is the embedding itself, so it needs no separate hidden target when the map ends at the teacher's last.
@@ -314,7 +318,7 @@ def distill_encoder(student: SentenceEncoder, teacher: SentenceEncoder, sentence
 
     gen = torch.Generator().manual_seed(cfg.seed)
     lengths = [len(r) for r in train_rows]
-    result = DistillResult(student=student)
+    result = DistillResult(student=student, train_sentences=len(train_rows))
     best_val, best_state, bad_epochs = -float("inf"), None, 0
     try:
         for epoch in range(cfg.epochs):

@@ -179,8 +179,8 @@ def _run_distill(ctx: "TextRunContext", cfg: TextDistillStage) -> dict[str, Any]
     result = distill_encoder(ctx.encoder, ctx.teacher.encoder, sentences, ctx.tokenizer, config,
                              extra_sentences=extra)
     last = result.history[-1] if result.history else {}
-    return {"sentences": len(sentences), "extra_sentences": len(extra), "epochs_run": len(result.history), "best_epoch": result.best_epoch,
-            "val_cosine": last.get("val_cosine"), "seconds": round(result.seconds, 1),
+    return {"sentences": len(sentences), "extra_sentences": len(extra), "trained_on": result.train_sentences, "epochs_run": len(result.history),
+            "best_epoch": result.best_epoch, "val_cosine": last.get("val_cosine"), "seconds": round(result.seconds, 1),
             "history": result.history}
 
 
