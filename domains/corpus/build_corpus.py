@@ -12,7 +12,9 @@ Two sources, so that a model distilled on the corpus meets both technical and ev
   capital letter and a full stop when it has none.
 
 Sentences that look like code are dropped (see ``is_prose``), repeats are dropped ignoring case, and the rest is
-ordered by the sha256 of each sentence: shuffled, but the same order on every run.
+ordered by the sha256 of each sentence: shuffled, but the same order on every run; the first MAX_SENTENCES are the
+corpus. ``extra_sentences.txt`` gets the rest and WordNet's definitions (more text to distill on, never measured on),
+none of them in the corpus.
 
 Run from the repository root:  python domains/corpus/build_corpus.py
 """
