@@ -55,26 +55,30 @@ def test_filters_keep_prose_and_drop_code():
         "Use it, e.g. twice.", "Then stop!", "Done?", "Yes."]
 
 
+def wordnet_folder(folder, builder, name, lines):
+    """WordNet's four data files in ``folder``, each opening with a licence line; ``name`` holds ``lines`` too."""
+    for each in builder.WORDNET_FILES:
+        (folder / each).write_text("  1 This software and database is being provided to you | not a gloss\n")
+    (folder / name).write_text(lines, encoding="utf-8")
+    return folder
+
+
 def test_wordnet_examples_are_the_quoted_parts_of_glosses_made_sentences(tmp_path):
     builder = load_builder()
-    for name in builder.WORDNET_FILES:
-        (tmp_path / name).write_text("  1 This software and database is being provided to you | not a gloss\n")
-    (tmp_path / "data.noun").write_text(
-        '  1 licence line | "a quoted licence line"\n'
-        '00001740 03 n 01 entity 0 000 | that which is perceived; "the children played in the park"; '
-        '"Is it raining?"; "cut it; twice"\n'
-        '00002137 03 n 01 thing 0 000 | an entity; "it happened" - Someone\n', encoding="utf-8")
+    wordnet_folder(tmp_path, builder, "data.noun",
+                   '  1 licence line | "a quoted licence line"\n'
+                   '00001740 03 n 01 entity 0 000 | that which is perceived; "the children played in the park"; '
+                   '"Is it raining?"; "cut it; twice"\n'
+                   '00002137 03 n 01 thing 0 000 | an entity; "it happened" - Someone\n')
     assert builder.wordnet_examples(tmp_path) == ["The children played in the park.", "Is it raining?"]
 
 
 def test_wordnet_definitions_are_the_unquoted_parts_of_glosses_made_sentences(tmp_path):
     builder = load_builder()
-    for name in builder.WORDNET_FILES:
-        (tmp_path / name).write_text("  1 This software and database is being provided to you | not a gloss\n")
-    (tmp_path / "data.verb").write_text(
-        '00001740 03 v 01 breathe 0 000 | draw air into, and expel out of, the lungs; take a breath; '
-        '"I can breathe better now"\n'
-        '00002137 03 v 01 quote 0 000 | "only an example"\n', encoding="utf-8")
+    wordnet_folder(tmp_path, builder, "data.verb",
+                   '00001740 03 v 01 breathe 0 000 | draw air into, and expel out of, the lungs; take a breath; '
+                   '"I can breathe better now"\n'
+                   '00002137 03 v 01 quote 0 000 | "only an example"\n')
     assert builder.wordnet_definitions(tmp_path) == [
         "Draw air into, and expel out of, the lungs; take a breath."]
 
