@@ -111,39 +111,33 @@ def help_topics(root: Path) -> list[str]:
             for v in node.values if isinstance(v, ast.Constant) and isinstance(v.value, str)]
 
 
-def wordnet_examples(folder: Path) -> list[str]:
-    """The quoted usage examples of WordNet's glosses, as sentences: capitalised, ending in ``.`` when bare.
+def _glosses(folder: Path):
+    """The ``;``-separated parts of each gloss of WordNet's data files, stripped, one list per synset.
 
     A data line reads ``offset ... | gloss; "example"; "example"``; lines starting with spaces are the licence.
     """
-    found = []
     for name in WORDNET_FILES:
         for line in (folder / name).read_text(encoding="utf-8").splitlines():
-            if line.startswith(" ") or " | " not in line:
-                continue
-            for part in line.split(" | ", 1)[1].split(";"):
-                part = part.strip()
-                if len(part) > 2 and part[0] == part[-1] == '"':
-                    example = part[1:-1].strip()
-                    if example:
-                        example = example[0].upper() + example[1:]
-                        found.append(example if example[-1] in ".!?" else example + ".")
-    return found
+            if not line.startswith(" ") and " | " in line:
+                yield [part.strip() for part in line.split(" | ", 1)[1].split(";")]
+
+
+def _as_sentence(text: str) -> str:
+    """A capital first letter, and a full stop when it ends without ``.``, ``!`` or ``?``."""
+    text = text[0].upper() + text[1:]
+    return text if text[-1] in ".!?" else text + "."
+
+
+def wordnet_examples(folder: Path) -> list[str]:
+    """The quoted usage examples of WordNet's glosses, as sentences."""
+    return [_as_sentence(example) for parts in _glosses(folder) for part in parts
+            if len(part) > 2 and part[0] == part[-1] == '"' and (example := part[1:-1].strip())]
 
 
 def wordnet_definitions(folder: Path) -> list[str]:
-    """The definitions of WordNet's glosses (the unquoted parts before the examples), as sentences."""
-    found = []
-    for name in WORDNET_FILES:
-        for line in (folder / name).read_text(encoding="utf-8").splitlines():
-            if line.startswith(" ") or " | " not in line:
-                continue
-            parts = [p.strip() for p in line.split(" | ", 1)[1].split(";")]
-            definition = "; ".join(p for p in parts if p and not p.startswith('"'))
-            if definition:
-                definition = definition[0].upper() + definition[1:]
-                found.append(definition if definition[-1] in ".!?" else definition + ".")
-    return found
+    """The definitions of WordNet's glosses (the unquoted parts, joined with ``; ``), as sentences."""
+    joined = ("; ".join(p for p in parts if p and not p.startswith('"')) for parts in _glosses(folder))
+    return [_as_sentence(definition) for definition in joined if definition]
 
 
 def paragraphs(text: str) -> list[str]:

@@ -71,16 +71,15 @@ def test_extra_sentences_are_learned_from_but_never_validated_on():
     sents, extra, test = toy_sentences(24, seed=5), toy_sentences(240, seed=6), toy_sentences(120, seed=7)
     cfg = DistillConfig(epochs=2, batch_size=16, lr=1e-3, hidden=1.0, val_fraction=0.25, patience=0,
                         progress=False, seed=2)
-    results, cosines = [], []
-    for more in ((), extra):
+    val = split_sentences(sents, [0.75, 0.25], seed=2)[1]  # the same six sentences with or without extra
+    cosines = []
+    # with extra: the validation sentences are among the extra ones too, and must not be trained on
+    for more in ([], extra + val):
         teacher, student = teacher_and_student()
-        # the validation sentences among the extra ones too: they must not be trained on
-        val = split_sentences(sents, [0.75, 0.25], seed=2)[1]  # the same six sentences with or without extra
-        more = list(more) + val if more else []
-        results.append(distill_encoder(student, teacher, sents, ToyTokenizer(), cfg, extra_sentences=more))
+        result = distill_encoder(student, teacher, sents, ToyTokenizer(), cfg, extra_sentences=more)
         cosines.append(held_out_cosine(student, teacher, test))
-        assert results[-1].train_sentences == 18 + (len(extra) if more else 0)
-        best = results[-1].history[results[-1].best_epoch - 1]["val_cosine"]
+        assert result.train_sentences == 18 + (len(extra) if more else 0)
+        best = result.history[result.best_epoch - 1]["val_cosine"]
         assert abs(held_out_cosine(student, teacher, val) - best) < 1e-5
     alone, with_extra = cosines
     assert (1 - with_extra) < 0.5 * (1 - alone), cosines  # ten times the text to learn from (0.24 measured)

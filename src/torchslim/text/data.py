@@ -55,16 +55,21 @@ def _split_sizes(n: int, val_fraction: float, test_fraction: float) -> tuple[int
     return max(1, round(n * val_fraction)), max(1, round(n * test_fraction))
 
 
+def text_source_path(source: str, base_dir: str | Path, field: str = "data.source") -> Path:
+    """The file a ``text:FILE`` source names, relative to ``base_dir`` unless absolute."""
+    kind, _, arg = source.partition(":")
+    if kind != "text" or not arg:
+        raise ConfigError(field, "expected text:FILE (one sentence per line)")
+    path = Path(arg).expanduser()
+    return path if path.is_absolute() else Path(base_dir) / path
+
+
 def load_sentence_splits(data: Any, *, base_dir: str | Path = ".") -> SentenceSplits:
     """``data.source`` (``text:FILE``, relative to ``base_dir``) read and split with ``data.seed``.
 
     The split is a seeded shuffle: the last ``test_fraction`` are test, the ``val_fraction`` before them val.
     """
-    kind, _, arg = data.source.partition(":")
-    if kind != "text" or not arg:
-        raise ConfigError("data.source", "expected text:FILE (one sentence per line)")
-    path = Path(arg).expanduser()
-    path = path if path.is_absolute() else Path(base_dir) / path
+    path = text_source_path(data.source, base_dir)
     sentences = read_sentences(path)
     distinct = len(set(sentences))
     if distinct < MIN_SPLIT_SENTENCES:

@@ -10,7 +10,6 @@ the run's student encoder (see :mod:`torchslim.text.run`).
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Optional, Union
 
 import pydantic
@@ -143,14 +142,12 @@ class TextDistillStage(StrictModel):
 def _extra_sentences(ctx: "TextRunContext", cfg: TextDistillStage) -> tuple[list[str], int]:
     """The extra text's sentences, without those of the domain's validation and test splits (which are held out:
     training on them would inflate the figures measured there), and how many were left out."""
-    from torchslim.text.data import read_sentences
+    from torchslim.text.data import read_sentences, text_source_path
 
     if cfg.extra_text is None:
         return [], 0
-    path = Path(cfg.extra_text.partition(":")[2]).expanduser()
-    path = path if path.is_absolute() else Path(ctx.recipe.base_dir) / path
     held_out = set(ctx.splits.val) | set(ctx.splits.test)
-    found = read_sentences(path, field="extra_text")
+    found = read_sentences(text_source_path(cfg.extra_text, ctx.recipe.base_dir, "extra_text"), field="extra_text")
     kept = [s for s in found if s not in held_out]
     return kept, len(found) - len(kept)
 
@@ -179,9 +176,9 @@ def _run_distill(ctx: "TextRunContext", cfg: TextDistillStage) -> dict[str, Any]
     result = distill_encoder(ctx.encoder, ctx.teacher.encoder, sentences, ctx.tokenizer, config,
                              extra_sentences=extra)
     last = result.history[-1] if result.history else {}
-    return {"sentences": len(sentences), "extra_sentences": len(extra), "trained_on": result.train_sentences, "epochs_run": len(result.history),
-            "best_epoch": result.best_epoch, "val_cosine": last.get("val_cosine"), "seconds": round(result.seconds, 1),
-            "history": result.history}
+    return {"sentences": len(sentences), "extra_sentences": len(extra), "trained_on": result.train_sentences,
+            "epochs_run": len(result.history), "best_epoch": result.best_epoch, "val_cosine": last.get("val_cosine"),
+            "seconds": round(result.seconds, 1), "history": result.history}
 
 
 _register(StageHandler("distill", TextDistillStage, _run_distill, check=_check_distill))
