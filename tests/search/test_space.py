@@ -31,7 +31,9 @@ def test_everything_on_gives_the_stages_in_order():
     # the student gets twice the baseline's training length at 10x its rate, whatever the fine-tune budget
     assert (student["epochs"], student["lr"], student["augment"]) == (14, 0.01, "none")
     assert structured["method"] == "structured" and structured["sparsity"] == 0.3
-    assert structured["finetune"] == {"epochs": 4, "lr": 0.001, "batch_size": 32}
+    # pruning's fine-tuning ends on the moving average of its weights
+    assert structured["finetune"] == {"epochs": 4, "lr": 0.001, "batch_size": 32, "ema": 0.99}
+    assert magnitude["finetune"] == structured["finetune"]
     assert magnitude["sparsity"] == 0.9 and magnitude["schedule"] == {"kind": "polynomial", "steps": 3}
     # after structured pruning a global threshold could empty a layer (which the stage refuses): per layer
     assert magnitude["scope"] == "layer"
