@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from torchslim.search.feasibility import (choose_best, format_number, infeasible_line, is_feasible,
-                                          is_within_margin, relative_violation, violations)
+                                          is_within_margin, relative_violation, unconfirmed_line, violations)
 
 
 def test_relative_violation_of_each_kind():
@@ -61,6 +61,25 @@ def test_candidates_within_the_drop_margin_come_first_then_the_feasible_ones():
     assert choose_best([shaky, broken], "size")["number"] == 1  # feasible as run reports it: still the best
     assert is_feasible(shaky) and not is_within_margin(shaky) and is_within_margin(sure)
     assert not is_within_margin(broken)
+
+
+def test_a_best_feasible_only_as_measured_is_said_to_be_unconfirmed():
+    # one validation image of 180 lost (0.0056) with a standard error of 0.0055: within 0.01 as measured, 0.0111
+    # with the margin, past it
+    drop, stderr = 1 / 180, 0.0055
+    val = {"max_size_bytes": {"limit": 1000, "measured": 700, "met": True},
+           "max_metric_drop": {"limit": 0.01, "measured": drop, "met": True}}
+    margin = {**val, "max_metric_drop": {"limit": 0.01, "measured": drop + stderr, "met": False}}
+    shaky = {**_record(1, 700, 0.951, 3.0, True, True), "val_constraints": val, "margin_constraints": margin,
+             "margin_violations": {"max_metric_drop": 0.11, "max_size_bytes": 0.0}}
+    line = unconfirmed_line(shaky, 180, "out/best")
+    assert line.startswith("best's max_metric_drop is 0.005556 on the validation split, within 0.01 as measured but "
+                           "not with its margin (0.01106): no candidate was within it")
+    assert "one of its 180 samples is 0.56 points" in line and "torchslim eval out/best" in line
+    assert line.endswith("data.val_fraction)")
+    sure = {**shaky, "margin_constraints": val, "margin_violations": {"max_metric_drop": 0.0, "max_size_bytes": 0.0}}
+    assert unconfirmed_line(sure, 180) is None  # within the margin: nothing to say
+    assert unconfirmed_line(_record(2, 500, 0.80, 9.0, True, False)) is None  # infeasible: the exit-3 line says it
 
 
 def test_closest_is_the_smallest_summed_relative_violation():

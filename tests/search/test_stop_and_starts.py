@@ -219,3 +219,20 @@ def test_a_baseline_at_chance_is_warned_of(tmp_path):
     assert line.startswith("the baseline scores 0.3570 on the validation split, about chance (0.3333 for 3 classes)")
     assert search._baseline_warnings({"baseline_val_value": 0.41, "baseline_value": 0.4}) == []  # 1/10 of the way
     assert search._baseline_warnings(None) == []
+
+
+@pytest.mark.slow
+def test_a_best_the_validation_split_cannot_confirm_is_warned_of(tmp_path, monkeypatch):
+    from torchslim.search import study as study_module
+
+    seen = []
+
+    def unconfirmed(best, val_samples, best_dir):
+        seen.append((best["number"], val_samples, best_dir))
+        return "the line"
+
+    monkeypatch.setattr(study_module, "unconfirmed_line", unconfirmed)
+    result, _ = _stopping_search(tmp_path, slack=1.0, points=(QUICK,))
+    # the chosen candidate, the validation split's 180 digits and where best/ is
+    assert seen == [(0, 180, str(tmp_path / "out" / "best"))]
+    assert result.warnings == ["the line"]

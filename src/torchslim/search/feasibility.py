@@ -72,6 +72,25 @@ def is_within_margin(record: dict[str, Any]) -> bool:
     return is_feasible(record) and all(v <= 0 for v in sampler_violations(record).values())
 
 
+def unconfirmed_line(best: dict[str, Any], val_samples: int | None = None, best_dir: str = "DIR/best") -> str | None:
+    """What to tell the user when ``best`` meets the metric's constraints as measured on the validation split but
+    not with the drop's margin (no finished candidate did): the split cannot tell its drop from one past the
+    limit. ``val_samples``: the split's size, for how much one sample weighs. None when there is nothing to say."""
+    margin = best.get("margin_constraints")
+    if margin is None or not is_feasible(best) or is_within_margin(best):
+        return None
+    judged = judged_constraints(best)
+    parts = [f"{name} is {format_number(judged[name]['measured'])} on the validation split, within "
+             f"{format_number(c['limit'])} as measured but not with its margin ({format_number(c['measured'])})"
+             for name, c in sorted(margin.items()) if not c["met"] and name in judged]
+    if not parts:
+        return None
+    weight = f" (one of its {val_samples:,} samples is {100 / val_samples:.2g} points)" if val_samples else ""
+    return (f"best's {'; '.join(parts)}: no candidate was within it, and a split this small{weight} cannot tell "
+            f"such a drop from one past the limit. Measure best on more data (torchslim eval {best_dir} --domain "
+            f"OTHER.yaml) or give the domain a larger validation split (data.val_fraction)")
+
+
 def _objective_key(record: dict[str, Any], objective: str) -> tuple[float, ...]:
     """What ranks candidates: bytes, speed-up and the validation metric (never the test split's)."""
     size, value, speedup = record["size_bytes"], record.get("val_value", record["value"]), record["speedup_batch_64"]

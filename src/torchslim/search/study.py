@@ -25,7 +25,8 @@ from torchslim.domain import Domain
 from torchslim.evaluate import busy_timing, speedup
 from torchslim.search.baseline import ensure_baseline, start_from_baseline
 from torchslim.search.feasibility import (OBJECTIVES, choose_best, infeasible_line, is_feasible, is_within_margin,
-                                          metric_violations, sampler_violations, stop_floor, violations)
+                                          metric_violations, sampler_violations, stop_floor, unconfirmed_line,
+                                          violations)
 from torchslim.search.noise import correct_per_sample, paired_drop_stderr, with_margin
 from torchslim.search.outputs import csv_row, recipe_yaml, stopped_text, trials_csv, write_outputs
 from torchslim.search.sampler import starting_points_first
@@ -510,7 +511,11 @@ class AutoSearch:
         best = self.write(study)
         feasible = best is not None and is_feasible(best)
         line = "" if best is None or feasible else infeasible_line(best, records)
-        return SearchResult(best, records, feasible, line, len(records), self._baseline_warnings(best))
+        warnings = self._baseline_warnings(best)
+        if best is not None:
+            unconfirmed = unconfirmed_line(best, None if self._val is None else len(self._val), str(self.out / "best"))
+            warnings += [unconfirmed] if unconfirmed else []
+        return SearchResult(best, records, feasible, line, len(records), warnings)
 
     def _baseline_warnings(self, best: Optional[dict[str, Any]]) -> list[str]:
         """A baseline no better than chance makes every drop meaningless: say so, and what to change."""
