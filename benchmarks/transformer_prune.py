@@ -4,8 +4,8 @@
 
 The model is tests/zoo/zoo_models.py's RowTransformer (rows of an 8x8 digit as 8 tokens, d_model 32, 4 heads,
 FFN 64, 2 layers), trained 30 epochs on the built-in digits source per seed (``--model encoder``: the same
-classifier at d_model 256, FFN 1024, 4 layers, trained 8 epochs at 5e-4, the fine-tuning rates scaled to it). Both methods remove 50 % of each
-layer's heads and FFN neurons and fine-tune 10 epochs in total:
+classifier at d_model 256, FFN 1024, 4 layers, trained 8 epochs at 5e-4, the fine-tuning rates scaled to it).
+Both methods remove 50 % of each layer's heads and FFN neurons and fine-tune 10 epochs in total:
 
 * old: ``importance: l2``, one shot, fine-tuning on the labels at lr 1e-3;
 * new: ``importance: output_taylor`` (mask-gradient Taylor on 8 calibration batches), one shot, fine-tuning at
