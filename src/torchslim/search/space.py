@@ -170,8 +170,7 @@ def recipe_from_params(params: dict[str, Any], domain: Domain, domain_ref: Any, 
     epochs, bs, lr = int(params["epochs"]), settings.batch_size, settings.lr
     by_sensitivity = _by_sensitivity(params, domain)
     augment = settings.augment or "none"
-    finetune = {"epochs": epochs, "lr": lr, "batch_size": bs}
-    prune_finetune = {**finetune, "ema": PRUNE_EMA}
+    prune_finetune = {"epochs": epochs, "lr": lr, "batch_size": bs, "ema": PRUNE_EMA}
     stages: list[dict[str, Any]] = [{"train": {"epochs": settings.baseline_epochs, "lr": lr, "batch_size": bs}}]
     width = float(params.get("width", 1.0))
     if width < 1.0:
