@@ -76,15 +76,12 @@ def unconfirmed_line(best: dict[str, Any], val_samples: int | None = None, best_
     """What to tell the user when ``best`` meets the metric's constraints as measured on the validation split but
     not with the drop's margin (no finished candidate did): the split cannot tell its drop from one past the
     limit. ``val_samples``: the split's size, for how much one sample weighs. None when there is nothing to say."""
-    margin = best.get("margin_constraints")
-    if margin is None or not is_feasible(best) or is_within_margin(best):
+    if not is_feasible(best) or is_within_margin(best):  # without margin figures, feasible is within the margin
         return None
     judged = judged_constraints(best)
     parts = [f"{name} is {format_number(judged[name]['measured'])} on the validation split, within "
              f"{format_number(c['limit'])} as measured but not with its margin ({format_number(c['measured'])})"
-             for name, c in sorted(margin.items()) if not c["met"] and name in judged]
-    if not parts:
-        return None
+             for name, c in sorted(best["margin_constraints"].items()) if not c["met"]]
     weight = f" (one of its {val_samples:,} samples is {100 / val_samples:.2g} points)" if val_samples else ""
     return (f"best's {'; '.join(parts)}: no candidate was within it, and a split this small{weight} cannot tell "
             f"such a drop from one past the limit. Measure best on more data (torchslim eval {best_dir} --domain "
