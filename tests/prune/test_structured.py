@@ -72,6 +72,82 @@ def test_residual_grouped_concat_net():
     assert report.params_after < 0.35 * report.params_before
 
 
+class _ConcatFlattenNet(nn.Module):
+    """A layer and a grouped conv reading it, concatenated, pooled and flattened into the head."""
+
+    def __init__(self, conv=nn.Conv1d, pool=nn.AdaptiveAvgPool1d):
+        super().__init__()
+        self.a = conv(1, 8, 3, padding=1)
+        self.side = conv(8, 4, 3, padding=1, groups=2)
+        self.pool = pool(2)
+        self.head = nn.Linear(12 * self.pool_positions, 10)
+
+    @property
+    def pool_positions(self):
+        return 2 if isinstance(self.pool, nn.AdaptiveAvgPool1d) else 4
+
+    def forward(self, x):
+        h = self.a(x)
+        return self.head(self.pool(torch.cat([h, self.side(h)], 1)).flatten(1))
+
+
+@pytest.mark.parametrize("dims", [1, 2])
+def test_concatenation_flattened_into_a_linear_loses_the_right_columns(dims):
+    # Flattening a concatenation once made its inputs' channels look like one layer's: a cut of the 8-channel
+    # layer removed the 4-channel layer's channels too (past its width). Dead channels make the right cut exact.
+    model = _ConcatFlattenNet(*((nn.Conv1d, nn.AdaptiveAvgPool1d) if dims == 1 else (nn.Conv2d, nn.AdaptiveAvgPool2d)))
+    positions = model.pool_positions
+    dead_a, dead_side = [1, 5], [0, 2]  # the same position in each of side's two groups (of 4 inputs, 2 outputs)
+    with torch.no_grad():
+        model.a.weight[dead_a] = 0
+        model.a.bias[dead_a] = 0
+        for c in dead_a:  # side reads channel c as input c % 4 of group c // 4
+            model.side.weight[2 * (c // 4):2 * (c // 4) + 2, c % 4] = 0
+        model.side.weight[dead_side] = 0
+        model.side.bias[dead_side] = 0
+        for c in dead_a + [8 + j for j in dead_side]:  # concatenated channel c is flattened to these columns
+            model.head.weight[:, c * positions:(c + 1) * positions] = 0
+    x = torch.randn(6, 1, *([16] * dims))
+    with torch.no_grad():
+        before = model(x)
+    kept_columns = [c * positions + k for c in range(12) if c not in dead_a + [8 + j for j in dead_side]
+                    for k in range(positions)]
+    head_before = model.head.weight[:, kept_columns].clone()
+    report = prune_(model, StructuredConfig(sparsity=0.0, importance="l1", overrides={"a": 0.25, "side": 0.5}),
+                    example_inputs=x)
+    assert list(report.layer("a").removed) == dead_a and list(report.layer("side").removed) == dead_side
+    assert (model.a.out_channels, model.side.in_channels, model.side.out_channels) == (6, 6, 2)
+    assert model.head.in_features == 8 * positions
+    torch.testing.assert_close(model.head.weight, head_before, rtol=0, atol=0)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), before, rtol=0, atol=1e-6)
+
+
+def test_channels_the_trace_cannot_map_are_kept_whole_and_said_once(monkeypatch):
+    # Without the concatenation's offsets (torch-pruning alone), 'a' and 'side' look like one 8-wide layer: they
+    # are left whole, the report says so once, and the rest is pruned as asked.
+    import torchslim.prune.graph as graph
+
+    monkeypatch.setattr(graph, "_map_channel_concats", lambda *args, **kwargs: None)
+    class TwoHeads(_ConcatFlattenNet):
+        def __init__(self):
+            super().__init__()
+            self.head2 = nn.Linear(10, 10)
+
+        def forward(self, x):
+            return self.head2(torch.relu(super().forward(x)))
+
+    model = TwoHeads()
+    x = torch.randn(6, 1, 16)
+    report = prune_(model, StructuredConfig(sparsity=0.5), example_inputs=x)
+    assert (model.a.out_channels, model.side.out_channels, model.head.in_features) == (8, 4, 24)
+    assert model.head.out_features == 5  # the head's own outputs are one consistent set: pruned
+    assert model(x).shape == (6, 10)
+    assert [n for n in report.notes if "kept whole" in n] == [
+        "kept whole: a, side (their channels could not be traced as one coupled set through the model's graph, so "
+        "cutting them could break it)"]
+
+
 def test_transformer_prunes_heads_and_ffn_never_d_model():
     model = TransformerClassifier()
     report = prune_(model, StructuredConfig(sparsity=0.5), example_inputs=torch.randn(2, 5, 6))

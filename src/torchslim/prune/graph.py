@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import torch
 import torch_pruning as tp
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from torchslim.prune._select import LayerSelector
 from torchslim.prune.attention import PrunableMultiheadAttention
@@ -51,13 +52,70 @@ class _EmbedDimIsFixed(tp.pruner.function.BasePruningFunc):
         return layer.embed_dim
 
 
+class _ChannelConcats(TorchFunctionMode):
+    """Records the widths of every ``torch.cat`` along dim 1 (channels, or the features of (N, F) tensors) in a
+    forward pass, keyed by the result's autograd node: the node torch-pruning's trace finds it by."""
+
+    def __init__(self):
+        super().__init__()
+        self.widths: dict[object, list[int]] = {}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if func in _CONCATS and isinstance(out, torch.Tensor) and out.grad_fn is not None and out.dim() >= 2:
+            tensors = args[0] if args else kwargs["tensors"]
+            dim = args[1] if len(args) > 1 else kwargs.get("dim", 0)
+            if dim % out.dim() == 1:
+                self.widths[out.grad_fn] = [int(t.shape[1]) for t in tensors]
+        return out
+
+
+_CONCATS = (torch.cat, torch.concat, torch.concatenate)
+
+
+def _map_channel_concats(graph: tp.DependencyGraph, widths: dict[object, list[int]] | None = None) -> None:
+    """Give every channel concatenation torch-pruning leaves unmapped its offsets, from its inputs' widths now.
+
+    torch-pruning checks a concatenation's width by following its output to the next layer; through a flatten
+    it finds the Linear's ``in_features`` (channels × positions), takes the concatenation for one along another
+    dim and maps nothing, and the concatenated layers' channels are then coupled as if they were one layer's (a
+    cut of one removes the same indices from the other, past its width). With ``widths`` (the trace's
+    :class:`_ChannelConcats`), a concatenation is mapped here when the input widths torch-pruning inferred are
+    those the forward pass concatenated along dim 1 (which rules out token concatenations); without, the ones
+    mapped before are brought up to date: torch-pruning updates a concatenation's widths as its inputs are cut
+    but recomputes offsets only for those it maps itself.
+    """
+    from torch_pruning.dependency.index_mapping import _ConcatIndexMapping
+
+    for node in graph.module2node.values():
+        if node.type != OPTYPE.CONCAT or not node.enable_index_mapping:
+            continue
+        sizes = node.module.concat_sizes
+        mapped_here = getattr(node.module, "channel_offsets_by_torchslim", False)
+        if not mapped_here and (widths is None or node.module.offsets is not None or widths.get(node.grad_fn) != sizes
+                                or len(node.inputs) != len(sizes)):
+            continue
+        offsets = [0]
+        for w in sizes:
+            offsets.append(offsets[-1] + w)
+        node.module.offsets, node.module.channel_offsets_by_torchslim = offsets, True
+        for i, producer in enumerate(node.inputs):
+            back = next(d for d in node.dependencies if d.target == producer)
+            back.index_mapping[1] = _ConcatIndexMapping(offset=offsets[i:i + 2], reverse=True)
+            forward = next(d for d in producer.dependencies if d.target == node)
+            forward.index_mapping[1] = _ConcatIndexMapping(offset=offsets[i:i + 2], reverse=False)
+
+
 def build_graph(model: nn.Module, example_inputs) -> tp.DependencyGraph:
     """Trace ``model`` on ``example_inputs`` (one batch) into a dependency graph."""
     was_training = model.training
-    with torch.enable_grad():
+    concats = _ChannelConcats()
+    with torch.enable_grad(), concats:
         graph = tp.DependencyGraph().build_dependency(
             model, example_inputs=example_inputs, verbose=False,
             customized_pruners={PrunableMultiheadAttention: _EmbedDimIsFixed()})
+    _map_channel_concats(graph, concats.widths)
     model.train(was_training)
     return graph
 
@@ -118,8 +176,25 @@ def _channel_groups(group) -> int:
     return g
 
 
-def channel_units(model: nn.Module, graph: tp.DependencyGraph, selector: LayerSelector) -> list[ChannelUnit]:
-    """The prunable channel groups of ``model`` not excluded by ``selector``."""
+def _traced_consistently(graph: tp.DependencyGraph, group, producers, size: int) -> bool:
+    """Whether a group's channels are one set: every producer ``size`` wide and every index within the layer it
+    cuts. A trace torch-pruning cannot map (a reshape it does not follow) can couple layers of different widths."""
+    if any(_channels(m, out=True) != size for _, m in producers):
+        return False
+    return all(int(i) < _channels(dep.target.module, out=_is_out(graph, dep))
+               for dep, idxs in group if isinstance(dep.target.module, CHANNEL_LAYERS) for i in idxs)
+
+
+def _channels(layer: nn.Module, out: bool) -> int:
+    if isinstance(layer, nn.Linear):
+        return layer.out_features if out else layer.in_features
+    return layer.out_channels if out else layer.in_channels
+
+
+def channel_units(model: nn.Module, graph: tp.DependencyGraph, selector: LayerSelector,
+                  untraced: list[str] | None = None) -> list[ChannelUnit]:
+    """The prunable channel groups of ``model`` not excluded by ``selector``. A group whose trace is not
+    consistent (:func:`_traced_consistently`) is left whole and its layers' names appended to ``untraced``."""
     names = {m: n for n, m in model.named_modules()}
     units = []
     for group in graph.get_all_groups(root_module_types=CHANNEL_LAYERS):
@@ -132,6 +207,10 @@ def channel_units(model: nn.Module, graph: tp.DependencyGraph, selector: LayerSe
         if any(selector.is_ignored(n) for n, _ in producers):
             continue
         root = group[0].dep.target.module
+        if not _traced_consistently(graph, group, producers, len(group[0].idxs)):
+            if untraced is not None:
+                untraced.extend(n for n, _ in producers if n not in untraced)
+            continue
         units.append(ChannelUnit(names[root], root, group, producers, len(group[0].idxs), _channel_groups(group)))
     order = {n: i for i, n in enumerate(names.values())}
     return sorted(units, key=lambda u: order[u.name])  # model order, not trace order
@@ -167,6 +246,7 @@ def prune_channels(graph: tp.DependencyGraph, unit: ChannelUnit, idxs: Sequence[
         layer name -> its output indices removed (indices into its outputs before this cut).
     """
     root_fn = graph.get_pruner_of_module(unit.root).prune_out_channels
+    _map_channel_concats(graph)  # an earlier cut may have narrowed a concatenation's inputs
     group = graph.get_pruning_group(unit.root, root_fn, sorted(int(i) for i in idxs))
     names = {m: n for n, m in graph.model.named_modules()}
     removed = {}

@@ -102,10 +102,11 @@ def prune_structured_(model: nn.Module, config: StructuredConfig, ctx) -> PruneR
     before, size_before, tracker = snapshot(layers), model_size(model), _Tracker(layers)
     original: dict[str, int] = {}
     refit: dict[str, None] = {}  # every step's refit layers, in order, once
+    untraced: list[str] = []
 
     def step_fn(step: int, steps: int) -> None:
         graph = build_graph(model, example)
-        units, heads = channel_units(model, graph, selector), head_units(model, selector)
+        units, heads = channel_units(model, graph, selector, untraced), head_units(model, selector)
         acts = _activations(model, graph, units, heads, batches) if config.importance == "activation" else {}
         if config.importance == "output_taylor":
             acts = _output_taylor(model, graph, units, heads, batches, ctx.loss_fn)
@@ -142,8 +143,18 @@ def prune_structured_(model: nn.Module, config: StructuredConfig, ctx) -> PruneR
             refit.update(dict.fromkeys(reconstruct_(model, reference, batches, tracker.positions(kept_before))))
 
     ctx.run_schedule(model, config, step_fn, lambda: None)
-    return build_report("structured", list(layers), before, weight_layers(model), size_before, model,
-                        tracker.removed, refit=refit)
+    report = build_report("structured", list(layers), before, weight_layers(model), size_before, model,
+                          tracker.removed, refit=refit)
+    report.notes += untraced_note(untraced)
+    return report
+
+
+def untraced_note(untraced: list[str]) -> tuple[str, ...]:
+    """What to say once about layers whose channels could not be traced as one coupled set."""
+    if not untraced:
+        return ()
+    return (f"kept whole: {', '.join(untraced)} (their channels could not be traced as one coupled set through "
+            f"the model's graph, so cutting them could break it)",)
 
 
 def prune_activation_(model: nn.Module, config: ActivationConfig, ctx) -> PruneReport:
@@ -163,10 +174,11 @@ def prune_activation_(model: nn.Module, config: ActivationConfig, ctx) -> PruneR
     before, size_before, tracker = snapshot(layers), model_size(model), _Tracker(layers)
 
     lowest: list[tuple[float, str]] = []  # each unit's lowest score: what the threshold was compared with
+    untraced: list[str] = []
 
     def step_fn(step: int, steps: int) -> None:
         graph = build_graph(model, example)
-        units = channel_units(model, graph, selector)
+        units = channel_units(model, graph, selector, untraced)
         acts = _activations(model, graph, units, [], batches)
         cuts = []
         for unit in units:
@@ -189,6 +201,7 @@ def prune_activation_(model: nn.Module, config: ActivationConfig, ctx) -> PruneR
     ctx.run_schedule(model, config, step_fn, lambda: None)
     report = build_report("activation", list(layers), before, weight_layers(model), size_before, model,
                           tracker.removed)
+    report.notes += untraced_note(untraced)
     if lowest and not any(tracker.removed.values()):  # say why, and what threshold would remove something
         value, name = min(lowest)
         report.notes += (f"nothing removed: no unit's normalised mean |activation| is below threshold "
