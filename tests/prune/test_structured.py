@@ -148,6 +148,67 @@ def test_channels_the_trace_cannot_map_are_kept_whole_and_said_once(monkeypatch)
         "cutting them could break it)"]
 
 
+class _Gated(nn.Module):
+    """A 32-channel conv whose halves gate each other: ``chunk`` (each channel i paired with i + 16), ``F.glu``
+    (the same, in one op) or ``torch.split(h, 16)`` added (a width fixed in the forward)."""
+
+    def __init__(self, kind: str):
+        super().__init__()
+        self.kind = kind
+        self.c1 = nn.Conv1d(1, 32, 5, padding=2)
+        self.c2 = nn.Conv1d(16, 16, 3, padding=1)
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x):
+        h = self.c1(x)
+        if self.kind == "chunk":
+            a, b = h.chunk(2, dim=1)
+            h = a * torch.sigmoid(b)
+        elif self.kind == "glu":
+            h = nn.functional.glu(h, dim=1)
+        else:
+            a, b = torch.split(h, 16, dim=1)
+            h = a + b
+        return self.fc(torch.relu(self.c2(h)).mean(-1))
+
+
+@pytest.mark.parametrize("importance", ["l1", "l2", "activation"])
+def test_a_gate_and_its_channel_go_together_and_half_the_pairs_is_half_the_layer(importance):
+    model, x = _Gated("chunk"), torch.randn(8, 1, 40)
+    report = prune_(model, StructuredConfig(sparsity=0.5, importance=importance), example_inputs=x,
+                    calibration=[(x, torch.randint(0, 10, (8,)))])
+    removed = sorted(report.layer("c1").removed)
+    assert len(removed) == 16 and [i + 16 for i in removed[:8]] == removed[8:]  # whole pairs (i, i + 16)
+    assert (model.c1.out_channels, model.c2.in_channels) == (16, 8)
+    assert model(x).shape == (8, 10)
+
+
+def test_removing_a_dead_gate_pair_keeps_outputs():
+    model, x = _Gated("chunk"), torch.randn(8, 1, 40)
+    with torch.no_grad():  # channel 3 and its gate 19 contribute nothing
+        model.c1.weight[[3, 19]] = 0
+        model.c1.bias[[3, 19]] = 0
+        model.c2.weight[:, 3] = 0
+        before = model(x)
+    report = prune_(model, StructuredConfig(sparsity=0.0, importance="l1", overrides={"c1": 1 / 16}),
+                    example_inputs=x)
+    assert list(report.layer("c1").removed) == [3, 19]
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), before, rtol=0, atol=1e-6)
+
+
+def test_a_glu_the_trace_cannot_follow_is_kept_whole():
+    model, x = _Gated("glu"), torch.randn(8, 1, 40)
+    report = prune_(model, StructuredConfig(sparsity=0.5), example_inputs=x)
+    assert model.c1.out_channels == 32 and model.c2.out_channels == 8
+    assert any(n.startswith("kept whole: c1 (") for n in report.notes)
+
+
+def test_a_width_fixed_in_the_forward_is_an_error_naming_the_layer():
+    with pytest.raises(ConfigError, match=r"no longer runs once channels of 'c1' are removed .*add 'c1' to ignore"):
+        prune_(_Gated("split"), StructuredConfig(sparsity=0.5), example_inputs=torch.randn(8, 1, 40))
+
+
 def test_transformer_prunes_heads_and_ffn_never_d_model():
     model = TransformerClassifier()
     report = prune_(model, StructuredConfig(sparsity=0.5), example_inputs=torch.randn(2, 5, 6))

@@ -130,6 +130,24 @@ class ChannelUnit:
     producers: list[tuple[str, nn.Module]]  # Linear/ConvNd layers whose outputs are these channels
     size: int
     channel_groups: int = 1  # grouped convolutions: channels are removed the same in each of these groups
+    # root channels one cut removes together, where a layer's channels are coupled with each other (a chunk whose
+    # halves are multiplied, as in a GLU gate: [[0, 16], [1, 17], ...]); None: every channel on its own
+    coupled: list[list[int]] | None = None
+
+    @property
+    def sets(self) -> int:
+        """How many separately removable sets of channels the unit has."""
+        return len(self.coupled) if self.coupled else self.size
+
+    def channels_of(self, sets: Sequence[int]) -> list[int]:
+        """The root channels of the given sets."""
+        return sorted(c for s in sets for c in self.coupled[s]) if self.coupled else sorted(int(s) for s in sets)
+
+    def per_set(self, scores: torch.Tensor, reduce: str = "sum") -> torch.Tensor:
+        """(size,) per-channel scores → (sets,): summed (``sum``) or the largest (``max``) over each set."""
+        if not self.coupled:
+            return scores
+        return torch.stack([getattr(scores[c], reduce)() for c in self.coupled])
 
 
 @dataclass
@@ -185,6 +203,39 @@ def _traced_consistently(graph: tp.DependencyGraph, group, producers, size: int)
                for dep, idxs in group if isinstance(dep.target.module, CHANNEL_LAYERS) for i in idxs)
 
 
+def _coupled_sets(graph: tp.DependencyGraph, root: nn.Module, producers, size: int) -> list[list[int]] | None:
+    """Which of the root's channels a cut must remove together because they are coupled with each other (a chunk
+    or split whose parts meet again in an add or a product); None when each channel is coupled only with itself.
+
+    torch-pruning follows such a coupling when it cuts (removing channel 1 of a GLU's 32 removes 17 too), so
+    ranking the 32 channels on their own could remove both halves of every pair: the whole layer.
+    """
+    fn = graph.get_pruner_of_module(root).prune_out_channels
+    layers = {m for _, m in producers}
+
+    def cut_with(i: int) -> set[int]:
+        return {int(j) for dep, idxs in graph.get_pruning_group(root, fn, [i])
+                if dep.target.module in layers and _is_out(graph, dep) for j in idxs}
+
+    if all(cut_with(i) == {i} for i in {0, size - 1}):
+        return None
+    owner = list(range(size))  # union-find over the root's channels
+
+    def find(i: int) -> int:
+        while owner[i] != i:
+            owner[i] = owner[owner[i]]
+            i = owner[i]
+        return i
+
+    for i in range(size):
+        for j in cut_with(i):
+            owner[find(j)] = find(i)
+    sets: dict[int, list[int]] = {}
+    for i in range(size):
+        sets.setdefault(find(i), []).append(i)
+    return sorted(sets.values())
+
+
 def _channels(layer: nn.Module, out: bool) -> int:
     if isinstance(layer, nn.Linear):
         return layer.out_features if out else layer.in_features
@@ -206,12 +257,14 @@ def channel_units(model: nn.Module, graph: tp.DependencyGraph, selector: LayerSe
             continue
         if any(selector.is_ignored(n) for n, _ in producers):
             continue
-        root = group[0].dep.target.module
-        if not _traced_consistently(graph, group, producers, len(group[0].idxs)):
+        root, size, channel_groups = group[0].dep.target.module, len(group[0].idxs), _channel_groups(group)
+        consistent = _traced_consistently(graph, group, producers, size)
+        coupled = _coupled_sets(graph, root, producers, size) if consistent else None
+        if not consistent or (coupled and channel_groups > 1):  # (coupled sets in grouped convs: not handled)
             if untraced is not None:
                 untraced.extend(n for n, _ in producers if n not in untraced)
             continue
-        units.append(ChannelUnit(names[root], root, group, producers, len(group[0].idxs), _channel_groups(group)))
+        units.append(ChannelUnit(names[root], root, group, producers, size, channel_groups, coupled))
     order = {n: i for i, n in enumerate(names.values())}
     return sorted(units, key=lambda u: order[u.name])  # model order, not trace order
 

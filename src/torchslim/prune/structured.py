@@ -116,21 +116,22 @@ def prune_structured_(model: nn.Module, config: StructuredConfig, ctx) -> PruneR
             reference, kept_before = copy.deepcopy(model), {n: list(k) for n, k in tracker.kept.items()}
         cuts = []  # decide every cut before making any: scores see one consistent model
         for unit in units + heads:
-            n0 = original.setdefault(unit.name, unit.size)
+            sets = unit.size if isinstance(unit, HeadUnit) else unit.sets  # what one cut removes: a head, a set
+            n0 = original.setdefault(unit.name, sets)
             removed = count(sparsity_at(selector.sparsity_for(unit.name), step, steps), n0)
             if removed >= n0:
                 raise ConfigError(selector.field_for(unit.name), f"would remove every unit of {unit.name!r} "
                                                                  f"({n0}); lower it or ignore the layer")
-            k = unit.size - (n0 - removed)
+            k = sets - (n0 - removed)
             groups = 1 if isinstance(unit, HeadUnit) else unit.channel_groups
             k -= k % groups
             if k <= 0:
                 continue
             if isinstance(unit, HeadUnit):
-                scores = head_scores(config.importance, unit.module, acts.get(unit.name))
+                cuts.append((unit, _lowest(head_scores(config.importance, unit.module, acts.get(unit.name)), k)))
             else:
-                scores = channel_scores(config.importance, unit, acts)
-            cuts.append((unit, _lowest(scores, k, groups)))
+                scores = unit.per_set(channel_scores(config.importance, unit, acts))
+                cuts.append((unit, unit.channels_of(_lowest(scores, k, groups))))
         for unit, idxs in cuts:
             if isinstance(unit, HeadUnit):
                 prune_heads_(unit.module, idxs)
@@ -138,6 +139,7 @@ def prune_structured_(model: nn.Module, config: StructuredConfig, ctx) -> PruneR
             else:
                 for name, gone in prune_channels(graph, unit, idxs).items():
                     tracker.remove(name, gone)
+                _check_still_runs(model, example, unit.name)
         model.zero_grad(set_to_none=True)
         if config.reconstruct:
             refit.update(dict.fromkeys(reconstruct_(model, reference, batches, tracker.positions(kept_before))))
@@ -147,6 +149,21 @@ def prune_structured_(model: nn.Module, config: StructuredConfig, ctx) -> PruneR
                           tracker.removed, refit=refit)
     report.notes += untraced_note(untraced)
     return report
+
+
+def _check_still_runs(model: nn.Module, example, name: str) -> None:
+    """A forward that fixes a width (``torch.split(h, 16)``, a reshape to a constant) cannot follow a cut of the
+    channels it reads: say which layer, and how to leave it whole, rather than fail later in training."""
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(*example) if isinstance(example, tuple) else model.eval()(example)
+    except Exception as exc:  # noqa: BLE001  (whatever the user's forward raises)
+        raise ConfigError("ignore", f"the model no longer runs once channels of {name!r} are removed "
+                                    f"({type(exc).__name__}: {exc}); its forward may fix their number (e.g. "
+                                    f"torch.split(x, 16)): add {name!r} to ignore") from None
+    finally:
+        model.train(was_training)
 
 
 def untraced_note(untraced: list[str]) -> tuple[str, ...]:
@@ -182,7 +199,8 @@ def prune_activation_(model: nn.Module, config: ActivationConfig, ctx) -> PruneR
         acts = _activations(model, graph, units, [], batches)
         cuts = []
         for unit in units:
-            score = producer_activation(unit, acts, normalise=True, reduce="max")  # (size,) in [0, 1]
+            # (sets,) in [0, 1]: a set of coupled channels goes only if every channel in it is below
+            score = unit.per_set(producer_activation(unit, acts, normalise=True, reduce="max"), reduce="max")
             lowest.append((float(score.min()), unit.name))
             below = score < config.threshold
             if bool(below.all()):
@@ -191,7 +209,7 @@ def prune_activation_(model: nn.Module, config: ActivationConfig, ctx) -> PruneR
             if unit.channel_groups > 1:  # grouped conv: a position goes only if it is below in every group
                 g = unit.channel_groups
                 below = below.view(g, -1).all(0).repeat(g)
-            idxs = torch.nonzero(below).flatten().tolist()
+            idxs = unit.channels_of(torch.nonzero(below).flatten().tolist())
             if idxs:
                 cuts.append((unit, idxs))
         for unit, idxs in cuts:
