@@ -55,8 +55,9 @@ MAX_DROP = {"static": 2.0, "dynamic": 1.0, "weight": 3.0, "kmeans": 2.5, "qat": 
             "activation": 1.0, "structured": 15.0}
 
 # Minimum fp32-artifact bytes / artifact bytes. What can shrink is each model's Linear/Conv weights, the attention
-# in-projection included; embeddings, norms and biases stay float. Shrinkable share of the fp32 bytes: resnet 95 %,
-# conv1d 98 % (its Linear layers alone 69 %), transformer 91 %, tokens 74 % (its embeddings are 22 %). The bounds
+# in-projection included, and for the weight-only methods the embedding tables; norms and biases stay float.
+# Shrinkable share of the fp32 bytes: resnet 95 %, conv1d 98 % (its Linear layers alone 69 %), transformer 91 %,
+# tokens 74 % (96 % with its embeddings, 22 %: weight 5.28x and kmeans 6.05x, 2.86x and 3.02x without). The bounds
 # are ~85 % of fp32 / (fp32 - shrinkable * (1 - 1/k)), k = 4 for int8 and 8 for 4 bits, less where an artifact
 # carries an int8 ONNX graph (static, dynamic, qat): 3-7 kB zstd-coded, ~10 % of these fp32 files.
 MIN_RATIO = {
@@ -64,8 +65,8 @@ MIN_RATIO = {
     # dynamic shrinks Linear weights only (ONNX Runtime's dynamic int8 is for MatMul): the residual CNN has almost
     # none, so "no bigger than fp32"; the Conv1d model's Linear layers are 69 % of it: 2.1x expected
     "dynamic": {"resnet": 1.0, "conv1d": 1.7, "transformer": 2.0, "tokens": 1.8},
-    "weight": {"resnet": 5.0, "conv1d": 6.5, "transformer": 4.0, "tokens": 2.3},
-    "kmeans": {"resnet": 5.0, "conv1d": 6.5, "transformer": 4.0, "tokens": 2.3},
+    "weight": {"resnet": 5.0, "conv1d": 6.5, "transformer": 4.0, "tokens": 4.5},
+    "kmeans": {"resnet": 5.0, "conv1d": 6.5, "transformer": 4.0, "tokens": 4.5},
     "qat": {"resnet": 2.5, "conv1d": 3.2, "transformer": 2.0, "tokens": 1.7},
     # 60 % zeros stored as relative index + value (Deep Compression's sparse entries)
     "magnitude": {"resnet": 1.8, "conv1d": 1.8, "transformer": 1.5, "tokens": 1.3},
@@ -179,8 +180,9 @@ def _float_matrices(model: nn.Module) -> set[str]:
 
 @pytest.mark.parametrize("name, method", [(n, m) for n in ZOO for m in QUANT])
 def test_layers_left_in_float_are_reported(trained, compressed, name, method):
-    """A layer a method cannot quantize (a Conv under dynamic int8, an Embedding) stays float, and the report says
-    so and why; every Linear/Conv, attention's projections included, is quantized otherwise."""
+    """A layer a method cannot quantize (a Conv under dynamic int8, an Embedding under int8) stays float, and the
+    report says so and why; every Linear/Conv, attention's projections included, is quantized otherwise, and the
+    weight-only methods (packed codes, a codebook) store embedding tables too."""
     report, model = compressed(name, method)
     left = _float_matrices(model)
     assert left <= set(report.float_layers), f"float but not reported: {sorted(left - set(report.float_layers))}"
@@ -191,7 +193,10 @@ def test_layers_left_in_float_are_reported(trained, compressed, name, method):
         assert all("Linear layers only" in report.float_layers[n] for n in expected)
     assert set(report.kept_fp32) == expected
     embeddings = {n for n, m in trained(name)[0].named_modules() if isinstance(m, nn.Embedding)}
-    assert embeddings <= left and all("embedding" in report.float_layers[n] for n in embeddings)
+    if method in ("weight", "kmeans"):
+        assert embeddings <= set(report.layers) and not embeddings & left
+    else:
+        assert embeddings <= left and all("embedding" in report.float_layers[n] for n in embeddings)
 
 
 @requires_ort

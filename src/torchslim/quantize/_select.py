@@ -17,20 +17,34 @@ from torchslim.prune._select import LayerSelector
 QUANTIZABLE = (nn.Linear, nn.Conv1d, nn.Conv2d)
 
 
-def is_quantizable(module: nn.Module) -> bool:
-    """A Linear/Conv1d/Conv2d the quantized layers can replace (convolutions only with zero padding)."""
+def is_quantizable(module: nn.Module, embeddings: bool = False) -> bool:
+    """A Linear/Conv1d/Conv2d the quantized layers can replace (convolutions only with zero padding); with
+    ``embeddings``, an ``nn.Embedding`` too (without ``max_norm``, which rescales the table in place at lookup)."""
+    if embeddings and type(module) is nn.Embedding:
+        return module.max_norm is None
     return isinstance(module, QUANTIZABLE) and getattr(module, "padding_mode", "zeros") == "zeros"
 
 
-def quantizable_layers(model: nn.Module, ignore: Iterable[str] = ()) -> dict[str, nn.Module]:
+def covers_embeddings(config: Any) -> bool:
+    """Whether a quantize config's method stores embedding tables too: the weight-only methods (packed codes, a
+    codebook) only change how a weight is stored, which a lookup table gains from as a Linear does; int8
+    methods need a kernel that computes in int8, and a lookup has none."""
+    from torchslim.quantize.config import KMeansConfig, WeightOnlyConfig
+
+    return isinstance(config, (WeightOnlyConfig, KMeansConfig))
+
+
+def quantizable_layers(model: nn.Module, ignore: Iterable[str] = (), embeddings: bool = False
+                       ) -> dict[str, nn.Module]:
     """Quantizable modules by qualified name, skipping those ``ignore`` covers (ConfigError for a pattern that
     matches no module)."""
     selector = LayerSelector(model, 0, ignore)
-    return {name: m for name, m in model.named_modules() if is_quantizable(m) and not selector.is_ignored(name)}
+    return {name: m for name, m in model.named_modules()
+            if is_quantizable(m, embeddings) and not selector.is_ignored(name)}
 
 
-def layer_bits(model: nn.Module, bits: int, ignore: Iterable[str] = (), overrides: Mapping[str, int] | None = None
-               ) -> dict[str, int]:
+def layer_bits(model: nn.Module, bits: int, ignore: Iterable[str] = (), overrides: Mapping[str, int] | None = None,
+               embeddings: bool = False) -> dict[str, int]:
     """Bits for each quantized layer of ``model``: the nearest ``overrides`` entry, else ``bits``.
 
     Raises:
@@ -38,7 +52,7 @@ def layer_bits(model: nn.Module, bits: int, ignore: Iterable[str] = (), override
     """
     selector = LayerSelector(model, bits, ignore, overrides)
     return {name: int(selector.sparsity_for(name)) for name, m in model.named_modules()
-            if is_quantizable(m) and not selector.is_ignored(name)}
+            if is_quantizable(m, embeddings) and not selector.is_ignored(name)}
 
 
 def check_layers(model: nn.Module, config: Any) -> dict[str, int]:
@@ -47,7 +61,8 @@ def check_layers(model: nn.Module, config: Any) -> dict[str, int]:
     Every ``ignore`` / ``overrides`` pattern must match a module, and a group size must divide the row length of
     every quantized layer.
     """
-    bits = layer_bits(model, config.bits, config.ignore, getattr(config, "overrides", None))
+    bits = layer_bits(model, config.bits, config.ignore, getattr(config, "overrides", None),
+                      embeddings=covers_embeddings(config))
     size = getattr(getattr(config, "granularity", None), "size", None)  # PerGroup only
     if size is not None:  # every layer it does not fit, at once: a user fixes them in one edit
         rows = {name: model.get_submodule(name).weight[0].numel() for name in bits}

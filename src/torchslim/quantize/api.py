@@ -13,7 +13,7 @@ from torchslim._errors import ConfigError
 from torchslim.quantize._calibrate import calibration_inputs
 from torchslim.quantize._layout import attach_int8_onnx
 from torchslim.quantize._registry import QuantContext, handler_for
-from torchslim.quantize._select import check_layers, quantizable_layers
+from torchslim.quantize._select import check_layers, covers_embeddings, quantizable_layers
 from torchslim.quantize.attention import project_attention_
 from torchslim.quantize.config import method_of
 from torchslim.quantize.fallback import choose_fp32_layers
@@ -92,7 +92,7 @@ def quantize_(model: nn.Module, config, *, calibration: Iterable | None = None,
     project_attention_(model)  # attention's projections become Linear modules every method can reach
     check_layers(model, config)
     ctx = QuantContext(batches=_materialise(calibration, config), finetune=finetune)
-    all_layers = set(quantizable_layers(model))
+    all_layers = set(quantizable_layers(model, embeddings=covers_embeddings(config)))
     metric = None
     fallback: tuple[str, ...] = ()
     sensitivity: dict[str, float] = {}
@@ -151,6 +151,10 @@ def float_layers(model: nn.Module, method: str, kept: Iterable[str], fallback: I
         else:
             reasons[name] = f"not quantized by {method}"
     for name, module in model.named_modules():
+        if type(module) is nn.Embedding and method in ("weight", "kmeans"):  # these store tables too
+            if module.max_norm is not None:
+                reasons[name] = "an embedding with max_norm: its lookup rescales the table in place"
+            continue
         for kind, why in _NOT_QUANTIZED.items():
             if type(module) is kind or (kind is nn.MultiheadAttention and isinstance(module, kind)):
                 reasons[name] = why

@@ -13,7 +13,7 @@ from typing import Callable
 from torch import nn
 
 from torchslim.quantize._registry import QuantContext, handler_for
-from torchslim.quantize._select import quantizable_layers
+from torchslim.quantize._select import covers_embeddings, quantizable_layers
 
 
 def _probe(model: nn.Module, config, ctx: QuantContext, evaluate: Callable[[nn.Module], float],
@@ -28,7 +28,7 @@ def _probe(model: nn.Module, config, ctx: QuantContext, evaluate: Callable[[nn.M
 def layer_sensitivity(model: nn.Module, config, ctx: QuantContext, evaluate: Callable[[nn.Module], float],
                       baseline: float) -> dict[str, float]:
     """Metric drop (baseline - metric) per layer when only that layer is quantized, most sensitive first."""
-    layers = list(quantizable_layers(model, config.ignore))
+    layers = list(quantizable_layers(model, config.ignore, covers_embeddings(config)))
     drops = {}
     for name in layers:
         others = tuple(n for n in layers if n != name)

@@ -109,16 +109,16 @@ class ActivationFakeQuant(nn.Module):
 
 
 def layer_kind(layer: nn.Module) -> str:
-    """``Linear``, ``Conv1d`` or ``Conv2d`` by isinstance, so subclasses (e.g. attention's out_proj, a
-    NonDynamicallyQuantizableLinear) compute like their base class."""
-    for cls in (nn.Linear, nn.Conv1d, nn.Conv2d):
+    """``Linear``, ``Conv1d``, ``Conv2d`` or ``Embedding`` by isinstance, so subclasses (e.g. attention's
+    out_proj, a NonDynamicallyQuantizableLinear) compute like their base class."""
+    for cls in (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Embedding):
         if isinstance(layer, cls):
             return cls.__name__
-    raise TypeError(f"cannot quantize a {type(layer).__name__}; only Linear, Conv1d and Conv2d")
+    raise TypeError(f"cannot quantize a {type(layer).__name__}; only Linear, Conv1d, Conv2d and Embedding")
 
 
 class QuantizedLayer(nn.Module):
-    """Linear / Conv1d / Conv2d whose weight comes from ``weight_source()``.
+    """Linear / Conv1d / Conv2d / Embedding whose weight comes from ``weight_source()``.
 
     Args:
         layer: the float layer being replaced (its bias and conv settings are kept).
@@ -133,8 +133,12 @@ class QuantizedLayer(nn.Module):
         self._inference_key: tuple | None = None
         self.weight_source = weight_source
         self.input_quant = input_quant
-        self.bias = None if layer.bias is None else nn.Parameter(layer.bias.detach().clone())
-        if self.kind != "Linear":
+        bias = getattr(layer, "bias", None)
+        self.bias = None if bias is None else nn.Parameter(bias.detach().clone())
+        if self.kind == "Embedding":  # (max_norm, which rescales the table at lookup, is never selected)
+            self.embedding_args = dict(padding_idx=layer.padding_idx, scale_grad_by_freq=layer.scale_grad_by_freq,
+                                       sparse=layer.sparse)
+        elif self.kind != "Linear":
             if layer.padding_mode != "zeros":  # quantizable_layers never selects these
                 raise ValueError(f"padding_mode {layer.padding_mode!r} is not supported")
             self.conv_args = dict(stride=layer.stride, padding=layer.padding, dilation=layer.dilation,
@@ -186,13 +190,17 @@ class QuantizedLayer(nn.Module):
         w = self._current_weight()
         if self.kind == "Linear":
             return F.linear(x, w, self.bias)
+        if self.kind == "Embedding":
+            return F.embedding(x, w, **self.embedding_args)
         conv = F.conv1d if self.kind == "Conv1d" else F.conv2d
         return conv(x, w, self.bias, **self.conv_args)
 
     def to_float(self) -> nn.Module:
         """A plain float layer with the current (dequantized) weight, e.g. for ONNX export."""
         w = self.weight_source().detach()
-        if self.kind == "Linear":
+        if self.kind == "Embedding":
+            layer = nn.Embedding(w.shape[0], w.shape[1], **self.embedding_args)
+        elif self.kind == "Linear":
             layer = nn.Linear(w.shape[1], w.shape[0], bias=self.bias is not None)
         else:
             cls = nn.Conv1d if self.kind == "Conv1d" else nn.Conv2d

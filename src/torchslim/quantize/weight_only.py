@@ -25,19 +25,20 @@ def pack_layers_(model: nn.Module, bits: dict[str, int], granularity, symmetric:
 
 @register(WeightOnlyConfig)
 def quantize_weight_only_(model: nn.Module, config: WeightOnlyConfig, ctx: QuantContext) -> HandlerResult:
-    """Affine-quantize Linear/Conv weights to packed integers, dequantized in forward."""
-    bits = layer_bits(model, config.bits, config.ignore, config.overrides)
+    """Affine-quantize Linear/Conv weights and embedding tables to packed integers, dequantized in forward."""
+    bits = layer_bits(model, config.bits, config.ignore, config.overrides, embeddings=True)
     return pack_layers_(model, bits, config.granularity, config.symmetric)
 
 
 @register(KMeansConfig)
 def quantize_kmeans_(model: nn.Module, config: KMeansConfig, ctx: QuantContext) -> HandlerResult:
-    """Cluster each layer's weights into a 2^bits codebook (0 fixed), then fine-tune the centroids.
+    """Cluster each layer's weights (embedding tables too) into a 2^bits codebook (0 fixed), then fine-tune the
+    centroids.
 
     The fine-tuning callable trains every parameter of the model; in the quantized layers those are the
     centroids (and biases), so weights sharing a centroid move together.
     """
-    bits = layer_bits(model, config.bits, config.ignore, config.overrides)
+    bits = layer_bits(model, config.bits, config.ignore, config.overrides, embeddings=True)
     fp32 = quantized = 0
     for name, b in bits.items():
         layer = model.get_submodule(name)
