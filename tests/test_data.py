@@ -98,3 +98,15 @@ def test_an_image_folder_shape_that_cannot_be_right_is_refused_before_decoding(t
 def test_unknown_source():
     with pytest.raises(ConfigError, match="data.source: unknown data source 'cifar'"):
         load_splits(DataSpec(source="cifar"))
+
+
+def test_npz_integer_ids_arrive_as_exact_float32_and_past_2_to_24_are_refused(tmp_path):
+    ids = np.array([[0, 7, 16_777_216], [3, 2, 1]] * 10, dtype=np.int64)
+    np.savez(tmp_path / "ids.npz", x=ids, y=np.arange(20) % 2)
+    s = load_splits(DataSpec(source="npz:ids.npz", test_fraction=0.2, val_fraction=0.1), base_dir=tmp_path)
+    x = torch.cat([s.train.tensors[0], s.val.tensors[0], s.test.tensors[0]])
+    assert x.dtype == torch.float32 and torch.equal(x.long().float(), x) and int(x.max()) == 2 ** 24
+    assert s.info["preprocessing"].endswith("integers as float32 (exact)")
+    np.savez(tmp_path / "big.npz", x=ids + 1, y=np.arange(20) % 2)
+    with pytest.raises(ConfigError, match=r"^data.source: big.npz: array x holds integers above 2\*\*24"):
+        load_splits(DataSpec(source="npz:big.npz"), base_dir=tmp_path)

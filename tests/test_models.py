@@ -59,6 +59,13 @@ def test_wrong_data_shape_is_refused_before_training():
         check_fits(model, torch.rand(2, 1, 8, 8), 12)
 
 
+def test_an_embedding_given_float_ids_is_told_to_cast_them():
+    model = torch.nn.Sequential(torch.nn.Embedding(10, 4), torch.nn.Flatten(), torch.nn.Linear(12, 2))
+    with pytest.raises(ConfigError, match=r"^model: forward pass on data of shape \(2, 3\) failed: an embedding was "
+                                          r"given float ids: .* self.embed\(x.long\(\)\)$"):
+        check_fits(model, torch.tensor([[1.0, 2.0, 3.0]] * 2), 2)
+
+
 def test_unknown_model_and_bad_kwargs():
     with pytest.raises(ConfigError, match="model.name: unknown model 'resnet'; known: lenet300_100"):
         build_model(ModelSpec(name="resnet"))

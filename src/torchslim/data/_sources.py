@@ -114,6 +114,12 @@ def _npz(path: Path, input_shape: tuple[int, ...] | None) -> _Arrays:
         raise ConfigError("data.source", f"{path.name}: x_test has samples of shape {arrays['x_test'].shape[1:]} "
                                          f"but x has {arrays['x'].shape[1:]}")
 
+    integers = arrays["x"].dtype.kind in "biu"
+    for key in ("x", "x_test"):  # float32 holds every whole number up to 2**24 exactly: token ids, counts
+        if integers and key in arrays and arrays[key].size and np.abs(arrays[key]).max() > 2 ** 24:
+            raise ConfigError("data.source", f"{path.name}: array {key} holds integers above 2**24, which float32 "
+                                             f"inputs cannot represent exactly")
+
     def fit(x: np.ndarray) -> np.ndarray:
         x = x.astype(np.float32)
         # A single-channel model accepts (N, H, W) / (N, L) arrays by adding the channel axis.
@@ -125,7 +131,8 @@ def _npz(path: Path, input_shape: tuple[int, ...] | None) -> _Arrays:
     return _Arrays(fit(arrays["x"]), arrays["y"].astype(np.int64),
                    fit(arrays["x_test"]) if "x_test" in arrays else None,
                    arrays["y_test"].astype(np.int64) if "y_test" in arrays else None,
-                   preprocessing=f"npz {path.name}; float32 as stored")
+                   preprocessing=f"npz {path.name}; "
+                                 f"{'integers as float32 (exact)' if integers else 'float32 as stored'}")
 
 
 def _read_image(f: Path, mode: str, size: tuple[int, int], root: Path) -> np.ndarray:

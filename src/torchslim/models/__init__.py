@@ -228,8 +228,11 @@ def check_fits(model: nn.Module, sample: torch.Tensor, num_classes: int) -> list
     try:
         out = model.eval()(sample)
     except Exception as exc:  # any failure here means the model does not accept this data
-        raise ConfigError("model", f"forward pass on data of shape {tuple(sample.shape)} failed: "
-                                   f"{str(exc).splitlines()[0]}") from None
+        first = str(exc).splitlines()[0]
+        if "'indices'" in first and sample.dtype.is_floating_point:  # torch's own words run past one line
+            first = ("an embedding was given float ids: inputs arrive as float32 (an npz's integers too, exactly); "
+                     "cast them in forward, e.g. self.embed(x.long())")
+        raise ConfigError("model", f"forward pass on data of shape {tuple(sample.shape)} failed: {first}") from None
     if not isinstance(out, torch.Tensor):
         raise ConfigError("model", f"must return one tensor of logits (N, classes); it returned a "
                                    f"{type(out).__name__}")
