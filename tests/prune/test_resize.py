@@ -98,3 +98,24 @@ def test_depthwise_conv_net(tmp_path):
     fresh, _ = _roundtrip(tmp_path, build, model, x)
     assert (fresh[2].groups, fresh[2].in_channels, fresh[2].out_channels, fresh[5].out_channels) == (4, 4, 4, 2)
     assert fresh[7].in_features == 2 * 4 * 4
+
+
+def test_prelu_and_an_embedding_added_to_pruned_channels_reload(tmp_path):
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.act = nn.Conv1d(1, 8, 3, padding=1), nn.PReLU(8)
+            self.fc, self.pos = nn.Linear(8, 12), nn.Embedding(4, 12)
+            self.head = nn.Linear(12, 3)
+
+        def forward(self, x):  # (N, 1, 4): the embedding of each position is added to fc's output
+            h = self.fc(self.act(self.conv(x)).transpose(1, 2)) + self.pos(torch.arange(4))
+            return self.head(torch.relu(h).mean(1))
+
+    model, x = Net(), torch.randn(6, 1, 4)
+    _train_a_little(model, x, 3)
+    prune_(model, StructuredConfig(sparsity=0.5), example_inputs=x)
+    assert (model.act.weight.numel(), model.pos.weight.shape) == (4, (4, 6))
+    fresh, changed = _roundtrip(tmp_path, Net, model, x)
+    assert {"act", "pos"} <= set(changed)
+    assert (fresh.act.num_parameters, fresh.pos.embedding_dim, fresh.pos.num_embeddings) == (4, 6, 4)

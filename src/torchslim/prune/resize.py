@@ -46,6 +46,10 @@ def _set_shapes(module: nn.Module) -> None:
         module.num_channels = module.weight.shape[0]
     elif isinstance(module, PrunableMultiheadAttention):
         module.num_heads = module.in_proj_weight.shape[0] // (3 * module.head_dim)
+    elif isinstance(module, nn.PReLU):  # one slope per channel
+        module.num_parameters = module.weight.numel()
+    elif isinstance(module, nn.Embedding):  # its columns go when they are added to pruned channels
+        module.num_embeddings, module.embedding_dim = module.weight.shape
     else:
         raise ValueError(f"cannot resize a {type(module).__name__}")
 
@@ -55,7 +59,8 @@ def resize_to_state_dict_(model: nn.Module, state_dict: Mapping[str, torch.Tenso
     """Reshape a freshly built (unpruned) model, in place, so that ``model.load_state_dict(state_dict)``
     succeeds and the loaded model computes what the pruned model did.
 
-    Linear, ConvNd, BatchNorm, LayerNorm and GroupNorm get new parameter/buffer shapes and size attributes;
+    Linear, ConvNd, BatchNorm, LayerNorm, GroupNorm, PReLU and Embedding get new parameter/buffer shapes and size
+    attributes;
     an ``nn.MultiheadAttention`` whose heads were pruned becomes a :class:`PrunableMultiheadAttention` with
     fewer heads. Values are left uninitialised: load the state_dict next.
 
