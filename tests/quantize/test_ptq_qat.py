@@ -4,6 +4,7 @@ import functools
 
 import pytest
 import torch
+from torch import nn
 
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -107,6 +108,32 @@ def _trained_mlp():
 def _accuracy(model, x, y):
     with torch.no_grad():
         return float((model(x).argmax(1) == y).float().mean())
+
+
+class _Tied(nn.Module):
+    """One Linear applied twice (its weight shared by two products of the exported graph)."""
+
+    def __init__(self):
+        super().__init__()
+        self.shared, self.head = nn.Linear(16, 16), nn.Linear(16, 4)
+
+    def forward(self, x):
+        return self.head(self.shared(torch.relu(self.shared(x))))
+
+
+@requires_ort
+def test_dynamic_int8_of_a_layer_called_twice_stores_its_weight_once():
+    torch.manual_seed(0)
+    model, x = _Tied().eval(), torch.randn(32, 16)
+    ref = model(x).detach()
+    report = quantize_(model, DynamicConfig(), calibration=[x[:4]])
+    import onnx
+
+    graph = onnx.load_from_string(report.onnx_model)
+    shared = [i for i in graph.graph.initializer if tuple(i.dims) == (16, 16)]
+    assert len(shared) == 1  # one int8 weight for both products
+    assert sum(quantized_kernels(report.onnx_model).values()) == 3  # both uses and the head multiply in int8
+    assert relative_error(report.ort_session()(x), ref) < 0.03
 
 
 def test_qat_low_bits_recovers_accuracy_and_converts_to_packed_weights():

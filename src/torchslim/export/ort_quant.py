@@ -144,7 +144,7 @@ def gemm_to_matmul(model) -> dict[str, list[str]]:
     from onnx import helper, numpy_helper
 
     inits = {i.name: i for i in model.graph.initializer}
-    new_nodes, replaced = [], {}
+    new_nodes, replaced, made = [], {}, set()  # made: MatMul weights written (a layer called twice shares one)
     for node in model.graph.node:
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         simple = (node.op_type == "Gemm" and attrs.get("alpha", 1.0) == 1.0 and attrs.get("beta", 1.0) == 1.0
@@ -152,11 +152,13 @@ def gemm_to_matmul(model) -> dict[str, list[str]]:
         if not simple:
             new_nodes.append(node)
             continue
-        weight = numpy_helper.to_array(inits[node.input[1]])
-        if attrs.get("transB", 0):
-            weight = weight.T  # (in, out) for MatMul
-        w_name = node.input[1] + "_matmul"
-        model.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(weight), w_name))
+        w_name = node.input[1] + ("_matmul" if attrs.get("transB", 0) else "_matmul_n")
+        if w_name not in made:
+            weight = numpy_helper.to_array(inits[node.input[1]])
+            if attrs.get("transB", 0):
+                weight = weight.T  # (in, out) for MatMul
+            model.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(weight), w_name))
+            made.add(w_name)
         has_bias = len(node.input) > 2 and node.input[2]
         mm_out = node.output[0] + "_matmul" if has_bias else node.output[0]
         matmul = helper.make_node("MatMul", [node.input[0], w_name], [mm_out], name=node.name + "_MatMul")
