@@ -209,6 +209,19 @@ def test_a_width_fixed_in_the_forward_is_an_error_naming_the_layer():
         prune_(_Gated("split"), StructuredConfig(sparsity=0.5), example_inputs=torch.randn(8, 1, 40))
 
 
+def test_a_groupnorm_keeps_as_many_channels_in_each_of_its_groups():
+    # GroupNorm(4, 16) needs a channel count divisible by 4, and each of its groups normalises its own channels:
+    # a cut takes the same positions from each group of 4 (60 % of 16 rounds down to 8 of them)
+    model = nn.Sequential(nn.Conv1d(1, 16, 3, padding=1), nn.GroupNorm(4, 16), nn.ReLU(), nn.Conv1d(16, 8, 3),
+                          nn.Flatten(), nn.Linear(8 * 6, 3))
+    x = torch.randn(4, 1, 8)
+    report = prune_(model, StructuredConfig(sparsity=0.6, overrides={"3": 0.0}), example_inputs=x)
+    removed = sorted(report.layer("0").removed)
+    assert len(removed) == 8 and model[1].num_channels == 8 and model[1].num_groups == 4
+    assert [i % 4 for i in removed[:2]] * 4 == [i % 4 for i in removed]  # the same two positions in each group
+    assert model(x).shape == (4, 3)
+
+
 def test_transformer_prunes_heads_and_ffn_never_d_model():
     model = TransformerClassifier()
     report = prune_(model, StructuredConfig(sparsity=0.5), example_inputs=torch.randn(2, 5, 6))

@@ -12,6 +12,7 @@ Never units: channels that reach the model's output (the classes) and the residu
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -183,14 +184,16 @@ def feeds_output(graph: tp.DependencyGraph, module: nn.Module) -> bool:
 
 
 def _channel_groups(group) -> int:
-    """Conv groups (not depthwise) coupled to these channels: cuts must be equal in each group."""
+    """Groups coupled to these channels, of grouped convs (not depthwise: they follow any cut) and GroupNorms:
+    cuts must be equal in each group, so every group keeps as many channels as the others."""
     g = 1
     for dep, _ in group:
         m = dep.target.module
-        if not isinstance(m, nn.modules.conv._ConvNd) or m.groups == 1:
-            continue
-        if not m.groups == m.in_channels == m.out_channels:  # depthwise convs follow any cut
-            g = max(g, m.groups)
+        if isinstance(m, nn.GroupNorm):
+            g = math.lcm(g, m.num_groups)
+        elif isinstance(m, nn.modules.conv._ConvNd) and m.groups > 1 \
+                and not m.groups == m.in_channels == m.out_channels:
+            g = math.lcm(g, m.groups)
     return g
 
 
