@@ -136,6 +136,31 @@ def test_dynamic_int8_of_a_layer_called_twice_stores_its_weight_once():
     assert relative_error(report.ort_session()(x), ref) < 0.03
 
 
+class _CausalAttention(nn.Module):
+    """Self-attention over 6 tokens with a causal mask of -inf above the diagonal (sequence first)."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed, self.attn, self.head = nn.Linear(4, 16), nn.MultiheadAttention(16, 2), nn.Linear(16, 3)
+        self.register_buffer("mask", torch.triu(torch.full((6, 6), float("-inf")), 1))
+
+    def forward(self, x):  # (N, 6, 4)
+        h = self.embed(x).transpose(0, 1)
+        a, _ = self.attn(h, h, h, attn_mask=self.mask)
+        return self.head((h + a).mean(0))
+
+
+@requires_ort
+def test_static_int8_keeps_tensors_no_range_can_hold_float():
+    # the masked attention scores hold -inf: calibration once stopped on them; their ops now stay float
+    torch.manual_seed(0)
+    model, x = _CausalAttention().eval(), torch.randn(64, 6, 4)
+    ref = model(x).detach()
+    report = quantize_(model, StaticConfig(bits=8), calibration=[x[:32], x[32:]])
+    assert sum(quantized_kernels(report.onnx_model).values()) >= 4  # embed, q/k/v or out-projection, head
+    assert relative_error(report.ort_session()(x), ref) < 0.05
+
+
 def test_qat_low_bits_recovers_accuracy_and_converts_to_packed_weights():
     x, y = _toy_task()
     base = _trained_mlp()

@@ -71,7 +71,8 @@ def collect_ranges(model, feeds: Sequence[dict[str, np.ndarray]], make_observer:
         feeds: calibration batches, {input name: array}.
         make_observer: builds a fresh observer (``observe``/``range``) per tensor.
     Returns:
-        {tensor name: (lo, hi)}.
+        {tensor name: (lo, hi)}, without the tensors that held NaN or Inf in some batch (attention scores with a
+        -inf mask added): no int8 range represents them, so :func:`quantize_static_onnx` keeps their ops float.
     """
     import copy
 
@@ -92,7 +93,11 @@ def collect_ranges(model, feeds: Sequence[dict[str, np.ndarray]], make_observer:
     for feed in feeds:
         values = session.run(names, feed)
         for name, value in zip(names, values):
-            observers[name].observe(torch.from_numpy(np.asarray(value)))
+            tensor = torch.from_numpy(np.asarray(value))
+            if name in observers and not bool(torch.isfinite(tensor).all()):
+                del observers[name]
+            if name in observers:
+                observers[name].observe(tensor)
     return {name: obs.range() for name, obs in observers.items()}
 
 
@@ -122,6 +127,9 @@ def quantize_static_onnx(model, ranges: dict[str, tuple[float, float]], *, per_c
 
     data = {name: TensorData(lowest=np.array(lo, dtype=np.float32), highest=np.array(hi, dtype=np.float32))
             for name, (lo, hi) in ranges.items()}
+    unranged = set(_float_tensors(model)) - set(ranges)  # held NaN or Inf (see collect_ranges): their ops stay float
+    nodes_to_exclude = list(nodes_to_exclude) + [n.name for n in model.graph.node
+                                                 if unranged & (set(n.input) | set(n.output))]
     with tempfile.TemporaryDirectory(prefix="torchslim-quant-") as tmp, quiet_ort_logging():
         cache = Path(tmp) / "ranges.json"
         save_tensors_data(TensorsData(CalibrationMethod.MinMax, data), cache)
