@@ -60,9 +60,8 @@ def resize_to_state_dict_(model: nn.Module, state_dict: Mapping[str, torch.Tenso
     succeeds and the loaded model computes what the pruned model did.
 
     Linear, ConvNd, BatchNorm, LayerNorm, GroupNorm, PReLU and Embedding get new parameter/buffer shapes and size
-    attributes;
-    an ``nn.MultiheadAttention`` whose heads were pruned becomes a :class:`PrunableMultiheadAttention` with
-    fewer heads. Values are left uninitialised: load the state_dict next.
+    attributes; an ``nn.MultiheadAttention`` whose heads were pruned becomes a :class:`PrunableMultiheadAttention`
+    with fewer heads. Values are left uninitialised: load the state_dict next.
 
     Args:
         model: a model built as the pruned one was, before pruning.
