@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from torchslim._errors import ConfigError
-from torchslim.prune import Calibration, Finetune, Schedule, StructuredConfig, prune_
+from torchslim.prune import ActivationConfig, Calibration, Finetune, Schedule, StructuredConfig, prune_
 from torchslim.prune._select import count
 from torchslim.prune.attention import PrunableMultiheadAttention
 
@@ -207,6 +207,12 @@ def test_a_glu_the_trace_cannot_follow_is_kept_whole():
 def test_a_width_fixed_in_the_forward_is_an_error_naming_the_layer():
     with pytest.raises(ConfigError, match=r"no longer runs once channels of 'c1' are removed .*add 'c1' to ignore"):
         prune_(_Gated("split"), StructuredConfig(sparsity=0.5), example_inputs=torch.randn(8, 1, 40))
+    model, x = _Gated("split"), torch.randn(8, 1, 40)
+    with torch.no_grad():
+        model.c1.weight[[3, 19]] = 0  # a dead pair: activation pruning removes it, and the split cannot follow
+        model.c1.bias[[3, 19]] = 0
+    with pytest.raises(ConfigError, match=r"no longer runs once channels of 'c1' are removed"):
+        prune_(model, ActivationConfig(threshold=0.01), calibration=[(x, torch.zeros(8, dtype=torch.long))])
 
 
 def test_a_groupnorm_keeps_as_many_channels_in_each_of_its_groups():

@@ -215,6 +215,7 @@ def prune_activation_(model: nn.Module, config: ActivationConfig, ctx) -> PruneR
         for unit, idxs in cuts:
             for name, gone in prune_channels(graph, unit, idxs).items():
                 tracker.remove(name, gone)
+            _check_still_runs(model, example, unit.name)
 
     ctx.run_schedule(model, config, step_fn, lambda: None)
     report = build_report("activation", list(layers), before, weight_layers(model), size_before, model,
