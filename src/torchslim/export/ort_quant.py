@@ -63,7 +63,7 @@ def _float_tensors(model) -> list[str]:
 
 
 def collect_ranges(model, feeds: Sequence[dict[str, np.ndarray]], make_observer: Callable[[], object]
-                   ) -> dict[str, tuple[float, float]]:
+                   ) -> dict[str, tuple[float, float] | None]:
     """Run ``feeds`` through ``model`` and observe every float tensor.
 
     Args:
@@ -71,8 +71,8 @@ def collect_ranges(model, feeds: Sequence[dict[str, np.ndarray]], make_observer:
         feeds: calibration batches, {input name: array}.
         make_observer: builds a fresh observer (``observe``/``range``) per tensor.
     Returns:
-        {tensor name: (lo, hi)}, without the tensors that held NaN or Inf in some batch (attention scores with a
-        -inf mask added): no int8 range represents them, so :func:`quantize_static_onnx` keeps their ops float.
+        {tensor name: (lo, hi)}, or None for a tensor that held NaN or Inf in some batch (attention scores with a
+        -inf mask added): no int8 range represents it, so :func:`quantize_static_onnx` keeps its ops float.
     """
     import copy
 
@@ -89,29 +89,32 @@ def collect_ranges(model, feeds: Sequence[dict[str, np.ndarray]], make_observer:
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every tensor
     opts.log_severity_level = 3
     session = ort.InferenceSession(augmented.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    observers = {name: make_observer() for name in names}
+    observers = {name: make_observer() for name in names}  # None once the tensor held NaN or Inf
     for feed in feeds:
         values = session.run(names, feed)
         for name, value in zip(names, values):
             tensor = torch.from_numpy(np.asarray(value))
-            if name in observers and not bool(torch.isfinite(tensor).all()):
-                del observers[name]
-            if name in observers:
+            if observers[name] is None:
+                continue
+            if bool(torch.isfinite(tensor).all()):
                 observers[name].observe(tensor)
-    return {name: obs.range() for name, obs in observers.items()}
+            else:
+                observers[name] = None
+    return {name: None if obs is None else obs.range() for name, obs in observers.items()}
 
 
 _FLOAT_OPS = {"Gather", "GatherElements", "BatchNormalization", "InstanceNormalization", "LayerNormalization",
               "ConvTranspose"}
 
 
-def quantize_static_onnx(model, ranges: dict[str, tuple[float, float]], *, per_channel: bool = True,
+def quantize_static_onnx(model, ranges: dict[str, tuple[float, float] | None], *, per_channel: bool = True,
                          nodes_to_exclude: Sequence[str] = ()) -> bytes:
     """QDQ int8 model from an fp32 model and per-tensor ranges (see module docstring).
 
     Args:
         model: fp32 onnx.ModelProto.
-        ranges: {tensor name: (lo, hi)} from :func:`collect_ranges`.
+        ranges: {tensor name: (lo, hi), or None: the ops reading or writing it stay float} from
+            :func:`collect_ranges`.
         per_channel: per-output-channel weight scales.
         nodes_to_exclude: node names left in float.
     Returns:
@@ -125,9 +128,9 @@ def quantize_static_onnx(model, ranges: dict[str, tuple[float, float]], *, per_c
     # transposed convolutions (the quantize report names them); everything else ORT can run in int8.
     op_types = sorted(set(QDQRegistry) - _FLOAT_OPS)
 
-    data = {name: TensorData(lowest=np.array(lo, dtype=np.float32), highest=np.array(hi, dtype=np.float32))
-            for name, (lo, hi) in ranges.items()}
-    unranged = set(_float_tensors(model)) - set(ranges)  # held NaN or Inf (see collect_ranges): their ops stay float
+    data = {name: TensorData(lowest=np.array(r[0], dtype=np.float32), highest=np.array(r[1], dtype=np.float32))
+            for name, r in ranges.items() if r is not None}
+    unranged = {name for name, r in ranges.items() if r is None}
     nodes_to_exclude = list(nodes_to_exclude) + [n.name for n in model.graph.node
                                                  if unranged & (set(n.input) | set(n.output))]
     with tempfile.TemporaryDirectory(prefix="torchslim-quant-") as tmp, quiet_ort_logging():

@@ -25,13 +25,17 @@ def is_quantizable(module: nn.Module, embeddings: bool = False) -> bool:
     return isinstance(module, QUANTIZABLE) and getattr(module, "padding_mode", "zeros") == "zeros"
 
 
-def covers_embeddings(config: Any) -> bool:
-    """Whether a quantize config's method stores embedding tables too: the weight-only methods (packed codes, a
-    codebook) only change how a weight is stored, which a lookup table gains from as a Linear does; int8
-    methods need a kernel that computes in int8, and a lookup has none."""
-    from torchslim.quantize.config import KMeansConfig, WeightOnlyConfig
+# Methods that store embedding tables too: the weight-only ones (packed codes, a codebook) only change how a weight
+# is stored, which a lookup table gains from as a Linear does; int8 methods need a kernel that computes in int8, and
+# a lookup has none.
+STORES_EMBEDDINGS = ("weight", "kmeans")
 
-    return isinstance(config, (WeightOnlyConfig, KMeansConfig))
+
+def covers_embeddings(config: Any) -> bool:
+    """Whether a quantize config's method stores embedding tables too (:data:`STORES_EMBEDDINGS`)."""
+    from torchslim.quantize.config import method_of
+
+    return method_of(config) in STORES_EMBEDDINGS
 
 
 def quantizable_layers(model: nn.Module, ignore: Iterable[str] = (), embeddings: bool = False

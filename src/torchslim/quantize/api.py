@@ -13,7 +13,7 @@ from torchslim._errors import ConfigError
 from torchslim.quantize._calibrate import calibration_inputs
 from torchslim.quantize._layout import attach_int8_onnx
 from torchslim.quantize._registry import QuantContext, handler_for
-from torchslim.quantize._select import check_layers, covers_embeddings, quantizable_layers
+from torchslim.quantize._select import STORES_EMBEDDINGS, check_layers, covers_embeddings, quantizable_layers
 from torchslim.quantize.attention import project_attention_
 from torchslim.quantize.config import method_of
 from torchslim.quantize.fallback import choose_fp32_layers
@@ -151,7 +151,7 @@ def float_layers(model: nn.Module, method: str, kept: Iterable[str], fallback: I
         else:
             reasons[name] = f"not quantized by {method}"
     for name, module in model.named_modules():
-        if type(module) is nn.Embedding and method in ("weight", "kmeans"):  # these store tables too
+        if type(module) is nn.Embedding and method in STORES_EMBEDDINGS:
             if module.max_norm is not None:
                 reasons[name] = "an embedding with max_norm: its lookup rescales the table in place"
             continue
