@@ -144,6 +144,14 @@ def test_a_slower_compressed_model_is_explained_by_what_made_it_slower():
     # eval has no stage records: the methods come from the artifact's recorded recipe
     evaluated = {**_latency_metrics("torch", "static"), "stages": [], "quantize_methods": ["static"]}
     assert "runtime `torch` simulates int8" in slowdown_reason(evaluated)
+    # int8 kernels ran: the baseline's fp32 export, timed in ONNX Runtime beside it, says which share is slower
+    int8 = {**_latency_metrics("onnxruntime", "static", int8_kernels={"QGemm": 2}),
+            "latency_spread": {"batch_64": {"runtime_ratio": 1.15, "compression_ratio": 0.77}}}
+    int8["latency_ms"]["batch_64"] = 1.1
+    assert slowdown_reason(int8).startswith("Slower than the baseline at batch 1 and batch 64: in ONNX Runtime the "
+                                            "int8 graph runs at 0.77x the speed of the baseline's own fp32 export")
+    int8["latency_spread"]["batch_64"] = {"runtime_ratio": 0.6, "compression_ratio": 1.5}
+    assert "fp32 export at 0.60x torch's speed at batch 64, and int8 wins back only 1.50x" in slowdown_reason(int8)
     faster = _latency_metrics("onnxruntime", "static", int8_kernels={"QGemm": 2})
     faster["latency_ms"]["batch_1"] = 0.05
     assert slowdown_reason(faster) is None

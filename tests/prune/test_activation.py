@@ -133,19 +133,29 @@ def _normalised(model, batches):
 
 
 def test_layers_no_method_prunes_are_named():
+    class Scale(nn.Module):  # a custom layer with a parameter of its own
+        def __init__(self):
+            super().__init__()
+            self.gamma = nn.Parameter(torch.ones(8))
+
+        def forward(self, x):
+            return x * self.gamma
+
     class WithGRU(nn.Module):
         def __init__(self):
             super().__init__()
             self.embed, self.gru = nn.Embedding(10, 8), nn.GRU(8, 8, batch_first=True)
             self.norm, self.head = nn.LayerNorm(8), nn.Linear(8, 3)
             self.position = nn.Parameter(torch.zeros(8))  # held by the model itself
+            self.scale = Scale()
 
         def forward(self, x):
-            return self.head(self.norm(self.gru(self.embed(x) + self.position)[0][:, -1]))
+            return self.head(self.scale(self.norm(self.gru(self.embed(x) + self.position)[0][:, -1])))
 
     from torchslim.prune import MagnitudeConfig
 
     report = prune_(WithGRU(), MagnitudeConfig(sparsity=0.5))
     assert [layer.name for layer in report.layers] == ["head"]
     assert report.unpruned == {"embed": "an embedding table", "gru": "a recurrent layer: its gates are not pruned",
-                               "(the model itself)": "a WithGRU: no pruning method acts on its weights"}
+                               "position": "parameters of the model itself: no pruning method acts on them",
+                               "scale.gamma": "parameters of a Scale itself: no pruning method acts on them"}

@@ -204,15 +204,77 @@ def test_a_glu_the_trace_cannot_follow_is_kept_whole():
     assert any(n.startswith("kept whole: c1 (") for n in report.notes)
 
 
-def test_a_width_fixed_in_the_forward_is_an_error_naming_the_layer():
-    with pytest.raises(ConfigError, match=r"no longer runs once channels of 'c1' are removed .*add 'c1' to ignore"):
-        prune_(_Gated("split"), StructuredConfig(sparsity=0.5), example_inputs=torch.randn(8, 1, 40))
+def test_a_width_fixed_in_the_forward_keeps_its_layer_whole_and_says_why():
     model, x = _Gated("split"), torch.randn(8, 1, 40)
+    report = prune_(model, StructuredConfig(sparsity=0.5), example_inputs=x)
+    assert model.c1.out_channels == 32 and model.c2.out_channels == 8  # c1 whole, the rest cut as asked
+    assert not report.layer("c1").removed and len(report.layer("c2").removed) == 8
+    assert model(x).shape == (8, 10)
+    (note,) = [n for n in report.notes if n.startswith("kept whole: c1 ")]
+    assert "the model no longer runs once their channels are removed" in note and "fixes their number" in note
+
+    model = _Gated("split")
     with torch.no_grad():
-        model.c1.weight[[3, 19]] = 0  # a dead pair: activation pruning removes it, and the split cannot follow
+        model.c1.weight[[3, 19]] = 0  # a dead pair: activation pruning would remove it, and the split cannot follow
         model.c1.bias[[3, 19]] = 0
-    with pytest.raises(ConfigError, match=r"no longer runs once channels of 'c1' are removed"):
-        prune_(model, ActivationConfig(threshold=0.01), calibration=[(x, torch.zeros(8, dtype=torch.long))])
+        expected = model(x)
+    report = prune_(model, ActivationConfig(threshold=0.01), calibration=[(x, torch.zeros(8, dtype=torch.long))])
+    assert model.c1.out_channels == 32 and any(n.startswith("kept whole: c1 ") for n in report.notes)
+    torch.testing.assert_close(model(x), expected)
+
+
+class _PerHeadReshape(nn.Module):
+    """Self-attention as vision transformers write it: one q/k/v Linear whose output is reshaped to
+    ``(3, heads, D // heads)`` with ``D`` the input's width, which no cut of its outputs can follow."""
+
+    def __init__(self, d=16, heads=4):
+        super().__init__()
+        self.heads, self.qkv, self.proj = heads, nn.Linear(d, 3 * d), nn.Linear(d, d)
+        self.mlp = nn.Sequential(nn.Linear(d, 32), nn.GELU(), nn.Linear(32, d))
+        self.head = nn.Linear(d, 3)
+
+    def forward(self, x):
+        b, n, d = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        x = x + self.proj(nn.functional.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, d))
+        return self.head((x + self.mlp(x)).mean(1))
+
+
+def test_attention_reshaped_per_head_keeps_its_projection_whole_and_the_mlp_is_cut():
+    torch.manual_seed(0)
+    model, x = _PerHeadReshape(), torch.randn(4, 5, 16)
+    with torch.no_grad():
+        model.mlp[0].weight[:8] = 0  # 8 dead hidden units: GELU(0) = 0, the lowest L1 scores
+        model.mlp[0].bias[:8] = 0
+        expected = model(x)
+    report = prune_(model, StructuredConfig(sparsity=0.25), example_inputs=x)
+    assert model.qkv.out_features == 48 and model.mlp[0].out_features == 24
+    assert sorted(report.layer("mlp.0").removed) == list(range(8))
+    torch.testing.assert_close(model(x), expected)
+    # the residual stream (proj, mlp.2) is kept whole too: the reshape reads its width as well
+    assert any(n.startswith("kept whole: qkv, mlp.2 (the model no longer runs") for n in report.notes)
+
+
+class _NeedsWidth(nn.Module):
+    """Two branches whose cuts the forward follows one at a time, not together."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2, self.fc = nn.Conv1d(1, 16, 3), nn.Conv1d(1, 16, 3), nn.Linear(32, 10)
+
+    def forward(self, x):
+        a, b = torch.relu(self.c1(x)), torch.relu(self.c2(x))
+        if a.shape[1] + b.shape[1] < 28:
+            raise ValueError("needs 28 channels")
+        return self.fc(torch.cat([a, b], 1).mean(-1))
+
+
+def test_cuts_the_forward_follows_alone_but_not_together_keep_the_later_layer_whole():
+    model, x = _NeedsWidth(), torch.randn(2, 1, 8)
+    report = prune_(model, StructuredConfig(sparsity=0.25), example_inputs=x)
+    assert (model.c1.out_channels, model.c2.out_channels) == (12, 16) and model.fc.in_features == 28
+    assert any(n.startswith("kept whole: c2 (the model no longer runs") and "needs 28 channels" in n
+               for n in report.notes)
 
 
 def test_a_groupnorm_keeps_as_many_channels_in_each_of_its_groups():

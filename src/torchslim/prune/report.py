@@ -37,7 +37,9 @@ def unpruned_layers(model: nn.Module) -> dict[str, str]:
         elif isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
             out[name] = "an embedding table"
         else:  # e.g. learned positions held by the model itself, or a custom layer's own parameters
-            out[name or "(the model itself)"] = f"a {type(module).__name__}: no pruning method acts on its weights"
+            own = ", ".join(f"{name}.{p}" if name else p for p, _ in module.named_parameters(recurse=False))
+            holder = "the model" if not name else f"a {type(module).__name__}"
+            out[own] = f"parameters of {holder} itself: no pruning method acts on them"
     return out
 
 

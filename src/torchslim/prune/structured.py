@@ -18,7 +18,7 @@ from torchslim.distributed import module_device
 from torchslim.prune.calibration import (accumulate_gradients, mean_abs_activations, output_taylor, take_batches,
                                          to_device)
 from torchslim.prune.config import ActivationConfig, StructuredConfig
-from torchslim.prune.graph import (HeadUnit, activation_point, build_graph, channel_units, head_units,
+from torchslim.prune.graph import (ChannelUnit, HeadUnit, activation_point, build_graph, channel_units, head_units,
                                    prune_channels)
 from torchslim.prune.importance import channel_scores, head_scores, producer_activation
 from torchslim.prune.reconstruct import reconstruct_
@@ -103,6 +103,7 @@ def prune_structured_(model: nn.Module, config: StructuredConfig, ctx) -> PruneR
     original: dict[str, int] = {}
     refit: dict[str, None] = {}  # every step's refit layers, in order, once
     untraced: list[str] = []
+    refused: dict[str, str] = {}  # units whose cut the forward cannot follow -> why
 
     def step_fn(step: int, steps: int) -> None:
         graph = build_graph(model, example)
@@ -132,6 +133,7 @@ def prune_structured_(model: nn.Module, config: StructuredConfig, ctx) -> PruneR
             else:
                 scores = unit.per_set(channel_scores(config.importance, unit, acts))
                 cuts.append((unit, unit.channels_of(_lowest(scores, k, groups))))
+        cuts = _without_refused(model, example, cuts, selector, refused)
         for unit, idxs in cuts:
             if isinstance(unit, HeadUnit):
                 prune_heads_(unit.module, idxs)
@@ -139,7 +141,6 @@ def prune_structured_(model: nn.Module, config: StructuredConfig, ctx) -> PruneR
             else:
                 for name, gone in prune_channels(graph, unit, idxs).items():
                     tracker.remove(name, gone)
-                _check_still_runs(model, example, unit.name)
         model.zero_grad(set_to_none=True)
         if config.reconstruct:
             refit.update(dict.fromkeys(reconstruct_(model, reference, batches, tracker.positions(kept_before))))
@@ -147,23 +148,54 @@ def prune_structured_(model: nn.Module, config: StructuredConfig, ctx) -> PruneR
     ctx.run_schedule(model, config, step_fn, lambda: None)
     report = build_report("structured", list(layers), before, weight_layers(model), size_before, model,
                           tracker.removed, refit=refit)
-    report.notes += untraced_note(untraced)
+    report.notes += untraced_note(untraced) + refused_note(refused)
     return report
 
 
-def _check_still_runs(model: nn.Module, example, name: str) -> None:
-    """A forward that fixes a width (``torch.split(h, 16)``, a reshape to a constant) cannot follow a cut of the
-    channels it reads: say which layer, and how to leave it whole, rather than fail later in training."""
+def _forward_error(model: nn.Module, example) -> str | None:
+    """Why ``model`` no longer runs on ``example`` (eval mode, no gradients), or None when it does."""
     was_training = model.training
     try:
         with torch.no_grad():
             model.eval()(*example) if isinstance(example, tuple) else model.eval()(example)
     except Exception as exc:  # noqa: BLE001  (whatever the user's forward raises)
-        raise ConfigError("ignore", f"the model no longer runs once channels of {name!r} are removed "
-                                    f"({type(exc).__name__}: {exc}); its forward may fix their number (e.g. "
-                                    f"torch.split(x, 16)): add {name!r} to ignore") from None
+        return f"{type(exc).__name__}: {exc}"
     finally:
         model.train(was_training)
+    return None
+
+
+def _without_refused(model, example, cuts, selector, refused: dict[str, str]) -> list:
+    """``cuts`` less those after which the model no longer runs, found by making them in order on a copy of the
+    model: a forward that fixes a width (a reshape to ``self.heads`` × ``D // self.heads``, ``torch.split(h, 16)``)
+    cannot follow a cut of the channels it reads, so those channels are kept whole. Adds each refused unit, with
+    the error, to ``refused``."""
+    done, pending = [], [(u.name, idxs) for u, idxs in cuts if isinstance(u, ChannelUnit) and u.name not in refused]
+    while pending:
+        trial = copy.deepcopy(model)
+        graph = build_graph(trial, example)
+        units = {u.name: u for u in channel_units(trial, graph, selector)}
+        for name, idxs in done:  # a fresh copy after a refusal: the cuts kept so far first
+            prune_channels(graph, units[name], idxs)
+        for i, (name, idxs) in enumerate(pending):
+            prune_channels(graph, units[name], idxs)
+            error = _forward_error(trial, example)
+            if error:  # the copy is broken now: the rest go on a fresh one
+                refused[name], pending = error, pending[i + 1:]
+                break
+            done.append((name, idxs))
+        else:
+            pending = []
+    return [(u, idxs) for u, idxs in cuts if u.name not in refused]
+
+
+def refused_note(refused: dict[str, str]) -> tuple[str, ...]:
+    """What to say once about units kept whole because the model's forward cannot follow their cut."""
+    if not refused:
+        return ()
+    first = next(iter(refused.values()))
+    return (f"kept whole: {', '.join(refused)} (the model no longer runs once their channels are removed: "
+            f"{first}; its forward fixes their number)",)
 
 
 def untraced_note(untraced: list[str]) -> tuple[str, ...]:
@@ -192,6 +224,7 @@ def prune_activation_(model: nn.Module, config: ActivationConfig, ctx) -> PruneR
 
     lowest: list[tuple[float, str]] = []  # each unit's lowest score: what the threshold was compared with
     untraced: list[str] = []
+    refused: dict[str, str] = {}
 
     def step_fn(step: int, steps: int) -> None:
         graph = build_graph(model, example)
@@ -212,15 +245,15 @@ def prune_activation_(model: nn.Module, config: ActivationConfig, ctx) -> PruneR
             idxs = unit.channels_of(torch.nonzero(below).flatten().tolist())
             if idxs:
                 cuts.append((unit, idxs))
+        cuts = _without_refused(model, example, cuts, selector, refused)
         for unit, idxs in cuts:
             for name, gone in prune_channels(graph, unit, idxs).items():
                 tracker.remove(name, gone)
-            _check_still_runs(model, example, unit.name)
 
     ctx.run_schedule(model, config, step_fn, lambda: None)
     report = build_report("activation", list(layers), before, weight_layers(model), size_before, model,
                           tracker.removed)
-    report.notes += untraced_note(untraced)
+    report.notes += untraced_note(untraced) + refused_note(refused)
     if lowest and not any(tracker.removed.values()):  # say why, and what threshold would remove something
         value, name = min(lowest)
         report.notes += (f"nothing removed: no unit's normalised mean |activation| is below threshold "
