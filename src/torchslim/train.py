@@ -245,6 +245,11 @@ def _save_checkpoint(path: Path, next_epoch: int, model: nn.Module, optimizer: t
     tensors.update({f"model/{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()})
     tensors.update({f"best/{k}": v.detach().cpu().contiguous() for k, v in best_state.items()})
     tensors["rng/torch"] = torch.get_rng_state()
+    seen: set[int] = set()  # safetensors refuses tensors sharing memory (tied weights): such a tensor is copied
+    for key, value in tensors.items():
+        if value.untyped_storage().data_ptr() in seen:
+            tensors[key] = value.clone()
+        seen.add(tensors[key].untyped_storage().data_ptr())
     meta = {"next_epoch": next_epoch, "param_groups": opt["param_groups"], "optim_scalars": scalars,
             "best_epoch": result.best_epoch, "best_val": result.best_val, "history": result.history}
     path.parent.mkdir(parents=True, exist_ok=True)

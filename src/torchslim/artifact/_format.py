@@ -183,6 +183,8 @@ def _decode_state(folder: Path, manifest: dict[str, Any], data: bytes) -> dict[s
             offset += size
         if offset != len(data):
             raise ValueError(f"{len(data) - offset} bytes of tensor data are not described")
+        for alias, key in manifest.get("tied", {}).items():  # checked: each names a stored tensor
+            state[alias] = state[key]
     except KeyError as exc:
         raise ArtifactError(folder, f"{MANIFEST} lacks the key {exc} needed to read the tensors") from None
     except Exception as exc:  # noqa: BLE001  (numpy, zstd: whatever the damaged bytes trip over)
@@ -193,6 +195,22 @@ def _decode_state(folder: Path, manifest: dict[str, Any], data: bytes) -> dict[s
 
 # ---- save ------------------------------------------------------------------------------------------------------
 
+def _stored_once(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(``state`` less the keys whose tensor is an earlier key's, {such key: the key it is stored under}): a tied
+    weight (an output head reusing the embedding table) is one tensor under two names, stored once."""
+    first: dict[tuple, str] = {}
+    kept, tied = {}, {}
+    for key in sorted(state):
+        t = state[key]
+        same = (t.device, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
+        if t.numel() and same in first:
+            tied[key] = first[same]
+            continue
+        first.setdefault(same, key)
+        kept[key] = t
+    return kept, tied
+
+
 def _artifact_files(model: nn.Module, architecture: dict[str, Any], extra: dict[str, Any] | None, compress: bool,
                     entropy: bool, files: dict[str, bytes] | None = None,
                     state: dict[str, torch.Tensor] | None = None) -> dict[str, bytes]:
@@ -200,7 +218,8 @@ def _artifact_files(model: nn.Module, architecture: dict[str, Any], extra: dict[
     from torchslim.quantize._layout import (compact_onnx, describe_quantized_layers, describe_structure,
                                             int8_onnx_of, strip_int8_weights)
 
-    state = {k: v.detach().cpu().contiguous() for k, v in (model.state_dict() if state is None else state).items()}
+    state, tied = _stored_once(model.state_dict() if state is None else state)
+    state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
     layers = describe_quantized_layers(model)
     onnx_model = int8_onnx_of(model) if layers else None
     table, data, whole = _encode_state(state, layers, compress, entropy)
@@ -209,6 +228,8 @@ def _artifact_files(model: nn.Module, architecture: dict[str, Any], extra: dict[
                                 "versions": _versions(), **(extra or {})}
     if whole:
         manifest["entropy"] = "payload"
+    if tied:
+        manifest["tied"] = tied
     structure = describe_structure(model)
     if structure:
         manifest["structure"] = structure

@@ -213,6 +213,16 @@ class Manifest(_Open):
     task: str = None
     text: TextRecord = None
     source_model: str = None
+    tied: dict[str, str] = None  # a state-dict key -> the stored tensor it shares (a tied weight)
+
+    @pydantic.field_validator("tied")
+    @classmethod
+    def _ties_name_stored_tensors(cls, tied: dict[str, str], info: pydantic.ValidationInfo) -> dict[str, str]:
+        stored = info.data.get("tensors", {})
+        for alias, key in tied.items():
+            if key not in stored or alias in stored:
+                raise ValueError(f"{alias!r} -> {key!r}: each must map a key not stored to a stored tensor")
+        return tied
 
     @pydantic.field_validator("input_shape")
     @classmethod

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from torchslim._tied import tied_weights
 from torchslim.distill.losses import KDLoss
 from torchslim.prune.config import ActivationConfig, Distill, MagnitudeConfig, StructuredConfig
 from torchslim.prune.report import PruneReport
@@ -148,6 +150,9 @@ def prune_(model: nn.Module, config: MagnitudeConfig | ActivationConfig | Struct
     if handler is None:
         known = ", ".join(sorted(t.__name__ for t in _HANDLERS))
         raise TypeError(f"no pruner for {type(config).__name__}; known configs: {known}")
+    tied = tied_weights(model)
+    if tied:  # cutting or masking one holder's weight would change, or untie, the other's
+        config = dataclasses.replace(config, ignore=tuple(config.ignore) + tuple(tied))
     return handler(model, config, PruneContext(calibration, loss_fn, finetune, example_inputs))
 
 

@@ -21,6 +21,7 @@ import torch_pruning as tp
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from torchslim._tied import tied_weights
 from torchslim.prune._select import LayerSelector
 from torchslim.prune.attention import PrunableMultiheadAttention
 
@@ -246,10 +247,14 @@ def _channels(layer: nn.Module, out: bool) -> int:
 
 
 def channel_units(model: nn.Module, graph: tp.DependencyGraph, selector: LayerSelector,
-                  untraced: list[str] | None = None) -> list[ChannelUnit]:
+                  untraced: list[str] | None = None, reaching_tied: dict[str, list[str]] | None = None
+                  ) -> list[ChannelUnit]:
     """The prunable channel groups of ``model`` not excluded by ``selector``. A group whose trace is not
-    consistent (:func:`_traced_consistently`) is left whole and its layers' names appended to ``untraced``."""
+    consistent (:func:`_traced_consistently`) is left whole and its layers' names appended to ``untraced``; one
+    that reaches a layer with a tied weight (:func:`torchslim._tied.tied_weights`) is left whole and its layers
+    put in ``reaching_tied`` with the tied layers they reach."""
     names = {m: n for n, m in model.named_modules()}
+    tied = {model.get_submodule(n) for n in tied_weights(model)}  # cutting their channels would untie them
     units = []
     for group in graph.get_all_groups(root_module_types=CHANNEL_LAYERS):
         if any(dep.target.type == OPTYPE.CUSTOMIZED for dep, _ in group):
@@ -259,6 +264,11 @@ def channel_units(model: nn.Module, graph: tp.DependencyGraph, selector: LayerSe
         if not producers or any(feeds_output(graph, m) for _, m in producers):
             continue
         if any(selector.is_ignored(n) for n, _ in producers):
+            continue
+        reach = sorted({names[dep.target.module] for dep, _ in group if dep.target.module in tied})
+        if reach:
+            if reaching_tied is not None:
+                reaching_tied.update((n, reach) for n, _ in producers if n not in reaching_tied)
             continue
         root, size, channel_groups = group[0].dep.target.module, len(group[0].idxs), _channel_groups(group)
         consistent = _traced_consistently(graph, group, producers, size)

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from torchslim._tied import tied_reason, tied_weights
 from torchslim.evaluate import count_params
 from torchslim.prune.attention import PrunableMultiheadAttention
 
@@ -28,8 +29,11 @@ def unpruned_layers(model: nn.Module) -> dict[str, str]:
     """{module: why} for the modules holding weights of their own that no pruning method acts on (recurrent
     layers, embedding tables, attention that could not be made prunable), so a report can name them rather than
     count only what it touched. Normalization layers are not listed: they scale, they hold no weights to prune."""
-    out = {}
+    out, tied = {}, tied_weights(model)
     for name, module in model.named_modules():
+        if name in tied:
+            out[name] = tied_reason(tied[name])
+            continue
         if isinstance(module, WEIGHT_LAYERS + _NORMS) or not any(True for _ in module.parameters(recurse=False)):
             continue
         if isinstance(module, nn.RNNBase):

@@ -104,10 +104,11 @@ def prune_structured_(model: nn.Module, config: StructuredConfig, ctx) -> PruneR
     refit: dict[str, None] = {}  # every step's refit layers, in order, once
     untraced: list[str] = []
     refused: dict[str, str] = {}  # units whose cut the forward cannot follow -> why
+    reaching_tied: dict[str, list[str]] = {}  # units whose channels reach a tied weight -> the layers holding it
 
     def step_fn(step: int, steps: int) -> None:
         graph = build_graph(model, example)
-        units, heads = channel_units(model, graph, selector, untraced), head_units(model, selector)
+        units, heads = channel_units(model, graph, selector, untraced, reaching_tied), head_units(model, selector)
         acts = _activations(model, graph, units, heads, batches) if config.importance == "activation" else {}
         if config.importance == "output_taylor":
             acts = _output_taylor(model, graph, units, heads, batches, ctx.loss_fn)
@@ -148,7 +149,7 @@ def prune_structured_(model: nn.Module, config: StructuredConfig, ctx) -> PruneR
     ctx.run_schedule(model, config, step_fn, lambda: None)
     report = build_report("structured", list(layers), before, weight_layers(model), size_before, model,
                           tracker.removed, refit=refit)
-    report.notes += untraced_note(untraced) + refused_note(refused)
+    report.notes += untraced_note(untraced) + refused_note(refused) + tied_note(reaching_tied)
     return report
 
 
@@ -198,6 +199,15 @@ def refused_note(refused: dict[str, str]) -> tuple[str, ...]:
             f"{first}; its forward fixes their number)",)
 
 
+def tied_note(reaching_tied: dict[str, list[str]]) -> tuple[str, ...]:
+    """What to say once about layers kept whole because their channels reach a tied weight."""
+    if not reaching_tied:
+        return ()
+    reached = sorted({n for names in reaching_tied.values() for n in names})
+    return (f"kept whole: {', '.join(reaching_tied)} (their channels reach {', '.join(reached)}, whose weight is "
+            f"tied to another layer's: cutting them would untie it)",)
+
+
 def untraced_note(untraced: list[str]) -> tuple[str, ...]:
     """What to say once about layers whose channels could not be traced as one coupled set."""
     if not untraced:
@@ -225,10 +235,11 @@ def prune_activation_(model: nn.Module, config: ActivationConfig, ctx) -> PruneR
     lowest: list[tuple[float, str]] = []  # each unit's lowest score: what the threshold was compared with
     untraced: list[str] = []
     refused: dict[str, str] = {}
+    reaching_tied: dict[str, list[str]] = {}
 
     def step_fn(step: int, steps: int) -> None:
         graph = build_graph(model, example)
-        units = channel_units(model, graph, selector, untraced)
+        units = channel_units(model, graph, selector, untraced, reaching_tied)
         acts = _activations(model, graph, units, [], batches)
         cuts = []
         for unit in units:
@@ -253,7 +264,7 @@ def prune_activation_(model: nn.Module, config: ActivationConfig, ctx) -> PruneR
     ctx.run_schedule(model, config, step_fn, lambda: None)
     report = build_report("activation", list(layers), before, weight_layers(model), size_before, model,
                           tracker.removed)
-    report.notes += untraced_note(untraced) + refused_note(refused)
+    report.notes += untraced_note(untraced) + refused_note(refused) + tied_note(reaching_tied)
     if lowest and not any(tracker.removed.values()):  # say why, and what threshold would remove something
         value, name = min(lowest)
         report.notes += (f"nothing removed: no unit's normalised mean |activation| is below threshold "

@@ -10,6 +10,7 @@ from typing import Callable, Iterable
 from torch import nn
 
 from torchslim._errors import ConfigError
+from torchslim._tied import tied_reason, tied_weights
 from torchslim.quantize._calibrate import calibration_inputs
 from torchslim.quantize._layout import attach_int8_onnx
 from torchslim.quantize._registry import QuantContext, handler_for
@@ -91,6 +92,9 @@ def quantize_(model: nn.Module, config, *, calibration: Iterable | None = None,
     method = method_of(config)
     project_attention_(model)  # attention's projections become Linear modules every method can reach
     check_layers(model, config)
+    tied = tied_weights(model)
+    if tied:  # replacing one holder's weight would untie it
+        config = dataclasses.replace(config, ignore=tuple(config.ignore) + tuple(tied))
     ctx = QuantContext(batches=_materialise(calibration, config), finetune=finetune)
     all_layers = set(quantizable_layers(model, embeddings=covers_embeddings(config)))
     metric = None
@@ -117,7 +121,7 @@ def quantize_(model: nn.Module, config, *, calibration: Iterable | None = None,
                        fallback=fallback, sensitivity=sensitivity, baseline_metric=baseline, metric=metric,
                        weight_bytes_fp32=result.weight_bytes_fp32, weight_bytes_quantized=result.weight_bytes_quantized,
                        onnx_model=result.onnx_model,
-                       float_layers=float_layers(model, method, kept, fallback, config.ignore))
+                       float_layers=float_layers(model, method, kept, fallback, config.ignore, tied))
 
 
 _NOT_QUANTIZED = {  # weighted layers no method replaces, and why they stay float
@@ -131,7 +135,7 @@ _NOT_QUANTIZED = {  # weighted layers no method replaces, and why they stay floa
 
 
 def float_layers(model: nn.Module, method: str, kept: Iterable[str], fallback: Iterable[str],
-                 ignore: Iterable[str]) -> dict[str, str]:
+                 ignore: Iterable[str], tied: dict[str, tuple[str, ...]] | None = None) -> dict[str, str]:
     """{layer: why it stays float} for the weighted layers a quantized ``model`` still computes in float.
 
     Normalization layers (BatchNorm, LayerNorm, GroupNorm) are not listed: they stay float by design (folded into
@@ -141,8 +145,11 @@ def float_layers(model: nn.Module, method: str, kept: Iterable[str], fallback: I
 
     selector = LayerSelector(model, 0, ignore)
     reasons = {}
+    tied = tied or {}
     for name in kept:
-        if name in set(fallback):
+        if name in tied:
+            reasons[name] = tied_reason(tied[name])
+        elif name in set(fallback):
             reasons[name] = "kept by the accuracy-aware fallback"
         elif selector.is_ignored(name):
             reasons[name] = "ignored by the config"
@@ -151,6 +158,9 @@ def float_layers(model: nn.Module, method: str, kept: Iterable[str], fallback: I
         else:
             reasons[name] = f"not quantized by {method}"
     for name, module in model.named_modules():
+        if name in tied:
+            reasons[name] = tied_reason(tied[name])
+            continue
         if type(module) is nn.Embedding and method in STORES_EMBEDDINGS:
             if module.max_norm is not None:
                 reasons[name] = "an embedding with max_norm: its lookup rescales the table in place"

@@ -1,0 +1,24 @@
+"""Tied weights: one Parameter held by several layers (an output head that reuses the embedding table).
+
+A method that replaced or reshaped one holder's weight would untie it, so the model would carry two tensors where
+its author wrote one, and the file would store both. Compression leaves tied weights as they are, and says so.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+
+def tied_weights(model: nn.Module) -> dict[str, tuple[str, ...]]:
+    """{module name: the other modules whose ``weight`` is the same Parameter}, for each module that shares it."""
+    holders: dict[int, list[str]] = {}
+    for name, module in model.named_modules():
+        weight = module._parameters.get("weight")
+        if isinstance(weight, nn.Parameter):
+            holders.setdefault(id(weight), []).append(name)
+    return {n: tuple(o for o in names if o != n) for names in holders.values() if len(names) > 1 for n in names}
+
+
+def tied_reason(others: tuple[str, ...]) -> str:
+    """Why a tied layer is left as it is."""
+    return f"its weight is tied to {', '.join(others)}'s: one tensor for both"
