@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from torchslim._errors import ConfigError
+from torchslim._parametrized import bake_parametrizations_
 from torchslim.artifact import (artifact_bytes, artifact_digest, artifact_size, fresh_dir, load_artifact, publish,
                                 read_manifest, save_artifact, sign_artifact, update_manifest, write_bytes_atomic)
 from torchslim.data import Splits, load_splits
@@ -321,6 +322,9 @@ def _run_stage(ctx: RunContext, stage: Any) -> None:
     handler = STAGES[stage.name]
     ctx.stage_index = stage.index
     if handler.compresses and ctx.baseline is None:
+        # the same function with plain weights, for the baseline too: torch cannot copy the weight of a trained
+        # layer under the older, hook-based weight_norm
+        bake_parametrizations_(ctx.model)
         ctx.baseline, ctx.baseline_architecture = copy.deepcopy(ctx.model).cpu(), dict(ctx.architecture)
     seed_everything(ctx.recipe.seed + stage.index)
     ctx.log(f"stage {stage.index}: {stage.name}")

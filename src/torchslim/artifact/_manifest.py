@@ -144,6 +144,7 @@ class Quantization(_Closed):
 class Structure(_Closed):
     """How the model differs from its architecture (``quantize._layout.describe_structure``)."""
 
+    baked_parametrizations: list[str] = pydantic.Field(default_factory=list)
     folded_batchnorm: dict[str, str] = pydantic.Field(default_factory=dict)
     projected_attention: list[str] = pydantic.Field(default_factory=list)
 

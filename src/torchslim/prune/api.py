@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from torchslim._parametrized import bake_parametrizations_
 from torchslim._tied import tied_weights
 from torchslim.distill.losses import KDLoss
 from torchslim.prune.config import ActivationConfig, Distill, MagnitudeConfig, StructuredConfig
@@ -150,6 +151,7 @@ def prune_(model: nn.Module, config: MagnitudeConfig | ActivationConfig | Struct
     if handler is None:
         known = ", ".join(sorted(t.__name__ for t in _HANDLERS))
         raise TypeError(f"no pruner for {type(config).__name__}; known configs: {known}")
+    bake_parametrizations_(model)  # weight_norm & co.: a weight that masks and cuts stay on
     tied = tied_weights(model)
     if tied:  # cutting or masking one holder's weight would change, or untie, the other's
         config = dataclasses.replace(config, ignore=tuple(config.ignore) + tuple(tied))

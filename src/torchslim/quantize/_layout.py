@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from torchslim._parametrized import baked_weights, rebake_
 from torchslim.quantize._fold import folded_batchnorms, refold_
 from torchslim.quantize._select import set_submodule
 from torchslim.quantize.attention import ProjectedMultiheadAttention, project_attention_
@@ -51,9 +52,12 @@ def describe_quantized_layers(model: nn.Module) -> dict[str, dict[str, Any]]:
 
 def describe_structure(model: nn.Module) -> dict[str, Any]:
     """How ``model`` differs in structure from the architecture it was built as, before any tensor is loaded:
-    ``folded_batchnorm`` {BatchNorm: the convolution it was folded into}, ``projected_attention`` [attention
+    ``baked_parametrizations`` [weights made plain, :mod:`torchslim._parametrized`], ``folded_batchnorm`` {BatchNorm: the convolution it was folded into}, ``projected_attention`` [attention
     modules whose projections became Linear modules]. Empty when it does not differ."""
     structure: dict[str, Any] = {}
+    baked = baked_weights(model)
+    if baked:
+        structure["baked_parametrizations"] = baked
     folded = folded_batchnorms(model)
     if folded:
         structure["folded_batchnorm"] = folded
@@ -65,6 +69,7 @@ def describe_structure(model: nn.Module) -> dict[str, Any]:
 
 def rebuild_structure_(model: nn.Module, structure: dict[str, Any]) -> None:
     """Give a freshly built model the structure :func:`describe_structure` recorded (shapes follow the tensors)."""
+    rebake_(model, list(structure.get("baked_parametrizations", [])))
     refold_(model, dict(structure.get("folded_batchnorm", {})))
     names = set(structure.get("projected_attention", []))
     missing = names - set(project_attention_(model, names))

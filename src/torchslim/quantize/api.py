@@ -10,6 +10,7 @@ from typing import Callable, Iterable
 from torch import nn
 
 from torchslim._errors import ConfigError
+from torchslim._parametrized import bake_parametrizations_
 from torchslim._tied import tied_reason, tied_weights
 from torchslim.quantize._calibrate import calibration_inputs
 from torchslim.quantize._layout import attach_int8_onnx
@@ -90,6 +91,7 @@ def quantize_(model: nn.Module, config, *, calibration: Iterable | None = None,
     """
     handler = handler_for(config)
     method = method_of(config)
+    bake_parametrizations_(model)  # weight_norm & co.: a weight the methods can replace
     project_attention_(model)  # attention's projections become Linear modules every method can reach
     check_layers(model, config)
     tied = tied_weights(model)
