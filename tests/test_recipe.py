@@ -67,6 +67,38 @@ def test_bad_recipes_name_file_and_field(write, body, message):
     assert message in str(err.value)
 
 
+_T, _K = "  - train: {epochs: 1, lr: 0.1}\n", "  - quantize: {method: kmeans, bits: 4}\n"
+
+
+@pytest.mark.parametrize("after, message", [
+    ("  - prune: {method: magnitude, sparsity: 0.5}\n",
+     "r.yaml: stages[2].prune: comes after stages[1].quantize, whose quantized layers it cannot prune: prune before "
+     "quantizing"),
+    ("  - quantize: {method: weight, bits: 8}\n",
+     "r.yaml: stages[2].quantize: the model is quantized already (stages[1].quantize): one quantize stage"),
+])
+def test_stages_a_quantize_stage_would_leave_without_effect_are_refused(write, after, message):
+    with pytest.raises(ConfigError) as err:
+        load_recipe(_recipe(write, "domain: d.yaml\nstages:\n" + _T + _K + after))
+    assert message in str(err.value)
+
+
+@pytest.mark.parametrize("method", ["static", "dynamic"])
+@pytest.mark.parametrize("after", ["train: {epochs: 1, lr: 0.1}", "distill: {teacher: baseline, epochs: 1, lr: 0.1}"])
+def test_training_an_int8_model_is_refused_and_a_codebook_model_may_train(write, method, after):
+    body = f"domain: d.yaml\nstages:\n{_T}  - quantize: {{method: {method}, bits: 8}}\n  - {after}\n"
+    with pytest.raises(ConfigError, match=rf"stages\[2\]\.{after.split(':')[0]}: would train the {method} int8 "
+                                          rf"model of stages\[1\]\.quantize.*quantize with method qat"):
+        load_recipe(_recipe(write, body))
+    load_recipe(_recipe(write, f"domain: d.yaml\nstages:\n{_T}{_K}  - {after}\n"))  # centroids fine-tune
+
+
+def test_a_new_student_after_quantizing_is_a_float_model_again(write):
+    load_recipe(_recipe(write, "domain: d.yaml\nstages:\n" + _T + _K + "  - distill: {teacher: baseline, student: "
+                               "{name: lenet300_100, kwargs: {width: 0.5}}, epochs: 1, lr: 0.1}\n"
+                               "  - prune: {method: magnitude, sparsity: 0.5}\n"))
+
+
 def test_check_catches_data_that_does_not_fit_the_model(write):
     write("d2.yaml", "name: d\ntask: image-classification\ndata: {source: mnist1d}\nmodel: {name: lenet5}\n")
     path = write("r2.yaml", "domain: d2.yaml\nstages:\n  - train: {epochs: 1, lr: 0.1}\n")

@@ -133,4 +133,37 @@ def parse_stages(raw_stages: Any, source: str | None = None, *, task: str = "ima
                                                  f"{', '.join(STAGES)}", source)
         config = STAGES[name].parse(body if body is not None else {}, prefix=f"{where}.{name}", source=source)
         stages.append(Stage(name, config, i))
+    if task != "sentence-embedding":
+        _check_order(stages, source)
     return tuple(stages)
+
+
+_INT8_GRAPH = ("static", "dynamic")  # methods whose int8 graph is built from the weights as they are then
+
+
+def _check_order(stages: list[Stage], source: str | None) -> None:
+    """Refuse stages a quantize stage before them would silently undo or leave without effect: pruning acts on
+    float weights and a quantized layer is none, a second quantize stage finds no float layer left, and training
+    an int8 model changes the weights its int8 graph was built from (that graph would be dropped and the model run
+    in float)."""
+    from torchslim.quantize.config import method_of
+
+    quantized = None
+    for stage in stages:
+        where = f"stages[{stage.index}].{stage.name}"
+        if stage.name == "distill" and getattr(stage.config, "student", None) is not None:
+            quantized = None  # a new float student takes the model's place
+        elif quantized is not None:
+            first, method = quantized
+            if stage.name == "prune":
+                raise ConfigError(where, f"comes after {first}, whose quantized layers it cannot prune: prune "
+                                         f"before quantizing", source)
+            if stage.name == "quantize":
+                raise ConfigError(where, f"the model is quantized already ({first}): one quantize stage per "
+                                         f"recipe (ignore and overrides choose per layer)", source)
+            if stage.name in ("train", "distill") and method in _INT8_GRAPH:
+                raise ConfigError(where, f"would train the {method} int8 model of {first}, whose int8 graph is "
+                                         f"built from the weights as they were: train before quantizing, or "
+                                         f"quantize with method qat to train with int8 in the loop", source)
+        elif stage.name == "quantize":
+            quantized = (f"stages[{stage.index}].quantize", method_of(stage.config.config))
