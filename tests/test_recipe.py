@@ -93,6 +93,17 @@ def test_training_an_int8_model_is_refused_and_a_codebook_model_may_train(write,
     load_recipe(_recipe(write, f"domain: d.yaml\nstages:\n{_T}{_K}  - {after}\n"))  # centroids fine-tune
 
 
+@pytest.mark.parametrize("cut", ["structured, sparsity: 0.3", "activation, threshold: 0.1"])
+def test_removing_channels_after_masking_weights_is_refused(write, cut):
+    body = f"domain: d.yaml\nstages:\n{_T}  - prune: {{method: magnitude, sparsity: 0.5}}\n" \
+           f"  - prune: {{method: {cut}}}\n"
+    with pytest.raises(ConfigError, match=r"stages\[2\]\.prune: removes channels after stages\[1\]\.prune masked "
+                                          r"weights.*remove channels first, then mask$"):
+        load_recipe(_recipe(write, body))
+    load_recipe(_recipe(write, f"domain: d.yaml\nstages:\n{_T}  - prune: {{method: {cut}}}\n"
+                               f"  - prune: {{method: magnitude, sparsity: 0.5}}\n"))
+
+
 def test_a_new_student_after_quantizing_is_a_float_model_again(write):
     load_recipe(_recipe(write, "domain: d.yaml\nstages:\n" + _T + _K + "  - distill: {teacher: baseline, student: "
                                "{name: lenet300_100, kwargs: {width: 0.5}}, epochs: 1, lr: 0.1}\n"

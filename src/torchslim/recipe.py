@@ -142,17 +142,23 @@ _INT8_GRAPH = ("static", "dynamic")  # methods whose int8 graph is built from th
 
 
 def _check_order(stages: list[Stage], source: str | None) -> None:
-    """Refuse stages a quantize stage before them would silently undo or leave without effect: pruning acts on
-    float weights and a quantized layer is none, a second quantize stage finds no float layer left, and training
-    an int8 model changes the weights its int8 graph was built from (that graph would be dropped and the model run
-    in float)."""
+    """Refuse stages an earlier stage would silently undo or leave without effect: pruning acts on float weights
+    and a quantized layer is none, a second quantize stage finds no float layer left, training an int8 model
+    changes the weights its int8 graph was built from (that graph would be dropped and the model run in float),
+    and magnitude masks cannot follow a structured cut of their layers."""
     from torchslim.quantize.config import method_of
 
-    quantized = None
+    from torchslim.prune.config import MagnitudeConfig
+
+    quantized = masked = None
     for stage in stages:
         where = f"stages[{stage.index}].{stage.name}"
         if stage.name == "distill" and getattr(stage.config, "student", None) is not None:
-            quantized = None  # a new float student takes the model's place
+            quantized = masked = None  # a new float student takes the model's place
+        elif stage.name == "prune" and masked and not isinstance(stage.config.config, MagnitudeConfig):
+            raise ConfigError(where, f"removes channels after {masked} masked weights: the masks cannot follow "
+                                     f"the cut layers (their zeros would train back); remove channels first, then "
+                                     f"mask", source)
         elif quantized is not None:
             first, method = quantized
             if stage.name == "prune":
@@ -167,3 +173,5 @@ def _check_order(stages: list[Stage], source: str | None) -> None:
                                          f"quantize with method qat to train with int8 in the loop", source)
         elif stage.name == "quantize":
             quantized = (f"stages[{stage.index}].quantize", method_of(stage.config.config))
+        if stage.name == "prune" and isinstance(stage.config.config, MagnitudeConfig):
+            masked = f"stages[{stage.index}].prune"
