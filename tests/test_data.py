@@ -50,7 +50,8 @@ def test_npz_errors_name_the_problem(tmp_path):
     with pytest.raises(ConfigError, match="npz file not found"):
         load_splits(DataSpec(source="npz:missing.npz"), base_dir=tmp_path)
     np.savez(tmp_path / "d.npz", x=np.full((20, 2), np.nan), y=np.arange(20) % 2)
-    with pytest.raises(ConfigError, match="NaN or Inf"):
+    with pytest.raises(ConfigError, match=r"^data.source: 'npz:d.npz': array x contains NaN or Inf \(40 values, the "
+                                          r"first in sample 0\): impute or drop them first$"):
         load_splits(DataSpec(source="npz:d.npz"), base_dir=tmp_path)
     np.savez(tmp_path / "one.npz", x=np.zeros((20, 2)), y=np.zeros(20, np.int64))  # any model scores 100 %
     with pytest.raises(ConfigError, match="^data.source: every label is 0: a classifier needs at "
@@ -60,6 +61,24 @@ def test_npz_errors_name_the_problem(tmp_path):
              y_test=np.arange(6) % 3)
     with pytest.raises(ConfigError, match=r"^data.source: y_test has label\(s\) \[2\] that no training sample has"):
         load_splits(DataSpec(source="npz:unseen.npz"), base_dir=tmp_path)
+
+
+def test_npz_labels_given_as_class_names_or_as_a_column(tmp_path):
+    x = np.arange(24, dtype=np.float32).reshape(12, 2)
+    names = np.array(["wolf", "cat", "dog"] * 4)
+    np.savez(tmp_path / "n.npz", x=x, y=names, x_test=x[:3], y_test=names[:3].astype("S"))  # (bytes too)
+    s = load_splits(DataSpec(source="npz:n.npz", val_fraction=0.25), base_dir=tmp_path)
+    assert s.labels == ["cat", "dog", "wolf"] and s.num_classes == 3
+    assert s.test.tensors[1].tolist() == [2, 0, 1]
+    xs = torch.cat([s.train.tensors[0], s.val.tensors[0]])
+    ys = torch.cat([s.train.tensors[1], s.val.tensors[1]])
+    assert all(["cat", "dog", "wolf"].index(names[int(r[0]) // 2]) == int(label) for r, label in zip(xs, ys))
+    np.savez(tmp_path / "mixed.npz", x=x, y=names, x_test=x[:3], y_test=np.arange(3))
+    with pytest.raises(ConfigError, match=r"array y_test holds int64 values but y holds class names"):
+        load_splits(DataSpec(source="npz:mixed.npz"), base_dir=tmp_path)
+    np.savez(tmp_path / "col.npz", x=x, y=(np.arange(12) % 3)[:, None])
+    s = load_splits(DataSpec(source="npz:col.npz", val_fraction=0.25), base_dir=tmp_path)
+    assert s.num_classes == 3 and s.labels == ["0", "1", "2"]
 
 
 def test_imagefolder_reads_resizes_and_labels_by_folder(tmp_path):

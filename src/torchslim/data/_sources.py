@@ -103,6 +103,10 @@ def _npz(path: Path, input_shape: tuple[int, ...] | None) -> _Arrays:
             raise ConfigError("data.source", f"{path.name} has no array {key!r} (found: {', '.join(arrays)})")
     if ("x_test" in arrays) != ("y_test" in arrays):
         raise ConfigError("data.source", f"{path.name} must have both x_test and y_test, or neither")
+    for key in ("y", "y_test"):  # a column of labels, (N, 1), is one label per sample
+        if key in arrays and arrays[key].ndim == 2 and arrays[key].shape[1] == 1:
+            arrays[key] = arrays[key][:, 0]
+    names = _class_names(path, arrays)
     for x_key, y_key in (("x", "y"), ("x_test", "y_test")):
         if x_key in arrays:
             _check_array(path, x_key, arrays[x_key])
@@ -130,9 +134,32 @@ def _npz(path: Path, input_shape: tuple[int, ...] | None) -> _Arrays:
 
     return _Arrays(fit(arrays["x"]), arrays["y"].astype(np.int64),
                    fit(arrays["x_test"]) if "x_test" in arrays else None,
-                   arrays["y_test"].astype(np.int64) if "y_test" in arrays else None,
+                   arrays["y_test"].astype(np.int64) if "y_test" in arrays else None, labels=names,
                    preprocessing=f"npz {path.name}; "
-                                 f"{'integers as float32 (exact)' if integers else 'float32 as stored'}")
+                                 f"{'integers as float32 (exact)' if integers else 'float32 as stored'}"
+                                 + ("; class names in sorted order as labels 0, 1, ..." if names else ""))
+
+
+def _class_names(path: Path, arrays: dict[str, np.ndarray]) -> list[str] | None:
+    """Labels given as names (strings): replaced in ``arrays`` by their index among the sorted names of both
+    label arrays, which are returned; None when the labels are numbers."""
+    keys = [k for k in ("y", "y_test") if k in arrays]
+    if not any(arrays[k].dtype.kind in "US" for k in keys):
+        return None
+    for k in keys:
+        if arrays[k].dtype.kind not in "US":
+            raise ConfigError("data.source", f"{path.name}: array {k} holds {arrays[k].dtype} values but "
+                                             f"{'y_test' if k == 'y' else 'y'} holds class names; give both as names")
+        if arrays[k].ndim != 1:
+            raise ConfigError("data.source", f"{path.name}: array {k} has shape {arrays[k].shape}; expected one "
+                                             f"label per sample, shape (N,)")
+    text = {k: arrays[k].astype(str) for k in keys}  # bytes decode as ASCII
+    names = sorted(set().union(*(np.unique(t).tolist() for t in text.values())))
+    if len(names) > MAX_LABEL:
+        raise ConfigError("data.source", f"{path.name}: {len(names):,} class names; at most {MAX_LABEL:,}")
+    for k, t in text.items():
+        arrays[k] = np.searchsorted(np.array(names), t).astype(np.int64)
+    return names
 
 
 def _read_image(f: Path, mode: str, size: tuple[int, int], root: Path) -> np.ndarray:
@@ -254,7 +281,11 @@ def load_splits(data: Any, *, base_dir: str | Path = ".", input_shape: tuple[int
                                          f"{did_you_mean(data.source, [*SOURCES, 'npz:', 'imagefolder:'])}known: {known}")
     for name, arr in (("x", arrays.x), ("x_test", arrays.x_test)):
         if arr is not None and not np.isfinite(arr).all():
-            raise ConfigError("data.source", f"array {name} contains NaN or Inf")
+            bad = ~np.isfinite(arr.reshape(len(arr), -1))
+            n = int(bad.sum())
+            raise ConfigError("data.source", f"{brief(data.source)}: array {name} contains NaN or Inf ({n:,} "
+                                             f"value{'s' if n > 1 else ''}, the first in sample "
+                                             f"{int(np.argmax(bad.any(1)))}): impute or drop them first")
     if arrays.y.min() < 0:
         raise ConfigError("data.source", "labels must be integers >= 0")
     if len(np.unique(arrays.y)) < 2:  # accuracy would be 100 % whatever the model does
