@@ -321,8 +321,10 @@ def test_npz_arrays_of_strings_objects_or_wrong_shapes(tmp_path):
     assert line.startswith("domain.yaml: data.source: cannot read ") and "allow_pickle=False" in line
     line = rejected(tmp_path, domain=npz_domain(tmp_path, x=x, y=y, x_test=x[:5, :, :4], y_test=y[:5]))
     assert line == "domain.yaml: data.source: data.npz: x_test has samples of shape (1, 4, 8) but x has (1, 8, 8)"
-    line = rejected(tmp_path, domain=npz_domain(tmp_path, x=x, y=y[:, None]))
-    assert line.startswith("domain.yaml: data.source: data.npz: array y has shape (40, 1)")
+    line = rejected(tmp_path, domain=npz_domain(tmp_path, x=x, y=y[:, None].repeat(2, 1)))  # (a column is read)
+    assert line.startswith("domain.yaml: data.source: data.npz: array y has shape (40, 2)")
+    line = rejected(tmp_path, domain=npz_domain(tmp_path, x=x, y=np.array(["cat", "dog"])[y % 2].reshape(20, 2)))
+    assert line.startswith("domain.yaml: data.source: data.npz: array y has shape (20, 2)")
     line = rejected(tmp_path, domain=npz_domain(tmp_path, x=x, y=y + 10**9))
     assert line == "domain.yaml: data.source: data.npz: array y: labels must be whole numbers in [0, 100000)"
     line = rejected(tmp_path, domain=npz_domain(tmp_path, x=x[:0], y=y[:0]))
