@@ -90,14 +90,33 @@ def test_unpruned_shapes_are_left_alone(tmp_path):
 
 def test_depthwise_conv_net(tmp_path):
     def build():
-        return nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3, groups=8), nn.BatchNorm2d(8),
-                             nn.ReLU(), nn.Conv2d(8, 4, 1), nn.Flatten(), nn.Linear(4 * 4 * 4, 5))
+        return nn.Sequential(nn.Conv2d(1, 16, 3), nn.ReLU(), nn.Conv2d(16, 16, 3, groups=16), nn.BatchNorm2d(16),
+                             nn.ReLU(), nn.Conv2d(16, 4, 1), nn.Flatten(), nn.Linear(4 * 4 * 4, 5))
 
     model, x = build(), torch.randn(2, 1, 8, 8)
     prune_(model, StructuredConfig(sparsity=0.5), example_inputs=x)
     fresh, _ = _roundtrip(tmp_path, build, model, x)
-    assert (fresh[2].groups, fresh[2].in_channels, fresh[2].out_channels, fresh[5].out_channels) == (4, 4, 4, 2)
+    assert (fresh[2].groups, fresh[2].in_channels, fresh[2].out_channels, fresh[5].out_channels) == (8, 8, 8, 2)
     assert fresh[7].in_features == 2 * 4 * 4
+
+
+def test_a_layer_scale_of_the_users_own_cut_with_its_channels_reloads(tmp_path):
+    class Scaled(nn.Module):  # a residual block whose branch a learned per-channel scale multiplies
+        def __init__(self):
+            super().__init__()
+            self.stem, self.branch = nn.Conv1d(1, 8, 3, padding=1), nn.Conv1d(8, 8, 3, padding=1)
+            self.gamma = nn.Parameter(torch.linspace(0.1, 0.8, 8)[:, None])
+            self.head = nn.Linear(8, 3)
+
+        def forward(self, x):
+            h = self.stem(x)
+            return self.head((h + self.gamma * self.branch(torch.relu(h))).mean(-1))
+
+    model, x = Scaled(), torch.randn(2, 1, 6)
+    report = prune_(model, StructuredConfig(sparsity=0.5), example_inputs=x)
+    assert model.gamma.shape == (4, 1) and report.unpruned["gamma"].startswith("parameters of the model itself")
+    fresh, _ = _roundtrip(tmp_path, Scaled, model, x)
+    assert fresh.gamma.shape == (4, 1)
 
 
 def test_prelu_and_an_embedding_added_to_pruned_channels_reload(tmp_path):

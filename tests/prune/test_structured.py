@@ -32,7 +32,7 @@ def test_lenet5_half_the_channels_drops_params_by_45_percent(importance):
 @pytest.mark.parametrize("importance", ["l1", "output_taylor"])
 def test_removing_zero_importance_channels_keeps_outputs(importance):
     model = LeNet5()
-    dead = [1, 4, 9, 20]
+    dead = [1, 4, 9, 20, 21, 25, 28, 30]  # a whole block of 8 (conv1 has 32 channels)
     with torch.no_grad():  # these conv1 channels contribute nothing: zero in, zero out
         model.conv1.weight[dead] = 0
         model.conv1.bias[dead] = 0
@@ -41,11 +41,42 @@ def test_removing_zero_importance_channels_keeps_outputs(importance):
     with torch.no_grad():
         before = model(x)
     report = prune_(model, StructuredConfig(sparsity=0.5, importance=importance,
-                                            overrides={"conv1": 4 / 32, "conv2": 0.0, "fc1": 0.0}),
+                                            overrides={"conv1": 8 / 32, "conv2": 0.0, "fc1": 0.0}),
                     example_inputs=x, calibration=[(x, torch.randint(0, 10, (8,)))])
     assert list(report.layer("conv1").removed) == dead
     with torch.no_grad():
         torch.testing.assert_close(model(x), before, rtol=0, atol=1e-6)
+
+
+class _Blocks(nn.Module):
+    """A depthwise 2-D conv of 16 channels, a 2-D conv of 48 and one of 24, a hidden Linear layer of 40."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.dw = nn.Conv2d(1, 16, 3, padding=1), nn.Conv2d(16, 16, 3, padding=1, groups=16)
+        self.wide, self.narrow = nn.Conv2d(16, 48, 1), nn.Conv2d(48, 24, 1)
+        self.fc, self.head = nn.Linear(24, 40), nn.Linear(40, 3)
+
+    def forward(self, x):
+        h = torch.relu(self.narrow(torch.relu(self.wide(torch.relu(self.dw(torch.relu(self.stem(x))))))))
+        return self.head(torch.relu(self.fc(h.mean((2, 3)))))
+
+
+def test_2d_conv_channels_go_in_whole_blocks_of_8_and_say_so():
+    model, x = _Blocks(), torch.randn(2, 1, 6, 6)
+    report = prune_(model, StructuredConfig(sparsity=0.3), example_inputs=x)
+    # 0.3 of: 16 depthwise channels is 5 -> no whole block; 48 is 14 -> 8; 24 (fewer than 32, not depthwise) is 7;
+    # Linear neurons go one by one: 0.3 of 40 is 12
+    assert (model.stem.out_channels, model.wide.out_channels, model.narrow.out_channels, model.fc.out_features) \
+        == (16, 40, 17, 28)
+    assert model(x).shape == (2, 3)
+    (note,) = [n for n in report.notes if n.startswith("removed in whole blocks of 8 channels")]
+    assert note.endswith(": dw, wide")  # (the depthwise conv's unit holds the stem's channels)
+    model = _Blocks()
+    with torch.no_grad():  # 11 dead channels of 48: activation pruning removes the 8 lowest of them, one block
+        model.wide.weight[:11], model.wide.bias[:11], model.wide.bias[11:] = 0, -1, 5
+    report = prune_(model, ActivationConfig(threshold=0.01), calibration=[(x, torch.zeros(2, dtype=torch.long))])
+    assert model.wide.out_channels == 40 and sorted(report.layer("wide").removed) == list(range(8))
 
 
 def test_ignore_and_overrides():
@@ -340,7 +371,8 @@ def test_polynomial_schedule_prunes_step_by_step_with_finetune():
                                    finetune=Finetune(epochs=6, lr=1e-3)),
            example_inputs=torch.randn(*X8), finetune=finetune)
     steps = [0.5 - 0.5 * (1 - t / 3) ** 3 for t in (1, 2, 3)]
-    assert seen == [(2, 32 - count(s, 32), 256 - count(s, 256)) for s in steps]
+    # conv1's 32 channels go in whole blocks of 8, fc1's neurons one by one
+    assert seen == [(2, 32 - count(s, 32) // 8 * 8, 256 - count(s, 256)) for s in steps]
     assert seen[-1][1:] == (16, 128)
 
 

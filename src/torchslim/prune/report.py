@@ -43,7 +43,8 @@ def unpruned_layers(model: nn.Module) -> dict[str, str]:
         else:  # e.g. learned positions held by the model itself, or a custom layer's own parameters
             own = ", ".join(f"{name}.{p}" if name else p for p, _ in module.named_parameters(recurse=False))
             holder = "the model" if not name else f"a {type(module).__name__}"
-            out[own] = f"parameters of {holder} itself: no pruning method acts on them"
+            out[own] = (f"parameters of {holder} itself: not pruned on their own (a cut of the channels they follow "
+                        f"takes theirs too)")
     return out
 
 

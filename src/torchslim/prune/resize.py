@@ -50,8 +50,10 @@ def _set_shapes(module: nn.Module) -> None:
         module.num_parameters = module.weight.numel()
     elif isinstance(module, nn.Embedding):  # its columns go when they are added to pruned channels
         module.num_embeddings, module.embedding_dim = module.weight.shape
-    else:
+    elif type(module).__module__.startswith("torch."):  # a torch layer with size attributes not handled here
         raise ValueError(f"cannot resize a {type(module).__name__}")
+    # else a module of the user's own whose parameters were cut with the channels they scale (a layer scale, learned
+    # positions): the pruned model computed with just these tensors, and so does the resized one
 
 
 @torch.no_grad()
@@ -60,8 +62,8 @@ def resize_to_state_dict_(model: nn.Module, state_dict: Mapping[str, torch.Tenso
     succeeds and the loaded model computes what the pruned model did.
 
     Linear, ConvNd, BatchNorm, LayerNorm, GroupNorm, PReLU and Embedding get new parameter/buffer shapes and size
-    attributes; an ``nn.MultiheadAttention`` whose heads were pruned becomes a :class:`PrunableMultiheadAttention`
-    with fewer heads. Values are left uninitialised: load the state_dict next.
+    attributes, a module of the user's own new shapes for its own parameters; an ``nn.MultiheadAttention`` whose
+    heads were pruned becomes a :class:`PrunableMultiheadAttention` with fewer heads. Values are left uninitialised: load the state_dict next.
 
     Args:
         model: a model built as the pruned one was, before pruning.

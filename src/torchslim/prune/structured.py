@@ -18,8 +18,8 @@ from torchslim.distributed import module_device
 from torchslim.prune.calibration import (accumulate_gradients, mean_abs_activations, output_taylor, take_batches,
                                          to_device)
 from torchslim.prune.config import ActivationConfig, StructuredConfig
-from torchslim.prune.graph import (ChannelUnit, HeadUnit, activation_point, build_graph, channel_units, head_units,
-                                   prune_channels)
+from torchslim.prune.graph import (CONV_BLOCK, ChannelUnit, HeadUnit, activation_point, build_graph,
+                                   channel_units, head_units, prune_channels)
 from torchslim.prune.importance import channel_scores, head_scores, producer_activation
 from torchslim.prune.reconstruct import reconstruct_
 from torchslim.prune.report import PruneReport, build_report, model_size, snapshot, weight_layers
@@ -105,6 +105,7 @@ def prune_structured_(model: nn.Module, config: StructuredConfig, ctx) -> PruneR
     untraced: list[str] = []
     refused: dict[str, str] = {}  # units whose cut the forward cannot follow -> why
     reaching_tied: dict[str, list[str]] = {}  # units whose channels reach a tied weight -> the layers holding it
+    blocked: dict[str, None] = {}  # units whose cut was rounded to whole blocks of channels
 
     def step_fn(step: int, steps: int) -> None:
         graph = build_graph(model, example)
@@ -126,7 +127,10 @@ def prune_structured_(model: nn.Module, config: StructuredConfig, ctx) -> PruneR
                                                                  f"({n0}); lower it or ignore the layer")
             k = sets - (n0 - removed)
             groups = 1 if isinstance(unit, HeadUnit) else unit.channel_groups
-            k -= k % groups
+            whole = 1 if isinstance(unit, HeadUnit) else unit.cut_step(n0)
+            if k % whole and whole > groups:
+                blocked.setdefault(unit.name)
+            k -= k % whole
             if k <= 0:
                 continue
             if isinstance(unit, HeadUnit):
@@ -149,8 +153,21 @@ def prune_structured_(model: nn.Module, config: StructuredConfig, ctx) -> PruneR
     ctx.run_schedule(model, config, step_fn, lambda: None)
     report = build_report("structured", list(layers), before, weight_layers(model), size_before, model,
                           tracker.removed, refit=refit)
-    report.notes += untraced_note(untraced) + refused_note(refused) + tied_note(reaching_tied)
+    report.notes += untraced_note(untraced) + refused_note(refused) + tied_note(reaching_tied) + blocked_note(blocked)
     return report
+
+
+def _whole_steps(below: torch.Tensor, score: torch.Tensor, unit: ChannelUnit, step: int) -> list[int]:
+    """Of the channels ``below`` the threshold, the lowest-scored whole number of cut steps of ``step`` channels
+    (the same positions in each conv group)."""
+    g = unit.channel_groups
+    if len(below) % step == 0:
+        return below.tolist()
+    per = unit.size // g  # positions in one group
+    positions = below[below < per]
+    n = len(positions) - len(positions) % (step // g)
+    kept = positions[torch.argsort(score.view(g, -1).sum(0)[positions], stable=True)[:n]]
+    return sorted(grp * per + int(q) for grp in range(g) for q in kept)
 
 
 def _forward_error(model: nn.Module, example) -> str | None:
@@ -199,6 +216,14 @@ def refused_note(refused: dict[str, str]) -> tuple[str, ...]:
             f"{first}; its forward fixes their number)",)
 
 
+def blocked_note(blocked: dict[str, None]) -> tuple[str, ...]:
+    """What to say once about cuts rounded to whole blocks of channels."""
+    if not blocked:
+        return ()
+    return (f"removed in whole blocks of {CONV_BLOCK} channels (2-D convolutions run on blocks of channels; a "
+            f"count off them is several times slower in ONNX Runtime): {', '.join(blocked)}",)
+
+
 def tied_note(reaching_tied: dict[str, list[str]]) -> tuple[str, ...]:
     """What to say once about layers kept whole because their channels reach a tied weight."""
     if not reaching_tied:
@@ -233,9 +258,11 @@ def prune_activation_(model: nn.Module, config: ActivationConfig, ctx) -> PruneR
     before, size_before, tracker = snapshot(layers), model_size(model), _Tracker(layers)
 
     lowest: list[tuple[float, str]] = []  # each unit's lowest score: what the threshold was compared with
+    original: dict[str, int] = {}  # each unit's channels before the first cut
     untraced: list[str] = []
     refused: dict[str, str] = {}
     reaching_tied: dict[str, list[str]] = {}
+    blocked: dict[str, None] = {}  # units whose cut was rounded to whole blocks of channels
 
     def step_fn(step: int, steps: int) -> None:
         graph = build_graph(model, example)
@@ -250,10 +277,15 @@ def prune_activation_(model: nn.Module, config: ActivationConfig, ctx) -> PruneR
             if bool(below.all()):
                 raise ConfigError("threshold", f"would remove every unit of {unit.name!r}; lower it or ignore "
                                                f"the layer")
-            if unit.channel_groups > 1:  # grouped conv: a position goes only if it is below in every group
-                g = unit.channel_groups
+            g = unit.channel_groups
+            if g > 1:  # grouped conv: a position goes only if it is below in every group
                 below = below.view(g, -1).all(0).repeat(g)
-            idxs = unit.channels_of(torch.nonzero(below).flatten().tolist())
+            idxs = torch.nonzero(below).flatten()
+            block = unit.cut_step(original.setdefault(unit.name, unit.size))
+            whole = _whole_steps(idxs, score, unit, block)
+            if len(whole) < len(idxs) and block > g:
+                blocked.setdefault(unit.name)
+            idxs = unit.channels_of(whole)
             if idxs:
                 cuts.append((unit, idxs))
         cuts = _without_refused(model, example, cuts, selector, refused)
@@ -264,7 +296,7 @@ def prune_activation_(model: nn.Module, config: ActivationConfig, ctx) -> PruneR
     ctx.run_schedule(model, config, step_fn, lambda: None)
     report = build_report("activation", list(layers), before, weight_layers(model), size_before, model,
                           tracker.removed)
-    report.notes += untraced_note(untraced) + refused_note(refused) + tied_note(reaching_tied)
+    report.notes += untraced_note(untraced) + refused_note(refused) + tied_note(reaching_tied) + blocked_note(blocked)
     if lowest and not any(tracker.removed.values()):  # say why, and what threshold would remove something
         value, name = min(lowest)
         report.notes += (f"nothing removed: no unit's normalised mean |activation| is below threshold "
