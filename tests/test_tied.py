@@ -81,15 +81,12 @@ def test_the_artifact_stores_a_tied_weight_once_and_reloads_it_tied(tmp_path):
 
 
 def test_a_tie_naming_no_stored_tensor_is_one_line(tmp_path):
-    import sys
-
-    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent / "artifact"))
-    from artifact_support import rewrite_manifest
+    from torchslim.artifact._format import update_manifest
 
     path = save_artifact(_model(), tmp_path / "a", architecture={"module": "test_tied:TiedHead"})
-    rewrite_manifest(path, lambda m: m["tied"].update({"head.weight": "nothing.weight"}))
-    with pytest.raises(ArtifactError, match=r"manifest field tied: 'head.weight' -> 'nothing.weight': each must map a key not stored to a "
-                                            r"stored tensor$"):
+    update_manifest(path, tied={"head.weight": "nothing.weight"})  # resealed: only the content is wrong
+    with pytest.raises(ArtifactError, match=r"manifest field tied: 'head.weight' -> 'nothing.weight': each must "
+                                            r"map a key not stored to a stored tensor$"):
         load_artifact(path, model=_model())
 
 

@@ -158,4 +158,5 @@ def test_layers_no_method_prunes_are_named():
     assert [layer.name for layer in report.layers] == ["head"]
     own = "itself: not pruned on their own (a cut of the channels they follow takes theirs too)"
     assert report.unpruned == {"embed": "an embedding table", "gru": "a recurrent layer: its gates are not pruned",
-                               "position": f"parameters of the model {own}", "scale.gamma": f"parameters of a Scale {own}"}
+                               "position": f"parameters of the model {own}",
+                               "scale.gamma": f"parameters of a Scale {own}"}

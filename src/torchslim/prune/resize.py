@@ -63,7 +63,8 @@ def resize_to_state_dict_(model: nn.Module, state_dict: Mapping[str, torch.Tenso
 
     Linear, ConvNd, BatchNorm, LayerNorm, GroupNorm, PReLU and Embedding get new parameter/buffer shapes and size
     attributes, a module of the user's own new shapes for its own parameters; an ``nn.MultiheadAttention`` whose
-    heads were pruned becomes a :class:`PrunableMultiheadAttention` with fewer heads. Values are left uninitialised: load the state_dict next.
+    heads were pruned becomes a :class:`PrunableMultiheadAttention` with fewer heads. Values are left
+    uninitialised: load the state_dict next.
 
     Args:
         model: a model built as the pruned one was, before pruning.

@@ -153,7 +153,8 @@ def prune_structured_(model: nn.Module, config: StructuredConfig, ctx) -> PruneR
     ctx.run_schedule(model, config, step_fn, lambda: None)
     report = build_report("structured", list(layers), before, weight_layers(model), size_before, model,
                           tracker.removed, refit=refit)
-    report.notes += untraced_note(untraced) + refused_note(refused) + tied_note(reaching_tied) + blocked_note(blocked)
+    report.notes += (untraced_note(untraced) + refused_note(refused) + tied_note(reaching_tied)
+                     + blocked_note(blocked))
     return report
 
 
@@ -296,7 +297,8 @@ def prune_activation_(model: nn.Module, config: ActivationConfig, ctx) -> PruneR
     ctx.run_schedule(model, config, step_fn, lambda: None)
     report = build_report("activation", list(layers), before, weight_layers(model), size_before, model,
                           tracker.removed)
-    report.notes += untraced_note(untraced) + refused_note(refused) + tied_note(reaching_tied) + blocked_note(blocked)
+    report.notes += (untraced_note(untraced) + refused_note(refused) + tied_note(reaching_tied)
+                     + blocked_note(blocked))
     if lowest and not any(tracker.removed.values()):  # say why, and what threshold would remove something
         value, name = min(lowest)
         report.notes += (f"nothing removed: no unit's normalised mean |activation| is below threshold "

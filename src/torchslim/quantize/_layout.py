@@ -52,8 +52,9 @@ def describe_quantized_layers(model: nn.Module) -> dict[str, dict[str, Any]]:
 
 def describe_structure(model: nn.Module) -> dict[str, Any]:
     """How ``model`` differs in structure from the architecture it was built as, before any tensor is loaded:
-    ``baked_parametrizations`` [weights made plain, :mod:`torchslim._parametrized`], ``folded_batchnorm`` {BatchNorm: the convolution it was folded into}, ``projected_attention`` [attention
-    modules whose projections became Linear modules]. Empty when it does not differ."""
+    ``baked_parametrizations`` [weights made plain, :mod:`torchslim._parametrized`], ``folded_batchnorm``
+    {BatchNorm: the convolution it was folded into}, ``projected_attention`` [attention modules whose projections
+    became Linear modules]. Empty when it does not differ."""
     structure: dict[str, Any] = {}
     baked = baked_weights(model)
     if baked:
