@@ -81,6 +81,23 @@ def test_npz_labels_given_as_class_names_or_as_a_column(tmp_path):
     assert s.num_classes == 3 and s.labels == ["0", "1", "2"]
 
 
+def test_imagefolder_refuses_a_class_without_images_and_skips_hidden_folders(tmp_path):
+    for label in ("a", "b", "c"):
+        (tmp_path / "imgs" / label).mkdir(parents=True)
+    for label in ("a", "c"):
+        for i in range(3):
+            Image.fromarray(np.full((8, 8), 40 * i, np.uint8)).save(tmp_path / "imgs" / label / f"{i}.png")
+    (tmp_path / "imgs" / "b" / "nested").mkdir()  # images one level down are not the class's
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "imgs" / "b" / "nested" / "0.png")
+    with pytest.raises(ConfigError, match=r"^data.source: .*imgs: no image directly in class folder\(s\) b \(read: "
+                                          r"\.png .jpg"):
+        load_splits(DataSpec(source="imagefolder:imgs"), base_dir=tmp_path, input_shape=(1, 8, 8))
+    (tmp_path / "imgs" / "b").rename(tmp_path / "imgs" / ".ipynb_checkpoints")  # hidden: not a class
+    s = load_splits(DataSpec(source="imagefolder:imgs", test_fraction=0.34, val_fraction=0.33), base_dir=tmp_path,
+                    input_shape=(1, 8, 8))
+    assert s.labels == ["a", "c"] and s.num_classes == 2
+
+
 def test_imagefolder_reads_resizes_and_labels_by_folder(tmp_path):
     rng = np.random.default_rng(0)
     for label in ("cat", "dog"):

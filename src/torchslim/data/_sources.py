@@ -190,13 +190,18 @@ def _imagefolder(path: Path, input_shape: tuple[int, ...] | None) -> _Arrays:
     try:
         if not path.is_dir():
             raise ConfigError("data.source", f"image folder not found: {path}")
-        classes = sorted(p.name for p in path.iterdir() if p.is_dir())
+        classes = sorted(p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
         files = {name: sorted(f for f in (path / name).iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
                  for name in classes}
     except OSError as exc:
         raise ConfigError("data.source", f"cannot read image folder {path}: {os_reason(exc)}") from None
     if len(classes) < 2:
         raise ConfigError("data.source", f"{path} must hold one sub-folder per class (found {len(classes)})")
+    empty = [name for name in classes if not files[name]]
+    if empty:  # as torchvision's ImageFolder: a class without an image is a mistake, not a class to learn
+        shown = ", ".join(empty[:5]) + (f" and {len(empty) - 5} more" if len(empty) > 5 else "")
+        raise ConfigError("data.source", f"{path}: no image directly in class folder(s) {shown} (read: "
+                                         f"{' '.join(IMAGE_SUFFIXES)})")
     if input_shape is None:
         raise ConfigError("model", "an image folder needs a model that declares an input shape (C, H, W): an "
                                    "input_shape attribute on the model, or input_shape in model.kwargs")
