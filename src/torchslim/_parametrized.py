@@ -50,8 +50,11 @@ def bake_parametrizations_(model: nn.Module) -> list[str]:
     found = []
     with torch.no_grad():
         for name, module in list(model.named_modules()):
-            tensors = list(getattr(module, "parametrizations", {}).keys()) if parametrize.is_parametrized(module) \
-                else ([_weight_norm_hook(module).name] if _weight_norm_hook(module) is not None else [])
+            if parametrize.is_parametrized(module):
+                tensors = list(module.parametrizations.keys())
+            else:
+                hook = _weight_norm_hook(module)
+                tensors = [hook.name] if hook is not None else []
             for tensor in tensors:
                 _bake(module, tensor)
                 found.append(f"{name}.{tensor}" if name else tensor)

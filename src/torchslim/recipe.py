@@ -146,9 +146,8 @@ def _check_order(stages: list[Stage], source: str | None) -> None:
     and a quantized layer is none, a second quantize stage finds no float layer left, training an int8 model
     changes the weights its int8 graph was built from (that graph would be dropped and the model run in float),
     and magnitude masks cannot follow a structured cut of their layers."""
-    from torchslim.quantize.config import method_of
-
     from torchslim.prune.config import MagnitudeConfig
+    from torchslim.quantize.config import method_of
 
     quantized = masked = None
     for stage in stages:
