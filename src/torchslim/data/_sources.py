@@ -150,10 +150,7 @@ def _class_names(path: Path, arrays: dict[str, np.ndarray]) -> list[str] | None:
         if arrays[k].dtype.kind not in "US":
             raise ConfigError("data.source", f"{path.name}: array {k} holds {arrays[k].dtype} values but "
                                              f"{'y_test' if k == 'y' else 'y'} holds class names; give both as names")
-        if arrays[k].ndim != 1:
-            raise ConfigError("data.source", f"{path.name}: array {k} has shape {arrays[k].shape}; expected one "
-                                             f"label per sample, shape (N,)")
-    text = {k: arrays[k].astype(str) for k in keys}  # bytes decode as ASCII
+    text = {k: arrays[k].astype(str) for k in keys}  # bytes decode as ASCII; shapes are checked with the numbers
     names = sorted(set().union(*(np.unique(t).tolist() for t in text.values())))
     if len(names) > MAX_LABEL:
         raise ConfigError("data.source", f"{path.name}: {len(names):,} class names; at most {MAX_LABEL:,}")
