@@ -204,7 +204,8 @@ def test_a_model_that_returns_a_tuple(tmp_path):
         "def build():\n"
         "    return Net()\n")
     assert rejected(tmp_path, domain=with_model(factory="tuple_mod:build")) == (
-        "domain.yaml: model: must return one tensor of logits (N, classes); it returned a tuple")
+        "domain.yaml: model: must return one tensor of logits (N, classes); it returned a tuple; let the factory "
+        "return a wrapper whose forward returns the logits alone, e.g. model(x)['logits'] or model(x)[0]")
 
 
 def test_outputs_that_fit_but_will_not_train_as_meant_are_warned_of(tmp_path):

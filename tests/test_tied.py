@@ -37,13 +37,75 @@ def test_tied_weights_names_every_holder():
 
 
 @pytest.mark.parametrize("config", [KMeansConfig(bits=4, finetune=None), WeightOnlyConfig(bits=4)])
-def test_quantization_leaves_a_tied_weight_tied_and_says_why(config):
-    model = _model()
+def test_weight_only_and_kmeans_code_a_tied_weight_once_for_every_holder(config, tmp_path):
+    model, x = _model(), torch.randint(0, 12, (6, 5))
+    table = model.embed.weight.detach().clone()
     report = quantize_(model, config)
-    assert set(report.layers) == {"proj", "out"}  # the rest is quantized
-    assert model.head.weight is model.embed.weight
-    assert report.float_layers["head"] == "its weight is tied to embed's: one tensor for both"
+    assert set(report.layers) == {"embed", "proj", "head", "out"} and "head" not in report.float_layers
+    assert model.head.weight_source is model.embed.weight_source  # one set of codes
+    torch.testing.assert_close(model.head.weight, model.embed.weight, rtol=0, atol=0)
+    assert float((model.embed.weight.detach() - table).abs().max()) < 0.5 * float(table.abs().max())  # the table
+    assert report.weight_bytes_fp32 == 4 * (12 * 16 + 16 * 16 + 3 * 12)  # the table counted once
+    with torch.no_grad():
+        expected = model(x)
+
+    path = save_artifact(model, tmp_path / "a", architecture={"module": "test_tied:TiedHead"})
+    from torchslim.artifact import read_manifest
+
+    manifest = read_manifest(path)
+    assert manifest["quantization"]["layers"]["head"]["tied_to"] == "embed"
+    assert not any(k.startswith("head.weight_source") for k in manifest["tensors"])  # stored once
+    loaded, _ = load_artifact(path, model=_model(seed=1))
+    assert loaded.head.weight_source is loaded.embed.weight_source
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), expected, rtol=0, atol=0)
+
+    from torchslim.quantize.deploy import decode_for_inference_
+
+    served = decode_for_inference_(loaded)
+    assert type(served.head) is nn.Linear and served.head.weight is served.embed.weight  # tied again
+    with torch.no_grad():
+        torch.testing.assert_close(served(x), expected, rtol=0, atol=1e-6)
+
+    from torchslim.artifact._inspect import describe_artifact
+
+    rows = {row["name"]: row for row in describe_artifact(path)["layers"]}
+    assert rows["embed"]["params"] == 12 * 16 and rows["embed"]["bits"] == 4
+    assert "head" not in rows  # no tensor of its own (bias-free): counted with embed
+    assert describe_artifact(path)["totals"]["params"] == sum(p.numel() for p in _model().parameters())
+
+
+def test_a_tie_ignore_touches_stays_float_and_tied_whole():
+    model = _model()
+    report = quantize_(model, WeightOnlyConfig(bits=4, ignore=["head"]))
+    assert set(report.layers) == {"proj", "out"} and model.head.weight is model.embed.weight
+    assert report.float_layers["head"] == "ignored by the config"
     assert report.float_layers["embed"] == "its weight is tied to head's: one tensor for both"
+
+
+def test_the_int8_methods_leave_a_tied_weight_float_and_say_why():
+    from torchslim.quantize import QATConfig
+
+    model = _model()
+    report = quantize_(model, QATConfig(bits=4), finetune=lambda m, epochs, lr: None)
+    assert set(report.layers) == {"proj", "out"} and model.head.weight is model.embed.weight
+    assert report.float_layers["head"] == "its weight is tied to embed's: one tensor for both"
+
+
+def test_a_tie_to_a_layer_not_coded_alike_is_one_line(tmp_path):
+    from torchslim.artifact._format import update_manifest
+
+    model = _model()
+    quantize_(model, KMeansConfig(bits=4, finetune=None))
+    path = save_artifact(model, tmp_path / "a", architecture={"module": "test_tied:TiedHead"})
+    from torchslim.artifact import read_manifest
+
+    layers = read_manifest(path)["quantization"]["layers"]
+    layers["head"]["tied_to"] = "proj"  # a 16x16 weight, not the 12x16 table
+    update_manifest(path, quantization={"layers": layers})
+    with pytest.raises(ArtifactError, match=r"head.tied_to 'proj' must name another layer whose weight is coded "
+                                            r"alike and tied to none"):
+        load_artifact(path, model=_model())
 
 
 def test_pruning_leaves_a_tied_weight_whole_and_tied():

@@ -138,3 +138,30 @@ def test_prelu_and_an_embedding_added_to_pruned_channels_reload(tmp_path):
     fresh, changed = _roundtrip(tmp_path, Net, model, x)
     assert {"act", "pos"} <= set(changed)
     assert (fresh.act.num_parameters, fresh.pos.embedding_dim, fresh.pos.num_embeddings) == (4, 6, 4)
+
+
+def test_norms_without_a_weight_take_their_pruned_size_from_the_artifact(tmp_path):
+    # an affine-free LayerNorm / GroupNorm stores no tensor, yet its size follows the channels it normalizes
+    from torchslim.artifact import load_artifact, read_manifest, save_artifact
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.gn = nn.Conv2d(1, 16, 3, padding=1), nn.GroupNorm(4, 16, affine=False)
+            self.fc, self.ln = nn.Linear(16, 32), nn.LayerNorm(32, elementwise_affine=False)
+            self.head = nn.Linear(32, 3)
+
+        def forward(self, x):
+            h = torch.relu(self.gn(self.conv(x))).mean((2, 3))
+            return self.head(torch.relu(self.ln(self.fc(h))))
+
+    model, x = Net(), torch.randn(6, 1, 5, 5)
+    _train_a_little(model, x, 3)
+    prune_(model, StructuredConfig(sparsity=0.5), example_inputs=x)
+    assert (model.ln.normalized_shape, model.gn.num_channels) == ((16,), 8)
+    path = save_artifact(model, tmp_path / "a", architecture={"module": "test_resize:Net"})
+    assert read_manifest(path)["structure"]["tensorless_norms"] == {"gn": [8], "ln": [16]}
+    fresh, _ = load_artifact(path, model=Net())
+    assert (fresh.ln.normalized_shape, fresh.gn.num_channels) == ((16,), 8)
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(x), model(x))

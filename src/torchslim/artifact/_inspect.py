@@ -37,9 +37,12 @@ def _is_parameter(key: str, tensor: torch.Tensor) -> bool:
     return tensor.is_floating_point() and leaf not in _STATISTICS and not owner.endswith("input_quant")
 
 
-def _layer_weight(owner: str, keys: list[str], state: dict[str, torch.Tensor],
-                  layers: dict[str, Any]) -> tuple[str, torch.Tensor | None]:
-    """(the table key that stores the layer's weight, its decoded float value or None)."""
+def _layer_weight(owner: str, keys: list[str], state: dict[str, torch.Tensor], layers: dict[str, Any],
+                  tied: dict[str, str]) -> tuple[str, torch.Tensor | None]:
+    """(the table key that stores the layer's weight, its decoded float value or None: none stored, or a tied
+    weight, counted with the layer that stores it)."""
+    if owner in layers and "tied_to" in layers[owner] or f"{owner}.weight" in tied:
+        return keys[0], None
     if owner in layers:
         prefix = f"{owner}.weight_source."
         from torchslim.quantize._layout import decode_weight
@@ -74,7 +77,7 @@ def describe_artifact(path: str | Path) -> dict[str, Any]:
     rows, total, total_nonzero = [], 0, 0
     for owner, keys in sorted(groups.items(), key=lambda item: _natural(item[0])):
         try:
-            weight_key, weight = _layer_weight(owner, keys, state, layers)
+            weight_key, weight = _layer_weight(owner, keys, state, layers, manifest.get("tied", {}))
         except (KeyError, ValueError, RuntimeError, TypeError, IndexError) as exc:
             raise ArtifactError(folder, f"layer {owner}: the stored tensors do not fit its description "
                                         f"({' '.join(str(exc).split())[:120]})") from None
@@ -87,7 +90,8 @@ def describe_artifact(path: str | Path) -> dict[str, Any]:
         total += (params or 0) + sum(state[k].numel() for k in others if _is_parameter(k, state[k]))
         total_nonzero += (nonzero or 0) + sum(int(torch.count_nonzero(state[k])) for k in others
                                               if _is_parameter(k, state[k]))
-        bits = layers[owner]["bits"] if owner in layers else getattr(torch, entry["dtype"]).itemsize * 8
+        bits = layers[owner]["bits"] if owner in layers and weight is not None else (
+            getattr(torch, entry["dtype"]).itemsize * 8)
         rows.append({"name": owner, "shape": shape, "params": params, "nonzero": nonzero,
                      "sparsity": None if not params else 1 - nonzero / params, "bits": bits,
                      "encoding": entry["encoding"] + ("+zstd" if entry.get("zstd") else ""),

@@ -99,6 +99,7 @@ class LayerRecord(_Closed):
     granularity: Granularity = None
     symmetric: bool = None
     input_quant: Optional[InputQuant] = None  # null: weights only
+    tied_to: str = None  # decodes that layer's weight source (a tied weight, coded once)
 
     @pydantic.model_validator(mode="after")
     def _axis_of_the_weight(self) -> "LayerRecord":
@@ -140,6 +141,17 @@ class Quantization(_Closed):
     int8_onnx: str = None
     int8_onnx_weights: SharedWeights = None
 
+    @pydantic.field_validator("layers")
+    @classmethod
+    def _ties_name_a_layer_coded_alike(cls, layers: dict[str, LayerRecord]) -> dict[str, LayerRecord]:
+        for name, record in layers.items():
+            leader = layers.get(record.tied_to) if record.tied_to is not None else None
+            if record.tied_to is not None and (leader is None or leader.tied_to is not None or any(
+                    getattr(leader, key) != getattr(record, key) for key in ("shape", "encoding", "bits"))):
+                raise ValueError(f"{name}.tied_to {record.tied_to!r} must name another layer whose weight is "
+                                 f"coded alike and tied to none")
+        return layers
+
 
 class Structure(_Closed):
     """How the model differs from its architecture (``quantize._layout.describe_structure``)."""
@@ -147,6 +159,9 @@ class Structure(_Closed):
     baked_parametrizations: list[str] = pydantic.Field(default_factory=list)
     folded_batchnorm: dict[str, str] = pydantic.Field(default_factory=dict)
     projected_attention: list[str] = pydantic.Field(default_factory=list)
+    tensorless_norms: dict[str, Annotated[list[Annotated[int, pydantic.Field(ge=1, le=_INT64)]],
+                                          pydantic.Field(min_length=1, max_length=8)]] = (
+        pydantic.Field(default_factory=dict))
 
 
 class Metrics(_Open):

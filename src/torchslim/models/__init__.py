@@ -234,8 +234,12 @@ def check_fits(model: nn.Module, sample: torch.Tensor, num_classes: int) -> list
                      "cast them in forward, e.g. self.embed(x.long())")
         raise ConfigError("model", f"forward pass on data of shape {tuple(sample.shape)} failed: {first}") from None
     if not isinstance(out, torch.Tensor):
+        hint = ""
+        if isinstance(out, (dict, tuple, list)):  # HF-style outputs, (logits, features) pairs
+            hint = ("; let the factory return a wrapper whose forward returns the logits alone, e.g. "
+                    "model(x)['logits'] or model(x)[0]")
         raise ConfigError("model", f"must return one tensor of logits (N, classes); it returned a "
-                                   f"{type(out).__name__}")
+                                   f"{type(out).__name__}{hint}")
     if out.ndim != 2 or out.shape[1] < num_classes:
         raise ConfigError("model", f"outputs shape {tuple(out.shape)} but the data has {num_classes} classes")
     return output_warnings(out, num_classes)

@@ -36,8 +36,9 @@ def _describe_source(source: nn.Module) -> dict[str, Any]:
 
 
 def describe_quantized_layers(model: nn.Module) -> dict[str, dict[str, Any]]:
-    """{layer name: {kind, shape, encoding, bits, granularity, input_quant}} of every QuantizedLayer."""
-    layers = {}
+    """{layer name: {kind, shape, encoding, bits, granularity, input_quant}} of every QuantizedLayer; a layer that
+    decodes another's weight source (a tied weight) names it in ``tied_to``."""
+    layers, first_holder = {}, {}
     for name, module in model.named_modules():
         if not isinstance(module, QuantizedLayer):
             continue
@@ -46,6 +47,9 @@ def describe_quantized_layers(model: nn.Module) -> dict[str, dict[str, Any]]:
         entry = {"kind": module.kind, "shape": shape, **_describe_source(source)}
         q = module.input_quant
         entry["input_quant"] = None if q is None else {"bits": q.bits, "mode": q.mode}
+        leader = first_holder.setdefault(id(source), name)
+        if leader != name:
+            entry["tied_to"] = leader
         layers[name] = entry
     return layers
 
@@ -54,7 +58,8 @@ def describe_structure(model: nn.Module) -> dict[str, Any]:
     """How ``model`` differs in structure from the architecture it was built as, before any tensor is loaded:
     ``baked_parametrizations`` [weights made plain, :mod:`torchslim._parametrized`], ``folded_batchnorm``
     {BatchNorm: the convolution it was folded into}, ``projected_attention`` [attention modules whose projections
-    became Linear modules]. Empty when it does not differ."""
+    became Linear modules], ``tensorless_norms`` (:func:`tensorless_norm_sizes`, whether pruned or not: nothing else
+    records them). Empty when there is nothing to record."""
     structure: dict[str, Any] = {}
     baked = baked_weights(model)
     if baked:
@@ -65,13 +70,40 @@ def describe_structure(model: nn.Module) -> dict[str, Any]:
     projected = [name for name, m in model.named_modules() if isinstance(m, ProjectedMultiheadAttention)]
     if projected:
         structure["projected_attention"] = projected
+    sizes = tensorless_norm_sizes(model)
+    if sizes:
+        structure["tensorless_norms"] = sizes
     return structure
+
+
+def tensorless_norm_sizes(model: nn.Module) -> dict[str, list[int]]:
+    """{name: normalized shape} of each LayerNorm, {name: [channels]} of each GroupNorm without a weight: no stored
+    tensor says their size, which structured pruning changes with the channels they normalize."""
+    sizes = {}
+    for name, m in model.named_modules():
+        if isinstance(m, nn.LayerNorm) and m.weight is None:
+            sizes[name] = list(m.normalized_shape)
+        elif isinstance(m, nn.GroupNorm) and m.weight is None:
+            sizes[name] = [m.num_channels]
+    return sizes
+
+
+def _resize_tensorless_norms_(model: nn.Module, sizes: dict[str, list[int]]) -> None:
+    for name, size in sizes.items():
+        m = model.get_submodule(name) if name else model
+        if isinstance(m, nn.LayerNorm) and m.weight is None:
+            m.normalized_shape = tuple(int(n) for n in size)
+        elif isinstance(m, nn.GroupNorm) and m.weight is None and len(size) == 1:
+            m.num_channels = int(size[0])
+        else:
+            raise ValueError(f"{name or 'the model'} is no LayerNorm or GroupNorm without a weight of that rank")
 
 
 def rebuild_structure_(model: nn.Module, structure: dict[str, Any]) -> None:
     """Give a freshly built model the structure :func:`describe_structure` recorded (shapes follow the tensors)."""
     rebake_(model, list(structure.get("baked_parametrizations", [])))
     refold_(model, dict(structure.get("folded_batchnorm", {})))
+    _resize_tensorless_norms_(model, dict(structure.get("tensorless_norms", {})))
     names = set(structure.get("projected_attention", []))
     missing = names - set(project_attention_(model, names))
     if missing:
@@ -115,14 +147,23 @@ def decode_weight(spec: dict[str, Any], source_state: dict[str, torch.Tensor]) -
 
 def rebuild_quantized_layers_(model: nn.Module, layers: dict[str, dict[str, Any]]) -> None:
     """Replace each described float layer of ``model`` (already at its stored shape) by a QuantizedLayer
-    skeleton whose tensors have the stored shapes; ``load_state_dict`` then fills them in."""
-    for name, spec in layers.items():
+    skeleton whose tensors have the stored shapes; ``load_state_dict`` then fills them in. A layer ``tied_to``
+    another shares that layer's skeleton source, so the reloaded model decodes one tensor for both, as saved."""
+    sources: dict[str, nn.Module] = {}
+    for name, spec in sorted(layers.items(), key=lambda item: "tied_to" in item[1]):  # leaders first
         layer = model.get_submodule(name)
         if layer_kind(layer) != spec["kind"]:
             raise ValueError(f"layer {name} is a {type(layer).__name__}, the artifact stored a {spec['kind']}")
         iq = spec.get("input_quant")
         act = None if iq is None else ActivationFakeQuant(int(iq["bits"]), mode=iq["mode"])
-        set_submodule(model, name, QuantizedLayer(layer, _skeleton_source(spec), act))
+        leader = spec.get("tied_to")
+        if leader is None:
+            source = sources[name] = _skeleton_source(spec)
+        elif leader in sources:
+            source = sources[leader]
+        else:
+            raise ValueError(f"layer {name} is tied to {leader}, which holds no weight source of its own")
+        set_submodule(model, name, QuantizedLayer(layer, source, act))
 
 
 def state_fingerprint(model: nn.Module) -> str:

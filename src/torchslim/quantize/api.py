@@ -11,11 +11,13 @@ from torch import nn
 
 from torchslim._errors import ConfigError
 from torchslim._parametrized import bake_parametrizations_
-from torchslim._tied import tied_reason, tied_weights
+from torchslim._tied import tied_groups, tied_reason, tied_weights
+from torchslim.prune._select import LayerSelector
 from torchslim.quantize._calibrate import calibration_inputs
 from torchslim.quantize._layout import attach_int8_onnx
 from torchslim.quantize._registry import QuantContext, handler_for
-from torchslim.quantize._select import STORES_EMBEDDINGS, check_layers, covers_embeddings, quantizable_layers
+from torchslim.quantize._select import (STORES_EMBEDDINGS, check_layers, covers_embeddings, is_quantizable,
+                                        quantizable_layers)
 from torchslim.quantize.attention import project_attention_
 from torchslim.quantize.config import method_of
 from torchslim.quantize.fallback import choose_fp32_layers
@@ -95,8 +97,10 @@ def quantize_(model: nn.Module, config, *, calibration: Iterable | None = None,
     project_attention_(model)  # attention's projections become Linear modules every method can reach
     check_layers(model, config)
     tied = tied_weights(model)
-    if tied:  # replacing one holder's weight would untie it
-        config = dataclasses.replace(config, ignore=tuple(config.ignore) + tuple(tied))
+    if tied:
+        selector = LayerSelector(model, 0, config.ignore)
+        tied = {name: others for name, others in tied.items() if not selector.is_ignored(name)}  # said as ignored
+        config = dataclasses.replace(config, ignore=tuple(config.ignore) + _tied_left_to_their_leader(model, config))
     ctx = QuantContext(batches=_materialise(calibration, config), finetune=finetune)
     all_layers = set(quantizable_layers(model, embeddings=covers_embeddings(config)))
     metric = None
@@ -119,11 +123,27 @@ def quantize_(model: nn.Module, config, *, calibration: Iterable | None = None,
     else:
         baseline = None
     kept = tuple(sorted(all_layers - set(result.layers)))
+    tied = {name: others for name, others in tied.items() if name not in result.layers and name not in fallback}
     return QuantReport(method=method, layers=result.layers, kept_fp32=kept,
                        fallback=fallback, sensitivity=sensitivity, baseline_metric=baseline, metric=metric,
                        weight_bytes_fp32=result.weight_bytes_fp32, weight_bytes_quantized=result.weight_bytes_quantized,
                        onnx_model=result.onnx_model,
                        float_layers=float_layers(model, method, kept, fallback, config.ignore, tied))
+
+
+def _tied_left_to_their_leader(model: nn.Module, config) -> tuple[str, ...]:
+    """The holders of tied weights the handler must not code on their own: for weight-only and k-means every holder
+    but the first of each tie (the handler gives them the first one's codes), and a whole tie that ``ignore``
+    touches; for the int8 methods, whose kernels read each layer's own weight, every holder."""
+    groups = tied_groups(model)
+    if not covers_embeddings(config):
+        return tuple(name for group in groups for name in group)
+    selector = LayerSelector(model, 0, config.ignore)
+    left = []
+    for group in groups:
+        whole = any(selector.is_ignored(n) or not is_quantizable(model.get_submodule(n), True) for n in group)
+        left.extend(group if whole else group[1:])
+    return tuple(left)
 
 
 _NOT_QUANTIZED = {  # weighted layers no method replaces, and why they stay float
@@ -143,16 +163,14 @@ def float_layers(model: nn.Module, method: str, kept: Iterable[str], fallback: I
     Normalization layers (BatchNorm, LayerNorm, GroupNorm) are not listed: they stay float by design (folded into
     the convolution where int8 kernels need it).
     """
-    from torchslim.prune._select import LayerSelector
-
     selector = LayerSelector(model, 0, ignore)
     reasons = {}
     tied = tied or {}
     for name in kept:
-        if name in tied:
-            reasons[name] = tied_reason(tied[name])
-        elif name in set(fallback):
+        if name in set(fallback):
             reasons[name] = "kept by the accuracy-aware fallback"
+        elif name in tied:
+            reasons[name] = tied_reason(tied[name])
         elif selector.is_ignored(name):
             reasons[name] = "ignored by the config"
         elif method == "dynamic":

@@ -11,23 +11,20 @@ from __future__ import annotations
 
 from torch import nn
 
-from torchslim.quantize._select import set_submodule
 from torchslim.quantize.attention import unproject_attention_
-from torchslim.quantize.modules import QuantizedLayer
+from torchslim.quantize.modules import replace_with_float_
 
 __all__ = ["decode_for_inference_"]
 
 
 def decode_for_inference_(model: nn.Module) -> nn.Module:
     """Replace, in place, every QuantizedLayer without an activation quantizer by the plain float layer it
-    computes as, and projected attention by ``nn.MultiheadAttention`` where it is plain again.
+    computes as (holders of a tied weight tied again), and projected attention by ``nn.MultiheadAttention`` where it is plain again.
 
     Returns:
         ``model`` (in eval mode): outputs are unchanged; the stored codes are gone from it, so save the artifact
         from the model as loaded by ``load_artifact``, not from this one.
     """
-    for name, module in list(model.named_modules()):
-        if isinstance(module, QuantizedLayer) and module.input_quant is None:
-            set_submodule(model, name, module.to_float())
+    replace_with_float_(model, lambda layer: layer.input_quant is None)
     unproject_attention_(model)
     return model.eval()

@@ -221,8 +221,18 @@ def stored_bytes(module: nn.Module) -> int:
 
 def dequantize_model(model: nn.Module) -> nn.Module:
     """Replace every QuantizedLayer of ``model`` (in place) by its float equivalent; returns model."""
+    return replace_with_float_(model, lambda module: True)
+
+
+def replace_with_float_(model: nn.Module, select) -> nn.Module:
+    """Replace (in place) each QuantizedLayer ``select(layer)`` accepts by its float equivalent; layers that decode
+    one weight source (a tied weight) get one float Parameter, tied again. Returns ``model``."""
     from torchslim.quantize._select import set_submodule
+
+    decoded: dict[int, nn.Parameter] = {}
     for name, module in list(model.named_modules()):
-        if isinstance(module, QuantizedLayer):
-            set_submodule(model, name, module.to_float())
+        if isinstance(module, QuantizedLayer) and select(module):
+            layer = module.to_float()
+            layer.weight = decoded.setdefault(id(module.weight_source), layer.weight)
+            set_submodule(model, name, layer)
     return model

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from torchslim._tied import tied_groups
 from torchslim.quantize._registry import HandlerResult, QuantContext, register
 from torchslim.quantize._select import layer_bits, set_submodule
 from torchslim.quantize.codebook import cluster_weight
@@ -11,16 +12,31 @@ from torchslim.quantize.config import KMeansConfig, WeightOnlyConfig
 from torchslim.quantize.modules import CodebookWeight, PackedWeight, QuantizedLayer, stored_bytes
 
 
-def pack_layers_(model: nn.Module, bits: dict[str, int], granularity, symmetric: bool) -> HandlerResult:
-    """Replace each named layer of ``model`` by a QuantizedLayer over a PackedWeight of its bits."""
-    fp32 = quantized = 0
-    for name, b in bits.items():
+def _code_layers_(model: nn.Module, bits: dict[str, int], make_source) -> HandlerResult:
+    """Replace each named layer of ``model`` by a QuantizedLayer over ``make_source(layer, bits)``.
+
+    The other holders of a tied weight (a head reusing the embedding table) decode the same source: one set of
+    codes for one tensor, as the model's author wrote it.
+    """
+    followers = {group[0]: group[1:] for group in tied_groups(model)}
+    bits, fp32, quantized = dict(bits), 0, 0
+    for name, b in list(bits.items()):
         layer = model.get_submodule(name)
-        source = PackedWeight(layer.weight.detach(), b, granularity, symmetric)
+        if isinstance(layer, QuantizedLayer):  # a tied holder already given its leader's codes
+            continue
+        source = make_source(layer, b)
         set_submodule(model, name, QuantizedLayer(layer, source))
         fp32 += layer.weight.numel() * 4
         quantized += stored_bytes(source)
-    return HandlerResult(dict(bits), fp32, quantized)
+        for other in followers.get(name, ()):
+            set_submodule(model, other, QuantizedLayer(model.get_submodule(other), source))
+            bits[other] = b
+    return HandlerResult(bits, fp32, quantized)
+
+
+def pack_layers_(model: nn.Module, bits: dict[str, int], granularity, symmetric: bool) -> HandlerResult:
+    """Replace each named layer of ``model`` by a QuantizedLayer over a PackedWeight of its bits."""
+    return _code_layers_(model, bits, lambda layer, b: PackedWeight(layer.weight.detach(), b, granularity, symmetric))
 
 
 @register(WeightOnlyConfig)
@@ -39,14 +55,12 @@ def quantize_kmeans_(model: nn.Module, config: KMeansConfig, ctx: QuantContext) 
     centroids (and biases), so weights sharing a centroid move together.
     """
     bits = layer_bits(model, config.bits, config.ignore, config.overrides, embeddings=True)
-    fp32 = quantized = 0
-    for name, b in bits.items():
-        layer = model.get_submodule(name)
+
+    def codebook(layer: nn.Module, b: int) -> CodebookWeight:
         centroids, indices = cluster_weight(layer.weight, b, config.iterations)
-        source = CodebookWeight(centroids, indices, b).to(layer.weight.device)
-        set_submodule(model, name, QuantizedLayer(layer, source))
-        fp32 += layer.weight.numel() * 4
-        quantized += stored_bytes(source)
+        return CodebookWeight(centroids, indices, b).to(layer.weight.device)
+
+    result = _code_layers_(model, bits, codebook)
     if config.finetune is not None and ctx.finetune is not None and config.finetune.epochs > 0:
         ctx.finetune(model, config.finetune.epochs, config.finetune.lr)
-    return HandlerResult(bits, fp32, quantized)
+    return result
