@@ -17,17 +17,25 @@ from torchslim.prune._select import LayerSelector
 QUANTIZABLE = (nn.Linear, nn.Conv1d, nn.Conv2d)
 
 
+# Layers only the methods that store weights (:data:`STORES_EMBEDDINGS`) replace: ONNX Runtime has no int8 kernel
+# for a lookup or a transposed convolution, but their weights store in codes as a Linear's do.
+STORED_ONLY = (nn.Embedding, nn.ConvTranspose1d, nn.ConvTranspose2d)
+
+
 def is_quantizable(module: nn.Module, embeddings: bool = False) -> bool:
     """A Linear/Conv1d/Conv2d the quantized layers can replace (convolutions only with zero padding); with
-    ``embeddings``, an ``nn.Embedding`` too (without ``max_norm``, which rescales the table in place at lookup)."""
+    ``embeddings``, an ``nn.Embedding`` (without ``max_norm``, which rescales the table in place at lookup) or a
+    transposed 1-D/2-D convolution too."""
     if embeddings and type(module) is nn.Embedding:
         return module.max_norm is None
+    if embeddings and type(module) in STORED_ONLY:
+        return module.padding_mode == "zeros"
     return isinstance(module, QUANTIZABLE) and getattr(module, "padding_mode", "zeros") == "zeros"
 
 
-# Methods that store embedding tables too: the weight-only ones (packed codes, a codebook) only change how a weight
-# is stored, which a lookup table gains from as a Linear does; int8 methods need a kernel that computes in int8, and
-# a lookup has none.
+# Methods that store embedding tables and transposed convolutions too: the weight-only ones (packed codes, a
+# codebook) only change how a weight is stored, which a lookup table gains from as a Linear does; int8 methods need
+# a kernel that computes in int8, and a lookup has none.
 STORES_EMBEDDINGS = ("weight", "kmeans")
 
 

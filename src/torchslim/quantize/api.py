@@ -16,8 +16,8 @@ from torchslim.prune._select import LayerSelector
 from torchslim.quantize._calibrate import calibration_inputs
 from torchslim.quantize._layout import attach_int8_onnx
 from torchslim.quantize._registry import QuantContext, handler_for
-from torchslim.quantize._select import (STORES_EMBEDDINGS, check_layers, covers_embeddings, is_quantizable,
-                                        quantizable_layers)
+from torchslim.quantize._select import (STORED_ONLY, STORES_EMBEDDINGS, check_layers, covers_embeddings,
+                                        is_quantizable, quantizable_layers)
 from torchslim.quantize.attention import project_attention_
 from torchslim.quantize.config import method_of
 from torchslim.quantize.fallback import choose_fp32_layers
@@ -181,8 +181,8 @@ def float_layers(model: nn.Module, method: str, kept: Iterable[str], fallback: I
         if name in tied:
             reasons[name] = tied_reason(tied[name])
             continue
-        if type(module) is nn.Embedding and method in STORES_EMBEDDINGS:
-            if module.max_norm is not None:
+        if type(module) in STORED_ONLY and method in STORES_EMBEDDINGS:  # the first loop said why, if kept
+            if getattr(module, "max_norm", None) is not None:
                 reasons[name] = "an embedding with max_norm: its lookup rescales the table in place"
             continue
         for kind, why in _NOT_QUANTIZED.items():

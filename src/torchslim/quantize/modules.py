@@ -108,13 +108,19 @@ class ActivationFakeQuant(nn.Module):
         return fake_quantize(x, scale, zp, self.bits)
 
 
+_KINDS = {cls.__name__: cls for cls in (nn.Linear, nn.Conv1d, nn.Conv2d, nn.ConvTranspose1d, nn.ConvTranspose2d,
+                                        nn.Embedding)}
+_CONV = {"Conv1d": F.conv1d, "Conv2d": F.conv2d, "ConvTranspose1d": F.conv_transpose1d,
+         "ConvTranspose2d": F.conv_transpose2d}
+
+
 def layer_kind(layer: nn.Module) -> str:
-    """``Linear``, ``Conv1d``, ``Conv2d`` or ``Embedding`` by isinstance, so subclasses (e.g. attention's
-    out_proj, a NonDynamicallyQuantizableLinear) compute like their base class."""
-    for cls in (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Embedding):
+    """``Linear``, ``Conv1d``, ``Conv2d``, ``ConvTranspose1d``, ``ConvTranspose2d`` or ``Embedding`` by isinstance,
+    so subclasses (e.g. attention's out_proj, a NonDynamicallyQuantizableLinear) compute like their base class."""
+    for name, cls in _KINDS.items():
         if isinstance(layer, cls):
-            return cls.__name__
-    raise TypeError(f"cannot quantize a {type(layer).__name__}; only Linear, Conv1d, Conv2d and Embedding")
+            return name
+    raise TypeError(f"cannot quantize a {type(layer).__name__}; only {', '.join(_KINDS)}")
 
 
 class QuantizedLayer(nn.Module):
@@ -143,6 +149,8 @@ class QuantizedLayer(nn.Module):
                 raise ValueError(f"padding_mode {layer.padding_mode!r} is not supported")
             self.conv_args = dict(stride=layer.stride, padding=layer.padding, dilation=layer.dilation,
                                   groups=layer.groups)
+            if layer.transposed:
+                self.conv_args["output_padding"] = layer.output_padding
 
     @property
     def weight(self) -> torch.Tensor:
@@ -192,8 +200,7 @@ class QuantizedLayer(nn.Module):
             return F.linear(x, w, self.bias)
         if self.kind == "Embedding":
             return F.embedding(x, w, **self.embedding_args)
-        conv = F.conv1d if self.kind == "Conv1d" else F.conv2d
-        return conv(x, w, self.bias, **self.conv_args)
+        return _CONV[self.kind](x, w, self.bias, **self.conv_args)
 
     def to_float(self) -> nn.Module:
         """A plain float layer with the current (dequantized) weight, e.g. for ONNX export."""
@@ -202,10 +209,11 @@ class QuantizedLayer(nn.Module):
             layer = nn.Embedding(w.shape[0], w.shape[1], **self.embedding_args)
         elif self.kind == "Linear":
             layer = nn.Linear(w.shape[1], w.shape[0], bias=self.bias is not None)
-        else:
-            cls = nn.Conv1d if self.kind == "Conv1d" else nn.Conv2d
-            layer = cls(w.shape[1] * self.conv_args["groups"], w.shape[0], w.shape[2:], bias=self.bias is not None,
-                        **self.conv_args)
+        else:  # weight (out, in / groups, *k); transposed (in, out / groups, *k)
+            channels = (w.shape[1] * self.conv_args["groups"], w.shape[0])
+            if self.kind.startswith("ConvTranspose"):
+                channels = channels[::-1]
+            layer = _KINDS[self.kind](*channels, w.shape[2:], bias=self.bias is not None, **self.conv_args)
         layer = layer.to(device=w.device)
         with torch.no_grad():
             layer.weight.copy_(w)
