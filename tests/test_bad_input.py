@@ -237,6 +237,19 @@ def test_labels_no_sample_has_are_warned_of(tmp_path):
                         "are numbered 0 to 5, so the model gets 6 outputs and no sample trains 3 of them")
 
 
+def test_top5_on_five_classes_or_fewer_is_refused(tmp_path):
+    # every sample would count as right: a metric, a drop and constraints that say nothing
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "five.npz", x=rng.random((60, 1, 8, 8), dtype=np.float32), y=np.arange(60) % 5)
+    np.savez(tmp_path / "six.npz", x=rng.random((60, 1, 8, 8), dtype=np.float32), y=np.arange(60) % 6)
+    domain = DOMAIN + "metric: top5\n"
+    assert rejected(tmp_path, domain=domain.replace("source: digits", "source: 'npz:five.npz'")) == (
+        "domain.yaml: metric: top5 needs more than 5 classes, the data has 5: every sample would count as right; "
+        "use accuracy")
+    (tmp_path / "domain.yaml").write_text(domain.replace("source: digits", "source: 'npz:six.npz'"))
+    assert run_cli(tmp_path, "check", "recipe.yaml")[0] == 0
+
+
 def test_a_factory_given_a_class_count_or_input_shape_no_data_has(tmp_path):
     # torch builds a zero-width Linear with only a warning; the error is one line, with no warning before it
     (tmp_path / "classes_mod.py").write_text(

@@ -14,6 +14,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from torchslim._errors import ConfigError
+
 Predict = Callable[[torch.Tensor], torch.Tensor]  # (N, *input_shape) -> (N, classes)
 
 LATENCY_BATCHES = {"batch_1": 1, "batch_64": 64}
@@ -36,6 +38,14 @@ def top_classes(logits: torch.Tensor, k: int = 1) -> torch.Tensor:
     it. Why: an int8 graph's quantized logits tie often, and ``topk`` breaks ties its own way, so a metric
     computed with it need not be what the user's own ``argmax`` gets from the same file."""
     return torch.sort(logits, dim=1, descending=True, stable=True).indices[:, :min(k, logits.shape[1])]
+
+
+def check_metric_fits(metric: str, num_classes: int) -> None:
+    """Refuse top-5 accuracy on data of five classes or fewer: every sample would count as right, so the metric,
+    its drop and every constraint on them would say nothing."""
+    if metric == "top5" and num_classes <= 5:
+        raise ConfigError("metric", f"top5 needs more than 5 classes, the data has {num_classes}: every sample "
+                                    f"would count as right; use accuracy")
 
 
 @torch.no_grad()

@@ -25,7 +25,7 @@ from torchslim.data import Splits, load_splits
 from torchslim.data._sources import unnamed_labels
 from torchslim.distributed import is_distributed, is_main, local_device, rank_digests
 from torchslim.domain import Domain
-from torchslim.evaluate import check_constraints, count_params, measure, size_bytes
+from torchslim.evaluate import check_constraints, check_metric_fits, count_params, measure, size_bytes
 from torchslim.models import build_model, check_fits, data_kwargs_asked, input_shape_of, with_data_kwargs
 from torchslim.recipe import Recipe
 from torchslim.stages import STAGES
@@ -141,6 +141,7 @@ def prepare(recipe: Recipe, *, log: Callable[[str], None] = _log_stderr, model: 
         if splits is None:
             splits = load_splits(domain.data, base_dir=domain.base_dir, input_shape=input_shape_of(model))
         warnings = check_fits(model, splits.train.tensors[0][:2], splits.num_classes)
+        check_metric_fits(domain.metric, splits.num_classes)
     except ConfigError as exc:
         raise exc.within(source=domain.source) from None
     where = f"{domain.source}: " if domain.source else ""
@@ -586,6 +587,7 @@ def evaluate_artifact(path: str | Path, domain: Domain, *, trust_code: bool = Fa
         declared = input_shape_of(model) or _given_input_shape(manifest["architecture"].get("kwargs", {}))
         splits = load_splits(domain.data, base_dir=domain.base_dir, input_shape=declared)
         check_fits(model, splits.test.tensors[0][:2], splits.num_classes)
+        check_metric_fits(domain.metric, splits.num_classes)
     except ConfigError as exc:
         raise exc.within(source=domain.source) from None
     recorded, given = manifest.get("labels"), list(splits.labels)
