@@ -46,6 +46,9 @@ def test_weight_only_and_kmeans_code_a_tied_weight_once_for_every_holder(config,
     torch.testing.assert_close(model.head.weight, model.embed.weight, rtol=0, atol=0)
     assert float((model.embed.weight.detach() - table).abs().max()) < 0.5 * float(table.abs().max())  # the table
     assert report.weight_bytes_fp32 == 4 * (12 * 16 + 16 * 16 + 3 * 12)  # the table counted once
+    from torchslim.evaluate import count_params
+
+    assert count_params(model)[0] == sum(p.numel() for p in _model().parameters())
     with torch.no_grad():
         expected = model(x)
 

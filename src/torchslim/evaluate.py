@@ -78,13 +78,18 @@ def count_params(model: nn.Module) -> tuple[int, int]:
 
     A layer that computes its weight from an encoding (packed integer codes, a codebook) exposes the encoder as
     ``weight_source``: its weight counts as ``prod(shape)`` parameters (nonzero: those that decode to nonzero),
-    the encoder's own parameters (codebook entries) not at all.
+    the encoder's own parameters (codebook entries) not at all; a source several layers decode (a tied weight)
+    counts once, as a tied Parameter does.
     """
     total = nonzero = 0
     counted: set[int] = set()
+    from torchslim.quantize.modules import weight_sources_of
+
     for module in model.modules():
-        source = getattr(module, "weight_source", None)
-        if isinstance(source, nn.Module):
+        for source in weight_sources_of(module):
+            if id(source) in counted:
+                continue
+            counted.add(id(source))
             w = source()
             total, nonzero = total + w.numel(), nonzero + int(torch.count_nonzero(w))
             counted |= {id(p) for p in source.parameters()}

@@ -405,3 +405,31 @@ def test_unmatched_override_is_an_error():
     with pytest.raises(ConfigError) as err:
         prune_(LeNet5(), StructuredConfig(sparsity=0.5, overrides={"fc3": 0.2}), example_inputs=torch.randn(*X8))
     assert err.value.field == "overrides.fc3"
+
+
+class _AroundRecurrent(nn.Module):
+    """Linear -> a 2-layer bidirectional recurrent layer -> mean -> Linear -> head."""
+
+    def __init__(self, kind: str):
+        super().__init__()
+        self.inp = nn.Linear(8, 16)
+        self.rnn = getattr(nn, kind)(16, 12, num_layers=2, bidirectional=True, batch_first=True)
+        self.fc, self.head = nn.Linear(24, 32), nn.Linear(32, 3)
+
+    def forward(self, x):  # (N, 6, 8)
+        h, _ = self.rnn(torch.relu(self.inp(x)))
+        return self.head(torch.relu(self.fc(h.mean(1))))
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN"])
+def test_a_recurrent_layer_keeps_its_widths_and_the_rest_is_cut(kind):
+    # torch-pruning's trace of a stacked bidirectional LSTM failed on its inner concatenations (every structured
+    # and activation cut of such a model stopped); the layer now traces as one node whose widths are fixed
+    torch.manual_seed(0)
+    model, x = _AroundRecurrent(kind).eval(), torch.randn(10, 6, 8)
+    report = prune_(model, StructuredConfig(sparsity=0.5), example_inputs=x)
+    assert (model.inp.out_features, model.fc.out_features) == (16, 16)  # inp feeds the recurrent layer: whole
+    assert report.notes == ("kept whole: inp (their channels feed or leave rnn, a recurrent layer, whose widths are "
+                            "not cut)",)
+    assert report.unpruned["rnn"] == "a recurrent layer: its gates are not pruned"
+    assert model(x).shape == (10, 3) and "forward" not in vars(model.rnn)  # its own forward is back

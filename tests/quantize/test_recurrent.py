@@ -1,49 +1,126 @@
-"""Recurrent layers through int8: left float and named, and their weights stored once although the ONNX graph
-holds them with its own gate order."""
-
-import importlib.util
+"""Weight-only and k-means quantization store recurrent layers' matrices in codes; torch's kernel runs them."""
 
 import pytest
 import torch
+from torch import nn
 
-from torchslim.artifact import load_artifact, read_manifest, save_artifact
-from torchslim.quantize import CalibrationConfig, StaticConfig, quantize_
+from torchslim.artifact import load_artifact, save_artifact
+from torchslim.evaluate import count_params
+from torchslim.quantize import KMeansConfig, StaticConfig, WeightOnlyConfig, quantize_
+from torchslim.quantize.deploy import decode_for_inference_
+from torchslim.quantize.modules import QuantizedRecurrent
 
-requires_ort = pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None, reason="needs onnxruntime")
+
+class Seq(nn.Module):
+    """(N, 6, 8) sequences -> a 2-layer bidirectional recurrent layer -> mean over the steps -> 3 classes."""
+
+    def __init__(self, kind: str = "LSTM"):
+        super().__init__()
+        self.rnn = getattr(nn, kind)(8, 16, num_layers=2, batch_first=True, bidirectional=True)
+        self.head = nn.Linear(32, 3)
+
+    def forward(self, x):
+        out, _ = self.rnn(x)
+        return self.head(out.mean(1))
 
 
-class Recurrent(torch.nn.Module):
-    """Rows of an 8x8 image through a two-layer GRU and a bidirectional LSTM."""
+def _model(kind, seed=0):
+    torch.manual_seed(seed)
+    return Seq(kind).eval()
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN"])
+@pytest.mark.parametrize("config", [KMeansConfig(bits=4, finetune=None), WeightOnlyConfig(bits=4)],
+                         ids=["kmeans", "weight"])
+def test_recurrent_matrices_are_stored_in_codes_and_run_by_torchs_kernel(kind, config, tmp_path):
+    model, x = _model(kind), torch.randn(5, 6, 8)
+    matrices = {n: p.detach().clone() for n, p in model.rnn.named_parameters() if n.startswith("weight_")}
+    assert len(matrices) == 8
+    report = quantize_(model, config)
+    assert set(report.layers) == {"rnn", "head"} and not report.float_layers
+    assert isinstance(model.rnn, QuantizedRecurrent) and set(model.rnn.weight_sources) == set(matrices)
+    assert not any(k.rpartition(".")[2] in matrices for k in model.state_dict())  # no float matrix is kept
+    fp32 = sum(m.numel() * 4 for m in matrices.values()) + 32 * 3 * 4
+    assert report.weight_bytes_fp32 == fp32 and report.weight_bytes_quantized < fp32 / 5
+    decoded = {n: s().detach() for n, s in model.rnn.weight_sources.items()}
+    for name, before in matrices.items():
+        assert float((decoded[name] - before).abs().max()) < 0.3 * float(before.abs().max())
+    plain = _model(kind, seed=1)  # torch's own layer with the decoded matrices computes the same
+    plain.load_state_dict({**{f"rnn.{n}": w for n, w in decoded.items()},
+                           **{f"rnn.{k}": v for k, v in model.rnn.rnn.state_dict().items()},
+                           **{f"head.{k}": v for k, v in model.head.to_float().state_dict().items()}})
+    with torch.no_grad():
+        expected = model(x)
+        torch.testing.assert_close(plain(x), expected, rtol=0, atol=1e-6)
+
+    path = save_artifact(model, tmp_path / "a", architecture={"module": "test_recurrent:Seq"})
+    loaded, _ = load_artifact(path, model=_model(kind, seed=2))
+    assert isinstance(loaded.rnn, QuantizedRecurrent)
+    assert count_params(loaded)[0] == count_params(_model(kind))[0]  # each matrix by its logical elements
+    served = decode_for_inference_(loaded)
+    assert type(served.rnn) is getattr(nn, kind)
+    assert [n for n, _ in served.rnn.named_parameters()] == [n for n, _ in _model(kind).rnn.named_parameters()]
+    with torch.no_grad():
+        torch.testing.assert_close(served(x), expected, rtol=0, atol=1e-6)
+
+    from torchslim.artifact._inspect import describe_artifact
+
+    described = describe_artifact(path)
+    rows = {row["name"]: row for row in described["layers"]}
+    assert (rows["rnn.weight_ih_l1"]["params"], rows["rnn.weight_ih_l1"]["bits"]) == (matrices["weight_ih_l1"].numel(), 4)
+    assert described["totals"]["params"] == count_params(_model(kind))[0]
+
+
+def test_kmeans_fine_tuning_moves_the_centroids_through_the_recurrent_kernel():
+    model, x, y = _model("LSTM"), torch.randn(16, 6, 8), torch.randint(0, 3, (16,))
+
+    def finetune(m, epochs, lr):
+        optimizer = torch.optim.SGD(m.parameters(), lr=lr)
+        m.train()
+        for _ in range(epochs):
+            optimizer.zero_grad()
+            nn.functional.cross_entropy(m(x), y).backward()
+            optimizer.step()
+
+    quantize_(model, KMeansConfig(bits=3, finetune=None))
+    before = {n: s.centroids.detach().clone() for n, s in model.rnn.weight_sources.items()}
+    codes = {n: s.indices().clone() for n, s in model.rnn.weight_sources.items()}
+    finetune(model, 3, 0.5)
+    for name, source in model.rnn.weight_sources.items():
+        assert not torch.equal(source.centroids, before[name])  # trained ...
+        assert torch.equal(source.indices(), codes[name])  # ... and the assignment kept
+        assert torch.unique(source().detach()).numel() <= 8
+
+
+def test_static_int8_keeps_a_recurrent_layer_float_and_says_why():
+    model, x = _model("GRU"), torch.randn(16, 6, 8)
+    report = quantize_(model, StaticConfig(), calibration=[x])
+    assert report.float_layers["rnn"] == ("a recurrent layer: the int8 methods keep its gates float (weight-only and "
+                                          "k-means store them in codes)")
+
+
+class TokenLSTM(nn.Module):
+    """Token ids -> embedding -> LSTM -> a head tied to the embedding table (a language model's shape)."""
 
     def __init__(self):
         super().__init__()
-        self.gru = torch.nn.GRU(8, 16, num_layers=2, batch_first=True)
-        self.lstm = torch.nn.LSTM(16, 12, batch_first=True, bidirectional=True)
-        self.head = torch.nn.Linear(24, 10)
+        self.embed, self.lstm = nn.Embedding(20, 12), nn.LSTM(12, 12, batch_first=True)
+        self.head = nn.Linear(12, 20, bias=False)
+        self.head.weight = self.embed.weight
 
-    def forward(self, x):  # (N, 8, 8)
-        return self.head(self.lstm(self.gru(x)[0])[0][:, -1])
+    def forward(self, x):
+        return self.head(self.lstm(self.embed(x))[0][:, -1])
 
 
-@requires_ort
-def test_recurrent_weights_are_stored_once_in_an_int8_artifact(tmp_path):
-    from torchslim.export.runtime import OrtSession
-    from torchslim.quantize._layout import compact_onnx, int8_onnx_of
-
+def test_a_recurrent_layer_beside_a_tied_weight_reloads(tmp_path):
     torch.manual_seed(0)
-    model = Recurrent().eval()
-    batches = [(torch.randn(16, 8, 8), torch.randint(0, 10, (16,))) for _ in range(2)]
-    report = quantize_(model, StaticConfig(calibration=CalibrationConfig(batches=2)), calibration=batches)
-    assert set(report.float_layers) == {"gru", "lstm"} and set(report.layers) == {"head"}
-    path = save_artifact(model, tmp_path / "a", architecture={"module": "test_recurrent.Recurrent"},
-                         extra={"input_shape": [8, 8]})
-    shared = read_manifest(path)["quantization"]["int8_onnx_weights"]["initializers"].values()
-    # W, R and B of each of the GRU's two layers and of the LSTM's one (both directions in one initializer)
-    assert sorted((s["rnn"], s["rnn_layer"], s["part"]) for s in shared if "rnn" in s) == [
-        ("gru", layer, part) for layer in (0, 1) for part in "BRW"] + [("lstm", 0, part) for part in "BRW"]
-    recurrent_bytes = sum(p.numel() * 4 for n, p in model.named_parameters() if not n.startswith("head"))
-    assert (path / "model.int8.onnx.zst").stat().st_size < recurrent_bytes / 4  # the graph, not its weights
-    loaded, _ = load_artifact(path, model=Recurrent())
-    assert int8_onnx_of(loaded) == compact_onnx(int8_onnx_of(model))  # rebuilt from the state dict, exactly
-    x = torch.randn(5, 8, 8)
-    assert torch.equal(OrtSession(int8_onnx_of(loaded), 1)(x), OrtSession(int8_onnx_of(model), 1)(x))
+    model, x = TokenLSTM().eval(), torch.randint(0, 20, (4, 5))
+    report = quantize_(model, WeightOnlyConfig(bits=8))
+    assert set(report.layers) == {"embed", "lstm", "head"}
+    with torch.no_grad():
+        expected = model(x)
+    path = save_artifact(model, tmp_path / "a", architecture={"module": "test_recurrent:TokenLSTM"})
+    loaded, _ = load_artifact(path, model=TokenLSTM())
+    assert loaded.head.weight_source is loaded.embed.weight_source
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), expected, rtol=0, atol=0)

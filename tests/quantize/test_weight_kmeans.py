@@ -155,11 +155,10 @@ class _RowGRU(torch.nn.Module):
         return self.head(self.gru(x)[0][:, -1])
 
 
-def test_a_recurrent_layer_is_named_as_left_float():
+def test_a_recurrent_layer_is_coded_too():  # its matrices each get a codebook (tests/quantize/test_recurrent.py)
     model = _RowGRU().eval()
     report = quantize_(model, KMeansConfig(bits=4))
-    assert report.layers == {"head": 4}
-    assert report.float_layers == {"gru": "a recurrent layer: no method here quantizes its gates"}
+    assert report.layers == {"gru": 4, "head": 4} and report.float_layers == {}
 
 
 def _cached_layer():

@@ -113,6 +113,21 @@ class PixelTokenAttention(nn.Module):
         return self.head(h.mean(1))  # (N, classes)
 
 
+class RowLSTM(nn.Module):
+    """The image's rows as a sequence of 8 steps: a 2-layer bidirectional LSTM, mean over the steps, head."""
+
+    input_shape = (1, 8, 8)
+
+    def __init__(self, num_classes: int = 10, hidden: int = 48, layers: int = 2):
+        super().__init__()
+        self.lstm = nn.LSTM(8, hidden, num_layers=layers, batch_first=True, bidirectional=True)
+        self.head = nn.Linear(2 * hidden, num_classes)
+
+    def forward(self, x):  # (N, 1, 8, 8)
+        h, _ = self.lstm(x.flatten(1, 2))  # (N, 8 rows, 2 * hidden)
+        return self.head(h.mean(1))
+
+
 def build_resnet(num_classes: int = 10, width: int = 32) -> ResidualCNN:
     return ResidualCNN(num_classes, width)
 
@@ -137,5 +152,9 @@ def build_encoder(num_classes: int = 10, d_model: int = 256, heads: int = 4, ffn
     return RowTransformer(num_classes, d_model, heads, ffn, layers)
 
 
+def build_lstm(num_classes: int = 10, hidden: int = 48, layers: int = 2) -> RowLSTM:
+    return RowLSTM(num_classes, hidden, layers)
+
+
 FACTORIES = {"resnet": build_resnet, "conv1d": build_conv1d, "transformer": build_transformer,
-             "tokens": build_tokens, "encoder": build_encoder}
+             "tokens": build_tokens, "encoder": build_encoder, "lstm": build_lstm}

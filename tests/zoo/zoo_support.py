@@ -28,7 +28,12 @@ ZOO = {
 LARGE = {
     "encoder": ({}, 8, 5e-4),
 }
-MODELS = {**ZOO, **LARGE}
+# models benchmarks/architectures.py runs every method on, left out of the unit tests' time (their mechanics are
+# tested on their own: tests/quantize/test_recurrent.py)
+EXTRA = {
+    "lstm": ({}, 8, 5e-3),
+}
+MODELS = {**ZOO, **LARGE, **EXTRA}
 
 QUANT = ("static", "dynamic", "weight", "kmeans", "qat")
 PRUNE = ("magnitude", "activation", "structured")

@@ -140,6 +140,21 @@ def _read_payload(folder: Path, version: int = ARTIFACT_VERSION) -> tuple[dict[s
     return body, data, len(blob) - len(data)
 
 
+def _packed_codes(key: str, layers: dict[str, dict[str, Any]]) -> tuple[int, int] | None:
+    """(bits, codes) of a quantized layer's bit-packed codes stored under ``key`` (a recurrent layer's matrix's
+    too), so that the codec may store the codes another way; None for any other tensor."""
+    owner, _, leaf = key.rpartition(".weight_source.")
+    spec, shape = layers.get(owner), None
+    if spec is not None and leaf == "packed":
+        shape = spec.get("shape")
+    elif ".weight_sources." in key:
+        layer, _, rest = key.partition(".weight_sources.")
+        matrix, _, leaf = rest.partition(".")
+        spec = layers.get(layer)
+        shape = (spec.get("weights") or {}).get(matrix) if spec is not None and leaf == "packed" else None
+    return None if shape is None else (int(spec["bits"]), int(torch.Size(shape).numel()))
+
+
 def _encode_state(state: dict[str, torch.Tensor], layers: dict[str, dict[str, Any]], compress: bool = True,
                   entropy: bool = True) -> tuple[dict[str, dict[str, Any]], bytes, bool]:
     """(tensor table, tensor data, whether the data is one zstd frame) in the order of the sorted keys."""
@@ -147,11 +162,8 @@ def _encode_state(state: dict[str, torch.Tensor], layers: dict[str, dict[str, An
     fast = sum(t.numel() * t.element_size() for t in state.values()) >= 4 * LARGE
     for key in sorted(state):
         t = state[key]
-        owner, _, leaf = key.rpartition(".weight_source.")
-        packed = None
-        if owner in layers and leaf == "packed":
-            packed = (int(layers[owner]["bits"]), int(torch.Size(layers[owner]["shape"]).numel()))
-        entry, data, before = encode_tensor(t, packed, compress=compress, entropy=entropy, fast=fast)
+        entry, data, before = encode_tensor(t, _packed_codes(key, layers), compress=compress, entropy=entropy,
+                                            fast=fast)
         table[key] = {"shape": list(t.shape), "dtype": dtype_name(t.dtype), **entry, "bytes": len(data)}
         stored.append(data)
         inflated.append(before)

@@ -19,9 +19,13 @@ _STATISTICS = ("running_mean", "running_var", "num_batches_tracked")  # BatchNor
 
 
 def _owner(key: str) -> str:
-    """The module a state-dict key belongs to (``fc1.weight_source.packed`` -> ``fc1``)."""
+    """The module a state-dict key belongs to (``fc1.weight_source.packed`` -> ``fc1``); a recurrent layer's matrix
+    is its own row (``lstm.weight_sources.weight_ih_l0.packed`` -> ``lstm.weight_ih_l0``)."""
     if ".weight_source." in key:
         return key.split(".weight_source.")[0]
+    if ".weight_sources." in key:
+        layer, _, rest = key.partition(".weight_sources.")
+        return f"{layer}.{rest.partition('.')[0]}"
     return key.rpartition(".")[0] or key
 
 
@@ -37,23 +41,35 @@ def _is_parameter(key: str, tensor: torch.Tensor) -> bool:
     return tensor.is_floating_point() and leaf not in _STATISTICS and not owner.endswith("input_quant")
 
 
+def _quantized_spec(owner: str, layers: dict[str, Any]) -> tuple[dict[str, Any], str] | None:
+    """(the description of the quantized weight a row shows, the prefix of its source's keys), or None."""
+    if owner in layers and layers[owner].get("weights") is None:
+        return layers[owner], f"{owner}.weight_source."
+    layer, _, matrix = owner.rpartition(".")
+    weights = layers.get(layer, {}).get("weights") or {}
+    if matrix in weights:  # a recurrent layer's matrix
+        return {**layers[layer], "shape": weights[matrix]}, f"{layer}.weight_sources.{matrix}."
+    return None
+
+
 def _layer_weight(owner: str, keys: list[str], state: dict[str, torch.Tensor], layers: dict[str, Any],
-                  tied: dict[str, str]) -> tuple[str, torch.Tensor | None]:
+                  tied: dict[str, str]) -> tuple[str, torch.Tensor | None, int | None]:
     """(the table key that stores the layer's weight, its decoded float value or None: none stored, or a tied
-    weight, counted with the layer that stores it)."""
+    weight, counted with the layer that stores it; its bits when quantized)."""
     if owner in layers and "tied_to" in layers[owner] or f"{owner}.weight" in tied:
-        return keys[0], None
-    if owner in layers:
-        prefix = f"{owner}.weight_source."
+        return keys[0], None, None
+    quantized = _quantized_spec(owner, layers)
+    if quantized is not None:
+        spec, prefix = quantized
         from torchslim.quantize._layout import decode_weight
 
         source_state = {k[len(prefix):]: state[k] for k in keys if k.startswith(prefix)}
         stored = next((f"{prefix}{leaf}" for leaf in ("packed", "weight") if f"{prefix}{leaf}" in state), keys[0])
-        return stored, decode_weight(layers[owner], source_state)
+        return stored, decode_weight(spec, source_state), int(spec["bits"])
     key = f"{owner}.weight"
     if key in state and state[key].is_floating_point():
-        return key, state[key]
-    return keys[0], None
+        return key, state[key], None
+    return keys[0], None, None
 
 
 def describe_artifact(path: str | Path) -> dict[str, Any]:
@@ -77,7 +93,7 @@ def describe_artifact(path: str | Path) -> dict[str, Any]:
     rows, total, total_nonzero = [], 0, 0
     for owner, keys in sorted(groups.items(), key=lambda item: _natural(item[0])):
         try:
-            weight_key, weight = _layer_weight(owner, keys, state, layers, manifest.get("tied", {}))
+            weight_key, weight, quantized_bits = _layer_weight(owner, keys, state, layers, manifest.get("tied", {}))
         except (KeyError, ValueError, RuntimeError, TypeError, IndexError) as exc:
             raise ArtifactError(folder, f"layer {owner}: the stored tensors do not fit its description "
                                         f"({' '.join(str(exc).split())[:120]})") from None
@@ -86,12 +102,11 @@ def describe_artifact(path: str | Path) -> dict[str, Any]:
             shape, params, nonzero = list(weight.shape), weight.numel(), int(torch.count_nonzero(weight))
         else:
             shape, params, nonzero = entry["shape"], None, None
-        others = [k for k in keys if ".weight_source." not in k and (weight is None or k != weight_key)]
+        others = [k for k in keys if ".weight_source" not in k and (weight is None or k != weight_key)]
         total += (params or 0) + sum(state[k].numel() for k in others if _is_parameter(k, state[k]))
         total_nonzero += (nonzero or 0) + sum(int(torch.count_nonzero(state[k])) for k in others
                                               if _is_parameter(k, state[k]))
-        bits = layers[owner]["bits"] if owner in layers and weight is not None else (
-            getattr(torch, entry["dtype"]).itemsize * 8)
+        bits = quantized_bits if quantized_bits is not None else getattr(torch, entry["dtype"]).itemsize * 8
         rows.append({"name": owner, "shape": shape, "params": params, "nonzero": nonzero,
                      "sparsity": None if not params else 1 - nonzero / params, "bits": bits,
                      "encoding": entry["encoding"] + ("+zstd" if entry.get("zstd") else ""),

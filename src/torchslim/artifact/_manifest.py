@@ -100,12 +100,17 @@ class LayerRecord(_Closed):
     symmetric: bool = None
     input_quant: Optional[InputQuant] = None  # null: weights only
     tied_to: str = None  # decodes that layer's weight source (a tied weight, coded once)
+    # a recurrent layer's matrices, each coded alike, instead of one ``shape``
+    weights: dict[str, Annotated[list[Count], pydantic.Field(min_length=2)]] = None
 
     @pydantic.model_validator(mode="after")
     def _axis_of_the_weight(self) -> "LayerRecord":
+        if self.shape is not None and self.weights is not None:
+            raise ValueError("give a weight's 'shape' or a recurrent layer's 'weights', not both")
         axis = self.granularity.axis if self.granularity is not None else None
-        if axis is not None and self.shape is not None and axis >= len(self.shape):
-            raise ValueError(f"granularity.axis {axis} is no axis of a weight of shape {self.shape}")
+        for shape in [self.shape] if self.weights is None else self.weights.values():
+            if axis is not None and shape is not None and axis >= len(shape):
+                raise ValueError(f"granularity.axis {axis} is no axis of a weight of shape {shape}")
         return self
 
 

@@ -56,11 +56,11 @@ def to_onnx_proto(model: nn.Module, example_input: torch.Tensor | Sequence[torch
     Returns:
         onnx.ModelProto with inputs named by :func:`input_names` and outputs ``output``/``output_i``.
     """
-    from torchslim.quantize.modules import QuantizedLayer, dequantize_model
+    from torchslim.quantize.modules import QuantizedLayer, QuantizedRecurrent, dequantize_model
 
     args = tuple(t.detach().cpu() for t in _as_tuple(example_input))
     model = copy.deepcopy(model).cpu().eval()
-    if any(isinstance(m, QuantizedLayer) for m in model.modules()):
+    if any(isinstance(m, (QuantizedLayer, QuantizedRecurrent)) for m in model.modules()):
         dequantize_model(model)
     if dynamic_batch and args[0].shape[0] == 1:
         # torch.export specialises size-1 dimensions; a batch of 2 keeps the axis symbolic

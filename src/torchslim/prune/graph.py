@@ -6,8 +6,9 @@ A *unit* is what one importance score ranks and one cut removes:
   to them (residual adds, concatenations, flatten, BatchNorm, the next layers' inputs);
 * a :class:`HeadUnit`: the heads of one :class:`PrunableMultiheadAttention`.
 
-Never units: channels that reach the model's output (the classes) and the residual stream of a transformer
-(``d_model``), which is every group coupled to an attention module's embedding dimension.
+Never units: channels that reach the model's output (the classes), the residual stream of a transformer
+(``d_model``), which is every group coupled to an attention module's embedding dimension, and the inputs and
+outputs of a recurrent layer (RNN, LSTM, GRU), whose gates are not cut.
 """
 
 from __future__ import annotations
@@ -52,6 +53,66 @@ class _EmbedDimIsFixed(tp.pruner.function.BasePruningFunc):
 
     def get_in_channels(self, layer):
         return layer.embed_dim
+
+
+class _WidthsAreFixed(tp.pruner.function.BasePruningFunc):
+    """Shows the graph a recurrent layer as one layer whose input and output widths are never cut (torch-pruning's
+    own LSTM pruning handles one unidirectional layer, and cuts its input-to-hidden matrices on the wrong axis)."""
+
+    def prune_out_channels(self, layer, idxs):
+        raise RuntimeError("a recurrent layer's widths are never pruned")
+
+    prune_in_channels = prune_out_channels
+
+    def get_out_channels(self, layer):
+        return (layer.proj_size or layer.hidden_size) * (2 if layer.bidirectional else 1)
+
+    def get_in_channels(self, layer):
+        return layer.input_size
+
+
+class _RunWhole(torch.autograd.Function):
+    """A recurrent layer's forward as one autograd node whose inputs are the layer's inputs: its trace then does
+    not wander through the layer's internal concatenations (of directions and layers), which torch-pruning cannot
+    size. Tracing only: no gradient flows back through it."""
+
+    @staticmethod
+    def forward(ctx, forward, x, *hx):
+        out, state = forward(x, (hx if len(hx) > 1 else hx[0]) if hx else None)
+        return (out, *(state if isinstance(state, tuple) else (state,)))
+
+    @staticmethod
+    def backward(ctx, *grads):
+        return (None,) * (len(ctx.needs_input_grad))
+
+
+class _RecurrentAsOneNode:
+    """Within it, each RNN / LSTM / GRU of ``model`` given a plain tensor runs as one node (:class:`_RunWhole`)."""
+
+    def __init__(self, model: nn.Module):
+        self.layers = [m for m in model.modules() if isinstance(m, nn.RNNBase)]
+
+    def __enter__(self):
+        for layer in self.layers:
+            layer.forward = self._whole(layer)
+        return self
+
+    def __exit__(self, *exc):
+        for layer in self.layers:
+            del layer.forward
+
+    @staticmethod
+    def _whole(layer: nn.RNNBase):
+        forward = type(layer).forward.__get__(layer)
+
+        def run(x, hx=None):
+            if not isinstance(x, torch.Tensor):  # a PackedSequence: as torch runs it
+                return forward(x, hx)
+            states = () if hx is None else (hx if isinstance(hx, tuple) else (hx,))
+            out, *state = _RunWhole.apply(forward, x, *states)
+            return out, (tuple(state) if isinstance(layer, nn.LSTM) else state[0])
+
+        return run
 
 
 class _ChannelConcats(TorchFunctionMode):
@@ -113,10 +174,12 @@ def build_graph(model: nn.Module, example_inputs) -> tp.DependencyGraph:
     """Trace ``model`` on ``example_inputs`` (one batch) into a dependency graph."""
     was_training = model.training
     concats = _ChannelConcats()
-    with torch.enable_grad(), concats:
+    fixed = _WidthsAreFixed()
+    with torch.enable_grad(), concats, _RecurrentAsOneNode(model):
         graph = tp.DependencyGraph().build_dependency(
             model, example_inputs=example_inputs, verbose=False,
-            customized_pruners={PrunableMultiheadAttention: _EmbedDimIsFixed()})
+            customized_pruners={PrunableMultiheadAttention: _EmbedDimIsFixed(), nn.RNN: fixed, nn.LSTM: fixed,
+                                nn.GRU: fixed})
     _map_channel_concats(graph, concats.widths)
     model.train(was_training)
     return graph
@@ -274,20 +337,26 @@ def _channels(layer: nn.Module, out: bool) -> int:
 
 
 def channel_units(model: nn.Module, graph: tp.DependencyGraph, selector: LayerSelector,
-                  untraced: list[str] | None = None, reaching_tied: dict[str, list[str]] | None = None
-                  ) -> list[ChannelUnit]:
+                  untraced: list[str] | None = None, reaching_tied: dict[str, list[str]] | None = None,
+                  reaching_recurrent: dict[str, list[str]] | None = None) -> list[ChannelUnit]:
     """The prunable channel groups of ``model`` not excluded by ``selector``. A group whose trace is not
     consistent (:func:`_traced_consistently`) is left whole and its layers' names appended to ``untraced``; one
     that reaches a layer with a tied weight (:func:`torchslim._tied.tied_weights`) is left whole and its layers
-    put in ``reaching_tied`` with the tied layers they reach."""
+    put in ``reaching_tied`` with the tied layers they reach; so is one that feeds or reads a recurrent layer, in
+    ``reaching_recurrent``."""
     names = {m: n for n, m in model.named_modules()}
     tied = {model.get_submodule(n) for n in tied_weights(model)}  # cutting their channels would untie them
     units = []
     for group in graph.get_all_groups(root_module_types=CHANNEL_LAYERS):
-        if any(dep.target.type == OPTYPE.CUSTOMIZED for dep, _ in group):
-            continue  # coupled to an attention module's embed dim: the residual stream
         producers = [(names[dep.target.module], dep.target.module) for dep, _ in group
                      if _is_out(graph, dep) and isinstance(dep.target.module, CHANNEL_LAYERS)]
+        fixed = [dep.target.module for dep, _ in group if dep.target.type == OPTYPE.CUSTOMIZED]
+        if fixed:  # coupled to an attention module's embed dim (the residual stream) or a recurrent layer
+            recurrent = sorted({names[m] for m in fixed if isinstance(m, nn.RNNBase)})
+            if recurrent and reaching_recurrent is not None and producers and not any(
+                    feeds_output(graph, m) or selector.is_ignored(n) for n, m in producers):
+                reaching_recurrent.update((n, recurrent) for n, _ in producers if n not in reaching_recurrent)
+            continue
         if not producers or any(feeds_output(graph, m) for _, m in producers):
             continue
         if any(selector.is_ignored(n) for n, _ in producers):

@@ -105,11 +105,13 @@ def prune_structured_(model: nn.Module, config: StructuredConfig, ctx) -> PruneR
     untraced: list[str] = []
     refused: dict[str, str] = {}  # units whose cut the forward cannot follow -> why
     reaching_tied: dict[str, list[str]] = {}  # units whose channels reach a tied weight -> the layers holding it
+    reaching_recurrent: dict[str, list[str]] = {}  # units whose channels feed or leave a recurrent layer -> it
     blocked: dict[str, None] = {}  # units whose cut was rounded to whole blocks of channels
 
     def step_fn(step: int, steps: int) -> None:
         graph = build_graph(model, example)
-        units, heads = channel_units(model, graph, selector, untraced, reaching_tied), head_units(model, selector)
+        units = channel_units(model, graph, selector, untraced, reaching_tied, reaching_recurrent)
+        heads = head_units(model, selector)
         acts = _activations(model, graph, units, heads, batches) if config.importance == "activation" else {}
         if config.importance == "output_taylor":
             acts = _output_taylor(model, graph, units, heads, batches, ctx.loss_fn)
@@ -154,7 +156,7 @@ def prune_structured_(model: nn.Module, config: StructuredConfig, ctx) -> PruneR
     report = build_report("structured", list(layers), before, weight_layers(model), size_before, model,
                           tracker.removed, refit=refit)
     report.notes += (untraced_note(untraced) + refused_note(refused) + tied_note(reaching_tied)
-                     + blocked_note(blocked))
+                     + recurrent_note(reaching_recurrent) + blocked_note(blocked))
     return report
 
 
@@ -234,6 +236,15 @@ def tied_note(reaching_tied: dict[str, list[str]]) -> tuple[str, ...]:
             f"tied to another layer's: cutting them would untie it)",)
 
 
+def recurrent_note(reaching_recurrent: dict[str, list[str]]) -> tuple[str, ...]:
+    """What to say once about layers kept whole because their channels feed or leave a recurrent layer."""
+    if not reaching_recurrent:
+        return ()
+    reached = sorted({n for names in reaching_recurrent.values() for n in names})
+    return (f"kept whole: {', '.join(reaching_recurrent)} (their channels feed or leave {', '.join(reached)}, a "
+            f"recurrent layer, whose widths are not cut)",)
+
+
 def untraced_note(untraced: list[str]) -> tuple[str, ...]:
     """What to say once about layers whose channels could not be traced as one coupled set."""
     if not untraced:
@@ -263,11 +274,12 @@ def prune_activation_(model: nn.Module, config: ActivationConfig, ctx) -> PruneR
     untraced: list[str] = []
     refused: dict[str, str] = {}
     reaching_tied: dict[str, list[str]] = {}
+    reaching_recurrent: dict[str, list[str]] = {}
     blocked: dict[str, None] = {}  # units whose cut was rounded to whole blocks of channels
 
     def step_fn(step: int, steps: int) -> None:
         graph = build_graph(model, example)
-        units = channel_units(model, graph, selector, untraced, reaching_tied)
+        units = channel_units(model, graph, selector, untraced, reaching_tied, reaching_recurrent)
         acts = _activations(model, graph, units, [], batches)
         cuts = []
         for unit in units:
@@ -298,7 +310,7 @@ def prune_activation_(model: nn.Module, config: ActivationConfig, ctx) -> PruneR
     report = build_report("activation", list(layers), before, weight_layers(model), size_before, model,
                           tracker.removed)
     report.notes += (untraced_note(untraced) + refused_note(refused) + tied_note(reaching_tied)
-                     + blocked_note(blocked))
+                     + recurrent_note(reaching_recurrent) + blocked_note(blocked))
     if lowest and not any(tracker.removed.values()):  # say why, and what threshold would remove something
         value, name = min(lowest)
         report.notes += (f"nothing removed: no unit's normalised mean |activation| is below threshold "

@@ -18,8 +18,8 @@ from torchslim.quantize._fold import folded_batchnorms, refold_
 from torchslim.quantize._select import set_submodule
 from torchslim.quantize.attention import ProjectedMultiheadAttention, project_attention_
 from torchslim.quantize.granularity import from_blocks, granularity_from_json, granularity_to_json, to_blocks
-from torchslim.quantize.modules import (ActivationFakeQuant, CodebookWeight, FakeQuantWeight, PackedWeight,
-                                        QuantizedLayer, layer_kind)
+from torchslim.quantize.modules import (RECURRENT, ActivationFakeQuant, CodebookWeight, FakeQuantWeight, PackedWeight,
+                                        QuantizedLayer, QuantizedRecurrent, layer_kind)
 
 _INT8_ONNX = "_torchslim_int8_onnx"  # attribute holding (onnx bytes, shared weights or None, state fingerprint)
 
@@ -37,9 +37,15 @@ def _describe_source(source: nn.Module) -> dict[str, Any]:
 
 def describe_quantized_layers(model: nn.Module) -> dict[str, dict[str, Any]]:
     """{layer name: {kind, shape, encoding, bits, granularity, input_quant}} of every QuantizedLayer; a layer that
-    decodes another's weight source (a tied weight) names it in ``tied_to``."""
+    decodes another's weight source (a tied weight) names it in ``tied_to``; a QuantizedRecurrent gives
+    ``weights`` {matrix name: shape} instead of ``shape`` (its matrices are coded alike)."""
     layers, first_holder = {}, {}
     for name, module in model.named_modules():
+        if isinstance(module, QuantizedRecurrent):
+            sources = dict(module.weight_sources.items())
+            layers[name] = {"kind": module.kind, "weights": {w: list(s.shape) for w, s in sources.items()},
+                            **_describe_source(next(iter(sources.values()))), "input_quant": None}
+            continue
         if not isinstance(module, QuantizedLayer):
             continue
         source = module.weight_source
@@ -120,7 +126,8 @@ def sync_attention_heads_(model: nn.Module) -> None:
 def weight_shapes(layers: dict[str, dict[str, Any]]) -> dict[str, torch.Tensor]:
     """Shape-only (meta) placeholders ``{name}.weight`` for the float layers the quantized ones replaced,
     so a freshly built model can be resized to pruned shapes before the skeletons go in."""
-    return {f"{name}.weight": torch.empty(spec["shape"], device="meta") for name, spec in layers.items()}
+    return {f"{name}.{weight}": torch.empty(shape, device="meta") for name, spec in layers.items()
+            for weight, shape in (spec.get("weights") or {"weight": spec["shape"]}).items()}
 
 
 def _skeleton_source(spec: dict[str, Any]) -> nn.Module:
@@ -152,6 +159,12 @@ def rebuild_quantized_layers_(model: nn.Module, layers: dict[str, dict[str, Any]
     sources: dict[str, nn.Module] = {}
     for name, spec in sorted(layers.items(), key=lambda item: "tied_to" in item[1]):  # leaders first
         layer = model.get_submodule(name)
+        if spec.get("weights") is not None:
+            if not isinstance(layer, RECURRENT) or type(layer).__name__ != spec["kind"]:
+                raise ValueError(f"layer {name} is a {type(layer).__name__}, the artifact stored a {spec['kind']}")
+            matrices = {w: _skeleton_source({**spec, "shape": shape}) for w, shape in spec["weights"].items()}
+            set_submodule(model, name, QuantizedRecurrent(layer, matrices))
+            continue
         if layer_kind(layer) != spec["kind"]:
             raise ValueError(f"layer {name} is a {type(layer).__name__}, the artifact stored a {spec['kind']}")
         iq = spec.get("input_quant")

@@ -17,23 +17,24 @@ from torchslim.prune._select import LayerSelector
 QUANTIZABLE = (nn.Linear, nn.Conv1d, nn.Conv2d)
 
 
-# Layers only the methods that store weights (:data:`STORES_EMBEDDINGS`) replace: ONNX Runtime has no int8 kernel
-# for a lookup or a transposed convolution, but their weights store in codes as a Linear's do.
-STORED_ONLY = (nn.Embedding, nn.ConvTranspose1d, nn.ConvTranspose2d)
+# Layers only the methods that store weights (:data:`STORES_EMBEDDINGS`) replace: the int8 methods have no kernel for
+# a lookup, a transposed convolution or a recurrent layer's gates here, but their weights store in codes as a
+# Linear's do.
+STORED_ONLY = (nn.Embedding, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.RNN, nn.LSTM, nn.GRU)
 
 
 def is_quantizable(module: nn.Module, embeddings: bool = False) -> bool:
     """A Linear/Conv1d/Conv2d the quantized layers can replace (convolutions only with zero padding); with
-    ``embeddings``, an ``nn.Embedding`` (without ``max_norm``, which rescales the table in place at lookup) or a
-    transposed 1-D/2-D convolution too."""
+    ``embeddings``, an ``nn.Embedding`` (without ``max_norm``, which rescales the table in place at lookup), a
+    transposed 1-D/2-D convolution or an RNN / LSTM / GRU too."""
     if embeddings and type(module) is nn.Embedding:
         return module.max_norm is None
     if embeddings and type(module) in STORED_ONLY:
-        return module.padding_mode == "zeros"
+        return getattr(module, "padding_mode", "zeros") == "zeros"
     return isinstance(module, QUANTIZABLE) and getattr(module, "padding_mode", "zeros") == "zeros"
 
 
-# Methods that store embedding tables and transposed convolutions too: the weight-only ones (packed codes, a
+# Methods that store embedding tables, transposed convolutions and recurrent layers too: the weight-only ones (packed codes, a
 # codebook) only change how a weight is stored, which a lookup table gains from as a Linear does; int8 methods need
 # a kernel that computes in int8, and a lookup has none.
 STORES_EMBEDDINGS = ("weight", "kmeans")
@@ -77,7 +78,7 @@ def check_layers(model: nn.Module, config: Any) -> dict[str, int]:
                       embeddings=covers_embeddings(config))
     size = getattr(getattr(config, "granularity", None), "size", None)  # PerGroup only
     if size is not None:  # every layer it does not fit, at once: a user fixes them in one edit
-        rows = {name: model.get_submodule(name).weight[0].numel() for name in bits}
+        rows = {name: _row_length(model.get_submodule(name), size) for name in bits}
         misfits = [name for name, row in rows.items() if row % size]
         if misfits:
             shown = ", ".join(f"{name} has rows of {rows[name]}" for name in misfits[:4])
@@ -85,6 +86,15 @@ def check_layers(model: nn.Module, config: Any) -> dict[str, int]:
             raise ConfigError("group_size", f"must divide the row length of every quantized layer, got {size}: "
                                             f"{shown}{more} (or ignore {'them' if len(misfits) > 1 else 'it'})")
     return bits
+
+
+def _row_length(layer: nn.Module, size: int) -> int:
+    """The length of the layer's weight rows; for a recurrent layer, that of the first matrix ``size`` does not
+    divide (else of its first)."""
+    if isinstance(layer, nn.RNNBase):
+        rows = [p[0].numel() for n, p in layer.named_parameters(recurse=False) if n.startswith("weight_")]
+        return next((row for row in rows if row % size), rows[0])
+    return layer.weight[0].numel()
 
 
 def set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:

@@ -152,7 +152,8 @@ _NOT_QUANTIZED = {  # weighted layers no method replaces, and why they stay floa
     nn.MultiheadAttention: "attention with separate key/value sizes or extra key/value biases",
     nn.ConvTranspose1d: "a transposed convolution", nn.ConvTranspose2d: "a transposed convolution",
     nn.Conv3d: "a 3-D convolution",
-    **dict.fromkeys((nn.GRU, nn.LSTM, nn.RNN), "a recurrent layer: no method here quantizes its gates"),
+    **dict.fromkeys((nn.GRU, nn.LSTM, nn.RNN), "a recurrent layer: the int8 methods keep its gates float "
+                                              "(weight-only and k-means store them in codes)"),
 }
 
 

@@ -6,6 +6,8 @@ layer class serves weight-only, k-means and QAT; ``input_quant`` optionally fake
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -222,6 +224,62 @@ class QuantizedLayer(nn.Module):
         return layer
 
 
+RECURRENT = (nn.RNN, nn.LSTM, nn.GRU)
+
+
+def recurrent_weights(rnn: nn.RNNBase) -> dict[str, torch.Tensor]:
+    """{name: matrix} of a recurrent layer's weights (``weight_ih_l0``, ``weight_hh_l0_reverse``, ...)."""
+    return {name: p for name, p in rnn.named_parameters(recurse=False) if name.startswith("weight_")}
+
+
+class QuantizedRecurrent(nn.Module):
+    """An RNN / LSTM / GRU whose weight matrices each come from a source (packed codes, a codebook); its biases stay
+    float. Before each call the decoded matrices are set on the recurrent module (plain attributes, in no state
+    dict), so torch's own recurrent kernel runs them.
+
+    Args:
+        rnn: the float layer being replaced (taken over: its weight Parameters are removed from it).
+        sources: ``{weight name: module returning that matrix}``, one per name of :func:`recurrent_weights`.
+    """
+
+    def __init__(self, rnn: nn.RNNBase, sources: dict[str, nn.Module]):
+        super().__init__()
+        missing = set(sources) ^ set(recurrent_weights(rnn))
+        if missing:
+            raise ValueError(f"a {type(rnn).__name__} has no weight {sorted(missing)[0]} to decode, or it is left out")
+        self.kind = type(rnn).__name__
+        for name in sources:
+            del rnn._parameters[name]
+            setattr(rnn, name, None)  # no reference to the float matrix is left behind
+        self.rnn = rnn
+        self.weight_sources = nn.ModuleDict(sources)
+
+    def forward(self, *args, **kwargs):
+        try:
+            for name, source in self.weight_sources.items():
+                setattr(self.rnn, name, source())
+            return self.rnn(*args, **kwargs)
+        finally:  # the decoded matrices go with the call (a copy of the model would otherwise copy autograd's)
+            for name in self.weight_sources:
+                setattr(self.rnn, name, None)
+
+    def to_float(self) -> nn.RNNBase:
+        """The plain recurrent layer with the current (decoded) weights, its parameters in torch's order."""
+        rnn = copy.deepcopy(self.rnn)
+        for name, source in self.weight_sources.items():
+            setattr(rnn, name, nn.Parameter(source().detach().clone()))
+        rnn._parameters = {name: rnn._parameters[name] for name in rnn._flat_weights_names}
+        return rnn
+
+
+def weight_sources_of(module: nn.Module) -> list[nn.Module]:
+    """The modules a quantized layer decodes its weights from: its ``weight_source``, or a recurrent layer's."""
+    if isinstance(module, QuantizedRecurrent):
+        return list(module.weight_sources.values())
+    source = getattr(module, "weight_source", None)
+    return [source] if isinstance(source, nn.Module) else []
+
+
 def stored_bytes(module: nn.Module) -> int:
     """Bytes of every tensor ``module`` stores (parameters and buffers): what an artifact holds for it."""
     return sum(t.numel() * t.element_size() for t in list(module.buffers()) + list(module.parameters()))
@@ -239,7 +297,9 @@ def replace_with_float_(model: nn.Module, select) -> nn.Module:
 
     decoded: dict[int, nn.Parameter] = {}
     for name, module in list(model.named_modules()):
-        if isinstance(module, QuantizedLayer) and select(module):
+        if isinstance(module, QuantizedRecurrent):
+            set_submodule(model, name, module.to_float())
+        elif isinstance(module, QuantizedLayer) and select(module):
             layer = module.to_float()
             layer.weight = decoded.setdefault(id(module.weight_source), layer.weight)
             set_submodule(model, name, layer)

@@ -1,7 +1,9 @@
-"""Weight-only methods: affine 2–8 bit packed weights, and k-means weight sharing (codebook)."""
+"""Weight-only methods: affine 2–8 bit packed weights, and k-means weight sharing (codebook), for Linear, Conv,
+transposed Conv, Embedding and recurrent layers."""
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from torchslim._tied import tied_groups
@@ -9,11 +11,13 @@ from torchslim.quantize._registry import HandlerResult, QuantContext, register
 from torchslim.quantize._select import layer_bits, set_submodule
 from torchslim.quantize.codebook import cluster_weight
 from torchslim.quantize.config import KMeansConfig, WeightOnlyConfig
-from torchslim.quantize.modules import CodebookWeight, PackedWeight, QuantizedLayer, stored_bytes
+from torchslim.quantize.modules import (RECURRENT, CodebookWeight, PackedWeight, QuantizedLayer, QuantizedRecurrent,
+                                        recurrent_weights, stored_bytes)
 
 
 def _code_layers_(model: nn.Module, bits: dict[str, int], make_source) -> HandlerResult:
-    """Replace each named layer of ``model`` by a QuantizedLayer over ``make_source(layer, bits)``.
+    """Replace each named layer of ``model`` by a QuantizedLayer over ``make_source(weight, bits)`` (a recurrent
+    layer by a QuantizedRecurrent with a source per weight matrix).
 
     The other holders of a tied weight (a head reusing the embedding table) decode the same source: one set of
     codes for one tensor, as the model's author wrote it.
@@ -24,7 +28,14 @@ def _code_layers_(model: nn.Module, bits: dict[str, int], make_source) -> Handle
         layer = model.get_submodule(name)
         if isinstance(layer, QuantizedLayer):  # a tied holder already given its leader's codes
             continue
-        source = make_source(layer, b)
+        if isinstance(layer, RECURRENT):
+            weights = recurrent_weights(layer)
+            sources = {w: make_source(weight, b) for w, weight in weights.items()}
+            set_submodule(model, name, QuantizedRecurrent(layer, sources))
+            fp32 += sum(weight.numel() * 4 for weight in weights.values())
+            quantized += sum(stored_bytes(source) for source in sources.values())
+            continue
+        source = make_source(layer.weight, b)
         set_submodule(model, name, QuantizedLayer(layer, source))
         fp32 += layer.weight.numel() * 4
         quantized += stored_bytes(source)
@@ -36,7 +47,7 @@ def _code_layers_(model: nn.Module, bits: dict[str, int], make_source) -> Handle
 
 def pack_layers_(model: nn.Module, bits: dict[str, int], granularity, symmetric: bool) -> HandlerResult:
     """Replace each named layer of ``model`` by a QuantizedLayer over a PackedWeight of its bits."""
-    return _code_layers_(model, bits, lambda layer, b: PackedWeight(layer.weight.detach(), b, granularity, symmetric))
+    return _code_layers_(model, bits, lambda weight, b: PackedWeight(weight.detach(), b, granularity, symmetric))
 
 
 @register(WeightOnlyConfig)
@@ -56,9 +67,9 @@ def quantize_kmeans_(model: nn.Module, config: KMeansConfig, ctx: QuantContext) 
     """
     bits = layer_bits(model, config.bits, config.ignore, config.overrides, embeddings=True)
 
-    def codebook(layer: nn.Module, b: int) -> CodebookWeight:
-        centroids, indices = cluster_weight(layer.weight, b, config.iterations)
-        return CodebookWeight(centroids, indices, b).to(layer.weight.device)
+    def codebook(weight: torch.Tensor, b: int) -> CodebookWeight:
+        centroids, indices = cluster_weight(weight, b, config.iterations)
+        return CodebookWeight(centroids, indices, b).to(weight.device)
 
     result = _code_layers_(model, bits, codebook)
     if config.finetune is not None and ctx.finetune is not None and config.finetune.epochs > 0:
