@@ -229,20 +229,22 @@ def blocked_note(blocked: dict[str, None]) -> tuple[str, ...]:
 
 def tied_note(reaching_tied: dict[str, list[str]]) -> tuple[str, ...]:
     """What to say once about layers kept whole because their channels reach a tied weight."""
-    if not reaching_tied:
-        return ()
-    reached = sorted({n for names in reaching_tied.values() for n in names})
-    return (f"kept whole: {', '.join(reaching_tied)} (their channels reach {', '.join(reached)}, whose weight is "
-            f"tied to another layer's: cutting them would untie it)",)
+    return _reaching_note(reaching_tied, "their channels reach {}, whose weight is tied to another layer's: cutting "
+                                         "them would untie it")
 
 
 def recurrent_note(reaching_recurrent: dict[str, list[str]]) -> tuple[str, ...]:
     """What to say once about layers kept whole because their channels feed or leave a recurrent layer."""
-    if not reaching_recurrent:
+    return _reaching_note(reaching_recurrent, "their channels feed or leave {}, a recurrent layer, whose widths are "
+                                              "not cut")
+
+
+def _reaching_note(reaching: dict[str, list[str]], why: str) -> tuple[str, ...]:
+    """``kept whole: LAYERS (WHY)``, ``why`` naming the layers they reach in its ``{}``; nothing when none."""
+    if not reaching:
         return ()
-    reached = sorted({n for names in reaching_recurrent.values() for n in names})
-    return (f"kept whole: {', '.join(reaching_recurrent)} (their channels feed or leave {', '.join(reached)}, a "
-            f"recurrent layer, whose widths are not cut)",)
+    reached = sorted({n for names in reaching.values() for n in names})
+    return (f"kept whole: {', '.join(reaching)} ({why.format(', '.join(reached))})",)
 
 
 def untraced_note(untraced: list[str]) -> tuple[str, ...]:
