@@ -67,7 +67,8 @@ def test_recurrent_matrices_are_stored_in_codes_and_run_by_torchs_kernel(kind, c
 
     described = describe_artifact(path)
     rows = {row["name"]: row for row in described["layers"]}
-    assert (rows["rnn.weight_ih_l1"]["params"], rows["rnn.weight_ih_l1"]["bits"]) == (matrices["weight_ih_l1"].numel(), 4)
+    row = rows["rnn.weight_ih_l1"]
+    assert (row["params"], row["bits"]) == (matrices["weight_ih_l1"].numel(), 4)
     assert described["totals"]["params"] == count_params(_model(kind))[0]
 
 

@@ -83,7 +83,7 @@ class _RunWhole(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, *grads):
-        return (None,) * (len(ctx.needs_input_grad))
+        return (None,) * len(ctx.needs_input_grad)
 
 
 class _RecurrentAsOneNode:
@@ -91,6 +91,7 @@ class _RecurrentAsOneNode:
 
     def __init__(self, model: nn.Module):
         self.layers = [m for m in model.modules() if isinstance(m, nn.RNNBase)]
+        self.own = {id(m): vars(m)["forward"] for m in self.layers if "forward" in vars(m)}  # set on the instance
 
     def __enter__(self):
         for layer in self.layers:
@@ -100,10 +101,12 @@ class _RecurrentAsOneNode:
     def __exit__(self, *exc):
         for layer in self.layers:
             del layer.forward
+            if id(layer) in self.own:
+                layer.forward = self.own[id(layer)]
 
     @staticmethod
     def _whole(layer: nn.RNNBase):
-        forward = type(layer).forward.__get__(layer)
+        forward = vars(layer).get("forward") or type(layer).forward.__get__(layer)
 
         def run(x, hx=None):
             if not isinstance(x, torch.Tensor):  # a PackedSequence: as torch runs it

@@ -34,9 +34,9 @@ def is_quantizable(module: nn.Module, embeddings: bool = False) -> bool:
     return isinstance(module, QUANTIZABLE) and getattr(module, "padding_mode", "zeros") == "zeros"
 
 
-# Methods that store embedding tables, transposed convolutions and recurrent layers too: the weight-only ones (packed codes, a
-# codebook) only change how a weight is stored, which a lookup table gains from as a Linear does; int8 methods need
-# a kernel that computes in int8, and a lookup has none.
+# Methods that store the layers of :data:`STORED_ONLY` too: the weight-only ones (packed codes, a codebook) only
+# change how a weight is stored, which a lookup table gains from as a Linear does; int8 methods need a kernel that
+# computes in int8, and a lookup has none.
 STORES_EMBEDDINGS = ("weight", "kmeans")
 
 

@@ -18,8 +18,9 @@ __all__ = ["decode_for_inference_"]
 
 
 def decode_for_inference_(model: nn.Module) -> nn.Module:
-    """Replace, in place, every QuantizedLayer without an activation quantizer by the plain float layer it
-    computes as (holders of a tied weight tied again), and projected attention by ``nn.MultiheadAttention`` where it is plain again.
+    """Replace, in place, every QuantizedLayer without an activation quantizer (and every QuantizedRecurrent) by
+    the plain float layer it computes as (holders of a tied weight tied again), and projected attention by
+    ``nn.MultiheadAttention`` where it is plain again.
 
     Returns:
         ``model`` (in eval mode): outputs are unchanged; the stored codes are gone from it, so save the artifact

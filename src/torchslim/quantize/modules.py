@@ -291,8 +291,9 @@ def dequantize_model(model: nn.Module) -> nn.Module:
 
 
 def replace_with_float_(model: nn.Module, select) -> nn.Module:
-    """Replace (in place) each QuantizedLayer ``select(layer)`` accepts by its float equivalent; layers that decode
-    one weight source (a tied weight) get one float Parameter, tied again. Returns ``model``."""
+    """Replace (in place) each QuantizedLayer ``select(layer)`` accepts, and every QuantizedRecurrent, by its float
+    equivalent; layers that decode one weight source (a tied weight) get one float Parameter, tied again.
+    Returns ``model``."""
     from torchslim.quantize._select import set_submodule
 
     decoded: dict[int, nn.Parameter] = {}
