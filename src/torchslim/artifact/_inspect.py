@@ -56,7 +56,7 @@ def _layer_weight(owner: str, keys: list[str], state: dict[str, torch.Tensor], l
                   tied: dict[str, str]) -> tuple[str, torch.Tensor | None, int | None]:
     """(the table key that stores the layer's weight, its decoded float value or None: none stored, or a tied
     weight, counted with the layer that stores it; its bits when quantized)."""
-    if owner in layers and "tied_to" in layers[owner] or f"{owner}.weight" in tied:
+    if (owner in layers and "tied_to" in layers[owner]) or f"{owner}.weight" in tied:
         return keys[0], None, None
     quantized = _quantized_spec(owner, layers)
     if quantized is not None:
