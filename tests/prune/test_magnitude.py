@@ -194,3 +194,43 @@ def test_mask_hook_follows_a_model_getter_and_reports_a_skipped_layer_once():
     assert torch.equal(replaced.fc2.weight != 0, report.masks["fc2"])
     assert not (replaced.fc3.weight == 0).any()
     assert len(logged) == 1 and "'fc3'" in logged[0]
+
+
+class _SeqLSTM(nn.Module):
+    """(N, 6, 8) -> a 2-layer bidirectional LSTM -> mean over the steps -> head."""
+
+    def __init__(self):
+        super().__init__()
+        self.lstm = nn.LSTM(8, 10, num_layers=2, batch_first=True, bidirectional=True)
+        self.head = nn.Linear(20, 3)
+
+    def forward(self, x):
+        return self.head(self.lstm(x)[0].mean(1))
+
+
+def test_a_recurrent_layer_loses_its_smallest_weights_across_its_matrices_and_keeps_them_at_zero(tmp_path):
+    torch.manual_seed(0)
+    model = _SeqLSTM()
+    matrices = {n: p.detach().clone() for n, p in model.lstm.named_parameters() if n.startswith("weight_")}
+    biases = {n: p.detach().clone() for n, p in model.lstm.named_parameters() if n.startswith("bias_")}
+    report = prune_(model, MagnitudeConfig(sparsity=0.6, scope="layer"))
+    assert [layer.name for layer in report.layers] == ["lstm", "head"] and "lstm" not in report.unpruned
+    joined = torch.cat([m.abs().flatten() for m in matrices.values()])
+    k = count(0.6, joined.numel())
+    threshold = joined.sort().values[k - 1]  # the k-th smallest |w| of all its matrices together, by hand
+    for name, before in matrices.items():
+        after = getattr(model.lstm, name).detach()
+        torch.testing.assert_close(after == 0, before.abs() <= threshold)  # no ties in random floats
+    assert all(torch.equal(getattr(model.lstm, n), b) for n, b in biases.items())  # biases untouched
+    assert report.layers[0].nonzero_after == joined.numel() - k
+
+    x, y = torch.randn(12, 6, 8), torch.randint(0, 3, (12,))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
+    for _ in range(3):
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+        report.after_step()
+    for name, before in matrices.items():
+        after = getattr(model.lstm, name).detach()
+        assert bool((after[before.abs() <= threshold] == 0).all()) and bool((after[before.abs() > threshold] != 0).any())

@@ -431,5 +431,5 @@ def test_a_recurrent_layer_keeps_its_widths_and_the_rest_is_cut(kind):
     assert (model.inp.out_features, model.fc.out_features) == (16, 16)  # inp feeds the recurrent layer: whole
     assert report.notes == ("kept whole: inp (their channels feed or leave rnn, a recurrent layer, whose widths are "
                             "not cut)",)
-    assert report.unpruned["rnn"] == "a recurrent layer: its gates are not pruned"
+    assert report.unpruned["rnn"] == "a recurrent layer: only magnitude pruning acts on its gates"
     assert model(x).shape == (10, 3) and "forward" not in vars(model.rnn)  # its own forward is back

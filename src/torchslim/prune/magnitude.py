@@ -1,5 +1,5 @@
-"""Magnitude pruning (unstructured): zero the smallest |w| of every Linear/ConvNd layer, layer by layer or with
-one global threshold."""
+"""Magnitude pruning (unstructured): zero the smallest |w| of every Linear/ConvNd layer and recurrent layer (its
+weight matrices together), layer by layer or with one global threshold."""
 
 from __future__ import annotations
 
@@ -8,15 +8,15 @@ from torch import nn
 from torchslim._errors import ConfigError
 from torchslim.prune._select import LayerSelector, count
 from torchslim.prune.config import MagnitudeConfig
-from torchslim.prune.masks import apply_masks_, magnitude_masks, mask_hook
+from torchslim.prune.masks import apply_masks_, magnitude_masks, mask_hook, masked_weight
 from torchslim.prune.report import PruneReport, build_report, model_size, snapshot
 from torchslim.prune.schedule import sparsity_at
 
-MAGNITUDE_LAYERS = (nn.Linear, nn.modules.conv._ConvNd)
+MAGNITUDE_LAYERS = (nn.Linear, nn.modules.conv._ConvNd, nn.RNNBase)
 
 
 def magnitude_layers(model: nn.Module, selector: LayerSelector) -> dict[str, nn.Module]:
-    """The Linear/ConvNd layers not ignored; the final classifier included."""
+    """The Linear/ConvNd/recurrent layers not ignored; the final classifier included."""
     return {n: m for n, m in model.named_modules()
             if isinstance(m, MAGNITUDE_LAYERS) and not selector.is_ignored(n)}
 
@@ -24,7 +24,7 @@ def magnitude_layers(model: nn.Module, selector: LayerSelector) -> dict[str, nn.
 def magnitude_step(layers: dict[str, nn.Module], config: MagnitudeConfig, selector: LayerSelector,
                    step: int, steps: int, previous: dict | None):
     """Masks for schedule step ``step`` of ``steps``; raises ConfigError if a layer would lose every weight."""
-    weights = {n: m.weight for n, m in layers.items()}
+    weights = {n: masked_weight(m) for n, m in layers.items()}
     targets = {n: sparsity_at(selector.sparsity_for(n), step, steps) for n in layers}
     pooled = [n for n in layers if config.scope == "global" and selector.override_for(n) is None]
     masks = {}

@@ -8,7 +8,33 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-__all__ = ["magnitude_masks", "apply_masks_", "mask_hook"]
+__all__ = ["magnitude_masks", "apply_masks_", "mask_hook", "masked_weight"]
+
+
+def _matrices(module: nn.Module) -> list[torch.Tensor] | None:
+    """A recurrent layer's weight matrices, which one mask covers together; None for a layer with one weight."""
+    if isinstance(module, nn.RNNBase):
+        return [p for n, p in module.named_parameters(recurse=False) if n.startswith("weight_")]
+    return None
+
+
+def masked_weight(module: nn.Module) -> torch.Tensor:
+    """The weight a layer's mask is shaped like: its ``weight``, or a recurrent layer's matrices flattened and
+    joined (a copy: read it, never write to it)."""
+    matrices = _matrices(module)
+    return module.weight if matrices is None else torch.cat([m.detach().flatten() for m in matrices])
+
+
+@torch.no_grad()
+def _fill_masked_(module: nn.Module, weight: torch.Tensor, pruned: torch.Tensor) -> None:
+    """Zero ``weight`` where ``pruned`` (its complement mask) is True; a recurrent layer's matrices each get their
+    part of the joined mask."""
+    matrices = _matrices(module)
+    if matrices is None:
+        weight.masked_fill_(pruned, 0.0)  # +0.0 (a product with 0 keeps the sign: -0.0)
+        return
+    for matrix, part in zip(matrices, torch.split(pruned, [m.numel() for m in matrices])):
+        matrix.masked_fill_(part.view_as(matrix), 0.0)
 
 
 def _drop_smallest(scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -62,8 +88,8 @@ def apply_masks_(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
     """
     modules = dict(model.named_modules())
     for name, mask in masks.items():
-        weight = modules[name].weight
-        weight.masked_fill_(~mask.to(weight.device, torch.bool), 0.0)  # +0.0, as a saved artifact restores it
+        weight = masked_weight(modules[name])
+        _fill_masked_(modules[name], weight, ~mask.to(weight.device, torch.bool))  # +0.0, as an artifact restores it
 
 
 def mask_hook(model: nn.Module | Callable[[], nn.Module], masks: dict[str, torch.Tensor],
@@ -96,9 +122,13 @@ def mask_hook(model: nn.Module | Callable[[], nn.Module], masks: dict[str, torch
         for name, mask in masks.items():
             module = modules.get(name)
             source = getattr(module, "weight_source", None)  # a quantized layer: its weight is decoded
-            if source is not None and not isinstance(getattr(source, "weight", None), torch.Tensor):
+            if getattr(module, "weight_sources", None) is not None or (
+                    source is not None and not isinstance(getattr(source, "weight", None), torch.Tensor)):
                 continue  # integer codes or a codebook: zeros stay code zero / centroid 0, nothing trains them
-            weight = getattr(source if source is not None else module, "weight", None)  # QAT: the float weight
+            if isinstance(module, nn.RNNBase):
+                weight = masked_weight(module)
+            else:
+                weight = getattr(source if source is not None else module, "weight", None)  # QAT: the float weight
             if not isinstance(weight, torch.Tensor) or weight.shape != mask.shape:
                 if name not in skipped:
                     skipped.add(name)
@@ -108,6 +138,6 @@ def mask_hook(model: nn.Module | Callable[[], nn.Module], masks: dict[str, torch
             entry = cast.get(name)
             if entry is None or entry[0] is not mask or entry[1].device != weight.device:
                 entry = cast[name] = (mask, ~mask.to(weight.device, torch.bool))
-            weight.masked_fill_(entry[1], 0.0)  # +0.0 (a product with 0 keeps the sign: -0.0)
+            _fill_masked_(module, weight, entry[1])
 
     return after_step

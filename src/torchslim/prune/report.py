@@ -11,6 +11,7 @@ from torch import nn
 from torchslim._tied import tied_reason, tied_weights
 from torchslim.evaluate import count_params
 from torchslim.prune.attention import PrunableMultiheadAttention
+from torchslim.prune.masks import masked_weight
 
 __all__ = ["LayerReport", "PruneReport", "weight_layers"]
 
@@ -25,19 +26,21 @@ def weight_layers(model: nn.Module) -> dict[str, nn.Module]:
 _NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)  # scales and shifts: no weights to prune
 
 
-def unpruned_layers(model: nn.Module) -> dict[str, str]:
-    """{module: why} for the modules holding weights of their own that no pruning method acts on (recurrent
-    layers, embedding tables, attention that could not be made prunable), so a report can name them rather than
-    count only what it touched. Normalization layers are not listed: they scale, they hold no weights to prune."""
-    out, tied = {}, tied_weights(model)
+def unpruned_layers(model: nn.Module, acted_on: Iterable[str] = ()) -> dict[str, str]:
+    """{module: why} for the modules holding weights of their own that the pruning method left alone (recurrent
+    layers, which only magnitude pruning acts on, in ``acted_on`` then; embedding tables; attention that could not
+    be made prunable), so a report can name them rather than count only what it touched. Normalization layers are
+    not listed: they scale, they hold no weights to prune."""
+    out, tied, acted_on = {}, tied_weights(model), set(acted_on)
     for name, module in model.named_modules():
         if name in tied:
             out[name] = tied_reason(tied[name])
             continue
-        if isinstance(module, WEIGHT_LAYERS + _NORMS) or not any(True for _ in module.parameters(recurse=False)):
+        if (isinstance(module, WEIGHT_LAYERS + _NORMS) or name in acted_on
+                or not any(True for _ in module.parameters(recurse=False))):
             continue
         if isinstance(module, nn.RNNBase):
-            out[name] = "a recurrent layer: its gates are not pruned"
+            out[name] = "a recurrent layer: only magnitude pruning acts on its gates"
         elif isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
             out[name] = "an embedding table"
         else:  # e.g. learned positions held by the model itself, or a custom layer's own parameters
@@ -49,8 +52,11 @@ def unpruned_layers(model: nn.Module) -> dict[str, str]:
 
 
 def _weights(module: nn.Module) -> torch.Tensor:
-    # attention: the q/k/v projection; its out_proj is reported as a Linear of its own
-    return module.in_proj_weight if isinstance(module, PrunableMultiheadAttention) else module.weight
+    # attention: the q/k/v projection (its out_proj is reported as a Linear of its own); a recurrent layer: its
+    # matrices joined
+    if isinstance(module, PrunableMultiheadAttention):
+        return module.in_proj_weight
+    return masked_weight(module)
 
 
 @dataclass(frozen=True)
@@ -154,7 +160,7 @@ def build_report(method: str, names: Iterable[str], before: dict[str, _Snapshot]
         for n in names)
     params, nonzero, nbytes = model_size(model)
     return PruneReport(method, layers, size_before[0], params, size_before[1], nonzero, size_before[2], nbytes,
-                       masks or {}, after_step or (lambda: None), tuple(refit), unpruned_layers(model))
+                       masks or {}, after_step or (lambda: None), tuple(refit), unpruned_layers(model, names))
 
 
 def _numel(shape: tuple[int, ...]) -> int:

@@ -26,7 +26,7 @@ from torchslim.prune._select import LayerSelector, check_names
 from torchslim.prune.api import prune_
 from torchslim.prune.config import (ActivationConfig, MagnitudeConfig, Schedule, StructuredConfig,
                                     _check_fraction, config_from_mapping, value_object)
-from torchslim.prune.masks import mask_hook
+from torchslim.prune.masks import mask_hook, masked_weight
 from torchslim.prune.report import PruneReport
 from torchslim.prune.sensitivity import SensitivityTable, overrides_from_sensitivity, sensitivity
 from torchslim.prune.structured import _outputs
@@ -218,8 +218,9 @@ def _keep_masked(ctx: "RunContext", masks: dict[str, torch.Tensor]) -> None:
 def resume_stage(ctx: "RunContext", stage: PruneStage, record: dict[str, Any]) -> None:
     """A finished magnitude stage's masks are its zeros: rebuild them so later training keeps them."""
     modules = dict(ctx.model.named_modules())
-    masks = {name: modules[name].weight.detach() != 0 for name in record.get("masked_layers", [])
-             if isinstance(getattr(modules.get(name), "weight", None), torch.Tensor)}
+    masks = {name: masked_weight(modules[name]).detach() != 0 for name in record.get("masked_layers", [])
+             if isinstance(modules.get(name), nn.RNNBase)
+             or isinstance(getattr(modules.get(name), "weight", None), torch.Tensor)}
     if masks:
         _keep_masked(ctx, masks)
 
