@@ -143,15 +143,13 @@ def _read_payload(folder: Path, version: int = ARTIFACT_VERSION) -> tuple[dict[s
 def _packed_codes(key: str, layers: dict[str, dict[str, Any]]) -> tuple[int, int] | None:
     """(bits, codes) of a quantized layer's bit-packed codes stored under ``key`` (a recurrent layer's matrix's
     too), so that the codec may store the codes another way; None for any other tensor."""
-    owner, _, leaf = key.rpartition(".weight_source.")
-    spec, shape = layers.get(owner), None
-    if spec is not None and leaf == "packed":
-        shape = spec.get("shape")
-    elif ".weight_sources." in key:
-        layer, _, rest = key.partition(".weight_sources.")
-        matrix, _, leaf = rest.partition(".")
-        spec = layers.get(layer)
-        shape = (spec.get("weights") or {}).get(matrix) if spec is not None and leaf == "packed" else None
+    from torchslim.quantize._layout import split_source_key
+
+    split = split_source_key(key)
+    if split is None or split[2] != "packed" or split[0] not in layers:
+        return None
+    spec = layers[split[0]]
+    shape = spec.get("shape") if split[1] is None else (spec.get("weights") or {}).get(split[1])
     return None if shape is None else (int(spec["bits"]), int(torch.Size(shape).numel()))
 
 

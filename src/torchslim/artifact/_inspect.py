@@ -21,11 +21,11 @@ _STATISTICS = ("running_mean", "running_var", "num_batches_tracked")  # BatchNor
 def _owner(key: str) -> str:
     """The module a state-dict key belongs to (``fc1.weight_source.packed`` -> ``fc1``); a recurrent layer's matrix
     is its own row (``lstm.weight_sources.weight_ih_l0.packed`` -> ``lstm.weight_ih_l0``)."""
-    if ".weight_source." in key:
-        return key.split(".weight_source.")[0]
-    if ".weight_sources." in key:
-        layer, _, rest = key.partition(".weight_sources.")
-        return f"{layer}.{rest.partition('.')[0]}"
+    from torchslim.quantize._layout import split_source_key
+
+    split = split_source_key(key)
+    if split is not None:
+        return split[0] if split[1] is None else f"{split[0]}.{split[1]}"
     return key.rpartition(".")[0] or key
 
 

@@ -8,14 +8,14 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from torchslim._recurrent import recurrent_weights
+
 __all__ = ["magnitude_masks", "apply_masks_", "mask_hook", "masked_weight"]
 
 
 def _matrices(module: nn.Module) -> list[torch.Tensor] | None:
     """A recurrent layer's weight matrices, which one mask covers together; None for a layer with one weight."""
-    if isinstance(module, nn.RNNBase):
-        return [p for n, p in module.named_parameters(recurse=False) if n.startswith("weight_")]
-    return None
+    return list(recurrent_weights(module).values()) if isinstance(module, nn.RNNBase) else None
 
 
 def masked_weight(module: nn.Module) -> torch.Tensor:
@@ -27,8 +27,8 @@ def masked_weight(module: nn.Module) -> torch.Tensor:
 
 @torch.no_grad()
 def _fill_masked_(module: nn.Module, weight: torch.Tensor, pruned: torch.Tensor) -> None:
-    """Zero ``weight`` where ``pruned`` (its complement mask) is True; a recurrent layer's matrices each get their
-    part of the joined mask."""
+    """Zero ``weight`` where ``pruned`` (its complement mask) is True; for a recurrent layer, each of its matrices
+    where its part of the joined mask is (``weight`` unused)."""
     matrices = _matrices(module)
     if matrices is None:
         weight.masked_fill_(pruned, 0.0)  # +0.0 (a product with 0 keeps the sign: -0.0)
@@ -125,11 +125,13 @@ def mask_hook(model: nn.Module | Callable[[], nn.Module], masks: dict[str, torch
             if getattr(module, "weight_sources", None) is not None or (
                     source is not None and not isinstance(getattr(source, "weight", None), torch.Tensor)):
                 continue  # integer codes or a codebook: zeros stay code zero / centroid 0, nothing trains them
-            if isinstance(module, nn.RNNBase):
-                weight = masked_weight(module)
+            if isinstance(module, nn.RNNBase):  # sized and placed by its matrices: no joined copy every step
+                matrices = _matrices(module)
+                weight, shape = matrices[0], torch.Size([sum(m.numel() for m in matrices)])
             else:
                 weight = getattr(source if source is not None else module, "weight", None)  # QAT: the float weight
-            if not isinstance(weight, torch.Tensor) or weight.shape != mask.shape:
+                shape = getattr(weight, "shape", None)
+            if not isinstance(weight, torch.Tensor) or shape != mask.shape:
                 if name not in skipped:
                     skipped.add(name)
                     say(f"pruning mask of {name!r} no longer applies (the layer is gone or was replaced); "

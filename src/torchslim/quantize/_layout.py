@@ -123,6 +123,20 @@ def sync_attention_heads_(model: nn.Module) -> None:
             m.num_heads = m.in_proj.weight.shape[0] // (3 * m.head_dim)
 
 
+def split_source_key(key: str) -> tuple[str, str | None, str] | None:
+    """(layer, recurrent matrix or None, tensor) of a state-dict key inside a quantized layer's weight source
+    (``fc1.weight_source.packed`` -> ``("fc1", None, "packed")``, ``lstm.weight_sources.weight_ih_l0.packed`` ->
+    ``("lstm", "weight_ih_l0", "packed")``); None for any other key."""
+    if ".weight_source." in key:
+        layer, _, leaf = key.rpartition(".weight_source.")
+        return layer, None, leaf
+    if ".weight_sources." in key:
+        layer, _, rest = key.partition(".weight_sources.")
+        matrix, _, leaf = rest.partition(".")
+        return layer, matrix, leaf
+    return None
+
+
 def weight_shapes(layers: dict[str, dict[str, Any]]) -> dict[str, torch.Tensor]:
     """Shape-only (meta) placeholders ``{name}.weight`` for the float layers the quantized ones replaced,
     so a freshly built model can be resized to pruned shapes before the skeletons go in."""

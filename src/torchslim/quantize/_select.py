@@ -12,6 +12,7 @@ from typing import Any, Iterable, Mapping
 from torch import nn
 
 from torchslim._errors import ConfigError
+from torchslim._recurrent import recurrent_weights
 from torchslim.prune._select import LayerSelector
 
 QUANTIZABLE = (nn.Linear, nn.Conv1d, nn.Conv2d)
@@ -92,7 +93,7 @@ def _row_length(layer: nn.Module, size: int) -> int:
     """The length of the layer's weight rows; for a recurrent layer, that of the first matrix ``size`` does not
     divide (else of its first)."""
     if isinstance(layer, nn.RNNBase):
-        rows = [p[0].numel() for n, p in layer.named_parameters(recurse=False) if n.startswith("weight_")]
+        rows = [p[0].numel() for p in recurrent_weights(layer).values()]
         return next((row for row in rows if row % size), rows[0])
     return layer.weight[0].numel()
 

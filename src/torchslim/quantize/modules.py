@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from torchslim._recurrent import recurrent_weights
 from torchslim.quantize.granularity import Granularity, from_blocks, to_blocks
 from torchslim.quantize.packing import pack, unpack
 from torchslim.quantize.primitives import fake_quantize, fake_quantize_tensor, qparams_from_range, quantize_tensor
@@ -225,11 +226,6 @@ class QuantizedLayer(nn.Module):
 
 
 RECURRENT = (nn.RNN, nn.LSTM, nn.GRU)
-
-
-def recurrent_weights(rnn: nn.RNNBase) -> dict[str, torch.Tensor]:
-    """{name: matrix} of a recurrent layer's weights (``weight_ih_l0``, ``weight_hh_l0_reverse``, ...)."""
-    return {name: p for name, p in rnn.named_parameters(recurse=False) if name.startswith("weight_")}
 
 
 class QuantizedRecurrent(nn.Module):

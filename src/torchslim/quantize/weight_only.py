@@ -11,8 +11,9 @@ from torchslim.quantize._registry import HandlerResult, QuantContext, register
 from torchslim.quantize._select import layer_bits, set_submodule
 from torchslim.quantize.codebook import cluster_weight
 from torchslim.quantize.config import KMeansConfig, WeightOnlyConfig
+from torchslim._recurrent import recurrent_weights
 from torchslim.quantize.modules import (RECURRENT, CodebookWeight, PackedWeight, QuantizedLayer, QuantizedRecurrent,
-                                        recurrent_weights, stored_bytes)
+                                        stored_bytes)
 
 
 def _code_layers_(model: nn.Module, bits: dict[str, int], make_source) -> HandlerResult:
