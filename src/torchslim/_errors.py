@@ -55,6 +55,10 @@ def did_you_mean(value: Any, known: Any, cutoff: float = 0.75) -> str:
     return f"did you mean {' or '.join(map(repr, close))}? " if close else ""
 
 
+class TorchslimWarning(UserWarning):
+    """Something the user should know that does not stop the work (the CLI prints it as one ``warning:`` line)."""
+
+
 class ConfigError(ValueError):
     """Bad user input. ``str(err)`` is the one line the CLI prints (exit code 2).
 

@@ -85,6 +85,8 @@ def ort_session_of(model: Any, manifest: dict[str, Any], intra_op_threads: int |
     from torchslim.export.runtime import OrtSession, fastest_session
 
     data, int8 = module_onnx(model, manifest)
+    if int8:
+        _warn_of_overflowing_products(model)
     if fastest:
         import torch
 
@@ -94,3 +96,24 @@ def ort_session_of(model: Any, manifest: dict[str, Any], intra_op_threads: int |
         session = OrtSession(data, intra_op_threads)
     session.int8 = int8
     return session
+
+
+def _warn_of_overflowing_products(model: Any) -> None:
+    """Warn when this CPU's int8 products can overflow with the model's int8 weights: full 8-bit codes, made on a
+    CPU with VNNI or with ``reduce_range: false``, run on x86 without VNNI (see
+    :func:`torchslim.export.cpu.int8_products_saturate`)."""
+    import warnings
+
+    from torchslim._errors import TorchslimWarning
+    from torchslim.export.cpu import int8_products_saturate
+    from torchslim.quantize._layout import full_range_int8_layers
+
+    if not int8_products_saturate():
+        return
+    layers = full_range_int8_layers(model)
+    if layers:
+        named = ", ".join(layers[:4]) + (f" and {len(layers) - 4} more" if len(layers) > 4 else "")
+        warnings.warn(f"the int8 weights of {named} reach beyond [-64, 64] and this CPU has no VNNI: ONNX "
+                      f"Runtime's int8 products can overflow here, so the model may score lower than where it was "
+                      f"measured; quantize it again with reduce_range: true (auto chooses it on such a CPU)",
+                      TorchslimWarning, stacklevel=3)

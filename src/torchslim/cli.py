@@ -87,6 +87,19 @@ class _Group(click.Group):
 @click.version_option(package_name="torchslim")
 def cli() -> None:
     """torchslim: prune, quantize and distill PyTorch models for a domain, and measure the result honestly."""
+    import warnings
+
+    from torchslim._errors import TorchslimWarning
+
+    shown = warnings.showwarning
+
+    def one_line(message, category, *args, **kwargs):  # torchslim's own warnings without file and line
+        if issubclass(category, TorchslimWarning):
+            click.echo(f"warning: {message}", err=True)
+        else:
+            shown(message, category, *args, **kwargs)
+
+    warnings.showwarning = one_line
 
 
 def _trust_options(fn: Any) -> Any:

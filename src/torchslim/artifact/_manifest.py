@@ -98,6 +98,7 @@ class LayerRecord(_Closed):
     bits: Bits = None
     granularity: Granularity = None
     symmetric: bool = None
+    reduce_range: bool = None  # a fake-quantized weight on the [-64, 64] grid (quantize.primitives)
     input_quant: Optional[InputQuant] = None  # null: weights only
     tied_to: str = None  # decodes that layer's weight source (a tied weight, coded once)
     # a recurrent layer's matrices, each coded alike, instead of one ``shape``

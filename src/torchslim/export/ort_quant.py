@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from torchslim.export.attention_fusion import fuse_attention_, split_qkv_projection_
+from torchslim.export.cpu import weights_reduce_range
 from torchslim.export.onnx_export import strip_onnx_metadata
 
 
@@ -108,7 +109,7 @@ _FLOAT_OPS = {"Gather", "GatherElements", "BatchNormalization", "InstanceNormali
 
 
 def quantize_static_onnx(model, ranges: dict[str, tuple[float, float] | None], *, per_channel: bool = True,
-                         nodes_to_exclude: Sequence[str] = ()) -> bytes:
+                         nodes_to_exclude: Sequence[str] = (), reduce_range: bool | str = "auto") -> bytes:
     """QDQ int8 model from an fp32 model and per-tensor ranges (see module docstring).
 
     Args:
@@ -117,6 +118,8 @@ def quantize_static_onnx(model, ranges: dict[str, tuple[float, float] | None], *
             :func:`collect_ranges`.
         per_channel: per-output-channel weight scales.
         nodes_to_exclude: node names left in float.
+        reduce_range: weights in [-64, 64] (for CPUs whose int8 products overflow otherwise; "auto": on such a
+            CPU, see :func:`torchslim.export.cpu.weights_reduce_range`); activations keep their full uint8 range.
     Returns:
         Serialized quantized ONNX model.
     """
@@ -139,9 +142,9 @@ def quantize_static_onnx(model, ranges: dict[str, tuple[float, float] | None], *
         out = Path(tmp) / "int8.onnx"
         quantize_static(model, out, calibration_data_reader=None, calibration_cache_path=cache,
                         calibrate_method=CalibrationMethod.MinMax, quant_format=QuantFormat.QDQ,
-                        per_channel=per_channel, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        nodes_to_exclude=list(nodes_to_exclude), op_types_to_quantize=op_types,
-                        extra_options={"WeightSymmetric": True})
+                        per_channel=per_channel, reduce_range=weights_reduce_range(reduce_range),
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        nodes_to_exclude=list(nodes_to_exclude), op_types_to_quantize=op_types, extra_options={"WeightSymmetric": True})
         return strip_onnx_metadata(out.read_bytes())
 
 
@@ -190,13 +193,16 @@ def gemm_to_matmul(model) -> dict[str, list[str]]:
     return replaced
 
 
-def quantize_dynamic_onnx(model, *, per_channel: bool = True, nodes_to_exclude: Sequence[str] = ()) -> bytes:
+def quantize_dynamic_onnx(model, *, per_channel: bool = True, nodes_to_exclude: Sequence[str] = (),
+                          reduce_range: bool | str = "auto") -> bytes:
     """Dynamic int8 model: int8 weights, activations quantized per batch by ORT at run time.
 
     Args:
         model: fp32 onnx.ModelProto (Gemm nodes are rewritten to MatMul + Add on a copy).
         per_channel: per-output-channel weight scales.
         nodes_to_exclude: node names (of ``model``) left in float.
+        reduce_range: weights in [-64, 64] (for CPUs whose int8 products overflow otherwise; "auto": on such a
+            CPU, see :func:`torchslim.export.cpu.weights_reduce_range`).
     Returns:
         Serialized quantized ONNX model.
     """
@@ -212,6 +218,7 @@ def quantize_dynamic_onnx(model, *, per_channel: bool = True, nodes_to_exclude: 
     with tempfile.TemporaryDirectory(prefix="torchslim-quant-") as tmp, quiet_ort_logging():
         out = Path(tmp) / "int8.onnx"
         quantize_dynamic(model, out, per_channel=per_channel, weight_type=QuantType.QInt8,
+                         reduce_range=weights_reduce_range(reduce_range),
                          op_types_to_quantize=["MatMul"], nodes_to_exclude=excluded,
                          extra_options={"WeightSymmetric": True})
         quantized = onnx.load(out)

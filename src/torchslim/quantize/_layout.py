@@ -30,8 +30,9 @@ def _describe_source(source: nn.Module) -> dict[str, Any]:
     if isinstance(source, CodebookWeight):
         return {"encoding": "codebook", "bits": source.bits}
     if isinstance(source, FakeQuantWeight):  # mid-QAT: the float weight itself is stored
-        return {"encoding": "fake_quant", "bits": source.bits, "granularity": granularity_to_json(source.granularity),
-                "symmetric": source.symmetric}
+        described = {"encoding": "fake_quant", "bits": source.bits,
+                     "granularity": granularity_to_json(source.granularity), "symmetric": source.symmetric}
+        return {**described, "reduce_range": True} if source.reduce_range else described
     raise ValueError(f"cannot describe weight source {type(source).__name__}")
 
 
@@ -153,7 +154,7 @@ def _skeleton_source(spec: dict[str, Any]) -> nn.Module:
         return CodebookWeight(torch.zeros(2 ** bits - 1), torch.zeros(shape, dtype=torch.uint8), bits)
     if spec["encoding"] == "fake_quant":
         return FakeQuantWeight(torch.zeros(shape), bits, granularity_from_json(spec["granularity"]),
-                               bool(spec["symmetric"]))
+                               bool(spec["symmetric"]), bool(spec.get("reduce_range")))
     raise ValueError(f"unknown weight encoding {spec['encoding']!r}")
 
 
@@ -245,6 +246,17 @@ def _layer_codes(model: nn.Module, name: str) -> torch.Tensor | None:
     if centred.numel() == 0 or int(centred.min()) < -128 or int(centred.max()) > 127:
         return None
     return from_blocks(centred, torch.Size(source.shape), source.granularity).to(torch.int8).cpu()
+
+
+def full_range_int8_layers(model: nn.Module) -> list[str]:
+    """Names of the layers whose int8 weights reach beyond [-64, 64] (quantized without ``reduce_range``)."""
+    found = []
+    for name, module in model.named_modules():
+        codes = _layer_codes(model, name) if isinstance(getattr(module, "weight_source", None), PackedWeight) \
+            else None
+        if codes is not None and int(codes.abs().max()) > 64:
+            found.append(name)
+    return found
 
 
 def _initializer_codes(model: nn.Module, name: str, transpose: bool) -> torch.Tensor | None:

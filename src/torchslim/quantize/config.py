@@ -65,6 +65,11 @@ def _check_bool(cfg, name: str) -> None:
         raise ConfigError(name, f"must be true or false, got {getattr(cfg, name)!r}")
 
 
+def _check_reduce_range(cfg) -> None:
+    if not (isinstance(cfg.reduce_range, bool) or cfg.reduce_range == "auto"):
+        raise ConfigError("reduce_range", f"must be true, false or auto, got {cfg.reduce_range!r}")
+
+
 def _check_nested(cfg, name: str, cls: type) -> None:
     """A nested section the method needs (``calibration``, ``finetune``) must be given, not null."""
     if not isinstance(getattr(cfg, name), cls):
@@ -118,6 +123,7 @@ class StaticConfig:
     bits: int = 8
     granularity: Granularity | str = "channel"
     calibration: CalibrationConfig = CalibrationConfig()
+    reduce_range: bool | str = "auto"
     max_metric_drop: float | None = None
     ignore: tuple[str, ...] = ()
 
@@ -126,6 +132,7 @@ class StaticConfig:
         if self.bits != 8:
             raise ConfigError("bits", f"static quantization runs int8 kernels and needs 8, got {self.bits}")
         _granularity(self, (PerTensor, PerChannel))
+        _check_reduce_range(self)
         _check_nested(self, "calibration", CalibrationConfig)
         _check_common(self)
 
@@ -136,6 +143,7 @@ class DynamicConfig:
 
     bits: int = 8
     granularity: Granularity | str = "channel"
+    reduce_range: bool | str = "auto"
     max_metric_drop: float | None = None
     ignore: tuple[str, ...] = ()
 
@@ -144,6 +152,7 @@ class DynamicConfig:
         if self.bits != 8:
             raise ConfigError("bits", f"dynamic quantization runs int8 kernels and needs 8, got {self.bits}")
         _granularity(self, (PerTensor, PerChannel))
+        _check_reduce_range(self)
         _check_common(self)
 
 
@@ -202,6 +211,7 @@ class QATConfig:
     symmetric: bool = True
     finetune: FinetuneConfig = FinetuneConfig()
     calibration: CalibrationConfig = CalibrationConfig()
+    reduce_range: bool | str = "auto"
     max_metric_drop: float | None = None
     ignore: tuple[str, ...] = ()
 
@@ -209,6 +219,10 @@ class QATConfig:
         check_bits(self.bits)
         _granularity(self, (PerTensor, PerChannel))
         _check_bool(self, "symmetric")
+        _check_reduce_range(self)
+        if self.bits < 8 and self.reduce_range is True:
+            raise ConfigError("reduce_range", "applies to 8-bit qat (int8 kernels); codes of fewer bits are "
+                                              "decoded to float and cannot overflow")
         _check_nested(self, "finetune", FinetuneConfig)
         if self.bits == 8:  # the int8 activation ranges come from calibration
             _check_nested(self, "calibration", CalibrationConfig)

@@ -21,9 +21,10 @@ from torchslim.quantize.primitives import fake_quantize, fake_quantize_tensor, q
 class PackedWeight(nn.Module):
     """Integer weight: packed codes (uint8 bitstream) + per-block scale and zero point."""
 
-    def __init__(self, weight: torch.Tensor, bits: int, granularity: Granularity, symmetric: bool = False):
+    def __init__(self, weight: torch.Tensor, bits: int, granularity: Granularity, symmetric: bool = False,
+                 reduce_range: bool = False):
         super().__init__()
-        qt = quantize_tensor(weight, bits, granularity, symmetric)
+        qt = quantize_tensor(weight, bits, granularity, symmetric, reduce_range)
         self.bits, self.granularity, self.shape = bits, granularity, tuple(weight.shape)
         self.register_buffer("packed", pack(qt.codes, bits))  # (ceil(numel*bits/8),) uint8
         self.register_buffer("scale", qt.scale)  # (blocks,)
@@ -68,13 +69,14 @@ class CodebookWeight(nn.Module):
 class FakeQuantWeight(nn.Module):
     """Float weight (trainable) seen through quantize→dequantize with a straight-through gradient."""
 
-    def __init__(self, weight: torch.Tensor, bits: int, granularity: Granularity, symmetric: bool):
+    def __init__(self, weight: torch.Tensor, bits: int, granularity: Granularity, symmetric: bool,
+                 reduce_range: bool = False):
         super().__init__()
-        self.bits, self.granularity, self.symmetric = bits, granularity, symmetric
+        self.bits, self.granularity, self.symmetric, self.reduce_range = bits, granularity, symmetric, reduce_range
         self.weight = nn.Parameter(weight.detach().clone())
 
     def forward(self) -> torch.Tensor:
-        return fake_quantize_tensor(self.weight, self.bits, self.granularity, self.symmetric)
+        return fake_quantize_tensor(self.weight, self.bits, self.granularity, self.symmetric, self.reduce_range)
 
 
 class ActivationFakeQuant(nn.Module):

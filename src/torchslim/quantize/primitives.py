@@ -3,6 +3,8 @@
 Codes are unsigned integers in [0, 2^bits - 1] for both variants, so one packing format serves all:
   asymmetric: scale = (max - min) / (2^b - 1), zero_point = round(-min / scale)
   symmetric:  scale = max|x| / (2^(b-1) - 1),  zero_point = 2^(b-1)
+  symmetric, reduce_range: scale = max|x| / 2^(b-2) (codes within zero_point ± 2^(b-2), ONNX Runtime's
+              ``reduce_range``: int8 weights in [-64, 64], whose products cannot overflow int16 pair sums)
   q = clamp(round(x / scale) + zero_point, 0, 2^b - 1),  x ≈ (q - zero_point) * scale
 The range always contains 0 (min <= 0 <= max), so 0 maps to the code zero_point exactly and
 pruned weights stay exactly zero after a round trip.
@@ -33,14 +35,15 @@ def check_finite(x: torch.Tensor, what: str) -> None:
         raise ValueError(f"{what} contains NaN or Inf; cannot compute a quantization range")
 
 
-def qparams_from_range(lo: torch.Tensor, hi: torch.Tensor, bits: int, symmetric: bool = False
-                       ) -> tuple[torch.Tensor, torch.Tensor]:
+def qparams_from_range(lo: torch.Tensor, hi: torch.Tensor, bits: int, symmetric: bool = False,
+                       reduce_range: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Scale and zero point for ranges [lo, hi] (any matching shapes).
 
     Args:
         lo, hi: range bounds; widened to contain 0.
         bits: 2..8.
         symmetric: zero point fixed at 2^(bits-1), range ±max|x|.
+        reduce_range: (symmetric only) half the codes: ±max|x| maps to zero_point ± 2^(bits-2).
     Returns:
         (scale float32, zero_point float32 holding integers), shaped like ``lo``.
     """
@@ -49,7 +52,7 @@ def qparams_from_range(lo: torch.Tensor, hi: torch.Tensor, bits: int, symmetric:
     qmax = 2 ** bits - 1
     if symmetric:
         half = 2 ** (bits - 1)
-        scale = torch.maximum(-lo, hi) / (half - 1)
+        scale = torch.maximum(-lo, hi) / (half // 2 if reduce_range else half - 1)
         # an all-zero tensor has max = min = 0: any positive scale represents it exactly
         scale = torch.where(scale > 0, scale, torch.ones_like(scale))
         return scale, torch.full_like(scale, float(half))
@@ -93,17 +96,17 @@ class QTensor:
         return from_blocks(x, self.codes.shape, self.granularity)
 
 
-def block_qparams(x: torch.Tensor, bits: int, granularity: Granularity = PerTensor(), symmetric: bool = False
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
+def block_qparams(x: torch.Tensor, bits: int, granularity: Granularity = PerTensor(), symmetric: bool = False,
+                  reduce_range: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Min/max scale and zero point for each block of ``x``. Returns two (blocks,) tensors."""
     check_bits(bits)
     check_finite(x, "tensor")
     blocks = to_blocks(x.detach(), granularity).float()  # (B, L)
-    return qparams_from_range(blocks.amin(dim=1), blocks.amax(dim=1), bits, symmetric)
+    return qparams_from_range(blocks.amin(dim=1), blocks.amax(dim=1), bits, symmetric, reduce_range)
 
 
-def quantize_tensor(x: torch.Tensor, bits: int, granularity: Granularity = PerTensor(), symmetric: bool = False
-                    ) -> QTensor:
+def quantize_tensor(x: torch.Tensor, bits: int, granularity: Granularity = PerTensor(), symmetric: bool = False,
+                    reduce_range: bool = False) -> QTensor:
     """Quantize ``x`` with min/max ranges per block.
 
     Args:
@@ -111,19 +114,20 @@ def quantize_tensor(x: torch.Tensor, bits: int, granularity: Granularity = PerTe
         bits: 2..8.
         granularity: PerTensor(), PerChannel(axis) or PerGroup(size).
         symmetric: use the symmetric variant.
+        reduce_range: (symmetric) codes within zero_point ± 2^(bits-2), see the module docstring.
     Returns:
         QTensor whose dequantize() differs from x by at most scale / 2 per element.
     """
-    scale, zero_point = block_qparams(x, bits, granularity, symmetric)
+    scale, zero_point = block_qparams(x, bits, granularity, symmetric, reduce_range)
     blocks = to_blocks(x.detach(), granularity).float()
     q = quantize_codes(blocks, scale[:, None], zero_point[:, None], bits).to(torch.uint8)
     return QTensor(from_blocks(q, x.shape, granularity), scale, zero_point, bits, granularity)
 
 
 def fake_quantize_tensor(x: torch.Tensor, bits: int, granularity: Granularity = PerTensor(),
-                         symmetric: bool = False) -> torch.Tensor:
+                         symmetric: bool = False, reduce_range: bool = False) -> torch.Tensor:
     """Differentiable quantize→dequantize of ``x`` with its own min/max ranges (straight-through)."""
-    scale, zero_point = block_qparams(x, bits, granularity, symmetric)
+    scale, zero_point = block_qparams(x, bits, granularity, symmetric, reduce_range)
     blocks = to_blocks(x, granularity)
     out = fake_quantize(blocks, scale[:, None], zero_point[:, None], bits)
     return from_blocks(out, x.shape, granularity)

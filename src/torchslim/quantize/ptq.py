@@ -12,6 +12,7 @@ from typing import Callable
 from torch import nn
 
 from torchslim._errors import ConfigError
+from torchslim.export.cpu import weights_reduce_range
 from torchslim.quantize._calibrate import observe_layer_inputs, observer_factory
 from torchslim.quantize._fold import fold_conv_bn_
 from torchslim.quantize._registry import HandlerResult, QuantContext, register
@@ -29,10 +30,10 @@ def int8_result(model: nn.Module, layers: dict[str, nn.Module], onnx_model: byte
 
 
 def _simulate(model: nn.Module, layers: dict[str, nn.Module], granularity,
-              input_quant: Callable[[str], nn.Module]) -> None:
+              input_quant: Callable[[str], nn.Module], reduce_range: bool) -> None:
     """Swap each layer for int8 codes (symmetric, as ORT's weights) plus an activation quantizer."""
     for name, layer in layers.items():
-        source = PackedWeight(layer.weight.detach(), 8, granularity, symmetric=True)
+        source = PackedWeight(layer.weight.detach(), 8, granularity, symmetric=True, reduce_range=reduce_range)
         set_submodule(model, name, QuantizedLayer(layer, source, input_quant(name)))
 
 
@@ -45,7 +46,7 @@ def static_input_quant(ranges: dict[str, tuple[float, float]]) -> Callable[[str]
     return make
 
 
-def export_static(model: nn.Module, batches, config, excluded: list[str]) -> bytes:
+def export_static(model: nn.Module, batches, config, excluded: list[str], reduce_range: bool) -> bytes:
     """fp32 ONNX of ``model`` (quantized layers exported dequantized) → observer ranges on every tensor → QDQ
     int8 model (see export.ort_quant)."""
     from torchslim.export.onnx_export import input_names, to_onnx_proto
@@ -56,7 +57,7 @@ def export_static(model: nn.Module, batches, config, excluded: list[str]) -> byt
     feeds = [{n: t.detach().cpu().numpy() for n, t in zip(names, inputs)} for inputs in batches]
     ranges = collect_ranges(proto, feeds, observer_factory(config.calibration))
     return quantize_static_onnx(proto, ranges, per_channel=isinstance(config.granularity, PerChannel),
-                                nodes_to_exclude=nodes_of_modules(proto, excluded))
+                                nodes_to_exclude=nodes_of_modules(proto, excluded), reduce_range=reduce_range)
 
 
 @register(StaticConfig)
@@ -67,9 +68,10 @@ def quantize_static_(model: nn.Module, config: StaticConfig, ctx: QuantContext) 
     fold_conv_bn_(model)
     layers = quantizable_layers(model, config.ignore)
     excluded = sorted(set(quantizable_layers(model)) - set(layers))
-    onnx_model = export_static(model, ctx.batches, config, excluded) if ctx.export else None
+    reduce_range = weights_reduce_range(config.reduce_range)
+    onnx_model = export_static(model, ctx.batches, config, excluded, reduce_range) if ctx.export else None
     ranges = observe_layer_inputs(model, layers, ctx.batches, config.calibration)
-    _simulate(model, layers, config.granularity, static_input_quant(ranges))
+    _simulate(model, layers, config.granularity, static_input_quant(ranges), reduce_range)
     return int8_result(model, layers, onnx_model)
 
 
@@ -84,12 +86,14 @@ def quantize_dynamic_(model: nn.Module, config: DynamicConfig, ctx: QuantContext
     fold_conv_bn_(model)
     layers = {n: m for n, m in quantizable_layers(model, config.ignore).items() if isinstance(m, nn.Linear)}
     excluded = sorted(set(quantizable_layers(model)) - set(layers))
+    reduce_range = weights_reduce_range(config.reduce_range)
     onnx_model = None
     if ctx.export:
         if not ctx.batches:
             raise ConfigError("calibration", "dynamic quantization needs one example batch to export the model")
         proto = to_onnx_proto(model, ctx.batches[0])  # a copy: the model itself is not touched
         onnx_model = quantize_dynamic_onnx(proto, per_channel=isinstance(config.granularity, PerChannel),
-                                           nodes_to_exclude=nodes_of_modules(proto, excluded))
-    _simulate(model, layers, config.granularity, lambda _name: ActivationFakeQuant(8, mode="dynamic"))
+                                           nodes_to_exclude=nodes_of_modules(proto, excluded),
+                                           reduce_range=reduce_range)
+    _simulate(model, layers, config.granularity, lambda _name: ActivationFakeQuant(8, mode="dynamic"), reduce_range)
     return int8_result(model, layers, onnx_model)

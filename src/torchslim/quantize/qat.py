@@ -13,6 +13,7 @@ from __future__ import annotations
 from torch import nn
 
 from torchslim._errors import ConfigError
+from torchslim.export.cpu import weights_reduce_range
 from torchslim.quantize._calibrate import observe_layer_inputs
 from torchslim.quantize._fold import fold_conv_bn_
 from torchslim.quantize._registry import HandlerResult, QuantContext, register
@@ -26,6 +27,7 @@ from torchslim.quantize.weight_only import pack_layers_
 def prepare_qat_(model: nn.Module, config: QATConfig, batches=None) -> dict[str, nn.Module]:
     """Insert fake quantizers in place (after folding Conv+BN). Returns the original layers by name."""
     fold_conv_bn_(model)
+    reduce_range = config.bits == 8 and weights_reduce_range(config.reduce_range)
     layers = quantizable_layers(model, config.ignore)
     ranges = observe_layer_inputs(model, layers, batches, config.calibration) if batches and config.bits == 8 else {}
     for name, layer in layers.items():
@@ -34,7 +36,7 @@ def prepare_qat_(model: nn.Module, config: QATConfig, batches=None) -> dict[str,
             act = ActivationFakeQuant(8, mode="static")
             if name in ranges:
                 act.set_range(*ranges[name])
-        source = FakeQuantWeight(layer.weight, config.bits, config.granularity, config.symmetric)
+        source = FakeQuantWeight(layer.weight, config.bits, config.granularity, config.symmetric, reduce_range)
         set_submodule(model, name, QuantizedLayer(layer, source, act))
     return layers
 
@@ -73,14 +75,16 @@ def quantize_qat_(model: nn.Module, config: QATConfig, ctx: QuantContext) -> Han
         for name in layers:  # the fake-quantized weight has the same min/max, hence the same codes
             set_submodule(model, name, model.get_submodule(name).to_float())
         return pack_layers_(model, {n: config.bits for n in layers}, config.granularity, config.symmetric)
+    # the grid prepare_qat_ chose (or, resumed, the one the stored fake quantizers record)
+    reduce_range = any(model.get_submodule(name).weight_source.reduce_range for name in layers)
     for name in layers:  # same min/max as the fake quantizer saw, hence the same int8 codes
         layer = model.get_submodule(name)
         fq = layer.weight_source
-        layer.weight_source = PackedWeight(fq.weight.detach(), 8, fq.granularity, fq.symmetric)
+        layer.weight_source = PackedWeight(fq.weight.detach(), 8, fq.granularity, fq.symmetric, fq.reduce_range)
     onnx_model = None
     if ctx.batches:
         calibrate_input_ranges_(model, layers, ctx.batches, config.calibration)
     if ctx.export:
         excluded = sorted(quantizable_layers(model))  # plain layers left: the ignored ones
-        onnx_model = export_static(model, ctx.batches, config, excluded)
+        onnx_model = export_static(model, ctx.batches, config, excluded, reduce_range)
     return int8_result(model, layers, onnx_model)

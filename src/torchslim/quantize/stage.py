@@ -22,6 +22,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from torchslim._errors import ConfigError, by_reason
+from torchslim.export.cpu import weights_reduce_range
 from torchslim.quantize._select import check_layers
 from torchslim.quantize.api import quantize_
 from torchslim.quantize.config import config_from_mapping, config_to_mapping, method_of
@@ -57,12 +58,16 @@ def parse_quantize_stage(body: Any, *, prefix: str, source: Optional[str]) -> Qu
     return QuantizeStage(config, stage_sets_drop="max_metric_drop" in body)
 
 
+def _int8(config: Any) -> bool:
+    """Whether the method runs int8 kernels (there is none below 8 bits)."""
+    return method_of(config) in ("static", "dynamic") or (method_of(config) == "qat" and config.bits == 8)
+
+
 def runtime_warning(stage: QuantizeStage, runtime: str) -> Optional[str]:
     """Why this stage's model cannot run faster on ``runtime``, or None: int8 methods are executed by ONNX Runtime
     only; under ``runtime: torch`` they are simulated (each input quantized and dequantized, float arithmetic)."""
     method = method_of(stage.config)
-    int8 = method in ("static", "dynamic") or (method == "qat" and stage.config.bits == 8)  # no int8 kernel below 8
-    if runtime == "torch" and int8:
+    if runtime == "torch" and _int8(stage.config):
         return (f"method {method} runs int8 kernels only under runtime: onnxruntime; under runtime: torch it is "
                 f"simulated and will measure slower than its baseline (set the domain's runtime: onnxruntime)")
     return None
@@ -149,7 +154,11 @@ def _run_quantize(ctx: "RunContext", stage: QuantizeStage) -> dict[str, Any]:
     ctx.log(f"quantize: {method}, {len(names)} layer(s) quantized, {len(report.float_layers)} kept in float")
     for line in by_reason("quantize: kept in float", report.float_layers):
         ctx.log(line)
-    return {"method": method, "bits": cfg.bits, "layers_quantized": names,
+    reduce_range = _int8(cfg) and weights_reduce_range(cfg.reduce_range)
+    if reduce_range and cfg.reduce_range == "auto":
+        ctx.log("quantize: int8 weights in [-64, 64] (reduce_range): this CPU has no VNNI, and ONNX Runtime's int8 "
+                "products on it overflow with full 8-bit weights")
+    return {"method": method, "bits": cfg.bits, "layers_quantized": names, "reduce_range": reduce_range,
             "layer_bits": [report.layers[n] for n in names], "kept_fp32": list(report.kept_fp32),
             "fallback": list(report.fallback), "float_layers": report.float_layers, "max_metric_drop": budget,
             "max_metric_drop_from": budget_from,

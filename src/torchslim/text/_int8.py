@@ -18,6 +18,7 @@ import numpy as np
 import pydantic
 
 from torchslim._validation import StrictModel
+from torchslim.export.cpu import weights_reduce_range
 from torchslim.export.ort_quant import quiet_ort_logging
 from torchslim.export.runtime import run_flushing_denormals
 
@@ -39,7 +40,8 @@ class Int8Config(StrictModel):
         calibrate: static activation ranges: "minmax", "percentile" or "entropy".
         percentile: for "percentile".
         moving_average: min/max averaged over calibration batches rather than the extremes ("minmax").
-        reduce_range: 7-bit weights (for CPUs without VNNI, where 8-bit products can saturate).
+        reduce_range: weights in [-64, 64] (for x86 CPUs without VNNI, whose int8 products overflow with full 8-bit
+            weights); "auto": on such a CPU (:func:`torchslim.export.cpu.int8_products_saturate`).
         symmetric_activations: static activations int8 symmetric rather than uint8 with a zero point.
     """
 
@@ -53,7 +55,7 @@ class Int8Config(StrictModel):
     calibrate: Literal["minmax", "percentile", "entropy"] = "minmax"
     percentile: float = pydantic.Field(99.999, gt=50.0, le=100.0)
     moving_average: bool = False
-    reduce_range: bool = False
+    reduce_range: Union[Literal["auto"], bool] = "auto"
     symmetric_activations: bool = False
 
 
@@ -127,7 +129,7 @@ def _quantize_once(typed, config: Int8Config, exclude: Sequence[str], feeds, tmp
     extra = {"WeightSymmetric": True, "MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT}
     if config.method == "dynamic":
         quantize_dynamic(model, out, op_types_to_quantize=ops, per_channel=config.per_channel,
-                         reduce_range=config.reduce_range, weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
+                         reduce_range=weights_reduce_range(config.reduce_range), weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
                          extra_options=extra)
         return out.read_bytes()
 
@@ -146,7 +148,7 @@ def _quantize_once(typed, config: Int8Config, exclude: Sequence[str], feeds, tmp
         feeds = _same_length(feeds)
     cache = tmp / f"ranges-{config.calibrate}.json"
     quantize_static(model, out, Reader() if not cache.exists() else None, quant_format=QuantFormat.QDQ,
-                    op_types_to_quantize=ops, per_channel=config.per_channel, reduce_range=config.reduce_range,
+                    op_types_to_quantize=ops, per_channel=config.per_channel, reduce_range=weights_reduce_range(config.reduce_range),
                     activation_type=QuantType.QInt8 if config.symmetric_activations else QuantType.QUInt8,
                     weight_type=QuantType.QInt8, nodes_to_exclude=exclude, calibrate_method=method,
                     extra_options=extra, calibration_cache_path=cache)
