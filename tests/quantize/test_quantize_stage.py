@@ -85,6 +85,7 @@ def test_stage_dump_keeps_the_keys_as_written():
 def test_static_int8_run_measures_ort_and_exports_the_int8_graph(tmp_path):
     from torchslim.domain import load_domain
     from torchslim.export import quantized_kernels
+    from torchslim.export.cpu import int8_products_saturate
     from torchslim.runner import evaluate_artifact
 
     out = tmp_path / "run"
@@ -95,6 +96,9 @@ def test_static_int8_run_measures_ort_and_exports_the_int8_graph(tmp_path):
     assert metrics["runtime"] == "onnxruntime"
     record = metrics["stages"][1]
     assert record["method"] == "static" and record["max_metric_drop_from"] == "domain"
+    # reduce_range: auto takes [-64, 64] weights exactly where the CPU's int8 products would overflow, and says so
+    assert record["reduce_range"] is int8_products_saturate()
+    assert ("int8 weights in [-64, 64] (reduce_range)" in result.output) is int8_products_saturate()
     assert record["max_metric_drop"] == 0.003  # the first compressing stage has the domain's whole budget
     assert sorted(record["layers_quantized"] + record["kept_fp32"]) == ["conv1", "conv2", "fc1", "fc2"]
     assert record["kept_fp32"] == record["fallback"]  # layers kept in fp32 only by the fallback
