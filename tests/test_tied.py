@@ -86,11 +86,15 @@ def test_a_tie_ignore_touches_stays_float_and_tied_whole():
     assert report.float_layers["embed"] == "its weight is tied to head's: one tensor for both"
 
 
-def test_the_int8_methods_leave_a_tied_weight_float_and_say_why():
-    from torchslim.quantize import QATConfig
+def test_qat_below_8_bits_codes_a_tied_weight_once_and_the_int8_methods_leave_it_float():
+    from torchslim.quantize import DynamicConfig, QATConfig
 
     model = _model()
-    report = quantize_(model, QATConfig(bits=4), finetune=lambda m, epochs, lr: None)
+    report = quantize_(model, QATConfig(bits=4), finetune=lambda m, epochs, lr: None)  # ends as packed codes
+    assert set(report.layers) == {"embed", "proj", "head", "out"} and report.float_layers == {}
+    assert model.head.weight_source is model.embed.weight_source
+    model = _model()
+    report = quantize_(model, DynamicConfig(), calibration=[(torch.randint(0, 12, (4, 5)),)])
     assert set(report.layers) == {"proj", "out"} and model.head.weight is model.embed.weight
     assert report.float_layers["head"] == "its weight is tied to embed's: one tensor for both"
 

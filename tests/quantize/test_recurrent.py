@@ -96,8 +96,8 @@ def test_kmeans_fine_tuning_moves_the_centroids_through_the_recurrent_kernel():
 def test_static_int8_keeps_a_recurrent_layer_float_and_says_why():
     model, x = _model("GRU"), torch.randn(16, 6, 8)
     report = quantize_(model, StaticConfig(), calibration=[x])
-    assert report.float_layers["rnn"] == ("a recurrent layer: the int8 methods keep its gates float (weight-only and "
-                                          "k-means store them in codes)")
+    assert report.float_layers["rnn"] == ("a recurrent layer: the int8 methods keep its gates float (weight-only, "
+                                          "k-means and qat below 8 bits store them in codes)")
 
 
 class TokenLSTM(nn.Module):

@@ -35,17 +35,18 @@ def is_quantizable(module: nn.Module, embeddings: bool = False) -> bool:
     return isinstance(module, QUANTIZABLE) and getattr(module, "padding_mode", "zeros") == "zeros"
 
 
-# Methods that store the layers of :data:`STORED_ONLY` too: the weight-only ones (packed codes, a codebook) only
-# change how a weight is stored, which a lookup table gains from as a Linear does; int8 methods need a kernel that
-# computes in int8, and a lookup has none.
+# Methods that store the layers of :data:`STORED_ONLY` too: the weight-only ones (packed codes, a codebook, and qat
+# below 8 bits, which ends as packed codes) only change how a weight is stored, which a lookup table gains from as a
+# Linear does; int8 methods need a kernel that computes in int8, and a lookup has none.
 STORES_EMBEDDINGS = ("weight", "kmeans")
 
 
 def covers_embeddings(config: Any) -> bool:
-    """Whether a quantize config's method stores embedding tables too (:data:`STORES_EMBEDDINGS`)."""
+    """Whether a quantize config's method stores embedding tables (and the rest of :data:`STORED_ONLY`) too."""
     from torchslim.quantize.config import method_of
 
-    return method_of(config) in STORES_EMBEDDINGS
+    method = method_of(config)
+    return method in STORES_EMBEDDINGS or (method == "qat" and config.bits < 8)
 
 
 def quantizable_layers(model: nn.Module, ignore: Iterable[str] = (), embeddings: bool = False

@@ -16,7 +16,7 @@ from torchslim.prune._select import LayerSelector
 from torchslim.quantize._calibrate import calibration_inputs
 from torchslim.quantize._layout import attach_int8_onnx
 from torchslim.quantize._registry import QuantContext, handler_for
-from torchslim.quantize._select import (STORED_ONLY, STORES_EMBEDDINGS, check_layers, covers_embeddings,
+from torchslim.quantize._select import (STORED_ONLY, check_layers, covers_embeddings,
                                         is_quantizable, quantizable_layers)
 from torchslim.quantize.attention import project_attention_
 from torchslim.quantize.config import method_of
@@ -128,7 +128,8 @@ def quantize_(model: nn.Module, config, *, calibration: Iterable | None = None,
                        fallback=fallback, sensitivity=sensitivity, baseline_metric=baseline, metric=metric,
                        weight_bytes_fp32=result.weight_bytes_fp32, weight_bytes_quantized=result.weight_bytes_quantized,
                        onnx_model=result.onnx_model,
-                       float_layers=float_layers(model, method, kept, fallback, config.ignore, tied))
+                       float_layers=float_layers(model, method, kept, fallback, config.ignore, tied,
+                                                 stores_tables=covers_embeddings(config)))
 
 
 def _tied_left_to_their_leader(model: nn.Module, config) -> tuple[str, ...]:
@@ -153,13 +154,15 @@ _NOT_QUANTIZED = {  # weighted layers no method replaces, and why they stay floa
     nn.ConvTranspose1d: "a transposed convolution", nn.ConvTranspose2d: "a transposed convolution",
     nn.Conv3d: "a 3-D convolution",
     **dict.fromkeys((nn.GRU, nn.LSTM, nn.RNN), "a recurrent layer: the int8 methods keep its gates float "
-                                              "(weight-only and k-means store them in codes)"),
+                                              "(weight-only, k-means and qat below 8 bits store them in codes)"),
 }
 
 
 def float_layers(model: nn.Module, method: str, kept: Iterable[str], fallback: Iterable[str],
-                 ignore: Iterable[str], tied: dict[str, tuple[str, ...]] | None = None) -> dict[str, str]:
-    """{layer: why it stays float} for the weighted layers a quantized ``model`` still computes in float.
+                 ignore: Iterable[str], tied: dict[str, tuple[str, ...]] | None = None, *,
+                 stores_tables: bool = False) -> dict[str, str]:
+    """{layer: why it stays float} for the weighted layers a quantized ``model`` still computes in float;
+    ``stores_tables``: the method stores embedding tables, transposed convolutions and recurrent layers too.
 
     Normalization layers (BatchNorm, LayerNorm, GroupNorm) are not listed: they stay float by design (folded into
     the convolution where int8 kernels need it).
@@ -182,7 +185,7 @@ def float_layers(model: nn.Module, method: str, kept: Iterable[str], fallback: I
         if name in tied:
             reasons[name] = tied_reason(tied[name])
             continue
-        if type(module) in STORED_ONLY and method in STORES_EMBEDDINGS:  # the first loop said why, if kept
+        if type(module) in STORED_ONLY and stores_tables:  # the first loop said why, if kept
             if getattr(module, "max_norm", None) is not None:
                 reasons[name] = "an embedding with max_norm: its lookup rescales the table in place"
             continue

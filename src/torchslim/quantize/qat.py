@@ -4,7 +4,7 @@ Weights are fake-quantized (per channel by default) and, at 8 bits, each layer i
 min/max while training, initialised from calibration). After the caller's ``finetune`` the model is
 converted: 8 bits → int8 codes + static activation ranges, and the int8 model for ONNX Runtime (the
 fake-quantized weights are exactly representable, so ORT recomputes the same codes); fewer bits → packed
-weight-only layers with the same codes. At conversion the layer input ranges are calibrated again, on the
+weight-only layers with the same codes (embedding tables, transposed convolutions and recurrent layers included). At conversion the layer input ranges are calibrated again, on the
 same batches and with the same observer as the ORT model's, so torch and ORT quantize activations alike.
 """
 
@@ -17,28 +17,36 @@ from torchslim.export.cpu import weights_reduce_range
 from torchslim.quantize._calibrate import observe_layer_inputs
 from torchslim.quantize._fold import fold_conv_bn_
 from torchslim.quantize._registry import HandlerResult, QuantContext, register
-from torchslim.quantize._select import quantizable_layers, set_submodule
+from torchslim.quantize._select import layer_bits, quantizable_layers, set_submodule
 from torchslim.quantize.config import QATConfig
-from torchslim.quantize.modules import ActivationFakeQuant, FakeQuantWeight, PackedWeight, QuantizedLayer
+from torchslim.quantize.modules import (ActivationFakeQuant, FakeQuantWeight, PackedWeight, QuantizedLayer,
+                                        replace_with_float_)
 from torchslim.quantize.ptq import export_static, int8_result
-from torchslim.quantize.weight_only import pack_layers_
+from torchslim.quantize.weight_only import _code_layers_, pack_layers_
 
 
-def prepare_qat_(model: nn.Module, config: QATConfig, batches=None) -> dict[str, nn.Module]:
-    """Insert fake quantizers in place (after folding Conv+BN). Returns the original layers by name."""
+def prepare_qat_(model: nn.Module, config: QATConfig, batches=None) -> dict[str, int]:
+    """Insert fake quantizers in place (after folding Conv+BN). Returns the bits of each fake-quantized layer.
+
+    Below 8 bits the model ends as packed codes, which store embedding tables, transposed convolutions and
+    recurrent layers as well as Linear and Conv weights: all of them train through their fake quantizers (a tied
+    weight once, shared by its holders). At 8 bits the int8 kernels run Linear and Conv layers only.
+    """
     fold_conv_bn_(model)
-    reduce_range = config.bits == 8 and weights_reduce_range(config.reduce_range)
+    if config.bits < 8:
+        bits = layer_bits(model, config.bits, config.ignore, embeddings=True)
+        _code_layers_(model, bits, lambda weight, b: FakeQuantWeight(weight, b, config.granularity, config.symmetric))
+        return bits
+    reduce_range = weights_reduce_range(config.reduce_range)
     layers = quantizable_layers(model, config.ignore)
-    ranges = observe_layer_inputs(model, layers, batches, config.calibration) if batches and config.bits == 8 else {}
+    ranges = observe_layer_inputs(model, layers, batches, config.calibration) if batches else {}
     for name, layer in layers.items():
-        act = None
-        if config.bits == 8:
-            act = ActivationFakeQuant(8, mode="static")
-            if name in ranges:
-                act.set_range(*ranges[name])
-        source = FakeQuantWeight(layer.weight, config.bits, config.granularity, config.symmetric, reduce_range)
+        act = ActivationFakeQuant(8, mode="static")
+        if name in ranges:
+            act.set_range(*ranges[name])
+        source = FakeQuantWeight(layer.weight, 8, config.granularity, config.symmetric, reduce_range)
         set_submodule(model, name, QuantizedLayer(layer, source, act))
-    return layers
+    return dict.fromkeys(layers, 8)
 
 
 def calibrate_input_ranges_(model: nn.Module, names, batches, calibration) -> None:
@@ -71,10 +79,9 @@ def quantize_qat_(model: nn.Module, config: QATConfig, ctx: QuantContext) -> Han
     if ctx.finetune is not None and config.finetune.epochs > 0:
         ctx.finetune(model, config.finetune.epochs, config.finetune.lr)
     model.eval()
-    if config.bits < 8:
-        for name in layers:  # the fake-quantized weight has the same min/max, hence the same codes
-            set_submodule(model, name, model.get_submodule(name).to_float())
-        return pack_layers_(model, {n: config.bits for n in layers}, config.granularity, config.symmetric)
+    if config.bits < 8:  # the fake-quantized weight has the same min/max, hence the same codes
+        replace_with_float_(model, lambda layer: isinstance(layer.weight_source, FakeQuantWeight))
+        return pack_layers_(model, layers, config.granularity, config.symmetric)
     # the grid prepare_qat_ chose (or, resumed, the one the stored fake quantizers record)
     reduce_range = any(model.get_submodule(name).weight_source.reduce_range for name in layers)
     for name in layers:  # same min/max as the fake quantizer saw, hence the same int8 codes
@@ -87,4 +94,4 @@ def quantize_qat_(model: nn.Module, config: QATConfig, ctx: QuantContext) -> Han
     if ctx.export:
         excluded = sorted(quantizable_layers(model))  # plain layers left: the ignored ones
         onnx_model = export_static(model, ctx.batches, config, excluded, reduce_range)
-    return int8_result(model, layers, onnx_model)
+    return int8_result(model, {name: model.get_submodule(name) for name in layers}, onnx_model)
