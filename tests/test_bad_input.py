@@ -208,6 +208,33 @@ def test_a_model_that_returns_a_tuple(tmp_path):
         "return a wrapper whose forward returns the logits alone, e.g. model(x)['logits'] or model(x)[0]")
 
 
+def test_a_model_onnx_cannot_express_is_refused_wherever_onnx_is_needed(tmp_path):
+    # torch's exporter writes an LSTM with proj_size as a graph ONNX Runtime cannot run: each use of ONNX is refused
+    # at check, naming the field and the layer, before anything trains; weight-only in torch still works
+    (tmp_path / "proj_mod.py").write_text(
+        "import torch.nn as nn\n"
+        "class Net(nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.rnn = nn.LSTM(8, 16, proj_size=4, batch_first=True)\n"
+        "        self.fc = nn.Linear(4, 10)\n"
+        "    def forward(self, x):\n"
+        "        return self.fc(self.rnn(x.flatten(1, 2))[0][:, -1])\n"
+        "def build():\n"
+        "    return Net()\n")
+    domain = with_model(factory="proj_mod:build")
+    why = "rnn is an LSTM with proj_size, which ONNX's LSTM cannot express"
+    assert rejected(tmp_path, domain=domain + "runtime: onnxruntime\n") == (
+        f"domain.yaml: runtime: onnxruntime runs the model's ONNX export, and {why}; use runtime: torch")
+    assert rejected(tmp_path, domain=domain, recipe=with_stage("quantize: {method: dynamic}")) == (
+        f"recipe.yaml: stages[1].quantize.method: dynamic runs on the model's ONNX export, and {why}; use weight "
+        f"or kmeans")
+    assert rejected(tmp_path, domain=domain, recipe=with_stage("export: {formats: [torchslim, onnx]}")) == (
+        f"recipe.yaml: stages[1].export.formats: onnx is the model's ONNX export, and {why}; leave onnx out")
+    (tmp_path / "recipe.yaml").write_text(with_stage("quantize: {method: weight, bits: 4}"))
+    assert run_cli(tmp_path, "check", "recipe.yaml")[0] == 0
+
+
 def test_outputs_that_fit_but_will_not_train_as_meant_are_warned_of(tmp_path):
     # a trailing Softmax, and 12 outputs for 10 classes: checked, each said once, and the check still passes
     (tmp_path / "odd_mod.py").write_text(

@@ -142,6 +142,10 @@ def prepare(recipe: Recipe, *, log: Callable[[str], None] = _log_stderr, model: 
             splits = load_splits(domain.data, base_dir=domain.base_dir, input_shape=input_shape_of(model))
         warnings = check_fits(model, splits.train.tensors[0][:2], splits.num_classes)
         check_metric_fits(domain.metric, splits.num_classes)
+        if domain.runtime == "onnxruntime":
+            from torchslim.export.onnx_export import check_exportable
+
+            check_exportable(model, "runtime", "onnxruntime runs the model's ONNX export", "use runtime: torch")
     except ConfigError as exc:
         raise exc.within(source=domain.source) from None
     where = f"{domain.source}: " if domain.source else ""

@@ -45,6 +45,27 @@ def _quiet():
             lg.setLevel(level)
 
 
+def not_exportable(model: nn.Module) -> dict[str, str]:
+    """{module name: why} for the layers torch's ONNX exporter writes as something ONNX Runtime cannot run, so a
+    recipe that needs the model in ONNX is refused before it trains."""
+    found = {}
+    for name, module in model.named_modules():
+        if isinstance(module, nn.LSTM) and module.proj_size > 0:
+            found[name] = "an LSTM with proj_size, which ONNX's LSTM cannot express"
+    return found
+
+
+def check_exportable(model: nn.Module, field: str, needs: str, instead: str) -> None:
+    """ConfigError naming ``field`` when ``model`` holds a layer of :func:`not_exportable`: ``needs`` says what asks
+    for ONNX, ``instead`` what to do."""
+    from torchslim._errors import ConfigError
+
+    found = not_exportable(model)
+    if found:
+        name, why = next(iter(found.items()))
+        raise ConfigError(field, f"{needs}, and {name or 'the model'} is {why}; {instead}")
+
+
 def to_onnx_proto(model: nn.Module, example_input: torch.Tensor | Sequence[torch.Tensor], *,
                   dynamic_batch: bool = True):
     """Export ``model`` (eval mode, a CPU copy) to an in-memory ``onnx.ModelProto``.
@@ -58,6 +79,7 @@ def to_onnx_proto(model: nn.Module, example_input: torch.Tensor | Sequence[torch
     """
     from torchslim.quantize.modules import QuantizedLayer, QuantizedRecurrent, dequantize_model
 
+    check_exportable(model, "onnx", "the model was to be exported", "keep it in torch")
     args = tuple(t.detach().cpu() for t in _as_tuple(example_input))
     model = copy.deepcopy(model).cpu().eval()
     if any(isinstance(m, (QuantizedLayer, QuantizedRecurrent)) for m in model.modules()):

@@ -109,8 +109,11 @@ def _load_error(model: ModelSource, exc: Exception):
         opset = ""
     detail = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", " ".join(str(exc).split()))
     detail = re.sub(r"^/\S+:\d+ .*?\) (?=[A-Z])", "", detail)  # ORT's source file and C++ signature
-    return ConfigError("onnx model", f"ONNX Runtime {ort.__version__} cannot load it{opset} (a model made with a "
-                                     f"newer onnxruntime needs that version or later): {detail}")
+    # an op or opset this runtime lacks (a graph from a newer one), else a graph that is wrong in itself
+    newer = re.search(r"not (?:yet )?(?:implemented|supported|registered)|Could not find an implementation|opset",
+                      detail, re.IGNORECASE)
+    hint = " (a model made with a newer onnxruntime needs that version or later)" if newer else ""
+    return ConfigError("onnx model", f"ONNX Runtime {ort.__version__} cannot load it{opset}{hint}: {detail}")
 
 
 class OrtSession:

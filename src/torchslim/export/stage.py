@@ -38,9 +38,18 @@ def requested_formats(records: list[dict[str, Any]]) -> set[str]:
     return {f for r in records if r.get("stage") == "export" for f in r.get("formats", ())}
 
 
+def _check_export(ctx: "RunContext", cfg: ExportStage) -> None:
+    """Before any training: a model asked for in ONNX can be exported."""
+    if "onnx" in cfg.formats:
+        from torchslim.export.onnx_export import check_exportable
+
+        check_exportable(ctx.model, "formats", "onnx is the model's ONNX export", "leave onnx out")
+
+
 def _run_export(ctx: "RunContext", cfg: ExportStage) -> dict[str, Any]:
     files = ["artifact"] + ([ONNX_FILE] if "onnx" in cfg.formats else [])
     return {"formats": list(cfg.formats), "files": files}
 
 
-register_stage(StageHandler("export", ExportStage, _run_export, compresses=False, changes_model=False))
+register_stage(StageHandler("export", ExportStage, _run_export, compresses=False, changes_model=False,
+                            check=_check_export))

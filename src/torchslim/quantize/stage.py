@@ -79,8 +79,14 @@ def _fine_tunes(config: Any) -> bool:
 
 
 def check_quantize_stage(ctx: "RunContext", stage: QuantizeStage) -> None:
-    """Before any training: ignore/overrides patterns match modules, a group size divides every quantized row."""
+    """Before any training: ignore/overrides patterns match modules, a group size divides every quantized row, and
+    an int8 method's model can be exported to ONNX (its int8 graph is built from the export)."""
     check_layers(ctx.model, stage.config)
+    if _int8(stage.config):
+        from torchslim.export.onnx_export import check_exportable
+
+        check_exportable(ctx.model, "method", f"{method_of(stage.config)} runs on the model's ONNX export",
+                         "use weight or kmeans")
 
 
 def metric_drop_budget(ctx: "RunContext", stage: QuantizeStage, before: float) -> tuple[Optional[float], str]:
