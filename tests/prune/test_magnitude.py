@@ -197,20 +197,27 @@ def test_mask_hook_follows_a_model_getter_and_reports_a_skipped_layer_once():
 
 
 class _SeqLSTM(nn.Module):
-    """(N, 6, 8) -> a 2-layer bidirectional LSTM -> mean over the steps -> head."""
+    """(N, 6, 8) -> a 2-layer bidirectional LSTM (or a GRU cell stepped by the model) -> head."""
 
-    def __init__(self):
+    def __init__(self, cell: bool = False):
         super().__init__()
-        self.lstm = nn.LSTM(8, 10, num_layers=2, batch_first=True, bidirectional=True)
+        self.cell = cell
+        self.lstm = nn.GRUCell(8, 20) if cell else nn.LSTM(8, 10, num_layers=2, batch_first=True, bidirectional=True)
         self.head = nn.Linear(20, 3)
 
     def forward(self, x):
-        return self.head(self.lstm(x)[0].mean(1))
+        if not self.cell:
+            return self.head(self.lstm(x)[0].mean(1))
+        state = x.new_zeros(x.shape[0], 20)
+        for t in range(x.shape[1]):
+            state = self.lstm(x[:, t], state)
+        return self.head(state)
 
 
-def test_a_recurrent_layer_loses_its_smallest_weights_across_its_matrices_and_keeps_them_at_zero(tmp_path):
+@pytest.mark.parametrize("cell", [False, True], ids=["lstm", "gru-cell"])
+def test_a_recurrent_layer_loses_its_smallest_weights_across_its_matrices_and_keeps_them_at_zero(tmp_path, cell):
     torch.manual_seed(0)
-    model = _SeqLSTM()
+    model = _SeqLSTM(cell)
     matrices = {n: p.detach().clone() for n, p in model.lstm.named_parameters() if n.startswith("weight_")}
     biases = {n: p.detach().clone() for n, p in model.lstm.named_parameters() if n.startswith("bias_")}
     report = prune_(model, MagnitudeConfig(sparsity=0.6, scope="layer"))

@@ -125,3 +125,63 @@ def test_a_recurrent_layer_beside_a_tied_weight_reloads(tmp_path):
     assert loaded.head.weight_source is loaded.embed.weight_source
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), expected, rtol=0, atol=0)
+
+
+class Steps(nn.Module):
+    """(N, 6, 8) sequences stepped through a recurrent cell by the model's own loop -> 3 classes."""
+
+    def __init__(self, kind: str = "GRUCell"):
+        super().__init__()
+        self.cell = getattr(nn, kind)(8, 16)
+        self.has_memory = kind == "LSTMCell"  # the cell may be a wrapper that decodes its matrices
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x):
+        state = x.new_zeros(x.shape[0], 16)
+        memory = state
+        for t in range(x.shape[1]):
+            if self.has_memory:
+                state, memory = self.cell(x[:, t], (state, memory))
+            else:
+                state = self.cell(x[:, t], state)
+        return self.head(state)
+
+
+def _steps(kind, seed=0):
+    torch.manual_seed(seed)
+    return Steps(kind).eval()
+
+
+@pytest.mark.parametrize("kind", ["GRUCell", "LSTMCell", "RNNCell"])
+def test_a_recurrent_cell_is_stored_in_codes_and_kept_float_by_int8_in_both_runtimes(kind, tmp_path):
+    from torchslim.export import quantized_kernels
+    from torchslim.quantize import DynamicConfig
+
+    model, x = _steps(kind), torch.randn(5, 6, 8)
+    matrices = {n: p.detach().clone() for n, p in model.cell.named_parameters() if n.startswith("weight_")}
+    report = quantize_(model, WeightOnlyConfig(bits=4))
+    assert set(report.layers) == {"cell", "head"} and not report.float_layers
+    assert isinstance(model.cell, QuantizedRecurrent) and set(model.cell.weight_sources) == set(matrices)
+    decoded = {n: s().detach() for n, s in model.cell.weight_sources.items()}
+    plain = _steps(kind, seed=1)  # torch's own cell with the decoded matrices computes the same
+    plain.load_state_dict({**{f"cell.{n}": w for n, w in decoded.items()},
+                           **{f"cell.{k}": v for k, v in model.cell.rnn.state_dict().items()},
+                           **{f"head.{k}": v for k, v in model.head.to_float().state_dict().items()}})
+    with torch.no_grad():
+        expected = model(x)
+        torch.testing.assert_close(plain(x), expected, rtol=0, atol=1e-6)
+    path = save_artifact(model, tmp_path / "a", architecture={"module": "test_recurrent:Steps"})
+    served = decode_for_inference_(load_artifact(path, model=_steps(kind, seed=2))[0])
+    assert type(served.cell) is getattr(nn, kind)
+    assert [n for n, _ in served.cell.named_parameters()] == [n for n, _ in _steps(kind).cell.named_parameters()]
+    with torch.no_grad():
+        torch.testing.assert_close(served(x), expected, rtol=0, atol=1e-6)
+
+    # dynamic int8: the cell's products stay float in ONNX Runtime as in the torch model (its graph unrolls the
+    # loop into products ORT would otherwise quantize), so the two compute the same model
+    model = _steps(kind)
+    report = quantize_(model, DynamicConfig(), calibration=[x])
+    assert set(report.layers) == {"head"} and report.float_layers["cell"].startswith("a recurrent cell")
+    assert quantized_kernels(report.onnx_model) == {"DynamicQuantizeMatMul": 1}
+    with torch.no_grad():
+        torch.testing.assert_close(report.ort_session(1)(x), model(x), rtol=0, atol=1e-5)

@@ -20,13 +20,17 @@ _STATISTICS = ("running_mean", "running_var", "num_batches_tracked")  # BatchNor
 
 def _owner(key: str) -> str:
     """The module a state-dict key belongs to (``fc1.weight_source.packed`` -> ``fc1``); a recurrent layer's matrix
-    is its own row (``lstm.weight_sources.weight_ih_l0.packed`` -> ``lstm.weight_ih_l0``)."""
+    is its own row, coded (``lstm.weight_sources.weight_ih_l0.packed``) or not (``lstm.weight_ih_l0``), both
+    ``lstm.weight_ih_l0``."""
     from torchslim.quantize._layout import split_source_key
 
     split = split_source_key(key)
     if split is not None:
         return split[0] if split[1] is None else f"{split[0]}.{split[1]}"
-    return key.rpartition(".")[0] or key
+    owner, _, leaf = key.rpartition(".")
+    if owner and leaf.startswith("weight_"):  # a float recurrent layer's matrix (``lstm.weight_ih_l0``), as coded
+        return key
+    return owner or key
 
 
 def _natural(name: str) -> list[Any]:
@@ -66,9 +70,9 @@ def _layer_weight(owner: str, keys: list[str], state: dict[str, torch.Tensor], l
         source_state = {k[len(prefix):]: state[k] for k in keys if k.startswith(prefix)}
         stored = next((f"{prefix}{leaf}" for leaf in ("packed", "weight") if f"{prefix}{leaf}" in state), keys[0])
         return stored, decode_weight(spec, source_state), int(spec["bits"])
-    key = f"{owner}.weight"
-    if key in state and state[key].is_floating_point():
-        return key, state[key], None
+    for key in (f"{owner}.weight", owner):  # a layer's weight, or a recurrent matrix that is its own row
+        if key in state and state[key].is_floating_point():
+            return key, state[key], None
     return keys[0], None, None
 
 

@@ -6,13 +6,14 @@ from __future__ import annotations
 from torch import nn
 
 from torchslim._errors import ConfigError
+from torchslim._recurrent import RECURRENT_BASES
 from torchslim.prune._select import LayerSelector, count
 from torchslim.prune.config import MagnitudeConfig
 from torchslim.prune.masks import apply_masks_, magnitude_masks, mask_hook, masked_weight
 from torchslim.prune.report import PruneReport, build_report, model_size, snapshot
 from torchslim.prune.schedule import sparsity_at
 
-MAGNITUDE_LAYERS = (nn.Linear, nn.modules.conv._ConvNd, nn.RNNBase)
+MAGNITUDE_LAYERS = (nn.Linear, nn.modules.conv._ConvNd, *RECURRENT_BASES)
 
 
 def magnitude_layers(model: nn.Module, selector: LayerSelector) -> dict[str, nn.Module]:

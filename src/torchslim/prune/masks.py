@@ -8,14 +8,14 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from torchslim._recurrent import recurrent_weights
+from torchslim._recurrent import is_recurrent, recurrent_weights
 
 __all__ = ["magnitude_masks", "apply_masks_", "mask_hook", "masked_weight"]
 
 
 def _matrices(module: nn.Module) -> list[torch.Tensor] | None:
     """A recurrent layer's weight matrices, which one mask covers together; None for a layer with one weight."""
-    return list(recurrent_weights(module).values()) if isinstance(module, nn.RNNBase) else None
+    return list(recurrent_weights(module).values()) if is_recurrent(module) else None
 
 
 def masked_weight(module: nn.Module) -> torch.Tensor:
@@ -125,7 +125,7 @@ def mask_hook(model: nn.Module | Callable[[], nn.Module], masks: dict[str, torch
             if getattr(module, "weight_sources", None) is not None or (
                     source is not None and not isinstance(getattr(source, "weight", None), torch.Tensor)):
                 continue  # integer codes or a codebook: zeros stay code zero / centroid 0, nothing trains them
-            if isinstance(module, nn.RNNBase):  # sized and placed by its matrices: no joined copy every step
+            if is_recurrent(module):  # sized and placed by its matrices: no joined copy every step
                 matrices = _matrices(module)
                 weight, shape = matrices[0], torch.Size([sum(m.numel() for m in matrices)])
             else:

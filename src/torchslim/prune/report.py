@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from torchslim._recurrent import is_recurrent
 from torchslim._tied import tied_reason, tied_weights
 from torchslim.evaluate import count_params
 from torchslim.prune.attention import PrunableMultiheadAttention
@@ -39,7 +40,7 @@ def unpruned_layers(model: nn.Module, acted_on: Iterable[str] = ()) -> dict[str,
         if (isinstance(module, WEIGHT_LAYERS + _NORMS) or name in acted_on
                 or not any(True for _ in module.parameters(recurse=False))):
             continue
-        if isinstance(module, nn.RNNBase):
+        if is_recurrent(module):
             out[name] = "a recurrent layer: only magnitude pruning acts on its gates"
         elif isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
             out[name] = "an embedding table"

@@ -20,6 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from torchslim._errors import ConfigError, by_reason
+from torchslim._recurrent import is_recurrent
 from torchslim._validation import finite_float
 from torchslim.distributed import is_distributed, module_device, rank_digests
 from torchslim.prune._select import LayerSelector, check_names
@@ -219,7 +220,7 @@ def resume_stage(ctx: "RunContext", stage: PruneStage, record: dict[str, Any]) -
     """A finished magnitude stage's masks are its zeros: rebuild them so later training keeps them."""
     modules = dict(ctx.model.named_modules())
     masks = {name: masked_weight(modules[name]).detach() != 0 for name in record.get("masked_layers", [])
-             if isinstance(modules.get(name), nn.RNNBase)
+             if is_recurrent(modules.get(name))
              or isinstance(getattr(modules.get(name), "weight", None), torch.Tensor)}
     if masks:
         _keep_masked(ctx, masks)

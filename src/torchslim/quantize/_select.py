@@ -12,7 +12,7 @@ from typing import Any, Iterable, Mapping
 from torch import nn
 
 from torchslim._errors import ConfigError
-from torchslim._recurrent import recurrent_weights
+from torchslim._recurrent import is_recurrent, recurrent_weights
 from torchslim.prune._select import LayerSelector
 
 QUANTIZABLE = (nn.Linear, nn.Conv1d, nn.Conv2d)
@@ -21,7 +21,8 @@ QUANTIZABLE = (nn.Linear, nn.Conv1d, nn.Conv2d)
 # Layers only the methods that store weights (:data:`STORES_EMBEDDINGS`) replace: the int8 methods have no kernel for
 # a lookup, a transposed convolution or a recurrent layer's gates here, but their weights store in codes as a
 # Linear's do.
-STORED_ONLY = (nn.Embedding, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.RNN, nn.LSTM, nn.GRU)
+STORED_ONLY = (nn.Embedding, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.RNN, nn.LSTM, nn.GRU, nn.RNNCell,
+               nn.LSTMCell, nn.GRUCell)
 
 
 def is_quantizable(module: nn.Module, embeddings: bool = False) -> bool:
@@ -93,7 +94,7 @@ def check_layers(model: nn.Module, config: Any) -> dict[str, int]:
 def _row_length(layer: nn.Module, size: int) -> int:
     """The length of the layer's weight rows; for a recurrent layer, that of the first matrix ``size`` does not
     divide (else of its first)."""
-    if isinstance(layer, nn.RNNBase):
+    if is_recurrent(layer):
         rows = [p[0].numel() for p in recurrent_weights(layer).values()]
         return next((row for row in rows if row % size), rows[0])
     return layer.weight[0].numel()

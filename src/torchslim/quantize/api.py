@@ -155,6 +155,9 @@ _NOT_QUANTIZED = {  # weighted layers no method replaces, and why they stay floa
     nn.Conv3d: "a 3-D convolution",
     **dict.fromkeys((nn.GRU, nn.LSTM, nn.RNN), "a recurrent layer: the int8 methods keep its gates float "
                                               "(weight-only, k-means and qat below 8 bits store them in codes)"),
+    **dict.fromkeys((nn.GRUCell, nn.LSTMCell, nn.RNNCell), "a recurrent cell: the int8 methods keep its gates "
+                                                          "float (weight-only, k-means and qat below 8 bits store "
+                                                          "them in codes)"),
 }
 
 

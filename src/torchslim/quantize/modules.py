@@ -227,11 +227,11 @@ class QuantizedLayer(nn.Module):
         return layer
 
 
-RECURRENT = (nn.RNN, nn.LSTM, nn.GRU)
+RECURRENT = (nn.RNN, nn.LSTM, nn.GRU, nn.RNNCell, nn.LSTMCell, nn.GRUCell)
 
 
 class QuantizedRecurrent(nn.Module):
-    """An RNN / LSTM / GRU whose weight matrices each come from a source (packed codes, a codebook); its biases stay
+    """An RNN / LSTM / GRU layer or cell whose weight matrices each come from a source (packed codes, a codebook); its biases stay
     float. Before each call the decoded matrices are set on the recurrent module (plain attributes, in no state
     dict), so torch's own recurrent kernel runs them.
 
@@ -240,8 +240,9 @@ class QuantizedRecurrent(nn.Module):
         sources: ``{weight name: module returning that matrix}``, one per name of :func:`recurrent_weights`.
     """
 
-    def __init__(self, rnn: nn.RNNBase, sources: dict[str, nn.Module]):
+    def __init__(self, rnn: nn.Module, sources: dict[str, nn.Module]):
         super().__init__()
+        self.parameter_order = list(rnn._parameters)  # torch's, for to_float
         missing = set(sources) ^ set(recurrent_weights(rnn))
         if missing:
             raise ValueError(f"a {type(rnn).__name__} has no weight {sorted(missing)[0]} to decode, or it is left out")
@@ -261,12 +262,12 @@ class QuantizedRecurrent(nn.Module):
             for name in self.weight_sources:
                 setattr(self.rnn, name, None)
 
-    def to_float(self) -> nn.RNNBase:
+    def to_float(self) -> nn.Module:
         """The plain recurrent layer with the current (decoded) weights, its parameters in torch's order."""
         rnn = copy.deepcopy(self.rnn)
         for name, source in self.weight_sources.items():
             setattr(rnn, name, nn.Parameter(source().detach().clone()))
-        rnn._parameters = {name: rnn._parameters[name] for name in rnn._flat_weights_names}
+        rnn._parameters = {name: rnn._parameters[name] for name in self.parameter_order}
         return rnn
 
 

@@ -67,7 +67,9 @@ def quantize_static_(model: nn.Module, config: StaticConfig, ctx: QuantContext) 
         raise ConfigError("calibration", "static quantization needs calibration batches")
     fold_conv_bn_(model)
     layers = quantizable_layers(model, config.ignore)
-    excluded = sorted(set(quantizable_layers(model)) - set(layers))
+    # kept float in ONNX Runtime too: ignored layers, and layers (a recurrent cell's products) ORT could quantize
+    # though the torch model keeps them float
+    excluded = sorted(set(quantizable_layers(model, embeddings=True)) - set(layers))
     reduce_range = weights_reduce_range(config.reduce_range)
     onnx_model = export_static(model, ctx.batches, config, excluded, reduce_range) if ctx.export else None
     ranges = observe_layer_inputs(model, layers, ctx.batches, config.calibration)
@@ -85,7 +87,9 @@ def quantize_dynamic_(model: nn.Module, config: DynamicConfig, ctx: QuantContext
     # folded as the ONNX export folds it, so the float convolutions' weights are the exported ones, stored once.
     fold_conv_bn_(model)
     layers = {n: m for n, m in quantizable_layers(model, config.ignore).items() if isinstance(m, nn.Linear)}
-    excluded = sorted(set(quantizable_layers(model)) - set(layers))
+    # kept float in ONNX Runtime too: ignored layers, and layers (a recurrent cell's products) ORT could quantize
+    # though the torch model keeps them float
+    excluded = sorted(set(quantizable_layers(model, embeddings=True)) - set(layers))
     reduce_range = weights_reduce_range(config.reduce_range)
     onnx_model = None
     if ctx.export:

@@ -92,6 +92,7 @@ def quantize_qat_(model: nn.Module, config: QATConfig, ctx: QuantContext) -> Han
     if ctx.batches:
         calibrate_input_ranges_(model, layers, ctx.batches, config.calibration)
     if ctx.export:
-        excluded = sorted(quantizable_layers(model))  # plain layers left: the ignored ones
+        # plain layers left: the ignored ones, and those (a recurrent cell) int8 keeps float
+        excluded = sorted(quantizable_layers(model, embeddings=True))
         onnx_model = export_static(model, ctx.batches, config, excluded, reduce_range)
     return int8_result(model, {name: model.get_submodule(name) for name in layers}, onnx_model)
