@@ -241,3 +241,12 @@ def test_a_recurrent_layer_loses_its_smallest_weights_across_its_matrices_and_ke
     for name, before in matrices.items():
         after = getattr(model.lstm, name).detach()
         assert bool((after[before.abs() <= threshold] == 0).all()) and bool((after[before.abs() > threshold] != 0).any())
+
+    from torchslim.artifact import save_artifact
+    from torchslim.artifact._inspect import describe_artifact
+
+    path = save_artifact(model, tmp_path / "a", architecture={"module": "test_magnitude:_SeqLSTM"})
+    rows = {row["name"]: row for row in describe_artifact(path)["layers"]}
+    for name in matrices:  # inspect gives each matrix its own row, with its sparsity
+        zeros = float((getattr(model.lstm, name) == 0).float().mean())
+        assert rows[f"lstm.{name}"]["sparsity"] == pytest.approx(zeros) and zeros > 0.3
