@@ -24,6 +24,16 @@ class Seq(nn.Module):
         return self.head(out.mean(1))
 
 
+def _plain_twin(plain: nn.Module, quantized: nn.Module, recurrent: str) -> nn.Module:
+    """``plain`` (a float model of the same class) given the weights ``quantized`` decodes: its recurrent layer's
+    matrices, that layer's float biases and the head's."""
+    layer = quantized.get_submodule(recurrent)
+    plain.load_state_dict({**{f"{recurrent}.{n}": s().detach() for n, s in layer.weight_sources.items()},
+                           **{f"{recurrent}.{k}": v for k, v in layer.rnn.state_dict().items()},
+                           **{f"head.{k}": v for k, v in quantized.head.to_float().state_dict().items()}})
+    return plain
+
+
 def _model(kind, seed=0):
     torch.manual_seed(seed)
     return Seq(kind).eval()
@@ -45,10 +55,7 @@ def test_recurrent_matrices_are_stored_in_codes_and_run_by_torchs_kernel(kind, c
     decoded = {n: s().detach() for n, s in model.rnn.weight_sources.items()}
     for name, before in matrices.items():
         assert float((decoded[name] - before).abs().max()) < 0.3 * float(before.abs().max())
-    plain = _model(kind, seed=1)  # torch's own layer with the decoded matrices computes the same
-    plain.load_state_dict({**{f"rnn.{n}": w for n, w in decoded.items()},
-                           **{f"rnn.{k}": v for k, v in model.rnn.rnn.state_dict().items()},
-                           **{f"head.{k}": v for k, v in model.head.to_float().state_dict().items()}})
+    plain = _plain_twin(_model(kind, seed=1), model, "rnn")  # torch's own layer with the decoded matrices
     with torch.no_grad():
         expected = model(x)
         torch.testing.assert_close(plain(x), expected, rtol=0, atol=1e-6)
@@ -162,11 +169,7 @@ def test_a_recurrent_cell_is_stored_in_codes_and_kept_float_by_int8_in_both_runt
     report = quantize_(model, WeightOnlyConfig(bits=4))
     assert set(report.layers) == {"cell", "head"} and not report.float_layers
     assert isinstance(model.cell, QuantizedRecurrent) and set(model.cell.weight_sources) == set(matrices)
-    decoded = {n: s().detach() for n, s in model.cell.weight_sources.items()}
-    plain = _steps(kind, seed=1)  # torch's own cell with the decoded matrices computes the same
-    plain.load_state_dict({**{f"cell.{n}": w for n, w in decoded.items()},
-                           **{f"cell.{k}": v for k, v in model.cell.rnn.state_dict().items()},
-                           **{f"head.{k}": v for k, v in model.head.to_float().state_dict().items()}})
+    plain = _plain_twin(_steps(kind, seed=1), model, "cell")  # torch's own cell with the decoded matrices
     with torch.no_grad():
         expected = model(x)
         torch.testing.assert_close(plain(x), expected, rtol=0, atol=1e-6)
