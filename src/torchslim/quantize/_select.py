@@ -28,7 +28,7 @@ STORED_ONLY = (nn.Embedding, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.RNN, nn.
 def is_quantizable(module: nn.Module, embeddings: bool = False) -> bool:
     """A Linear/Conv1d/Conv2d the quantized layers can replace (convolutions only with zero padding); with
     ``embeddings``, an ``nn.Embedding`` (without ``max_norm``, which rescales the table in place at lookup), a
-    transposed 1-D/2-D convolution or an RNN / LSTM / GRU too."""
+    transposed 1-D/2-D convolution or an RNN / LSTM / GRU layer or cell too."""
     if embeddings and type(module) is nn.Embedding:
         return module.max_norm is None
     if embeddings and type(module) in STORED_ONLY:
