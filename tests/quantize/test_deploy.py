@@ -1,5 +1,6 @@
 """A model loaded for inference is plain PyTorch: decoded weights in ordinary layers, torch's own attention."""
 
+import statistics
 import time
 
 import pytest
@@ -51,12 +52,14 @@ def test_loaded_kmeans_demo_model_has_no_wrappers_and_runs_as_fast_as_a_plain_on
     plain = LeNet300100(hidden1=90, hidden2=30).eval()
     for m in (loaded, plain):  # warm up both
         _best_time(m, x, calls=50, trials=2)
-    # interleaved best-of-trials: a busy machine slows a trial, never speeds one up
-    loaded_times, plain_times = [], []
-    for _ in range(31):
-        loaded_times.append(_best_time(loaded, x, calls=200, trials=1))
-        plain_times.append(_best_time(plain, x, calls=200, trials=1))
-    assert min(loaded_times) <= 1.10 * min(plain_times), (min(loaded_times), min(plain_times))
+    # back-to-back pairs, the order alternating: a busy period slows both of a pair, so the median of the pairs'
+    # ratios holds where the best of each side alone can come from different periods
+    ratios = []
+    for round_ in range(31):
+        pair = (loaded, plain) if round_ % 2 == 0 else (plain, loaded)
+        times = {id(m): _best_time(m, x, calls=200, trials=1) for m in pair}
+        ratios.append(times[id(loaded)] / times[id(plain)])
+    assert statistics.median(ratios) <= 1.10, sorted(ratios)
 
 
 def test_load_for_inference_turns_attention_back_into_torchs_own(tmp_path):
