@@ -98,6 +98,9 @@ def ort_session_of(model: Any, manifest: dict[str, Any], intra_op_threads: int |
     return session
 
 
+_WARNED_OF: set[tuple[str, ...]] = set()
+
+
 def _warn_of_overflowing_products(model: Any) -> None:
     """Warn when this CPU's int8 products can overflow with the model's int8 weights: full 8-bit codes, made on a
     CPU with VNNI or with ``reduce_range: false``, run on x86 without VNNI (see
@@ -111,7 +114,8 @@ def _warn_of_overflowing_products(model: Any) -> None:
     if not int8_products_saturate():
         return
     layers = full_range_int8_layers(model)
-    if layers:
+    if layers and tuple(layers) not in _WARNED_OF:
+        _WARNED_OF.add(tuple(layers))  # once per process (warnings' own registry is reset whenever filters change)
         named = ", ".join(layers[:4]) + (f" and {len(layers) - 4} more" if len(layers) > 4 else "")
         warnings.warn(f"the int8 weights of {named} reach beyond [-64, 64] and this CPU has no VNNI: ONNX "
                       f"Runtime's int8 products can overflow here, so the model may score lower than where it was "

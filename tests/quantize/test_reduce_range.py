@@ -131,11 +131,14 @@ def test_loading_full_range_weights_where_they_overflow_warns(tmp_path, monkeypa
     quantize_(model, DynamicConfig(reduce_range=False), calibration=[(b.flatten(1),) for b in image_batches(2)])
     path = save_artifact(model, tmp_path / "a", architecture={"name": "lenet300_100"}, extra={"input_shape": [64]})
     monkeypatch.setattr("torchslim.export.cpu.int8_products_saturate", lambda report=None: True)
+    monkeypatch.setattr("torchslim._load._WARNED_OF", set())
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         torchslim.load(path, runtime="onnxruntime", model=_mlp())
+        torchslim.load(path, runtime="onnxruntime", model=_mlp())  # said once
     messages = [str(w.message) for w in caught if issubclass(w.category, TorchslimWarning)]
     assert len(messages) == 1 and "fc1, fc2, fc3" in messages[0] and "reduce_range: true" in messages[0]
+    monkeypatch.setattr("torchslim._load._WARNED_OF", set())
     monkeypatch.setattr("torchslim.export.cpu.int8_products_saturate", lambda report=None: False)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
