@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import platform
 from pathlib import Path
 
@@ -58,8 +59,14 @@ def int8_products_saturate(report: dict[str, bool | str] | None = None) -> bool:
     Args:
         report: :func:`cpu_int8_features`' report (this machine's when None).
     """
-    report = cpu_int8_features() if report is None else report
+    report = _this_cpu() if report is None else report
     return bool(report["avx2"] or report["avx512"]) and not report["vnni"]
+
+
+@functools.lru_cache(maxsize=1)
+def _this_cpu() -> dict[str, bool | str]:
+    """This machine's report, read once: every int8 stage and every int8 session asks."""
+    return cpu_int8_features()
 
 
 def weights_reduce_range(setting: bool | str) -> bool:
