@@ -1,15 +1,13 @@
-"""Shared fixtures: running the real CLI in a subprocess, and small recipe files."""
+"""Shared fixtures: running the real CLI (in this process), and small recipe files."""
 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from cli_support import cli_env
+from cli_support import invoke
 
 # The suite runs in two worker processes on two cores: each one's timing always sees the other busy, and waiting
 # for it to stop would only slow the suite (the retry itself is tested with the variable set).
@@ -30,13 +28,9 @@ def one_thread():
 
 @pytest.fixture
 def cli():
-    """``cli("run", "r.yaml", "--out", "d")`` -> CompletedProcess of ``python -m torchslim ...``."""
-
-    def run(*args: str, cwd: Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "torchslim", *map(str, args)], capture_output=True,
-                              text=True, env=cli_env(), cwd=cwd, timeout=timeout)
-
-    return run
+    """``cli("run", "r.yaml", "--out", "d", cwd=folder)`` -> CompletedProcess of ``torchslim ...``, run in this
+    process (:func:`cli_support.invoke`)."""
+    return invoke
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from cli_support import cli_env
+from cli_support import cli_env, invoke
 
 DOMAIN = """
 name: digits-auto
@@ -27,9 +27,9 @@ constraints: {max_size_bytes: 50, max_metric_drop: 0.5}
 FAST = ["--baseline-epochs", "2", "--max-epochs", "2", "--threads", "1"]
 
 
-def _auto(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "torchslim", "auto", *map(str, args)], capture_output=True,
-                          text=True, env=env or cli_env(), cwd=cwd, timeout=900)
+def _auto(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """``torchslim auto ARGS`` in this process (two processes and a killed search start real ones below)."""
+    return invoke("auto", *args, cwd=cwd)
 
 
 def _completed(out: Path, name: str = "auto-digits-auto") -> int:
@@ -76,9 +76,7 @@ def test_best_recipe_reproduces_best(search):
 
     folder, _ = search
     out = folder / "out"
-    proc = subprocess.run([sys.executable, "-m", "torchslim", "run", str(out / "best_recipe.yaml"), "--out",
-                           "again", "--threads", "1", "--quiet"], capture_output=True, text=True, env=cli_env(),
-                          cwd=folder, timeout=900)
+    proc = invoke("run", out / "best_recipe.yaml", "--out", "again", "--threads", "1", "--quiet", cwd=folder)
     assert proc.returncode == 0, proc.stderr
     metrics = json.loads((folder / "again" / "metrics.json").read_text())
     assert metrics["size_bytes"] == artifact_size(out / "best")
@@ -117,8 +115,7 @@ def test_another_study_in_the_same_folder_is_refused(search, tmp_path):
         "2 (now 3): give the same to resume it, or search into another --out"], proc.stderr
     # a run into the search's folder (its report.html) and a search into a run's folder are refused
     (tmp_path / "copy" / "recipe.yaml").write_text("domain: domain.yaml\nstages:\n  - train: {epochs: 1}\n")
-    ran = subprocess.run([sys.executable, "-m", "torchslim", "run", "recipe.yaml", "--out", "out", "--overwrite"],
-                         capture_output=True, text=True, env=cli_env(), cwd=tmp_path / "copy", timeout=300)
+    ran = invoke("run", "recipe.yaml", "--out", "out", "--overwrite", cwd=tmp_path / "copy")
     assert ran.returncode == 2 and ran.stderr.strip() == (
         "error: --out: out holds a search (study.json): run into another --out")
     (tmp_path / "copy" / "run").mkdir()

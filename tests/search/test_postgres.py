@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from cli_support import cli_env
 from search.test_auto_cli import DOMAIN, FAST, _auto
 
 HAVE_SERVER = shutil.which("initdb") is not None and shutil.which("pg_ctl") is not None
@@ -57,14 +56,9 @@ def test_two_searches_share_a_study_through_postgresql(tmp_path, postgres_url):
     import optuna
 
     (tmp_path / "domain.yaml").write_text(DOMAIN)
-    env = cli_env()  # the driver may live outside the venv (PYTHONPATH): the searches find it where this test did
-    driver = Path(importlib.util.find_spec("psycopg").origin).parent.parent
-    env["PYTHONPATH"] += os.pathsep + str(driver)
-    first = _auto("domain.yaml", "--out", "a", "--storage", postgres_url, "--trials", "1", *FAST, cwd=tmp_path,
-                  env=env)
+    first = _auto("domain.yaml", "--out", "a", "--storage", postgres_url, "--trials", "1", *FAST, cwd=tmp_path)
     assert first.returncode == 3, first.stderr
-    second = _auto("domain.yaml", "--out", "b", "--storage", postgres_url, "--trials", "2", *FAST, cwd=tmp_path,
-                   env=env)
+    second = _auto("domain.yaml", "--out", "b", "--storage", postgres_url, "--trials", "2", *FAST, cwd=tmp_path)
     assert second.returncode == 3, second.stderr
     # the second search found the first's candidate in the study and ran one more
     assert [line.split(":")[0] for line in second.stderr.splitlines() if line.startswith("trial ")] == ["trial 1"]

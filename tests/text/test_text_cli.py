@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.cli_support import cli_env
+from cli_support import invoke
 
 
 def torchslim(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "torchslim", *args], cwd=cwd, capture_output=True, text=True,
-                          env=cli_env(), timeout=600)
+    return invoke(*args, cwd=cwd)
 
 
 def write_recipe(folder: Path, stages: str) -> Path:
