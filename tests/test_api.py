@@ -134,15 +134,12 @@ STAGES = [{"prune": {"method": "magnitude", "sparsity": 0.6, "finetune": {"epoch
 
 def test_compress_writes_the_tensors_that_run_writes_for_the_equivalent_yaml(tmp_path, one_thread, monkeypatch):
     """The same model, splits, stages, seed and threads through the API and through ``torchslim run``."""
-    import subprocess
-    import sys
-
     import numpy as np
     import yaml
     from safetensors.torch import save_file
     from sklearn.datasets import load_digits
 
-    from cli_support import cli_env
+    from cli_support import invoke
     from torchslim.artifact import load_artifact
 
     x, y = load_digits(return_X_y=True)
@@ -163,8 +160,7 @@ def test_compress_writes_the_tensors_that_run_writes_for_the_equivalent_yaml(tmp
     save_file(model.state_dict(), tmp_path / "weights.safetensors")
     (tmp_path / "domain.yaml").write_text(DOMAIN)
     (tmp_path / "recipe.yaml").write_text(yaml.safe_dump({"domain": "domain.yaml", "seed": 0, "stages": STAGES}))
-    proc = subprocess.run([sys.executable, "-m", "torchslim", "run", "recipe.yaml", "--out", "cli", "--threads", "1"],
-                          cwd=tmp_path, capture_output=True, text=True, env=cli_env(), timeout=600)
+    proc = invoke("run", "recipe.yaml", "--out", "cli", "--threads", "1", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
 
     splits = load_splits(DataSpec(source="npz:table.npz", val_fraction=0.1, seed=0), base_dir=tmp_path)

@@ -3,12 +3,10 @@ the sizes they leave (the artifact's size follows from width, sparsity and bits,
 outputs a user reads. Accuracy at full length is benchmarks/deep_compression.py's business."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 
-from cli_support import ROOT, cli_env
+from cli_support import ROOT, invoke
 
 RECIPE = ROOT / "recipes" / "digits" / "deep_compression.yaml"
 SHORT = ["stages.0.train.epochs=2", "stages.1.distill.epochs=2", "stages.2.prune.finetune.epochs=1",
@@ -19,8 +17,7 @@ SHORT = ["stages.0.train.epochs=2", "stages.1.distill.epochs=2", "stages.2.prune
 def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("deep") / "out"
     sets = [arg for s in SHORT for arg in ("--set", s)]
-    proc = subprocess.run([sys.executable, "-m", "torchslim", "run", str(RECIPE), "--out", str(out), *sets],
-                          capture_output=True, text=True, env=cli_env(), timeout=600)
+    proc = invoke("run", RECIPE, "--out", out, *sets)
     assert proc.returncode == 0, proc.stderr
     return out, json.loads((out / "metrics.json").read_text()), proc.stdout
 
@@ -49,9 +46,7 @@ def test_the_shipped_artifact_is_over_40x_smaller_than_the_fp32_file(run):
 
 def test_eval_remeasures_the_recorded_metric(run):
     out, metrics, _ = run
-    proc = subprocess.run([sys.executable, "-m", "torchslim", "eval", str(out / "artifact"), "--domain",
-                           str(ROOT / "domains" / "digits.yaml"), "--json"],
-                          capture_output=True, text=True, env=cli_env(), timeout=300)
+    proc = invoke("eval", out / "artifact", "--domain", ROOT / "domains" / "digits.yaml", "--json")
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["value"] == metrics["value"]
 
