@@ -158,3 +158,28 @@ def test_a_slower_compressed_model_is_explained_by_what_made_it_slower():
     faster = _latency_metrics("onnxruntime", "static", int8_kernels={"QGemm": 2})
     faster["latency_ms"]["batch_1"] = 0.05
     assert slowdown_reason(faster) is None
+
+
+def test_layer_table_lists_every_weight_matrix_of_a_float_model():
+    """Attention's in-projection, embeddings, recurrent matrices and any convolution are rows too (a ViT's
+    largest matrices were missing from the table)."""
+    from torchslim.report._layers import layer_stats
+
+    class Mixed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Embedding(20, 8)
+            self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+            self.rnn = nn.GRU(8, 4, batch_first=True)
+            self.up = nn.ConvTranspose1d(4, 3, 2)
+            self.head = nn.Linear(3, 2)
+
+    model = Mixed()
+    with torch.no_grad():
+        model.attn.in_proj_weight[:5] = 0
+    rows = {r["name"]: r for r in layer_stats(model, {})}
+    assert list(rows) == ["embed", "attn.in_proj_weight", "attn.out_proj", "rnn.weight_ih_l0", "rnn.weight_hh_l0",
+                          "up", "head"]
+    assert rows["attn.in_proj_weight"]["shape"] == [24, 8] and rows["attn.in_proj_weight"]["nonzero"] == 24 * 8 - 40
+    assert rows["attn.in_proj_weight"]["kind"] == "MultiheadAttention" and rows["rnn.weight_hh_l0"]["shape"] == [12, 4]
+    assert rows["up"]["kind"] == "ConvTranspose1d" and all(r["bits"] == 32 for r in rows.values())

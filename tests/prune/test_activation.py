@@ -156,10 +156,12 @@ def test_layers_no_method_prunes_are_named():
 
     report = prune_(WithGRU(), MagnitudeConfig(sparsity=0.5))
     assert [layer.name for layer in report.layers] == ["gru", "head"]  # magnitude prunes the gates' matrices
-    own = "itself: not pruned on their own (a cut of the channels they follow takes theirs too)"
+    own = "itself: not pruned (not the weight of a Linear, convolution, attention or recurrent layer)"
     assert report.unpruned == {"embed": "an embedding table", "position": f"parameters of the model {own}",
                                "scale.gamma": f"parameters of a Scale {own}"}
     from torchslim.prune import StructuredConfig
 
     report = prune_(WithGRU(), StructuredConfig(sparsity=0.5), example_inputs=torch.randint(0, 10, (4, 5)))
     assert report.unpruned["gru"] == "a recurrent layer: only magnitude pruning acts on its gates"
+    assert report.unpruned["position"] == ("parameters of the model itself: not pruned on their own (a cut of the "
+                                           "channels they follow takes theirs too)")

@@ -6,7 +6,7 @@ from torchslim._errors import ConfigError
 from torchslim.prune import Finetune, MagnitudeConfig, Schedule, apply_masks_, mask_hook, prune_
 from torchslim.prune._select import count
 
-from .models import LeNet5, MLP
+from .models import LeNet5, MLP, TransformerClassifier
 
 LAYERS = ["conv1", "conv2", "fc1", "fc2"]
 
@@ -250,3 +250,62 @@ def test_a_recurrent_layer_loses_its_smallest_weights_across_its_matrices_and_ke
     for name in matrices:  # inspect gives each matrix its own row, with its sparsity
         zeros = float((getattr(model.lstm, name) == 0).float().mean())
         assert rows[f"lstm.{name}"]["sparsity"] == pytest.approx(zeros) and zeros > 0.3
+
+
+def test_attention_in_projection_is_pruned_as_a_layer_and_deploys_as_multihead_attention(tmp_path):
+    """nn.MultiheadAttention's in-projection (a bare parameter, the block's largest matrix) is pruned by magnitude
+    as a Linear of its own; the pruned model saves, reloads with the same outputs, and deploys as
+    nn.MultiheadAttention again with the zeros in place."""
+    from torchslim.artifact import load_artifact, save_artifact
+    from torchslim.prune.sensitivity import _layer_names
+    from torchslim.quantize.deploy import decode_for_inference_
+
+    torch.manual_seed(0)
+    model = TransformerClassifier().eval()
+    x = torch.randn(5, 7, 6)
+    attention = {n: m.in_proj_weight.detach().clone() for n, m in model.named_modules()
+                 if isinstance(m, nn.MultiheadAttention)}
+    assert len(attention) == 2
+    names = _layer_names(model, MagnitudeConfig(sparsity=0.5), None)
+    assert {f"{n}.in_proj" for n in attention} <= set(names)  # the sensitivity analysis tries it alone too
+
+    report = prune_(model, MagnitudeConfig(sparsity=0.5, overrides={"encoder.layers.1.self_attn.in_proj": 0.8}))
+    assert not any("self_attn" in name for name in report.unpruned)
+    modules = dict(model.named_modules())
+    for name, before in attention.items():
+        sparsity = 0.8 if name.startswith("encoder.layers.1") else 0.5
+        k = count(sparsity, before.numel())
+        threshold = before.abs().flatten().sort().values[k - 1]  # the k-th smallest |w|, by hand
+        after = modules[f"{name}.in_proj"].weight.detach()
+        torch.testing.assert_close(after == 0, before.abs() <= threshold)
+        torch.testing.assert_close(after[after != 0], before[before.abs() > threshold])  # the rest untouched
+        assert report.layer(f"{name}.in_proj").nonzero_after == before.numel() - k
+    expected = model(x)
+
+    path = save_artifact(model, tmp_path / "a", architecture={"module": "prune.models:TransformerClassifier"})
+    reloaded, _ = load_artifact(path, model=TransformerClassifier())
+    torch.testing.assert_close(reloaded.eval()(x), expected)
+    served = decode_for_inference_(reloaded)
+    attn = served.encoder.layers[1].self_attn
+    assert type(attn) is nn.MultiheadAttention  # torch's fused kernels again
+    assert int((attn.in_proj_weight == 0).sum()) == count(0.8, attention["encoder.layers.1.self_attn"].numel())
+    torch.testing.assert_close(served(x), expected)
+
+
+def test_cross_attention_keeps_its_projections_whole_and_says_so():
+    class Cross(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.q, self.head = nn.Linear(6, 8), nn.Linear(8, 3)
+            self.attn = nn.MultiheadAttention(8, 2, kdim=6, vdim=6, batch_first=True)
+
+        def forward(self, x):
+            return self.head(self.attn(self.q(x), x, x)[0].mean(1))
+
+    model = Cross()
+    before = [p.detach().clone() for p in (model.attn.q_proj_weight, model.attn.k_proj_weight)]
+    report = prune_(model, MagnitudeConfig(sparsity=0.5))
+    assert sorted(layer.name for layer in report.layers) == ["attn.out_proj", "head", "q"]
+    assert report.unpruned == {
+        "attn": "attention with kdim/vdim, add_bias_kv or add_zero_attn: its in-projection is kept whole"}
+    assert torch.equal(model.attn.q_proj_weight, before[0]) and torch.equal(model.attn.k_proj_weight, before[1])

@@ -116,6 +116,22 @@ def test_cli_rejects_bad_prune_stage_before_writing(tmp_path, cli, stage, domain
     assert not out.exists()
 
 
+def test_an_override_may_name_attentions_in_projection(tmp_path, cli):
+    """Magnitude pruning makes attention's in-projection a layer (``<attention>.in_proj``): the check knows it."""
+    domain = str(ROOT / "domains" / "digits_transformer.yaml")
+    good = write_recipe(tmp_path, [{"prune": {"method": "magnitude", "sparsity": 0.5,
+                                              "overrides": {"encoder.layers.0.self_attn.in_proj": 0.8}}}], domain)
+    proc = cli("check", good)
+    assert proc.returncode == 0, proc.stderr
+    (tmp_path / "bad").mkdir()
+    bad = write_recipe(tmp_path / "bad", [{"prune": {"method": "magnitude", "sparsity": 0.5,
+                                                     "overrides": {"encoder.layers.0.self_attn.in_projection": 0.8}}}],
+                       domain)
+    proc = cli("check", bad)
+    assert proc.returncode == 2 and "stages[0].prune.overrides.encoder.layers.0.self_attn.in_projection: matches no " \
+        "module" in proc.stderr
+
+
 # --- end to end ------------------------------------------------------------------------------------------------
 
 

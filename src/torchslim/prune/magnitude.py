@@ -1,5 +1,10 @@
 """Magnitude pruning (unstructured): zero the smallest |w| of every Linear/ConvNd layer and recurrent layer (its
-weight matrices together), layer by layer or with one global threshold."""
+weight matrices together), layer by layer or with one global threshold.
+
+Self-attention's in-projection is a bare parameter of ``nn.MultiheadAttention``, the largest matrix of a
+transformer block; :func:`project_attention_` first makes it a Linear module (``<attention>.in_proj``, the same
+function), which the artifact records and a deployed model turns back into ``nn.MultiheadAttention``.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +19,14 @@ from torchslim.prune.report import PruneReport, build_report, model_size, snapsh
 from torchslim.prune.schedule import sparsity_at
 
 MAGNITUDE_LAYERS = (nn.Linear, nn.modules.conv._ConvNd, *RECURRENT_BASES)
+
+
+def project_attention_(model: nn.Module) -> list[str]:
+    """Self-attention's projections as Linear modules, in place, so magnitude pruning reaches its in-projection
+    (:func:`torchslim.quantize.attention.project_attention_`); returns the names converted."""
+    from torchslim.quantize.attention import project_attention_ as project
+
+    return project(model)
 
 
 def magnitude_layers(model: nn.Module, selector: LayerSelector) -> dict[str, nn.Module]:
@@ -44,6 +57,7 @@ def magnitude_step(layers: dict[str, nn.Module], config: MagnitudeConfig, select
 
 def prune_magnitude_(model: nn.Module, config: MagnitudeConfig, ctx) -> PruneReport:
     """Handler of :class:`MagnitudeConfig` for :func:`torchslim.prune.prune_`."""
+    project_attention_(model)
     selector = LayerSelector(model, config.sparsity, config.ignore, config.overrides)
     layers = magnitude_layers(model, selector)
     before, size_before = snapshot(layers), model_size(model)

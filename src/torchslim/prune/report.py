@@ -27,11 +27,12 @@ def weight_layers(model: nn.Module) -> dict[str, nn.Module]:
 _NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)  # scales and shifts: no weights to prune
 
 
-def unpruned_layers(model: nn.Module, acted_on: Iterable[str] = ()) -> dict[str, str]:
+def unpruned_layers(model: nn.Module, acted_on: Iterable[str] = (), *, structured: bool = True) -> dict[str, str]:
     """{module: why} for the modules holding weights of their own that the pruning method left alone (recurrent
     layers, which only magnitude pruning acts on, in ``acted_on`` then; embedding tables; attention that could not
     be made prunable), so a report can name them rather than count only what it touched. Normalization layers are
-    not listed: they scale, they hold no weights to prune."""
+    not listed: they scale, they hold no weights to prune. ``structured``: the method removes channels (whose cut
+    takes such parameters' slices along), rather than zeroing single weights."""
     out, tied, acted_on = {}, tied_weights(model), set(acted_on)
     for name, module in model.named_modules():
         if name in tied:
@@ -44,11 +45,15 @@ def unpruned_layers(model: nn.Module, acted_on: Iterable[str] = ()) -> dict[str,
             out[name] = "a recurrent layer: only magnitude pruning acts on its gates"
         elif isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
             out[name] = "an embedding table"
+        elif isinstance(module, nn.MultiheadAttention):  # plain self-attention is converted; out_proj is a Linear
+            out[name] = "attention with kdim/vdim, add_bias_kv or add_zero_attn: its in-projection is kept whole"
         else:  # e.g. learned positions held by the model itself, or a custom layer's own parameters
             own = ", ".join(f"{name}.{p}" if name else p for p, _ in module.named_parameters(recurse=False))
             holder = "the model" if not name else f"a {type(module).__name__}"
             out[own] = (f"parameters of {holder} itself: not pruned on their own (a cut of the channels they follow "
-                        f"takes theirs too)")
+                        f"takes theirs too)" if structured else
+                        f"parameters of {holder} itself: not pruned (not the weight of a Linear, convolution, "
+                        f"attention or recurrent layer)")
     return out
 
 
@@ -161,7 +166,8 @@ def build_report(method: str, names: Iterable[str], before: dict[str, _Snapshot]
         for n in names)
     params, nonzero, nbytes = model_size(model)
     return PruneReport(method, layers, size_before[0], params, size_before[1], nonzero, size_before[2], nbytes,
-                       masks or {}, after_step or (lambda: None), tuple(refit), unpruned_layers(model, names))
+                       masks or {}, after_step or (lambda: None), tuple(refit),
+                       unpruned_layers(model, names, structured=method != "magnitude"))
 
 
 def _numel(shape: tuple[int, ...]) -> int:

@@ -19,7 +19,7 @@ from torchslim.prune.attention import convert_attention_
 from torchslim.prune.calibration import take_batches
 from torchslim.prune.config import MagnitudeConfig, Schedule, StructuredConfig
 from torchslim.prune.graph import build_graph, channel_units, head_units
-from torchslim.prune.magnitude import magnitude_layers
+from torchslim.prune.magnitude import magnitude_layers, project_attention_
 
 __all__ = ["SensitivityTable", "sensitivity", "overrides_from_sensitivity"]
 
@@ -54,10 +54,11 @@ class SensitivityTable:
 
 
 def _layer_names(model: nn.Module, config, example_inputs) -> list[str]:
-    selector = LayerSelector(model, config.sparsity, config.ignore, config.overrides)
-    if isinstance(config, MagnitudeConfig):
-        return list(magnitude_layers(model, selector))
     probe = copy.deepcopy(model)
+    if isinstance(config, MagnitudeConfig):
+        project_attention_(probe)  # as the pruning will: attention's in-projection is a layer of its own
+        return list(magnitude_layers(probe, LayerSelector(probe, config.sparsity, config.ignore, config.overrides)))
+    selector = LayerSelector(model, config.sparsity, config.ignore, config.overrides)
     convert_attention_(probe)
     graph = build_graph(probe, example_inputs)
     return [u.name for u in channel_units(probe, graph, selector)] + [h.name for h in head_units(probe, selector)]

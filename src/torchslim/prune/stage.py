@@ -27,6 +27,7 @@ from torchslim.prune._select import LayerSelector, check_names
 from torchslim.prune.api import prune_
 from torchslim.prune.config import (ActivationConfig, MagnitudeConfig, Schedule, StructuredConfig,
                                     _check_fraction, config_from_mapping, value_object)
+from torchslim.prune.magnitude import project_attention_
 from torchslim.prune.masks import mask_hook, masked_weight
 from torchslim.prune.report import PruneReport
 from torchslim.prune.sensitivity import SensitivityTable, overrides_from_sensitivity, sensitivity
@@ -143,10 +144,12 @@ def check_stage(ctx: "RunContext", stage: PruneStage) -> None:
     global threshold empties is reported when the stage runs.
     """
     config = stage.config
-    check_names(ctx.model, config.ignore, getattr(config, "overrides", {}))
+    probe = copy.deepcopy(ctx.model).cpu()
+    if isinstance(config, MagnitudeConfig):
+        project_attention_(probe)  # names as the stage will see them: attention's in-projection is a layer
+    check_names(probe, config.ignore, getattr(config, "overrides", {}))
     if isinstance(config, ActivationConfig):
         return  # which units fall below the threshold depends on the trained model
-    probe = copy.deepcopy(ctx.model).cpu()
     example = ctx.splits.train.tensors[0][:2]  # (2, *input_shape)
     prune_(probe, _dry_run_config(config), example_inputs=example)
 
@@ -237,6 +240,8 @@ def run_stage(ctx: "RunContext", stage: PruneStage) -> dict[str, Any]:
     batches = getattr(config, "calibration", None)
     calibration = _calibration(ctx, batches.batches if batches is not None else 1)
     record: dict[str, Any] = {}
+    if isinstance(config, MagnitudeConfig):
+        project_attention_(ctx.model)  # before sensitivity and overrides name its in-projection
     try:
         if stage.sensitivity is not None:
             config, extra = _with_sensitivity(ctx, stage, calibration)

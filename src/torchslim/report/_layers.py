@@ -7,12 +7,29 @@ from typing import Any
 import torch
 from torch import nn
 
-_FLOAT_KINDS = (nn.Linear, nn.Conv1d, nn.Conv2d)
+from torchslim._recurrent import is_recurrent, recurrent_weights
+
+_FLOAT_KINDS = (nn.Linear, nn.modules.conv._ConvNd, nn.Embedding, nn.EmbeddingBag)
+
+
+def _float_matrices(name: str, module: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """(row name, weight) of a float layer: its ``weight``; attention's in-projection (a bare parameter; its
+    out_proj is a Linear of its own); a recurrent layer's matrices, one row each."""
+    if isinstance(module, _FLOAT_KINDS):
+        return [(name, module.weight)]
+    if isinstance(module, nn.MultiheadAttention):
+        own = [p for p in ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight")
+               if getattr(module, p, None) is not None]
+        return [(f"{name}.{p}", getattr(module, p)) for p in own]
+    if is_recurrent(module) and not hasattr(module, "weight_sources"):
+        return [(f"{name}.{p}", w) for p, w in recurrent_weights(module).items()]
+    return []
 
 
 @torch.no_grad()
 def layer_stats(model: nn.Module, manifest: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every Linear/Conv layer of a model reloaded from its artifact, float or quantized, in module order.
+    """Every weight matrix of a model reloaded from its artifact (Linear, convolution, embedding, attention's
+    in-projection, recurrent), float or quantized, in module order.
 
     Args:
         model: the model as :func:`torchslim.artifact.load_artifact` returned it.
@@ -26,17 +43,16 @@ def layer_stats(model: nn.Module, manifest: dict[str, Any]) -> list[dict[str, An
     for name, module in model.named_modules():
         source = getattr(module, "weight_source", None)
         if isinstance(source, nn.Module):
-            weight, kind = source(), module.kind  # decoded: (out, in) or (out, in, *kernel)
-        elif isinstance(module, _FLOAT_KINDS):
-            weight, kind = module.weight, type(module).__name__
+            weights, kind = [(name, source())], module.kind  # decoded: (out, in) or (out, in, *kernel)
         else:
-            continue
+            weights, kind = _float_matrices(name, module), type(module).__name__
         spec = quantized.get(name)
-        nonzero = int(torch.count_nonzero(weight))
         act = (spec or {}).get("input_quant")
-        rows.append({"name": name, "kind": kind, "shape": list(weight.shape), "params": weight.numel(),
-                     "nonzero": nonzero, "nonzero_fraction": nonzero / max(weight.numel(), 1),
-                     "bits": int(spec["bits"]) if spec else 32,
-                     "encoding": spec["encoding"] if spec else "float",
-                     "activation_bits": act["bits"] if act else None})
+        for row, weight in weights:
+            nonzero = int(torch.count_nonzero(weight))
+            rows.append({"name": row, "kind": kind, "shape": list(weight.shape), "params": weight.numel(),
+                         "nonzero": nonzero, "nonzero_fraction": nonzero / max(weight.numel(), 1),
+                         "bits": int(spec["bits"]) if spec else 32,
+                         "encoding": spec["encoding"] if spec else "float",
+                         "activation_bits": act["bits"] if act else None})
     return rows

@@ -174,7 +174,7 @@ def _layers(m: dict[str, Any], figures: bool) -> list[Block]:
                   DASH if r["activation_bits"] is None else str(r["activation_bits"])) for r in layers)
     blocks: list[Block] = [
         Heading(2, "Layers"),
-        Paragraph("Each Linear/Conv weight of the reloaded artifact: density is the nonzero fraction (of the "
+        Paragraph("Each weight matrix of the reloaded artifact: density is the nonzero fraction (of the "
                   "decoded weight when quantized); bits are those stored (32: float)."),
         Table(("layer", "kind", "shape", "weights", "nonzero", "density", "bits", "encoding", "act bits"), rows,
               frozenset({3, 4, 5, 6, 8}))]
