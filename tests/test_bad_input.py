@@ -372,6 +372,28 @@ def test_npz_arrays_of_strings_objects_or_wrong_shapes(tmp_path):
     assert line.startswith("domain.yaml: data.source: data.npz: array x has shape (0, 1, 8, 8)")
 
 
+def test_channels_last_images_are_named_as_such(tmp_path):
+    """(N, H, W, C) images, numpy's and PIL's order, meet a model that takes (N, C, H, W): the error says so."""
+    rng, y = np.random.default_rng(0), np.arange(40) % 4
+    line = rejected(tmp_path, domain=npz_domain(tmp_path, x=rng.random((40, 8, 8, 1), dtype=np.float32), y=y))
+    assert line == ("domain.yaml: model: expects inputs of shape (N, 1, 8, 8) but the data has shape (N, 8, 8, 1) "
+                    "(the samples look channels-last, (H, W, C) = (8, 8, 1): store x as (N, C, H, W), e.g. "
+                    "np.transpose(x, (0, 3, 1, 2)))")
+    (tmp_path / "rgb.py").write_text("from torch import nn\n\ndef build(num_classes=4):\n    return nn.Sequential("
+                                     "nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 6 * 6, num_classes))\n")
+    x = rng.random((40, 8, 8, 3), dtype=np.float32)
+    domain = npz_domain(tmp_path, x=x, y=y).replace("model: {name: lenet300_100, kwargs: {hidden1: 8, hidden2: 8}}",
+                                                    "model: {factory: 'rgb:build'}")
+    line = rejected(tmp_path, domain=domain)
+    assert line.startswith("domain.yaml: model: forward pass on data of shape (2, 8, 8, 3) failed (the samples look "
+                           "channels-last, (H, W, C) = (8, 8, 3): store x as (N, C, H, W), e.g. np.transpose(x, "
+                           "(0, 3, 1, 2))): ")
+    assert run_cli(tmp_path, "check", "recipe.yaml")[0] == 2
+    (tmp_path / "domain.yaml").write_text(npz_domain(tmp_path, x=x.transpose(0, 3, 1, 2), y=y).replace(
+        "model: {name: lenet300_100, kwargs: {hidden1: 8, hidden2: 8}}", "model: {factory: 'rgb:build'}"))
+    assert run_cli(tmp_path, "check", "recipe.yaml")[0] == 0  # as the hint says
+
+
 def test_a_corrupt_image_in_an_image_folder(tmp_path):
     for label in ("a", "b"):
         (tmp_path / "imgs" / label).mkdir(parents=True)

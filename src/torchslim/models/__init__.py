@@ -213,6 +213,18 @@ def input_shape_of(model: nn.Module) -> tuple[int, ...] | None:
     return tuple(shape) if shape is not None else None
 
 
+def _channels_last_hint(shape: tuple[int, ...], declared: tuple[int, ...] | None = None) -> str:
+    """A hint when (N, H, W, C) images meet a model that takes (N, C, H, W) (numpy, PIL and TensorFlow order)."""
+    if len(shape) != 4:
+        return ""
+    _, h, w, c = shape
+    looks = declared == (c, h, w) if declared is not None else (c in (1, 3, 4) and h not in (1, 3, 4))
+    if not looks:
+        return ""
+    return (f" (the samples look channels-last, (H, W, C) = ({h}, {w}, {c}): store x as (N, C, H, W), e.g. "
+            f"np.transpose(x, (0, 3, 1, 2)))")
+
+
 @torch.no_grad()
 def check_fits(model: nn.Module, sample: torch.Tensor, num_classes: int) -> list[str]:
     """Refuse data that the model cannot take, before any training: declared shape, then a real forward.
@@ -224,7 +236,8 @@ def check_fits(model: nn.Module, sample: torch.Tensor, num_classes: int) -> list
     got = tuple(sample.shape[1:])
     if declared is not None and declared != got:
         raise ConfigError("model", f"expects inputs of shape (N, {', '.join(map(str, declared))}) but the data "
-                                   f"has shape (N, {', '.join(map(str, got))})")
+                                   f"has shape (N, {', '.join(map(str, got))})"
+                                   f"{_channels_last_hint(tuple(sample.shape), declared)}")
     try:
         out = model.eval()(sample)
     except Exception as exc:  # any failure here means the model does not accept this data
@@ -232,7 +245,9 @@ def check_fits(model: nn.Module, sample: torch.Tensor, num_classes: int) -> list
         if "'indices'" in first and sample.dtype.is_floating_point:  # torch's own words run past one line
             first = ("an embedding was given float ids: inputs arrive as float32 (an npz's integers too, exactly); "
                      "cast them in forward, e.g. self.embed(x.long())")
-        raise ConfigError("model", f"forward pass on data of shape {tuple(sample.shape)} failed: {first}") from None
+        hint = _channels_last_hint(tuple(sample.shape))  # before torch's words, which may be cut to fit the line
+        raise ConfigError("model", f"forward pass on data of shape {tuple(sample.shape)} failed{hint}: "
+                                   f"{first}") from None
     if not isinstance(out, torch.Tensor):
         hint = ""
         if isinstance(out, (dict, tuple, list)):  # HF-style outputs, (logits, features) pairs
