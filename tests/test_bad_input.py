@@ -1,6 +1,6 @@
 """Each class of bad input the fuzzer generates, once by hand: exit code 2, one line naming the file and field.
 
-The CLI runs in-process (click's runner), as the fuzzer runs it; ``test_cli.py`` runs it as a subprocess.
+The CLI runs in-process (click's runner), as the fuzzer runs it.
 """
 
 from __future__ import annotations
