@@ -20,8 +20,7 @@ def python_path() -> str:
     return os.pathsep.join(p for p in (str(ROOT / "src"), os.environ.get("PYTHONPATH", "")) if p)
 
 
-def invoke(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
-           timeout: float | None = None) -> subprocess.CompletedProcess:
+def invoke(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """``torchslim ARGS`` run in this process (in ``cwd``): the CompletedProcess a subprocess would give.
 
     In-process saves each call the interpreter's start (importing torch, the ONNX exporter's registry: ~10 s per
@@ -45,7 +44,7 @@ def invoke(*args: str, cwd: Path | None = None, env: dict[str, str] | None = Non
             os.chdir(cwd)
         with warnings.catch_warnings():  # the command's warning hook, and a fresh "shown once" registry
             warnings.simplefilter("default")
-            result = CliRunner().invoke(cli, list(map(str, args)), env={"TQDM_DISABLE": "1", **(env or {})},
+            result = CliRunner().invoke(cli, list(map(str, args)), env={"TQDM_DISABLE": "1"},
                                         prog_name="torchslim")
     finally:
         os.chdir(here)
