@@ -309,3 +309,20 @@ def test_cross_attention_keeps_its_projections_whole_and_says_so():
     assert report.unpruned == {
         "attn": "attention with kdim/vdim, add_bias_kv or add_zero_attn: its in-projection is kept whole"}
     assert torch.equal(model.attn.q_proj_weight, before[0]) and torch.equal(model.attn.k_proj_weight, before[1])
+
+
+def test_inspect_shows_a_float_attentions_in_projection_as_its_own_row(tmp_path):
+    """Stored unprojected (no pruning or quantization made it a Linear), the in-projection is a row of its shape
+    and sparsity, not folded into one row with its bias's shape."""
+    from torchslim.artifact import save_artifact
+    from torchslim.artifact._inspect import describe_artifact
+
+    torch.manual_seed(0)
+    model = TransformerClassifier()
+    with torch.no_grad():
+        model.encoder.layers[0].self_attn.in_proj_weight[:12] = 0  # 12 of its 48 rows
+    path = save_artifact(model, tmp_path / "a", architecture={"module": "prune.models:TransformerClassifier"})
+    rows = {row["name"]: row for row in describe_artifact(path)["layers"]}
+    row = rows["encoder.layers.0.self_attn.in_proj_weight"]
+    assert row["shape"] == [48, 16] and row["sparsity"] == pytest.approx(0.25)
+    assert rows["encoder.layers.1.self_attn.in_proj_weight"]["sparsity"] == 0.0

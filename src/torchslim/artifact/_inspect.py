@@ -21,15 +21,15 @@ _STATISTICS = ("running_mean", "running_var", "num_batches_tracked")  # BatchNor
 def _owner(key: str) -> str:
     """The module a state-dict key belongs to (``fc1.weight_source.packed`` -> ``fc1``); a recurrent layer's matrix
     is its own row, coded (``lstm.weight_sources.weight_ih_l0.packed``) or not (``lstm.weight_ih_l0``), both
-    ``lstm.weight_ih_l0``."""
+    ``lstm.weight_ih_l0``; so is a float attention's in-projection (``attn.in_proj_weight``)."""
     from torchslim.quantize._layout import split_source_key
 
     split = split_source_key(key)
     if split is not None:
         return split[0] if split[1] is None else f"{split[0]}.{split[1]}"
     owner, _, leaf = key.rpartition(".")
-    if owner and leaf.startswith("weight_"):  # a float recurrent layer's matrix (``lstm.weight_ih_l0``), as coded
-        return key
+    if owner and (leaf.startswith("weight_") or leaf.endswith("proj_weight")):
+        return key  # a float recurrent layer's matrix (``lstm.weight_ih_l0``), as coded; attention's in-projection
     return owner or key
 
 
