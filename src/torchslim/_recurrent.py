@@ -9,6 +9,7 @@ from torch import nn
 
 
 RECURRENT_BASES = (nn.RNNBase, nn.RNNCellBase)  # whole sequences (torch's fused kernel) and single steps
+RECURRENT = (nn.RNN, nn.LSTM, nn.GRU, nn.RNNCell, nn.LSTMCell, nn.GRUCell)  # torch's own, by exact type
 
 
 def is_recurrent(module: nn.Module) -> bool:

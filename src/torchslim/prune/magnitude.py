@@ -17,16 +17,9 @@ from torchslim.prune.config import MagnitudeConfig
 from torchslim.prune.masks import apply_masks_, magnitude_masks, mask_hook, masked_weight
 from torchslim.prune.report import PruneReport, build_report, model_size, snapshot
 from torchslim.prune.schedule import sparsity_at
+from torchslim.quantize.attention import project_attention_
 
 MAGNITUDE_LAYERS = (nn.Linear, nn.modules.conv._ConvNd, *RECURRENT_BASES)
-
-
-def project_attention_(model: nn.Module) -> list[str]:
-    """Self-attention's projections as Linear modules, in place, so magnitude pruning reaches its in-projection
-    (:func:`torchslim.quantize.attention.project_attention_`); returns the names converted."""
-    from torchslim.quantize.attention import project_attention_ as project
-
-    return project(model)
 
 
 def magnitude_layers(model: nn.Module, selector: LayerSelector) -> dict[str, nn.Module]:
@@ -57,7 +50,7 @@ def magnitude_step(layers: dict[str, nn.Module], config: MagnitudeConfig, select
 
 def prune_magnitude_(model: nn.Module, config: MagnitudeConfig, ctx) -> PruneReport:
     """Handler of :class:`MagnitudeConfig` for :func:`torchslim.prune.prune_`."""
-    project_attention_(model)
+    project_attention_(model)  # attention's in-projection becomes a Linear this pruning reaches
     selector = LayerSelector(model, config.sparsity, config.ignore, config.overrides)
     layers = magnitude_layers(model, selector)
     before, size_before = snapshot(layers), model_size(model)

@@ -19,7 +19,8 @@ from torchslim.prune.attention import convert_attention_
 from torchslim.prune.calibration import take_batches
 from torchslim.prune.config import MagnitudeConfig, Schedule, StructuredConfig
 from torchslim.prune.graph import build_graph, channel_units, head_units
-from torchslim.prune.magnitude import magnitude_layers, project_attention_
+from torchslim.prune.magnitude import magnitude_layers
+from torchslim.quantize.attention import project_attention_
 
 __all__ = ["SensitivityTable", "sensitivity", "overrides_from_sensitivity"]
 

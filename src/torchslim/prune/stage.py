@@ -27,11 +27,11 @@ from torchslim.prune._select import LayerSelector, check_names
 from torchslim.prune.api import prune_
 from torchslim.prune.config import (ActivationConfig, MagnitudeConfig, Schedule, StructuredConfig,
                                     _check_fraction, config_from_mapping, value_object)
-from torchslim.prune.magnitude import project_attention_
 from torchslim.prune.masks import mask_hook, masked_weight
 from torchslim.prune.report import PruneReport
 from torchslim.prune.sensitivity import SensitivityTable, overrides_from_sensitivity, sensitivity
 from torchslim.prune.structured import _outputs
+from torchslim.quantize.attention import project_attention_
 from torchslim.stages import StageHandler, register_stage
 
 if TYPE_CHECKING:

@@ -14,11 +14,12 @@ import torch
 from torch import nn
 
 from torchslim._parametrized import baked_weights, rebake_
+from torchslim._recurrent import RECURRENT
 from torchslim.quantize._fold import folded_batchnorms, refold_
 from torchslim.quantize._select import set_submodule
 from torchslim.quantize.attention import ProjectedMultiheadAttention, project_attention_
 from torchslim.quantize.granularity import from_blocks, granularity_from_json, granularity_to_json, to_blocks
-from torchslim.quantize.modules import (RECURRENT, ActivationFakeQuant, CodebookWeight, FakeQuantWeight, PackedWeight,
+from torchslim.quantize.modules import (ActivationFakeQuant, CodebookWeight, FakeQuantWeight, PackedWeight,
                                         QuantizedLayer, QuantizedRecurrent, layer_kind)
 
 _INT8_ONNX = "_torchslim_int8_onnx"  # attribute holding (onnx bytes, shared weights or None, state fingerprint)

@@ -12,7 +12,7 @@ from typing import Any, Iterable, Mapping
 from torch import nn
 
 from torchslim._errors import ConfigError
-from torchslim._recurrent import is_recurrent, recurrent_weights
+from torchslim._recurrent import RECURRENT, is_recurrent, recurrent_weights
 from torchslim.prune._select import LayerSelector
 
 QUANTIZABLE = (nn.Linear, nn.Conv1d, nn.Conv2d)
@@ -21,8 +21,7 @@ QUANTIZABLE = (nn.Linear, nn.Conv1d, nn.Conv2d)
 # Layers only the methods that store weights (:data:`STORES_EMBEDDINGS`) replace: the int8 methods have no kernel for
 # a lookup, a transposed convolution or a recurrent layer's gates here, but their weights store in codes as a
 # Linear's do.
-STORED_ONLY = (nn.Embedding, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.RNN, nn.LSTM, nn.GRU, nn.RNNCell,
-               nn.LSTMCell, nn.GRUCell)
+STORED_ONLY = (nn.Embedding, nn.ConvTranspose1d, nn.ConvTranspose2d, *RECURRENT)
 
 
 def is_quantizable(module: nn.Module, embeddings: bool = False) -> bool:

@@ -227,13 +227,10 @@ class QuantizedLayer(nn.Module):
         return layer
 
 
-RECURRENT = (nn.RNN, nn.LSTM, nn.GRU, nn.RNNCell, nn.LSTMCell, nn.GRUCell)
-
-
 class QuantizedRecurrent(nn.Module):
-    """An RNN / LSTM / GRU layer or cell whose weight matrices each come from a source (packed codes, a codebook); its biases stay
-    float. Before each call the decoded matrices are set on the recurrent module (plain attributes, in no state
-    dict), so torch's own recurrent kernel runs them.
+    """An RNN / LSTM / GRU layer or cell whose weight matrices each come from a source (packed codes, a codebook);
+    its biases stay float. Before each call the decoded matrices are set on the recurrent module (plain attributes,
+    in no state dict), so torch's own recurrent kernel runs them.
 
     Args:
         rnn: the float layer being replaced (taken over: its weight Parameters are removed from it).

@@ -6,13 +6,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from torchslim._recurrent import RECURRENT, recurrent_weights
 from torchslim._tied import tied_groups
 from torchslim.quantize._registry import HandlerResult, QuantContext, register
 from torchslim.quantize._select import layer_bits, set_submodule
 from torchslim.quantize.codebook import cluster_weight
 from torchslim.quantize.config import KMeansConfig, WeightOnlyConfig
-from torchslim._recurrent import recurrent_weights
-from torchslim.quantize.modules import (RECURRENT, CodebookWeight, PackedWeight, QuantizedLayer, QuantizedRecurrent,
+from torchslim.quantize.modules import (CodebookWeight, PackedWeight, QuantizedLayer, QuantizedRecurrent,
                                         stored_bytes)
 
 

@@ -21,7 +21,7 @@ def _float_matrices(name: str, module: nn.Module) -> list[tuple[str, torch.Tenso
         own = [p for p in ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight")
                if getattr(module, p, None) is not None]
         return [(f"{name}.{p}", getattr(module, p)) for p in own]
-    if is_recurrent(module) and not hasattr(module, "weight_sources"):
+    if is_recurrent(module):
         return [(f"{name}.{p}", w) for p, w in recurrent_weights(module).items()]
     return []
 
