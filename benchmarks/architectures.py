@@ -83,7 +83,7 @@ def _measure_cell(name: str, method: str, base, base_value: float, fp32_bytes: i
     reloaded, manifest = load_artifact(path, trust_code=True, code_dir=ZOO_DIR)
     runtime = "onnxruntime" if method in INT8_ORT else "torch"
     measured = measure_in_runtime(reloaded, manifest, splits.test, "accuracy", INPUT_SHAPE, runtime, latency=False)
-    predict, _ = runtime_predict(reloaded, manifest, runtime, fastest=True)  # timed as `torchslim run` times it
+    predict = runtime_predict(reloaded, manifest, runtime, fastest=True)  # timed as `torchslim run` times it
     cell = (100 * (base_value - measured["value"]), fp32_bytes / artifact_size(path), _speedup(base, predict))
     return cell + ((_speedup(ort_fp32, predict),) if runtime == "onnxruntime" else ())
 

@@ -158,6 +158,41 @@ def test_a_slower_compressed_model_is_explained_by_what_made_it_slower():
     faster = _latency_metrics("onnxruntime", "static", int8_kernels={"QGemm": 2})
     faster["latency_ms"]["batch_1"] = 0.05
     assert slowdown_reason(faster) is None
+    # the float ops ONNX Runtime runs between int8 ones, where it has no int8 kernel, are named
+    int8["latency_spread"]["batch_64"] = {"runtime_ratio": 1.15, "compression_ratio": 0.77}
+    int8["float_ops_in_int8"] = {"Mul": 7, "HardSigmoid": 5}
+    assert "export at batch 64: it computes Mul ×7, HardSigmoid ×5 in float between its int8 ops" in slowdown_reason(int8)
+
+
+def test_an_int8_model_slower_than_the_fp32_export_is_explained_though_faster_than_torch():
+    """The speed-up over torch is then the runtime's: the report says so, and why the int8 graph is slower."""
+    from torchslim.report import int8_slowdown_reason, render_markdown
+
+    m = {**_latency_metrics("onnxruntime", "static", int8_kernels={"QLinearConv": 14}),
+         "float_ops_in_int8": {"HardSigmoid": 7, "Mul": 7}}
+    m["latency_ms"] = {"batch_1": 0.05, "batch_64": 0.9}  # faster than torch at both batches
+    m["latency_spread"] = {"batch_64": {"runtime_ratio": 2.16, "compression_ratio": 0.51,
+                                        "compression_significant": True}}
+    note = int8_slowdown_reason(m)
+    assert note.startswith("Faster than the baseline through the runtime only: ONNX Runtime runs the baseline's "
+                           "fp32 export at 2.16x torch's speed at batch 64 and the int8 graph at 0.51x that: it "
+                           "computes HardSigmoid ×7, Mul ×7 in float")
+    m["latency_spread"]["batch_64"]["compression_significant"] = False  # within the rounds' noise: no note
+    assert int8_slowdown_reason(m) is None
+    m["latency_spread"]["batch_64"].update(compression_ratio=1.3, compression_significant=True)
+    assert int8_slowdown_reason(m) is None
+    m["latency_spread"]["batch_64"]["compression_ratio"] = 0.8
+    m["float_ops_in_int8"] = {}
+    assert "converting activations to and from int8 costs more" in int8_slowdown_reason(m)
+    m["latency_ms"]["batch_64"] = 1.2  # slower than torch too: the slowdown's own note says it, once
+    assert int8_slowdown_reason(m) is None
+    # the report's runtime section lists them
+    full = {**m, "int8_kernels": {"QLinearConv": 14}, "float_ops_in_int8": {"Gelu": 4}, "cpu_features": {}}
+    from torchslim.report import runtime_markdown
+
+    assert "Between them, in float: Gelu ×4 (each converts its input from int8 and its output back)." in \
+        runtime_markdown(full)
+    assert render_markdown  # (the whole report is rendered from a real run in test_quantize_stage)
 
 
 def test_layer_table_lists_every_weight_matrix_of_a_float_model():

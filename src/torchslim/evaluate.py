@@ -143,7 +143,8 @@ def side_by_side_latency(baseline: nn.Module | Predict, compressed: nn.Module | 
         ({batch: {baseline_iqr_ms, compressed_iqr_ms, ratio (baseline / compressed, median of the rounds'),
         ratio_iqr, significant}}); a ratio whose interquartile range includes 1.0 is not significant. With
         ``runtime_baseline``, also ``runtime_baseline_latency_ms`` and, per batch, ``runtime_ratio`` (baseline /
-        runtime baseline) and ``compression_ratio`` (runtime baseline / compressed), medians of the rounds'.
+        runtime baseline) and ``compression_ratio`` (runtime baseline / compressed), medians of the rounds', the
+        latter with ``compression_ratio_iqr`` and ``compression_significant``.
         ``others_running``: the median over rounds of :func:`others_running` (None off Linux), with ``threads``
         (torch's) and ``cores`` (this process may use): see :func:`busy_timing`.
     """
@@ -183,7 +184,10 @@ def side_by_side_latency(baseline: nn.Module | Predict, compressed: nn.Module | 
         if runtime_baseline is not None:
             runtime = times["runtime_baseline"]
             spread[key]["runtime_ratio"] = statistics.median(b / o for b, o in zip(times["baseline"], runtime))
-            spread[key]["compression_ratio"] = statistics.median(o / c for o, c in zip(runtime, times["compressed"]))
+            int8 = [o / c for o, c in zip(runtime, times["compressed"])]
+            iq = statistics.quantiles(int8, n=4)
+            spread[key].update(compression_ratio=statistics.median(int8), compression_ratio_iqr=[iq[0], iq[2]],
+                               compression_significant=not iq[0] <= 1.0 <= iq[2])
     timed = {"baseline_latency_ms": medians["baseline"], "latency_ms": medians["compressed"],
              "latency_spread": spread, "cores": usable_cores(), "threads": torch.get_num_threads(),
              "others_running": statistics.median(others) if others else None}

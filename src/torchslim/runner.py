@@ -483,6 +483,7 @@ def _write_outputs(ctx: RunContext, staging: Path) -> tuple[dict[str, Any], list
     metrics["size_bytes_no_entropy"] = artifact_bytes(model, architecture=ctx.architecture, extra={**extra, **recorded},
                                                       entropy=False)
     metrics.update({"int8_kernels": measured["int8_kernels"], "cpu_features": measured["cpu_features"],
+                    **{k: measured[k] for k in ("float_ops_in_int8",) if k in measured},
                     "device": str(ctx.device), "data": ctx.splits.info, "stages": ctx.records,
                     "artifact_sha256": artifact_digest(artifact)})
     metrics.update(_validation_figures(ctx, reloaded, manifest, baseline, metrics))
@@ -506,7 +507,7 @@ def _side_by_side(model: nn.Module, manifest: dict[str, Any], baseline: nn.Modul
     from torchslim.evaluate import side_by_side_latency, timed_when_idle
     from torchslim.export.measure import runtime_baseline, runtime_predict
 
-    predict, _ = runtime_predict(model, manifest, runtime, fastest=True)
+    predict = runtime_predict(model, manifest, runtime, fastest=True)
     reference = runtime_baseline(baseline, shape) if runtime == "onnxruntime" else None
     timed = timed_when_idle(lambda: side_by_side_latency(baseline, predict, shape, runtime_baseline=reference))
     if runtime == "onnxruntime":  # the intra-op threads each ORT session chose (fastest_session)
@@ -625,6 +626,7 @@ def evaluate_artifact(path: str | Path, domain: Domain, *, trust_code: bool = Fa
     metrics = summarize(measured, base, size=artifact_size(path), baseline_size=baseline_bytes, domain=domain,
                         seed=manifest.get("seed", 0), timing=timing)
     metrics.update({"int8_kernels": measured["int8_kernels"], "cpu_features": measured["cpu_features"],
+                    **{k: measured[k] for k in ("float_ops_in_int8",) if k in measured},
                     "recorded_value": manifest.get("metrics", {}).get("value"),
                     "artifact_sha256": artifact_digest(path),
                     "quantize_methods": _quantize_methods(manifest.get("recipe"))})

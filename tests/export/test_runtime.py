@@ -111,3 +111,54 @@ def test_the_session_timed_is_the_faster_of_one_thread_and_all(monkeypatch, per_
     session = runtime.fastest_session(b"graph", 4, torch.zeros(2, 3), rounds=2, runs=2)
     assert (session.threads, session.model) == (chosen, b"graph")
     assert runtime.fastest_session(b"graph", 1, torch.zeros(2, 3)).threads == 1  # one core: nothing to choose
+
+
+@pytest.mark.parametrize("activation, float_ops", [
+    ("ReLU", 0),  # folded into the int8 convolution's output range
+    ("Sigmoid", 0),  # QLinearSigmoid
+    ("GELU", 1),  # no int8 kernel: one Gelu in float
+    ("Hardswish", 2),  # no int8 kernel: run as HardSigmoid and Mul in float
+])
+def test_float_ops_between_int8_ones_are_counted(activation, float_ops):
+    """An activation ONNX Runtime has no int8 kernel for runs in float between two int8 convolutions, with a
+    conversion on each side: the report names it when the int8 graph is slower than the fp32 export."""
+    import torch
+    from torch import nn
+
+    from torchslim.export.onnx_export import to_onnx_proto
+    from torchslim.export.ort_quant import collect_ranges, quantize_static_onnx
+    from torchslim.export.runtime import int8_graph_summary
+    from torchslim.quantize.observers import MinMaxObserver
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), getattr(nn, activation)(), nn.Conv2d(8, 8, 3, padding=1),
+                          nn.Flatten(), nn.Linear(8 * 6 * 6, 4)).eval()
+    x = torch.rand(16, 3, 6, 6)
+    proto = to_onnx_proto(model, x[:1])
+    int8 = quantize_static_onnx(proto, collect_ranges(proto, [{"input": x.numpy()}], MinMaxObserver))
+    kernels, between = int8_graph_summary(int8)
+    assert kernels["QGemm"] == 1 and kernels["QLinearConv"] == 2  # the layers run int8 in every case
+    assert ("QLinearSigmoid" in kernels) is (activation == "Sigmoid")
+    assert sum(between.values()) == float_ops
+    assert not set(between) & {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "Reshape", "Flatten"}
+
+
+def test_a_float_op_counts_through_data_movement_around_it():
+    """A layer kept float sits behind ORT's layout ops (DequantizeLinear → ReorderInput → Conv → ReorderOutput →
+    QuantizeLinear): it is still a float op between int8 ones; one fed by the graph's float input is not."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from torchslim.export.runtime import _float_islands
+
+    scale, zero = numpy_helper.from_array(np.float32(0.1), "s"), numpy_helper.from_array(np.uint8(0), "z")
+    nodes = [helper.make_node("Tanh", ["x"], ["t0"]),  # float input, float output to a float op: not counted
+             helper.make_node("Relu", ["t0"], ["t1"]),
+             helper.make_node("QuantizeLinear", ["t1", "s", "z"], ["q1"]),  # Relu hands its output to int8
+             helper.make_node("DequantizeLinear", ["q1", "s", "z"], ["d1"]),
+             helper.make_node("Transpose", ["d1"], ["r1"]),
+             helper.make_node("Tanh", ["r1"], ["t2"]),  # dequantized through a Transpose: counted
+             helper.make_node("Transpose", ["t2"], ["r2"]),
+             helper.make_node("QuantizeLinear", ["r2", "s", "z"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+                              [helper.make_tensor_value_info("y", TensorProto.UINT8, [4])], [scale, zero])
+    assert _float_islands(graph) == {"Relu": 1, "Tanh": 1}

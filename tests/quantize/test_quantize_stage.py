@@ -109,6 +109,10 @@ def test_static_int8_run_measures_ort_and_exports_the_int8_graph(tmp_path):
     assert metrics["params"] == metrics["baseline_params"]  # int8 codes still count one parameter per weight
     assert record["weight_bytes_quantized"] < 0.27 * record["weight_bytes_fp32"]
     assert "ONNX Runtime ran integer kernels: QGemm ×" in (out / "report.md").read_text()
+    # ReLU and max-pooling run on the int8 values: no float op between the int8 ones, unless the fallback kept
+    # a layer float
+    assert bool(metrics["float_ops_in_int8"]) is bool(record["kept_fp32"]), metrics["float_ops_in_int8"]
+    assert ("No float op runs between them." in (out / "report.md").read_text()) is not record["kept_fp32"]
     # the baseline's fp32 export was timed in ORT in the same rounds: the speed-up over torch splits into the
     # runtime's share and the compression's (each a median of the rounds' ratios, so their product is near it)
     paired = metrics["latency_spread"]["batch_64"]

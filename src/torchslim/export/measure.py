@@ -18,20 +18,26 @@ def measure_in_runtime(model: nn.Module, manifest: dict[str, Any], test: Dataset
 
     Returns:
         the ``measure`` dict plus ``int8_kernels`` (ORT's integer kernels by op type, None when ORT did not
-        run) and ``cpu_features`` (the CPU's int8 dot-product features).
+        run), ``float_ops_in_int8`` (the float ops ORT runs between int8 ones, by op type; present when it ran
+        integer kernels) and ``cpu_features`` (the CPU's int8 dot-product features).
     """
     from torchslim.evaluate import measure
     from torchslim.export.cpu import cpu_int8_features
 
-    predict, kernels = runtime_predict(model, manifest, runtime)
+    predict = runtime_predict(model, manifest, runtime)
     measured = measure(predict, test, metric, input_shape, module=model if runtime == "onnxruntime" else None,
                        latency=latency)
-    return {**measured, "int8_kernels": kernels, "cpu_features": cpu_int8_features()}
+    extra: dict[str, Any] = {"int8_kernels": None}
+    if runtime == "onnxruntime":
+        from torchslim.export.runtime import int8_graph_summary
+
+        kernels, float_ops = int8_graph_summary(predict.model)
+        extra = {"int8_kernels": kernels, **({"float_ops_in_int8": float_ops} if kernels else {})}
+    return {**measured, **extra, "cpu_features": cpu_int8_features()}
 
 
-def runtime_predict(model: nn.Module, manifest: dict[str, Any], runtime: str, *,
-                    fastest: bool = False) -> tuple[Any, dict[str, int] | None]:
-    """(what serves the model in ``runtime``, ONNX Runtime's integer kernels by op type or None).
+def runtime_predict(model: nn.Module, manifest: dict[str, Any], runtime: str, *, fastest: bool = False) -> Any:
+    """What serves the model in ``runtime``.
 
     ``onnxruntime``: a session over the stored int8 model, or an fp32 export, with as many intra-op threads as torch
     uses, or with ``fastest`` (for timing) on one thread or that many, whichever is faster
@@ -40,15 +46,13 @@ def runtime_predict(model: nn.Module, manifest: dict[str, Any], runtime: str, *,
     """
     if runtime == "onnxruntime":
         from torchslim._load import ort_session_of
-        from torchslim.export.runtime import quantized_kernels
 
-        session = ort_session_of(model, manifest, intra_op_threads=torch.get_num_threads(), fastest=fastest)
-        return session, quantized_kernels(session.model)
+        return ort_session_of(model, manifest, intra_op_threads=torch.get_num_threads(), fastest=fastest)
     import copy
 
     from torchslim.quantize.deploy import decode_for_inference_
 
-    return decode_for_inference_(copy.deepcopy(model)), None
+    return decode_for_inference_(copy.deepcopy(model))
 
 
 def runtime_baseline(baseline: nn.Module, input_shape: tuple[int, ...]) -> Any:

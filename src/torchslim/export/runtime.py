@@ -179,12 +179,8 @@ def fastest_session(model: ModelSource, most: int, example: torch.Tensor, *, rou
     return sessions[min(times, key=lambda n: (statistics.median(times[n]), n))]
 
 
-def optimized_op_counts(model: ModelSource) -> collections.Counter:
-    """Op types of the graph ORT actually executes on CPU, after all its optimisations (fusions).
-
-    Returns:
-        Counter of node op types in ORT's optimised graph.
-    """
+def optimized_graph(model: ModelSource):
+    """The graph ORT actually executes on CPU, after all its optimisations (fusions), as an onnx GraphProto."""
     import onnx
     import onnxruntime as ort
 
@@ -193,8 +189,16 @@ def optimized_op_counts(model: ModelSource) -> collections.Counter:
         opts.optimized_model_filepath = os.path.join(tmp, "optimized.onnx")
         ort.InferenceSession(_model_arg(model), opts, providers=["CPUExecutionProvider"],
                              disabled_optimizers=list(DISABLED_FUSIONS))
-        graph = onnx.load(opts.optimized_model_filepath).graph
-    return collections.Counter(node.op_type for node in graph.node)
+        return onnx.load(opts.optimized_model_filepath).graph
+
+
+def optimized_op_counts(model: ModelSource) -> collections.Counter:
+    """Op types of the graph ORT actually executes on CPU, after all its optimisations (fusions).
+
+    Returns:
+        Counter of node op types in ORT's optimised graph.
+    """
+    return collections.Counter(node.op_type for node in optimized_graph(model).node)
 
 
 def quantized_kernels(model: ModelSource) -> dict[str, int]:
@@ -203,4 +207,50 @@ def quantized_kernels(model: ModelSource) -> dict[str, int]:
     Returns:
         {op_type: count} restricted to QUANTIZED_OPS, e.g. {"QLinearConv": 2, "QGemm": 2}.
     """
-    return {op: n for op, n in sorted(optimized_op_counts(model).items()) if op in QUANTIZED_OPS}
+    return _kernels(optimized_graph(model))
+
+
+def _kernels(graph) -> dict[str, int]:
+    counts = collections.Counter(node.op_type for node in graph.node)
+    return {op: n for op, n in sorted(counts.items()) if op in QUANTIZED_OPS}
+
+
+# Ops that move, reshape or re-lay values without arithmetic (ORT's NCHWc reorders included).
+_DATA_MOVEMENT = frozenset({"Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Shape",
+                            "Concat", "Split", "Slice", "Gather", "Cast", "ReorderInput", "ReorderOutput"})
+
+
+def _float_islands(graph) -> dict[str, int]:
+    """Float ops ORT runs between int8 ones: nodes that take a dequantized activation or hand their output to a
+    QuantizeLinear, directly or through data movement (each then costs a pass to float and one back to int8)."""
+    constants = {i.name for i in graph.initializer}
+    dequantized = {n.output[0] for n in graph.node
+                   if n.op_type == "DequantizeLinear" and n.input[0] not in constants}
+    to_quantize = {n.input[0] for n in graph.node if n.op_type == "QuantizeLinear"}
+    moves = [n for n in graph.node if n.op_type in _DATA_MOVEMENT]
+    for _ in moves:  # follow data movement forward from the dequantized values, backward from the quantized
+        grew = False
+        for n in moves:
+            if dequantized & set(n.input) and not set(n.output) <= dequantized:
+                dequantized |= set(n.output)
+                grew = True
+            if to_quantize & set(n.output) and n.input and n.input[0] not in to_quantize:
+                to_quantize.add(n.input[0])
+                grew = True
+        if not grew:
+            break
+    skip = QUANTIZED_OPS | _DATA_MOVEMENT | {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"}
+    counts = collections.Counter(
+        n.op_type for n in graph.node
+        if n.op_type not in skip and (dequantized & set(n.input) or to_quantize & set(n.output)))
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def int8_graph_summary(model: ModelSource) -> tuple[dict[str, int], dict[str, int]]:
+    """(integer kernels by op type, float ops between int8 ones by op type) of the graph ORT runs for ``model``,
+    from one optimisation pass. Why the second: ORT has no int8 kernel for many activations (HardSwish, GELU,
+    ...); each such op between int8 layers costs a dequantize and a quantize pass, and is no longer fused into
+    the convolution before it as in the fp32 graph, so it can make an int8 model slower than its fp32 export."""
+    graph = optimized_graph(model)
+    kernels = _kernels(graph)
+    return kernels, (_float_islands(graph) if kernels else {})

@@ -2,7 +2,8 @@
 and bits, sensitivity, constraints met or not, runtime. ``report.md`` for the terminal, ``report.html`` with plots."""
 
 from torchslim.report._layers import layer_stats
-from torchslim.report._sections import (render_html, render_markdown, runtime_markdown, slowdown_reason,
-                                       summary_rows)
+from torchslim.report._sections import (int8_slowdown_reason, render_html, render_markdown, runtime_markdown,
+                                       slowdown_reason, summary_rows)
 
-__all__ = ["layer_stats", "render_html", "render_markdown", "runtime_markdown", "slowdown_reason", "summary_rows"]
+__all__ = ["int8_slowdown_reason", "layer_stats", "render_html", "render_markdown", "runtime_markdown",
+           "slowdown_reason", "summary_rows"]

@@ -345,7 +345,7 @@ class AutoSearch:
                                             code_dir=self.domain.base_dir)
                 self._baseline_correct = correct_per_sample(baseline, self._val, self.domain.metric)
             model, manifest = load_artifact(artifact, trust_code=True, code_dir=self.domain.base_dir)
-            predict, _ = runtime_predict(model, manifest, self.domain.runtime)
+            predict = runtime_predict(model, manifest, self.domain.runtime)
             candidate = correct_per_sample(predict, self._val, self.domain.metric)
         finally:
             torch.set_num_threads(before)
