@@ -190,7 +190,7 @@ def test_an_int8_model_slower_than_the_fp32_export_is_explained_though_faster_th
     full = {**m, "int8_kernels": {"QLinearConv": 14}, "float_ops_in_int8": {"Gelu": 4}, "cpu_features": {}}
     from torchslim.report import runtime_markdown
 
-    assert "Between them, in float: Gelu ×4 (each converts its input from int8 and its output back)." in \
+    assert "Between them, in float: Gelu ×4 (each with a conversion from int8 before it or back to int8 after it)." in \
         runtime_markdown(full)
     assert render_markdown  # (the whole report is rendered from a real run in test_quantize_stage)
 

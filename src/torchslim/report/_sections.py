@@ -111,9 +111,9 @@ def _int8_cost(m: dict[str, Any]) -> str:
     if not float_ops:
         return "on layers this small, converting activations to and from int8 costs more than the int8 products save"
     ops = ", ".join(f"{op} ×{n}" for op, n in float_ops.items())
-    return (f"it computes {ops} in float between its int8 ops (ONNX Runtime has no int8 kernel for them), each "
-            f"with a pass converting its input from int8 and one converting its output back, which the fp32 "
-            f"graph does not pay")
+    return (f"it computes {ops} in float between its int8 ops (ops ONNX Runtime has no int8 kernel for, or "
+            f"layers kept float), each with a pass converting its input from int8 or its output back to it, which "
+            f"the fp32 graph does not pay")
 
 
 def int8_slowdown_reason(m: dict[str, Any]) -> str | None:
@@ -261,7 +261,7 @@ def _runtime(metrics: dict[str, Any]) -> list[Block]:
         float_ops = metrics.get("float_ops_in_int8")
         if float_ops:
             ran += (" Between them, in float: " + ", ".join(f"{op} ×{n}" for op, n in float_ops.items())
-                    + " (each converts its input from int8 and its output back).")
+                    + " (each with a conversion from int8 before it or back to int8 after it).")
         elif float_ops is not None:
             ran += " No float op runs between them."
     else:
