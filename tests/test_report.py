@@ -218,3 +218,22 @@ def test_layer_table_lists_every_weight_matrix_of_a_float_model():
     assert rows["attn.in_proj_weight"]["shape"] == [24, 8] and rows["attn.in_proj_weight"]["nonzero"] == 24 * 8 - 40
     assert rows["attn.in_proj_weight"]["kind"] == "MultiheadAttention" and rows["rnn.weight_hh_l0"]["shape"] == [12, 4]
     assert rows["up"]["kind"] == "ConvTranspose1d" and all(r["bits"] == 32 for r in rows.values())
+
+
+def test_layer_table_lists_a_coded_recurrent_layers_matrices_as_decoded():
+    """A k-means coded GRU's matrices are rows of their own (they were missing): decoded shape, nonzeros, bits."""
+    from torchslim.quantize import KMeansConfig, quantize_
+    from torchslim.quantize._layout import describe_quantized_layers
+    from torchslim.report._layers import layer_stats
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.GRU(6, 4, batch_first=True), nn.Linear(4, 2))
+    with torch.no_grad():
+        model[0].weight_hh_l0[:, :2] = 0  # 24 of the 48 entries
+    quantize_(model, KMeansConfig(bits=2))
+    rows = {r["name"]: r for r in layer_stats(model, {"quantization": {"layers": describe_quantized_layers(model)}})}
+    assert list(rows) == ["0.weight_ih_l0", "0.weight_hh_l0", "1"]
+    hh = rows["0.weight_hh_l0"]
+    assert hh["kind"] == "GRU" and hh["shape"] == [12, 4] and hh["bits"] == 2
+    decoded = model[0].weight_sources["weight_hh_l0"]()
+    assert hh["nonzero"] == int(torch.count_nonzero(decoded)) and hh["nonzero"] <= 24 + 12  # zeros kept (pruned)
