@@ -83,8 +83,12 @@ def _tensor_shape(value):
      "manifest field quantization.layers.fc1.shape: must hold at least 2 item(s)"),
     ({"quantization": {"layers": {}, "int8_onnx_weights": {"initializers": {"w": {"transpose": False}},
                                                            "sha256": ""}}},
-     "manifest field quantization.int8_onnx_weights.initializers.w: must give exactly one of 'layer', 'tensor' or "
-     "'rnn'"),
+     "manifest field quantization.int8_onnx_weights.initializers.w: must give exactly one of 'layer', 'tensor', "
+     "'rnn' or 'rnn_codes'"),
+    ({"quantization": {"layers": {}, "int8_onnx_weights": {
+        "initializers": {"w": {"rnn_codes": "lstm", "rnn_layer": 0, "part": "B"}}, "sha256": ""}}},
+     "manifest field quantization.int8_onnx_weights.initializers.w: an int8 LSTM's codes are its matrices: 'part' W "
+     "or R"),
 ])
 def test_a_malformed_field_is_one_line_naming_it_for_every_reader(artifact, tmp_path, keys, field):
     update_manifest(artifact, **keys)  # resealed: the seal holds, only the content is wrong

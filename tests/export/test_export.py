@@ -78,3 +78,36 @@ def test_cpu_int8_features_parses_flags(tmp_path):
     arm = tmp_path / "arm"
     arm.write_text("Features\t: fp asimd asimddp i8mm\n")
     assert cpu_int8_features(arm)["arm_dotprod"] and cpu_int8_features(arm)["arm_i8mm"]
+
+
+def test_an_lstms_weights_computed_at_run_time_are_folded_into_constants():
+    """The exporter may join a bidirectional layer's directions with a Concat at run time; ONNX Runtime's quantizer
+    only quantizes an LSTM whose W and R are constants, so they are folded first (same outputs), and what reads a
+    graph input is left alone."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    from torchslim.export.ort_quant import fold_lstm_weights_
+    from torchslim.export.runtime import OrtSession
+
+    rng = np.random.default_rng(0)
+    hidden, features = 3, 2
+    arrays = {"w_f": (1, 4 * hidden, features), "w_b": (1, 4 * hidden, features), "r": (2, 4 * hidden, hidden)}
+    inits = [numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)
+             for name, shape in arrays.items()]
+    nodes = [helper.make_node("Concat", ["w_f", "w_b"], ["w"], axis=0),  # computed at run time
+             helper.make_node("LSTM", ["x", "w", "r"], ["y"], hidden_size=hidden, direction="bidirectional"),
+             helper.make_node("Shape", ["x"], ["s"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 1, features])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None),
+                               helper.make_tensor_value_info("s", TensorProto.INT64, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = rng.standard_normal((4, 1, features)).astype(np.float32)
+    before = OrtSession(model.SerializeToString(), 1)(x)
+    assert fold_lstm_weights_(model) == 1  # w; r already is a constant
+    assert [n.op_type for n in model.graph.node] == ["LSTM", "Shape"]  # the Concat went, what reads x stayed
+    assert sorted(i.name for i in model.graph.initializer) == ["r", "w"]  # its inputs went with it
+    after = OrtSession(model.SerializeToString(), 1)(x)
+    for b, a in zip(before, after):
+        np.testing.assert_array_equal(a, b)
+    assert fold_lstm_weights_(model) == 0

@@ -103,8 +103,55 @@ def test_kmeans_fine_tuning_moves_the_centroids_through_the_recurrent_kernel():
 def test_static_int8_keeps_a_recurrent_layer_float_and_says_why():
     model, x = _model("GRU"), torch.randn(16, 6, 8)
     report = quantize_(model, StaticConfig(), calibration=[x])
-    assert report.float_layers["rnn"] == ("a recurrent layer: the int8 methods keep its gates float (weight-only, "
-                                          "k-means and qat below 8 bits store them in codes)")
+    assert report.float_layers["rnn"] == ("a recurrent layer: the int8 methods keep its gates float (ONNX Runtime "
+                                          "has int8 kernels for LSTM only; weight-only, k-means and qat below 8 "
+                                          "bits store them in codes)")
+    model = _model("LSTM")
+    report = quantize_(model, StaticConfig(), calibration=[x])
+    assert report.float_layers["rnn"].startswith("a recurrent layer: static int8 and 8-bit qat keep its gates float")
+
+
+def test_dynamic_int8_runs_an_lstm_in_int8_in_onnx_runtime_and_stores_its_codes_once(tmp_path):
+    """A 2-layer bidirectional LSTM: its eight matrices become int8 codes (per row, symmetric), ONNX Runtime runs
+    them in DynamicQuantizeLSTM, and the artifact holds each code once (the int8 graph is stored without them)."""
+    import torchslim
+    from torchslim.artifact import artifact_size
+    from torchslim.export import quantized_kernels
+    from torchslim.quantize import DynamicConfig
+    from torchslim.quantize._layout import strip_int8_weights
+
+    model, x = _model("LSTM"), torch.randn(32, 6, 8)
+    matrices = {n: p.detach().clone() for n, p in model.rnn.named_parameters() if n.startswith("weight_")}
+    with torch.no_grad():
+        fp32_out = model(x)
+    fp32_bytes = artifact_size(save_artifact(model, tmp_path / "fp32", architecture={"module": "test_recurrent:Seq"}))
+    report = quantize_(model, DynamicConfig(), calibration=[x])
+    assert report.layers == {"head": 8, "rnn": 8} and report.float_layers == {}
+    assert quantized_kernels(report.onnx_model) == {"DynamicQuantizeLSTM": 2, "DynamicQuantizeMatMul": 1}
+    assert isinstance(model.rnn, QuantizedRecurrent) and set(model.rnn.weight_sources) == set(matrices)
+    for name, before in matrices.items():  # symmetric per row: within half a step of max|row| / 127
+        step = before.abs().amax(dim=1, keepdim=True) / 127
+        error = (model.rnn.weight_sources[name]().detach() - before).abs()
+        assert bool((error <= step / 2 + 1e-7).all()) and float(error.max()) > 0
+    assert report.weight_bytes_fp32 == sum(m.numel() * 4 for m in matrices.values()) + 32 * 3 * 4
+    assert report.weight_bytes_quantized < report.weight_bytes_fp32 / 3  # a scale per row of 8 or 16 weights
+    ort = report.ort_session(1)(x)
+    with torch.no_grad():
+        simulated = model(x)  # int8 weights, float activations: ONNX Runtime also quantizes input and hidden state
+    scale = float(fp32_out.abs().max())
+    assert float((ort - simulated).abs().max()) < 0.02 * scale and float((ort - fp32_out).abs().max()) < 0.02 * scale
+    # stored once: the graph's int8 LSTM matrices are rebuilt from the layer's codes (and its biases)
+    _, shared = strip_int8_weights(report.onnx_model, model)
+    kinds = [spec.get("part") for spec in shared["initializers"].values() if "rnn_codes" in spec]
+    assert sorted(kinds) == ["R", "R", "W", "W"]
+    path = save_artifact(model, tmp_path / "int8", architecture={"module": "test_recurrent:Seq"})
+    # (this LSTM's rows are 8 and 16 weights long: a scale per row, and the graph, weigh on its small file)
+    assert artifact_size(path) < fp32_bytes / 1.9
+    served = torchslim.load(path, runtime="onnxruntime", model=_model("LSTM", seed=3), intra_op_threads=1)
+    torch.testing.assert_close(served(x), ort, rtol=0, atol=0)
+    reloaded, _ = load_artifact(path, model=_model("LSTM", seed=4))
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(x), simulated, rtol=0, atol=0)
 
 
 class TokenLSTM(nn.Module):

@@ -17,7 +17,7 @@ largest drop over the four models and seeds 0-2 (benchmarks/architectures.py --s
 | method     | max drop | measured | why |
 |------------|---------:|---------:|-----|
 | static     | 2.0  | 0.8  | int8 weights (per channel) and calibrated int8 activations |
-| dynamic    | 1.0  | 0.6  | int8 weights, activations quantized per batch, Linear layers only |
+| dynamic    | 1.0  | 0.6  | int8 weights, activations quantized per batch, Linear and LSTM layers only |
 | weight     | 3.0  | 2.5  | 4-bit per-channel weights without fine-tuning; the 9-weight rows of the stem and depthwise convs |
 |            |      |      | of the residual CNN lose the most |
 | kmeans     | 2.5  | 1.9  | a 16-entry codebook per layer, one epoch of centroid fine-tuning |
@@ -190,7 +190,7 @@ def test_layers_left_in_float_are_reported(trained, compressed, name, method):
     expected = set()
     if method == "dynamic":  # ONNX Runtime's dynamic int8 is for MatMul: convolutions stay float, and why is said
         expected = {n for n, m in trained(name)[0].named_modules() if isinstance(m, (nn.Conv1d, nn.Conv2d))}
-        assert all("Linear layers only" in report.float_layers[n] for n in expected)
+        assert all("Linear and LSTM layers only" in report.float_layers[n] for n in expected)
     assert set(report.kept_fp32) == expected
     embeddings = {n for n, m in trained(name)[0].named_modules() if isinstance(m, nn.Embedding)}
     if method in ("weight", "kmeans"):

@@ -117,23 +117,28 @@ class LayerRecord(_Closed):
 
 class SharedInitializer(_Closed):
     """Where an int8 graph's stripped initializer comes from: a layer's codes or a state-dict tensor (each maybe
-    transposed), or a GRU/LSTM layer's gates in ONNX's order (``rnn``, ``rnn_layer``, ``part``)."""
+    transposed), a GRU/LSTM layer's gates in ONNX's order (``rnn``, ``rnn_layer``, ``part``), or an int8 LSTM's
+    codes in DynamicQuantizeLSTM's layout (``rnn_codes``, ``rnn_layer``, ``part`` W or R)."""
 
     layer: str = None
     tensor: str = None
     transpose: bool = None
     rnn: str = None
+    rnn_codes: str = None
     rnn_layer: Count = None
     part: Literal["W", "R", "B"] = None
 
     @pydantic.model_validator(mode="after")
     def _one_source(self) -> "SharedInitializer":
-        if sum(v is not None for v in (self.layer, self.tensor, self.rnn)) != 1:
-            raise ValueError("must give exactly one of 'layer', 'tensor' or 'rnn'")
-        if self.rnn is None and self.transpose is None:
+        if sum(v is not None for v in (self.layer, self.tensor, self.rnn, self.rnn_codes)) != 1:
+            raise ValueError("must give exactly one of 'layer', 'tensor', 'rnn' or 'rnn_codes'")
+        recurrent = self.rnn is not None or self.rnn_codes is not None
+        if not recurrent and self.transpose is None:
             raise ValueError("must say whether it is transposed ('transpose')")
-        if self.rnn is not None and (self.rnn_layer is None or self.part is None or self.transpose is not None):
+        if recurrent and (self.rnn_layer is None or self.part is None or self.transpose is not None):
             raise ValueError("a recurrent layer's initializer gives 'rnn_layer' and 'part', and no 'transpose'")
+        if self.rnn_codes is not None and self.part == "B":
+            raise ValueError("an int8 LSTM's codes are its matrices: 'part' W or R")
         return self
 
 

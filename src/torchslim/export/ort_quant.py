@@ -7,7 +7,8 @@ own quantizer places QuantizeLinear/DequantizeLinear pairs (QDQ format, QUInt8 a
 symmetric QInt8 weights — the layout ORT's x86 int8 kernels expect) and its graph optimiser fuses them
 into QLinearConv / QGemm / QLinearMatMul at session creation. Our observers therefore set the ranges of
 both the torch simulation and the ORT model.
-Dynamic: ``quantize_dynamic`` (MatMulInteger/DynamicQuantizeMatMul); Gemm nodes are first rewritten as
+Dynamic: ``quantize_dynamic`` (MatMulInteger/DynamicQuantizeMatMul, DynamicQuantizeLSTM for an LSTM layer whose
+module is not excluded); Gemm nodes are first rewritten as
 MatMul + Add because ORT's dynamic quantizer only handles MatMul, and each unmasked self-attention's core
 becomes one ``MultiHeadAttention`` node (:mod:`torchslim.export.attention_fusion`; its projections stay MatMul
 nodes and are quantized like every other); after quantization a packed q/k/v in-projection becomes three int8
@@ -193,9 +194,71 @@ def gemm_to_matmul(model) -> dict[str, list[str]]:
     return replaced
 
 
+def fold_lstm_weights_(model) -> int:
+    """Make each LSTM node's W, R and B initializers, in place; returns how many were folded.
+
+    Why: the exporter computes some of them from the parameters at run time (a bidirectional layer's directions
+    joined by Concat), and ONNX Runtime's quantizer only quantizes an LSTM whose W and R are constants. A tensor
+    that depends on a graph input is left as it is.
+    """
+    import onnxruntime as ort
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    producer = {o: n for n in graph.node for o in n.output}
+    wanted = list(dict.fromkeys(t for n in graph.node if n.op_type == "LSTM" for t in n.input[1:4]
+                                if t and t not in inits))
+    folded: dict[str, list] = {}  # tensor: the nodes computing it
+    for tensor in wanted:
+        nodes, stack, constant = {}, [tensor], True
+        while stack and constant:
+            name = stack.pop()
+            if not name or name in inits or name in nodes:
+                continue
+            node = producer.get(name)
+            if node is None:  # a graph input
+                constant = False
+                break
+            for out in node.output:
+                nodes[out] = node
+            stack.extend(node.input)
+        if constant:
+            folded[tensor] = list({id(n): n for n in nodes.values()}.values())
+    if not folded:
+        return 0
+    needed = {id(n) for ns in folded.values() for n in ns}
+    sub = [n for n in graph.node if id(n) in needed]  # in the graph's (topological) order
+    used = {i for n in sub for i in n.input}
+    fold = helper.make_graph(sub, "fold", [], [helper.make_empty_tensor_value_info(t) for t in folded],
+                             [inits[i] for i in used if i in inits])
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    session = ort.InferenceSession(helper.make_model(fold, opset_imports=model.opset_import,
+                                                     ir_version=model.ir_version).SerializeToString(),
+                                   opts, providers=["CPUExecutionProvider"])
+    for tensor, value in zip(folded, session.run(list(folded), {})):
+        graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(value), tensor))
+    kept = [n for n in graph.node if not set(n.output) & set(folded)]
+    while True:  # the nodes that computed them, where nothing else reads their outputs
+        read = {i for n in kept for i in n.input} | {o.name for o in graph.output}
+        alive = [n for n in kept if any(o in read for o in n.output)]
+        if len(alive) == len(kept):
+            break
+        kept = alive
+    del graph.node[:]
+    graph.node.extend(kept)
+    read = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+    unused = [i for i in graph.initializer if i.name not in read]
+    for init in unused:
+        graph.initializer.remove(init)
+    return len(folded)
+
+
 def quantize_dynamic_onnx(model, *, per_channel: bool = True, nodes_to_exclude: Sequence[str] = (),
                           reduce_range: bool | str = "auto") -> bytes:
-    """Dynamic int8 model: int8 weights, activations quantized per batch by ORT at run time.
+    """Dynamic int8 model: int8 weights, activations quantized per batch by ORT at run time (MatMul and LSTM
+    nodes; exclude the others' modules' nodes).
 
     Args:
         model: fp32 onnx.ModelProto (Gemm nodes are rewritten to MatMul + Add on a copy).
@@ -213,13 +276,14 @@ def quantize_dynamic_onnx(model, *, per_channel: bool = True, nodes_to_exclude: 
 
     model = copy.deepcopy(model)
     replaced = gemm_to_matmul(model)
+    fold_lstm_weights_(model)
     fuse_attention_(model)
     excluded = sorted({new for name in nodes_to_exclude for new in replaced.get(name, [name])})
     with tempfile.TemporaryDirectory(prefix="torchslim-quant-") as tmp, quiet_ort_logging():
         out = Path(tmp) / "int8.onnx"
         quantize_dynamic(model, out, per_channel=per_channel, weight_type=QuantType.QInt8,
                          reduce_range=weights_reduce_range(reduce_range),
-                         op_types_to_quantize=["MatMul"], nodes_to_exclude=excluded,
+                         op_types_to_quantize=["MatMul", "LSTM"], nodes_to_exclude=excluded,
                          extra_options={"WeightSymmetric": True})
         quantized = onnx.load(out)
     split_qkv_projection_(quantized)

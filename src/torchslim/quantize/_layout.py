@@ -240,6 +240,12 @@ def _layer_codes(model: nn.Module, name: str) -> torch.Tensor | None:
         source = getattr(model.get_submodule(name), "weight_source", None)
     except AttributeError:
         return None
+    return _int8_codes(source)
+
+
+def _int8_codes(source: Any) -> torch.Tensor | None:
+    """A weight source's int8 values (code - zero point) in the weight's shape, or None when it holds no 8-bit
+    codes that fit int8."""
     if not isinstance(source, PackedWeight) or source.bits != 8:
         return None
     blocks = to_blocks(source.codes(), source.granularity).to(torch.int16)  # (B, L)
@@ -293,14 +299,34 @@ def _rnn_tensor(rnn: nn.RNNBase, layer: int, part: str) -> torch.Tensor:
     return torch.stack(per_direction).contiguous()
 
 
+def _rnn_codes(coded: QuantizedRecurrent, layer: int, part: str) -> torch.Tensor | None:
+    """Layer ``layer``'s int8 ``W`` or ``R`` as ONNX Runtime's DynamicQuantizeLSTM holds it (directions stacked,
+    each transposed: (input, 4 * hidden)), from the codes of a QuantizedRecurrent LSTM; None without int8 codes."""
+    order = _ONNX_GATES[nn.LSTM]
+    directions = ("", "_reverse") if coded.rnn.bidirectional else ("",)
+    per_direction = []
+    for suffix in directions:
+        codes = _int8_codes(coded.weight_sources[f"weight_{'ih' if part == 'W' else 'hh'}_l{layer}{suffix}"])
+        if codes is None:
+            return None
+        blocks = codes.chunk(len(order))
+        per_direction.append(torch.cat([blocks[i] for i in order]).t())
+    return torch.stack(per_direction).contiguous()
+
+
 def _rnn_parts(model: nn.Module):
-    """(module name, layer, part, tensor) of every GRU/LSTM layer's ONNX initializers that ``model`` determines."""
+    """(module name, layer, part, tensor) of every GRU/LSTM layer's ONNX initializers that ``model`` determines:
+    a float layer's W, R and B; the biases of a layer whose matrices are coded (a QuantizedRecurrent's: the int8
+    ones of an LSTM are :func:`_rnn_codes`)."""
     for name, module in model.named_modules():
-        if type(module) in _ONNX_GATES and module.weight_ih_l0.dtype == torch.float32 \
-                and not getattr(module, "proj_size", 0):
-            for layer in range(module.num_layers):
-                for part in ("W", "R", "B") if module.bias else ("W", "R"):
-                    yield name, layer, part, _rnn_tensor(module, layer, part)
+        if type(module) not in _ONNX_GATES or getattr(module, "proj_size", 0):
+            continue
+        weight = getattr(module, "weight_ih_l0", None)
+        float_weights = isinstance(weight, torch.Tensor) and weight.dtype == torch.float32
+        parts = (("W", "R") if float_weights else ()) + (("B",) if module.bias else ())
+        for layer in range(module.num_layers):
+            for part in parts:
+                yield name, layer, part, _rnn_tensor(module, layer, part)
 
 
 def _tensors_by_content(model: nn.Module) -> dict[tuple[int, tuple[int, ...], bytes], dict[str, Any]]:
@@ -323,6 +349,14 @@ def _tensors_by_content(model: nn.Module) -> dict[tuple[int, tuple[int, ...], by
     for name, layer, part, t in _rnn_parts(model):
         entry = (onnx.TensorProto.FLOAT, tuple(t.shape), t.numpy().tobytes())
         table.setdefault(entry, {"rnn": name, "rnn_layer": layer, "part": part})
+    for name, module in model.named_modules():
+        if isinstance(module, QuantizedRecurrent) and type(module.rnn) is nn.LSTM:
+            for layer in range(module.rnn.num_layers):
+                for part in ("W", "R"):
+                    codes = _rnn_codes(module, layer, part)
+                    if codes is not None:
+                        entry = (onnx.TensorProto.INT8, tuple(codes.shape), codes.numpy().tobytes())
+                        table.setdefault(entry, {"rnn_codes": name, "rnn_layer": layer, "part": part})
     for key, tensor in model.state_dict().items():  # any shape: a float conv weight is repeated as it is
         if tensor.dtype != torch.float32 or tensor.numel() < _MIN_SHARED:
             continue
@@ -335,6 +369,18 @@ def _tensors_by_content(model: nn.Module) -> dict[tuple[int, tuple[int, ...], by
 
 def _shared_bytes(model: nn.Module, spec: dict[str, Any]) -> bytes:
     """The bytes an initializer recorded by :func:`strip_int8_weights` held, from ``model``'s tensors."""
+    if "rnn_codes" in spec:
+        try:
+            coded = model.get_submodule(spec["rnn_codes"])
+        except AttributeError:
+            coded = None
+        codes = None
+        if isinstance(coded, QuantizedRecurrent) and type(coded.rnn) is nn.LSTM and spec["part"] in ("W", "R") \
+                and 0 <= spec["rnn_layer"] < coded.rnn.num_layers:
+            codes = _rnn_codes(coded, spec["rnn_layer"], spec["part"])
+        if codes is None:
+            raise ValueError(f"the model has no int8 LSTM {spec['rnn_codes']} for the ONNX model")
+        return codes.numpy().tobytes()
     if "rnn" in spec:
         try:
             rnn = model.get_submodule(spec["rnn"])

@@ -49,6 +49,14 @@ def covers_embeddings(config: Any) -> bool:
     return method in STORES_EMBEDDINGS or (method == "qat" and config.bits < 8)
 
 
+def int8_recurrent_layers(model: nn.Module, ignore: Iterable[str] = ()) -> dict[str, nn.Module]:
+    """The recurrent layers dynamic int8 computes in int8, by qualified name: torch's ``nn.LSTM`` without
+    ``proj_size`` (ONNX Runtime's DynamicQuantizeLSTM; it has no int8 kernel for GRU, RNN or a cell's loop)."""
+    selector = LayerSelector(model, 0, ignore)
+    return {name: m for name, m in model.named_modules()
+            if type(m) is nn.LSTM and not m.proj_size and not selector.is_ignored(name)}
+
+
 def quantizable_layers(model: nn.Module, ignore: Iterable[str] = (), embeddings: bool = False
                        ) -> dict[str, nn.Module]:
     """Quantizable modules by qualified name, skipping those ``ignore`` covers (ConfigError for a pattern that

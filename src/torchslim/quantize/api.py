@@ -19,6 +19,7 @@ from torchslim.quantize._registry import QuantContext, handler_for
 from torchslim.quantize._select import (STORED_ONLY, check_layers, covers_embeddings,
                                         is_quantizable, quantizable_layers)
 from torchslim.quantize.attention import project_attention_
+from torchslim.quantize.modules import QuantizedLayer, QuantizedRecurrent
 from torchslim.quantize.config import method_of
 from torchslim.quantize.fallback import choose_fp32_layers
 
@@ -153,8 +154,11 @@ _NOT_QUANTIZED = {  # weighted layers no method replaces, and why they stay floa
     nn.MultiheadAttention: "attention with separate key/value sizes or extra key/value biases",
     nn.ConvTranspose1d: "a transposed convolution", nn.ConvTranspose2d: "a transposed convolution",
     nn.Conv3d: "a 3-D convolution",
-    **dict.fromkeys((nn.GRU, nn.LSTM, nn.RNN), "a recurrent layer: the int8 methods keep its gates float "
-                                              "(weight-only, k-means and qat below 8 bits store them in codes)"),
+    nn.LSTM: "a recurrent layer: static int8 and 8-bit qat keep its gates float (dynamic int8 computes an LSTM "
+             "without proj_size in int8; weight-only, k-means and qat below 8 bits store it in codes)",
+    **dict.fromkeys((nn.GRU, nn.RNN), "a recurrent layer: the int8 methods keep its gates float (ONNX Runtime "
+                                      "has int8 kernels for LSTM only; weight-only, k-means and qat below 8 bits "
+                                      "store them in codes)"),
     **dict.fromkeys((nn.GRUCell, nn.LSTMCell, nn.RNNCell), "a recurrent cell: the int8 methods keep its gates "
                                                           "float (weight-only, k-means and qat below 8 bits store "
                                                           "them in codes)"),
@@ -181,10 +185,17 @@ def float_layers(model: nn.Module, method: str, kept: Iterable[str], fallback: I
         elif selector.is_ignored(name):
             reasons[name] = "ignored by the config"
         elif method == "dynamic":
-            reasons[name] = "dynamic int8 covers Linear layers only (ONNX Runtime's MatMulInteger)"
+            reasons[name] = ("dynamic int8 covers Linear and LSTM layers only (ONNX Runtime's MatMulInteger and "
+                             "DynamicQuantizeLSTM)")
         else:
             reasons[name] = f"not quantized by {method}"
+    wrapped: tuple[str, ...] = ()  # the float modules a quantized layer runs are not float layers of the model
     for name, module in model.named_modules():
+        if wrapped and name.startswith(wrapped):
+            continue
+        if isinstance(module, (QuantizedLayer, QuantizedRecurrent)):
+            wrapped += (f"{name}.",)
+            continue
         if name in tied:
             reasons[name] = tied_reason(tied[name])
             continue

@@ -13,7 +13,8 @@ from typing import Callable
 from torch import nn
 
 from torchslim.quantize._registry import QuantContext, handler_for
-from torchslim.quantize._select import covers_embeddings, quantizable_layers
+from torchslim.quantize._select import covers_embeddings, int8_recurrent_layers, quantizable_layers
+from torchslim.quantize.config import method_of
 
 
 def _probe(model: nn.Module, config, ctx: QuantContext, evaluate: Callable[[nn.Module], float],
@@ -29,6 +30,8 @@ def layer_sensitivity(model: nn.Module, config, ctx: QuantContext, evaluate: Cal
                       baseline: float) -> dict[str, float]:
     """Metric drop (baseline - metric) per layer when only that layer is quantized, most sensitive first."""
     layers = list(quantizable_layers(model, config.ignore, covers_embeddings(config)))
+    if method_of(config) == "dynamic":
+        layers += [n for n in int8_recurrent_layers(model, config.ignore) if n not in layers]
     drops = {}
     for name in layers:
         others = tuple(n for n in layers if n != name)

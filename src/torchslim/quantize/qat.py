@@ -21,7 +21,7 @@ from torchslim.quantize._select import layer_bits, quantizable_layers, set_submo
 from torchslim.quantize.config import QATConfig
 from torchslim.quantize.modules import (ActivationFakeQuant, FakeQuantWeight, PackedWeight, QuantizedLayer,
                                         replace_with_float_)
-from torchslim.quantize.ptq import export_static, int8_result
+from torchslim.quantize.ptq import export_static, int8_result, weight_bytes
 from torchslim.quantize.weight_only import _code_layers_, pack_layers_
 
 
@@ -95,4 +95,5 @@ def quantize_qat_(model: nn.Module, config: QATConfig, ctx: QuantContext) -> Han
         # plain layers left: the ignored ones, and those (a recurrent cell) int8 keeps float
         excluded = sorted(quantizable_layers(model, embeddings=True))
         onnx_model = export_static(model, ctx.batches, config, excluded, reduce_range)
-    return int8_result(model, {name: model.get_submodule(name) for name in layers}, onnx_model)
+    quantized = {name: model.get_submodule(name) for name in layers}
+    return int8_result(model, quantized, weight_bytes(quantized), onnx_model)
