@@ -162,3 +162,17 @@ def test_a_float_op_counts_through_data_movement_around_it():
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
                               [helper.make_tensor_value_info("y", TensorProto.UINT8, [4])], [scale, zero])
     assert _float_islands(graph) == {"Relu": 1, "Tanh": 1}
+
+
+def test_a_dynamic_int8_graph_has_no_float_ops_between_int8_ones_to_count():
+    """Dynamic int8 quantizes each product's float input inside its kernel: no conversions, nothing to count."""
+    import torch
+    from torch import nn
+
+    from torchslim.export.onnx_export import to_onnx_proto
+    from torchslim.export.ort_quant import quantize_dynamic_onnx
+    from torchslim.export.runtime import int8_graph_summary
+
+    model = nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 4)).eval()
+    kernels, between = int8_graph_summary(quantize_dynamic_onnx(to_onnx_proto(model, torch.rand(1, 8))))
+    assert kernels == {"DynamicQuantizeMatMul": 2} and between is None

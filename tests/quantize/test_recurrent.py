@@ -152,6 +152,11 @@ def test_dynamic_int8_runs_an_lstm_in_int8_in_onnx_runtime_and_stores_its_codes_
     reloaded, _ = load_artifact(path, model=_model("LSTM", seed=4))
     with torch.no_grad():
         torch.testing.assert_close(reloaded(x), simulated, rtol=0, atol=0)
+    # an ignored LSTM stays float in both worlds, said as ignored
+    model = _model("LSTM")
+    report = quantize_(model, DynamicConfig(ignore=("rnn",)), calibration=[x])
+    assert report.layers == {"head": 8} and report.float_layers == {"rnn": "ignored by the config"}
+    assert quantized_kernels(report.onnx_model) == {"DynamicQuantizeMatMul": 1}
 
 
 class TokenLSTM(nn.Module):

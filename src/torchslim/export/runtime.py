@@ -220,13 +220,16 @@ _DATA_MOVEMENT = frozenset({"Reshape", "Transpose", "Flatten", "Squeeze", "Unsqu
                             "Concat", "Split", "Slice", "Gather", "Cast", "ReorderInput", "ReorderOutput"})
 
 
-def _float_islands(graph) -> dict[str, int]:
+def _float_islands(graph) -> dict[str, int] | None:
     """Float ops ORT runs between int8 ones: nodes that take a dequantized activation or hand their output to a
-    QuantizeLinear, directly or through data movement (each then costs a pass to float and one back to int8)."""
+    QuantizeLinear, directly or through data movement (each then costs a pass to float and one back to int8);
+    None for a graph that converts no activation (dynamic int8)."""
     constants = {i.name for i in graph.initializer}
     dequantized = {n.output[0] for n in graph.node
                    if n.op_type == "DequantizeLinear" and n.input[0] not in constants}
     to_quantize = {n.input[0] for n in graph.node if n.op_type == "QuantizeLinear"}
+    if not dequantized and not to_quantize:  # dynamic int8: each int8 op quantizes its own float input
+        return None
     moves = [n for n in graph.node if n.op_type in _DATA_MOVEMENT]
     for _ in moves:  # follow data movement forward from the dequantized values, backward from the quantized
         grew = False
@@ -246,11 +249,12 @@ def _float_islands(graph) -> dict[str, int]:
     return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
-def int8_graph_summary(model: ModelSource) -> tuple[dict[str, int], dict[str, int]]:
-    """(integer kernels by op type, float ops between int8 ones by op type) of the graph ORT runs for ``model``,
+def int8_graph_summary(model: ModelSource) -> tuple[dict[str, int], dict[str, int] | None]:
+    """(integer kernels by op type, float ops between int8 ones by op type, or None where the graph converts no
+    activation to int8 and back: dynamic int8) of the graph ORT runs for ``model``,
     from one optimisation pass. Why the second: ORT has no int8 kernel for many activations (HardSwish, GELU,
     ...); each such op between int8 layers costs a dequantize and a quantize pass, and is no longer fused into
     the convolution before it as in the fp32 graph, so it can make an int8 model slower than its fp32 export."""
     graph = optimized_graph(model)
     kernels = _kernels(graph)
-    return kernels, (_float_islands(graph) if kernels else {})
+    return kernels, (_float_islands(graph) if kernels else None)

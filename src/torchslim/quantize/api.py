@@ -16,12 +16,12 @@ from torchslim.prune._select import LayerSelector
 from torchslim.quantize._calibrate import calibration_inputs
 from torchslim.quantize._layout import attach_int8_onnx
 from torchslim.quantize._registry import QuantContext, handler_for
-from torchslim.quantize._select import (STORED_ONLY, check_layers, covers_embeddings,
+from torchslim.quantize._select import (STORED_ONLY, check_layers, covers_embeddings, int8_recurrent_layers,
                                         is_quantizable, quantizable_layers)
 from torchslim.quantize.attention import project_attention_
-from torchslim.quantize.modules import QuantizedLayer, QuantizedRecurrent
 from torchslim.quantize.config import method_of
 from torchslim.quantize.fallback import choose_fp32_layers
+from torchslim.quantize.modules import QuantizedLayer, QuantizedRecurrent
 
 # the handlers register themselves on import
 from torchslim.quantize import ptq, qat, weight_only  # noqa: F401,E402
@@ -104,6 +104,8 @@ def quantize_(model: nn.Module, config, *, calibration: Iterable | None = None,
         config = dataclasses.replace(config, ignore=tuple(config.ignore) + _tied_left_to_their_leader(model, config))
     ctx = QuantContext(batches=_materialise(calibration, config), finetune=finetune)
     all_layers = set(quantizable_layers(model, embeddings=covers_embeddings(config)))
+    if method == "dynamic":
+        all_layers |= set(int8_recurrent_layers(model))
     metric = None
     fallback: tuple[str, ...] = ()
     sensitivity: dict[str, float] = {}
@@ -198,6 +200,8 @@ def float_layers(model: nn.Module, method: str, kept: Iterable[str], fallback: I
             continue
         if name in tied:
             reasons[name] = tied_reason(tied[name])
+            continue
+        if name in reasons:  # a layer the method covers, kept float (ignored, fallback): said above
             continue
         if type(module) in STORED_ONLY and stores_tables:  # the first loop said why, if kept
             if getattr(module, "max_norm", None) is not None:

@@ -42,10 +42,10 @@ def _simulate(model: nn.Module, layers: dict[str, nn.Module], granularity,
     """Swap each layer for int8 codes (symmetric, as ORT's weights) plus an activation quantizer; a recurrent
     layer's matrices each for their codes (its activations stay float here: ONNX Runtime quantizes its input
     sequence and, at every step, its hidden state)."""
-    for name, layer in layers.items():
-        def codes(weight):
-            return PackedWeight(weight.detach(), 8, granularity, symmetric=True, reduce_range=reduce_range)
+    def codes(weight):
+        return PackedWeight(weight.detach(), 8, granularity, symmetric=True, reduce_range=reduce_range)
 
+    for name, layer in layers.items():
         if is_recurrent(layer):
             set_submodule(model, name, QuantizedRecurrent(layer, {w: codes(m) for w, m in
                                                                   recurrent_weights(layer).items()}))
