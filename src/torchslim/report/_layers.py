@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from torchslim._recurrent import is_recurrent, recurrent_weights
+from torchslim.quantize.modules import QuantizedRecurrent
 
 _FLOAT_KINDS = (nn.Linear, nn.modules.conv._ConvNd, nn.Embedding, nn.EmbeddingBag)
 
@@ -38,18 +39,16 @@ def layer_stats(model: nn.Module, manifest: dict[str, Any]) -> list[dict[str, An
         ``[{name, kind, shape, params, nonzero, nonzero_fraction, bits, encoding, activation_bits}]``; a quantized
         layer is counted on its decoded weight; ``bits`` is 32 and ``encoding`` ``float`` for float layers.
     """
-    from torchslim.quantize.modules import QuantizedRecurrent
-
     quantized = manifest.get("quantization", {}).get("layers", {})
     rows = []
-    inside: tuple[str, ...] = ()  # the modules of a coded recurrent layer: its rows are the layer's
+    inside = ""  # the modules of a coded recurrent layer (none nests another): its rows are the layer's
     for name, module in model.named_modules():
         if inside and name.startswith(inside):
             continue
         source = getattr(module, "weight_source", None)
         if isinstance(module, QuantizedRecurrent):  # each matrix decoded from its codes
             weights, kind = [(f"{name}.{p}", s()) for p, s in module.weight_sources.items()], module.kind
-            inside = (f"{name}.",)
+            inside = f"{name}."
         elif isinstance(source, nn.Module):
             weights, kind = [(name, source())], module.kind  # decoded: (out, in) or (out, in, *kernel)
         else:
