@@ -169,6 +169,27 @@ def test_global_threshold_that_empties_a_layer_is_an_error():
     assert err.value.field == "sparsity" and "fc3" in str(err.value)
 
 
+def _two_scales() -> nn.Module:
+    model = nn.Sequential(nn.Linear(4, 1, bias=False), nn.Linear(1, 4, bias=False))
+    with torch.no_grad():
+        model[0].weight.fill_(100.0)
+        model[1].weight.copy_(torch.tensor([[3.0], [1.0], [4.0], [2.0]]) * 1e-5)
+    return model
+
+
+def test_lamp_scope_ranks_across_layers_by_scale_free_scores():
+    """LAMP: w² over the sum of w² of the layer's weights at least as large. Layer 0's four equal weights score
+    1/4, 1/3, 1/2, 1 (ties by position); layer 1's 1, 2, 3, 4 (times 1e-5: its scale does not matter) score 1/30,
+    4/29, 9/25, 1. Half of the eight go: layer 1's 1/30 and 4/29, layer 0's 1/4 and 1/3; one |w| threshold would
+    have emptied layer 1."""
+    model = _two_scales()
+    prune_(model, MagnitudeConfig(sparsity=0.5, scope="lamp"))
+    assert model[0].weight.flatten().tolist() == [0.0, 0.0, 100.0, 100.0]
+    assert (model[1].weight.flatten() != 0).tolist() == [True, False, True, False]  # 3 and 4 kept
+    with pytest.raises(ConfigError, match=r"would zero every weight of layer\(s\) 1;"):
+        prune_(_two_scales(), MagnitudeConfig(sparsity=0.5, scope="global"))
+
+
 def test_unmatched_ignore_is_an_error():
     with pytest.raises(ConfigError) as err:
         prune_(MLP(), MagnitudeConfig(sparsity=0.5, ignore=["classifier"]))

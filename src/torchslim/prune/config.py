@@ -31,7 +31,7 @@ __all__ = [
 
 IMPORTANCES = ("l1", "l2", "activation", "taylor", "output_taylor")
 SCHEDULE_KINDS = ("oneshot", "polynomial")
-SCOPES = ("layer", "global")
+SCOPES = ("layer", "global", "lamp")
 
 
 def _check_fraction(name: str, value: Any) -> float:
@@ -194,7 +194,10 @@ class MagnitudeConfig:
 
     Args:
         sparsity: fraction of weights zeroed, in [0, 1).
-        scope: ``layer`` (each layer to ``sparsity``) or ``global`` (one |w| threshold across layers).
+        scope: ``layer`` (each layer to ``sparsity``), ``global`` (one |w| threshold across layers) or ``lamp``
+            (one threshold across layers on LAMP scores, Lee et al. 2021: each weight's w² over the sum of the w²
+            of its layer's weights at least as large; invariant to a layer's scale, and no layer loses every
+            weight).
         schedule: oneshot or polynomial.
         finetune: training between/after the schedule's steps, or None.
         ignore: layers left dense (names as in ``named_modules`` or ``re:`` + full-match regex).

@@ -1,5 +1,5 @@
 """Magnitude pruning (unstructured): zero the smallest |w| of every Linear/ConvNd layer and recurrent layer (its
-weight matrices together), layer by layer or with one global threshold.
+weight matrices together), layer by layer or with one threshold across layers (on |w|, or on LAMP scores).
 
 Self-attention's in-projection is a bare parameter of ``nn.MultiheadAttention``, the largest matrix of a
 transformer block; :func:`project_attention_` first makes it a Linear module (``<attention>.in_proj``, the same
@@ -33,11 +33,12 @@ def magnitude_step(layers: dict[str, nn.Module], config: MagnitudeConfig, select
     """Masks for schedule step ``step`` of ``steps``; raises ConfigError if a layer would lose every weight."""
     weights = {n: masked_weight(m) for n, m in layers.items()}
     targets = {n: sparsity_at(selector.sparsity_for(n), step, steps) for n in layers}
-    pooled = [n for n in layers if config.scope == "global" and selector.override_for(n) is None]
+    pooled = [n for n in layers if config.scope != "layer" and selector.override_for(n) is None]
     masks = {}
     if pooled:
         total = sum(weights[n].numel() for n in pooled)
-        masks.update(magnitude_masks({n: weights[n] for n in pooled}, count(targets[pooled[0]], total), previous))
+        masks.update(magnitude_masks({n: weights[n] for n in pooled}, count(targets[pooled[0]], total), previous,
+                                     lamp=config.scope == "lamp"))
     alone = [n for n in layers if n not in pooled]
     masks.update(magnitude_masks({n: weights[n] for n in alone},
                                  {n: count(targets[n], weights[n].numel()) for n in alone}, previous))

@@ -51,8 +51,24 @@ def _scores(weight: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     return s if mask is None else s.masked_fill(~mask.flatten().to(s.device), -1.0)
 
 
+def _lamp_scores(weight: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """LAMP scores (Lee et al., "Layer-adaptive sparsity for the magnitude-based pruning", ICLR 2021): w² over the
+    sum of w² of the weights of the same tensor at least as large (ties by position). Why: a global |w| threshold
+    follows each layer's scale (a wide conv followed by BatchNorm can lose every weight); these scores are
+    invariant to it, the tensor's largest weight scores 1, and their global ranking minimises a bound on the
+    output's distortion."""
+    squared = weight.detach().flatten().float() ** 2
+    order = torch.argsort(squared, stable=True)
+    ranked = squared[order]
+    at_least = torch.flip(torch.cumsum(torch.flip(ranked, [0]), 0), [0])  # sum of the ranked weights from i on
+    scores = torch.empty_like(squared)
+    scores[order] = ranked / at_least.clamp_min(torch.finfo(torch.float32).tiny)
+    return scores if mask is None else scores.masked_fill(~mask.flatten().to(scores.device), -1.0)
+
+
 def magnitude_masks(weights: dict[str, torch.Tensor], counts: dict[str, int] | int,
-                    previous: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+                    previous: dict[str, torch.Tensor] | None = None, *, lamp: bool = False
+                    ) -> dict[str, torch.Tensor]:
     """Keep-masks that zero the smallest-|w| weights.
 
     Args:
@@ -60,15 +76,18 @@ def magnitude_masks(weights: dict[str, torch.Tensor], counts: dict[str, int] | i
         counts: name -> how many weights to zero in that tensor (layer scope), or one int: how many to zero
             across all tensors together (global scope, one threshold).
         previous: masks of an earlier step; weights they zeroed are zeroed first.
+        lamp: rank by :func:`_lamp_scores` instead of |w| (the same order within a tensor; across tensors, the
+            ``lamp`` scope).
 
     Returns:
         name -> bool tensor shaped like the weight, False where the weight is pruned.
     """
     previous = previous or {}
+    score = _lamp_scores if lamp else _scores
     if isinstance(counts, dict):
-        return {n: _drop_smallest(_scores(w, previous.get(n)), counts[n]).view_as(w) for n, w in weights.items()}
+        return {n: _drop_smallest(score(w, previous.get(n)), counts[n]).view_as(w) for n, w in weights.items()}
     names = list(weights)
-    flat = torch.cat([_scores(weights[n], previous.get(n)).cpu() for n in names])  # (total,)
+    flat = torch.cat([score(weights[n], previous.get(n)).cpu() for n in names])  # (total,)
     keep = _drop_smallest(flat, counts)
     out, start = {}, 0
     for n in names:
