@@ -171,7 +171,7 @@ def test_inspect_shows_layers_totals_and_the_plain_manifest(tmp_path):
 
 
 
-@pytest.mark.parametrize("version", [4, 5, 6, 7])
+@pytest.mark.parametrize("version", [4, 5, 6, 7, 8])
 def test_an_artifact_written_by_an_earlier_format_still_loads(tmp_path, monkeypatch, version):
     """Earlier formats differ only in the manifest's dictionary (and 4 in its seal): each stays readable."""
     from torchslim.artifact import _format
@@ -195,11 +195,13 @@ def test_manifest_dictionary_is_frozen_for_the_format_version():
     from torchslim.artifact._dictionary_v5 import MANIFEST_DICTIONARY as VERSION_5
     from torchslim.artifact._dictionary_v6 import MANIFEST_DICTIONARY as VERSION_6
     from torchslim.artifact._dictionary_v7 import MANIFEST_DICTIONARY as VERSION_7
+    from torchslim.artifact._dictionary_v8 import MANIFEST_DICTIONARY as VERSION_8
 
-    assert ARTIFACT_VERSION == 8
+    assert ARTIFACT_VERSION == 9
     assert hashlib.sha256(MANIFEST_DICTIONARY).hexdigest() == \
-        "58f2f02ca475305282c16fbd96ffb43e4d5f7aa99ef4b44a12efc7a47e623739"
-    # formats 4's to 7's, kept for reading: never change
+        "9b1766601661afe6ff1089dc032d0598628cafa7d3257250cfc0827fbefeb546"
+    # formats 4's to 8's, kept for reading: never change
+    assert hashlib.sha256(VERSION_8).hexdigest() == "58f2f02ca475305282c16fbd96ffb43e4d5f7aa99ef4b44a12efc7a47e623739"
     assert hashlib.sha256(VERSION_7).hexdigest() == "45162664ae55fa14074453357edcb7b9f12675ddfdcfcb115dfba89f131e4ece"
     assert hashlib.sha256(VERSION_6).hexdigest() == "f57ac7b632621e91f7106ec2300e6a2f49e15f2b97fbe4d94d0c6c09b68c28d9"
     assert hashlib.sha256(VERSION_4).hexdigest() == "4c6235ee093b95ecd0536d4e8e3a42ca75c624fa8d8ab3f63ac0c90e344d9d5d"
