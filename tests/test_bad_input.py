@@ -155,7 +155,6 @@ def test_true_and_false_are_no_numbers_and_sizes_are_positive(tmp_path):
 
 
 def test_weights_holding_nan_are_refused(tmp_path):
-    import torch
     from safetensors.torch import save_file
 
     from torchslim.domain import ModelSpec

@@ -1,5 +1,3 @@
-import types
-
 import pytest
 import torch
 from torch.utils.data import TensorDataset

@@ -11,7 +11,7 @@ import yaml
 
 from torchslim._errors import ConfigError
 from torchslim.artifact import load_artifact, load_state
-from torchslim.prune import MagnitudeConfig, StructuredConfig
+from torchslim.prune import MagnitudeConfig
 from torchslim.prune.sensitivity import SensitivityTable, overrides_from_sensitivity
 from torchslim.prune.stage import PruneStage, SensitivitySpec, parse_stage
 from torchslim.recipe import load_recipe

@@ -6,7 +6,6 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-import torch
 import yaml
 from click.testing import CliRunner
 
@@ -84,7 +83,6 @@ def test_stage_dump_keeps_the_keys_as_written():
 @requires_ort
 def test_static_int8_run_measures_ort_and_exports_the_int8_graph(tmp_path):
     from torchslim.domain import load_domain
-    from torchslim.export import quantized_kernels
     from torchslim.export.cpu import int8_products_saturate
     from torchslim.runner import evaluate_artifact
 
