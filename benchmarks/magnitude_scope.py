@@ -59,12 +59,12 @@ def main() -> None:
     cells: dict[tuple[str, float, str], list] = {}
     baselines: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for name, (model, epochs, lr) in MODELS.items():
+        for index, (name, (model, epochs, lr)) in enumerate(MODELS.items()):
             for seed in range(args.seeds):
                 for sparsity in sparsities:
                     for scope in SCOPES:
                         recipe = _recipe(Path(tmp), model, epochs, lr, sparsity, scope, seed)
-                        out = Path(tmp) / f"run-{len(cells)}-{scope}-{sparsity}-{seed}"
+                        out = Path(tmp) / f"run-{index}-{scope}-{sparsity}-{seed}"
                         try:
                             metrics = run_recipe(load_recipe(recipe), out, threads=args.threads, log=quiet)
                             value = metrics["value"]
