@@ -482,8 +482,7 @@ def _write_outputs(ctx: RunContext, staging: Path) -> tuple[dict[str, Any], list
                         domain=ctx.domain, seed=ctx.seed, timing=timing)
     metrics["size_bytes_no_entropy"] = artifact_bytes(model, architecture=ctx.architecture, extra={**extra, **recorded},
                                                       entropy=False)
-    metrics.update({"int8_kernels": measured["int8_kernels"], "cpu_features": measured["cpu_features"],
-                    **{k: measured[k] for k in ("float_ops_in_int8",) if k in measured},
+    metrics.update({**_runtime_facts(measured),
                     "device": str(ctx.device), "data": ctx.splits.info, "stages": ctx.records,
                     "artifact_sha256": artifact_digest(artifact)})
     metrics.update(_validation_figures(ctx, reloaded, manifest, baseline, metrics))
@@ -494,6 +493,12 @@ def _write_outputs(ctx: RunContext, staging: Path) -> tuple[dict[str, Any], list
     write_bytes_atomic(staging / "report.html", render_html(metrics, ctx.domain.name).encode())
     write_bytes_atomic(staging / METRICS, (json.dumps(metrics, indent=2) + "\n").encode())
     return metrics, [*names, "report.md", "report.html", METRICS]
+
+
+def _runtime_facts(measured: dict[str, Any]) -> dict[str, Any]:
+    """What ``measure_in_runtime`` found about the runtime: its int8 kernels, the float ops between them, the CPU."""
+    keys = ("int8_kernels", "float_ops_in_int8", "cpu_features")
+    return {k: measured[k] for k in keys if k in measured}
 
 
 def _side_by_side(model: nn.Module, manifest: dict[str, Any], baseline: nn.Module, measured: dict[str, Any],
@@ -625,8 +630,7 @@ def evaluate_artifact(path: str | Path, domain: Domain, *, trust_code: bool = Fa
         baseline_bytes = artifact_bytes(baseline, architecture=architecture_of(sized), compress=False)
     metrics = summarize(measured, base, size=artifact_size(path), baseline_size=baseline_bytes, domain=domain,
                         seed=manifest.get("seed", 0), timing=timing)
-    metrics.update({"int8_kernels": measured["int8_kernels"], "cpu_features": measured["cpu_features"],
-                    **{k: measured[k] for k in ("float_ops_in_int8",) if k in measured},
+    metrics.update({**_runtime_facts(measured),
                     "recorded_value": manifest.get("metrics", {}).get("value"),
                     "artifact_sha256": artifact_digest(path),
                     "quantize_methods": _quantize_methods(manifest.get("recipe"))})

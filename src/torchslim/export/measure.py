@@ -18,8 +18,9 @@ def measure_in_runtime(model: nn.Module, manifest: dict[str, Any], test: Dataset
 
     Returns:
         the ``measure`` dict plus ``int8_kernels`` (ORT's integer kernels by op type, None when ORT did not
-        run), ``float_ops_in_int8`` (the float ops ORT runs between int8 ones, by op type; present when its int8
-        graph converts activations to int8 and back, as static int8 does) and ``cpu_features`` (the CPU's int8 dot-product features).
+        run), ``float_ops_in_int8`` (the float ops ORT runs between int8 ones, by op type; present when its
+        int8 graph converts activations to int8 and back, as static int8 does) and ``cpu_features`` (the CPU's
+        int8 dot-product features).
     """
     from torchslim.evaluate import measure
     from torchslim.export.cpu import cpu_int8_features
@@ -27,13 +28,14 @@ def measure_in_runtime(model: nn.Module, manifest: dict[str, Any], test: Dataset
     predict = runtime_predict(model, manifest, runtime)
     measured = measure(predict, test, metric, input_shape, module=model if runtime == "onnxruntime" else None,
                        latency=latency)
-    extra: dict[str, Any] = {"int8_kernels": None}
+    measured.update(int8_kernels=None, cpu_features=cpu_int8_features())
     if runtime == "onnxruntime":
         from torchslim.export.runtime import int8_graph_summary
 
-        kernels, float_ops = int8_graph_summary(predict.model)
-        extra = {"int8_kernels": kernels, **({"float_ops_in_int8": float_ops} if float_ops is not None else {})}
-    return {**measured, **extra, "cpu_features": cpu_int8_features()}
+        measured["int8_kernels"], float_ops = int8_graph_summary(predict.model)
+        if float_ops is not None:
+            measured["float_ops_in_int8"] = float_ops
+    return measured
 
 
 def runtime_predict(model: nn.Module, manifest: dict[str, Any], runtime: str, *, fastest: bool = False) -> Any:

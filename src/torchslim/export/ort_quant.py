@@ -186,10 +186,7 @@ def gemm_to_matmul(model) -> dict[str, list[str]]:
         replaced[node.name] = [n.name for n in new_nodes[-(2 if has_bias else 1):]]
     del model.graph.node[:]
     model.graph.node.extend(new_nodes)
-    used = {i for n in model.graph.node for i in n.input}
-    keep = [i for i in model.graph.initializer if i.name in used]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(keep)
+    _drop_unread_initializers_(model.graph)
     onnx.checker.check_model(model)
     return replaced
 
@@ -248,11 +245,16 @@ def fold_lstm_weights_(model) -> int:
         kept = alive
     del graph.node[:]
     graph.node.extend(kept)
-    read = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
-    unused = [i for i in graph.initializer if i.name not in read]
-    for init in unused:
-        graph.initializer.remove(init)
+    _drop_unread_initializers_(graph)
     return len(folded)
+
+
+def _drop_unread_initializers_(graph) -> None:
+    """Remove the initializers no node reads (nor the graph returns), in place."""
+    read = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+    keep = [i for i in graph.initializer if i.name in read]
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
 
 
 def quantize_dynamic_onnx(model, *, per_channel: bool = True, nodes_to_exclude: Sequence[str] = (),

@@ -253,8 +253,8 @@ def int8_graph_summary(model: ModelSource) -> tuple[dict[str, int], dict[str, in
     """(integer kernels by op type, float ops between int8 ones by op type, or None where the graph converts no
     activation to int8 and back: dynamic int8) of the graph ORT runs for ``model``,
     from one optimisation pass. Why the second: ORT has no int8 kernel for many activations (HardSwish, GELU,
-    ...); each such op between int8 layers costs a dequantize and a quantize pass, and is no longer fused into
-    the convolution before it as in the fp32 graph, so it can make an int8 model slower than its fp32 export."""
+    ...); each such op between int8 layers costs a dequantize and a quantize pass the fp32 graph does not pay,
+    which can make an int8 model slower than its fp32 export."""
     graph = optimized_graph(model)
     kernels = _kernels(graph)
     return kernels, (_float_islands(graph) if kernels else None)

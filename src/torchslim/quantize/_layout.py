@@ -280,38 +280,36 @@ _MIN_SHARED = 16  # elements: smaller initializers (shape constants, scalars) ar
 _ONNX_GATES = {nn.GRU: (1, 0, 2), nn.LSTM: (0, 3, 1, 2)}
 
 
+def _onnx_stack(rnn: nn.RNNBase, matrix) -> torch.Tensor:
+    """``matrix(suffix)`` of each direction ("" and "_reverse"), its gates in ONNX's order, stacked as ONNX's
+    GRU/LSTM initializers stack the directions."""
+    order = _ONNX_GATES[type(rnn)]
+    per_direction = []
+    for suffix in ("", "_reverse") if rnn.bidirectional else ("",):
+        blocks = matrix(suffix).chunk(len(order))
+        per_direction.append(torch.cat([blocks[i] for i in order]))
+    return torch.stack(per_direction).contiguous()
+
+
 def _rnn_tensor(rnn: nn.RNNBase, layer: int, part: str) -> torch.Tensor:
     """Layer ``layer``'s ``W``, ``R`` or ``B`` initializer as ONNX's GRU/LSTM operator holds it, from ``rnn``'s
     parameters: the exporter folds the gate reordering into constants that repeat the state dict's weights."""
-    order = _ONNX_GATES[type(rnn)]
-
-    def gates(t: torch.Tensor) -> torch.Tensor:
-        blocks = t.detach().cpu().chunk(len(order))
-        return torch.cat([blocks[i] for i in order])
-
-    directions = ("", "_reverse") if rnn.bidirectional else ("",)
-    per_direction = []
-    for suffix in directions:
-        if part == "B":
-            per_direction.append(torch.cat([gates(getattr(rnn, f"bias_{w}_l{layer}{suffix}")) for w in ("ih", "hh")]))
-        else:
-            per_direction.append(gates(getattr(rnn, f"weight_{'ih' if part == 'W' else 'hh'}_l{layer}{suffix}")))
-    return torch.stack(per_direction).contiguous()
+    if part == "B":  # both biases, each in ONNX's gate order
+        return torch.cat([_onnx_stack(rnn, lambda d, w=w: getattr(rnn, f"bias_{w}_l{layer}{d}").detach().cpu())
+                          for w in ("ih", "hh")], dim=1)
+    kind = "ih" if part == "W" else "hh"
+    return _onnx_stack(rnn, lambda d: getattr(rnn, f"weight_{kind}_l{layer}{d}").detach().cpu())
 
 
 def _rnn_codes(coded: QuantizedRecurrent, layer: int, part: str) -> torch.Tensor | None:
     """Layer ``layer``'s int8 ``W`` or ``R`` as ONNX Runtime's DynamicQuantizeLSTM holds it (directions stacked,
     each transposed: (input, 4 * hidden)), from the codes of a QuantizedRecurrent LSTM; None without int8 codes."""
-    order = _ONNX_GATES[nn.LSTM]
-    directions = ("", "_reverse") if coded.rnn.bidirectional else ("",)
-    per_direction = []
-    for suffix in directions:
-        codes = _int8_codes(coded.weight_sources[f"weight_{'ih' if part == 'W' else 'hh'}_l{layer}{suffix}"])
-        if codes is None:
-            return None
-        blocks = codes.chunk(len(order))
-        per_direction.append(torch.cat([blocks[i] for i in order]).t())
-    return torch.stack(per_direction).contiguous()
+    kind = "ih" if part == "W" else "hh"
+    codes = {d: _int8_codes(coded.weight_sources[f"weight_{kind}_l{layer}{d}"])
+             for d in (("", "_reverse") if coded.rnn.bidirectional else ("",))}
+    if any(c is None for c in codes.values()):
+        return None
+    return _onnx_stack(coded.rnn, lambda d: codes[d]).transpose(1, 2).contiguous()
 
 
 def _rnn_parts(model: nn.Module):
