@@ -234,6 +234,44 @@ def test_timing_beside_other_work_is_taken_again_and_the_least_busy_kept(monkeyp
     assert evaluate.busy_retries() == evaluate.BUSY_RETRIES
 
 
+def test_an_unsteady_timing_is_taken_again_and_the_steadiest_kept(monkeypatch):
+    import torchslim.evaluate as evaluate
+    import torchslim.runner as runner
+
+    # the torch baseline's rounds at batch 64 within these quartiles in each timing: 7.4x apart (seen on a 2-core
+    # virtual machine that lost a core to its host), 3.0x, then a steady 1.1x
+    quartiles = iter([[3.5, 25.9], [2.0, 6.0], [2.0, 2.2]])
+    calls = []
+
+    def fake_timing(baseline, compressed, shape, runtime_baseline=None):
+        calls.append(1)
+        q = next(quartiles)
+        spread = {"batch_1": {"baseline_iqr_ms": [0.20, 0.22], "compressed_iqr_ms": [0.10, 0.11]},
+                  "batch_64": {"baseline_iqr_ms": q, "compressed_iqr_ms": [2.7, 3.0]}}
+        ms = {"batch_1": 0.21, "batch_64": (q[0] + q[1]) / 2}
+        return {"baseline_latency_ms": ms, "latency_ms": {"batch_1": 0.1, "batch_64": 2.8},
+                "latency_spread": spread, "threads": 2, "cores": 2, "others_running": 0}
+
+    monkeypatch.setattr(evaluate, "side_by_side_latency", fake_timing)
+    monkeypatch.setattr(evaluate, "BUSY_WAIT_S", 0.0)
+    monkeypatch.delenv(evaluate.RETRIES_ENV, raising=False)
+    model = torch.nn.Linear(4, 2)
+    measured, base = {}, {}
+    timing = runner._side_by_side(model, {}, model, measured, base, (4,), "torch")
+    assert len(calls) == 3 and base["latency_ms"]["batch_64"] == 2.1  # the steady third timing is kept
+    assert evaluate.unsteady_timing(timing) is None and evaluate.timing_caveat(timing) is None
+    # a timing left unsteady says so, naming the model, the batch and its rounds' quartiles
+    monkeypatch.setenv(evaluate.RETRIES_ENV, "0")
+    quartiles, calls[:] = iter([[3.5, 25.9]]), []
+    timing = runner._side_by_side(model, {}, model, {}, {}, (4,), "torch")
+    assert len(calls) == 1
+    assert evaluate.timing_caveat(timing) == evaluate.unsteady_timing(timing) == (
+        "Timed unsteadily: the baseline model's rounds at batch 64 took 3.5-25.9 ms (interquartile), 7.4x apart: "
+        "the latencies and speed-ups may be far off; time again (torchslim eval) when the machine is quiet.")
+    # 2.5x apart is within what a quiet 2-core machine shows at batch 1 (up to 1.9x in 292 timings)
+    assert evaluate.unsteady_timing({"latency_spread": {"batch_1": {"baseline_iqr_ms": [0.1, 0.19]}}}) is None
+
+
 def test_a_slowdown_within_noise_is_not_reported_as_one():
     from torchslim.report import slowdown_reason
 

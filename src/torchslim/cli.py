@@ -171,7 +171,7 @@ def constraint_line(key: str, test: dict[str, Any], validation: dict[str, Any] |
 
 
 def _print_summary(metrics: dict[str, Any], out: Path | None = None) -> None:
-    from torchslim.evaluate import busy_timing
+    from torchslim.evaluate import timing_caveat
     from torchslim.report import int8_slowdown_reason, slowdown_reason, summary_rows
 
     rows = summary_rows(metrics)
@@ -180,7 +180,7 @@ def _print_summary(metrics: dict[str, Any], out: Path | None = None) -> None:
     click.echo(f"{'':<{w0}}  {'baseline':>{w1}}  compressed")
     for q, b, c in rows:
         click.echo(f"{q:<{w0}}  {b:>{w1}}  {c}")
-    for note in (slowdown_reason(metrics), int8_slowdown_reason(metrics), busy_timing(metrics)):
+    for note in (slowdown_reason(metrics), int8_slowdown_reason(metrics), timing_caveat(metrics)):
         if note:
             click.echo(note)
     for key, c in metrics["constraints"].items():

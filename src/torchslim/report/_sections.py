@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from torchslim.evaluate import busy_timing, speedup
+from torchslim.evaluate import speedup, timing_caveat
 from torchslim.report._document import Block, Figure, Heading, Items, Paragraph, Table, to_html, to_markdown
 from torchslim.report._plots import layers_png, plots_available, sensitivity_png, stages_png
 
@@ -132,7 +132,7 @@ def int8_slowdown_reason(m: dict[str, Any]) -> str | None:
 
 
 def _summary(m: dict[str, Any], name: str) -> list[Block]:
-    notes = [note for note in (slowdown_reason(m), int8_slowdown_reason(m), busy_timing(m)) if note]
+    notes = [note for note in (slowdown_reason(m), int8_slowdown_reason(m), timing_caveat(m)) if note]
     return [Heading(1, f"torchslim report: {name}"),
             Paragraph(f"Runtime `{m['runtime']}`, {m['threads']} thread(s), seed {m['seed']}. Every number of the "
                       "compressed model was measured on the artifact reloaded from disk; metrics on the test split."

@@ -90,7 +90,7 @@ def csv_row(number: int, state: str, record: dict[str, Any] | None, stopped: dic
                    violation=sum(record["violations"].values()),
                    failed_constraints=" ".join(k for k, v in record["violations"].items() if v > 0))
         if record.get("busy"):
-            row.update(note="timed on a busy machine: its latencies may be far off")
+            row.update(note="timed on a busy machine or unsteadily: its latencies may be far off")
     return row
 
 

@@ -22,7 +22,7 @@ from torchslim._errors import ConfigError
 from torchslim.artifact import write_bytes_atomic
 from torchslim.artifact._atomic import process_alive
 from torchslim.domain import Domain
-from torchslim.evaluate import busy_timing, speedup
+from torchslim.evaluate import speedup, timing_caveat
 from torchslim.search.baseline import ensure_baseline, start_from_baseline
 from torchslim.search.feasibility import (OBJECTIVES, choose_best, infeasible_line, is_feasible, is_within_margin,
                                           metric_violations, sampler_violations, stop_floor, unconfirmed_line,
@@ -89,7 +89,7 @@ def record_of(number: int, metrics: dict[str, Any], params: dict[str, Any], reci
     record.update(number=number, speedup_batch_64=metrics["latency_ratio_batch_64"],
                   speedup_batch_1=speedup(metrics, "batch_1"),
                   violations=violations(metrics), brief=describe(params), params=params, recipe=recipe,
-                  busy=busy_timing(metrics) is not None)
+                  busy=timing_caveat(metrics) is not None)
     return record
 
 
@@ -462,7 +462,7 @@ class AutoSearch:
         ok = (f"infeasible ({failed})" if failed
               else "feasible" if is_within_margin(record) else "feasible (not by the margin)")
         judged = f"val {record['val_value']:.4f}, test " if "val_value" in record else ""  # val decides
-        busy = " (timed on a busy machine)" if record.get("busy") else ""
+        busy = " (timed on a busy machine or unsteadily)" if record.get("busy") else ""
         return (f"trial {record['number']}: {record['brief']} | {record['metric']} {judged}{record['value']:.4f} | "
                 f"{record['size_bytes']:,} B | speed-up b64 {record['speedup_batch_64']:.2f}x{busy} | {ok} | "
                 f"{record['seconds']:.0f}s | best: trial {best['number']} ({best['size_bytes']:,} B, "

@@ -98,8 +98,9 @@ def side_by_side_latency(baseline: Forward, compressed: Forward, batches: dict[s
     :func:`torchslim.evaluate.side_by_side_latency` does for classifiers): a busy spell slows both alike.
 
     Returns:
-        ``baseline_latency_ms``, ``latency_ms`` ({batch: median ms}) and ``latency_spread`` ({batch: ratio,
-        its interquartile range, whether 1.0 lies outside it}); ``others_running``, ``cores`` and ``threads``:
+        ``baseline_latency_ms``, ``latency_ms`` ({batch: median ms}) and ``latency_spread`` ({batch: each
+        model's interquartile range of round times, the ratio, its interquartile range, whether 1.0 lies outside
+        it}); ``others_running``, ``cores`` and ``threads``:
         the machine's load while timing (see :func:`torchslim.evaluate.busy_timing`).
     """
     from torchslim.evaluate import others_running, usable_cores
@@ -126,10 +127,13 @@ def side_by_side_latency(baseline: Forward, compressed: Forward, batches: dict[s
                 times[name].append(statistics.median(calls))
         ratios = [b / c for b, c in zip(times["baseline"], times["compressed"])]
         rq = statistics.quantiles(ratios, n=4)
+        spread[key] = {}
         for name in times:
             medians[name][key] = statistics.median(times[name])
-        spread[key] = {"ratio": statistics.median(ratios), "ratio_iqr": [rq[0], rq[2]],
-                       "significant": not rq[0] <= 1.0 <= rq[2]}
+            q = statistics.quantiles(times[name], n=4)
+            spread[key][f"{name}_iqr_ms"] = [q[0], q[2]]
+        spread[key].update(ratio=statistics.median(ratios), ratio_iqr=[rq[0], rq[2]],
+                           significant=not rq[0] <= 1.0 <= rq[2])
     return {"baseline_latency_ms": medians["baseline"], "latency_ms": medians["compressed"], "latency_spread": spread,
             "others_running": statistics.median(others) if others else None, "cores": usable_cores(),
             "threads": torch.get_num_threads()}

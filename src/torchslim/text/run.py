@@ -245,11 +245,11 @@ def measure_text_artifact(artifact: Path, domain: Domain, splits: SentenceSplits
 def text_report_blocks(m: dict[str, Any], name: str) -> list[Any]:
     """The report's blocks (one source for report.md and report.html): fidelity, size, speed, memory and what each
     stage did."""
-    from torchslim.evaluate import busy_timing
+    from torchslim.evaluate import timing_caveat
     from torchslim.report._document import Heading, Items, Paragraph, Table
     from torchslim.report._sections import summary_rows
 
-    busy = busy_timing(m)
+    busy = timing_caveat(m)
     blocks = [Heading(1, f"torchslim report: {name} (sentence embeddings)"),
               Paragraph(f"Reference: the fp32 model ({m['reference_model']}) in torch eager, measured side by side "
                         f"in the same process with {m['threads']} thread(s); the compressed model runs in "
