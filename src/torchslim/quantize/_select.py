@@ -57,13 +57,22 @@ def int8_recurrent_layers(model: nn.Module, ignore: Iterable[str] = ()) -> dict[
             if type(m) is nn.LSTM and not m.proj_size and not selector.is_ignored(name)}
 
 
+def _opaque_projections(model: nn.Module) -> set[str]:
+    """The out-projections of the ``nn.MultiheadAttention`` modules left as they are (key/value sizes of their own,
+    extra key/value biases): torch calls them through a functional kernel, so no quantized layer or calibration
+    hook would see them; they stay float with their attention."""
+    return {f"{name}.out_proj" if name else "out_proj" for name, m in model.named_modules()
+            if isinstance(m, nn.MultiheadAttention)}
+
+
 def quantizable_layers(model: nn.Module, ignore: Iterable[str] = (), embeddings: bool = False
                        ) -> dict[str, nn.Module]:
     """Quantizable modules by qualified name, skipping those ``ignore`` covers (ConfigError for a pattern that
     matches no module)."""
     selector = LayerSelector(model, 0, ignore)
+    opaque = _opaque_projections(model)
     return {name: m for name, m in model.named_modules()
-            if is_quantizable(m, embeddings) and not selector.is_ignored(name)}
+            if is_quantizable(m, embeddings) and not selector.is_ignored(name) and name not in opaque}
 
 
 def layer_bits(model: nn.Module, bits: int, ignore: Iterable[str] = (), overrides: Mapping[str, int] | None = None,
@@ -74,8 +83,9 @@ def layer_bits(model: nn.Module, bits: int, ignore: Iterable[str] = (), override
         ConfigError naming ``ignore[i]`` or ``overrides.NAME`` when a pattern matches no module.
     """
     selector = LayerSelector(model, bits, ignore, overrides)
+    opaque = _opaque_projections(model)
     return {name: int(selector.sparsity_for(name)) for name, m in model.named_modules()
-            if is_quantizable(m, embeddings) and not selector.is_ignored(name)}
+            if is_quantizable(m, embeddings) and not selector.is_ignored(name) and name not in opaque}
 
 
 def check_layers(model: nn.Module, config: Any) -> dict[str, int]:
