@@ -203,6 +203,18 @@ def test_a_busy_machine_is_seen_and_said():
     assert busy_timing({"threads": 2}) is None  # metrics written before the machine's load was recorded
 
 
+def _timed_with(monkeypatch, fake_timing, measured, base):
+    """The runner's side-by-side timing of a Linear with ``fake_timing`` in place of the real one, retries on."""
+    import torchslim.evaluate as evaluate
+    import torchslim.runner as runner
+
+    monkeypatch.setattr(evaluate, "side_by_side_latency", fake_timing)
+    monkeypatch.setattr(evaluate, "BUSY_WAIT_S", 0.0)
+    monkeypatch.delenv(evaluate.RETRIES_ENV, raising=False)
+    model = torch.nn.Linear(4, 2)
+    return runner._side_by_side(model, {}, model, measured, base, (4,), "torch")
+
+
 def test_timing_beside_other_work_is_taken_again_and_the_least_busy_kept(monkeypatch):
     import torchslim.evaluate as evaluate
     import torchslim.runner as runner
@@ -216,12 +228,8 @@ def test_timing_beside_other_work_is_taken_again_and_the_least_busy_kept(monkeyp
         return {"baseline_latency_ms": ms, "latency_ms": ms, "latency_spread": {}, "threads": 2, "cores": 2,
                 "others_running": next(busy)}
 
-    monkeypatch.setattr(evaluate, "side_by_side_latency", fake_timing)
-    monkeypatch.setattr(evaluate, "BUSY_WAIT_S", 0.0)
-    monkeypatch.delenv(evaluate.RETRIES_ENV, raising=False)
-    model = torch.nn.Linear(4, 2)
-    measured, base = {}, {}
-    timing = runner._side_by_side(model, {}, model, measured, base, (4,), "torch")
+    model, measured, base = torch.nn.Linear(4, 2), {}, {}
+    timing = _timed_with(monkeypatch, fake_timing, measured, base)
     assert len(calls) == 1 + evaluate.BUSY_RETRIES and timing["others_running"] == 1
     assert measured["latency_ms"]["batch_1"] == 2.0  # the second timing: the first least busy one
     busy, calls[:] = iter([0]), []
@@ -252,12 +260,8 @@ def test_an_unsteady_timing_is_taken_again_and_the_steadiest_kept(monkeypatch):
         return {"baseline_latency_ms": ms, "latency_ms": {"batch_1": 0.1, "batch_64": 2.8},
                 "latency_spread": spread, "threads": 2, "cores": 2, "others_running": 0}
 
-    monkeypatch.setattr(evaluate, "side_by_side_latency", fake_timing)
-    monkeypatch.setattr(evaluate, "BUSY_WAIT_S", 0.0)
-    monkeypatch.delenv(evaluate.RETRIES_ENV, raising=False)
-    model = torch.nn.Linear(4, 2)
-    measured, base = {}, {}
-    timing = runner._side_by_side(model, {}, model, measured, base, (4,), "torch")
+    model, measured, base = torch.nn.Linear(4, 2), {}, {}
+    timing = _timed_with(monkeypatch, fake_timing, measured, base)
     assert len(calls) == 3 and base["latency_ms"]["batch_64"] == 2.1  # the steady third timing is kept
     assert evaluate.unsteady_timing(timing) is None and evaluate.timing_caveat(timing) is None
     # a timing left unsteady says so, naming the model, the batch and its rounds' quartiles
