@@ -83,9 +83,7 @@ def layer_bits(model: nn.Module, bits: int, ignore: Iterable[str] = (), override
         ConfigError naming ``ignore[i]`` or ``overrides.NAME`` when a pattern matches no module.
     """
     selector = LayerSelector(model, bits, ignore, overrides)
-    opaque = _opaque_projections(model)
-    return {name: int(selector.sparsity_for(name)) for name, m in model.named_modules()
-            if is_quantizable(m, embeddings) and not selector.is_ignored(name) and name not in opaque}
+    return {name: int(selector.sparsity_for(name)) for name in quantizable_layers(model, ignore, embeddings)}
 
 
 def check_layers(model: nn.Module, config: Any) -> dict[str, int]:

@@ -101,7 +101,7 @@ def side_by_side_latency(baseline: Forward, compressed: Forward, batches: dict[s
         ``baseline_latency_ms``, ``latency_ms`` ({batch: median ms}) and ``latency_spread`` ({batch: each
         model's interquartile range of round times, the ratio, its interquartile range, whether 1.0 lies outside
         it}); ``others_running``, ``cores`` and ``threads``:
-        the machine's load while timing (see :func:`torchslim.evaluate.busy_timing`).
+        the machine's load while timing (see :func:`torchslim.evaluate.timing_caveat`).
     """
     from torchslim.evaluate import others_running, usable_cores
 

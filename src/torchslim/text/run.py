@@ -249,13 +249,13 @@ def text_report_blocks(m: dict[str, Any], name: str) -> list[Any]:
     from torchslim.report._document import Heading, Items, Paragraph, Table
     from torchslim.report._sections import summary_rows
 
-    busy = timing_caveat(m)
+    caveat = timing_caveat(m)
     blocks = [Heading(1, f"torchslim report: {name} (sentence embeddings)"),
               Paragraph(f"Reference: the fp32 model ({m['reference_model']}) in torch eager, measured side by side "
                         f"in the same process with {m['threads']} thread(s); the compressed model runs in "
                         f"`{m['runtime']}`" + (f" ({m['onnx_kind']})" if m.get("onnx_kind") else "") + "."),
               Table(("", "baseline", "compressed"), tuple(tuple(r) for r in summary_rows(m))),
-              *([Paragraph(busy)] if busy else []),
+              *([Paragraph(caveat)] if caveat else []),
               Paragraph(f"Memory: {m['memory_method']}."), Heading(2, "Stages")]
     stages = []
     for r in m.get("stages", []):
