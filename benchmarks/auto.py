@@ -90,10 +90,12 @@ def main() -> None:
           f"{hand_wall:>9.0f}")
     print(f"{label:<{width}} {int(best['size_bytes']):>8,} {100 * auto_drop:>19.2f} {auto_wall:>9.0f}")
     val_drop = float(best["baseline_val_value"]) - float(best["val_value"])
-    print(f"auto's best on the validation split: drop {100 * val_drop:.2f} points, standard error "
-          f"{100 * float(best['val_drop_stderr']):.2f}, within the margin: {best['within_margin']}; "
-          f"{sum(r['within_margin'] == 'True' for r in rows)} of {sum(r['feasible'] == 'True' for r in rows)} "
-          f"feasible candidates are within it")
+    feasible = [r for r in rows if r["feasible"] == "True"]
+    print(f"auto's best on the validation split: drop {100 * val_drop:.2f} points ({best['val_losses']} samples "
+          f"lost, {best['val_gains']} gained), standard error {100 * float(best['val_drop_stderr']):.2f}, within the "
+          f"margin: {best['within_margin']}, by its losses alone: {best['within_losses']}; of "
+          f"{len(feasible)} feasible candidates, {sum(r['within_margin'] == 'True' for r in feasible)} are within "
+          f"the margin, {sum(r['within_losses'] == 'True' for r in feasible)} by their losses alone")
     goal = int(best["size_bytes"]) <= hand["size_bytes"] and auto_drop <= hand_drop + 1e-12 and auto_wall <= 600
     print(f"goal (auto at most the hand recipe's bytes at no larger drop, within 10 minutes): "
           f"{'met' if goal else 'NOT met'}")

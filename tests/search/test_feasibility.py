@@ -3,10 +3,15 @@ numbers."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from torchslim.search.feasibility import (choose_best, format_number, infeasible_line, is_feasible,
-                                          is_within_margin, relative_violation, unconfirmed_line, violations)
+                                          is_within_losses, is_within_margin, relative_violation, unconfirmed_line,
+                                          violations)
+from torchslim.search.noise import losses_bound, on_losses
+from torchslim.search.outputs import short_of_preference
 
 
 def test_relative_violation_of_each_kind():
@@ -61,6 +66,34 @@ def test_candidates_within_the_drop_margin_come_first_then_the_feasible_ones():
     assert choose_best([shaky, broken], "size")["number"] == 1  # feasible as run reports it: still the best
     assert is_feasible(shaky) and not is_within_margin(shaky) and is_within_margin(sure)
     assert not is_within_margin(broken)
+
+
+def test_candidates_within_the_limit_by_their_losses_alone_come_first():
+    # 180 validation samples, limit 0.01. "lucky": 2 lost, 3 gained: drop -1/180, standard error
+    # sqrt((5/180 - (1/180)**2) / 180) = 0.01239, within the margin (0.0068); by its losses alone 2/180 plus
+    # sqrt(2/180 * 178/180 / 180) = 0.0190, past it. "clean": none lost, one gained.
+    def judged(drop):
+        return {"max_size_bytes": {"limit": 4000, "measured": 0, "met": True},
+                "max_metric_drop": {"limit": 0.01, "measured": drop, "met": drop <= 0.01}}
+
+    lucky_stderr = math.sqrt((5 / 180 - (1 / 180) ** 2) / 180)
+    lucky = {**_record(1, 2666, 0.96, 3.0, True, True), "margin_violations": {"max_metric_drop": 0.0,
+                                                                               "max_size_bytes": 0.0},
+             "loss_constraints": on_losses(judged(-1 / 180), 0.96, losses_bound(2, 180, 1.0))}
+    clean = {**_record(0, 3008, 0.96, 1.0, True, True), "margin_violations": {"max_metric_drop": 0.0,
+                                                                               "max_size_bytes": 0.0},
+             "loss_constraints": on_losses(judged(-1 / 180), 0.96, losses_bound(0, 180, 1.0))}
+    assert -1 / 180 + lucky_stderr == pytest.approx(0.0068, abs=1e-4)  # within the margin
+    assert losses_bound(2, 180, 1.0) == pytest.approx(0.0190, abs=1e-4)  # not by its losses alone
+    assert is_within_margin(lucky) and not is_within_losses(lucky) and is_within_losses(clean)
+    assert choose_best([lucky, clean], "size")["number"] == 0
+    assert choose_best([lucky], "size")["number"] == 1  # within the margin: still preferred to a merely feasible one
+    assert short_of_preference(lucky) == "within the margin by its gains" and short_of_preference(clean) == ""
+    # a record searched without loss figures (an older study, --drop-margin 0) stands as its margin says
+    old = {**clean}
+    del old["loss_constraints"]
+    assert not is_within_losses(old) and short_of_preference(old) == ""
+    assert choose_best([lucky, old], "size")["number"] == 1
 
 
 def test_a_best_feasible_only_as_measured_is_said_to_be_unconfirmed():

@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from torchslim.search.noise import correct_per_sample, paired_drop_stderr, with_margin
+from torchslim.search.noise import (correct_per_sample, losses_bound, on_losses, paired_counts, paired_drop_stderr,
+                                   with_margin)
 
 
 def test_agreeing_models_have_no_uncertainty_and_disagreements_add_it():
@@ -19,6 +20,32 @@ def test_agreeing_models_have_no_uncertainty_and_disagreements_add_it():
     cand[:3] = False
     cand[95] = True
     assert paired_drop_stderr(base, cand) == pytest.approx(math.sqrt(0.0396 / 100))
+
+
+def test_losses_are_counted_without_the_gains_that_offset_them():
+    base = torch.tensor([True] * 95 + [False] * 5)
+    cand = base.clone()
+    cand[:2] = False  # two samples lost
+    cand[95:98] = True  # three gained: a drop of -0.01 as measured
+    assert paired_counts(base, cand) == (2, 3)
+    # 2 of 100 lost: 0.02, plus one standard error of that share, sqrt(0.02 * 0.98 / 100) = 0.014
+    assert losses_bound(2, 100, 1.0) == pytest.approx(0.02 + 0.014)
+    assert losses_bound(2, 100, 0.0) == pytest.approx(0.02)
+    assert losses_bound(0, 180, 1.0) == 0.0  # nothing lost: nothing to doubt
+    # one of 180 lost: 0.0056 + 0.0055 is past a 1-point limit, as its drop with the paired margin is not
+    assert losses_bound(1, 180, 1.0) == pytest.approx(1 / 180 + math.sqrt(1 / 180 * 179 / 180 / 180))
+    assert losses_bound(1, 180, 1.0) > 0.01
+
+
+def test_judged_on_losses_the_drop_is_the_bound_and_the_minimum_is_below_the_baseline_by_it():
+    judged = {"max_metric_drop": {"limit": 0.01, "measured": -0.01, "met": True},
+              "min_metric": {"limit": 0.9, "measured": 0.96, "met": True},
+              "max_size_bytes": {"limit": 100, "measured": 90, "met": True}}
+    out = on_losses(judged, 0.95, 0.034)
+    assert out["max_metric_drop"] == {"limit": 0.01, "measured": 0.034, "met": False}
+    assert out["min_metric"] == {"limit": 0.9, "measured": pytest.approx(0.916), "met": True}
+    assert out["max_size_bytes"] == judged["max_size_bytes"]
+    assert on_losses(judged, 0.95, 0.01)["max_metric_drop"]["met"]  # at the limit: met
 
 
 def test_margin_moves_only_the_metric_constraints():

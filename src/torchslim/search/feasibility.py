@@ -72,6 +72,14 @@ def is_within_margin(record: dict[str, Any]) -> bool:
     return is_feasible(record) and all(v <= 0 for v in sampler_violations(record).values())
 
 
+def is_within_losses(record: dict[str, Any]) -> bool:
+    """Within the margin, and with the metric constraints judged on its losses alone (``loss_constraints``: the
+    drop with none of its validation gains counted, plus their margin; see ``search.noise``): the first
+    preference. A record without those figures (a study searched before them, or ``--drop-margin 0``) is not."""
+    return ("loss_constraints" in record and is_within_margin(record)
+            and all(c["met"] for c in record["loss_constraints"].values()))
+
+
 def unconfirmed_line(best: dict[str, Any], val_samples: int | None = None, best_dir: str = "DIR/best") -> str | None:
     """What to tell the user when ``best`` meets the metric's constraints as measured on the validation split but
     not with the drop's margin (no finished candidate did): the split cannot tell its drop from one past the
@@ -102,22 +110,24 @@ def _objective_key(record: dict[str, Any], objective: str) -> tuple[float, ...]:
 
 def choose_best(records: Iterable[dict[str, Any]], objective: str = "size") -> dict[str, Any] | None:
     """The best record for ``objective`` (ties: the other two objectives, then the earlier trial) among the
-    feasible ones whose metric drop is within its limit by the margin (:func:`is_within_margin`); when none is,
-    among the feasible ones; when none is feasible, the closest: the smallest summed relative violation (ties as
-    before).
+    feasible ones whose losses alone are within the limit by their margin (:func:`is_within_losses`); when none
+    is, among those whose drop is within it by the margin (:func:`is_within_margin`); then among the feasible
+    ones; when none is feasible, the closest: the smallest summed relative violation (ties as before).
 
     Preferring the candidates within the margin keeps the search from choosing, among many, the one a small
-    validation split flatters most; falling back to the feasible ones keeps a candidate that meets the
-    constraints as measured (as ``run`` reports them) from being called infeasible because the split is small.
+    validation split flatters most, and counting losses alone keeps it from choosing the one whose lucky gains
+    hid its losses; falling back to the feasible ones keeps a candidate that meets the constraints as measured
+    (as ``run`` reports them) from being called infeasible because the split is small.
 
     Args:
         records: one per finished candidate, with ``number``, ``value``, ``size_bytes``, ``speedup_batch_64``,
-            ``violations`` (see :func:`violations`) and optionally ``margin_violations``.
+            ``violations`` (see :func:`violations`) and optionally ``margin_violations`` and
+            ``loss_constraints``.
     Returns:
         the chosen record, or None when there are no records.
     """
     records = list(records)
-    for tier in (is_within_margin, is_feasible):
+    for tier in (is_within_losses, is_within_margin, is_feasible):
         chosen = [r for r in records if tier(r)]
         if chosen:
             return min(chosen, key=lambda r: (*_objective_key(r, objective), r["number"]))

@@ -8,6 +8,12 @@ which they disagree: with ``b`` samples only the baseline gets right and ``c`` o
 difference has variance ``(b + c) / n - ((b - c) / n)**2`` and the drop a standard error of its square root over
 ``sqrt(n)``. A candidate that answers as the baseline does is measured exactly; one that gets a few samples right
 and others wrong is not.
+
+The candidates a search keeps are those whose drop the split measured within the limit, and a candidate's gains
+(the ``c`` samples only it gets right) offset its losses there: among many, the kept ones are those whose gains
+were luck. Over the feasible candidates of two searches on digits, the 180 validation images showed 56 gains
+against 38 losses, and 55 against 55; the 360 test images 20 against 130, and 107 against 302. A compressed model
+seldom beats its baseline; the search's first preference counts its losses alone (:func:`losses_bound`).
 """
 
 from __future__ import annotations
@@ -36,15 +42,32 @@ def correct_per_sample(predict: Any, data: Dataset, metric: str) -> torch.Tensor
     return torch.cat(out)
 
 
-def paired_drop_stderr(baseline: torch.Tensor, candidate: torch.Tensor) -> float:
-    """One standard error of ``mean(baseline) - mean(candidate)`` over the same samples (bool tensors, (N,))."""
-    n = len(baseline)
+def paired_counts(baseline: torch.Tensor, candidate: torch.Tensor) -> tuple[int, int]:
+    """``(losses, gains)`` over the same samples (bool tensors, (N,)): how many only the baseline gets right
+    (``b``), and how many only the candidate (``c``)."""
+    return int((baseline & ~candidate).sum()), int((~baseline & candidate).sum())
+
+
+def counts_stderr(losses: int, gains: int, n: int) -> float:
+    """One standard error of the drop ``(losses - gains) / n`` measured on ``n`` paired samples."""
     if n == 0:
         return 0.0
-    only_base = int((baseline & ~candidate).sum())  # b
-    only_cand = int((~baseline & candidate).sum())  # c
-    variance = (only_base + only_cand) / n - ((only_base - only_cand) / n) ** 2
+    variance = (losses + gains) / n - ((losses - gains) / n) ** 2
     return math.sqrt(max(variance, 0.0) / n)
+
+
+def paired_drop_stderr(baseline: torch.Tensor, candidate: torch.Tensor) -> float:
+    """One standard error of ``mean(baseline) - mean(candidate)`` over the same samples (bool tensors, (N,))."""
+    return counts_stderr(*paired_counts(baseline, candidate), len(baseline))
+
+
+def losses_bound(losses: int, n: int, k: float) -> float:
+    """The drop with none of the candidate's gains counted: its share of samples lost, ``losses / n``, plus ``k``
+    standard errors of that share (0 for a candidate that loses none)."""
+    if n == 0:
+        return 0.0
+    share = losses / n
+    return share + k * math.sqrt(share * (1.0 - share) / n)
 
 
 def with_margin(constraints: dict[str, Any], stderr: float) -> dict[str, Any]:
@@ -65,4 +88,21 @@ def with_margin(constraints: dict[str, Any], stderr: float) -> dict[str, Any]:
     return out
 
 
-__all__ = ["correct_per_sample", "paired_drop_stderr", "with_margin"]
+def on_losses(constraints: dict[str, Any], baseline_value: float, bound: float) -> dict[str, Any]:
+    """The metric constraints judged on a drop of ``bound`` (:func:`losses_bound`) from ``baseline_value``:
+    ``max_metric_drop`` on ``bound``, ``min_metric`` on ``baseline_value - bound``; the others as they are."""
+    out = {}
+    for name, c in constraints.items():
+        kind = name.split(".")[0]
+        if kind == "max_metric_drop":
+            out[name] = {**c, "measured": bound, "met": bound <= c["limit"] + 1e-12}
+        elif kind == "min_metric":
+            value = baseline_value - bound
+            out[name] = {**c, "measured": value, "met": value >= c["limit"] - 1e-12}
+        else:
+            out[name] = c
+    return out
+
+
+__all__ = ["correct_per_sample", "counts_stderr", "losses_bound", "on_losses", "paired_counts",
+           "paired_drop_stderr", "with_margin"]

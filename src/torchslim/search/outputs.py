@@ -13,12 +13,12 @@ import yaml
 
 from torchslim.artifact import fresh_dir, write_bytes_atomic
 from torchslim.artifact._atomic import replace_dir
-from torchslim.search.feasibility import is_feasible, is_within_margin
+from torchslim.search.feasibility import is_feasible, is_within_losses, is_within_margin
 
-CSV_COLUMNS = ("number", "state", "feasible", "within_margin", "candidate", "val_value", "baseline_val_value",
-               "value", "baseline_value", "size_bytes", "compression_ratio", "speedup_batch_1", "speedup_batch_64",
-               "latency_ms_batch_1", "latency_ms_batch_64", "val_drop_stderr", "violation", "failed_constraints",
-               "note")
+CSV_COLUMNS = ("number", "state", "feasible", "within_margin", "within_losses", "candidate", "val_value",
+               "baseline_val_value", "value", "baseline_value", "size_bytes", "compression_ratio", "speedup_batch_1",
+               "speedup_batch_64", "latency_ms_batch_1", "latency_ms_batch_64", "val_drop_stderr", "val_losses",
+               "val_gains", "violation", "failed_constraints", "note")
 
 
 def copy_artifact(src: Path, dst: Path) -> None:
@@ -76,15 +76,18 @@ def csv_row(number: int, state: str, record: dict[str, Any] | None, stopped: dic
     if error is not None:
         row.update(note=f"failed: {error}", candidate=brief or "")
     if stopped is not None:
-        row.update(candidate=stopped["brief"], feasible=False, within_margin=False, val_value=stopped["val_value"],
+        row.update(candidate=stopped["brief"], feasible=False, within_margin=False, within_losses=False,
+                   val_value=stopped["val_value"],
                    baseline_val_value=stopped["baseline_val_value"], note="stopped " + stopped_text(stopped))
     if same_as is not None:
         row.update(candidate=same_as["brief"], note=f"same candidate as trial {same_as['number']}")
     if record is not None:
         row.update({k: record[k] for k in ("value", "baseline_value", "size_bytes", "compression_ratio",
                                            "speedup_batch_1", "speedup_batch_64")})
-        row.update({k: record.get(k) for k in ("val_value", "baseline_val_value", "val_drop_stderr")})
+        row.update({k: record.get(k) for k in ("val_value", "baseline_val_value", "val_drop_stderr", "val_losses",
+                                               "val_gains")})
         row.update(candidate=record["brief"], feasible=is_feasible(record), within_margin=is_within_margin(record),
+                   within_losses=is_within_losses(record),
                    latency_ms_batch_1=record["latency_ms"]["batch_1"],
                    latency_ms_batch_64=record["latency_ms"]["batch_64"],
                    violation=sum(record["violations"].values()),
@@ -92,6 +95,14 @@ def csv_row(number: int, state: str, record: dict[str, Any] | None, stopped: dic
         if record.get("busy"):
             row.update(note="timed on a busy machine or unsteadily: its latencies may be far off")
     return row
+
+
+def short_of_preference(record: dict[str, Any]) -> str:
+    """Which of the search's preferences a feasible candidate misses (see ``feasibility.choose_best``): "" for
+    none, ``within the margin by its gains``, ``not by the margin``."""
+    if is_within_losses(record) or (is_within_margin(record) and "loss_constraints" not in record):
+        return ""
+    return "within the margin by its gains" if is_within_margin(record) else "not by the margin"
 
 
 def stopped_text(stopped: dict[str, Any]) -> str:
@@ -144,7 +155,7 @@ def report_html(records: list[dict[str, Any]], best: dict[str, Any], title: str,
                              "Candidates: filled = every constraint met; dashed = Pareto front; star = best."))
     rows = tuple((str(r["number"]), r["brief"], f"{100 * r['value']:.2f}", f"{r['size_bytes']:,}",
                   f"{r['compression_ratio']:.1f}x", f"{r['speedup_batch_64']:.2f}x",
-                  ("yes" if is_within_margin(r) else "yes, not by the margin") if is_feasible(r)
+                  ", ".join(filter(None, ("yes", short_of_preference(r)))) if is_feasible(r)
                   else "no: " + ", ".join(k for k, v in r["violations"].items() if v > 0))
                  for r in sorted(records, key=lambda r: r["number"]))
     blocks += [Heading(2, "Candidates"),
@@ -163,4 +174,4 @@ def write_outputs(out: Path, records: list[dict[str, Any]], rows: list[dict[str,
     write_bytes_atomic(out / "report.html", report_html(records, best, title, summary).encode())
 
 
-__all__ = ["copy_artifact", "csv_row", "recipe_text", "report_html", "trials_csv", "write_outputs"]
+__all__ = ["copy_artifact", "csv_row", "short_of_preference", "recipe_text", "report_html", "trials_csv", "write_outputs"]

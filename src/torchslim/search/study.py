@@ -24,11 +24,13 @@ from torchslim.artifact._atomic import process_alive
 from torchslim.domain import Domain
 from torchslim.evaluate import speedup, timing_caveat
 from torchslim.search.baseline import ensure_baseline, start_from_baseline
-from torchslim.search.feasibility import (OBJECTIVES, choose_best, infeasible_line, is_feasible, is_within_margin,
+from torchslim.search.feasibility import (OBJECTIVES, choose_best, infeasible_line, is_feasible,
                                           metric_violations, sampler_violations, stop_floor, unconfirmed_line,
                                           violations)
-from torchslim.search.noise import correct_per_sample, paired_drop_stderr, with_margin
-from torchslim.search.outputs import csv_row, recipe_yaml, stopped_text, trials_csv, write_outputs
+from torchslim.search.noise import (correct_per_sample, counts_stderr, losses_bound, on_losses, paired_counts,
+                                   with_margin)
+from torchslim.search.outputs import (csv_row, recipe_yaml, short_of_preference, stopped_text, trials_csv,
+                                     write_outputs)
 from torchslim.search.sampler import starting_points_first
 from torchslim.search.space import (SearchSettings, describe, recipe_from_params, settings_for_data, shared_stages,
                                     starting_points, suggest_params)
@@ -315,11 +317,19 @@ class AutoSearch:
             raise
         record = record_of(trial.number, metrics, params, recipe)
         # feasible as measured (as run reports it); preferred, and told the sampler, with the drop's margin: its
-        # standard error on the validation split times --drop-margin (see search.noise, feasibility.choose_best)
-        stderr = self.drop_stderr(folder / "artifact")
+        # standard error on the validation split times --drop-margin; preferred first when its losses alone are
+        # within the limit by their margin (see search.noise, feasibility.choose_best)
+        counts = self.val_counts(folder / "artifact")
+        stderr = counts_stderr(*counts) if counts is not None else 0.0
         if "val_constraints" in metrics:
             record["margin_constraints"] = with_margin(metrics["val_constraints"], self.settings.drop_margin * stderr)
             record["margin_violations"] = violations({**metrics, "val_constraints": record["margin_constraints"]})
+            if counts is not None and self.settings.drop_margin > 0:
+                bound = losses_bound(counts[0], counts[2], self.settings.drop_margin)
+                record["loss_constraints"] = on_losses(metrics["val_constraints"], metrics["baseline_val_value"],
+                                                       bound)
+        if counts is not None:
+            record["val_losses"], record["val_gains"] = counts[:2]
         record["val_drop_stderr"] = stderr
         record["seconds"] = round(time.monotonic() - start, 1)
         trial.set_user_attr("record", record)
@@ -328,15 +338,15 @@ class AutoSearch:
                 trial.set_constraint(name, value)
         return record.get("val_value", record["value"]), float(record["size_bytes"]), record["speedup_batch_64"]
 
-    def drop_stderr(self, artifact: Path) -> float:
-        """One standard error of the validation metric's drop from the baseline to the artifact, each run where
-        the run measured it (the baseline in torch, the artifact in the domain's runtime); 0 for a metric that is
-        not a per-sample hit rate."""
+    def val_counts(self, artifact: Path) -> Optional[tuple[int, int, int]]:
+        """``(losses, gains, n)`` of the artifact against the baseline on the ``n`` validation samples (see
+        :func:`search.noise.paired_counts`), each run where the run measured it (the baseline in torch, the artifact
+        in the domain's runtime); None for a metric that is not a per-sample hit rate."""
         from torchslim.artifact import load_artifact
         from torchslim.export.measure import runtime_predict
 
         if self.domain.metric not in ("accuracy", "top5") or self._val is None:
-            return 0.0
+            return None
         before = torch.get_num_threads()
         torch.set_num_threads(self.threads)
         try:
@@ -349,7 +359,7 @@ class AutoSearch:
             candidate = correct_per_sample(predict, self._val, self.domain.metric)
         finally:
             torch.set_num_threads(before)
-        return paired_drop_stderr(self._baseline_correct, candidate)
+        return (*paired_counts(self._baseline_correct, candidate), len(candidate))
 
     def _same_candidate(self, trial: Any, params: dict[str, Any]) -> Any:
         """An ended trial of the study with exactly these parameters, if any: its recipe and seed are this
@@ -459,8 +469,8 @@ class AutoSearch:
 
     def progress(self, record: dict[str, Any], best: dict[str, Any]) -> str:
         failed = ", ".join(k for k, v in record["violations"].items() if v > 0)
-        ok = (f"infeasible ({failed})" if failed
-              else "feasible" if is_within_margin(record) else "feasible (not by the margin)")
+        short = "" if failed else short_of_preference(record)
+        ok = f"infeasible ({failed})" if failed else f"feasible ({short})" if short else "feasible"
         judged = f"val {record['val_value']:.4f}, test " if "val_value" in record else ""  # val decides
         busy = " (timed on a busy machine or unsteadily)" if record.get("busy") else ""
         return (f"trial {record['number']}: {record['brief']} | {record['metric']} {judged}{record['value']:.4f} | "
