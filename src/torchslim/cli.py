@@ -412,8 +412,9 @@ def verify(artifact: Path, key: Path) -> None:
                    "a tenth of it, a student distils at 10x.")
 @click.option("--drop-margin", type=click.FloatRange(min=0, max=10), default=1.0, show_default=True,
               help="Standard errors of the validation drop a feasible candidate's drop must clear the limit by "
-                   "to be preferred (and what the sampler is told); feasibility itself is the measured drop, as "
-                   "run reports it.")
+                   "to be preferred (and what the sampler is told); first preferred are those whose losses alone "
+                   "(no gains counted) clear it so. Feasibility itself is the measured drop, as run reports it; "
+                   "0: no preference.")
 @_quiet_option
 def auto(domain_path: Path, out: Path, trials: int, timeout: float | None, storage: str | None,
          study_name: str | None, objective: str, threads: int, seed: int, baseline_epochs: int, max_epochs: int,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import math
 
 import pytest
 
@@ -165,6 +166,14 @@ def test_the_drop_margin_is_how_many_standard_errors_the_metric_constraint_adds(
         drop = record["baseline_val_value"] - record["val_value"]
         assert record["val_constraints"]["max_metric_drop"]["measured"] == pytest.approx(drop)  # as run reports
         judged[margin] = (record["margin_constraints"]["max_metric_drop"]["measured"], drop, record["val_drop_stderr"])
+        # the paired counts behind the drop (180 validation digits): losses less gains is the drop's sample count
+        losses, gains = record["val_losses"], record["val_gains"]
+        assert losses - gains == round(drop * 180)
+        if margin == 0.0:  # no preference: no loss figures, so no first tier
+            assert "loss_constraints" not in record
+        else:
+            assert record["loss_constraints"]["max_metric_drop"]["measured"] == pytest.approx(
+                losses / 180 + 3 * math.sqrt(losses / 180 * (1 - losses / 180) / 180))
     (zero, drop0, se0), (three, drop3, se3) = judged[0.0], judged[3.0]
     assert (drop0, se0) == (drop3, se3) and se0 > 0  # the same candidate, which disagrees with the baseline
     assert zero == pytest.approx(drop0) and three == pytest.approx(drop0 + 3 * se0)

@@ -60,7 +60,9 @@ class SearchSettings:
             whose validation drop plus this many of its standard errors (``search.noise``) is within the limit
             are preferred, and the sampler is told the constraints so judged. One standard error guards against
             picking the candidate a small split flatters most; it does not decide feasibility, because on a split
-            of a few hundred samples a single sample lost already costs about a point.
+            of a few hundred samples a single sample lost already costs about a point. First among them come
+            those whose losses alone (no gains counted) plus this many of their standard errors are within it;
+            0 turns both preferences off.
     """
 
     baseline_epochs: int = 40
