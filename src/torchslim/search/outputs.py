@@ -77,8 +77,8 @@ def csv_row(number: int, state: str, record: dict[str, Any] | None, stopped: dic
         row.update(note=f"failed: {error}", candidate=brief or "")
     if stopped is not None:
         row.update(candidate=stopped["brief"], feasible=False, within_margin=False, within_losses=False,
-                   val_value=stopped["val_value"],
-                   baseline_val_value=stopped["baseline_val_value"], note="stopped " + stopped_text(stopped))
+                   val_value=stopped["val_value"], baseline_val_value=stopped["baseline_val_value"],
+                   note="stopped " + stopped_text(stopped))
     if same_as is not None:
         row.update(candidate=same_as["brief"], note=f"same candidate as trial {same_as['number']}")
     if record is not None:
@@ -174,4 +174,5 @@ def write_outputs(out: Path, records: list[dict[str, Any]], rows: list[dict[str,
     write_bytes_atomic(out / "report.html", report_html(records, best, title, summary).encode())
 
 
-__all__ = ["copy_artifact", "csv_row", "short_of_preference", "recipe_text", "report_html", "trials_csv", "write_outputs"]
+__all__ = ["copy_artifact", "csv_row", "recipe_text", "report_html", "short_of_preference", "trials_csv",
+           "write_outputs"]
