@@ -88,7 +88,7 @@ def test_candidates_within_the_limit_by_their_losses_alone_come_first():
     assert is_within_margin(lucky) and not is_within_losses(lucky) and is_within_losses(clean)
     assert choose_best([lucky, clean], "size")["number"] == 0
     assert choose_best([lucky], "size")["number"] == 1  # within the margin: still preferred to a merely feasible one
-    assert short_of_preference(lucky) == "within the margin by its gains" and short_of_preference(clean) == ""
+    assert short_of_preference(lucky) == "within the margin, not by its losses" and short_of_preference(clean) == ""
     # a record searched without loss figures (an older study, --drop-margin 0) stands as its margin says
     old = {**clean}
     del old["loss_constraints"]

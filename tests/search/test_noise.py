@@ -7,8 +7,10 @@ import math
 import pytest
 import torch
 
+from torch.utils.data import TensorDataset
+
 from torchslim.search.noise import (correct_per_sample, losses_bound, on_losses, paired_counts, paired_drop_stderr,
-                                   with_margin)
+                                   training_sample, with_margin)
 
 
 def test_agreeing_models_have_no_uncertainty_and_disagreements_add_it():
@@ -46,6 +48,17 @@ def test_judged_on_losses_the_drop_is_the_bound_and_the_minimum_is_below_the_bas
     assert out["min_metric"] == {"limit": 0.9, "measured": pytest.approx(0.916), "met": True}
     assert out["max_size_bytes"] == judged["max_size_bytes"]
     assert on_losses(judged, 0.95, 0.01)["max_metric_drop"]["met"]  # at the limit: met
+
+
+def test_the_training_inputs_counted_are_all_of_them_or_a_fixed_draw():
+    small = TensorDataset(torch.arange(10.0))
+    assert training_sample(small, 16) is small
+    big = TensorDataset(torch.arange(100.0))
+    drawn = training_sample(big, 16)
+    picked = [float(drawn[i][0]) for i in range(len(drawn))]
+    assert len(picked) == 16 == len(set(picked)) and picked == sorted(picked)
+    assert picked == [float(training_sample(big, 16)[i][0]) for i in range(16)]  # the same draw every time
+    assert picked != list(range(16))  # drawn across the split, not its first rows
 
 
 def test_margin_moves_only_the_metric_constraints():

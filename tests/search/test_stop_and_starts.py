@@ -169,11 +169,14 @@ def test_the_drop_margin_is_how_many_standard_errors_the_metric_constraint_adds(
         # the paired counts behind the drop (180 validation digits): losses less gains is the drop's sample count
         losses, gains = record["val_losses"], record["val_gains"]
         assert losses - gains == round(drop * 180)
+        # and the losses on the training inputs (all 1,257 training digits: fewer than TRAIN_SAMPLES)
+        assert record["train_samples"] == 1257 and 0 <= record["train_losses"] <= 1257
         if margin == 0.0:  # no preference: no loss figures, so no first tier
             assert "loss_constraints" not in record
-        else:
-            assert record["loss_constraints"]["max_metric_drop"]["measured"] == pytest.approx(
-                losses / 180 + 3 * math.sqrt(losses / 180 * (1 - losses / 180) / 180))
+        else:  # the larger of the two shares lost, each with three of its standard errors
+            bounds = [b / n + 3 * math.sqrt(b / n * (1 - b / n) / n)
+                      for b, n in ((losses, 180), (record["train_losses"], 1257))]
+            assert record["loss_constraints"]["max_metric_drop"]["measured"] == pytest.approx(max(bounds))
     (zero, drop0, se0), (three, drop3, se3) = judged[0.0], judged[3.0]
     assert (drop0, se0) == (drop3, se3) and se0 > 0  # the same candidate, which disagrees with the baseline
     assert zero == pytest.approx(drop0) and three == pytest.approx(drop0 + 3 * se0)

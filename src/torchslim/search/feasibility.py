@@ -74,8 +74,9 @@ def is_within_margin(record: dict[str, Any]) -> bool:
 
 def is_within_losses(record: dict[str, Any]) -> bool:
     """Within the margin, and with the metric constraints judged on its losses alone (``loss_constraints``: the
-    drop with none of its validation gains counted, plus their margin; see ``search.noise``): the first
-    preference. A record without those figures (a study searched before them, or ``--drop-margin 0``) is not."""
+    drop with none of its gains counted, plus their margin, the larger of the validation split's and the training
+    inputs'; see ``search.noise``): the first preference. A record without those figures (a study searched before
+    them, or ``--drop-margin 0``) is not."""
     return ("loss_constraints" in record and is_within_margin(record)
             and all(c["met"] for c in record["loss_constraints"].values()))
 

@@ -14,7 +14,11 @@ The candidates a search keeps are those whose drop the split measured within the
 were luck. Over the feasible candidates of three searches on digits, the 180 validation images showed 56, 55 and
 46 gains against 38, 55 and 27 losses; the 360 test images 20, 107 and 26 gains against 130, 302 and 55 losses. A
 compressed model seldom beats its baseline; the search's first preference counts its losses alone
-(:func:`losses_bound`).
+(:func:`losses_bound`), on the validation split and on the training inputs. The baseline gets nearly every
+training input right, and a candidate too small to give its answers loses test samples too: over a search's 52
+feasible candidates, losses on the 1,257 training digits ranked their test losses with a rank correlation of 0.75,
+losses on the 180 validation digits with 0.39 (a 2-bit candidate lost none of the validation images the baseline
+gets right, 29 training images and 9 test images).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import math
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from torchslim.evaluate import top_classes
 
@@ -89,6 +93,17 @@ def with_margin(constraints: dict[str, Any], stderr: float) -> dict[str, Any]:
     return out
 
 
+TRAIN_SAMPLES = 4096  # training inputs the losses are counted on: enough to resolve a share of 0.5 %
+
+
+def training_sample(train: Dataset, size: int = TRAIN_SAMPLES) -> Dataset:
+    """The training split, or ``size`` of its samples drawn by a fixed seed: the same ones for every candidate."""
+    if len(train) <= size:
+        return train
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))
+    return Subset(train, sorted(order[:size].tolist()))
+
+
 def on_losses(constraints: dict[str, Any], baseline_value: float, bound: float) -> dict[str, Any]:
     """The metric constraints judged on a drop of ``bound`` (:func:`losses_bound`) from ``baseline_value``:
     ``max_metric_drop`` on ``bound``, ``min_metric`` on ``baseline_value - bound``; the others as they are."""
@@ -105,5 +120,5 @@ def on_losses(constraints: dict[str, Any], baseline_value: float, bound: float) 
     return out
 
 
-__all__ = ["correct_per_sample", "counts_stderr", "losses_bound", "on_losses", "paired_counts",
-           "paired_drop_stderr", "with_margin"]
+__all__ = ["TRAIN_SAMPLES", "correct_per_sample", "counts_stderr", "losses_bound", "on_losses", "paired_counts",
+           "paired_drop_stderr", "training_sample", "with_margin"]

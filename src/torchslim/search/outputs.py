@@ -18,7 +18,7 @@ from torchslim.search.feasibility import is_feasible, is_within_losses, is_withi
 CSV_COLUMNS = ("number", "state", "feasible", "within_margin", "within_losses", "candidate", "val_value",
                "baseline_val_value", "value", "baseline_value", "size_bytes", "compression_ratio", "speedup_batch_1",
                "speedup_batch_64", "latency_ms_batch_1", "latency_ms_batch_64", "val_drop_stderr", "val_losses",
-               "val_gains", "violation", "failed_constraints", "note")
+               "val_gains", "train_losses", "train_samples", "violation", "failed_constraints", "note")
 
 
 def copy_artifact(src: Path, dst: Path) -> None:
@@ -85,7 +85,7 @@ def csv_row(number: int, state: str, record: dict[str, Any] | None, stopped: dic
         row.update({k: record[k] for k in ("value", "baseline_value", "size_bytes", "compression_ratio",
                                            "speedup_batch_1", "speedup_batch_64")})
         row.update({k: record.get(k) for k in ("val_value", "baseline_val_value", "val_drop_stderr", "val_losses",
-                                               "val_gains")})
+                                               "val_gains", "train_losses", "train_samples")})
         row.update(candidate=record["brief"], feasible=is_feasible(record), within_margin=is_within_margin(record),
                    within_losses=is_within_losses(record),
                    latency_ms_batch_1=record["latency_ms"]["batch_1"],
@@ -99,10 +99,10 @@ def csv_row(number: int, state: str, record: dict[str, Any] | None, stopped: dic
 
 def short_of_preference(record: dict[str, Any]) -> str:
     """Which of the search's preferences a feasible candidate misses (see ``feasibility.choose_best``): "" for
-    none, ``within the margin by its gains``, ``not by the margin``."""
+    none, ``within the margin, not by its losses``, ``not by the margin``."""
     if is_within_losses(record) or (is_within_margin(record) and "loss_constraints" not in record):
         return ""
-    return "within the margin by its gains" if is_within_margin(record) else "not by the margin"
+    return "within the margin, not by its losses" if is_within_margin(record) else "not by the margin"
 
 
 def stopped_text(stopped: dict[str, Any]) -> str:

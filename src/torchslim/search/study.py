@@ -28,7 +28,7 @@ from torchslim.search.feasibility import (OBJECTIVES, choose_best, infeasible_li
                                           metric_violations, sampler_violations, stop_floor, unconfirmed_line,
                                           violations)
 from torchslim.search.noise import (correct_per_sample, counts_stderr, losses_bound, on_losses, paired_counts,
-                                   with_margin)
+                                   training_sample, with_margin)
 from torchslim.search.outputs import (csv_row, recipe_yaml, short_of_preference, stopped_text, trials_csv,
                                      write_outputs)
 from torchslim.search.sampler import starting_points_first
@@ -178,8 +178,9 @@ class AutoSearch:
     log: Callable[[str], None] = lambda _m: None
     baseline: Optional[Path] = None  # the trained baseline's checkpoint every candidate resumes from (set by run)
     _baseline_val: Optional[float] = dataclasses.field(default=None, init=False, repr=False)  # its val metric
-    _baseline_correct: Any = dataclasses.field(default=None, init=False, repr=False)  # (N_val,) bool
+    _baseline_correct: Any = dataclasses.field(default=None, init=False, repr=False)  # split → (N,) bool
     _val: Any = dataclasses.field(default=None, init=False, repr=False)  # the validation split
+    _train: Any = dataclasses.field(default=None, init=False, repr=False)  # training inputs the losses count on
     _any_finished: bool = dataclasses.field(default=False, init=False, repr=False)  # some candidate has finished
     _num_classes: int = dataclasses.field(default=0, init=False, repr=False)
 
@@ -210,6 +211,7 @@ class AutoSearch:
                       log=lambda _m: None)
         self.settings = settings_for_data(self.settings, tuple(ctx.splits.input_shape))
         self._val, self._num_classes = ctx.splits.val, ctx.splits.num_classes
+        self._train = training_sample(ctx.splits.train)
 
     def _check_out_holds_this_study(self) -> None:
         """``DIR/trials/N``, ``best`` and ``trials.csv`` belong to one study: a search under another study name in
@@ -317,19 +319,21 @@ class AutoSearch:
             raise
         record = record_of(trial.number, metrics, params, recipe)
         # feasible as measured (as run reports it); preferred, and told the sampler, with the drop's margin: its
-        # standard error on the validation split times --drop-margin; preferred first when its losses alone are
-        # within the limit by their margin (see search.noise, feasibility.choose_best)
-        counts = self.val_counts(folder / "artifact")
-        stderr = counts_stderr(*counts) if counts is not None else 0.0
+        # standard error on the validation split times --drop-margin; preferred first when its losses alone, on the
+        # validation split and on the training inputs, are within the limit by their margin (see search.noise,
+        # feasibility.choose_best)
+        counts = self.losses_and_gains(folder / "artifact")
+        stderr = counts_stderr(*counts["val"]) if counts else 0.0
         if "val_constraints" in metrics:
             record["margin_constraints"] = with_margin(metrics["val_constraints"], self.settings.drop_margin * stderr)
             record["margin_violations"] = violations({**metrics, "val_constraints": record["margin_constraints"]})
-            if counts is not None and self.settings.drop_margin > 0:
-                bound = losses_bound(counts[0], counts[2], self.settings.drop_margin)
+            if counts and self.settings.drop_margin > 0:
+                bound = max(losses_bound(losses, n, self.settings.drop_margin) for losses, _, n in counts.values())
                 record["loss_constraints"] = on_losses(metrics["val_constraints"], metrics["baseline_val_value"],
                                                        bound)
-        if counts is not None:
-            record["val_losses"], record["val_gains"] = counts[:2]
+        if counts:
+            record["val_losses"], record["val_gains"] = counts["val"][:2]
+            record["train_losses"], record["train_samples"] = counts["train"][0], counts["train"][2]
         record["val_drop_stderr"] = stderr
         record["seconds"] = round(time.monotonic() - start, 1)
         trial.set_user_attr("record", record)
@@ -338,28 +342,31 @@ class AutoSearch:
                 trial.set_constraint(name, value)
         return record.get("val_value", record["value"]), float(record["size_bytes"]), record["speedup_batch_64"]
 
-    def val_counts(self, artifact: Path) -> Optional[tuple[int, int, int]]:
-        """``(losses, gains, n)`` of the artifact against the baseline on the ``n`` validation samples (see
-        :func:`search.noise.paired_counts`), each run where the run measured it (the baseline in torch, the artifact
-        in the domain's runtime); None for a metric that is not a per-sample hit rate."""
+    def losses_and_gains(self, artifact: Path) -> dict[str, tuple[int, int, int]]:
+        """``{"val": (losses, gains, n), "train": ...}``: the artifact against the baseline on the validation split
+        and on up to :data:`search.noise.TRAIN_SAMPLES` training inputs (see :func:`search.noise.paired_counts`), each run where
+        the run measured it (the baseline in torch, the artifact in the domain's runtime); empty for a metric that
+        is not a per-sample hit rate."""
         from torchslim.artifact import load_artifact
         from torchslim.export.measure import runtime_predict
 
         if self.domain.metric not in ("accuracy", "top5") or self._val is None:
-            return None
+            return {}
+        splits = {"val": self._val, "train": self._train}
         before = torch.get_num_threads()
         torch.set_num_threads(self.threads)
         try:
             if self._baseline_correct is None:
                 baseline, _ = load_artifact(self.ensure_baseline() / "current", trust_code=True,
                                             code_dir=self.domain.base_dir)
-                self._baseline_correct = correct_per_sample(baseline, self._val, self.domain.metric)
+                self._baseline_correct = {k: correct_per_sample(baseline, data, self.domain.metric)
+                                          for k, data in splits.items()}
             model, manifest = load_artifact(artifact, trust_code=True, code_dir=self.domain.base_dir)
             predict = runtime_predict(model, manifest, self.domain.runtime)
-            candidate = correct_per_sample(predict, self._val, self.domain.metric)
+            candidate = {k: correct_per_sample(predict, data, self.domain.metric) for k, data in splits.items()}
         finally:
             torch.set_num_threads(before)
-        return (*paired_counts(self._baseline_correct, candidate), len(candidate))
+        return {k: (*paired_counts(self._baseline_correct[k], candidate[k]), len(candidate[k])) for k in splits}
 
     def _same_candidate(self, trial: Any, params: dict[str, Any]) -> Any:
         """An ended trial of the study with exactly these parameters, if any: its recipe and seed are this
