@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-
 from torch.utils.data import TensorDataset
 
 from torchslim.search.noise import (correct_per_sample, losses_bound, on_losses, paired_counts, paired_drop_stderr,
