@@ -344,9 +344,9 @@ class AutoSearch:
 
     def losses_and_gains(self, artifact: Path) -> dict[str, tuple[int, int, int]]:
         """``{"val": (losses, gains, n), "train": ...}``: the artifact against the baseline on the validation split
-        and on up to :data:`search.noise.TRAIN_SAMPLES` training inputs (see :func:`search.noise.paired_counts`), each run where
-        the run measured it (the baseline in torch, the artifact in the domain's runtime); empty for a metric that
-        is not a per-sample hit rate."""
+        and on up to :data:`search.noise.TRAIN_SAMPLES` training inputs (see :func:`search.noise.paired_counts`),
+        each run where the run measured it (the baseline in torch, the artifact in the domain's runtime); empty for
+        a metric that is not a per-sample hit rate."""
         from torchslim.artifact import load_artifact
         from torchslim.export.measure import runtime_predict
 
