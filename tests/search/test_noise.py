@@ -8,8 +8,12 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from torchslim.search.noise import (correct_per_sample, losses_bound, on_losses, paired_counts, paired_drop_stderr,
+from torchslim.search.noise import (correct_per_sample, counts_stderr, losses_bound, on_losses, paired_counts,
                                    training_sample, with_margin)
+
+
+def paired_drop_stderr(baseline, candidate):
+    return counts_stderr(*paired_counts(baseline, candidate), len(baseline))
 
 
 def test_agreeing_models_have_no_uncertainty_and_disagreements_add_it():

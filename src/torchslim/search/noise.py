@@ -61,11 +61,6 @@ def counts_stderr(losses: int, gains: int, n: int) -> float:
     return math.sqrt(max(variance, 0.0) / n)
 
 
-def paired_drop_stderr(baseline: torch.Tensor, candidate: torch.Tensor) -> float:
-    """One standard error of ``mean(baseline) - mean(candidate)`` over the same samples (bool tensors, (N,))."""
-    return counts_stderr(*paired_counts(baseline, candidate), len(baseline))
-
-
 def losses_bound(losses: int, n: int, k: float) -> float:
     """The drop with none of the candidate's gains counted: its share of samples lost, ``losses / n``, plus ``k``
     standard errors of that share (0 for a candidate that loses none)."""
@@ -121,4 +116,4 @@ def on_losses(constraints: dict[str, Any], baseline_value: float, bound: float) 
 
 
 __all__ = ["TRAIN_SAMPLES", "correct_per_sample", "counts_stderr", "losses_bound", "on_losses", "paired_counts",
-           "paired_drop_stderr", "training_sample", "with_margin"]
+           "training_sample", "with_margin"]
