@@ -250,6 +250,11 @@ def test_a_baseline_at_chance_is_warned_of(tmp_path):
     assert line.startswith("the baseline scores 0.3570 on the validation split, about chance (0.3333 for 3 classes)")
     assert search._baseline_warnings({"baseline_val_value": 0.41, "baseline_value": 0.4}) == []  # 1/10 of the way
     assert search._baseline_warnings(None) == []
+    search.domain = search.domain.model_copy(update={"model": search.domain.model.model_copy(
+        update={"weights": "w.safetensors"})})  # the search does not train given weights: advise on them
+    (line,) = search._baseline_warnings({"baseline_val_value": 0.357, "baseline_value": 0.333})
+    assert line.startswith("the baseline, the domain's model.weights (w.safetensors), scores 0.3570")
+    assert "give the weights of a trained model" in line and "train it longer" not in line
 
 
 @pytest.mark.slow

@@ -542,8 +542,13 @@ class AutoSearch:
         value = best.get("baseline_val_value", best["baseline_value"])
         if value > chance + 0.1 * (1 - chance):  # more than a tenth of the way from chance to perfect
             return []
-        return [f"the baseline scores {value:.4f} on the validation split, about chance ({chance:.4f} for "
-                f"{self._num_classes} classes): every candidate's drop is measured from it; train it longer "
+        at_chance = (f"about chance ({chance:.4f} for {self._num_classes} classes): every candidate's drop is measured "
+                f"from it")
+        if self.domain.model.weights is not None:  # not trained by the search: its options cannot help
+            return [f"the baseline, the domain's model.weights ({self.domain.model.weights}), scores {value:.4f} on "
+                    f"the validation split, {at_chance}; give the weights of a trained model, or none and the search "
+                    f"trains one (--baseline-epochs, --lr)"]
+        return [f"the baseline scores {value:.4f} on the validation split, {at_chance}; train it longer "
                 f"(--baseline-epochs, --lr) or give the domain trained weights (model.weights)"]
 
 
