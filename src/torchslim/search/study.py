@@ -542,8 +542,8 @@ class AutoSearch:
         value = best.get("baseline_val_value", best["baseline_value"])
         if value > chance + 0.1 * (1 - chance):  # more than a tenth of the way from chance to perfect
             return []
-        at_chance = (f"about chance ({chance:.4f} for {self._num_classes} classes): every candidate's drop is measured "
-                f"from it")
+        at_chance = (f"about chance ({chance:.4f} for {self._num_classes} classes): every candidate's drop is "
+                     f"measured from it")
         if self.domain.model.weights is not None:  # not trained by the search: its options cannot help
             return [f"the baseline, the domain's model.weights ({self.domain.model.weights}), scores {value:.4f} on "
                     f"the validation split, {at_chance}; give the weights of a trained model, or none and the search "
