@@ -263,6 +263,32 @@ def test_labels_no_sample_has_are_warned_of(tmp_path):
                         "are numbered 0 to 5, so the model gets 6 outputs and no sample trains 3 of them")
 
 
+def test_features_on_very_different_scales_are_warned_of(tmp_path):
+    # tabular columns as stored: one spread 1,000x the others dominates training (see runner.SCALE_RATIO)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 4)).astype(np.float32)
+    domain = DOMAIN.replace("task: image-classification", "task: tabular-classification").replace(
+        "name: lenet300_100, kwargs: {hidden1: 8, hidden2: 8}", "name: mlp, kwargs: {hidden: [8]}")
+    (tmp_path / "recipe.yaml").write_text(RECIPE)
+    cases = {"wide": (x * [1, 1, 1, 1000], 1), "near": (x * [1, 1, 1, 50], 0),
+             "ids": (rng.integers(0, 5000, size=(200, 4)) * [1, 1, 1, 1000], 0)}  # token ids, categories: exempt
+    said = {}
+    for name, (features, warned) in cases.items():
+        np.savez(tmp_path / f"{name}.npz", x=features, y=np.arange(200) % 2)
+        (tmp_path / "domain.yaml").write_text(domain.replace("source: digits", f"source: 'npz:{name}.npz'"))
+        code, said[name] = run_cli(tmp_path, "check", "recipe.yaml")
+        assert code == 0 and len(said[name]) == warned, (name, said[name])
+    (line,) = said["wide"]
+    head = ("warning: domain.yaml: data.source: input features differ in scale: feature 3's standard deviation on "
+            "the training split is ")
+    assert line.startswith(head), line
+    spread, median = (float(part.split(",")[0].split(";")[0]) for part in
+                      (line[len(head):], line.split("the median feature's ")[1]))
+    assert 800 < spread < 1200 and 0.8 < median < 1.2  # the column's and the others' spreads (1000 and 1)
+    assert line.endswith("standardise the features first (or in the model's forward) for training to work on all "
+                         "of them")
+
+
 def test_top5_on_five_classes_or_fewer_is_refused(tmp_path):
     # every sample would count as right: a metric, a drop and constraints that say nothing
     rng = np.random.default_rng(0)

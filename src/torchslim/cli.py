@@ -453,12 +453,12 @@ def auto(domain_path: Path, out: Path, trials: int, timeout: float | None, stora
                                                 drop_margin=drop_margin, lr=lr),
                         log=_silent if quiet else (lambda m: click.echo(m, err=True)))
     result = search.run()
+    for warning in result.warnings:
+        click.echo(f"warning: {warning}", err=True)
     if result.best is None:
         click.echo(f"error: no candidate finished; see {out / 'trials.csv'}", err=True)
         sys.exit(1)
     b = result.best
-    for warning in result.warnings:
-        click.echo(f"warning: {warning}", err=True)
     click.echo(f"best: trial {b['number']} ({b['brief']}): {b['metric']} {b['value']:.4f} (baseline "
                f"{b['baseline_value']:.4f}), {b['size_bytes']:,} bytes ({b['compression_ratio']:.1f}x), speed-up "
                f"b64 {b['speedup_batch_64']:.2f}x; {result.trials} candidate{'s' if result.trials != 1 else ''} "

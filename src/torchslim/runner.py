@@ -149,7 +149,7 @@ def prepare(recipe: Recipe, *, log: Callable[[str], None] = _log_stderr, model: 
     except ConfigError as exc:
         raise exc.within(source=domain.source) from None
     where = f"{domain.source}: " if domain.source else ""
-    for warning in [*_label_warnings(splits), *warnings]:
+    for warning in [*_label_warnings(splits), *_scale_warnings(splits), *warnings]:
         log(f"warning: {where}{warning}")
     ctx = RunContext(recipe, domain, splits, model, architecture, local_device(), log=log, template=template)
     # Checks see a copy of the context: a stage that will replace the model (a distilled student) puts the model
@@ -174,6 +174,31 @@ def _label_warnings(splits: Splits) -> list[str]:
     return [f"data.source: no sample has any of the labels {_few(missing)}; classes are numbered 0 to "
             f"{splits.num_classes - 1}, so the model gets {splits.num_classes} outputs and no sample trains "
             f"{len(missing)} of them"]
+
+
+# A feature whose spread is this many times the median feature's dominates the first layer's products and its
+# gradients: an MLP on scikit-learn's breast-cancer features as stored (areas ~10^2-10^3 beside ratios ~10^-2)
+# reached 86.0 % test accuracy, 95.8 % on the same features standardised.
+SCALE_RATIO = 100.0
+
+
+def _scale_warnings(splits: Splits) -> list[str]:
+    """Input features on very different scales (raw tabular columns): training works best near unit scale, and the
+    data is used as it is, so say which feature and how to fix it. Integer ids (tokens, categories) are exempt."""
+    if "integers as float32" in str(splits.info.get("preprocessing", "")):
+        return []
+    x = splits.train.tensors[0].flatten(1).double()
+    spread = x.std(0) if len(x) > 1 else torch.zeros(x.shape[1], dtype=x.dtype)
+    varying = torch.nonzero(spread > 0).flatten()
+    if len(varying) < 2:
+        return []
+    median = spread[varying].median().item()
+    widest = varying[spread[varying].argmax()].item()
+    if spread[widest].item() < SCALE_RATIO * median:
+        return []
+    return [f"data.source: input features differ in scale: feature {widest}'s standard deviation on the training "
+            f"split is {spread[widest].item():.4g}, the median feature's {median:.4g}; the data is used as it is, "
+            f"so standardise the features first (or in the model's forward) for training to work on all of them"]
 
 
 def _given_input_shape(kwargs: dict[str, Any]) -> tuple[int, ...] | None:

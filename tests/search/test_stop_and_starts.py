@@ -257,6 +257,23 @@ def test_a_baseline_at_chance_is_warned_of(tmp_path):
     assert "give the weights of a trained model" in line and "train it longer" not in line
 
 
+def test_what_run_would_warn_of_the_data_is_said_before_the_search_and_with_its_result(tmp_path):
+    import numpy as np
+
+    from torchslim.search import AutoSearch
+
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "wide.npz", x=rng.normal(size=(200, 4)) * [1, 1, 1, 1000], y=np.arange(200) % 2)
+    domain = load_domain({**DOMAIN, "task": "tabular-classification", "data": {"source": f"npz:{tmp_path}/wide.npz"},
+                          "model": {"name": "mlp"}, "constraints": {"max_metric_drop": 0.05}})
+    said = []
+    search = AutoSearch(domain, tmp_path / "out", log=said.append)
+    search.check()  # no training: the data and the model's fit, as run checks them
+    (warning,) = search._data_warnings
+    assert warning.startswith("data.source: input features differ in scale: feature 3's standard deviation")
+    assert said == [f"warning: {warning}"]
+
+
 @pytest.mark.slow
 def test_a_best_the_validation_split_cannot_confirm_is_warned_of(tmp_path, monkeypatch):
     from torchslim.search import study as study_module

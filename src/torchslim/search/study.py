@@ -183,6 +183,7 @@ class AutoSearch:
     _train: Any = dataclasses.field(default=None, init=False, repr=False)  # training inputs the losses count on
     _any_finished: bool = dataclasses.field(default=False, init=False, repr=False)  # some candidate has finished
     _num_classes: int = dataclasses.field(default=0, init=False, repr=False)
+    _data_warnings: list[str] = dataclasses.field(default_factory=list, init=False, repr=False)  # from check()
 
     def __post_init__(self) -> None:
         if isinstance(self.trials, bool) or not isinstance(self.trials, int) or self.trials < 1:
@@ -207,8 +208,12 @@ class AutoSearch:
         first = recipe_from_params({"epochs": 1}, self.domain, domain_ref(self.domain), self.settings, self.seed)
         body = first["stages"][0]["train"]
         stage = Stage("train", STAGES["train"].parse(body, prefix="stages[0].train", source=None), 0)
-        ctx = prepare(Recipe(self.domain, self.seed, (stage,), first, None, self.domain.base_dir),
-                      log=lambda _m: None)
+        said: list[str] = []
+        ctx = prepare(Recipe(self.domain, self.seed, (stage,), first, None, self.domain.base_dir), log=said.append)
+        # What run would warn of (the data, the model's outputs): said now, and again with the result
+        self._data_warnings = [m.removeprefix("warning: ") for m in said if m.startswith("warning: ")]
+        for warning in self._data_warnings:
+            self.log(f"warning: {warning}")
         self.settings = settings_for_data(self.settings, tuple(ctx.splits.input_shape))
         self._val, self._num_classes = ctx.splits.val, ctx.splits.num_classes
         self._train = training_sample(ctx.splits.train)
@@ -528,7 +533,7 @@ class AutoSearch:
         best = self.write(study)
         feasible = best is not None and is_feasible(best)
         line = "" if best is None or feasible else infeasible_line(best, records)
-        warnings = self._baseline_warnings(best)
+        warnings = self._data_warnings + self._baseline_warnings(best)
         if best is not None:
             unconfirmed = unconfirmed_line(best, None if self._val is None else len(self._val), str(self.out / "best"))
             warnings += [unconfirmed] if unconfirmed else []
