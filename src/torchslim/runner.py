@@ -187,7 +187,8 @@ def _scale_warnings(splits: Splits) -> list[str]:
     data is used as it is, so say which feature and how to fix it. Integer ids (tokens, categories) are exempt."""
     if "integers as float32" in str(splits.info.get("preprocessing", "")):
         return []
-    x = splits.train.tensors[0].flatten(1).double()
+    x = splits.train.tensors[0].flatten(1)
+    x = x[:min(4096, max(64, 2 ** 24 // max(1, x.shape[1])))]  # the (shuffled) split's first rows: 64 MB at most
     spread = x.std(0) if len(x) > 1 else torch.zeros(x.shape[1], dtype=x.dtype)
     varying = torch.nonzero(spread > 0).flatten()
     if len(varying) < 2:
