@@ -3,6 +3,7 @@ reproducible best recipe, resuming, and several processes on one study."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -189,3 +190,33 @@ def test_a_search_killed_mid_candidate_resumes_to_the_same_count(tmp_path):
     assert "trial 0: interrupted" in again.stderr
     assert _completed(tmp_path / "out") == 2
     assert (tmp_path / "out" / "best").is_dir()
+
+
+@pytest.mark.slow
+def test_a_search_stopped_by_ctrl_c_runs_the_interrupted_candidate_again(tmp_path):
+    # Optuna records a trial that a KeyboardInterrupt ends as failed, like one whose candidate raised: unmarked, the
+    # resumed search would never run that candidate (here the first standard compression)
+    import optuna
+
+    (tmp_path / "domain.yaml").write_text(DOMAIN)
+    args = [sys.executable, "-m", "torchslim", "auto", "domain.yaml", "--out", "out", "--trials", "2", *FAST]
+    proc = subprocess.Popen(args, cwd=tmp_path, env=cli_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not (tmp_path / "out" / "trials" / "0" / "recipe.yaml").exists():  # the first candidate has started
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGINT)
+    assert proc.wait(timeout=120) != 0
+    again = _auto("domain.yaml", "--out", "out", "--trials", "2", *FAST, cwd=tmp_path)
+    assert again.returncode in (0, 3), again.stderr
+    assert "trial 0: interrupted (stopped by Ctrl-C); its candidate runs again" in again.stderr
+    study = optuna.load_study(study_name="auto-digits-auto", storage=f"sqlite:///{tmp_path / 'out' / 'study.db'}")
+    (rerun,) = [t for t in study.trials if t.user_attrs.get("rerun_of") == 0]
+    assert rerun.state.name == "COMPLETE" and rerun.params == study.trials[0].params
+    assert _completed(tmp_path / "out") == 2
+    rows = {r["number"]: r for r in csv.DictReader((tmp_path / "out" / "trials.csv").open())}
+    assert rows["0"]["state"] == "FAIL" and rows["0"]["note"] == (
+        "failed: interrupted (stopped by Ctrl-C); the same command runs its candidate again")
+    again = _auto("domain.yaml", "--out", "out", "--trials", "2", *FAST, cwd=tmp_path)  # rerun once, not again
+    assert "interrupted" not in again.stderr and _completed(tmp_path / "out") == 2

@@ -41,6 +41,7 @@ DIRECTIONS = ("maximize", "minimize", "maximize")
 
 
 STUDY_MARKER = "study.json"  # which study an output folder's trials belong to
+INTERRUPTED = "interrupted"  # a trial's user attribute: why its candidate did not finish (it runs again)
 
 
 def check_domain(domain: Domain) -> None:
@@ -129,6 +130,13 @@ def _same_as(trials: list[Any], t: Any) -> Optional[dict[str, Any]]:
     earlier = trials[number].user_attrs
     done = _outcome(earlier) or {}
     return {"number": number, "brief": done.get("brief", "")}
+
+
+def _failure(t: Any) -> Optional[str]:
+    """Why a failed trial failed, for trials.csv: its error, or the interruption its candidate runs again after."""
+    if INTERRUPTED in t.user_attrs:
+        return f"interrupted ({t.user_attrs[INTERRUPTED]}); the same command runs its candidate again"
+    return t.user_attrs.get("error")
 
 
 @contextmanager
@@ -272,19 +280,33 @@ class AutoSearch:
         return study
 
     def _requeue_interrupted(self, study: Any, storage: Any) -> None:
-        """A candidate whose process died on this host (SIGKILL, power loss) is marked failed and runs again."""
+        """A candidate that did not finish because its process stopped runs again, once: one interrupted in its
+        process (Ctrl-C: Optuna records it failed, ``objective_fn`` marks it), or whose process died on this host
+        (SIGKILL, power loss: still recorded running; marked and failed here)."""
         from optuna.trial import TrialState
 
         host = socket.gethostname()
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             pid = t.user_attrs.get("pid")
             if t.user_attrs.get("host") == host and isinstance(pid, int) and not process_alive(pid):
-                # FrozenTrial has no public id; the storage needs it to change the state
+                # FrozenTrial has no public id; the storage needs it to change the trial
+                storage.set_trial_user_attr(t._trial_id, INTERRUPTED, f"process {pid} is gone")
                 storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
+        trials = study.get_trials(deepcopy=False)
+        rerun = {t.user_attrs["rerun_of"] for t in trials if "rerun_of" in t.user_attrs}
+        for t in trials:
+            if t.state == TrialState.FAIL and INTERRUPTED in t.user_attrs and t.number not in rerun:
                 study.enqueue_trial(dict(t.params), user_attrs={"rerun_of": t.number})
-                self.log(f"trial {t.number}: interrupted (process {pid} is gone); its candidate runs again")
+                self.log(f"trial {t.number}: interrupted ({t.user_attrs[INTERRUPTED]}); its candidate runs again")
 
     def objective_fn(self, trial: Any) -> tuple[float, float, float]:
+        try:
+            return self._candidate(trial)
+        except KeyboardInterrupt:  # Optuna records the trial failed; the same command runs its candidate again
+            trial.set_user_attr(INTERRUPTED, "stopped by Ctrl-C")
+            raise
+
+    def _candidate(self, trial: Any) -> tuple[float, float, float]:
         from torchslim.recipe import load_recipe
         from torchslim.runner import run_recipe
 
@@ -463,7 +485,7 @@ class AutoSearch:
         best = choose_best(records, self.objective)
         trials = study.get_trials(deepcopy=False)
         rows = [csv_row(t.number, t.state.name, t.user_attrs.get("record"), t.user_attrs.get("stopped"),
-                        _same_as(trials, t), t.user_attrs.get("error"), t.user_attrs.get("brief"))
+                        _same_as(trials, t), _failure(t), t.user_attrs.get("brief"))
                 for t in trials if t.state != TrialState.WAITING]  # a queued rerun is not a candidate yet
         if best is None:  # no candidate finished (each was stopped or failed): only the table says why
             if rows:
