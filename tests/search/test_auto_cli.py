@@ -217,6 +217,6 @@ def test_a_search_stopped_by_ctrl_c_runs_the_interrupted_candidate_again(tmp_pat
     assert _completed(tmp_path / "out") == 2
     rows = {r["number"]: r for r in csv.DictReader((tmp_path / "out" / "trials.csv").open())}
     assert rows["0"]["state"] == "FAIL" and rows["0"]["note"] == (
-        "failed: interrupted (stopped by Ctrl-C); the same command runs its candidate again")
+        f"failed: interrupted (stopped by Ctrl-C); its candidate runs again as trial {rerun.number}")
     again = _auto("domain.yaml", "--out", "out", "--trials", "2", *FAST, cwd=tmp_path)  # rerun once, not again
     assert "interrupted" not in again.stderr and _completed(tmp_path / "out") == 2

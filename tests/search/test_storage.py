@@ -55,3 +55,38 @@ def test_other_errors_are_not_retried(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="--storage: cannot open sqlite:///x.db: unable to open database file"):
         open_storage("sqlite:///x.db")
     assert len(calls) == 1
+
+
+def test_a_candidate_whose_process_went_silent_runs_again_once(tmp_path):
+    """A process lost on another machine leaves its candidate running in the study: with heartbeats, the next
+    process to start a candidate fails it (Optuna's fail_stale_trials) and the search enqueues it again, once."""
+    import time
+
+    import optuna
+
+    from torchslim.domain import load_domain
+    from torchslim.search import AutoSearch
+    from torchslim.search.storage import HEARTBEAT_S, STALE_AFTER_S
+
+    said: list[str] = []
+    domain = load_domain({"name": "d", "task": "image-classification", "data": {"source": "digits"},
+                          "model": {"name": "lenet300_100"}, "constraints": {"max_size_bytes": 5000}})
+    search = AutoSearch(domain, tmp_path / "out", log=said.append)
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    assert open_storage(url).heartbeat_interval is None  # heartbeats only where a search asks for them
+    assert (open_storage(url, search._rerun_stale).heartbeat_interval, STALE_AFTER_S) == (HEARTBEAT_S, 600)
+    storage = open_storage(url, search._rerun_stale, heartbeat=(1, 1))
+    study = optuna.create_study(storage=storage, study_name="s")
+    lost = study.ask()
+    x = lost.suggest_float("x", 0.0, 1.0)
+    lost.set_user_attr("host", "elsewhere")
+    storage.record_heartbeat(lost._trial_id)
+    time.sleep(2.5)  # silent for longer than the grace period
+    optuna.storages.fail_stale_trials(study)
+    first, waiting = study.get_trials(deepcopy=False)
+    assert first.state.name == "FAIL" and waiting.state.name == "WAITING"
+    assert said == ["trial 0: interrupted (no heartbeat from its process on elsewhere); its candidate runs again"]
+    search._rerun_stale(study, first)  # a second process failing it too: still one rerun
+    assert len(study.get_trials(deepcopy=False)) == 2 and len(said) == 1
+    rerun = study.ask()  # the next candidate asked for is the lost one
+    assert rerun.suggest_float("x", 0.0, 1.0) == x and rerun.user_attrs == {"rerun_of": 0}

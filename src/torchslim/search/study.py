@@ -132,11 +132,14 @@ def _same_as(trials: list[Any], t: Any) -> Optional[dict[str, Any]]:
     return {"number": number, "brief": done.get("brief", "")}
 
 
-def _failure(t: Any) -> Optional[str]:
+def _failure(trials: list[Any], t: Any) -> Optional[str]:
     """Why a failed trial failed, for trials.csv: its error, or the interruption its candidate runs again after."""
-    if INTERRUPTED in t.user_attrs:
-        return f"interrupted ({t.user_attrs[INTERRUPTED]}); the same command runs its candidate again"
-    return t.user_attrs.get("error")
+    rerun = next((u.number for u in trials if u.user_attrs.get("rerun_of") == t.number), None)
+    if INTERRUPTED not in t.user_attrs and rerun is None:
+        return t.user_attrs.get("error")
+    why = t.user_attrs.get(INTERRUPTED, "its process stopped")
+    return f"interrupted ({why}); " + ("the same command runs its candidate again" if rerun is None
+                                       else f"its candidate runs again as trial {rerun}")
 
 
 @contextmanager
@@ -250,9 +253,9 @@ class AutoSearch:
         self._check_out_holds_this_study()
         if self.storage is None:  # the default SQLite file lives in the output folder
             self.out.mkdir(parents=True, exist_ok=True)
-            storage = open_storage(default_storage(self.out))
+            storage = open_storage(default_storage(self.out), self._rerun_stale)
         else:
-            storage = open_storage(self.storage)
+            storage = open_storage(self.storage, self._rerun_stale)
             self.out.mkdir(parents=True, exist_ok=True)
         identity = {"domain": self.domain.to_dict(), "seed": self.seed, "settings": dataclasses.asdict(self.settings)}
         existing = optuna.study.get_all_study_summaries(storage)
@@ -298,6 +301,15 @@ class AutoSearch:
             if t.state == TrialState.FAIL and INTERRUPTED in t.user_attrs and t.number not in rerun:
                 study.enqueue_trial(dict(t.params), user_attrs={"rerun_of": t.number})
                 self.log(f"trial {t.number}: interrupted ({t.user_attrs[INTERRUPTED]}); its candidate runs again")
+
+    def _rerun_stale(self, study: Any, trial: Any) -> None:
+        """A candidate whose process stopped recording heartbeats (see ``storage.STALE_AFTER_S``), on any host: Optuna
+        has marked it failed; it runs again, once."""
+        if any(t.user_attrs.get("rerun_of") == trial.number for t in study.get_trials(deepcopy=False)):
+            return
+        study.enqueue_trial(dict(trial.params), user_attrs={"rerun_of": trial.number})
+        self.log(f"trial {trial.number}: interrupted (no heartbeat from its process on "
+                 f"{trial.user_attrs.get('host', 'another host')}); its candidate runs again")
 
     def objective_fn(self, trial: Any) -> tuple[float, float, float]:
         try:
@@ -485,7 +497,7 @@ class AutoSearch:
         best = choose_best(records, self.objective)
         trials = study.get_trials(deepcopy=False)
         rows = [csv_row(t.number, t.state.name, t.user_attrs.get("record"), t.user_attrs.get("stopped"),
-                        _same_as(trials, t), _failure(t), t.user_attrs.get("brief"))
+                        _same_as(trials, t), _failure(trials, t), t.user_attrs.get("brief"))
                 for t in trials if t.state != TrialState.WAITING]  # a queued rerun is not a candidate yet
         if best is None:  # no candidate finished (each was stopped or failed): only the table says why
             if rows:
