@@ -132,9 +132,14 @@ def _same_as(trials: list[Any], t: Any) -> Optional[dict[str, Any]]:
     return {"number": number, "brief": done.get("brief", "")}
 
 
-def _failure(trials: list[Any], t: Any) -> Optional[str]:
+def _reruns(trials: list[Any]) -> dict[int, int]:
+    """Trial number → the number of the trial that runs its interrupted candidate again."""
+    return {t.user_attrs["rerun_of"]: t.number for t in trials if "rerun_of" in t.user_attrs}
+
+
+def _failure(reruns: dict[int, int], t: Any) -> Optional[str]:
     """Why a failed trial failed, for trials.csv: its error, or the interruption its candidate runs again after."""
-    rerun = next((u.number for u in trials if u.user_attrs.get("rerun_of") == t.number), None)
+    rerun = reruns.get(t.number)
     if INTERRUPTED not in t.user_attrs and rerun is None:
         return t.user_attrs.get("error")
     why = t.user_attrs.get(INTERRUPTED, "its process stopped")
@@ -295,21 +300,21 @@ class AutoSearch:
                 # FrozenTrial has no public id; the storage needs it to change the trial
                 storage.set_trial_user_attr(t._trial_id, INTERRUPTED, f"process {pid} is gone")
                 storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
-        trials = study.get_trials(deepcopy=False)
-        rerun = {t.user_attrs["rerun_of"] for t in trials if "rerun_of" in t.user_attrs}
-        for t in trials:
-            if t.state == TrialState.FAIL and INTERRUPTED in t.user_attrs and t.number not in rerun:
-                study.enqueue_trial(dict(t.params), user_attrs={"rerun_of": t.number})
-                self.log(f"trial {t.number}: interrupted ({t.user_attrs[INTERRUPTED]}); its candidate runs again")
+        for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+            if INTERRUPTED in t.user_attrs:
+                self._run_again(study, t, t.user_attrs[INTERRUPTED])
 
     def _rerun_stale(self, study: Any, trial: Any) -> None:
         """A candidate whose process stopped recording heartbeats (see ``storage.STALE_AFTER_S``), on any host: Optuna
-        has marked it failed; it runs again, once."""
-        if any(t.user_attrs.get("rerun_of") == trial.number for t in study.get_trials(deepcopy=False)):
+        has marked it failed."""
+        self._run_again(study, trial, f"no heartbeat from its process on {trial.user_attrs.get('host', 'its host')}")
+
+    def _run_again(self, study: Any, trial: Any, why: str) -> None:
+        """Enqueue an interrupted trial's candidate, with its parameters, unless that was done already."""
+        if trial.number in _reruns(study.get_trials(deepcopy=False)):
             return
         study.enqueue_trial(dict(trial.params), user_attrs={"rerun_of": trial.number})
-        self.log(f"trial {trial.number}: interrupted (no heartbeat from its process on "
-                 f"{trial.user_attrs.get('host', 'another host')}); its candidate runs again")
+        self.log(f"trial {trial.number}: interrupted ({why}); its candidate runs again")
 
     def objective_fn(self, trial: Any) -> tuple[float, float, float]:
         try:
@@ -496,8 +501,9 @@ class AutoSearch:
         records = [r for r in self.finished(study) if (self.out / "trials" / str(r["number"]) / "artifact").is_dir()]
         best = choose_best(records, self.objective)
         trials = study.get_trials(deepcopy=False)
+        reruns = _reruns(trials)
         rows = [csv_row(t.number, t.state.name, t.user_attrs.get("record"), t.user_attrs.get("stopped"),
-                        _same_as(trials, t), _failure(trials, t), t.user_attrs.get("brief"))
+                        _same_as(trials, t), _failure(reruns, t), t.user_attrs.get("brief"))
                 for t in trials if t.state != TrialState.WAITING]  # a queued rerun is not a candidate yet
         if best is None:  # no candidate finished (each was stopped or failed): only the table says why
             if rows:
