@@ -173,17 +173,23 @@ def test_two_processes_share_one_study(tmp_path):
     assert {int(r.split(",")[0]) for r in rows if ",COMPLETE," in r} >= set(ran[0]) | set(ran[1])
 
 
-@pytest.mark.slow
-def test_a_search_killed_mid_candidate_resumes_to_the_same_count(tmp_path):
-    (tmp_path / "domain.yaml").write_text(DOMAIN)
+def _signal_mid_first_candidate(folder: Path, signum: int) -> subprocess.Popen:
+    """A 2-candidate search in ``folder`` sent ``signum`` once its first candidate has started."""
+    (folder / "domain.yaml").write_text(DOMAIN)
     args = [sys.executable, "-m", "torchslim", "auto", "domain.yaml", "--out", "out", "--trials", "2", *FAST]
-    proc = subprocess.Popen(args, cwd=tmp_path, env=cli_env(), stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(args, cwd=folder, env=cli_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
-    while not (tmp_path / "out" / "trials" / "0" / "recipe.yaml").exists():  # the first candidate has started
+    while not (folder / "out" / "trials" / "0" / "recipe.yaml").exists():  # the first candidate has started
         assert time.monotonic() < deadline and proc.poll() is None
         time.sleep(0.2)
-    os.kill(proc.pid, signal.SIGKILL)
+    os.kill(proc.pid, signum)
+    return proc
+
+
+@pytest.mark.slow
+def test_a_search_killed_mid_candidate_resumes_to_the_same_count(tmp_path):
+    proc = _signal_mid_first_candidate(tmp_path, signal.SIGKILL)
     proc.wait()
     again = _auto("domain.yaml", "--out", "out", "--trials", "2", *FAST, cwd=tmp_path)
     assert again.returncode == 3, again.stderr
@@ -198,15 +204,7 @@ def test_a_search_stopped_by_ctrl_c_runs_the_interrupted_candidate_again(tmp_pat
     # resumed search would never run that candidate (here the first standard compression)
     import optuna
 
-    (tmp_path / "domain.yaml").write_text(DOMAIN)
-    args = [sys.executable, "-m", "torchslim", "auto", "domain.yaml", "--out", "out", "--trials", "2", *FAST]
-    proc = subprocess.Popen(args, cwd=tmp_path, env=cli_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    while not (tmp_path / "out" / "trials" / "0" / "recipe.yaml").exists():  # the first candidate has started
-        assert time.monotonic() < deadline and proc.poll() is None
-        time.sleep(0.2)
-    os.kill(proc.pid, signal.SIGINT)
+    proc = _signal_mid_first_candidate(tmp_path, signal.SIGINT)
     assert proc.wait(timeout=120) != 0
     again = _auto("domain.yaml", "--out", "out", "--trials", "2", *FAST, cwd=tmp_path)
     assert again.returncode in (0, 3), again.stderr
