@@ -429,6 +429,7 @@ def auto(domain_path: Path, out: Path, trials: int, timeout: float | None, stora
 
     from torchslim.domain import MAX_SEED, load_domain
     from torchslim.search import AutoSearch, SearchSettings
+    from torchslim.search.outputs import front_lines
 
     if seed > MAX_SEED:  # checked here, not by click: the domain module imports torch, the CLI starts without it
         raise ConfigError("--seed", f"{seed} is not in the range 0<=x<={MAX_SEED}")
@@ -459,6 +460,8 @@ def auto(domain_path: Path, out: Path, trials: int, timeout: float | None, stora
         click.echo(f"error: no candidate finished; see {out / 'trials.csv'}", err=True)
         sys.exit(1)
     b = result.best
+    for line in front_lines(result.records, b, objective):
+        click.echo(line)
     click.echo(f"best: trial {b['number']} ({b['brief']}): {b['metric']} {b['value']:.4f} (baseline "
                f"{b['baseline_value']:.4f}), {b['size_bytes']:,} bytes ({b['compression_ratio']:.1f}x), speed-up "
                f"b64 {b['speedup_batch_64']:.2f}x; {result.trials} candidate{'s' if result.trials != 1 else ''} "

@@ -118,6 +118,38 @@ def _pareto(points: list[tuple[float, float]], higher_x_better: bool) -> list[tu
     return sorted(set(front))
 
 
+# The terminal's front: the axis the objective minimises against the validation metric (what the search decides on)
+FRONT_AXES = {"size": ("size_bytes", False), "latency": ("speedup_batch_64", True), "metric": ("size_bytes", False)}
+
+
+def front_lines(records: list[dict[str, Any]], best: dict[str, Any], objective: str, most: int = 10) -> list[str]:
+    """The feasible candidates no other feasible one beats on both the objective's axis (bytes, or batch-64
+    speed-up for ``latency``) and the validation metric, as lines for the terminal, ``best`` marked; [] when
+    none is feasible."""
+    key, higher = FRONT_AXES[objective]
+    feasible = [r for r in records if is_feasible(r)]
+    points = set(_pareto([(r[key], r.get("val_value", r["value"])) for r in feasible], higher))
+    front = sorted((r for r in feasible if (r[key], r.get("val_value", r["value"])) in points),
+                   key=lambda r: (-r[key] if higher else r[key], r["number"]))
+    if not front:
+        return []
+    metric = best["metric"]
+    lines = [f"Pareto front: {len(front)} feasible candidate{'s' if len(front) != 1 else ''} that no other beats on "
+             f"both {'speed-up' if higher else 'bytes'} and validation {metric}:",
+             f"  {'trial':>5}  {'bytes':>9}  {'val ' + metric:>14}  {'test ' + metric:>14}  {'speed-up b64':>12}"]
+    for r in front[:most]:
+        lines.append(f"  {r['number']:>5}  {r['size_bytes']:>9,}  {100 * r.get('val_value', r['value']):>12.2f} %  "
+                     f"{100 * r['value']:>12.2f} %  {r['speedup_batch_64']:>11.2f}x  {r['brief']}"
+                     + (f" (feasible, {short_of_preference(r)})" if short_of_preference(r) else "")
+                     + ("  <- best" if r["number"] == best["number"] else ""))
+    if len(front) > most:
+        lines.append(f"  ... and {len(front) - most} more in trials.csv")
+    if all(r["number"] != best["number"] for r in front):
+        lines.append(f"  best, trial {best['number']}, is not on it: the candidates that beat it are feasible as "
+                     f"measured but short of the search's preference (see --drop-margin)")
+    return lines
+
+
 def pareto_png(records: list[dict[str, Any]], best: dict[str, Any], metric: str) -> bytes:
     """Two panels: metric vs bytes and metric vs batch-64 speed-up; feasible points filled, the Pareto front
     drawn, the best candidate labelled."""
@@ -174,5 +206,5 @@ def write_outputs(out: Path, records: list[dict[str, Any]], rows: list[dict[str,
     write_bytes_atomic(out / "report.html", report_html(records, best, title, summary).encode())
 
 
-__all__ = ["copy_artifact", "csv_row", "recipe_text", "report_html", "short_of_preference", "trials_csv",
-           "write_outputs"]
+__all__ = ["copy_artifact", "csv_row", "front_lines", "recipe_text", "report_html", "short_of_preference",
+           "trials_csv", "write_outputs"]
