@@ -118,7 +118,7 @@ def _pareto(points: list[tuple[float, float]], higher_x_better: bool) -> list[tu
     return sorted(set(front))
 
 
-# The terminal's front: the axis the objective minimises against the validation metric (what the search decides on)
+# The terminal's front: the objective's axis (higher better?) against the validation metric (what the search decides on)
 FRONT_AXES = {"size": ("size_bytes", False), "latency": ("speedup_batch_64", True), "metric": ("size_bytes", False)}
 
 
@@ -128,8 +128,8 @@ def front_lines(records: list[dict[str, Any]], best: dict[str, Any], objective: 
     none is feasible."""
     key, higher = FRONT_AXES[objective]
     feasible = [r for r in records if is_feasible(r)]
-    points = set(_pareto([(r[key], r.get("val_value", r["value"])) for r in feasible], higher))
-    front = sorted((r for r in feasible if (r[key], r.get("val_value", r["value"])) in points),
+    points = set(_pareto([(r[key], _val_value(r)) for r in feasible], higher))
+    front = sorted((r for r in feasible if (r[key], _val_value(r)) in points),
                    key=lambda r: (-r[key] if higher else r[key], r["number"]))
     if not front:
         return []
@@ -138,7 +138,7 @@ def front_lines(records: list[dict[str, Any]], best: dict[str, Any], objective: 
              f"both {'speed-up' if higher else 'bytes'} and validation {metric}:",
              f"  {'trial':>5}  {'bytes':>9}  {'val ' + metric:>14}  {'test ' + metric:>14}  {'speed-up b64':>12}"]
     for r in front[:most]:
-        lines.append(f"  {r['number']:>5}  {r['size_bytes']:>9,}  {100 * r.get('val_value', r['value']):>12.2f} %  "
+        lines.append(f"  {r['number']:>5}  {r['size_bytes']:>9,}  {100 * _val_value(r):>12.2f} %  "
                      f"{100 * r['value']:>12.2f} %  {r['speedup_batch_64']:>11.2f}x  {r['brief']}"
                      + (f" (feasible, {short_of_preference(r)})" if short_of_preference(r) else "")
                      + ("  <- best" if r["number"] == best["number"] else ""))
@@ -148,6 +148,10 @@ def front_lines(records: list[dict[str, Any]], best: dict[str, Any], objective: 
         lines.append(f"  best, trial {best['number']}, is not on it: the candidates that beat it are feasible as "
                      f"measured but short of the search's preference (see --drop-margin)")
     return lines
+
+
+def _val_value(record: dict[str, Any]) -> float:
+    return record.get("val_value", record["value"])  # records of studies searched before validation figures
 
 
 def pareto_png(records: list[dict[str, Any]], best: dict[str, Any], metric: str) -> bytes:
