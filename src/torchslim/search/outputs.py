@@ -118,6 +118,10 @@ def _pareto(points: list[tuple[float, float]], higher_x_better: bool) -> list[tu
     return sorted(set(front))
 
 
+def _val_value(record: dict[str, Any]) -> float:
+    return record.get("val_value", record["value"])  # records of studies searched before validation figures
+
+
 # The terminal's front: the objective's axis (higher better?) against the validation metric (what the search decides on)
 FRONT_AXES = {"size": ("size_bytes", False), "latency": ("speedup_batch_64", True), "metric": ("size_bytes", False)}
 
@@ -148,10 +152,6 @@ def front_lines(records: list[dict[str, Any]], best: dict[str, Any], objective: 
         lines.append(f"  best, trial {best['number']}, is not on it: the candidates that beat it are feasible as "
                      f"measured but short of the search's preference (see --drop-margin)")
     return lines
-
-
-def _val_value(record: dict[str, Any]) -> float:
-    return record.get("val_value", record["value"])  # records of studies searched before validation figures
 
 
 def pareto_png(records: list[dict[str, Any]], best: dict[str, Any], metric: str) -> bytes:
