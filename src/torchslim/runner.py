@@ -193,13 +193,14 @@ def _scale_warnings(splits: Splits) -> list[str]:
     varying = torch.nonzero(spread > 0).flatten()
     if len(varying) < 2:
         return []
-    median = spread[varying].median().item()
-    widest = varying[spread[varying].argmax()].item()
-    if spread[widest].item() < SCALE_RATIO * median:
+    spreads = spread[varying]
+    median, widest = spreads.median().item(), spreads.argmax().item()
+    if spreads[widest].item() < SCALE_RATIO * median:
         return []
-    return [f"data.source: input features differ in scale: feature {widest}'s standard deviation on the training "
-            f"split is {spread[widest].item():.4g}, the median feature's {median:.4g}; the data is used as it is, "
-            f"so standardise the features first (or in the model's forward) for training to work on all of them"]
+    return [f"data.source: input features differ in scale: feature {varying[widest].item()}'s standard deviation on "
+            f"the training split is {spreads[widest].item():.4g}, the median feature's {median:.4g}; the data is used "
+            f"as it is, so standardise the features first (or in the model's forward) for training to work on all of "
+            f"them"]
 
 
 def _given_input_shape(kwargs: dict[str, Any]) -> tuple[int, ...] | None:

@@ -74,7 +74,8 @@ def test_a_candidate_whose_process_went_silent_runs_again_once(tmp_path):
     search = AutoSearch(domain, tmp_path / "out", log=said.append)
     url = f"sqlite:///{tmp_path / 'study.db'}"
     assert open_storage(url).heartbeat_interval is None  # heartbeats only where a search asks for them
-    assert (open_storage(url, search._rerun_stale).heartbeat_interval, STALE_AFTER_S) == (HEARTBEAT_S, 600)
+    beating = open_storage(url, search._rerun_stale)
+    assert (beating.heartbeat_interval, beating.grace_period) == (HEARTBEAT_S, STALE_AFTER_S)
     storage = open_storage(url, search._rerun_stale, heartbeat=(1, 1))
     study = optuna.create_study(storage=storage, study_name="s")
     lost = study.ask()

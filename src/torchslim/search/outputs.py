@@ -142,9 +142,10 @@ def front_lines(records: list[dict[str, Any]], best: dict[str, Any], objective: 
              f"both {'speed-up' if higher else 'bytes'} and validation {metric}:",
              f"  {'trial':>5}  {'bytes':>9}  {'val ' + metric:>14}  {'test ' + metric:>14}  {'speed-up b64':>12}"]
     for r in front[:most]:
+        short = short_of_preference(r)
         lines.append(f"  {r['number']:>5}  {r['size_bytes']:>9,}  {100 * _val_value(r):>12.2f} %  "
                      f"{100 * r['value']:>12.2f} %  {r['speedup_batch_64']:>11.2f}x  {r['brief']}"
-                     + (f" (feasible, {short_of_preference(r)})" if short_of_preference(r) else "")
+                     + (f" (feasible, {short})" if short else "")
                      + ("  <- best" if r["number"] == best["number"] else ""))
     if len(front) > most:
         lines.append(f"  ... and {len(front) - most} more in trials.csv")
