@@ -26,6 +26,28 @@ def test_digits_split_is_stratified_and_seeded():
     assert counts.min() >= 34 and counts.max() <= 38  # 360 test samples over 10 near-balanced classes
 
 
+def test_folds_cut_the_training_and_validation_samples_and_leave_the_test_split(tmp_path):
+    from torchslim.domain import Fold
+
+    whole = load_splits(DataSpec(source="digits"))
+    pooled = {tuple(x.flatten().tolist()) for split in (whole.train, whole.val) for x in split.tensors[0]}
+    folds = [load_splits(DataSpec(source="digits", fold=Fold(index=i, of=3))) for i in range(3)]
+    seen = [tuple(x.flatten().tolist()) for f in folds for x in f.val.tensors[0]]
+    assert len(seen) == len(set(seen)) == len(pooled) == 1437 and set(seen) == pooled  # each sample validates once
+    for i, f in enumerate(folds):
+        assert (len(f.train), len(f.val)) == (958, 479) and f.info["fold"] == {"index": i, "of": 3}
+        assert torch.equal(f.test.tensors[0], whole.test.tensors[0])  # no decision sees the test split
+        train = {tuple(x.flatten().tolist()) for x in f.train.tensors[0]}
+        assert not train & {tuple(x.flatten().tolist()) for x in f.val.tensors[0]}
+        counts = torch.bincount(f.val.tensors[1], minlength=10)
+        assert counts.min() >= 46 and counts.max() <= 50  # stratified: ~48 of each digit
+    again = load_splits(DataSpec(source="digits", fold=Fold(index=1, of=3)))
+    assert torch.equal(again.val.tensors[0], folds[1].val.tensors[0])
+    np.savez(tmp_path / "a.npz", x=np.random.default_rng(0).random((30, 4)).astype(np.float32), y=np.arange(30) % 2)
+    with pytest.raises(ConfigError, match="data.fold.of: 40 parts of 24 training and validation samples"):
+        load_splits(DataSpec(source="npz:a.npz", fold=Fold(index=0, of=40)), base_dir=tmp_path)
+
+
 def test_mnist1d_generated_locally_with_its_own_test_split():
     s = load_splits(DataSpec(source="mnist1d"))
     assert tuple(s.train.tensors[0].shape[1:]) == (1, 40)

@@ -46,6 +46,17 @@ def test_overrides_and_defaults(write):
     assert r.seed == 7 and r.stages[0].config.epochs == 5 and r.stages[0].config.batch_size == 64
 
 
+def test_set_changes_a_domain_named_by_path_as_it_would_an_inline_one(write):
+    path = _recipe(write, "domain: d.yaml\nstages:\n  - train: {epochs: 60, lr: 0.001}\n")
+    r = load_recipe(path, ["domain.data.fold={index: 2, of: 3}", "domain.data.seed=4", "seed=7"])
+    assert r.seed == 7 and r.domain.data.seed == 4 and (r.domain.data.fold.index, r.domain.data.fold.of) == (2, 3)
+    assert r.domain.source == str(path.parent / "d.yaml") and load_recipe(path).domain.data.fold is None
+    with pytest.raises(ConfigError, match=r"d.yaml: data.fold: index must be below of \(3\)"):
+        load_recipe(path, ["domain.data.fold={index: 3, of: 3}"])
+    with pytest.raises(ConfigError, match=r"d.yaml: data.fold.of: must be >= 2"):
+        load_recipe(path, ["domain.data.fold={index: 0, of: 1}"])
+
+
 @pytest.mark.parametrize("body, message", [
     ("domain: d.yaml\nstages:\n  - train: {epochs: 0, lr: 0.001}\n",
      "r.yaml: stages[0].train.epochs: must be a positive integer"),

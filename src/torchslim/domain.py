@@ -18,19 +18,43 @@ TASKS = ("image-classification", "sequence-classification", "tabular-classificat
 MAX_SEED = 2**32 - 1  # what numpy and scikit-learn accept
 
 
+class Fold(StrictModel):
+    """One part of a k-fold cross-validation: the training and validation splits pooled and cut into ``of`` parts,
+    the ``index``-th (from 0) validates and the others train; the test split stays as it was."""
+
+    index: int = pydantic.Field(ge=0)
+    of: int = pydantic.Field(ge=2, le=100)
+
+    @pydantic.model_validator(mode="after")
+    def _index_below_count(self) -> "Fold":
+        if self.index >= self.of:
+            raise ValueError(f"index must be below of ({self.of}): the parts are numbered 0 to {self.of - 1}")
+        return self
+
+
 class DataSpec(StrictModel):
-    """Where the data comes from and how it is split (fractions of the whole set)."""
+    """Where the data comes from and how it is split (fractions of the whole set; ``fold``: validate on one part
+    of a cross-validation instead)."""
 
     source: str
     test_fraction: float = pydantic.Field(0.2, gt=0, lt=1)
     val_fraction: float = pydantic.Field(0.1, gt=0, lt=1)
     seed: int = pydantic.Field(0, ge=0, le=MAX_SEED)
+    fold: Optional[Fold] = None
 
     @pydantic.model_validator(mode="after")
     def _fractions_leave_training_data(self) -> "DataSpec":
         if self.test_fraction + self.val_fraction >= 0.9:
             raise ValueError("test_fraction + val_fraction must leave at least 10% for training")
         return self
+
+    @pydantic.model_serializer(mode="wrap")
+    def _fold_only_when_given(self, handler: Any) -> dict[str, Any]:
+        """A domain without a fold reads as it did before folds existed (its records and hashes unchanged)."""
+        out = handler(self)
+        if self.fold is None:
+            out.pop("fold", None)
+        return out
 
 
 class ModelSpec(StrictModel):
@@ -165,6 +189,9 @@ def _check_task(domain: Domain, prefix: str, source: str | None) -> None:
         raise ConfigError(field("data.source"), f"a sentence-embedding domain reads sentences: "
                                                 f"'text:FILE' (one sentence per line), got {brief(domain.data.source)}",
                           source)
+    if text and domain.data.fold is not None:
+        raise ConfigError(field("data.fold"), "a sentence-embedding domain has no validation split to cross-validate "
+                                              "(its metric compares with the fp32 model's embeddings)", source)
     if not text and domain.data.source.startswith("text:"):
         raise ConfigError(field("data.source"), f"text sources are for sentence-embedding domains, not "
                                                 f"{domain.task}", source)

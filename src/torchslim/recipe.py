@@ -69,7 +69,10 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
     data = read_yaml(path)
     if not isinstance(data, dict):
         raise ConfigError("", "a recipe must be a mapping with keys domain, seed, stages", source)
-    data = apply_overrides(data, list(overrides), source)
+    # ``--set domain.KEY=VALUE`` changes a domain the recipe names by path as it would an inline one
+    by_path = isinstance(data.get("domain"), str)
+    domain_sets = [o for o in overrides if by_path and o.partition("=")[0].startswith("domain.")]
+    data = apply_overrides(data, [o for o in overrides if o not in domain_sets], source)
     if not {"domain", "stages"} & set(data) and {"task", "data", "model"} & set(data):
         raise ConfigError("", "a domain (task, data, model), not a recipe: a recipe names its domain under "
                               "'domain:' and lists 'stages:' (`torchslim auto` searches a domain)", source)
@@ -93,7 +96,14 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
             raise ConfigError("domain", f"file not found: {named}", source)
         if problem:  # a directory, a device, a name too long: the recipe's key is where to fix it
             raise ConfigError("domain", f"{problem}: {named}", source)
-        domain = load_domain(data["domain"], base_dir=base)
+        if domain_sets:
+            named_data = read_yaml(named)
+            if not isinstance(named_data, dict):
+                raise ConfigError("", "a domain must be a mapping of keys", str(named))
+            changed = apply_overrides({"domain": named_data}, domain_sets, source)["domain"]
+            domain = load_domain(changed, base_dir=named.parent, source=str(named))
+        else:
+            domain = load_domain(data["domain"], base_dir=base)
     elif isinstance(data["domain"], dict):
         domain = load_domain(data["domain"], base_dir=base, source=source, prefix="domain")
     else:

@@ -1,5 +1,5 @@
 """Dataset sources (digits, mnist1d, npz, image folder) and seeded, stratified splits."""
 
-from torchslim.data._sources import SOURCES, Splits, load_splits
+from torchslim.data._sources import SOURCES, Splits, fold_splits, load_splits
 
-__all__ = ["SOURCES", "Splits", "load_splits"]
+__all__ = ["SOURCES", "Splits", "fold_splits", "load_splits"]

@@ -320,4 +320,31 @@ def load_splits(data: Any, *, base_dir: str | Path = ".", input_shape: tuple[int
             "val_fraction": data.val_fraction, "preprocessing": arrays.preprocessing,
             # False when a class has a single sample, which no stratified split can place in both parts
             "stratified": stratified and val_stratified}
-    return Splits(ds(x_train, y_train), ds(x_val, y_val), ds(x_test, y_test), num_classes, labels, info)
+    splits = Splits(ds(x_train, y_train), ds(x_val, y_val), ds(x_test, y_test), num_classes, labels, info)
+    return splits if data.fold is None else fold_splits(splits, data.fold.index, data.fold.of, data.seed)
+
+
+def fold_splits(splits: Splits, index: int, of: int, seed: int) -> Splits:
+    """The ``index``-th of ``of`` cross-validation parts of ``splits``: its training and validation samples pooled
+    and cut into ``of`` parts (seeded; stratified when every class has ``of`` samples or more), that part the
+    validation split and the others the training split; the test split as it was, so no decision ever sees it.
+
+    Raises:
+        ConfigError naming ``data.fold.of`` when there are fewer pooled samples than parts.
+    """
+    from sklearn.model_selection import KFold, StratifiedKFold
+
+    x = torch.cat([splits.train.tensors[0], splits.val.tensors[0]])
+    y = torch.cat([splits.train.tensors[1], splits.val.tensors[1]])
+    if of > len(y):
+        raise ConfigError("data.fold.of", f"{of} parts of {len(y)} training and validation samples: at most "
+                                          f"{len(y)}")
+    counts = np.bincount(y.numpy())
+    stratified = bool(counts[counts > 0].min() >= of)
+    cut = (StratifiedKFold if stratified else KFold)(n_splits=of, shuffle=True, random_state=seed)
+    train_idx, val_idx = list(cut.split(np.zeros(len(y)), y.numpy()))[index]
+    train_idx, val_idx = torch.from_numpy(train_idx), torch.from_numpy(val_idx)
+    info = {**splits.info, "train": len(train_idx), "val": len(val_idx), "fold": {"index": index, "of": of},
+            "stratified": splits.info.get("stratified", True) and stratified}
+    return Splits(TensorDataset(x[train_idx], y[train_idx]), TensorDataset(x[val_idx], y[val_idx]), splits.test,
+                  splits.num_classes, splits.labels, info)
