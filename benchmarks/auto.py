@@ -6,11 +6,13 @@
 1. ``recipes/digits/deep_compression.yaml`` (LeNet-300-100: train, distill into 0.3 width, prune 70 %, 4-bit k-means,
    distil after each) through ``torchslim run --threads 1``, timed.
 2. ``torchslim auto`` on ``domains/digits.yaml`` with ``max_size_bytes: 4000, max_metric_drop: 0.01`` for
-   ``--budget`` seconds (no candidate starts after it), one thread, the same baseline training as the hand recipe
+   ``--budget`` seconds (``--timeout``: candidates stop early enough to cross-validate the best within it), one
+   thread, the same baseline training as the hand recipe
    (60 epochs; with ``--seed 0``, the hand recipe's seed, the same baseline weights; another seed trains another
    baseline, and each drop is measured from its own).
 
-Prints bytes, test accuracy drop and wall time of each, side by side. Goal: auto's best is at least as small as the
+Prints bytes, test accuracy drop and wall time of each, side by side, and how auto's best fared on
+cross-validation. Goal: auto's best is at least as small as the
 hand recipe's artifact at no larger drop, within 10 minutes on a 2-core machine.
 """
 
@@ -96,6 +98,11 @@ def main() -> None:
           f"margin: {best['within_margin']}, by its losses alone: {best['within_losses']}; of "
           f"{len(feasible)} feasible candidates, {sum(r['within_margin'] == 'True' for r in feasible)} are within "
           f"the margin, {sum(r['within_losses'] == 'True' for r in feasible)} by their losses alone")
+    checked = [r for r in rows if r["cv_holds"]]
+    print("auto's best on cross-validation: " + (f"drop {100 * float(best['cv_drop']):.2f} points, bound "
+                                                   f"{100 * float(best['cv_bound']):.2f}, holds: {best['cv_holds']}"
+                                                   if best["cv_holds"] else "not cross-validated")
+          + f"; {len(checked)} candidates judged, {sum(r['cv_holds'] == 'False' for r in checked)} did not hold")
     goal = int(best["size_bytes"]) <= hand["size_bytes"] and auto_drop <= hand_drop + 1e-12 and auto_wall <= 600
     print(f"goal (auto at most the hand recipe's bytes at no larger drop, within 10 minutes): "
           f"{'met' if goal else 'NOT met'}")

@@ -392,7 +392,9 @@ def verify(artifact: Path, key: Path) -> None:
 @click.option("--trials", type=int, default=20, show_default=True,
               help="Candidates (finished, stopped early or repeated) the study ends with; the same command resumes a "
                    "stopped search.")
-@click.option("--timeout", type=float, default=None, help="Seconds after which no new candidate is started.")
+@click.option("--timeout", type=float, default=None,
+              help="Seconds after which no new candidate or cross-validation is started; candidates stop early "
+                   "enough to leave time for cross-validating the best (--folds).")
 @click.option("--storage", default=None, help="Optuna RDB URL (default: sqlite:///OUT/study.db); "
                                               "postgresql://… lets processes on several machines share the study.")
 @click.option("--study", "study_name", default=None, help="Study name (default: auto-DOMAINNAME).")
@@ -415,10 +417,14 @@ def verify(artifact: Path, key: Path) -> None:
                    "to be preferred (and what the sampler is told); first preferred are those whose losses alone "
                    "(no gains counted) clear it so. Feasibility itself is the measured drop, as run reports it; "
                    "0: no preference.")
+@click.option("--folds", type=int, default=3, show_default=True,
+              help="Before the search trusts the best candidate's drop, its recipe runs again on this many "
+                   "cross-validation folds of the training and validation data; when the drop does not hold there, "
+                   "the next candidate is tried. --timeout keeps time for it. 0: no cross-validation.")
 @_quiet_option
 def auto(domain_path: Path, out: Path, trials: int, timeout: float | None, storage: str | None,
          study_name: str | None, objective: str, threads: int, seed: int, baseline_epochs: int, max_epochs: int,
-         drop_margin: float, lr: float, quiet: bool) -> None:
+         drop_margin: float, lr: float, folds: int, quiet: bool) -> None:
     """Search pruning, quantization and distillation of DOMAIN's model for its constraints.
 
     After every finished candidate, OUT/best (the best feasible artifact, else the closest), best_recipe.yaml,
@@ -449,7 +455,7 @@ def auto(domain_path: Path, out: Path, trials: int, timeout: float | None, stora
     os.environ["TQDM_DISABLE"] = "1"  # one progress line per candidate, not one bar per epoch
     domain = load_domain(domain_path)
     search = AutoSearch(domain, out, trials=trials, timeout=timeout, storage=storage, study_name=study_name,
-                        objective=objective, threads=threads, seed=seed,
+                        objective=objective, threads=threads, seed=seed, folds=folds,
                         settings=SearchSettings(baseline_epochs=baseline_epochs, max_epochs=max_epochs,
                                                 drop_margin=drop_margin, lr=lr),
                         log=_silent if quiet else (lambda m: click.echo(m, err=True)))

@@ -218,3 +218,32 @@ def test_a_search_stopped_by_ctrl_c_runs_the_interrupted_candidate_again(tmp_pat
         f"failed: interrupted (stopped by Ctrl-C); its candidate runs again as trial {rerun.number}")
     again = _auto("domain.yaml", "--out", "out", "--trials", "2", *FAST, cwd=tmp_path)  # rerun once, not again
     assert "interrupted" not in again.stderr and _completed(tmp_path / "out") == 2
+
+
+@pytest.mark.slow
+def test_the_best_is_cross_validated_on_folds_a_run_reproduces(tmp_path):
+    import optuna
+
+    (tmp_path / "domain.yaml").write_text(DOMAIN.replace("max_size_bytes: 50, max_metric_drop: 0.5",
+                                                         "max_size_bytes: 400000, max_metric_drop: 0.5"))
+    proc = _auto("domain.yaml", "--out", "out", "--trials", "2", "--folds", "2", *FAST, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    out = tmp_path / "out"
+    best = int(next(line for line in proc.stdout.splitlines() if line.startswith("best: ")).split()[2])
+    said = [line for line in proc.stderr.splitlines() if line.startswith("cross-validation: ")]
+    assert said and said[-1].startswith(f"cross-validation: trial {best} (") and ": holds |" in said[-1]
+    study = optuna.load_study(study_name="auto-digits-auto", storage=f"sqlite:///{out / 'study.db'}")
+    cv = study.user_attrs[f"cv:{best}"]
+    assert cv["met"] and cv["folds"] == 2 and cv["samples"] == 1437  # every training and validation digit once
+    row = next(r for r in csv.DictReader(open(out / "trials.csv")) if int(r["number"]) == best)
+    assert row["cv_holds"] == "True" and float(row["cv_drop"]) == pytest.approx(cv["drop"])
+    fold = json.loads((out / "trials" / str(best) / "folds" / "1" / "metrics.json").read_text())
+    assert fold["data"]["fold"] == {"index": 1, "of": 2} and fold["data"]["val"] in (718, 719)
+    # the fold's run is the candidate's recipe with the fold set: torchslim run reproduces its artifact
+    again = invoke("run", out / "trials" / str(best) / "recipe.yaml", "--set", "domain.data.fold={index: 1, of: 2}",
+                   "--out", "again", "--threads", "1", "--quiet", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert json.loads((tmp_path / "again" / "metrics.json").read_text())["artifact_sha256"] == fold["artifact_sha256"]
+    # the same command again: the study keeps the verdict, nothing is cross-validated twice
+    proc = _auto("domain.yaml", "--out", "out", "--trials", "2", "--folds", "2", *FAST, cwd=tmp_path)
+    assert proc.returncode == 0 and "cross-validation: trial" not in proc.stderr

@@ -26,6 +26,7 @@ from torchslim.search.outputs import recipe_yaml
 BASELINE_DIR = "baseline"
 CHECKPOINT = "checkpoint"  # the runner's work folder after the shared stages
 IDENTITY = "identity.json"
+SECONDS = "seconds"  # how long the stages took: what a search plans its cross-validation's time by
 
 
 def baseline_identity(domain: Domain, recipe: dict[str, Any], threads: int, count: int = 1) -> dict[str, Any]:
@@ -51,10 +52,11 @@ def find_baseline(folder: Path, identity: dict[str, Any]) -> bool:
 
 
 def train_baseline(recipe: dict[str, Any], folder: Path, identity: dict[str, Any], threads: int, count: int = 1,
-                   start: Optional[Path] = None) -> None:
+                   start: Optional[Path] = None, overrides: tuple[str, ...] = ()) -> None:
     """Run ``recipe``'s first ``count`` stages as the runner would (from the checkpoint ``start`` of fewer of them,
-    when given) and publish the checkpoint in ``folder``, atomically: the folder is built beside it and renamed
-    into place (a reader sees no checkpoint or a whole one). The caller holds the output folder's lock."""
+    when given; with ``--set`` ``overrides``) and publish the checkpoint in ``folder``, atomically: the folder is
+    built beside it and renamed into place (a reader sees no checkpoint or a whole one). The caller holds the
+    output folder's lock."""
     from torchslim.recipe import load_recipe
     from torchslim.runner import checkpoint_stages
 
@@ -65,8 +67,10 @@ def train_baseline(recipe: dict[str, Any], folder: Path, identity: dict[str, Any
     try:
         first = {**recipe, "stages": recipe["stages"][:count]}
         (staging / "recipe.yaml").write_text(recipe_yaml(first))
-        checkpoint_stages(load_recipe(staging / "recipe.yaml"), staging / CHECKPOINT, count, start=start,
+        begin = time.monotonic()
+        checkpoint_stages(load_recipe(staging / "recipe.yaml", overrides), staging / CHECKPOINT, count, start=start,
                           threads=threads)
+        (staging / SECONDS).write_text(f"{time.monotonic() - begin:.3f}\n")
         (staging / IDENTITY).write_text(json.dumps(identity, indent=1, sort_keys=True))
         shutil.rmtree(folder, ignore_errors=True)  # an unfinished or foreign folder under this key
         os.replace(staging, folder)
@@ -77,7 +81,7 @@ def train_baseline(recipe: dict[str, Any], folder: Path, identity: dict[str, Any
 
 def ensure_baseline(domain: Domain, recipe: dict[str, Any], out: Path, threads: int, lock: Callable[[], Any],
                     log: Callable[[str], None], count: int = 1, start: Optional[Path] = None,
-                    label: str = "baseline") -> Path:
+                    label: str = "baseline", overrides: tuple[str, ...] = ()) -> Path:
     """The checkpoint folder after ``recipe``'s first ``count`` stages that a candidate resumes from: found in
     ``out``, else made there (``lock()``: the context manager that makes this process the only writer of ``out``;
     a second process waits for the first's checkpoint instead of making its own).
@@ -85,6 +89,8 @@ def ensure_baseline(domain: Domain, recipe: dict[str, Any], out: Path, threads: 
     Args:
         start: a checkpoint after fewer of the first stages to continue from (the baseline's, for a student).
         label: what the log lines call it.
+        overrides: ``--set`` strings the recipe runs with (a cross-validation fold); ``domain`` is the domain they
+            make, whose definition the checkpoint's key hashes.
     """
     identity = baseline_identity(domain, recipe, threads, count)
     folder = baseline_folder(out, identity)
@@ -92,13 +98,21 @@ def ensure_baseline(domain: Domain, recipe: dict[str, Any], out: Path, threads: 
         with lock():
             if not find_baseline(folder, identity):
                 begin = time.monotonic()
-                train_baseline(recipe, folder, identity, threads, count, start)
-                log(f"{label}: ready in {time.monotonic() - begin:.0f}s in {folder}; every candidate "
-                    f"{'' if count == 1 else 'with it '}starts from it")
+                train_baseline(recipe, folder, identity, threads, count, start, overrides)
+                log(f"{label}: ready in {time.monotonic() - begin:.0f}s in {folder}" + (
+                    "" if overrides else f"; every candidate {'' if count == 1 else 'with it '}starts from it"))
                 return folder / CHECKPOINT
-    if count == 1:
+    if count == 1 and not overrides:
         log(f"{label}: ready from earlier, in {folder}; every candidate starts from it")
     return folder / CHECKPOINT
+
+
+def shared_seconds(checkpoint: Path) -> Optional[float]:
+    """How long the stages of a shared checkpoint (``.../KEY/checkpoint``) took to run, when recorded."""
+    try:
+        return float((checkpoint.parent / SECONDS).read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def start_from_baseline(checkpoint: Path, run_folder: Path) -> None:
@@ -110,4 +124,5 @@ def start_from_baseline(checkpoint: Path, run_folder: Path) -> None:
     shutil.copytree(checkpoint, work)
 
 
-__all__ = ["baseline_identity", "ensure_baseline", "find_baseline", "start_from_baseline", "train_baseline"]
+__all__ = ["baseline_identity", "ensure_baseline", "find_baseline", "shared_seconds", "start_from_baseline",
+           "train_baseline"]

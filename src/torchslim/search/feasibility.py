@@ -81,6 +81,16 @@ def is_within_losses(record: dict[str, Any]) -> bool:
             and all(c["met"] for c in record["loss_constraints"].values()))
 
 
+def is_confirmed(record: dict[str, Any]) -> bool:
+    """Cross-validated (``search.crossval``) with its drop within the limits."""
+    return bool(record.get("cv", {}).get("met"))
+
+
+def is_refuted(record: dict[str, Any]) -> bool:
+    """Cross-validated with its drop past a limit."""
+    return "cv" in record and not record["cv"]["met"]
+
+
 def unconfirmed_line(best: dict[str, Any], val_samples: int | None = None, best_dir: str = "DIR/best") -> str | None:
     """What to tell the user when ``best`` meets the metric's constraints as measured on the validation split but
     not with the drop's margin (no finished candidate did): the split cannot tell its drop from one past the
@@ -109,11 +119,24 @@ def _objective_key(record: dict[str, Any], objective: str) -> tuple[float, ...]:
     raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
 
 
+def preference_tiers(records: Iterable[dict[str, Any]], objective: str = "size") -> list[list[dict[str, Any]]]:
+    """The feasible records in the search's tiers of preference: those within the limit by their losses alone
+    (:func:`is_within_losses`), the others within it by the margin (:func:`is_within_margin`), the rest; each
+    tier best first for ``objective`` (ties: the other two objectives, then the earlier trial)."""
+    tiers: list[list[dict[str, Any]]] = [[], [], []]
+    for r in records:
+        if is_feasible(r):
+            tiers[0 if is_within_losses(r) else 1 if is_within_margin(r) else 2].append(r)
+    return [sorted(tier, key=lambda r: (*_objective_key(r, objective), r["number"])) for tier in tiers]
+
+
 def choose_best(records: Iterable[dict[str, Any]], objective: str = "size") -> dict[str, Any] | None:
     """The best record for ``objective`` (ties: the other two objectives, then the earlier trial) among the
-    feasible ones whose losses alone are within the limit by their margin (:func:`is_within_losses`); when none
-    is, among those whose drop is within it by the margin (:func:`is_within_margin`); then among the feasible
-    ones; when none is feasible, the closest: the smallest summed relative violation (ties as before).
+    feasible ones whose drop held on cross-validation (:func:`is_confirmed`); when none did, among the feasible
+    ones whose losses alone are within the limit by their margin (:func:`is_within_losses`); then among those
+    whose drop is within it by the margin (:func:`is_within_margin`); then among the feasible ones; in each, one
+    whose drop did not hold on cross-validation (:func:`is_refuted`) comes only after every other feasible one;
+    when none is feasible, the closest: the smallest summed relative violation (ties as before).
 
     Preferring the candidates within the margin keeps the search from choosing, among many, the one a small
     validation split flatters most, and counting losses alone keeps it from choosing the one whose lucky gains
@@ -122,16 +145,18 @@ def choose_best(records: Iterable[dict[str, Any]], objective: str = "size") -> d
 
     Args:
         records: one per finished candidate, with ``number``, ``value``, ``size_bytes``, ``speedup_batch_64``,
-            ``violations`` (see :func:`violations`) and optionally ``margin_violations`` and
-            ``loss_constraints``.
+            ``violations`` (see :func:`violations`) and optionally ``margin_violations``,
+            ``loss_constraints`` and ``cv``.
     Returns:
         the chosen record, or None when there are no records.
     """
     records = list(records)
-    for tier in (is_within_losses, is_within_margin, is_feasible):
-        chosen = [r for r in records if tier(r)]
+    confirmed = sorted((r for r in records if is_feasible(r) and is_confirmed(r)),
+                       key=lambda r: (*_objective_key(r, objective), r["number"]))
+    tiers = preference_tiers(records, objective)
+    for chosen in (confirmed, *([r for r in tier if not is_refuted(r)] for tier in tiers), *tiers):
         if chosen:
-            return min(chosen, key=lambda r: (*_objective_key(r, objective), r["number"]))
+            return chosen[0]
     if not records:
         return None
     return min(records, key=lambda r: (math.fsum(r["violations"].values()), *_objective_key(r, objective),

@@ -13,12 +13,13 @@ import yaml
 
 from torchslim.artifact import fresh_dir, write_bytes_atomic
 from torchslim.artifact._atomic import replace_dir
-from torchslim.search.feasibility import is_feasible, is_within_losses, is_within_margin
+from torchslim.search.feasibility import is_confirmed, is_feasible, is_refuted, is_within_losses, is_within_margin
 
 CSV_COLUMNS = ("number", "state", "feasible", "within_margin", "within_losses", "candidate", "val_value",
                "baseline_val_value", "value", "baseline_value", "size_bytes", "compression_ratio", "speedup_batch_1",
                "speedup_batch_64", "latency_ms_batch_1", "latency_ms_batch_64", "val_drop_stderr", "val_losses",
-               "val_gains", "train_losses", "train_samples", "violation", "failed_constraints", "note")
+               "val_gains", "train_losses", "train_samples", "cv_drop", "cv_bound", "cv_holds", "violation",
+               "failed_constraints", "note")
 
 
 def copy_artifact(src: Path, dst: Path) -> None:
@@ -92,6 +93,8 @@ def csv_row(number: int, state: str, record: dict[str, Any] | None, stopped: dic
                    latency_ms_batch_64=record["latency_ms"]["batch_64"],
                    violation=sum(record["violations"].values()),
                    failed_constraints=" ".join(k for k, v in record["violations"].items() if v > 0))
+        if "cv" in record:  # cross-validated (search.crossval)
+            row.update(cv_drop=record["cv"]["drop"], cv_bound=record["cv"]["bound"], cv_holds=record["cv"]["met"])
         if record.get("busy"):
             row.update(note="timed on a busy machine or unsteadily: its latencies may be far off")
     return row
@@ -99,8 +102,12 @@ def csv_row(number: int, state: str, record: dict[str, Any] | None, stopped: dic
 
 def short_of_preference(record: dict[str, Any]) -> str:
     """Which of the search's preferences a feasible candidate misses (see ``feasibility.choose_best``): "" for
-    none, ``within the margin, not by its losses``, ``not by the margin``."""
-    if is_within_losses(record) or (is_within_margin(record) and "loss_constraints" not in record):
+    none, ``its drop did not hold on cross-validation``, ``within the margin, not by its losses``, ``not by the
+    margin``."""
+    if is_refuted(record):
+        return "its drop did not hold on cross-validation"
+    if is_confirmed(record) or is_within_losses(record) or (is_within_margin(record)
+                                                           and "loss_constraints" not in record):
         return ""
     return "within the margin, not by its losses" if is_within_margin(record) else "not by the margin"
 
@@ -151,7 +158,7 @@ def front_lines(records: list[dict[str, Any]], best: dict[str, Any], objective: 
         lines.append(f"  ... and {len(front) - most} more in trials.csv")
     if all(r["number"] != best["number"] for r in front):
         lines.append(f"  best, trial {best['number']}, is not on it: the candidates that beat it are feasible as "
-                     f"measured but short of the search's preference (see --drop-margin)")
+                     f"measured but short of the search's preference (see --drop-margin, --folds)")
     return lines
 
 

@@ -23,10 +23,11 @@ from torchslim.artifact import write_bytes_atomic
 from torchslim.artifact._atomic import process_alive
 from torchslim.domain import Domain
 from torchslim.evaluate import speedup, timing_caveat
-from torchslim.search.baseline import ensure_baseline, start_from_baseline
+from torchslim.search.baseline import ensure_baseline, shared_seconds, start_from_baseline
+from torchslim.search.crossval import CV_ATTR, cv_text, cv_warning, fold_override, judge
 from torchslim.search.feasibility import (OBJECTIVES, choose_best, infeasible_line, is_feasible,
-                                          metric_violations, sampler_violations, stop_floor, unconfirmed_line,
-                                          violations)
+                                          metric_violations, preference_tiers, sampler_violations, stop_floor,
+                                          unconfirmed_line, violations)
 from torchslim.search.noise import (correct_per_sample, counts_stderr, losses_bound, on_losses, paired_counts,
                                    training_sample, with_margin)
 from torchslim.search.outputs import (csv_row, recipe_yaml, short_of_preference, stopped_text, trials_csv,
@@ -41,6 +42,7 @@ DIRECTIONS = ("maximize", "minimize", "maximize")
 
 
 STUDY_MARKER = "study.json"  # which study an output folder's trials belong to
+CV_PLANNED = 5  # candidates whose cross-validation a timed search keeps time for
 INTERRUPTED = "interrupted"  # a trial's user attribute: why its candidate did not finish (it runs again)
 
 
@@ -147,10 +149,16 @@ def _failure(reruns: dict[int, int], t: Any) -> Optional[str]:
                                        else f"its candidate runs again as trial {rerun}")
 
 
+def _compression(params: dict[str, Any]) -> str:
+    """A candidate's parameters but its fine-tuning budget: how it compresses the model."""
+    return json.dumps({k: v for k, v in params.items() if k != "epochs"}, sort_keys=True)
+
+
 @contextmanager
-def _locked(out: Path) -> Iterator[None]:
-    """One writer of the outputs at a time among the processes sharing ``out``."""
-    with open(out / ".auto.lock", "a+") as f:
+def _locked(out: Path, name: str = ".auto.lock") -> Iterator[None]:
+    """One writer of the outputs at a time among the processes sharing ``out`` (of a folder in it, with another
+    lock file ``name``)."""
+    with open(out / name, "a+") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield
@@ -178,7 +186,10 @@ class AutoSearch:
             ``report.html``; and ``study.db`` with the default storage).
         trials: the study ends when it holds this many finished candidates (the same command resumes a stopped
             search and ends with the same count).
-        timeout: seconds after which this process starts no new candidate (None: no limit).
+        timeout: seconds after which this process starts no new candidate or cross-validation (None: no limit);
+            candidates stop early enough to leave time for cross-validating the best.
+        folds: the best candidate's recipe is run again on this many cross-validation folds of the training and
+            validation samples before the search trusts its drop (``search.crossval``); 0: never.
     """
 
     domain: Domain
@@ -190,6 +201,7 @@ class AutoSearch:
     objective: str = "size"
     threads: int = 1
     seed: int = 0
+    folds: int = 3
     settings: SearchSettings = SearchSettings()
     log: Callable[[str], None] = lambda _m: None
     baseline: Optional[Path] = None  # the trained baseline's checkpoint every candidate resumes from (set by run)
@@ -197,6 +209,8 @@ class AutoSearch:
     _baseline_correct: Any = dataclasses.field(default=None, init=False, repr=False)  # split → (N,) bool
     _val: Any = dataclasses.field(default=None, init=False, repr=False)  # the validation split
     _train: Any = dataclasses.field(default=None, init=False, repr=False)  # training inputs the losses count on
+    _splits: Any = dataclasses.field(default=None, init=False, repr=False)  # the standard splits (folds are cut from)
+    _fold_correct: dict[int, Any] = dataclasses.field(default_factory=dict, init=False, repr=False)  # fold → (N,)
     _any_finished: bool = dataclasses.field(default=False, init=False, repr=False)  # some candidate has finished
     _num_classes: int = dataclasses.field(default=0, init=False, repr=False)
     _data_warnings: list[str] = dataclasses.field(default_factory=list, init=False, repr=False)  # from check()
@@ -210,6 +224,9 @@ class AutoSearch:
             raise ConfigError("--objective", f"must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
         if self.threads < 1:
             raise ConfigError("--threads", f"must be a positive integer, got {self.threads!r}")
+        if isinstance(self.folds, bool) or not isinstance(self.folds, int) or self.folds < 0 or self.folds == 1 \
+                or self.folds > 20:
+            raise ConfigError("--folds", f"must be 0 (no cross-validation) or 2 to 20, got {self.folds!r}")
         check_domain(self.domain)
         if self.storage is not None:
             check_storage_url(self.storage)
@@ -231,7 +248,7 @@ class AutoSearch:
         for warning in self._data_warnings:
             self.log(f"warning: {warning}")
         self.settings = settings_for_data(self.settings, tuple(ctx.splits.input_shape))
-        self._val, self._num_classes = ctx.splits.val, ctx.splits.num_classes
+        self._val, self._num_classes, self._splits = ctx.splits.val, ctx.splits.num_classes, ctx.splits
         self._train = training_sample(ctx.splits.train)
 
     def _check_out_holds_this_study(self) -> None:
@@ -391,26 +408,110 @@ class AutoSearch:
         and on up to :data:`search.noise.TRAIN_SAMPLES` training inputs (see :func:`search.noise.paired_counts`),
         each run where the run measured it (the baseline in torch, the artifact in the domain's runtime); empty for
         a metric that is not a per-sample hit rate."""
+        if not self._per_sample():
+            return {}
+        splits = {"val": self._val, "train": self._train}
+        if self._baseline_correct is None:
+            self._baseline_correct = self._answers(self.ensure_baseline() / "current", splits, runtime=False)
+        candidate = self._answers(artifact, splits, runtime=True)
+        return {k: (*paired_counts(self._baseline_correct[k], candidate[k]), len(candidate[k])) for k in splits}
+
+    def _per_sample(self) -> bool:
+        """Whether the metric is a per-sample hit rate, whose losses and gains can be counted (after check())."""
+        return self.domain.metric in ("accuracy", "top5") and self._val is not None
+
+    def _answers(self, artifact: Path, data: dict[str, Any], runtime: bool) -> dict[str, torch.Tensor]:
+        """Whether the model saved in ``artifact`` gets each sample of each dataset right: run in the domain's
+        runtime (a candidate, as its run measured it), else in torch (a baseline)."""
         from torchslim.artifact import load_artifact
         from torchslim.export.measure import runtime_predict
 
-        if self.domain.metric not in ("accuracy", "top5") or self._val is None:
-            return {}
-        splits = {"val": self._val, "train": self._train}
         before = torch.get_num_threads()
         torch.set_num_threads(self.threads)
         try:
-            if self._baseline_correct is None:
-                baseline, _ = load_artifact(self.ensure_baseline() / "current", trust_code=True,
-                                            code_dir=self.domain.base_dir)
-                self._baseline_correct = {k: correct_per_sample(baseline, data, self.domain.metric)
-                                          for k, data in splits.items()}
             model, manifest = load_artifact(artifact, trust_code=True, code_dir=self.domain.base_dir)
-            predict = runtime_predict(model, manifest, self.domain.runtime)
-            candidate = {k: correct_per_sample(predict, data, self.domain.metric) for k, data in splits.items()}
+            predict = runtime_predict(model, manifest, self.domain.runtime) if runtime else model
+            return {k: correct_per_sample(predict, d, self.domain.metric) for k, d in data.items()}
         finally:
             torch.set_num_threads(before)
-        return {k: (*paired_counts(self._baseline_correct[k], candidate[k]), len(candidate[k])) for k in splits}
+
+    def cross_validate(self, study: Any, record: dict[str, Any]) -> dict[str, Any]:
+        """Run ``record``'s recipe on each of the :attr:`folds` cross-validation folds (a baseline trained per fold,
+        shared as the search's own is) and judge its drop summed over them (``search.crossval.judge``); kept in the
+        study, so that another process, or this search resumed, does not run it again. A fold's run lives in
+        ``trials/N/folds/I/`` (``torchslim run trials/N/recipe.yaml --set 'domain.data.fold={index: I, of: K}'``
+        reproduces it)."""
+        from torchslim.data import fold_splits
+        from torchslim.recipe import load_recipe
+        from torchslim.runner import run_recipe
+
+        number = record["number"]
+        folder = self.out / "trials" / str(number)
+        with _locked(folder, ".cv.lock"):  # a second process waits for the first's figures
+            done = study.user_attrs.get(f"{CV_ATTR}{number}")
+            if done is not None:
+                return done
+            counts = []
+            for index in range(self.folds):
+                run = folder / "folds" / str(index)
+                if not (run / "metrics.json").is_file():  # else finished before an interruption: the same result
+                    start_from_baseline(self.ensure_shared(record["params"], index), run)
+                    run_recipe(load_recipe(folder / "recipe.yaml", self._fold(index)[1]), run, resume=True,
+                               threads=self.threads, log=lambda _m: None)
+                data = {"val": fold_splits(self._splits, index, self.folds, self.domain.data.seed).val}
+                if index not in self._fold_correct:
+                    self._fold_correct[index] = self._answers(self.ensure_baseline(index) / "current", data,
+                                                              runtime=False)["val"]
+                candidate = self._answers(run / "artifact", data, runtime=True)["val"]
+                counts.append((*paired_counts(self._fold_correct[index], candidate), len(candidate)))
+            result = judge(counts, self.settings.drop_margin, record["val_constraints"], record["baseline_val_value"])
+            study.set_user_attr(f"{CV_ATTR}{number}", result)
+        return result
+
+    def _can_cross_validate(self, record: dict[str, Any]) -> bool:
+        return self.folds > 0 and self._per_sample() and "val_constraints" in record and is_feasible(record)
+
+    def _cv_seconds(self, record: dict[str, Any], candidates: int = 1) -> float:
+        """About how long cross-validating ``candidates`` candidates like ``record`` takes: on each fold, its
+        shared stages (baseline, student) where that fold has not run them yet, and the rest of its recipe once
+        per candidate (each as long as on the standard split, whose training set is larger)."""
+        chain = 0.0
+        for fold in range(self.folds):
+            if not self._shared_ready(record["params"], fold):
+                chain += sum(shared_seconds(p) or 0.0 for p in self._shared_chain(record["params"]))
+        return chain + candidates * self.folds * record.get("seconds", 0.0)
+
+    def _cross_validate_best(self, study: Any, deadline: Optional[float]) -> int:
+        """Cross-validate candidates in the search's order of preference (``feasibility.preference_tiers``) until
+        one's drop holds, or ``deadline`` (``time.monotonic()``) would pass. A candidate that compresses the model
+        as one that did not hold does (the same parameters but its fine-tuning budget) is judged as that one was,
+        without running: on digits, eight candidates of one width and pruning, fine-tuned for 14 to 19 epochs, held
+        none. Returns how many candidates did not hold."""
+        refuted = 0
+        for tier in preference_tiers(self._with_artifacts(study), self.objective):
+            failed: dict[str, int] = {}  # a compression that did not hold → the trial it did not hold in
+            for record in (r for r in tier if self._can_cross_validate(r)):
+                result = record.get("cv")
+                twin = failed.get(_compression(record["params"]))
+                if result is None and twin is not None:
+                    result = {**study.user_attrs[f"{CV_ATTR}{twin}"], "like": twin}
+                    study.set_user_attr(f"{CV_ATTR}{record['number']}", result)
+                elif result is None:
+                    if deadline is not None and time.monotonic() + self._cv_seconds(record) > deadline:
+                        self.log(f"cross-validation: no time left to run trial {record['number']} on {self.folds} "
+                                 f"folds (about {self._cv_seconds(record):.0f}s)")
+                        return refuted
+                    begin = time.monotonic()
+                    result = self.cross_validate(study, record)
+                    self.log(f"cross-validation: trial {record['number']} ({record['brief']}) {cv_text(result)}: "
+                             + ("holds" if result["met"] else f"{', '.join(result['failed'])} not met")
+                             + f" | {time.monotonic() - begin:.0f}s")
+                    self.write(study)
+                if result["met"]:
+                    return refuted
+                refuted += 1
+                failed.setdefault(_compression(record["params"]), record["number"])
+        return refuted
 
     def _same_candidate(self, trial: Any, params: dict[str, Any]) -> Any:
         """An ended trial of the study with exactly these parameters, if any: its recipe and seed are this
@@ -463,31 +564,75 @@ class AutoSearch:
 
         return check
 
-    def ensure_shared(self, params: dict[str, Any]) -> Path:
+    def _fold(self, fold: Optional[int]) -> tuple[Domain, tuple[str, ...]]:
+        """The domain a cross-validation fold's runs see, and the ``--set`` that makes a recipe run on it; for
+        None, the search's own."""
+        if fold is None:
+            return self.domain, ()
+        from torchslim.domain import Fold
+
+        data = self.domain.data.model_copy(update={"fold": Fold(index=fold, of=self.folds)})
+        return self.domain.model_copy(update={"data": data}), (fold_override(fold, self.folds),)
+
+    def _shared_recipe(self, params: dict[str, Any]) -> tuple[dict[str, Any], int]:
+        """A recipe whose first stages are those ``params``' candidate shares with others, and how many."""
+        return (recipe_from_params({**params, "epochs": 1}, self.domain, domain_ref(self.domain), self.settings,
+                                   self.seed), shared_stages(params))
+
+    def _shared_chain(self, params: dict[str, Any]) -> list[Path]:
+        """The search's own shared checkpoints the candidate resumes from: the baseline's, and a student's."""
+        return [self.ensure_baseline()] + ([self.ensure_shared(params)] if shared_stages(params) > 1 else [])
+
+    def _shared_ready(self, params: dict[str, Any], fold: Optional[int]) -> bool:
+        from torchslim.search.baseline import baseline_folder, baseline_identity, find_baseline
+
+        recipe, count = self._shared_recipe(params)
+        identity = baseline_identity(self._fold(fold)[0], recipe, self.threads, count)
+        return find_baseline(baseline_folder(self.out, identity), identity)
+
+    def ensure_shared(self, params: dict[str, Any], fold: Optional[int] = None) -> Path:
         """The checkpoint after the stages the candidate shares with others (see :func:`space.shared_stages`):
-        the baseline's, or a student's distilled once per width from it."""
-        baseline = self.ensure_baseline()
-        count = shared_stages(params)
+        the baseline's, or a student's distilled once per width from it; on a cross-validation ``fold``, that
+        fold's."""
+        baseline = self.ensure_baseline(fold)
+        recipe, count = self._shared_recipe(params)
         if count == 1:
             return baseline
-        recipe = recipe_from_params({**params, "epochs": 1}, self.domain, domain_ref(self.domain), self.settings,
-                                    self.seed)
-        return ensure_baseline(self.domain, recipe, self.out, self.threads, lambda: _locked(self.out), self.log,
-                               count=count, start=baseline, label=f"student w{params['width']:g}")
+        domain, overrides = self._fold(fold)
+        where = "" if fold is None else f"fold {fold + 1} of {self.folds}: "
+        return ensure_baseline(domain, recipe, self.out, self.threads, lambda: _locked(self.out), self.log,
+                               count=count, start=baseline, label=f"{where}student w{params['width']:g}",
+                               overrides=overrides)
 
-    def ensure_baseline(self) -> Path:
-        """The baseline, trained once for this search's domain, seed, training settings and thread count."""
-        if self.baseline is None:
-            first = recipe_from_params({"epochs": 1}, self.domain, domain_ref(self.domain), self.settings, self.seed)
-            self.baseline = ensure_baseline(self.domain, first, self.out, self.threads, lambda: _locked(self.out),
-                                            self.log)
-        return self.baseline
+    def ensure_baseline(self, fold: Optional[int] = None) -> Path:
+        """The baseline, trained once for this search's domain, seed, training settings and thread count (on a
+        cross-validation ``fold``, once for that fold)."""
+        if fold is None and self.baseline is not None:
+            return self.baseline
+        domain, overrides = self._fold(fold)
+        first = recipe_from_params({"epochs": 1}, self.domain, domain_ref(self.domain), self.settings, self.seed)
+        checkpoint = ensure_baseline(domain, first, self.out, self.threads, lambda: _locked(self.out), self.log,
+                                     label="baseline" if fold is None else f"fold {fold + 1} of {self.folds}: "
+                                                                           f"baseline", overrides=overrides)
+        if fold is None:
+            self.baseline = checkpoint
+        return checkpoint
 
     def finished(self, study: Any) -> list[dict[str, Any]]:
         from optuna.trial import TrialState
 
-        return [t.user_attrs["record"] for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                if "record" in t.user_attrs]
+        checked = study.user_attrs  # cross-validations (search.crossval), by trial number
+        return [{**t.user_attrs["record"], **({"cv": checked[f"{CV_ATTR}{t.number}"]}
+                                             if f"{CV_ATTR}{t.number}" in checked else {})}
+                for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if "record" in t.user_attrs]
+
+    def _with_artifacts(self, study: Any) -> list[dict[str, Any]]:
+        """The finished candidates whose artifacts are in this output folder (a process sharing the study but
+        not the folder keeps its own): those ``best`` is chosen from."""
+        return [r for r in self.finished(study) if self._has_artifact(r)]
+
+    def _has_artifact(self, record: dict[str, Any]) -> bool:
+        return (self.out / "trials" / str(record["number"]) / "artifact").is_dir()
 
     def write(self, study: Any) -> Optional[dict[str, Any]]:
         """Rewrite the outputs from every finished candidate of the study (all processes'), under a lock: the
@@ -498,11 +643,12 @@ class AutoSearch:
     def _write(self, study: Any) -> Optional[dict[str, Any]]:
         from optuna.trial import TrialState
 
-        records = [r for r in self.finished(study) if (self.out / "trials" / str(r["number"]) / "artifact").is_dir()]
+        finished = {r["number"]: r for r in self.finished(study)}
+        records = [r for r in finished.values() if self._has_artifact(r)]
         best = choose_best(records, self.objective)
         trials = study.get_trials(deepcopy=False)
         reruns = _reruns(trials)
-        rows = [csv_row(t.number, t.state.name, t.user_attrs.get("record"), t.user_attrs.get("stopped"),
+        rows = [csv_row(t.number, t.state.name, finished.get(t.number), t.user_attrs.get("stopped"),
                         _same_as(trials, t), _failure(reruns, t), t.user_attrs.get("brief"))
                 for t in trials if t.state != TrialState.WAITING]  # a queued rerun is not a candidate yet
         if best is None:  # no candidate finished (each was stopped or failed): only the table says why
@@ -544,12 +690,14 @@ class AutoSearch:
         study = self.open_study()
         start = time.monotonic()
         failures = 0
+        reserve = 0.0  # seconds kept at the end of --timeout for cross-validating the best
         while True:
             done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
             if done >= self.trials or failures >= self.trials:
                 break
-            if self.timeout is not None and time.monotonic() - start >= self.timeout:
-                self.log(f"timeout: {self.timeout:g}s passed; no new candidate is started")
+            if self.timeout is not None and time.monotonic() - start >= self.timeout - reserve:
+                kept = f", {reserve:.0f}s of it kept for cross-validation" if reserve else ""
+                self.log(f"timeout: {self.timeout:g}s{kept}; no new candidate is started")
                 break
             self.ensure_baseline()  # before the first candidate: a baseline that cannot be trained stops the search
             ended = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
@@ -560,6 +708,7 @@ class AutoSearch:
             if any(t.state == TrialState.FAIL for t in mine):
                 failures += 1
             best = self.write(study)
+            reserve = self._cv_reserve(best)
             for t in mine:
                 if "record" in t.user_attrs and best is not None:
                     self.log(self.progress(t.user_attrs["record"], best))
@@ -569,6 +718,7 @@ class AutoSearch:
                     brief = (_same_as(study.get_trials(deepcopy=False), t) or {}).get("brief", "")
                     self.log(f"trial {t.number}: {brief} | the same candidate as trial {t.user_attrs['same_as']}: "
                              "its result, not run again")
+        refuted = self._cross_validate_best(study, None if self.timeout is None else start + self.timeout)
         records = self.finished(study)
         best = self.write(study)
         feasible = best is not None and is_feasible(best)
@@ -577,7 +727,16 @@ class AutoSearch:
         if best is not None:
             unconfirmed = unconfirmed_line(best, None if self._val is None else len(self._val), str(self.out / "best"))
             warnings += [unconfirmed] if unconfirmed else []
+            cv = cv_warning(best, self.folds, refuted) if self._can_cross_validate(best) else None
+            warnings += [cv] if cv else []
         return SearchResult(best, records, feasible, line, len(records), warnings)
+
+    def _cv_reserve(self, best: Optional[dict[str, Any]]) -> float:
+        """Seconds to keep at the end of the timeout for cross-validating the best feasible candidate so far: a
+        few candidates' worth (the first may not hold), at most a third of the timeout."""
+        if self.timeout is None or best is None or "cv" in best or not self._can_cross_validate(best):
+            return 0.0
+        return min(self._cv_seconds(best, CV_PLANNED), self.timeout / 3)
 
     def _baseline_warnings(self, best: Optional[dict[str, Any]]) -> list[str]:
         """A baseline no better than chance makes every drop meaningless: say so, and what to change."""
