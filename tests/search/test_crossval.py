@@ -157,3 +157,21 @@ def test_cross_validation_starts_none_that_would_end_past_the_deadline(tmp_path)
     search.log = said.append
     assert search._cross_validate_best(_Study(), deadline=time.monotonic() + 20) == 0 and ran == []
     assert said == ["cross-validation: no time left to run trial 10 on 3 folds (about 30s)"]
+
+
+def test_cross_validation_judges_twins_across_tiers_and_stops_after_its_most(tmp_path, monkeypatch):
+    import torchslim.search.study as study_module
+
+    # 15 (not by its losses) compresses as 10 does: judged as 10 was though it is in the next tier
+    records = [_candidate(10, 2400, 14), _candidate(12, 3000, 20, width=0.25),
+               _candidate(15, 2300, 3, within_losses=False), _candidate(16, 2500, 3, width=0.7, within_losses=False)]
+    search, ran = _search(tmp_path, records, {10: False, 12: False, 15: True, 16: True})
+    study = _Study()
+    assert search._cross_validate_best(study, deadline=None) == 3 and ran == [10, 12, 16]
+    assert study.user_attrs["cv:15"]["like"] == 10
+    monkeypatch.setattr(study_module, "CV_MOST", 2)
+    search, ran = _search(tmp_path, records, {10: False, 12: False, 15: False, 16: True})
+    said = []
+    search.log = said.append
+    assert search._cross_validate_best(_Study(), deadline=None) == 3 and ran == [10, 12]
+    assert said[-1] == "cross-validation: 2 candidates did not hold; no more are tried"

@@ -43,6 +43,7 @@ DIRECTIONS = ("maximize", "minimize", "maximize")
 
 STUDY_MARKER = "study.json"  # which study an output folder's trials belong to
 CV_PLANNED = 5  # candidates whose cross-validation a timed search keeps time for
+CV_MOST = 10  # candidates a search process cross-validates at most (one that holds ends it)
 INTERRUPTED = "interrupted"  # a trial's user attribute: why its candidate did not finish (it runs again)
 
 
@@ -483,13 +484,13 @@ class AutoSearch:
 
     def _cross_validate_best(self, study: Any, deadline: Optional[float]) -> int:
         """Cross-validate candidates in the search's order of preference (``feasibility.preference_tiers``) until
-        one's drop holds, or ``deadline`` (``time.monotonic()``) would pass. A candidate that compresses the model
-        as one that did not hold does (the same parameters but its fine-tuning budget) is judged as that one was,
-        without running: on digits, eight candidates of one width and pruning, fine-tuned for 14 to 19 epochs, held
-        none. Returns how many candidates did not hold."""
-        refuted = 0
+        one's drop holds, :data:`CV_MOST` have run, or ``deadline`` (``time.monotonic()``) would pass. A candidate
+        that compresses the model as one that did not hold does (the same parameters but its fine-tuning budget) is
+        judged as that one was, without running: on digits, six candidates alike but for their fine-tuning (14 to
+        19 epochs) all did not hold. Returns how many candidates did not hold."""
+        refuted, ran = 0, 0
+        failed: dict[str, int] = {}  # a compression that did not hold → the trial it did not hold in
         for tier in preference_tiers(self._with_artifacts(study), self.objective):
-            failed: dict[str, int] = {}  # a compression that did not hold → the trial it did not hold in
             for record in (r for r in tier if self._can_cross_validate(r)):
                 result = record.get("cv")
                 twin = failed.get(_compression(record["params"]))
@@ -497,12 +498,16 @@ class AutoSearch:
                     result = {**study.user_attrs[f"{CV_ATTR}{twin}"], "like": twin}
                     study.set_user_attr(f"{CV_ATTR}{record['number']}", result)
                 elif result is None:
+                    if ran == CV_MOST:
+                        self.log(f"cross-validation: {ran} candidates did not hold; no more are tried")
+                        return refuted
                     if deadline is not None and time.monotonic() + self._cv_seconds(record) > deadline:
                         self.log(f"cross-validation: no time left to run trial {record['number']} on {self.folds} "
                                  f"folds (about {self._cv_seconds(record):.0f}s)")
                         return refuted
                     begin = time.monotonic()
                     result = self.cross_validate(study, record)
+                    ran += 1
                     self.log(f"cross-validation: trial {record['number']} ({record['brief']}) {cv_text(result)}: "
                              + ("holds" if result["met"] else f"{', '.join(result['failed'])} not met")
                              + f" | {time.monotonic() - begin:.0f}s")
