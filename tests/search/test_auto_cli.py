@@ -142,10 +142,13 @@ def test_another_study_in_the_same_folder_is_refused(search, tmp_path):
     ("", ["--timeout", "0"], "--timeout"),
     ("", ["--drop-margin", "-1"], "--drop-margin"),
     ("", ["--lr", "0"], "--lr"),
+    ("", ["--folds", "1"], "--folds"),
+    ("", ["--folds", "-2"], "--folds"),
+    ("data: {source: digits, fold: {index: 3, of: 3}}", [], "data.fold"),
 ])
 def test_bad_input_is_one_line_naming_the_field_and_writes_nothing(tmp_path, domain_patch, args, field):
-    text = DOMAIN if not domain_patch else DOMAIN.replace(
-        "constraints: {max_size_bytes: 50, max_metric_drop: 0.5}", domain_patch)
+    line = "data: {source" if domain_patch.startswith("data:") else "constraints: {max_size_bytes"
+    text = "\n".join(domain_patch if row.startswith(line) and domain_patch else row for row in DOMAIN.splitlines())
     (tmp_path / "domain.yaml").write_text(text)
     proc = _auto("domain.yaml", "--out", "out", *args, cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr

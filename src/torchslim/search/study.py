@@ -57,6 +57,9 @@ def check_domain(domain: Domain) -> None:
         raise ConfigError("constraints", "auto needs at least one constraint (max_size_bytes, max_latency_ms, "
                                          "max_metric_drop, min_metric, min_speedup, min_compression_ratio)",
                           domain.source)
+    if domain.data.fold is not None:  # the search cuts its own folds from the standard split (--folds)
+        raise ConfigError("data.fold", "auto searches on the domain's standard split and cross-validates its best "
+                                       "on folds of it itself (--folds): remove data.fold", domain.source)
     if domain.constraints.max_metric_drop == 0:  # nothing to rank by: every lost sample would weigh the same
         raise ConfigError("constraints.max_metric_drop", "must be positive for auto: a search needs a drop it may "
                                                          "spend (0 allows none; give the smallest you accept)",
