@@ -175,3 +175,18 @@ def test_cross_validation_judges_twins_across_tiers_and_stops_after_its_most(tmp
     search.log = said.append
     assert search._cross_validate_best(_Study(), deadline=None) == 3 and ran == [10, 12]
     assert said[-1] == "cross-validation: 2 candidates did not hold; no more are tried"
+
+
+def test_time_is_kept_for_the_first_candidate_cross_validation_would_try(tmp_path):
+    held, smaller, refuted = (_candidate(12, 3000, 20, width=0.25), _candidate(10, 2400, 14),
+                              _candidate(11, 2300, 5, width=0.7))
+    search, _ = _search(tmp_path, [], {}, seconds=30.0)
+    search.timeout = 540.0
+    held["cv"], refuted["cv"] = judge([(0, 0, 100)], 1.0, LIMITS, 0.96), judge([(5, 0, 100)], 1.0, LIMITS, 0.96)
+    # a smaller candidate found after one held: it is tried first, so time is kept for it
+    assert search._first_unchecked([held, smaller, refuted])["number"] == 10
+    assert search._cv_reserve([held, smaller, refuted]) == 30.0
+    # nothing before the one that held: no time is kept, candidates run to the timeout
+    assert search._first_unchecked([held, refuted]) is None and search._cv_reserve([held, refuted]) == 0.0
+    search.timeout = 60.0
+    assert search._cv_reserve([smaller]) == 20.0  # at most a third of the timeout

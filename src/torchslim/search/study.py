@@ -25,7 +25,7 @@ from torchslim.domain import Domain
 from torchslim.evaluate import speedup, timing_caveat
 from torchslim.search.baseline import ensure_baseline, shared_seconds, start_from_baseline
 from torchslim.search.crossval import CV_ATTR, cv_text, cv_warning, fold_override, judge
-from torchslim.search.feasibility import (OBJECTIVES, choose_best, infeasible_line, is_feasible,
+from torchslim.search.feasibility import (OBJECTIVES, choose_best, infeasible_line, is_feasible, is_refuted,
                                           metric_violations, preference_tiers, sampler_violations, stop_floor,
                                           unconfirmed_line, violations)
 from torchslim.search.noise import (correct_per_sample, counts_stderr, losses_bound, on_losses, paired_counts,
@@ -704,8 +704,12 @@ class AutoSearch:
             if done >= self.trials or failures >= self.trials:
                 break
             if self.timeout is not None and time.monotonic() - start >= self.timeout - reserve:
-                kept = f", {reserve:.0f}s of it kept for cross-validation" if reserve else ""
-                self.log(f"timeout: {self.timeout:g}s{kept}; no new candidate is started")
+                if reserve > 0:  # the time kept for cross-validation has come: candidates go on if it leaves some
+                    self._cross_validate_best(study, start + self.timeout)
+                    reserve = self._cv_reserve(self._with_artifacts(study))
+                    if time.monotonic() - start < self.timeout - reserve:
+                        continue
+                self.log(f"timeout: {self.timeout:g}s; no new candidate is started")
                 break
             self.ensure_baseline()  # before the first candidate: a baseline that cannot be trained stops the search
             ended = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
@@ -716,7 +720,7 @@ class AutoSearch:
             if any(t.state == TrialState.FAIL for t in mine):
                 failures += 1
             best = self.write(study)
-            reserve = self._cv_reserve(best)
+            reserve = self._cv_reserve(self._with_artifacts(study))
             for t in mine:
                 if "record" in t.user_attrs and best is not None:
                     self.log(self.progress(t.user_attrs["record"], best))
@@ -726,7 +730,7 @@ class AutoSearch:
                     brief = (_same_as(study.get_trials(deepcopy=False), t) or {}).get("brief", "")
                     self.log(f"trial {t.number}: {brief} | the same candidate as trial {t.user_attrs['same_as']}: "
                              "its result, not run again")
-        refuted = self._cross_validate_best(study, None if self.timeout is None else start + self.timeout)
+        self._cross_validate_best(study, None if self.timeout is None else start + self.timeout)
         records = self.finished(study)
         best = self.write(study)
         feasible = best is not None and is_feasible(best)
@@ -735,16 +739,30 @@ class AutoSearch:
         if best is not None:
             unconfirmed = unconfirmed_line(best, None if self._val is None else len(self._val), str(self.out / "best"))
             warnings += [unconfirmed] if unconfirmed else []
-            cv = cv_warning(best, self.folds, refuted) if self._can_cross_validate(best) else None
+            tried = sum(is_refuted(r) and "like" not in r["cv"] for r in records)
+            cv = cv_warning(best, self.folds, tried) if self._can_cross_validate(best) else None
             warnings += [cv] if cv else []
         return SearchResult(best, records, feasible, line, len(records), warnings)
 
-    def _cv_reserve(self, best: Optional[dict[str, Any]]) -> float:
-        """Seconds to keep at the end of the timeout for cross-validating the best feasible candidate so far: a
-        few candidates' worth (the first may not hold), at most a third of the timeout."""
-        if self.timeout is None or best is None or "cv" in best or not self._can_cross_validate(best):
+    def _cv_reserve(self, records: list[dict[str, Any]]) -> float:
+        """Seconds to keep at the end of the timeout for cross-validation: a few candidates' worth (the first may
+        not hold) like the first it would try, at most a third of the timeout; none when no candidate needs it."""
+        first = self._first_unchecked(records)
+        if self.timeout is None or first is None:
             return 0.0
-        return min(self._cv_seconds(best, CV_PLANNED), self.timeout / 3)
+        return min(self._cv_seconds(first, CV_PLANNED), self.timeout / 3)
+
+    def _first_unchecked(self, records: list[dict[str, Any]]) -> Optional[dict[str, Any]]:
+        """The candidate cross-validation would try first (see :meth:`_cross_validate_best`): in order of
+        preference, the first not yet cross-validated; None when one whose drop held comes before it, or none is
+        left."""
+        for tier in preference_tiers(records, self.objective):
+            for record in (r for r in tier if self._can_cross_validate(r)):
+                if "cv" not in record:
+                    return record
+                if record["cv"]["met"]:
+                    return None
+        return None
 
     def _baseline_warnings(self, best: Optional[dict[str, Any]]) -> list[str]:
         """A baseline no better than chance makes every drop meaningless: say so, and what to change."""
