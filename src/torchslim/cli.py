@@ -197,7 +197,8 @@ def _print_summary(metrics: dict[str, Any], out: Path | None = None) -> None:
               help="Output folder: metrics.json, report.md, artifact/.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in the same --out folder.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="Override a recipe value, e.g. --set stages.0.train.epochs=5 (repeatable).")
+              help="Override a recipe value, e.g. --set stages.0.train.epochs=5, or its domain's, e.g. --set "
+                   "'domain.data.fold={index: 0, of: 5}' (repeatable).")
 @click.option("--threads", type=click.IntRange(min=1, max=MAX_THREADS), default=None,
               help="CPU threads for training and measuring (default: torch's, one per core). Small models run "
                    "fastest on 1: their kernels are too short to share, and a busy core stalls the others.")
