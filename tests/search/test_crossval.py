@@ -50,14 +50,16 @@ def _record(number, size, within_losses=True, cv=None):
     return record
 
 
-def test_a_candidate_whose_drop_held_comes_first_and_one_whose_drop_did_not_comes_last():
+def test_a_candidate_whose_drop_held_comes_first_and_one_whose_drop_did_not_last_in_its_tier():
     small, held, untried, shaky = (_record(0, 2400, cv=False), _record(1, 3000, cv=True), _record(2, 2600),
                                    _record(3, 2500, within_losses=False))
     assert is_refuted(small) and is_confirmed(held) and not is_refuted(untried) and not is_confirmed(untried)
     assert choose_best([small, held, untried, shaky])["number"] == 1  # held beats smaller, untried ones
     assert choose_best([small, untried, shaky])["number"] == 2  # untried within losses, before shaky
-    assert choose_best([small, shaky])["number"] == 3  # not by its losses, but not refuted either
-    assert choose_best([small])["number"] == 0  # refuted, still feasible: better than nothing
+    assert choose_best([small, untried])["number"] == 2  # refuted: after the others of its tier
+    # but before a candidate of a later tier, whose validation figures are weaker and which may not have been tried
+    assert choose_best([small, shaky])["number"] == 0
+    assert choose_best([shaky])["number"] == 3
     # the order cross-validation tries them in: by losses first, each tier smallest first
     tiers = preference_tiers([held, small, untried, shaky])
     assert [[r["number"] for r in tier] for tier in tiers] == [[0, 2, 1], [3], []]

@@ -134,9 +134,10 @@ def choose_best(records: Iterable[dict[str, Any]], objective: str = "size") -> d
     """The best record for ``objective`` (ties: the other two objectives, then the earlier trial) among the
     feasible ones whose drop held on cross-validation (:func:`is_confirmed`); when none did, among the feasible
     ones whose losses alone are within the limit by their margin (:func:`is_within_losses`); then among those
-    whose drop is within it by the margin (:func:`is_within_margin`); then among the feasible ones; in each, one
-    whose drop did not hold on cross-validation (:func:`is_refuted`) comes only after every other feasible one;
-    when none is feasible, the closest: the smallest summed relative violation (ties as before).
+    whose drop is within it by the margin (:func:`is_within_margin`); then among the feasible ones; in each of
+    these, one whose drop did not hold on cross-validation (:func:`is_refuted`) comes after the others (its
+    validation figures still place it before a candidate of a later one, which may not have been tried); when
+    none is feasible, the closest: the smallest summed relative violation (ties as before).
 
     Preferring the candidates within the margin keeps the search from choosing, among many, the one a small
     validation split flatters most, and counting losses alone keeps it from choosing the one whose lucky gains
@@ -153,10 +154,9 @@ def choose_best(records: Iterable[dict[str, Any]], objective: str = "size") -> d
     records = list(records)
     confirmed = sorted((r for r in records if is_feasible(r) and is_confirmed(r)),
                        key=lambda r: (*_objective_key(r, objective), r["number"]))
-    tiers = preference_tiers(records, objective)
-    for chosen in (confirmed, *([r for r in tier if not is_refuted(r)] for tier in tiers), *tiers):
-        if chosen:
-            return chosen[0]
+    for tier in (confirmed, *preference_tiers(records, objective)):
+        if tier:  # in a tier, one whose drop did not hold on cross-validation after every other
+            return min(tier, key=is_refuted)
     if not records:
         return None
     return min(records, key=lambda r: (math.fsum(r["violations"].values()), *_objective_key(r, objective),
