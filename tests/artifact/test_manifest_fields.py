@@ -148,7 +148,7 @@ def test_well_formed_fields_that_do_not_fit_the_model_are_one_line(artifact, tmp
     runner = CliRunner()
     update_manifest(artifact, metrics={"value": 0.5})  # a caller's record: no metric name
     result = runner.invoke(cli, ["inspect", str(artifact)])
-    assert result.exit_code == 0 and "v9, architecture" in result.output
+    assert result.exit_code == 0 and "v10, architecture" in result.output
     update_manifest(artifact, input_shape=[3, 8, 8])  # LeNet-300-100 takes 64 values
     with pytest.raises(ArtifactError, match=r"its recorded input_shape \[3, 8, 8\] does not fit the model: Runtime"):
         artifact_onnx(artifact)

@@ -171,7 +171,7 @@ def test_inspect_shows_layers_totals_and_the_plain_manifest(tmp_path):
 
 
 
-@pytest.mark.parametrize("version", [4, 5, 6, 7, 8])
+@pytest.mark.parametrize("version", [4, 5, 6, 7, 8, 9])
 def test_an_artifact_written_by_an_earlier_format_still_loads(tmp_path, monkeypatch, version):
     """Earlier formats differ only in the manifest's dictionary (and 4 in its seal): each stays readable."""
     from torchslim.artifact import _format
@@ -196,11 +196,13 @@ def test_manifest_dictionary_is_frozen_for_the_format_version():
     from torchslim.artifact._dictionary_v6 import MANIFEST_DICTIONARY as VERSION_6
     from torchslim.artifact._dictionary_v7 import MANIFEST_DICTIONARY as VERSION_7
     from torchslim.artifact._dictionary_v8 import MANIFEST_DICTIONARY as VERSION_8
+    from torchslim.artifact._dictionary_v9 import MANIFEST_DICTIONARY as VERSION_9
 
-    assert ARTIFACT_VERSION == 9
+    assert ARTIFACT_VERSION == 10
     assert hashlib.sha256(MANIFEST_DICTIONARY).hexdigest() == \
-        "9b1766601661afe6ff1089dc032d0598628cafa7d3257250cfc0827fbefeb546"
-    # formats 4's to 8's, kept for reading: never change
+        "5440788d51a965cee908b103f7c0515c643a3be99f4ad25887ec27d345961700"
+    # formats 4's to 9's, kept for reading: never change
+    assert hashlib.sha256(VERSION_9).hexdigest() == "9b1766601661afe6ff1089dc032d0598628cafa7d3257250cfc0827fbefeb546"
     assert hashlib.sha256(VERSION_8).hexdigest() == "58f2f02ca475305282c16fbd96ffb43e4d5f7aa99ef4b44a12efc7a47e623739"
     assert hashlib.sha256(VERSION_7).hexdigest() == "45162664ae55fa14074453357edcb7b9f12675ddfdcfcb115dfba89f131e4ece"
     assert hashlib.sha256(VERSION_6).hexdigest() == "f57ac7b632621e91f7106ec2300e6a2f49e15f2b97fbe4d94d0c6c09b68c28d9"

@@ -5,7 +5,7 @@ fields may hold in ``_manifest``, the model rebuilt from a manifest in ``_rebuil
 
 Layout of an artifact folder::
 
-    manifest.json      a plain header: {"format": "torchslim-artifact", "manifest": "model.safetensors", "version": 9}
+    manifest.json      a plain header: {"format": "torchslim-artifact", "manifest": "model.safetensors", "version": 10}
     model.safetensors  one uint8 tensor ``artifact``: a sha256 (32 bytes) of the format and version (``_seal``)
                        and what follows, the manifest (canonical JSON, one zstd frame primed with a fixed
                        dictionary of manifest text), then the tensor data,
@@ -42,12 +42,12 @@ from torchslim.artifact._manifest import check_manifest
 from torchslim.artifact._codec import (LARGE, decode_tensor, dtype_name, encode_tensor, zstd_compress,
                                       zstd_decompress)
 
-ARTIFACT_VERSION = 9
-# Versions this code reads: 4 to 8 differ from 9 only in the manifest's zstd dictionary (5 added the fine-tune's
+ARTIFACT_VERSION = 10
+# Versions this code reads: 4 to 9 differ from 10 only in the manifest's zstd dictionary (5 added the fine-tune's
 # ``ema`` key to the vocabulary, 6 structured pruning's ``reconstruct``, 7 the int8 graph's GRU/LSTM weights
 # shared with the state dict, 8 the int8 methods' ``reduce_range``, 9 an int8 LSTM's shared codes ``rnn_codes``
-# and magnitude pruning's ``scope: lamp``), and their dictionaries are kept.
-READABLE_VERSIONS = (4, 5, 6, 7, 8, 9)
+# and magnitude pruning's ``scope: lamp``, 10 the domain's ``data.fold``), and their dictionaries are kept.
+READABLE_VERSIONS = (4, 5, 6, 7, 8, 9, 10)
 FORMAT = "torchslim-artifact"
 MANIFEST = "manifest.json"
 PAYLOAD = "model.safetensors"
@@ -104,6 +104,8 @@ def _manifest_dictionary(version: int = ARTIFACT_VERSION):
         from torchslim.artifact._dictionary_v7 import MANIFEST_DICTIONARY
     elif version == 8:
         from torchslim.artifact._dictionary_v8 import MANIFEST_DICTIONARY
+    elif version == 9:
+        from torchslim.artifact._dictionary_v9 import MANIFEST_DICTIONARY
     else:
         from torchslim.artifact._dictionary import MANIFEST_DICTIONARY
 
