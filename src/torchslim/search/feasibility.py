@@ -127,7 +127,12 @@ def preference_tiers(records: Iterable[dict[str, Any]], objective: str = "size")
     for r in records:
         if is_feasible(r):
             tiers[0 if is_within_losses(r) else 1 if is_within_margin(r) else 2].append(r)
-    return [sorted(tier, key=lambda r: (*_objective_key(r, objective), r["number"])) for tier in tiers]
+    return [_ranked(tier, objective) for tier in tiers]
+
+
+def _ranked(records: Iterable[dict[str, Any]], objective: str) -> list[dict[str, Any]]:
+    """Best first for ``objective``; ties: the other two objectives, then the earlier trial."""
+    return sorted(records, key=lambda r: (*_objective_key(r, objective), r["number"]))
 
 
 def choose_best(records: Iterable[dict[str, Any]], objective: str = "size") -> dict[str, Any] | None:
@@ -152,8 +157,7 @@ def choose_best(records: Iterable[dict[str, Any]], objective: str = "size") -> d
         the chosen record, or None when there are no records.
     """
     records = list(records)
-    confirmed = sorted((r for r in records if is_feasible(r) and is_confirmed(r)),
-                       key=lambda r: (*_objective_key(r, objective), r["number"]))
+    confirmed = _ranked((r for r in records if is_feasible(r) and is_confirmed(r)), objective)
     for tier in (confirmed, *preference_tiers(records, objective)):
         if tier:  # in a tier, one whose drop did not hold on cross-validation after every other
             return min(tier, key=is_refuted)

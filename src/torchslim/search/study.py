@@ -214,7 +214,8 @@ class AutoSearch:
     _val: Any = dataclasses.field(default=None, init=False, repr=False)  # the validation split
     _train: Any = dataclasses.field(default=None, init=False, repr=False)  # training inputs the losses count on
     _splits: Any = dataclasses.field(default=None, init=False, repr=False)  # the standard splits (folds are cut from)
-    _fold_correct: dict[int, Any] = dataclasses.field(default_factory=dict, init=False, repr=False)  # fold → (N,)
+    # fold → its validation part, and whether its baseline gets each sample right
+    _folds_val: dict[int, Any] = dataclasses.field(default_factory=dict, init=False, repr=False)
     _any_finished: bool = dataclasses.field(default=False, init=False, repr=False)  # some candidate has finished
     _num_classes: int = dataclasses.field(default=0, init=False, repr=False)
     _data_warnings: list[str] = dataclasses.field(default_factory=list, init=False, repr=False)  # from check()
@@ -462,12 +463,13 @@ class AutoSearch:
                     start_from_baseline(self.ensure_shared(record["params"], index), run)
                     run_recipe(load_recipe(folder / "recipe.yaml", self._fold(index)[1]), run, resume=True,
                                threads=self.threads, log=lambda _m: None)
-                data = {"val": fold_splits(self._splits, index, self.folds, self.domain.data.seed).val}
-                if index not in self._fold_correct:
-                    self._fold_correct[index] = self._answers(self.ensure_baseline(index) / "current", data,
-                                                              runtime=False)["val"]
+                if index not in self._folds_val:  # the fold's validation part, and its baseline's answers
+                    data = {"val": fold_splits(self._splits, index, self.folds, self.domain.data.seed).val}
+                    self._folds_val[index] = data, self._answers(self.ensure_baseline(index) / "current", data,
+                                                                 runtime=False)["val"]
+                data, baseline = self._folds_val[index]
                 candidate = self._answers(run / "artifact", data, runtime=True)["val"]
-                counts.append((*paired_counts(self._fold_correct[index], candidate), len(candidate)))
+                counts.append((*paired_counts(baseline, candidate), len(candidate)))
             result = judge(counts, self.settings.drop_margin, record["val_constraints"], record["baseline_val_value"])
             study.set_user_attr(f"{CV_ATTR}{number}", result)
         return result
@@ -479,11 +481,9 @@ class AutoSearch:
         """About how long cross-validating ``candidates`` candidates like ``record`` takes: on each fold, its
         shared stages (baseline, student) where that fold has not run them yet, and the rest of its recipe once
         per candidate (each as long as on the standard split, whose training set is larger)."""
-        chain = 0.0
-        for fold in range(self.folds):
-            if not self._shared_ready(record["params"], fold):
-                chain += sum(shared_seconds(p) or 0.0 for p in self._shared_chain(record["params"]))
-        return chain + candidates * self.folds * record.get("seconds", 0.0)
+        unready = sum(not self._shared_ready(record["params"], fold) for fold in range(self.folds))
+        chain = sum(shared_seconds(p) or 0.0 for p in self._shared_chain(record["params"])) if unready else 0.0
+        return unready * chain + candidates * self.folds * record.get("seconds", 0.0)
 
     def _cross_validate_best(self, study: Any, deadline: Optional[float]) -> int:
         """Cross-validate candidates in the search's order of preference (``feasibility.preference_tiers``) until
@@ -492,33 +492,33 @@ class AutoSearch:
         judged as that one was, without running: on digits, six candidates alike but for their fine-tuning (14 to
         19 epochs) all did not hold. Returns how many candidates did not hold."""
         refuted, ran = 0, 0
-        failed: dict[str, int] = {}  # a compression that did not hold → the trial it did not hold in
-        for tier in preference_tiers(self._with_artifacts(study), self.objective):
-            for record in (r for r in tier if self._can_cross_validate(r)):
-                result = record.get("cv")
-                twin = failed.get(_compression(record["params"]))
-                if result is None and twin is not None:
-                    result = {**study.user_attrs[f"{CV_ATTR}{twin}"], "like": twin}
-                    study.set_user_attr(f"{CV_ATTR}{record['number']}", result)
-                elif result is None:
-                    if ran == CV_MOST:
-                        self.log(f"cross-validation: {ran} candidates did not hold; no more are tried")
-                        return refuted
-                    if deadline is not None and time.monotonic() + self._cv_seconds(record) > deadline:
-                        self.log(f"cross-validation: no time left to run trial {record['number']} on {self.folds} "
-                                 f"folds (about {self._cv_seconds(record):.0f}s)")
-                        return refuted
-                    begin = time.monotonic()
-                    result = self.cross_validate(study, record)
-                    ran += 1
-                    self.log(f"cross-validation: trial {record['number']} ({record['brief']}) {cv_text(result)}: "
-                             + ("holds" if result["met"] else f"{', '.join(result['failed'])} not met")
-                             + f" | {time.monotonic() - begin:.0f}s")
-                    self.write(study)
-                if result["met"]:
+        failed: dict[str, dict[str, Any]] = {}  # a compression that did not hold → its verdict
+        for record in self._in_cv_order(self._with_artifacts(study)):
+            result = record.get("cv")
+            twin = failed.get(_compression(record["params"]))
+            if result is None and twin is not None:
+                result = twin
+                study.set_user_attr(f"{CV_ATTR}{record['number']}", result)
+            elif result is None:
+                if ran == CV_MOST:
+                    self.log(f"cross-validation: {ran} candidates did not hold; no more are tried")
                     return refuted
-                refuted += 1
-                failed.setdefault(_compression(record["params"]), record["number"])
+                needed = self._cv_seconds(record) if deadline is not None else 0.0
+                if deadline is not None and time.monotonic() + needed > deadline:
+                    self.log(f"cross-validation: no time left to run trial {record['number']} on {self.folds} "
+                             f"folds (about {needed:.0f}s)")
+                    return refuted
+                begin = time.monotonic()
+                result = self.cross_validate(study, record)
+                ran += 1
+                self.log(f"cross-validation: trial {record['number']} ({record['brief']}) {cv_text(result)}: "
+                         + ("holds" if result["met"] else f"{', '.join(result['failed'])} not met")
+                         + f" | {time.monotonic() - begin:.0f}s")
+                self.write(study)
+            if result["met"]:
+                return refuted
+            refuted += 1
+            failed.setdefault(_compression(record["params"]), {**result, "like": result.get("like", record["number"])})
         return refuted
 
     def _same_candidate(self, trial: Any, params: dict[str, Any]) -> Any:
@@ -756,13 +756,17 @@ class AutoSearch:
         """The candidate cross-validation would try first (see :meth:`_cross_validate_best`): in order of
         preference, the first not yet cross-validated; None when one whose drop held comes before it, or none is
         left."""
-        for tier in preference_tiers(records, self.objective):
-            for record in (r for r in tier if self._can_cross_validate(r)):
-                if "cv" not in record:
-                    return record
-                if record["cv"]["met"]:
-                    return None
+        for record in self._in_cv_order(records):
+            if "cv" not in record:
+                return record
+            if record["cv"]["met"]:
+                return None
         return None
+
+    def _in_cv_order(self, records: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        """The candidates cross-validation may judge, in the order it tries them: the search's preference."""
+        for tier in preference_tiers(records, self.objective):
+            yield from (r for r in tier if self._can_cross_validate(r))
 
     def _baseline_warnings(self, best: Optional[dict[str, Any]]) -> list[str]:
         """A baseline no better than chance makes every drop meaningless: say so, and what to change."""
