@@ -71,7 +71,8 @@ def csv_row(number: int, state: str, record: dict[str, Any] | None, stopped: dic
             brief: str | None = None) -> dict[str, Any]:
     """One line of ``trials.csv``: a finished candidate's figures; for one stopped early (state ``PRUNED``), in
     ``note``, where and why (``stopped after stage 2 (prune): val 0.8611 < stop floor 0.9389``); for one the
-    sampler proposed again, which trial it repeats (``same candidate as trial 7``: not run again); for one that
+    sampler proposed again, or whose sensitivity allocation allots what an earlier one's did, which trial it repeats
+    (``same candidate as trial 7``: not run again); for one that
     failed (state ``FAIL``), its error and, as ``brief``, the candidate it was."""
     row: dict[str, Any] = {"number": number, "state": state}
     if error is not None:
@@ -81,7 +82,8 @@ def csv_row(number: int, state: str, record: dict[str, Any] | None, stopped: dic
                    val_value=stopped["val_value"], baseline_val_value=stopped["baseline_val_value"],
                    note="stopped " + stopped_text(stopped))
     if same_as is not None:
-        row.update(candidate=same_as["brief"], note=f"same candidate as trial {same_as['number']}")
+        why = ": its sensitivity analysis allots the same sparsities" if same_as.get("allots") else ""
+        row.update(candidate=same_as["brief"], note=f"same candidate as trial {same_as['number']}{why}")
     if record is not None:
         row.update({k: record[k] for k in ("value", "baseline_value", "size_bytes", "compression_ratio",
                                            "speedup_batch_1", "speedup_batch_64")})

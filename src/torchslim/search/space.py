@@ -189,7 +189,7 @@ def recipe_from_params(params: dict[str, Any], domain: Domain, domain_ref: Any, 
         structured = float(params["structured"])
         stages.append({"prune": {"method": "structured", "sparsity": structured, "importance": "l2",
                                  "reconstruct": True, "schedule": {"kind": "oneshot"}, "finetune": prune_finetune,
-                                 **(_sensitivity(structured, STRUCTURED, domain) if by_sensitivity else {})}})
+                                 **(_sensitivity("structured", structured, domain) if by_sensitivity else {})}})
     if params.get("sparsity", 0.0) > 0:
         sparsity = float(params["sparsity"])
         steps = min(3, epochs)  # fine-tune epochs are spread over the steps: at least one each
@@ -203,7 +203,7 @@ def recipe_from_params(params: dict[str, Any], domain: Domain, domain_ref: Any, 
         scope = "layer" if params.get("structured", 0.0) > 0 else "global"
         stages.append({"prune": {"method": "magnitude", "sparsity": sparsity, "scope": scope,
                                  "schedule": schedule, "finetune": prune_finetune,
-                                 **(_sensitivity(sparsity, SPARSITIES, domain) if by_sensitivity else {})}})
+                                 **(_sensitivity("sparsity", sparsity, domain) if by_sensitivity else {})}})
     if params.get("kd", False):
         stages.append({"distill": {"teacher": "baseline", "temperature": 4.0, "alpha": 0.9, "epochs": epochs,
                                    "lr": lr, "batch_size": bs, "augment": augment}})
@@ -237,12 +237,21 @@ def _by_sensitivity(params: dict[str, Any], domain: Domain) -> bool:
     return allocation == "sensitivity"
 
 
-def _sensitivity(cap: float, choices: tuple[float, ...], domain: Domain) -> dict[str, Any]:
-    """The ``sensitivity`` key of a pruning stage whose sparsity ``cap`` is each layer's most: the method's
-    choices up to the cap, and a per-layer drop bound of ``SENSITIVITY_DROP_SHARE`` of the domain's."""
-    grid = sorted({c for c in choices if c <= cap} | {cap})
-    max_drop = SENSITIVITY_DROP_SHARE * float(domain.constraints.max_metric_drop)
-    return {"sensitivity": {"sparsities": grid, "max_drop": max_drop}}
+def sensitivity_grid(key: str, cap: float) -> list[float]:
+    """The sparsities a ``sensitivity`` allocation tries for the pruning stage of params key ``key``
+    (``structured`` or ``sparsity``) whose sparsity ``cap`` is each layer's most: the method's choices up to it."""
+    choices = {"structured": STRUCTURED, "sparsity": SPARSITIES}[key]
+    return sorted({c for c in choices if c <= cap} | {cap})
+
+
+def sensitivity_bound(domain: Domain) -> float:
+    """The per-layer drop bound of a ``sensitivity`` allocation: ``SENSITIVITY_DROP_SHARE`` of the domain's."""
+    return SENSITIVITY_DROP_SHARE * float(domain.constraints.max_metric_drop)
+
+
+def _sensitivity(key: str, cap: float, domain: Domain) -> dict[str, Any]:
+    """The ``sensitivity`` key of the pruning stage of params key ``key``."""
+    return {"sensitivity": {"sparsities": sensitivity_grid(key, cap), "max_drop": sensitivity_bound(domain)}}
 
 
 def describe(params: dict[str, Any]) -> str:

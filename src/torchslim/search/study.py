@@ -23,6 +23,7 @@ from torchslim.artifact import write_bytes_atomic
 from torchslim.artifact._atomic import process_alive
 from torchslim.domain import Domain
 from torchslim.evaluate import speedup, timing_caveat
+from torchslim.search import allocation
 from torchslim.search.baseline import ensure_baseline, shared_seconds, start_from_baseline
 from torchslim.search.crossval import CV_ATTR, cv_text, cv_warning, fold_override, judge
 from torchslim.search.feasibility import (OBJECTIVES, choose_best, infeasible_line, is_feasible, is_refuted,
@@ -33,8 +34,8 @@ from torchslim.search.noise import (correct_per_sample, counts_stderr, losses_bo
 from torchslim.search.outputs import (csv_row, recipe_yaml, short_of_preference, stopped_text, trials_csv,
                                      write_outputs)
 from torchslim.search.sampler import starting_points_first
-from torchslim.search.space import (SearchSettings, describe, recipe_from_params, settings_for_data, shared_stages,
-                                    starting_points, suggest_params)
+from torchslim.search.space import (SearchSettings, describe, recipe_from_params, sensitivity_bound, settings_for_data,
+                                    shared_stages, starting_points, suggest_params)
 from torchslim.search.storage import check_storage_url, default_storage, open_storage
 
 # metric (higher is better), artifact bytes, speed-up at batch 64 (baseline / candidate, measured side by side)
@@ -129,13 +130,16 @@ class CandidateStopped(Exception):
 
 
 def _same_as(trials: list[Any], t: Any) -> Optional[dict[str, Any]]:
-    """For a trial that repeated an earlier candidate: ``{"number", "brief"}`` of the one it repeated."""
+    """For a trial that repeated an earlier candidate: ``{"number", "brief", "allots"}``: the number of the one it
+    repeated, the candidate in brief, and whether it repeats by what its sensitivity analysis allots."""
     number = t.user_attrs.get("same_as")
     if number is None:
         return None
     earlier = trials[number].user_attrs
     done = _outcome(earlier) or {}
-    return {"number": number, "brief": done.get("brief", "")}
+    # a candidate whose sensitivity analysis allots what an earlier one's did keeps its own brief
+    return {"number": number, "brief": t.user_attrs.get("brief", done.get("brief", "")),
+            "allots": "brief" in t.user_attrs}
 
 
 def _reruns(trials: list[Any]) -> dict[int, int]:
@@ -354,22 +358,29 @@ class AutoSearch:
         params = suggest_params(trial, self.domain, self.settings)
         earlier = self._same_candidate(trial, params)
         if earlier is not None:
-            return self._repeat(trial, earlier)
+            return self._repeat(trial, earlier, params)
         recipe = recipe_from_params(params, self.domain, domain_ref(self.domain), self.settings, self.seed)
         folder = self.out / "trials" / str(trial.number)
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "recipe.yaml").write_text(recipe_yaml(recipe))
         start = time.monotonic()
+        stage_records: list[dict[str, Any]] = []  # for the sensitivity tables its pruning stages measure
+        stop_rule = self._stop_rule(trial.study, params, len(recipe["stages"]))
+
+        def after_stage(ctx: Any, record: dict[str, Any]) -> None:
+            stage_records.append(record)
+            stop_rule(ctx, record)
+
         try:
             # the recipe's first stages, shared with other candidates (the baseline, a student), are done: the
             # run resumes after them
             start_from_baseline(self.ensure_shared(params), folder)
             metrics = run_recipe(load_recipe(folder / "recipe.yaml"), folder, resume=True, threads=self.threads,
-                                 log=lambda _m: None,
-                                 after_stage=self._stop_rule(trial.study, params, len(recipe["stages"])))
+                                 log=lambda _m: None, after_stage=after_stage)
         except CandidateStopped as stop:
             import optuna
 
+            self._keep_tables(trial, params, stage_records)
             info = {**stop.info, "seconds": round(time.monotonic() - start, 1)}
             trial.set_user_attr("stopped", info)
             # Infeasible by what it is known to violate: the sampler ranks it with the infeasible candidates
@@ -383,6 +394,7 @@ class AutoSearch:
             trial.set_user_attr("brief", describe(params))
             self.log(f"trial {trial.number}: {describe(params)}: failed: {trial.user_attrs['error']}")
             raise
+        self._keep_tables(trial, params, metrics["stages"])
         record = record_of(trial.number, metrics, params, recipe)
         # feasible as measured (as run reports it); preferred, and told the sampler, with the drop's margin: its
         # standard error on the validation split times --drop-margin; preferred first when its losses alone, on the
@@ -521,23 +533,45 @@ class AutoSearch:
             failed.setdefault(_compression(record["params"]), {**result, "like": result.get("like", record["number"])})
         return refuted
 
+    def _keep_tables(self, trial: Any, params: dict[str, Any], stage_records: list[dict[str, Any]]) -> None:
+        """Keep the sensitivity tables the candidate's pruning stages measured, for :meth:`_same_candidate`."""
+        tables = allocation.measured_tables(params, stage_records, self.threads)
+        if tables:
+            trial.set_user_attr("sensitivity", allocation.to_attr(tables))
+
     def _same_candidate(self, trial: Any, params: dict[str, Any]) -> Any:
-        """An ended trial of the study with exactly these parameters, if any: its recipe and seed are this
-        candidate's, so its result is this candidate's (the sampler proposes a categorical point again often)."""
+        """An ended trial of the study whose result is this candidate's, if any (the sampler proposes a categorical
+        point again often): one with exactly these parameters (its recipe and seed are this candidate's), or one
+        whose pruning stages' sensitivity analysis, as the study's measured tables tell, allots the same
+        sparsities and whose other parameters are these (``search.allocation``)."""
         from optuna.trial import TrialState
 
-        for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
-            done = _outcome(t.user_attrs)
-            if t.number != trial.number and done is not None and done["params"] == params:
+        ended = [t for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+                 if t.number != trial.number and _outcome(t.user_attrs) is not None]
+        for t in ended:
+            if _outcome(t.user_attrs)["params"] == params:
                 return t
-        return None
+        if params.get("allocation") != "sensitivity":
+            return None
+        tables: dict[str, allocation.Table] = {}
+        for t in ended:
+            allocation.merge(tables, allocation.from_attr(t.user_attrs.get("sensitivity", {})))
+        bound = sensitivity_bound(self.domain)
+        mine = allocation.identity(params, tables, bound, self.threads)
+        if mine is None:
+            return None
+        return next((t for t in ended
+                     if allocation.identity(_outcome(t.user_attrs)["params"], tables, bound, self.threads) == mine),
+                    None)
 
-    def _repeat(self, trial: Any, earlier: Any) -> tuple[float, float, float]:
+    def _repeat(self, trial: Any, earlier: Any, params: dict[str, Any]) -> tuple[float, float, float]:
         """End ``trial`` as ``earlier`` ended, without running it: the same values or the same stop, and the same
         constraint values for the sampler."""
         import optuna
 
         trial.set_user_attr("same_as", earlier.number)
+        if _outcome(earlier.user_attrs)["params"] != params:  # the same allotted sparsities
+            trial.set_user_attr("brief", describe(params))
         done = _outcome(earlier.user_attrs)
         if hasattr(trial, "set_constraint"):
             for name, value in sorted(sampler_violations(done).items()):
@@ -727,9 +761,10 @@ class AutoSearch:
                 elif "stopped" in t.user_attrs:
                     self.log(self.stopped_line(t.user_attrs["stopped"], t.number, best))
                 elif "same_as" in t.user_attrs:
-                    brief = (_same_as(study.get_trials(deepcopy=False), t) or {}).get("brief", "")
-                    self.log(f"trial {t.number}: {brief} | the same candidate as trial {t.user_attrs['same_as']}: "
-                             "its result, not run again")
+                    same = _same_as(study.get_trials(deepcopy=False), t) or {}
+                    why = ", its sensitivity analysis allots the same sparsities" if same.get("allots") else ""
+                    self.log(f"trial {t.number}: {same.get('brief', '')} | the same candidate as trial "
+                             f"{t.user_attrs['same_as']}{why}: its result, not run again")
         self._cross_validate_best(study, None if self.timeout is None else start + self.timeout)
         records = self.finished(study)
         best = self.write(study)
