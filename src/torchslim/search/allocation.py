@@ -8,8 +8,8 @@ nominal changes nothing, and the analysis, measured on the same model, gives the
 sparsities a candidate's stage will choose can be read from the tables earlier candidates measured on the same
 model (the same width, and for magnitude after structured pruning, the same structured cut and fine-tuning). The
 search judges candidates that allot the same sparsities, and match in every other parameter, as one (27 searches of
-``benchmarks/auto.py``: 140 of 2,900 finished candidates were such repeats, up to 44 in one search; 60 of those
-pairs checked, every one's weights bit-identical).
+``benchmarks/auto.py``: 140 of 2,738 finished candidates were such repeats, 128 of them knowable from the tables
+measured before them, up to 44 in one search; 60 of those pairs checked, every one's weights bit-identical).
 
 Each stage's table is kept under the key of the model it was measured on, ``prefix|method``: the prefix is the
 thread count and width, then for a structured cut before magnitude pruning the layers' allotted sparsities and its
