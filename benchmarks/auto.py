@@ -77,6 +77,7 @@ def main() -> None:
                 and (not r["note"] or r["note"].startswith("timed on a busy machine"))]
         stopped = sum(r["state"] == "PRUNED" and r["note"].startswith("stopped") for r in table)
         repeats = sum(r["note"].startswith("same candidate") for r in table)
+        allotting = sum(r["note"].endswith("allots the same sparsities") for r in table)
         best_line = next(line for line in proc.stdout.splitlines() if line.startswith("best: "))
         best_number = int(best_line.split()[2])
         best = next(r for r in rows if int(r["number"]) == best_number)
@@ -85,7 +86,8 @@ def main() -> None:
     auto_drop = float(best["baseline_value"]) - float(best["value"])
     print(f"constraints: max_size_bytes {args.max_bytes:,}, max_metric_drop {args.max_drop}; auto budget "
           f"{args.budget:g} s, seed {args.seed}: {len(rows)} candidates finished, {stopped} stopped early, {repeats} "
-          f"proposed again (not rerun), exit code {proc.returncode}")
+          f"proposed again or allotting an earlier one's sparsities ({allotting}; not rerun), exit code "
+          f"{proc.returncode}")
     label = f"auto: best ({best['candidate']})"
     width = max(len(label), 28)
     print(f"{'':<{width}} {'bytes':>8} {'test drop (points)':>19} {'wall (s)':>9}")
