@@ -113,7 +113,7 @@ def _search(tmp_path, records, holds, seconds=10.0):
             return True
 
         def _cv_seconds(self, record, candidates=1):
-            return seconds
+            return seconds * candidates
 
         def cross_validate(self, study, record):
             ran.append(record["number"])
@@ -187,8 +187,14 @@ def test_time_is_kept_for_the_first_candidate_cross_validation_would_try(tmp_pat
     held["cv"], refuted["cv"] = judge([(0, 0, 100)], 1.0, LIMITS, 0.96), judge([(5, 0, 100)], 1.0, LIMITS, 0.96)
     # a smaller candidate found after one held: it is tried first, so time is kept for it
     assert search._first_unchecked([held, smaller, refuted])["number"] == 10
-    assert search._cv_reserve([held, smaller, refuted]) == 30.0
+    assert search._cv_reserve([held, smaller, refuted], left=540.0) == 150.0  # 5 candidates' worth
     # nothing before the one that held: no time is kept, candidates run to the timeout
-    assert search._first_unchecked([held, refuted]) is None and search._cv_reserve([held, refuted]) == 0.0
+    assert search._first_unchecked([held, refuted]) is None and search._cv_reserve([held, refuted], 540.0) == 0.0
+    search.timeout = 120.0
+    assert search._cv_reserve([smaller], left=120.0) == 40.0  # at most a third of the timeout
+    # time that no cross-validation could use is not kept: one candidate's (30 s) does not fit in a third of a 60 s
+    # timeout, nor in the 25 s left of a longer one
     search.timeout = 60.0
-    assert search._cv_reserve([smaller]) == 20.0  # at most a third of the timeout
+    assert search._cv_reserve([smaller], left=60.0) == 0.0
+    search.timeout = 540.0
+    assert search._cv_reserve([smaller], left=25.0) == 0.0 and search._cv_reserve([smaller], left=31.0) == 150.0

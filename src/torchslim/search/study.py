@@ -740,7 +740,7 @@ class AutoSearch:
             if self.timeout is not None and time.monotonic() - start >= self.timeout - reserve:
                 if reserve > 0:  # the time kept for cross-validation has come: candidates go on if it leaves some
                     self._cross_validate_best(study, start + self.timeout)
-                    reserve = self._cv_reserve(self._with_artifacts(study))
+                    reserve = self._cv_reserve(self._with_artifacts(study), self.timeout - (time.monotonic() - start))
                     if time.monotonic() - start < self.timeout - reserve:
                         continue
                 self.log(f"timeout: {self.timeout:g}s; no new candidate is started")
@@ -754,7 +754,8 @@ class AutoSearch:
             if any(t.state == TrialState.FAIL for t in mine):
                 failures += 1
             best = self.write(study)
-            reserve = self._cv_reserve(self._with_artifacts(study))
+            left = math.inf if self.timeout is None else self.timeout - (time.monotonic() - start)
+            reserve = self._cv_reserve(self._with_artifacts(study), left)
             for t in mine:
                 if "record" in t.user_attrs and best is not None:
                     self.log(self.progress(t.user_attrs["record"], best))
@@ -779,11 +780,14 @@ class AutoSearch:
             warnings += [cv] if cv else []
         return SearchResult(best, records, feasible, line, len(records), warnings)
 
-    def _cv_reserve(self, records: list[dict[str, Any]]) -> float:
+    def _cv_reserve(self, records: list[dict[str, Any]], left: float) -> float:
         """Seconds to keep at the end of the timeout for cross-validation: a few candidates' worth (the first may
-        not hold) like the first it would try, at most a third of the timeout; none when no candidate needs it."""
+        not hold) like the first it would try, at most a third of the timeout; none when no candidate needs it, or
+        when the first one's alone would not fit in that third or in the ``left`` seconds before the timeout (time
+        kept that no cross-validation can use is left to candidates: on a busy machine, the folds' baselines and
+        students can take longer than a third of the timeout)."""
         first = self._first_unchecked(records)
-        if self.timeout is None or first is None:
+        if self.timeout is None or first is None or self._cv_seconds(first) > min(self.timeout / 3, left):
             return 0.0
         return min(self._cv_seconds(first, CV_PLANNED), self.timeout / 3)
 
