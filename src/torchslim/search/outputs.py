@@ -72,8 +72,8 @@ def csv_row(number: int, state: str, record: dict[str, Any] | None, stopped: dic
     """One line of ``trials.csv``: a finished candidate's figures; for one stopped early (state ``PRUNED``), in
     ``note``, where and why (``stopped after stage 2 (prune): val 0.8611 < stop floor 0.9389``); for one the
     sampler proposed again, or whose sensitivity allocation allots what an earlier one's did, which trial it repeats
-    (``same candidate as trial 7``: not run again); for one that
-    failed (state ``FAIL``), its error and, as ``brief``, the candidate it was."""
+    (``same candidate as trial 7``: not run again); for one that failed (state ``FAIL``), its error and, as
+    ``brief``, the candidate it was."""
     row: dict[str, Any] = {"number": number, "state": state}
     if error is not None:
         row.update(note=f"failed: {error}", candidate=brief or "")
