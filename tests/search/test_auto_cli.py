@@ -199,6 +199,8 @@ def test_a_search_killed_mid_candidate_resumes_to_the_same_count(tmp_path):
     assert "trial 0: interrupted" in again.stderr
     assert _completed(tmp_path / "out") == 2
     assert (tmp_path / "out" / "best").is_dir()
+    rows = {r["number"]: r for r in csv.DictReader((tmp_path / "out" / "trials.csv").open())}
+    assert rows["0"]["state"] == "FAIL" and rows["0"]["candidate"] == "sparse0.9 kd kmeans5 ft2"  # named though killed
 
 
 @pytest.mark.slow
@@ -219,6 +221,7 @@ def test_a_search_stopped_by_ctrl_c_runs_the_interrupted_candidate_again(tmp_pat
     rows = {r["number"]: r for r in csv.DictReader((tmp_path / "out" / "trials.csv").open())}
     assert rows["0"]["state"] == "FAIL" and rows["0"]["note"] == (
         f"failed: interrupted (stopped by Ctrl-C); its candidate runs again as trial {rerun.number}")
+    assert rows["0"]["candidate"] == rows[str(rerun.number)]["candidate"] == "sparse0.9 kd kmeans5 ft2"
     again = _auto("domain.yaml", "--out", "out", "--trials", "2", *FAST, cwd=tmp_path)  # rerun once, not again
     assert "interrupted" not in again.stderr and _completed(tmp_path / "out") == 2
 

@@ -198,3 +198,23 @@ def test_time_is_kept_for_the_first_candidate_cross_validation_would_try(tmp_pat
     assert search._cv_reserve([smaller], left=60.0) == 0.0
     search.timeout = 540.0
     assert search._cv_reserve([smaller], left=25.0) == 0.0 and search._cv_reserve([smaller], left=31.0) == 150.0
+
+
+def test_only_a_feasible_candidate_of_a_domain_with_a_metric_constraint_is_cross_validated(tmp_path):
+    from torchslim.domain import load_domain
+    from torchslim.search.study import AutoSearch
+
+    def search(constraints):
+        domain = load_domain({"name": "d", "task": "image-classification", "data": {"source": "digits"},
+                              "model": {"name": "lenet300_100"}, "constraints": constraints})
+        made = AutoSearch(domain, tmp_path / "out")
+        made._val = object()  # the validation split is read: losses and gains can be counted
+        return made
+
+    feasible = {**_record(0, 2400), "val_constraints": LIMITS}
+    assert search({"max_metric_drop": 0.01})._can_cross_validate(feasible)
+    assert search({"min_metric": 0.9})._can_cross_validate(feasible)
+    # bytes or a ratio alone: no drop for the folds to check, so none runs (it would "hold" whatever it lost)
+    assert not search({"max_size_bytes": 4000})._can_cross_validate(feasible)
+    assert not search({"min_compression_ratio": 10})._can_cross_validate(feasible)
+    assert not search({"max_metric_drop": 0.01})._can_cross_validate(_record(1, 5000) | {"val_constraints": LIMITS})

@@ -289,3 +289,30 @@ def test_a_best_the_validation_split_cannot_confirm_is_warned_of(tmp_path, monke
     # the chosen candidate, the validation split's 180 digits and where best/ is
     assert seen == [(0, 180, str(tmp_path / "out" / "best"))]
     assert result.warnings == ["the line"]
+
+
+def test_a_baseline_that_candidates_beat_by_far_is_warned_of(tmp_path):
+    from torchslim.search import AutoSearch
+
+    search = AutoSearch(_domain(tmp_path, {"max_metric_drop": 0.05}), tmp_path / "out")
+
+    def record(number, gains, losses):
+        return {"number": number, "brief": f"ft{number}", "val_value": 0.5 + (gains - losses) / 144,
+                "baseline_val_value": 0.5, "val_gains": gains, "val_losses": losses}
+
+    # 12 gained and 1 lost: a net 11 against 3 x sqrt(13) = 10.8 (a sign test under no true difference)
+    (line,) = search._surpassed_warnings([record(0, 3, 0), record(1, 12, 1), record(2, 11, 1)])
+    assert line == ("trial 1 (ft1) scores 0.5764 on the validation split, the baseline 0.5000 (12 samples gained, 1 "
+                    "lost): the baseline looks undertrained, and every candidate's drop is measured from it; train "
+                    "it longer (--baseline-epochs, --lr)")
+    # 11 and 1: a net 10, within 3 x sqrt(12) = 10.4 of chance
+    assert search._surpassed_warnings([record(0, 3, 0), record(2, 11, 1)]) == []
+    assert search._surpassed_warnings([]) == []
+    search.domain = search.domain.model_copy(update={"model": search.domain.model.model_copy(
+        update={"weights": "w.safetensors"})})
+    (line,) = search._surpassed_warnings([record(1, 12, 1)])
+    assert line.endswith("give the domain the weights of a better-trained model (w.safetensors now)")
+    # cross-validation from given weights: said once any candidate ran on the folds (not one judged as a twin)
+    assert search._fold_start_warnings([{"cv": {"met": True, "like": 3}}]) == []
+    (line,) = search._fold_start_warnings([{"cv": {"met": True}}])
+    assert line.startswith("cross-validation started every fold from the domain's model.weights (w.safetensors)")

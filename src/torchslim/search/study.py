@@ -26,7 +26,7 @@ from torchslim.evaluate import speedup, timing_caveat
 from torchslim.search import allocation
 from torchslim.search.baseline import ensure_baseline, shared_seconds, start_from_baseline
 from torchslim.search.crossval import CV_ATTR, cv_text, cv_warning, fold_override, judge
-from torchslim.search.feasibility import (OBJECTIVES, choose_best, infeasible_line, is_feasible, is_refuted,
+from torchslim.search.feasibility import (METRIC_CONSTRAINTS, OBJECTIVES, choose_best, infeasible_line, is_feasible, is_refuted,
                                           metric_violations, preference_tiers, sampler_violations, stop_floor,
                                           unconfirmed_line, violations)
 from torchslim.search.noise import (correct_per_sample, counts_stderr, losses_bound, on_losses, paired_counts,
@@ -45,6 +45,9 @@ DIRECTIONS = ("maximize", "minimize", "maximize")
 STUDY_MARKER = "study.json"  # which study an output folder's trials belong to
 CV_PLANNED = 5  # candidates whose cross-validation a timed search keeps time for
 CV_MOST = 10  # candidates a search process cross-validates at most (one that holds ends it)
+# how far past the validation split's noise a candidate must beat the baseline for it to look undertrained: the
+# net gain in standard deviations of a sign test (3: about 1 in 740 by chance)
+SURPASSED_Z = 3.0
 INTERRUPTED = "interrupted"  # a trial's user attribute: why its candidate did not finish (it runs again)
 
 
@@ -137,9 +140,8 @@ def _same_as(trials: list[Any], t: Any) -> Optional[dict[str, Any]]:
         return None
     earlier = trials[number].user_attrs
     done = _outcome(earlier) or {}
-    # a candidate whose sensitivity analysis allots what an earlier one's did keeps its own brief
     return {"number": number, "brief": t.user_attrs.get("brief", done.get("brief", "")),
-            "allots": "brief" in t.user_attrs}
+            "allots": bool(t.user_attrs.get("allots"))}
 
 
 def _reruns(trials: list[Any]) -> dict[int, int]:
@@ -223,6 +225,8 @@ class AutoSearch:
     _any_finished: bool = dataclasses.field(default=False, init=False, repr=False)  # some candidate has finished
     _num_classes: int = dataclasses.field(default=0, init=False, repr=False)
     _data_warnings: list[str] = dataclasses.field(default_factory=list, init=False, repr=False)  # from check()
+    # trials cross-validation had no time left for, as logged
+    _cv_untimely: set[int] = dataclasses.field(default_factory=set, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if isinstance(self.trials, bool) or not isinstance(self.trials, int) or self.trials < 1:
@@ -356,6 +360,7 @@ class AutoSearch:
         trial.set_user_attr("host", socket.gethostname())
         trial.set_user_attr("pid", os.getpid())
         params = suggest_params(trial, self.domain, self.settings)
+        trial.set_user_attr("brief", describe(params))  # what trials.csv names it by, even if its process dies
         earlier = self._same_candidate(trial, params)
         if earlier is not None:
             return self._repeat(trial, earlier, params)
@@ -391,7 +396,6 @@ class AutoSearch:
             raise optuna.TrialPruned(str(stop)) from None
         except Exception as exc:
             trial.set_user_attr("error", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-            trial.set_user_attr("brief", describe(params))
             self.log(f"trial {trial.number}: {describe(params)}: failed: {trial.user_attrs['error']}")
             raise
         self._keep_tables(trial, params, metrics["stages"])
@@ -487,7 +491,11 @@ class AutoSearch:
         return result
 
     def _can_cross_validate(self, record: dict[str, Any]) -> bool:
-        return self.folds > 0 and self._per_sample() and "val_constraints" in record and is_feasible(record)
+        """Whether cross-validation can judge ``record``: a feasible candidate of a domain whose metric is
+        constrained (else there is no drop to check) and counted per sample."""
+        constrained = any(getattr(self.domain.constraints, name) is not None for name in METRIC_CONSTRAINTS)
+        return (self.folds > 0 and constrained and self._per_sample() and "val_constraints" in record
+                and is_feasible(record))
 
     def _cv_seconds(self, record: dict[str, Any], candidates: int = 1) -> float:
         """About how long cross-validating ``candidates`` candidates like ``record`` takes: on each fold, its
@@ -517,8 +525,10 @@ class AutoSearch:
                     return refuted
                 needed = self._cv_seconds(record) if deadline is not None else 0.0
                 if deadline is not None and time.monotonic() + needed > deadline:
-                    self.log(f"cross-validation: no time left to run trial {record['number']} on {self.folds} "
-                             f"folds (about {needed:.0f}s)")
+                    if record["number"] not in self._cv_untimely:  # said once: the search's end asks again
+                        self._cv_untimely.add(record["number"])
+                        self.log(f"cross-validation: no time left to run trial {record['number']} on {self.folds} "
+                                 f"folds (about {needed:.0f}s)")
                     return refuted
                 begin = time.monotonic()
                 result = self.cross_validate(study, record)
@@ -571,7 +581,7 @@ class AutoSearch:
 
         trial.set_user_attr("same_as", earlier.number)
         if _outcome(earlier.user_attrs)["params"] != params:  # the same allotted sparsities
-            trial.set_user_attr("brief", describe(params))
+            trial.set_user_attr("allots", True)
         done = _outcome(earlier.user_attrs)
         if hasattr(trial, "set_constraint"):
             for name, value in sorted(sampler_violations(done).items()):
@@ -771,7 +781,8 @@ class AutoSearch:
         best = self.write(study)
         feasible = best is not None and is_feasible(best)
         line = "" if best is None or feasible else infeasible_line(best, records)
-        warnings = self._data_warnings + self._baseline_warnings(best)
+        warnings = (self._data_warnings + self._baseline_warnings(best) + self._surpassed_warnings(records)
+                    + self._fold_start_warnings(records))
         if best is not None:
             unconfirmed = unconfirmed_line(best, None if self._val is None else len(self._val), str(self.out / "best"))
             warnings += [unconfirmed] if unconfirmed else []
@@ -806,6 +817,33 @@ class AutoSearch:
         """The candidates cross-validation may judge, in the order it tries them: the search's preference."""
         for tier in preference_tiers(records, self.objective):
             yield from (r for r in tier if self._can_cross_validate(r))
+
+    def _fold_start_warnings(self, records: list[dict[str, Any]]) -> list[str]:
+        """Folds whose baseline is the domain's trained weights (the search trains none) hold out from the
+        compression's training only: the weights may have been trained on the samples a fold validates on."""
+        if self.domain.model.weights is None or not any("cv" in r and "like" not in r["cv"] for r in records):
+            return []
+        return [f"cross-validation started every fold from the domain's model.weights ({self.domain.model.weights}); "
+                f"if they were trained on the samples it pools (training and validation), its verdicts check the "
+                f"compression's own training, not held-out answers"]
+
+    def _surpassed_warnings(self, records: list[dict[str, Any]]) -> list[str]:
+        """A baseline that a compressed candidate beats by far more than the validation split's noise is
+        undertrained: every drop measured from it flatters the candidates. Said for the candidate that gained most
+        net, when its gains less its losses exceed ``SURPASSED_Z`` times their standard deviation under no true
+        difference (a sign test on the samples the two disagree on)."""
+        counted = [r for r in records if r.get("val_gains") is not None and r.get("val_losses") is not None]
+        if not counted:
+            return []
+        top = max(counted, key=lambda r: (r["val_gains"] - r["val_losses"], -r["number"]))
+        gains, losses = top["val_gains"], top["val_losses"]
+        if gains - losses <= SURPASSED_Z * math.sqrt(gains + losses):
+            return []
+        fix = (f"give the domain the weights of a better-trained model ({self.domain.model.weights} now)"
+               if self.domain.model.weights is not None else "train it longer (--baseline-epochs, --lr)")
+        return [f"trial {top['number']} ({top['brief']}) scores {top['val_value']:.4f} on the validation split, "
+                f"the baseline {top['baseline_val_value']:.4f} ({gains} samples gained, {losses} lost): the baseline "
+                f"looks undertrained, and every candidate's drop is measured from it; {fix}"]
 
     def _baseline_warnings(self, best: Optional[dict[str, Any]]) -> list[str]:
         """A baseline no better than chance makes every drop meaningless: say so, and what to change."""
