@@ -26,9 +26,9 @@ from torchslim.evaluate import speedup, timing_caveat
 from torchslim.search import allocation
 from torchslim.search.baseline import ensure_baseline, shared_seconds, start_from_baseline
 from torchslim.search.crossval import CV_ATTR, cv_text, cv_warning, fold_override, judge
-from torchslim.search.feasibility import (METRIC_CONSTRAINTS, OBJECTIVES, choose_best, infeasible_line, is_feasible, is_refuted,
-                                          metric_violations, preference_tiers, sampler_violations, stop_floor,
-                                          unconfirmed_line, violations)
+from torchslim.search.feasibility import (METRIC_CONSTRAINTS, OBJECTIVES, choose_best, infeasible_line, is_feasible,
+                                          is_refuted, metric_violations, preference_tiers, sampler_violations,
+                                          stop_floor, unconfirmed_line, violations)
 from torchslim.search.noise import (correct_per_sample, counts_stderr, losses_bound, on_losses, paired_counts,
                                    training_sample, with_margin)
 from torchslim.search.outputs import (csv_row, recipe_yaml, short_of_preference, stopped_text, trials_csv,
