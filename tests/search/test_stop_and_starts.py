@@ -242,17 +242,16 @@ def test_a_rerun_of_an_interrupted_candidate_takes_no_starting_point():
 
 
 def test_a_baseline_at_chance_is_warned_of(tmp_path):
-    from torchslim.search import AutoSearch
+    from torchslim.search.advice import baseline_at_chance
 
-    search = AutoSearch(_domain(tmp_path, {"max_metric_drop": 0.05}), tmp_path / "out")
-    search._num_classes = 3
-    (line,) = search._baseline_warnings({"baseline_val_value": 0.357, "baseline_value": 0.333})
+    domain = _domain(tmp_path, {"max_metric_drop": 0.05})
+    (line,) = baseline_at_chance(domain, 3, {"baseline_val_value": 0.357, "baseline_value": 0.333})
     assert line.startswith("the baseline scores 0.3570 on the validation split, about chance (0.3333 for 3 classes)")
-    assert search._baseline_warnings({"baseline_val_value": 0.41, "baseline_value": 0.4}) == []  # 1/10 of the way
-    assert search._baseline_warnings(None) == []
-    search.domain = search.domain.model_copy(update={"model": search.domain.model.model_copy(
+    assert baseline_at_chance(domain, 3, {"baseline_val_value": 0.41, "baseline_value": 0.4}) == []  # 1/10 of the way
+    assert baseline_at_chance(domain, 3, None) == []
+    domain = domain.model_copy(update={"model": domain.model.model_copy(
         update={"weights": "w.safetensors"})})  # the search does not train given weights: advise on them
-    (line,) = search._baseline_warnings({"baseline_val_value": 0.357, "baseline_value": 0.333})
+    (line,) = baseline_at_chance(domain, 3, {"baseline_val_value": 0.357, "baseline_value": 0.333})
     assert line.startswith("the baseline, the domain's model.weights (w.safetensors), scores 0.3570")
     assert "give the weights of a trained model" in line and "train it longer" not in line
 
@@ -292,27 +291,27 @@ def test_a_best_the_validation_split_cannot_confirm_is_warned_of(tmp_path, monke
 
 
 def test_a_baseline_that_candidates_beat_by_far_is_warned_of(tmp_path):
-    from torchslim.search import AutoSearch
+    from torchslim.search.advice import baseline_surpassed, folds_from_given_weights
 
-    search = AutoSearch(_domain(tmp_path, {"max_metric_drop": 0.05}), tmp_path / "out")
+    domain = _domain(tmp_path, {"max_metric_drop": 0.05})
 
     def record(number, gains, losses):
         return {"number": number, "brief": f"ft{number}", "val_value": 0.5 + (gains - losses) / 144,
                 "baseline_val_value": 0.5, "val_gains": gains, "val_losses": losses}
 
     # 12 gained and 1 lost: a net 11 against 3 x sqrt(13) = 10.8 (a sign test under no true difference)
-    (line,) = search._surpassed_warnings([record(0, 3, 0), record(1, 12, 1), record(2, 11, 1)])
+    (line,) = baseline_surpassed(domain, [record(0, 3, 0), record(1, 12, 1), record(2, 11, 1)])
     assert line == ("trial 1 (ft1) scores 0.5764 on the validation split, the baseline 0.5000 (12 samples gained, 1 "
                     "lost): the baseline looks undertrained, and every candidate's drop is measured from it; train "
                     "it longer (--baseline-epochs, --lr)")
     # 11 and 1: a net 10, within 3 x sqrt(12) = 10.4 of chance
-    assert search._surpassed_warnings([record(0, 3, 0), record(2, 11, 1)]) == []
-    assert search._surpassed_warnings([]) == []
-    search.domain = search.domain.model_copy(update={"model": search.domain.model.model_copy(
-        update={"weights": "w.safetensors"})})
-    (line,) = search._surpassed_warnings([record(1, 12, 1)])
+    assert baseline_surpassed(domain, [record(0, 3, 0), record(2, 11, 1)]) == []
+    assert baseline_surpassed(domain, []) == []
+    assert folds_from_given_weights(domain, [{"cv": {"met": True}}]) == []  # the search trained its baseline
+    domain = domain.model_copy(update={"model": domain.model.model_copy(update={"weights": "w.safetensors"})})
+    (line,) = baseline_surpassed(domain, [record(1, 12, 1)])
     assert line.endswith("give the domain the weights of a better-trained model (w.safetensors now)")
     # cross-validation from given weights: said once any candidate ran on the folds (not one judged as a twin)
-    assert search._fold_start_warnings([{"cv": {"met": True, "like": 3}}]) == []
-    (line,) = search._fold_start_warnings([{"cv": {"met": True}}])
+    assert folds_from_given_weights(domain, [{"cv": {"met": True, "like": 3}}]) == []
+    (line,) = folds_from_given_weights(domain, [{"cv": {"met": True}}])
     assert line.startswith("cross-validation started every fold from the domain's model.weights (w.safetensors)")

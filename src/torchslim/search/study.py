@@ -24,6 +24,7 @@ from torchslim.artifact._atomic import process_alive
 from torchslim.domain import Domain
 from torchslim.evaluate import speedup, timing_caveat
 from torchslim.search import allocation
+from torchslim.search.advice import baseline_at_chance, baseline_surpassed, folds_from_given_weights
 from torchslim.search.baseline import ensure_baseline, shared_seconds, start_from_baseline
 from torchslim.search.crossval import CV_ATTR, cv_text, cv_warning, fold_override, judge
 from torchslim.search.feasibility import (METRIC_CONSTRAINTS, OBJECTIVES, choose_best, infeasible_line, is_feasible,
@@ -45,9 +46,6 @@ DIRECTIONS = ("maximize", "minimize", "maximize")
 STUDY_MARKER = "study.json"  # which study an output folder's trials belong to
 CV_PLANNED = 5  # candidates whose cross-validation a timed search keeps time for
 CV_MOST = 10  # candidates a search process cross-validates at most (one that holds ends it)
-# how far past the validation split's noise a candidate must beat the baseline for it to look undertrained: the
-# net gain in standard deviations of a sign test (3: about 1 in 740 by chance)
-SURPASSED_Z = 3.0
 INTERRUPTED = "interrupted"  # a trial's user attribute: why its candidate did not finish (it runs again)
 
 
@@ -781,8 +779,8 @@ class AutoSearch:
         best = self.write(study)
         feasible = best is not None and is_feasible(best)
         line = "" if best is None or feasible else infeasible_line(best, records)
-        warnings = (self._data_warnings + self._baseline_warnings(best) + self._surpassed_warnings(records)
-                    + self._fold_start_warnings(records))
+        warnings = (self._data_warnings + baseline_at_chance(self.domain, self._num_classes, best)
+                    + baseline_surpassed(self.domain, records) + folds_from_given_weights(self.domain, records))
         if best is not None:
             unconfirmed = unconfirmed_line(best, None if self._val is None else len(self._val), str(self.out / "best"))
             warnings += [unconfirmed] if unconfirmed else []
@@ -817,50 +815,6 @@ class AutoSearch:
         """The candidates cross-validation may judge, in the order it tries them: the search's preference."""
         for tier in preference_tiers(records, self.objective):
             yield from (r for r in tier if self._can_cross_validate(r))
-
-    def _fold_start_warnings(self, records: list[dict[str, Any]]) -> list[str]:
-        """Folds whose baseline is the domain's trained weights (the search trains none) hold out from the
-        compression's training only: the weights may have been trained on the samples a fold validates on."""
-        if self.domain.model.weights is None or not any("cv" in r and "like" not in r["cv"] for r in records):
-            return []
-        return [f"cross-validation started every fold from the domain's model.weights ({self.domain.model.weights}); "
-                f"if they were trained on the samples it pools (training and validation), its verdicts check the "
-                f"compression's own training, not held-out answers"]
-
-    def _surpassed_warnings(self, records: list[dict[str, Any]]) -> list[str]:
-        """A baseline that a compressed candidate beats by far more than the validation split's noise is
-        undertrained: every drop measured from it flatters the candidates. Said for the candidate that gained most
-        net, when its gains less its losses exceed ``SURPASSED_Z`` times their standard deviation under no true
-        difference (a sign test on the samples the two disagree on)."""
-        counted = [r for r in records if r.get("val_gains") is not None and r.get("val_losses") is not None]
-        if not counted:
-            return []
-        top = max(counted, key=lambda r: (r["val_gains"] - r["val_losses"], -r["number"]))
-        gains, losses = top["val_gains"], top["val_losses"]
-        if gains - losses <= SURPASSED_Z * math.sqrt(gains + losses):
-            return []
-        fix = (f"give the domain the weights of a better-trained model ({self.domain.model.weights} now)"
-               if self.domain.model.weights is not None else "train it longer (--baseline-epochs, --lr)")
-        return [f"trial {top['number']} ({top['brief']}) scores {top['val_value']:.4f} on the validation split, "
-                f"the baseline {top['baseline_val_value']:.4f} ({gains} samples gained, {losses} lost): the baseline "
-                f"looks undertrained, and every candidate's drop is measured from it; {fix}"]
-
-    def _baseline_warnings(self, best: Optional[dict[str, Any]]) -> list[str]:
-        """A baseline no better than chance makes every drop meaningless: say so, and what to change."""
-        if best is None or self.domain.metric not in ("accuracy", "top5") or self._num_classes < 2:
-            return []
-        chance = min(1.0, (5 if self.domain.metric == "top5" else 1) / self._num_classes)
-        value = best.get("baseline_val_value", best["baseline_value"])
-        if value > chance + 0.1 * (1 - chance):  # more than a tenth of the way from chance to perfect
-            return []
-        at_chance = (f"about chance ({chance:.4f} for {self._num_classes} classes): every candidate's drop is "
-                     f"measured from it")
-        if self.domain.model.weights is not None:  # not trained by the search: its options cannot help
-            return [f"the baseline, the domain's model.weights ({self.domain.model.weights}), scores {value:.4f} on "
-                    f"the validation split, {at_chance}; give the weights of a trained model, or none and the search "
-                    f"trains one (--baseline-epochs, --lr)"]
-        return [f"the baseline scores {value:.4f} on the validation split, {at_chance}; train it longer "
-                f"(--baseline-epochs, --lr) or give the domain trained weights (model.weights)"]
 
 
 def run_auto(domain: Domain, out: str | Path, **kwargs: Any) -> SearchResult:
