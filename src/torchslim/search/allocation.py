@@ -77,6 +77,7 @@ def to_attr(tables: dict[str, Table]) -> dict[str, Any]:
 
 
 def from_attr(attr: dict[str, Any]) -> dict[str, Table]:
+    """The tables :func:`to_attr` stored."""
     return {k: {"baseline": t["baseline"], "rows": {n: {float(s): m for s, m in r.items()}
                                                     for n, r in t["rows"].items()}} for k, t in attr.items()}
 
