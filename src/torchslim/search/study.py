@@ -396,7 +396,7 @@ class AutoSearch:
             trial.set_user_attr("error", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
             self.log(f"trial {trial.number}: {describe(params)}: failed: {trial.user_attrs['error']}")
             raise
-        self._keep_tables(trial, params, metrics["stages"])
+        self._keep_tables(trial, params, stage_records)
         record = record_of(trial.number, metrics, params, recipe)
         # feasible as measured (as run reports it); preferred, and told the sampler, with the drop's margin: its
         # standard error on the validation split times --drop-margin; preferred first when its losses alone, on the
@@ -495,13 +495,13 @@ class AutoSearch:
         return (self.folds > 0 and constrained and self._per_sample() and "val_constraints" in record
                 and is_feasible(record))
 
-    def _cv_seconds(self, record: dict[str, Any], candidates: int = 1) -> float:
-        """About how long cross-validating ``candidates`` candidates like ``record`` takes: on each fold, its
-        shared stages (baseline, student) where that fold has not run them yet, and the rest of its recipe once
-        per candidate (each as long as on the standard split, whose training set is larger)."""
+    def _cv_cost(self, record: dict[str, Any]) -> tuple[float, float]:
+        """About how long cross-validating candidates like ``record`` takes, in seconds: once, on each fold, its
+        shared stages (baseline, student) where that fold has not run them yet; and per candidate, the rest of its
+        recipe on every fold (each as long as on the standard split, whose training set is larger)."""
         unready = sum(not self._shared_ready(record["params"], fold) for fold in range(self.folds))
         chain = sum(shared_seconds(p) or 0.0 for p in self._shared_chain(record["params"])) if unready else 0.0
-        return unready * chain + candidates * self.folds * record.get("seconds", 0.0)
+        return unready * chain, self.folds * record.get("seconds", 0.0)
 
     def _cross_validate_best(self, study: Any, deadline: Optional[float]) -> int:
         """Cross-validate candidates in the search's order of preference (``feasibility.preference_tiers``) until
@@ -521,7 +521,7 @@ class AutoSearch:
                 if ran == CV_MOST:
                     self.log(f"cross-validation: {ran} candidates did not hold; no more are tried")
                     return refuted
-                needed = self._cv_seconds(record) if deadline is not None else 0.0
+                needed = sum(self._cv_cost(record)) if deadline is not None else 0.0
                 if deadline is not None and time.monotonic() + needed > deadline:
                     if record["number"] not in self._cv_untimely:  # said once: the search's end asks again
                         self._cv_untimely.add(record["number"])
@@ -578,9 +578,9 @@ class AutoSearch:
         import optuna
 
         trial.set_user_attr("same_as", earlier.number)
-        if _outcome(earlier.user_attrs)["params"] != params:  # the same allotted sparsities
-            trial.set_user_attr("allots", True)
         done = _outcome(earlier.user_attrs)
+        if done["params"] != params:  # the same allotted sparsities
+            trial.set_user_attr("allots", True)
         if hasattr(trial, "set_constraint"):
             for name, value in sorted(sampler_violations(done).items()):
                 trial.set_constraint(name, value)
@@ -796,9 +796,12 @@ class AutoSearch:
         kept that no cross-validation can use is left to candidates: on a busy machine, the folds' baselines and
         students can take longer than a third of the timeout)."""
         first = self._first_unchecked(records)
-        if self.timeout is None or first is None or self._cv_seconds(first) > min(self.timeout / 3, left):
+        if self.timeout is None or first is None:
             return 0.0
-        return min(self._cv_seconds(first, CV_PLANNED), self.timeout / 3)
+        shared, each = self._cv_cost(first)
+        if shared + each > min(self.timeout / 3, left):
+            return 0.0
+        return min(shared + CV_PLANNED * each, self.timeout / 3)
 
     def _first_unchecked(self, records: list[dict[str, Any]]) -> Optional[dict[str, Any]]:
         """The candidate cross-validation would try first (see :meth:`_cross_validate_best`): in order of
