@@ -115,8 +115,10 @@ def short_of_preference(record: dict[str, Any]) -> str:
 
 
 def stopped_text(stopped: dict[str, Any]) -> str:
+    won_back = stopped.get("won_back", 0.0)  # absent from studies searched before it
     return (f"after stage {stopped['stage']} ({stopped['stage_name']}): val {stopped['val_value']:.4f} < stop floor "
-            f"{stopped['floor']:.4f}")
+            f"{stopped['floor']:.4f}" + (f" ({stopped['floor'] + won_back:.4f} less {won_back:.4f} that the stages "
+                                         f"still to run won back in finished candidates)" if won_back else ""))
 
 
 def _pareto(points: list[tuple[float, float]], higher_x_better: bool) -> list[tuple[float, float]]:

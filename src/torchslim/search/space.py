@@ -55,7 +55,8 @@ class SearchSettings:
             distils at 10x its baseline's rate too).
         stop_slack: a candidate is stopped after an intermediate stage when its validation metric is below the
             floor its constraints set (``baseline - max_metric_drop`` or ``min_metric``) by more than this many
-            times the drop they allow: later stages seldom recover that much (0 turns stopping off).
+            times the drop they allow plus what the stages it has still to run won back in nine of ten of the
+            study's finished candidates (``search.recovery``; 0 turns stopping off).
         drop_margin: among feasible candidates (every constraint met as measured, as ``run`` reports it), those
             whose validation drop plus this many of its standard errors (``search.noise``) is within the limit
             are preferred, and the sampler is told the constraints so judged. One standard error guards against

@@ -23,7 +23,7 @@ from torchslim.artifact import write_bytes_atomic
 from torchslim.artifact._atomic import process_alive
 from torchslim.domain import Domain
 from torchslim.evaluate import speedup, timing_caveat
-from torchslim.search import allocation
+from torchslim.search import allocation, recovery
 from torchslim.search.advice import baseline_at_chance, baseline_surpassed, folds_from_given_weights
 from torchslim.search.baseline import ensure_baseline, shared_seconds, start_from_baseline
 from torchslim.search.crossval import CV_ATTR, cv_text, cv_warning, fold_override, judge
@@ -368,7 +368,7 @@ class AutoSearch:
         (folder / "recipe.yaml").write_text(recipe_yaml(recipe))
         start = time.monotonic()
         stage_records: list[dict[str, Any]] = []  # for the sensitivity tables its pruning stages measure
-        stop_rule = self._stop_rule(trial.study, params, len(recipe["stages"]))
+        stop_rule = self._stop_rule(trial.study, params, recipe)
 
         def after_stage(ctx: Any, record: dict[str, Any]) -> None:
             stage_records.append(record)
@@ -398,6 +398,7 @@ class AutoSearch:
             raise
         self._keep_tables(trial, params, stage_records)
         record = record_of(trial.number, metrics, params, recipe)
+        record["stage_values"] = recovery.stage_values(stage_records)  # what its later stages won back
         # feasible as measured (as run reports it); preferred, and told the sampler, with the drop's margin: its
         # standard error on the validation split times --drop-margin; preferred first when its losses alone, on the
         # validation split and on the training inputs, are within the limit by their margin (see search.noise,
@@ -588,14 +589,16 @@ class AutoSearch:
             raise optuna.TrialPruned(f"same candidate as trial {earlier.number}")
         return tuple(earlier.values)
 
-    def _stop_rule(self, study: Any, params: dict[str, Any], stages: int) -> Callable[[Any, dict[str, Any]], None]:
+    def _stop_rule(self, study: Any, params: dict[str, Any],
+                   recipe: dict[str, Any]) -> Callable[[Any, dict[str, Any]], None]:
         """The check after each of a candidate's stages but its last: stop it when its validation metric (measured
-        on the stage's saved model) is below :func:`feasibility.stop_floor`, once some candidate of the study has
+        on the stage's saved model) is below :func:`feasibility.stop_floor` less what the stages it has still to
+        run won back in the study's finished candidates (``search.recovery``), once some candidate of the study has
         finished: until then none is stopped, so that a search always has a model to save as ``best``."""
 
         def check(ctx: Any, record: dict[str, Any]) -> None:
             value = record.get("artifact_val_metric")
-            if value is None or record["index"] >= stages - 1 or ctx.baseline is None:
+            if value is None or record["index"] >= len(recipe["stages"]) - 1 or ctx.baseline is None:
                 return
             if not self._any_finished:
                 self._any_finished = any((self.out / "trials" / str(r["number"]) / "artifact").is_dir()
@@ -606,11 +609,15 @@ class AutoSearch:
                 self._baseline_val = ctx.validate(ctx.baseline)
                 ctx.baseline.cpu()
             floor = stop_floor(self.domain.constraints.model_dump(), self._baseline_val, self.settings.stop_slack)
-            if floor is not None and value < floor:
+            if floor is None or value >= floor:
+                return
+            won_back = recovery.recovery(self.finished(study), recovery.tail(recipe, record["index"]))
+            if value < floor - won_back:
                 known = metric_violations(self.domain.constraints.model_dump(), self._baseline_val, value)
                 raise CandidateStopped({"stage": record["index"], "stage_name": record["stage"], "val_value": value,
-                                        "baseline_val_value": self._baseline_val, "floor": floor,
-                                        "violations": known, "brief": describe(params), "params": params})
+                                        "baseline_val_value": self._baseline_val, "floor": floor - won_back,
+                                        "won_back": won_back, "violations": known, "brief": describe(params),
+                                        "params": params})
 
         return check
 
