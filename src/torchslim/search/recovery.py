@@ -2,7 +2,7 @@
 
 A candidate is stopped after an intermediate stage when its metric leaves it no hope of feasibility
 (``feasibility.stop_floor``). What counts as hopeless depends on what the stages still to run recover: on digits,
-in 27 kept benchmark searches, a candidate 3 validation samples below the baseline after magnitude pruning, with a
+in 35 kept benchmark searches, a candidate 3 validation samples below the baseline after a pruning stage, with a
 distillation from the baseline still to run, ended 2.5 samples higher on average (4 or more for one in ten), while
 after k-means with only its distillation left it gained 0.65. Of 24 candidates stopped 4 or 5 samples down and run to
 their end, 3 ended feasible (2,568 to 3,047 bytes, smaller than most feasible candidates of their searches).
