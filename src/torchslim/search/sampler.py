@@ -4,7 +4,25 @@ from __future__ import annotations
 
 from typing import Any, Callable, Optional
 
-__all__ = ["starting_points_first"]
+__all__ = ["starting_points_first", "tpe"]
+
+
+def tpe(seed: int, **kwargs: Any) -> Any:
+    """Optuna's TPE sampler, modelling the parameters jointly (``multivariate``; ``group``: one model per set of
+    parameters that occur together, as the define-by-run space asks ``bits`` only of some methods).
+
+    Modelled one parameter at a time, TPE proposed the same candidate again and again once one region held the
+    candidates closest to feasible: on digits (``benchmarks/auto.py``, seed 0) 99 of 200 trials repeated an ended
+    candidate, one of them 35 times, and the search ended with the 6 feasible candidates its first 34 trials had
+    found. Jointly, from the same 100 trials, 30 seeded samplers proposed 27 different candidates (one at a time:
+    2), and the same searches ended with 20 feasible candidates (seed 0) and 46 (seed 22; 42 one at a time)."""
+    import warnings
+
+    import optuna
+
+    with warnings.catch_warnings():  # ``group`` is marked experimental
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, **kwargs)
 
 
 def starting_points_first(make_base: Callable[[int], Any], points: list[dict[str, Any]]) -> Any:

@@ -34,7 +34,7 @@ from torchslim.search.noise import (correct_per_sample, counts_stderr, losses_bo
                                    training_sample, with_margin)
 from torchslim.search.outputs import (csv_row, recipe_yaml, short_of_preference, stopped_text, trials_csv,
                                      write_outputs)
-from torchslim.search.sampler import starting_points_first
+from torchslim.search.sampler import starting_points_first, tpe
 from torchslim.search.space import (SearchSettings, describe, recipe_from_params, sensitivity_bound, settings_for_data,
                                     shared_stages, starting_points, suggest_params)
 from torchslim.search.storage import check_storage_url, default_storage, open_storage
@@ -303,8 +303,7 @@ class AutoSearch:
         # does not propose another's candidates again. Optuna 5 records feasibility on the trial
         # (set_constraint); earlier versions ask a constraints_func.
         feasibility = {} if hasattr(optuna.trial.Trial, "set_constraint") else {"constraints_func": _constraints_func}
-        sampler = starting_points_first(lambda number: optuna.samplers.TPESampler(seed=self.seed + number,
-                                                                                  **feasibility),
+        sampler = starting_points_first(lambda number: tpe(self.seed + number, **feasibility),
                                         starting_points(self.domain, self.settings))
         study = optuna.create_study(storage=storage, study_name=self.study_name, directions=list(DIRECTIONS),
                                     sampler=sampler, load_if_exists=True)
