@@ -14,8 +14,9 @@ def tpe(seed: int, **kwargs: Any) -> Any:
     Modelled one parameter at a time, TPE proposed the same candidate again and again once one region held the
     candidates closest to feasible: on digits (``benchmarks/auto.py``, seed 0) 99 of 200 trials repeated an ended
     candidate, one of them 35 times, and the search ended with the 6 feasible candidates its first 34 trials had
-    found. Jointly, from the same 100 trials, 30 seeded samplers proposed 27 different candidates (one at a time:
-    2), and the same searches ended with 20 feasible candidates (seed 0) and 46 (seed 22; 42 one at a time)."""
+    found. Replayed on that search's first 100 trials, 30 seeded samplers proposed 27 different candidates jointly,
+    2 one at a time; searching jointly, the same benchmark ended with 20 feasible candidates (seed 0) and 46 (seed
+    22; 42 one at a time)."""
     import warnings
 
     import optuna
