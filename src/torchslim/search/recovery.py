@@ -47,9 +47,11 @@ def recovery(finished: Iterable[dict[str, Any]], stages: tuple[str, ...]) -> flo
     """
     gains = []
     for record in finished:
-        values, recipe, final = record.get("stage_values") or {}, record["recipe"], record.get("val_value")
+        values, recipe, final = record.get("stage_values") or {}, record.get("recipe"), record.get("val_value")
+        if not values or recipe is None or final is None:  # a record from before the figures were kept
+            continue
         index = len(recipe["stages"]) - len(stages)
-        if final is None or index < 0 or tail(recipe, index) != stages or str(index) not in values:
+        if index < 0 or tail(recipe, index) != stages or str(index) not in values:
             continue
         gains.append(float(final) - values[str(index)])
     if len(gains) < RECOVERY_MIN:
