@@ -37,10 +37,12 @@ HAND = ROOT / "recipes" / "digits" / "deep_compression.yaml"
 DOMAIN = ROOT / "domains" / "digits.yaml"
 
 
+ENV = dict(os.environ, TQDM_DISABLE="1", PYTHONPATH=str(ROOT / "src"))  # every torchslim command this one runs
+
+
 def _torchslim(*args: str) -> tuple[subprocess.CompletedProcess, float]:
-    env = dict(os.environ, TQDM_DISABLE="1", PYTHONPATH=str(ROOT / "src"))
     start = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "torchslim", *args], capture_output=True, text=True, env=env)
+    proc = subprocess.run([sys.executable, "-m", "torchslim", *args], capture_output=True, text=True, env=ENV)
     return proc, time.monotonic() - start
 
 
@@ -136,10 +138,9 @@ def _resplit(folder: Path, domain: dict, splits: int) -> list[tuple[int, dict, d
             recipe = yaml.safe_load(source.read_text())
             recipe["domain"] = str(where / "domain.yaml")
             (where / f"{name}.yaml").write_text(yaml.safe_dump(recipe))
-            env = dict(os.environ, TQDM_DISABLE="1", PYTHONPATH=str(ROOT / "src"))
             procs[name] = subprocess.Popen([sys.executable, "-m", "torchslim", "run", str(where / f"{name}.yaml"),
                                             "--out", str(where / name), "--threads", "1", "--quiet"],
-                                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+                                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ENV)
         for name, proc in procs.items():
             if proc.wait() != 0:
                 sys.exit(f"{name} recipe failed on data.seed {seed}: {proc.stderr.read()}")
