@@ -393,7 +393,7 @@ class AutoSearch:
             raise optuna.TrialPruned(str(stop)) from None
         except Exception as exc:
             trial.set_user_attr("error", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-            self.log(f"trial {trial.number}: {describe(params)}: failed: {trial.user_attrs['error']}")
+            self.log(f"trial {trial.number}: {trial.user_attrs['brief']}: failed: {trial.user_attrs['error']}")
             raise
         self._keep_tables(trial, params, stage_records)
         record = record_of(trial.number, metrics, params, recipe)
