@@ -7,8 +7,9 @@
    distil after each) through ``torchslim run --threads 1``, timed.
 2. ``torchslim auto`` on ``domains/digits.yaml`` with ``max_size_bytes: 4000, max_metric_drop: 0.01`` for
    ``--budget`` seconds (``--timeout``: candidates stop early enough to cross-validate the best within it), one
-   thread, the same baseline training as the hand recipe (60 epochs; with ``--seed 0``, the hand recipe's seed,
-   the same baseline weights; another seed trains another baseline, and each drop is measured from its own).
+   thread (``--threads``: both runs), the same baseline training as the hand recipe (60 epochs; with ``--seed 0``,
+   the hand recipe's seed, the same baseline weights; another seed trains another baseline, and each drop is
+   measured from its own).
 
 Prints bytes, test accuracy drop and wall time of each, side by side, and how auto's best fared on
 cross-validation. Goal: auto's best is at least as small as the hand recipe's artifact at no larger drop, within
@@ -54,6 +55,8 @@ def main() -> None:
     parser.add_argument("--max-bytes", type=int, default=4000)
     parser.add_argument("--max-drop", type=float, default=0.01)
     parser.add_argument("--seed", type=int, default=0, help="auto's --seed (its sampler and candidate recipes)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads of every run, the hand recipe's and auto's (the same for both)")
     parser.add_argument("--keep", type=Path, default=None,
                         help="write both runs into this new folder and keep it (default: a temporary folder)")
     parser.add_argument("--resplit", type=int, default=0, metavar="K",
@@ -66,7 +69,8 @@ def main() -> None:
         folder = Path(tmp) if args.keep is None else args.keep
         if args.keep is not None:
             folder.mkdir(parents=True)
-        proc, hand_wall = _torchslim("run", str(HAND), "--out", str(folder / "hand"), "--threads", "1", "--quiet")
+        proc, hand_wall = _torchslim("run", str(HAND), "--out", str(folder / "hand"), "--threads",
+                                     str(args.threads), "--quiet")
         if proc.returncode != 0:
             sys.exit(f"hand recipe failed: {proc.stderr}")
         hand = json.loads((folder / "hand" / "metrics.json").read_text())
@@ -75,7 +79,8 @@ def main() -> None:
         domain["constraints"] = {"max_size_bytes": args.max_bytes, "max_metric_drop": args.max_drop}
         (folder / "domain.yaml").write_text(yaml.safe_dump(domain))
         proc, auto_wall = _torchslim("auto", str(folder / "domain.yaml"), "--out", str(folder / "auto"),
-                                     "--trials", "1000", "--timeout", str(args.budget), "--threads", "1",
+                                     "--trials", "1000", "--timeout", str(args.budget),
+                                     "--threads", str(args.threads),
                                      "--baseline-epochs", "60", "--seed", str(args.seed), "--quiet")
         if proc.returncode not in (0, 3):
             sys.exit(f"auto failed ({proc.returncode}): {proc.stderr}")
@@ -91,14 +96,14 @@ def main() -> None:
         best_number = int(best_line.split()[2])
         best = next(r for r in rows if int(r["number"]) == best_number)
 
-        resplit = _resplit(folder, domain, args.resplit) if args.resplit > 0 else []
+        resplit = _resplit(folder, domain, args.resplit, args.threads) if args.resplit > 0 else []
 
     hand_drop = hand["baseline_value"] - hand["value"]
     auto_drop = float(best["baseline_value"]) - float(best["value"])
     print(f"constraints: max_size_bytes {args.max_bytes:,}, max_metric_drop {args.max_drop}; auto budget "
-          f"{args.budget:g} s, seed {args.seed}: {len(rows)} candidates finished, {stopped} stopped early, {repeats} "
-          f"proposed again or allotting an earlier one's sparsities ({allotting}; not rerun), exit code "
-          f"{proc.returncode}")
+          f"{args.budget:g} s, seed {args.seed}, {args.threads} thread(s): {len(rows)} candidates finished, "
+          f"{stopped} stopped early, {repeats} proposed again or allotting an earlier one's sparsities "
+          f"({allotting}; not rerun), exit code {proc.returncode}")
     label = f"auto: best ({best['candidate']})"
     width = max(len(label), 28)
     print(f"{'':<{width}} {'bytes':>8} {'test drop (points)':>19} {'wall (s)':>9}")
@@ -124,7 +129,7 @@ def main() -> None:
         _print_resplit(resplit)
 
 
-def _resplit(folder: Path, domain: dict, splits: int) -> list[tuple[int, dict, dict]]:
+def _resplit(folder: Path, domain: dict, splits: int, threads: int) -> list[tuple[int, dict, dict]]:
     """The hand recipe and auto's best recipe, each run again on ``splits`` other splits of the same data: one test
     split of 360 images tells two recipes whose drops differ by less than a point apart only by chance."""
     out = []
@@ -139,7 +144,7 @@ def _resplit(folder: Path, domain: dict, splits: int) -> list[tuple[int, dict, d
             recipe["domain"] = str(where / "domain.yaml")
             (where / f"{name}.yaml").write_text(yaml.safe_dump(recipe))
             procs[name] = subprocess.Popen([sys.executable, "-m", "torchslim", "run", str(where / f"{name}.yaml"),
-                                            "--out", str(where / name), "--threads", "1", "--quiet"],
+                                            "--out", str(where / name), "--threads", str(threads), "--quiet"],
                                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ENV)
         for name, proc in procs.items():
             if proc.wait() != 0:
