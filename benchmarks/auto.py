@@ -4,7 +4,7 @@
     PYTHONPATH=src python benchmarks/auto.py --budget 300 --seed 3
 
 1. ``recipes/digits/deep_compression.yaml`` (LeNet-300-100: train, distill into 0.3 width, prune 70 %, 4-bit k-means,
-   distil after each) through ``torchslim run --threads 1``, timed.
+   distil after each) through ``torchslim run``, timed.
 2. ``torchslim auto`` on ``domains/digits.yaml`` with ``max_size_bytes: 4000, max_metric_drop: 0.01`` for
    ``--budget`` seconds (``--timeout``: candidates stop early enough to cross-validate the best within it), one
    thread (``--threads``: both runs), the same baseline training as the hand recipe (60 epochs; with ``--seed 0``,
