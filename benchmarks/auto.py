@@ -121,7 +121,8 @@ def main() -> None:
     print("auto's best on cross-validation: " + (f"drop {100 * float(best['cv_drop']):.2f} points, bound "
                                                    f"{100 * float(best['cv_bound']):.2f}, holds: {best['cv_holds']}"
                                                    if best["cv_holds"] else "not cross-validated")
-          + f"; {len(checked)} candidates judged, {sum(r['cv_holds'] == 'False' for r in checked)} did not hold")
+          + f"; {len(checked)} candidate{'s' if len(checked) != 1 else ''} judged, "
+            f"{sum(r['cv_holds'] == 'False' for r in checked)} did not hold")
     goal = int(best["size_bytes"]) <= hand["size_bytes"] and auto_drop <= hand_drop + 1e-12 and auto_wall <= 600
     print(f"goal (auto at most the hand recipe's bytes at no larger drop, within 10 minutes): "
           f"{'met' if goal else 'NOT met'}")
