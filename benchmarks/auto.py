@@ -39,11 +39,12 @@ DOMAIN = ROOT / "domains" / "digits.yaml"
 
 
 ENV = dict(os.environ, TQDM_DISABLE="1", PYTHONPATH=str(ROOT / "src"))  # every torchslim command this one runs
+TORCHSLIM = [sys.executable, "-m", "torchslim"]
 
 
 def _torchslim(*args: str) -> tuple[subprocess.CompletedProcess, float]:
     start = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "torchslim", *args], capture_output=True, text=True, env=ENV)
+    proc = subprocess.run([*TORCHSLIM, *args], capture_output=True, text=True, env=ENV)
     return proc, time.monotonic() - start
 
 
@@ -144,8 +145,8 @@ def _resplit(folder: Path, domain: dict, splits: int, threads: int) -> list[tupl
             recipe = yaml.safe_load(source.read_text())
             recipe["domain"] = str(where / "domain.yaml")
             (where / f"{name}.yaml").write_text(yaml.safe_dump(recipe))
-            procs[name] = subprocess.Popen([sys.executable, "-m", "torchslim", "run", str(where / f"{name}.yaml"),
-                                            "--out", str(where / name), "--threads", str(threads), "--quiet"],
+            procs[name] = subprocess.Popen([*TORCHSLIM, "run", str(where / f"{name}.yaml"), "--out", str(where / name),
+                                            "--threads", str(threads), "--quiet"],
                                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ENV)
         for name, proc in procs.items():
             if proc.wait() != 0:
